@@ -1,0 +1,160 @@
+//! Concrete port numbers: an agent's port ranges and which of them are taken.
+
+/// The ports of one agent: its ranges and a bit per port saying whether it is allocated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet {
+    ranges: Vec<(u16, u16)>,
+    taken: Vec<u64>,
+    count: u32,
+    free: u32,
+}
+
+impl PortSet {
+    /// Ranges are inclusive; overlapping or empty ranges are merged or dropped so every port counts once.
+    pub fn new(ranges: &[(u16, u16)]) -> PortSet {
+        let mut sorted: Vec<(u16, u16)> = ranges.iter().copied().filter(|(a, b)| a <= b).collect();
+        sorted.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(sorted.len());
+        for (a, b) in sorted {
+            match merged.last_mut() {
+                Some((_, end)) if u32::from(a) <= u32::from(*end) + 1 => *end = (*end).max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let count: u32 = merged.iter().map(|(a, b)| u32::from(b - a) + 1).sum();
+        PortSet { ranges: merged, taken: vec![0; count.div_ceil(64) as usize], count, free: count }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.count
+    }
+
+    #[cfg(test)]
+    pub fn free(&self) -> u32 {
+        self.free
+    }
+
+    #[cfg(test)]
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.ranges
+    }
+
+    fn slot(&self, port: u16) -> Option<usize> {
+        let mut base = 0usize;
+        for &(a, b) in &self.ranges {
+            if port >= a && port <= b {
+                return Some(base + usize::from(port - a));
+            }
+            base += usize::from(b - a) + 1;
+        }
+        None
+    }
+
+    fn port_at(&self, mut slot: usize) -> u16 {
+        for &(a, b) in &self.ranges {
+            let len = usize::from(b - a) + 1;
+            if slot < len {
+                return a + slot as u16;
+            }
+            slot -= len;
+        }
+        unreachable!("slot {slot} is inside the ranges by construction")
+    }
+
+    #[cfg(test)]
+    pub fn is_taken(&self, port: u16) -> bool {
+        self.slot(port).is_some_and(|s| self.taken[s / 64] & (1 << (s % 64)) != 0)
+    }
+
+    /// Takes the `n` lowest free ports, or nothing when fewer than `n` are free.
+    pub fn allocate(&mut self, n: u32) -> Option<Vec<u16>> {
+        if n > self.free {
+            return None;
+        }
+        let count = self.count as usize;
+        let mut out = Vec::with_capacity(n as usize);
+        'words: for (w, word) in self.taken.iter_mut().enumerate() {
+            while out.len() < n as usize {
+                let zeros = !*word;
+                if zeros == 0 {
+                    continue 'words;
+                }
+                let bit = zeros.trailing_zeros() as usize;
+                let slot = w * 64 + bit;
+                if slot >= count {
+                    break 'words;
+                }
+                *word |= 1 << bit;
+                out.push(slot);
+            }
+            break;
+        }
+        self.free -= n;
+        Some(out.into_iter().map(|s| self.port_at(s)).collect())
+    }
+
+    /// Marks given ports taken (a task that already runs). Ports outside the ranges or already taken are
+    /// reported back and not counted twice.
+    pub fn reserve(&mut self, ports: &[u16]) -> Vec<u16> {
+        let mut rejected = Vec::new();
+        for &p in ports {
+            match self.slot(p) {
+                Some(s) if self.taken[s / 64] & (1 << (s % 64)) == 0 => {
+                    self.taken[s / 64] |= 1 << (s % 64);
+                    self.free -= 1;
+                }
+                _ => rejected.push(p),
+            }
+        }
+        rejected
+    }
+
+    pub fn release(&mut self, ports: &[u16]) {
+        for &p in ports {
+            if let Some(s) = self.slot(p) {
+                if self.taken[s / 64] & (1 << (s % 64)) != 0 {
+                    self.taken[s / 64] &= !(1 << (s % 64));
+                    self.free += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_lowest_free_ports_across_ranges() {
+        let mut p = PortSet::new(&[(200, 201), (100, 101), (101, 102)]);
+        assert_eq!(p.ranges(), &[(100, 102), (200, 201)]);
+        assert_eq!(p.total(), 5);
+        assert_eq!(p.allocate(2), Some(vec![100, 101]));
+        assert_eq!(p.allocate(2), Some(vec![102, 200]));
+        assert_eq!(p.allocate(2), None);
+        p.release(&[101]);
+        assert_eq!(p.free(), 2);
+        assert_eq!(p.allocate(2), Some(vec![101, 201]));
+        assert_eq!(p.free(), 0);
+    }
+
+    #[test]
+    fn reserve_rejects_foreign_and_double_ports() {
+        let mut p = PortSet::new(&[(31000, 31999)]);
+        assert_eq!(p.reserve(&[31000, 31000, 80]), vec![31000, 80]);
+        assert_eq!(p.free(), 999);
+        assert!(p.is_taken(31000));
+        assert_eq!(p.allocate(1), Some(vec![31001]));
+    }
+
+    #[test]
+    fn allocation_spans_many_words() {
+        let mut p = PortSet::new(&[(1, 200)]);
+        let got = p.allocate(130).expect("130 of 200 fit");
+        assert_eq!(got.first(), Some(&1));
+        assert_eq!(got.last(), Some(&130));
+        assert_eq!(p.allocate(71), None);
+        assert_eq!(p.allocate(70).map(|v| v.len()), Some(70));
+    }
+}
