@@ -68,7 +68,12 @@ pub(crate) fn hints(
     let mut out = Vec::new();
     for (group, members) in groups {
         let zone_of = |idx: AgentIdx| {
-            agents[idx as usize].spec.attributes.get(&ac.zone_attribute).cloned().unwrap_or_default()
+            agents[idx as usize]
+                .spec
+                .attributes
+                .get(&ac.zone_attribute)
+                .cloned()
+                .unwrap_or_default()
         };
         let mut per_zone: BTreeMap<String, (u32, Vec<AgentIdx>)> = BTreeMap::new();
         for &idx in &members {
@@ -117,14 +122,21 @@ fn trial(
     config: &PlacementConfig,
     group: &str,
 ) -> (u32, HashSet<String>) {
-    let Some(&first) = members.first() else { return (0, HashSet::new()) };
+    let Some(&first) = members.first() else {
+        return (0, HashSet::new());
+    };
     if tasks.is_empty() {
         return (0, HashSet::new());
     }
     let model = &work.snap.agents[first as usize].spec;
     let mut zones: Vec<&String> = members
         .iter()
-        .filter_map(|&i| work.snap.agents[i as usize].spec.attributes.get(&ac.zone_attribute))
+        .filter_map(|&i| {
+            work.snap.agents[i as usize]
+                .spec
+                .attributes
+                .get(&ac.zone_attribute)
+        })
         .collect();
     zones.sort();
     zones.dedup();
@@ -136,7 +148,10 @@ fn trial(
         a.hostname = a.id.clone();
         a.eligible = true;
         if !zones.is_empty() {
-            a.attributes.insert(ac.zone_attribute.clone(), zones[k as usize % zones.len()].clone());
+            a.attributes.insert(
+                ac.zone_attribute.clone(),
+                zones[k as usize % zones.len()].clone(),
+            );
         }
         phantoms.add_agent(a).expect("phantom ids are distinct");
     }
@@ -151,5 +166,8 @@ fn trial(
     let mut used: Vec<&str> = p.assignments.iter().map(|a| a.agent_id.as_str()).collect();
     used.sort_unstable();
     used.dedup();
-    (used.len() as u32, p.assignments.iter().map(|a| a.task_id.clone()).collect())
+    (
+        used.len() as u32,
+        p.assignments.iter().map(|a| a.task_id.clone()).collect(),
+    )
 }

@@ -52,7 +52,12 @@ impl<'a> CompiledTask<'a> {
             preferences: request
                 .preferences
                 .iter()
-                .map(|p| (Compiled::new(&p.constraint, &request.job, interner), p.weight))
+                .map(|p| {
+                    (
+                        Compiled::new(&p.constraint, &request.job, interner),
+                        p.weight,
+                    )
+                })
                 .collect(),
         }
     }
@@ -73,7 +78,9 @@ pub(crate) fn check(
     if usage.exclusive {
         return Err(Rejection::OccupiedExclusively);
     }
-    if let Some(kind) = Resources::first_shortfall(&info.total, &usage.used, &task.request.resources) {
+    if let Some(kind) =
+        Resources::first_shortfall(&info.total, &usage.used, &task.request.resources)
+    {
         return Err(Rejection::Exhausted(kind));
     }
     for (c, raw) in task.constraints.iter().zip(&task.request.constraints) {
@@ -97,7 +104,11 @@ pub(crate) fn preference_score(
     }
     let info = &agents[idx as usize];
     let usage = &state.usage[idx as usize];
-    let kept: f64 =
-        task.preferences.iter().filter(|(c, _)| c.holds(info, usage, idx, state)).map(|(_, w)| w).sum();
+    let kept: f64 = task
+        .preferences
+        .iter()
+        .filter(|(c, _)| c.holds(info, usage, idx, state))
+        .map(|(_, w)| w)
+        .sum();
     kept / total
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::autoscale::{self, AutoscaleConfig, GroupHint};
 use crate::explain::{self, Explanation};
 use crate::filter::{self, CompiledTask};
-use crate::index::{CapacityIndex, Candidate, Limits};
+use crate::index::{Candidate, CapacityIndex, Limits};
 use crate::pack;
 use crate::queue::{self, CapacityGroup};
 use crate::request::TaskRequest;
@@ -81,7 +81,10 @@ pub enum ConfigError {
 impl PlacementConfig {
     /// Fenzo-compatible placement with its cpu+memory bin packer.
     pub fn compat() -> PlacementConfig {
-        PlacementConfig { mode: Mode::Compat, ..PlacementConfig::default() }
+        PlacementConfig {
+            mode: Mode::Compat,
+            ..PlacementConfig::default()
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -120,7 +123,10 @@ pub struct Assignment {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Pending {
     /// Its capacity group's limit on `resource` would be exceeded.
-    Quota { group: String, resource: ResourceKind },
+    Quota {
+        group: String,
+        resource: ResourceKind,
+    },
     /// No agent could take it; the explanation counts why.
     NoFit(Explanation),
 }
@@ -135,7 +141,8 @@ pub struct Unplaced {
 /// The result of one placement round.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Placement {
-    /// In request order.
+    /// In the order they were made: `ClusterSnapshot::apply` replays them in this order, so each is re-validated
+    /// against the state the engine saw when it made it.
     pub assignments: Vec<Assignment>,
     /// In request order.
     pub unplaced: Vec<Unplaced>,
@@ -148,18 +155,42 @@ pub(crate) struct Work<'s> {
     pub(crate) snap: &'s ClusterSnapshot,
     pub(crate) state: State,
     pub(crate) index: CapacityIndex,
+    /// Assignments made so far; numbers them in the order they were made.
+    made: u64,
 }
+
+/// One assignment made during a round: the agent, the ports, and its position in the round.
+#[derive(Clone, Debug)]
+pub(crate) struct Made {
+    agent: AgentIdx,
+    ports: Vec<u16>,
+    seq: u64,
+}
+
+/// Per request, the assignment made for it, if any.
+pub(crate) type Placed = Vec<Option<Made>>;
 
 impl<'s> Work<'s> {
     pub(crate) fn new(snap: &'s ClusterSnapshot, config: &PlacementConfig) -> Work<'s> {
         let rank = ranks(snap, config);
-        Work { snap, state: snap.state.clone(), index: CapacityIndex::new(&snap.agents, &snap.state, rank) }
+        let index = CapacityIndex::new(&snap.agents, &snap.state, rank);
+        Work {
+            snap,
+            state: snap.state.clone(),
+            index,
+            made: 0,
+        }
     }
 
-    pub(crate) fn assign(&mut self, task: &TaskRequest, idx: AgentIdx) -> Vec<u16> {
+    pub(crate) fn assign(&mut self, task: &TaskRequest, idx: AgentIdx) -> Made {
         let ports = self.state.record(&self.snap.agents, idx, task, None);
         self.index.update(&self.snap.agents, &self.state, idx);
-        ports
+        self.made += 1;
+        Made {
+            agent: idx,
+            ports,
+            seq: self.made,
+        }
     }
 
     pub(crate) fn check(&self, idx: AgentIdx, task: &CompiledTask<'_>) -> bool {
@@ -167,7 +198,11 @@ impl<'s> Work<'s> {
     }
 
     /// The best feasible agent for one task under `config`.
-    pub(crate) fn search(&self, task: &CompiledTask<'_>, config: &PlacementConfig) -> Option<Candidate> {
+    pub(crate) fn search(
+        &self,
+        task: &CompiledTask<'_>,
+        config: &PlacementConfig,
+    ) -> Option<Candidate> {
         let want = &task.request.resources;
         let pref_weight: f64 = task.preferences.iter().map(|(_, w)| w.max(0.0)).sum();
         let combine = |fitness: f64, prefs: f64| match config.mode {
@@ -200,8 +235,12 @@ impl<'s> Work<'s> {
             let prefs = filter::preference_score(agents, &self.state, idx, task);
             Some(combine(config.fitness.score(&fit), prefs))
         };
-        let limits = Limits { good_enough: config.good_enough, max_candidates: config.max_candidates };
-        self.index.search(want, config.fitness.direction(), limits, bound, eval)
+        let limits = Limits {
+            good_enough: config.good_enough,
+            max_candidates: config.max_candidates,
+        };
+        self.index
+            .search(want, config.fitness.direction(), limits, bound, eval)
     }
 }
 
@@ -211,7 +250,10 @@ fn ranks(snap: &ClusterSnapshot, config: &PlacementConfig) -> Vec<u32> {
     let mut order: Vec<AgentIdx> = (0..snap.agents.len() as AgentIdx).collect();
     match config.mode {
         Mode::Compat => order.sort_by(|a, b| {
-            let (a, b) = (&snap.agents[*a as usize].spec, &snap.agents[*b as usize].spec);
+            let (a, b) = (
+                &snap.agents[*a as usize].spec,
+                &snap.agents[*b as usize].spec,
+            );
             (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id))
         }),
         Mode::Best => order.sort_by_key(|i| {
@@ -245,20 +287,25 @@ fn mix(mut z: u64) -> u64 {
 
 /// Places `requests` on `snapshot` under `config`. The snapshot is not changed: apply the result with
 /// `ClusterSnapshot::apply` (which re-validates it) once it is committed.
-pub fn place(snapshot: &ClusterSnapshot, requests: &[TaskRequest], config: &PlacementConfig) -> Placement {
-    let compiled: Vec<CompiledTask<'_>> =
-        requests.iter().map(|r| CompiledTask::new(r, &snapshot.interner)).collect();
+pub fn place(
+    snapshot: &ClusterSnapshot,
+    requests: &[TaskRequest],
+    config: &PlacementConfig,
+) -> Placement {
+    let compiled: Vec<CompiledTask<'_>> = requests
+        .iter()
+        .map(|r| CompiledTask::new(r, &snapshot.interner))
+        .collect();
     let ordered = queue::order(snapshot, requests, &config.capacity_groups);
     let mut work = Work::new(snapshot, config);
-    let mut placed: Vec<Option<(AgentIdx, Vec<u16>)>> = vec![None; requests.len()];
+    let mut placed: Placed = vec![None; requests.len()];
 
     for tier in &ordered.tiers {
         match config.mode {
             Mode::Compat => {
                 for &i in tier {
                     if let Some(c) = work.search(&compiled[i], config) {
-                        let ports = work.assign(&requests[i], c.idx);
-                        placed[i] = Some((c.idx, ports));
+                        placed[i] = Some(work.assign(&requests[i], c.idx));
                     }
                 }
             }
@@ -274,22 +321,31 @@ pub fn place(snapshot: &ClusterSnapshot, requests: &[TaskRequest], config: &Plac
     let mut explainer = explain::Explainer::new(&work);
     let mut out = Placement::default();
     let mut no_fit: Vec<&TaskRequest> = Vec::new();
+    let mut made = Vec::new();
     for (i, slot) in placed.into_iter().enumerate() {
         match slot {
-            Some((idx, ports)) => out.assignments.push(Assignment {
-                task_id: requests[i].id.clone(),
-                agent_id: snapshot.agents[idx as usize].spec.id.clone(),
-                ports,
-            }),
+            Some(m) => made.push((i, m)),
             None => {
                 let reason = quota.remove(&i).unwrap_or_else(|| {
                     no_fit.push(&requests[i]);
                     Pending::NoFit(explainer.explain(&compiled[i]))
                 });
-                out.unplaced.push(Unplaced { task_id: requests[i].id.clone(), reason });
+                out.unplaced.push(Unplaced {
+                    task_id: requests[i].id.clone(),
+                    reason,
+                });
             }
         }
     }
+    made.sort_unstable_by_key(|(_, m)| m.seq);
+    out.assignments = made
+        .into_iter()
+        .map(|(i, m)| Assignment {
+            task_id: requests[i].id.clone(),
+            agent_id: snapshot.agents[m.agent as usize].spec.id.clone(),
+            ports: m.ports,
+        })
+        .collect();
     if let Some(ac) = &config.autoscale {
         out.autoscale = autoscale::hints(&work, &no_fit, ac, config);
     }

@@ -78,7 +78,10 @@ impl TaskRequest {
     }
 
     pub fn prefer(mut self, c: Constraint, weight: f64) -> Self {
-        self.preferences.push(Preference { constraint: c, weight });
+        self.preferences.push(Preference {
+            constraint: c,
+            weight,
+        });
         self
     }
 

@@ -171,10 +171,23 @@ mod tests {
 
     #[test]
     fn shortfall_names_the_first_exhausted_resource() {
-        let mut total = Resources { cpu_milli: 4000, mem_mib: 1024, ports: 2, ..Default::default() };
+        let mut total = Resources {
+            cpu_milli: 4000,
+            mem_mib: 1024,
+            ports: 2,
+            ..Default::default()
+        };
         total.scalars.set("gpu", 1);
-        let used = Resources { cpu_milli: 3000, ..Default::default() };
-        let mut want = Resources { cpu_milli: 1000, mem_mib: 1024, ports: 2, ..Default::default() };
+        let used = Resources {
+            cpu_milli: 3000,
+            ..Default::default()
+        };
+        let mut want = Resources {
+            cpu_milli: 1000,
+            mem_mib: 1024,
+            ports: 2,
+            ..Default::default()
+        };
         assert_eq!(Resources::first_shortfall(&total, &used, &want), None);
         want.scalars.set("gpu", 2);
         assert_eq!(
@@ -182,7 +195,10 @@ mod tests {
             Some(ResourceKind::Scalar("gpu".into()))
         );
         want.cpu_milli = 1500;
-        assert_eq!(Resources::first_shortfall(&total, &used, &want), Some(ResourceKind::Cpu));
+        assert_eq!(
+            Resources::first_shortfall(&total, &used, &want),
+            Some(ResourceKind::Cpu)
+        );
     }
 
     #[test]
