@@ -4,7 +4,6 @@
 //! buckets, not the number of agents.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 
 use crate::resources::Resources;
 use crate::score::Direction;
@@ -138,32 +137,28 @@ impl CapacityIndex {
             if best.is_some_and(|b| ub < b.score) {
                 break;
             }
-            // The walk restarts past a run of equal free memory once one agent of the run has been scored:
-            // with an exact bound the rest of the run can only tie, and ties go to the lower rank, seen first.
-            let mut lo = Bound::Included(floor);
-            let mut hi = Bound::Unbounded;
-            'walk: loop {
-                let range = set.range((lo, hi));
-                let mut it = match direction {
-                    Direction::Pack => Walk::Forward(range),
-                    Direction::Spread | Direction::None => Walk::Backward(range),
-                };
-                loop {
-                    let Some(&(fm, rank, idx)) = it.next() else {
-                        break 'walk;
-                    };
+            // Agents with equal free memory form a run with one bound; a run is walked in rank order, so once one
+            // of its agents is scored the rest can only tie with it, and ties go to the lower rank already seen.
+            let mut next = match direction {
+                Direction::Pack => set.range(floor..).next(),
+                Direction::Spread | Direction::None => set.range(floor..).next_back(),
+            }
+            .map(|e| e.0);
+            while let Some(fm) = next {
+                let run = set.range((fm, 0, 0)..=(fm, u32::MAX, AgentIdx::MAX));
+                for &(_, rank, idx) in run {
                     let (eub, exact) = match direction {
                         Direction::None => (f64::INFINITY, false),
                         _ => bound(idx, free_cpu, fm),
                     };
                     if let Some(b) = best {
                         if eub < b.score {
-                            break 'walk;
+                            // Runs further along have no higher bound.
+                            next = None;
+                            break;
                         }
                         if exact && eub == b.score && rank > b.rank {
-                            // Nothing in this run of equal free memory can win: skip it.
-                            skip_run(direction, fm, &mut lo, &mut hi);
-                            continue 'walk;
+                            break;
                         }
                     }
                     let Some(score) = eval(idx) else { continue };
@@ -178,36 +173,19 @@ impl CapacityIndex {
                         return best;
                     }
                     if exact {
-                        skip_run(direction, fm, &mut lo, &mut hi);
-                        continue 'walk;
+                        break;
                     }
                 }
+                if next.is_none() {
+                    break;
+                }
+                next = match direction {
+                    Direction::Pack => set.range((fm + 1, 0, 0)..).next(),
+                    Direction::Spread | Direction::None => set.range(floor..(fm, 0, 0)).next_back(),
+                }
+                .map(|e| e.0);
             }
         }
         best
-    }
-}
-
-fn skip_run(direction: Direction, fm: u64, lo: &mut Bound<Entry>, hi: &mut Bound<Entry>) {
-    match direction {
-        Direction::Pack => *lo = Bound::Included((fm + 1, 0, 0)),
-        Direction::Spread | Direction::None => *hi = Bound::Excluded((fm, 0, 0)),
-    }
-}
-
-/// A bucket walked in either direction without boxing.
-enum Walk<'a> {
-    Forward(std::collections::btree_set::Range<'a, Entry>),
-    Backward(std::collections::btree_set::Range<'a, Entry>),
-}
-
-impl<'a> Iterator for Walk<'a> {
-    type Item = &'a Entry;
-
-    fn next(&mut self) -> Option<&'a Entry> {
-        match self {
-            Walk::Forward(r) => r.next(),
-            Walk::Backward(r) => r.next_back(),
-        }
     }
 }

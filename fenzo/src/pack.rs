@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::constraint::Constraint;
 use crate::filter::CompiledTask;
 use crate::pipeline::{Placed, PlacementConfig, Work};
-use crate::score::Direction;
+use crate::score::Fitness;
 use crate::snapshot::AgentIdx;
 
 /// How far (as a share of the agent's memory) a task's memory may miss the balanced target and still be taken
@@ -43,8 +43,9 @@ pub(crate) fn place_tier(
             )
         })
     };
+    // The packer balances cpu against memory: it serves the cpu+memory bin packer and nothing else.
     let packs = |i: &usize| {
-        config.fitness.direction() == Direction::Pack && compiled[*i].preferences.is_empty()
+        config.fitness == Fitness::BinPackCpuMemory && compiled[*i].preferences.is_empty()
     };
     let first: Vec<usize> = tier.iter().copied().filter(|i| picky(i)).collect();
     let packable: Vec<usize> = tier
