@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::pipeline::PlacementStats;
 use crate::resources::Resources;
 use crate::score::Direction;
 use crate::snapshot::{AgentIdx, AgentInfo, State};
@@ -111,7 +112,9 @@ impl CapacityIndex {
         limits: Limits,
         bound: impl Fn(AgentIdx, u64, u64) -> (f64, bool),
         mut eval: impl FnMut(AgentIdx) -> Option<f64>,
+        stats: &mut PlacementStats,
     ) -> Option<Candidate> {
+        stats.searches += 1;
         let floor: Entry = (want.mem_mib, 0, 0);
         let mut order: Vec<(f64, &BTreeSet<Entry>, u64)> = Vec::new();
         for (key, set) in &self.buckets {
@@ -147,6 +150,7 @@ impl CapacityIndex {
             while let Some(fm) = next {
                 let run = set.range((fm, 0, 0)..=(fm, u32::MAX, AgentIdx::MAX));
                 for &(_, rank, idx) in run {
+                    stats.agents_examined += 1;
                     let (eub, exact) = match direction {
                         Direction::None => (f64::INFINITY, false),
                         _ => bound(idx, free_cpu, fm),
@@ -163,6 +167,7 @@ impl CapacityIndex {
                     }
                     let Some(score) = eval(idx) else { continue };
                     scored += 1;
+                    stats.agents_scored += 1;
                     let c = Candidate { idx, score, rank };
                     if c.beats(&best) {
                         best = Some(c);

@@ -133,6 +133,7 @@ fn pack(
     tasks: &[usize],
     placed: &mut Placed,
 ) -> Vec<usize> {
+    work.stats.pack_runs += 1;
     let mut pool = Pool {
         classes: BTreeMap::new(),
         cpu: 0,
@@ -156,6 +157,7 @@ fn pack(
         while let Some((cpu, mem, seq)) = pick(work, compiled, tasks, &pool, idx, total.mem_mib) {
             let i = tasks[seq];
             placed[i] = Some(work.assign(compiled[i].request, idx));
+            work.stats.packed += 1;
             pool.remove(cpu, mem, seq);
         }
     }

@@ -147,6 +147,22 @@ pub struct Placement {
     /// In request order.
     pub unplaced: Vec<Unplaced>,
     pub autoscale: Vec<GroupHint>,
+    pub stats: PlacementStats,
+}
+
+/// What a placement round did, for the caller's metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlacementStats {
+    /// Best-first searches of the capacity index (one per task placed that way).
+    pub searches: u64,
+    /// Index entries those searches looked at.
+    pub agents_examined: u64,
+    /// Feasible agents they scored.
+    pub agents_scored: u64,
+    /// Runs of the batch packer (more than one per tier when the tier does not fit).
+    pub pack_runs: u64,
+    /// Tasks the batch packer placed.
+    pub packed: u64,
 }
 
 /// The mutable copy of the cluster one placement works on.
@@ -157,6 +173,7 @@ pub(crate) struct Work<'s> {
     pub(crate) index: CapacityIndex,
     /// Assignments made so far; numbers them in the order they were made.
     made: u64,
+    pub(crate) stats: PlacementStats,
 }
 
 /// One assignment made during a round: the agent, the ports, and its position in the round.
@@ -179,6 +196,7 @@ impl<'s> Work<'s> {
             state: snap.state.clone(),
             index,
             made: 0,
+            stats: PlacementStats::default(),
         }
     }
 
@@ -199,17 +217,25 @@ impl<'s> Work<'s> {
 
     /// The best feasible agent for one task under `config`.
     pub(crate) fn search(
-        &self,
+        &mut self,
         task: &CompiledTask<'_>,
         config: &PlacementConfig,
     ) -> Option<Candidate> {
+        let Work {
+            snap,
+            state,
+            index,
+            stats,
+            ..
+        } = self;
+        let state: &State = state;
         let want = &task.request.resources;
         let pref_weight: f64 = task.preferences.iter().map(|(_, w)| w.max(0.0)).sum();
         let combine = |fitness: f64, prefs: f64| match config.mode {
             Mode::Compat => score::compat_score(fitness, prefs),
             Mode::Best => score::best_score(fitness, prefs, pref_weight),
         };
-        let agents = &self.snap.agents;
+        let agents = &snap.agents;
         let bound = |idx: AgentIdx, free_cpu: u64, free_mem: u64| {
             let total = &agents[idx as usize].total;
             let fit = Fit {
@@ -223,8 +249,8 @@ impl<'s> Work<'s> {
             (combine(b, 1.0), exact && pref_weight == 0.0)
         };
         let eval = |idx: AgentIdx| {
-            filter::check(agents, &self.state, idx, task).ok()?;
-            let used = &self.state.usage[idx as usize].used;
+            filter::check(agents, state, idx, task).ok()?;
+            let used = &state.usage[idx as usize].used;
             let fit = Fit {
                 total: &agents[idx as usize].total,
                 used_cpu: used.cpu_milli,
@@ -232,15 +258,14 @@ impl<'s> Work<'s> {
                 used_net: used.net_mbps,
                 want,
             };
-            let prefs = filter::preference_score(agents, &self.state, idx, task);
+            let prefs = filter::preference_score(agents, state, idx, task);
             Some(combine(config.fitness.score(&fit), prefs))
         };
         let limits = Limits {
             good_enough: config.good_enough,
             max_candidates: config.max_candidates,
         };
-        self.index
-            .search(want, config.fitness.direction(), limits, bound, eval)
+        index.search(want, config.fitness.direction(), limits, bound, eval, stats)
     }
 }
 
@@ -346,6 +371,7 @@ pub fn place(
             ports: m.ports,
         })
         .collect();
+    out.stats = work.stats.clone();
     if let Some(ac) = &config.autoscale {
         out.autoscale = autoscale::hints(&work, &no_fit, ac, config);
     }

@@ -594,3 +594,21 @@ fn config_is_validated() {
     assert_eq!(bad.validate(), Err(ConfigError::NoFitnessWeight));
     assert_eq!(PlacementConfig::compat().validate(), Ok(()));
 }
+
+#[test]
+fn stats_count_the_work_done() {
+    let snap = snapshot((0..50).map(|i| agent(&format!("a{i:02}"))).collect());
+    let reqs: Vec<TaskRequest> = (0..20).map(|i| task(&format!("t{i}"))).collect();
+    let p = place(&snap, &reqs, &PlacementConfig::compat());
+    assert_eq!(p.stats.searches, 20);
+    assert!(
+        p.stats.agents_scored >= 20 && p.stats.agents_examined < 20 * 50,
+        "{:?}",
+        p.stats
+    );
+    let p = place(&snap, &reqs, &PlacementConfig::default());
+    assert_eq!(
+        (p.stats.pack_runs, p.stats.packed, p.stats.searches),
+        (1, 20, 0)
+    );
+}
