@@ -1,0 +1,243 @@
+//! A typed client for a cell's REST API, used by the CLI, the agent and the tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::job::{BodyFormat, JobSpec};
+use crate::router::{REASON_HEADER, USER_HEADER};
+use crate::view::{AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery};
+
+/// Default time a request may take, end to end.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed call: the cell's error body, or no usable answer at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{status}: {error}")]
+    Api { status: u16, error: ApiError },
+    #[error("cannot reach {addr}: {message}")]
+    Transport { addr: String, message: String },
+    #[error("unexpected answer from {addr} ({status}): {message}")]
+    Decode {
+        addr: String,
+        status: u16,
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// The API error code, when the cell answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    user: Option<String>,
+    reason: Option<String>,
+}
+
+impl Client {
+    /// `addr` is `host:port` or a full `http://` URL.
+    pub fn new(addr: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(DEFAULT_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            .expect("a plain HTTP client always builds");
+        Client::with_http(addr, http)
+    }
+
+    /// Shares a connection pool with other clients.
+    pub fn with_http(addr: &str, http: reqwest::Client) -> Client {
+        let addr = addr.trim_end_matches('/');
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        Client {
+            base,
+            http,
+            user: None,
+            reason: None,
+        }
+    }
+
+    /// Names who makes changes (recorded in job history).
+    pub fn user(mut self, who: impl Into<String>) -> Client {
+        self.user = Some(who.into());
+        self
+    }
+
+    /// Says why changes are made (recorded in job history).
+    pub fn reason(mut self, why: impl Into<String>) -> Client {
+        self.reason = Some(why.into());
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(u) = &self.user {
+            r = r.header(USER_HEADER, u);
+        }
+        if let Some(w) = &self.reason {
+            r = r.header(REASON_HEADER, w);
+        }
+        r
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::Transport {
+            addr: self.base.clone(),
+            message: e.to_string(),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
+            addr: self.base.clone(),
+            message: e.to_string(),
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                addr: self.base.clone(),
+                status: status.as_u16(),
+                message: e.to_string(),
+            });
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(error) => Err(ClientError::Api {
+                status: status.as_u16(),
+                error,
+            }),
+            Err(_) => Err(ClientError::Decode {
+                addr: self.base.clone(),
+                status: status.as_u16(),
+                message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            }),
+        }
+    }
+
+    /// Submits a spec as the bytes of a file, JSON or YAML.
+    pub async fn submit_raw(
+        &self,
+        body: Vec<u8>,
+        format: BodyFormat,
+        idempotency_key: Option<&str>,
+    ) -> Result<JobRef, ClientError> {
+        let ct = match format {
+            BodyFormat::Json => "application/json",
+            BodyFormat::Yaml => "application/yaml",
+        };
+        let mut r = self
+            .request(Method::POST, "/v1/jobs")
+            .header("content-type", ct)
+            .body(body);
+        if let Some(k) = idempotency_key {
+            r = r.header("idempotency-key", k);
+        }
+        self.send(r).await
+    }
+
+    pub async fn submit_job(
+        &self,
+        spec: &JobSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<JobRef, ClientError> {
+        let body = serde_json::to_vec(spec).expect("a JobSpec always serializes");
+        self.submit_raw(body, BodyFormat::Json, idempotency_key)
+            .await
+    }
+
+    pub async fn list_jobs(&self, q: &ListQuery) -> Result<JobList, ClientError> {
+        self.send(self.request(Method::GET, "/v1/jobs").query(q))
+            .await
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<JobView, ClientError> {
+        self.send(self.request(Method::GET, &format!("/v1/jobs/{id}")))
+            .await
+    }
+
+    pub async fn job_history(&self, id: &str) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.send(self.request(Method::GET, &format!("/v1/jobs/{id}/history")))
+            .await
+    }
+
+    pub async fn update_job(
+        &self,
+        id: &str,
+        spec: &JobSpec,
+        if_match: Option<u64>,
+    ) -> Result<JobRef, ClientError> {
+        let mut r = self
+            .request(Method::PUT, &format!("/v1/jobs/{id}"))
+            .json(spec);
+        if let Some(v) = if_match {
+            r = r.header("if-match", format!("\"{v}\""));
+        }
+        self.send(r).await
+    }
+
+    pub async fn set_instances(
+        &self,
+        id: &str,
+        instances: &BTreeMap<String, u32>,
+        if_match: Option<u64>,
+    ) -> Result<JobRef, ClientError> {
+        let body = serde_json::json!({ "locations": instances });
+        let mut r = self
+            .request(Method::PUT, &format!("/v1/jobs/{id}/instances"))
+            .json(&body);
+        if let Some(v) = if_match {
+            r = r.header("if-match", format!("\"{v}\""));
+        }
+        self.send(r).await
+    }
+
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<JobRef, ClientError> {
+        let verb = if enabled { "enable" } else { "disable" };
+        self.send(self.request(Method::POST, &format!("/v1/jobs/{id}/{verb}")))
+            .await
+    }
+
+    pub async fn kill_job(&self, id: &str) -> Result<JobRef, ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/v1/jobs/{id}")))
+            .await
+    }
+
+    pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
+        self.send(self.request(Method::GET, "/v1/cluster")).await
+    }
+
+    pub async fn add_member(&self, member: &AddMember) -> Result<ClusterView, ClientError> {
+        self.send(
+            self.request(Method::POST, "/v1/cluster/members")
+                .json(member),
+        )
+        .await
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<ClusterView, ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/v1/cluster/members/{id}")))
+            .await
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub async fn ready(&self) -> bool {
+        matches!(self.request(Method::GET, "/readyz").send().await, Ok(r) if r.status() == StatusCode::OK)
+    }
+}

@@ -1,0 +1,175 @@
+//! The one error body of the API and the one place where conditions map to HTTP statuses.
+//!
+//! Every rejected request answers `{"code": "...", "message": "...", "field": "..."}`: a stable machine-readable
+//! code, a human sentence, and the path of the offending field when there is one.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Stable error codes. Clients match on these; never rename one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not valid JSON or YAML at all.
+    MalformedBody,
+    /// The body parsed but a field is missing, unknown, of the wrong type or out of range.
+    InvalidSpec,
+    /// A query parameter or header is not acceptable.
+    InvalidParameter,
+    /// The Content-Type is not JSON or YAML.
+    UnsupportedMediaType,
+    /// The body is larger than the limit.
+    PayloadTooLarge,
+    /// No such object.
+    NotFound,
+    /// `If-Match` named a version that is no longer current.
+    VersionMismatch,
+    /// The object is in a state that does not allow the change (a killed job, say).
+    Conflict,
+    /// A location's quota would be exceeded.
+    QuotaExceeded,
+    /// This member is not the leader and could not reach one.
+    NotLeader,
+    /// The cell cannot serve the request right now (no quorum, shutting down).
+    Unavailable,
+    /// A bug or a storage failure on our side.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The status each condition maps to: this match is the only place statuses are chosen for errors.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::MalformedBody | ErrorCode::InvalidSpec | ErrorCode::InvalidParameter => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
+            ErrorCode::Conflict | ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
+            ErrorCode::NotLeader | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedBody => "malformed_body",
+            ErrorCode::InvalidSpec => "invalid_spec",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::NotLeader => "not_leader",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// The error body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
+#[error("{code:?}: {message}{}", field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// An invalid field: `field` is its path in the body, dotted (`healthCheck.intervalSeconds`,
+    /// `volumes[1].path`).
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: ErrorCode::InvalidSpec,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn not_found(what: &str, id: &str) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, format!("no {what} {id}"))
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Internal, message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code.as_str(), message = %self.message, "request failed");
+        }
+        (status, axum::Json(self)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_code_message_and_field() {
+        let e = ApiError::field("memory", "must be a whole number of MiB");
+        let v = serde_json::to_value(&e).expect("serializable");
+        assert_eq!(
+            v,
+            serde_json::json!({"code": "invalid_spec", "message": "must be a whole number of MiB", "field": "memory"})
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let v = serde_json::to_value(ApiError::not_found("job", "j1")).expect("serializable");
+        assert_eq!(
+            v,
+            serde_json::json!({"code": "not_found", "message": "no job j1"})
+        );
+    }
+
+    #[test]
+    fn code_strings_match_their_serde_names() {
+        for code in [
+            ErrorCode::MalformedBody,
+            ErrorCode::InvalidSpec,
+            ErrorCode::InvalidParameter,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::NotFound,
+            ErrorCode::VersionMismatch,
+            ErrorCode::Conflict,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::NotLeader,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).expect("serializable"),
+                code.as_str()
+            );
+        }
+    }
+}

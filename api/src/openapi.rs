@@ -1,0 +1,34 @@
+//! The OpenAPI document, generated from the wire types and the handlers' annotations.
+
+use utoipa::OpenApi;
+
+use crate::router::paths::*;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Titan",
+        description = "A multi-region container scheduler: one cell's REST API."
+    ),
+    paths(
+        submit_job,
+        list_jobs,
+        get_job,
+        job_history,
+        update_job,
+        set_instances,
+        enable_job,
+        disable_job,
+        kill_job,
+        cluster,
+        add_member,
+        remove_member,
+        ready
+    ),
+    components(schemas(crate::error::ApiError, crate::error::ErrorCode, crate::view::JobState))
+)]
+struct Doc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    Doc::openapi()
+}

@@ -1,0 +1,481 @@
+//! The HTTP surface of a cell: an axum router over the `CellApi` trait that a cell implements.
+//!
+//! Handlers do HTTP only: content types, size limits, headers, parsing and validation through `job`, status
+//! codes. What a request means is the cell's business. Every error leaves as an `ApiError` body.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::job::{BodyFormat, InstancesRequest, JobSpec};
+use crate::view::{
+    AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery, MAX_PAGE_SIZE,
+};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The longest `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Header naming who makes a change (recorded in history); `anonymous` when absent.
+pub const USER_HEADER: &str = "x-titan-user";
+/// Header saying why (recorded in history).
+pub const REASON_HEADER: &str = "x-titan-reason";
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type ApiResult<'a, T> = BoxFuture<'a, Result<T, ApiError>>;
+
+/// Who asks for a change, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub who: String,
+    pub why: Option<String>,
+}
+
+/// What a cell answers to. Writes are answered after they are committed.
+pub trait CellApi: Send + Sync + 'static {
+    fn submit_job(
+        &self,
+        spec: JobSpec,
+        idempotency_key: Option<String>,
+        actor: Actor,
+    ) -> ApiResult<'_, JobRef>;
+    fn list_jobs(&self, query: ListQuery) -> ApiResult<'_, JobList>;
+    fn get_job(&self, id: String) -> ApiResult<'_, JobView>;
+    fn job_history(&self, id: String) -> ApiResult<'_, Vec<HistoryEntry>>;
+    fn update_job(
+        &self,
+        id: String,
+        spec: JobSpec,
+        if_match: Option<u64>,
+        actor: Actor,
+    ) -> ApiResult<'_, JobRef>;
+    fn set_instances(
+        &self,
+        id: String,
+        instances: BTreeMap<String, u32>,
+        if_match: Option<u64>,
+        actor: Actor,
+    ) -> ApiResult<'_, JobRef>;
+    fn set_enabled(&self, id: String, enabled: bool, actor: Actor) -> ApiResult<'_, JobRef>;
+    fn kill_job(&self, id: String, actor: Actor) -> ApiResult<'_, JobRef>;
+    fn cluster(&self) -> ApiResult<'_, ClusterView>;
+    fn add_member(&self, member: AddMember) -> ApiResult<'_, ClusterView>;
+    fn remove_member(&self, id: u64) -> ApiResult<'_, ClusterView>;
+    /// Ready to serve: a leader is known and this member has applied what it knows is committed.
+    fn ready(&self) -> ApiResult<'_, ()>;
+}
+
+type Cell = Arc<dyn CellApi>;
+
+/// Request counts and latencies by route and status, registered in the cell's registry.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    registry: Registry,
+}
+
+impl HttpMetrics {
+    pub fn new(registry: &Registry) -> Result<HttpMetrics, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "titan_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "titan_http_request_duration_seconds",
+                "HTTP request latency by route and method",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(HttpMetrics {
+            requests,
+            latency,
+            registry: registry.clone(),
+        })
+    }
+}
+
+async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "-".into());
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    m.latency
+        .with_label_values(&[&route, &method])
+        .observe(start.elapsed().as_secs_f64());
+    m.requests
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// The public routes of a cell, with metrics recorded into `metrics`' registry.
+pub fn router(cell: Cell, metrics: HttpMetrics) -> Router {
+    let api = Router::new()
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route(
+            "/v1/jobs/{id}",
+            get(get_job).put(update_job).delete(kill_job),
+        )
+        .route("/v1/jobs/{id}/history", get(job_history))
+        .route("/v1/jobs/{id}/instances", put(set_instances))
+        .route("/v1/jobs/{id}/enable", post(enable_job))
+        .route("/v1/jobs/{id}/disable", post(disable_job))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(cell);
+    let meta = Router::new()
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
+        .route("/metrics", get(render_metrics))
+        .with_state(metrics.clone());
+    api.merge(meta)
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "method not allowed",
+                )),
+            )
+        })
+        .layer(middleware::from_fn_with_state(metrics, observe))
+}
+
+async fn render_metrics(State(m): State<HttpMetrics>) -> Response {
+    let mut out = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&m.registry.gather(), &mut out) {
+        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response(),
+        Err(e) => ApiError::internal(format!("encoding metrics: {e}")).into_response(),
+    }
+}
+
+fn format_of(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        m if m.starts_with("application/") && m.ends_with("+json") => Ok(BodyFormat::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            Ok(BodyFormat::Yaml)
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "Content-Type {:?} is not accepted: send application/json or application/yaml",
+                if ct.is_empty() { "(none)" } else { ct }
+            ),
+        )
+        .with_field("Content-Type")),
+    }
+}
+
+/// Reads the whole body, refusing more than `MAX_BODY_BYTES`.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })
+}
+
+fn actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .map(|s| Some(s.trim().to_string()).filter(|s| !s.is_empty()))
+                .map_err(|_| {
+                    ApiError::new(ErrorCode::InvalidParameter, "header is not visible ASCII")
+                        .with_field(name)
+                }),
+        }
+    };
+    Ok(Actor {
+        who: text(USER_HEADER)?.unwrap_or_else(|| "anonymous".into()),
+        why: text(REASON_HEADER)?,
+    })
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .unwrap_or("")
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"');
+    s.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidParameter,
+            "If-Match must be a job version number",
+        )
+        .with_field("If-Match")
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )
+        .with_field("Idempotency-Key")
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad());
+    }
+    Ok(Some(s.to_string()))
+}
+
+fn etag(version: u64) -> [(header::HeaderName, HeaderValue); 1] {
+    let v = HeaderValue::from_str(&format!("\"{version}\""))
+        .expect("digits and quotes are a valid header value");
+    [(header::ETAG, v)]
+}
+
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
+    responses((status = 201, body = JobRef), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
+async fn submit_job(
+    State(cell): State<Cell>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let key = idempotency_key(&headers)?;
+    let who = actor(&headers)?;
+    let spec = JobSpec::parse(&read_body(body).await?, format)?;
+    let job = cell.submit_job(spec, key, who).await?;
+    let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
+        .map_err(|_| ApiError::internal("job id is not a valid header value"))?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        etag(job.version),
+        Json(job),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = ApiError)))]
+async fn list_jobs(
+    State(cell): State<Cell>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    if let Some(s) = &q.state {
+        if crate::view::JobState::parse(s).is_none() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                "state must be enabled, disabled or killed",
+            )
+            .with_field("state"));
+        }
+    }
+    if q.limit.is_some_and(|l| l == 0 || l > MAX_PAGE_SIZE) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("limit must be 1..={MAX_PAGE_SIZE}"),
+        )
+        .with_field("limit"));
+    }
+    Ok(Json(cell.list_jobs(q).await?))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ApiError)))]
+async fn get_job(State(cell): State<Cell>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = cell.get_job(id).await?;
+    Ok((etag(job.version), Json(job)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/history", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = [HistoryEntry]), (status = 404, body = ApiError)))]
+async fn job_history(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    Ok(Json(cell.job_history(id).await?))
+}
+
+#[utoipa::path(put, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "the version this update replaces")),
+    request_body(content = JobSpec, content_type = "application/json"),
+    responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
+async fn update_job(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let version = if_match(&headers)?;
+    let who = actor(&headers)?;
+    let spec = JobSpec::parse(&read_body(body).await?, format)?;
+    let job = cell.update_job(id, spec, version, who).await?;
+    Ok((etag(job.version), Json(job)).into_response())
+}
+
+#[utoipa::path(put, path = "/v1/jobs/{id}/instances", tag = "jobs", params(("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "compare-and-set on the job version")),
+    request_body(content = InstancesRequest, content_type = "application/json"),
+    responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
+async fn set_instances(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let version = if_match(&headers)?;
+    let who = actor(&headers)?;
+    let counts = InstancesRequest::parse(&read_body(body).await?, format)?.counts()?;
+    let job = cell.set_instances(id, counts, version, who).await?;
+    Ok((etag(job.version), Json(job)).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/enable", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn enable_job(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<JobRef>, ApiError> {
+    Ok(Json(cell.set_enabled(id, true, actor(&headers)?).await?))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/disable", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn disable_job(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<JobRef>, ApiError> {
+    Ok(Json(cell.set_enabled(id, false, actor(&headers)?).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn kill_job(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<JobRef>, ApiError> {
+    Ok(Json(cell.kill_job(id, actor(&headers)?).await?))
+}
+
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", responses((status = 200, body = ClusterView)))]
+async fn cluster(State(cell): State<Cell>) -> Result<Json<ClusterView>, ApiError> {
+    Ok(Json(cell.cluster().await?))
+}
+
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster",
+    request_body(content = AddMember, content_type = "application/json"),
+    responses((status = 200, body = ClusterView), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
+async fn add_member(
+    State(cell): State<Cell>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ClusterView>, ApiError> {
+    if !matches!(format_of(&headers)?, BodyFormat::Json) {
+        return Err(
+            ApiError::new(ErrorCode::UnsupportedMediaType, "send application/json")
+                .with_field("Content-Type"),
+        );
+    }
+    let bytes = read_body(body).await?;
+    let member: AddMember = serde_json::from_slice(&bytes).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            ErrorCode::MalformedBody
+        } else {
+            ErrorCode::InvalidSpec
+        };
+        ApiError::new(code, e.to_string())
+    })?;
+    if member.addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ApiError::field(
+            "addr",
+            "must be host:port with an IP address",
+        ));
+    }
+    Ok(Json(cell.add_member(member).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path)),
+    responses((status = 200, body = ClusterView), (status = "4XX", body = ApiError)))]
+async fn remove_member(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+) -> Result<Json<ClusterView>, ApiError> {
+    let id = id.parse::<u64>().map_err(|_| {
+        ApiError::new(ErrorCode::InvalidParameter, "member id must be a number").with_field("id")
+    })?;
+    Ok(Json(cell.remove_member(id).await?))
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200), (status = 503, body = ApiError)))]
+async fn ready(State(cell): State<Cell>) -> Result<&'static str, ApiError> {
+    cell.ready().await.map(|()| "ready")
+}
+
+/// The handlers' OpenAPI path items, for `openapi`.
+pub(crate) mod paths {
+    pub use super::{
+        __path_add_member, __path_cluster, __path_disable_job, __path_enable_job, __path_get_job,
+        __path_job_history, __path_kill_job, __path_list_jobs, __path_ready, __path_remove_member,
+        __path_set_instances, __path_submit_job, __path_update_job,
+    };
+}

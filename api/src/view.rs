@@ -1,0 +1,139 @@
+//! Response bodies: jobs as the API shows them, their history, listings, and the cell's cluster status.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::job::JobSpec;
+
+/// Whether a job runs.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Enabled,
+    Disabled,
+    /// Killed: its tasks are stopped and it takes no more changes. The record stays for its history.
+    Killed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Enabled => "enabled",
+            JobState::Disabled => "disabled",
+            JobState::Killed => "killed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        match s {
+            "enabled" => Some(JobState::Enabled),
+            "disabled" => Some(JobState::Disabled),
+            "killed" => Some(JobState::Killed),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to a write: which job, at which version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRef {
+    pub id: String,
+    pub version: u64,
+}
+
+/// A job as stored by its cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub id: String,
+    pub version: u64,
+    pub state: JobState,
+    pub spec: JobSpec,
+    /// Per-location instance counts, whichever way the spec gave them.
+    pub instances: BTreeMap<String, u32>,
+    /// Milliseconds since the Unix epoch, as stamped by the cell leader.
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// One change to a job: who made it, why, when, and what it was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub at_ms: u64,
+    pub who: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    pub what: String,
+}
+
+/// A page of jobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// Pass as `pageToken` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+/// Filters and paging for `GET /v1/jobs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    pub application: Option<String>,
+    pub owner: Option<String>,
+    pub capacity_group: Option<String>,
+    /// enabled, disabled or killed; by default killed jobs are left out.
+    pub state: Option<String>,
+    /// Page size, 1..=1000 (default 100).
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+/// Default and largest page sizes for listings.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+
+/// A member of the cell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    pub id: u64,
+    pub addr: String,
+    /// leader, follower or learner.
+    pub role: String,
+}
+
+/// The cell's Raft status as one member sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterView {
+    pub cell: String,
+    pub node_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub members: Vec<MemberView>,
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_index: Option<u64>,
+}
+
+/// Body of `POST /v1/cluster/members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddMember {
+    pub id: u64,
+    /// host:port of the member's listener.
+    pub addr: String,
+}

@@ -1,0 +1,712 @@
+//! A cell member: Raft over the sled store, the state machine, and the job API implemented on top of them.
+//!
+//! Writes become `Command`s stamped with who, why and when, and are answered only once committed. A member that
+//! is not the leader forwards the command to the leader over an internal route and relays the answer, so clients
+//! may talk to any member. Reads are served from the member's own applied state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+use titan_api::job::JobSpec;
+use titan_api::router::{ApiResult, HttpMetrics};
+use titan_api::view::{
+    AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobState, JobView, ListQuery, MemberView,
+};
+use titan_api::{Actor, ApiError, CellApi, Client, ErrorCode};
+
+use crate::config::CellConfig;
+use crate::raft::{
+    raft_routes, HttpNetwork, LogStore, NodeId, PeerClient, Raft, SharedState, StateStore,
+};
+use crate::state_machine::{Command, Meta, Rejection, Response};
+use crate::store::{Engine, SledEngine};
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the store in {dir}: {message}")]
+    Store { dir: String, message: String },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The cell's own metrics; the HTTP ones live with the router.
+#[derive(Clone)]
+struct CellMetrics {
+    term: IntGauge,
+    is_leader: IntGauge,
+    leader_changes: IntCounter,
+    commit_latency: Histogram,
+    last_log_index: IntGauge,
+    applied_index: IntGauge,
+    commit_index: IntGauge,
+    apply_lag: IntGauge,
+    log_entries: IntGauge,
+    snapshots: IntCounter,
+    store_bytes: IntGauge,
+    jobs: IntGaugeVec,
+    forwarded: IntCounter,
+}
+
+impl CellMetrics {
+    fn new(registry: &Registry, cell: &str, node: u64) -> Result<CellMetrics, prometheus::Error> {
+        let labels = |o: Opts| {
+            o.const_label("cell", cell)
+                .const_label("node", node.to_string())
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::with_opts(labels(Opts::new(name, help)))?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::with_opts(labels(Opts::new(name, help)))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let commit_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "titan_raft_commit_latency_seconds",
+                "Time from proposing a command to its commit",
+            )
+            .const_label("cell", cell)
+            .const_label("node", node.to_string())
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(commit_latency.clone()))?;
+        let jobs = IntGaugeVec::new(labels(Opts::new("titan_jobs", "Jobs by state")), &["state"])?;
+        registry.register(Box::new(jobs.clone()))?;
+        Ok(CellMetrics {
+            term: gauge("titan_raft_term", "Current Raft term")?,
+            is_leader: gauge("titan_raft_is_leader", "1 on the leader")?,
+            leader_changes: counter(
+                "titan_raft_leader_changes_total",
+                "Times the known leader changed",
+            )?,
+            commit_latency,
+            last_log_index: gauge("titan_raft_last_log_index", "Index of the last log entry")?,
+            applied_index: gauge(
+                "titan_raft_applied_index",
+                "Index of the last applied entry",
+            )?,
+            commit_index: gauge(
+                "titan_raft_commit_index",
+                "Index of the last entry known committed",
+            )?,
+            apply_lag: gauge(
+                "titan_raft_apply_lag_entries",
+                "Committed entries not yet applied",
+            )?,
+            log_entries: gauge(
+                "titan_raft_log_entries",
+                "Entries in the log (not yet compacted)",
+            )?,
+            snapshots: counter("titan_raft_snapshots_total", "Snapshots built or installed")?,
+            store_bytes: gauge("titan_store_size_bytes", "Bytes the store occupies on disk")?,
+            jobs,
+            forwarded: counter(
+                "titan_raft_forwarded_writes_total",
+                "Writes forwarded to the leader",
+            )?,
+        })
+    }
+}
+
+/// The answer of the internal propose route.
+#[derive(Debug, Serialize, Deserialize)]
+enum Proposed {
+    Committed(Response),
+    /// This member is not the leader (any more); the leader it knows, if any.
+    NotLeader(Option<String>),
+}
+
+/// How a forwarded write ended.
+enum Forwarded {
+    Answer(Response),
+    /// Never delivered, or refused before proposing: safe to try again.
+    Retry,
+    /// Delivered but unanswered: it may or may not be committed.
+    Unknown(String),
+}
+
+pub struct Cell {
+    config: CellConfig,
+    raft: Raft,
+    state: SharedState,
+    committed: Arc<AtomicU64>,
+    engine: Arc<dyn Engine>,
+    peers: PeerClient,
+    metrics: CellMetrics,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Cell {
+    /// Opens the store, starts Raft, and bootstraps the cell when this is the lowest-numbered initial member of a
+    /// fresh cell.
+    pub async fn start(config: CellConfig, registry: &Registry) -> Result<Arc<Cell>, CellError> {
+        config.validate()?;
+        let dir = config.data_dir.join("raft");
+        let store_err = |m: String| CellError::Store {
+            dir: dir.display().to_string(),
+            message: m,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
+        let engine: Arc<dyn Engine> =
+            Arc::new(SledEngine::open(&dir).map_err(|e| store_err(e.to_string()))?);
+        let log = LogStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
+        let committed = log.committed_index();
+        let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
+        let state = sm.state();
+
+        let t = &config.raft;
+        let raft_config = openraft::Config {
+            cluster_name: config.cell.clone(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_min_ms,
+            election_timeout_max: t.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+            max_in_snapshot_log_to_keep: t.keep_logs,
+            max_payload_entries: 1_000,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| CellError::Raft(e.to_string()))?;
+        let peers = PeerClient::new();
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            HttpNetwork::new(peers.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| CellError::Raft(e.to_string()))?;
+
+        let lowest = config.peers.keys().next().copied();
+        if lowest == Some(config.node_id)
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| CellError::Raft(e.to_string()))?
+        {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
+                .collect();
+            tracing::info!(cell = %config.cell, members = ?members.keys().collect::<Vec<_>>(), "bootstrapping the cell");
+            if let Err(e) = raft.initialize(members).await {
+                // Another start already initialized it; Raft carries on from its log.
+                tracing::warn!(error = %e, "cell not bootstrapped");
+            }
+        }
+
+        let metrics = CellMetrics::new(registry, &config.cell, config.node_id)?;
+        let cell = Arc::new(Cell {
+            config,
+            raft,
+            state,
+            committed,
+            engine,
+            peers,
+            metrics,
+        });
+        tokio::spawn(watch(cell.clone()));
+        Ok(cell)
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Every route this member serves: the public API, Raft's internal routes and write forwarding.
+    pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
+        let api: Arc<dyn CellApi> = self.clone();
+        titan_api::router(api, http)
+            .merge(raft_routes(self.raft.clone()))
+            .merge(
+                Router::new()
+                    .route("/internal/propose", post(propose_here))
+                    .with_state(self.clone()),
+            )
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Err(e) = self.engine.flush() {
+            tracing::warn!(error = %e, "final flush");
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state_machine::CellState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn meta(actor: Actor) -> Meta {
+        Meta {
+            who: actor.who,
+            why: actor.why,
+            at_ms: now_ms(),
+        }
+    }
+
+    /// Commits a command, through the leader wherever it is, and maps the state machine's answer.
+    async fn write(&self, cmd: Command) -> Result<JobRef, ApiError> {
+        match self.propose(cmd).await? {
+            Response::Job(job) => Ok(job),
+            Response::Rejected(r) => Err(rejection(r)),
+            Response::None => Err(ApiError::internal(
+                "the state machine gave no answer to a job command",
+            )),
+        }
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Response, ApiError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms);
+        loop {
+            let start = Instant::now();
+            match self.raft.client_write(cmd.clone()).await {
+                Ok(r) => {
+                    self.metrics
+                        .commit_latency
+                        .observe(start.elapsed().as_secs_f64());
+                    return Ok(r.data);
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let Some(node) = f
+                        .leader_node
+                        .filter(|_| f.leader_id != Some(self.config.node_id))
+                    {
+                        self.metrics.forwarded.inc();
+                        match self.forward(&node.addr, &cmd).await {
+                            Forwarded::Answer(r) => return Ok(r),
+                            Forwarded::Retry => {}
+                            Forwarded::Unknown(e) => {
+                                return Err(ApiError::new(
+                                    ErrorCode::Unavailable,
+                                    format!("the leader did not answer, the change may or may not be applied: {e}"),
+                                ))
+                            }
+                        }
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(ApiError::internal(e.to_string()))
+                }
+                Err(RaftError::Fatal(e)) => {
+                    return Err(ApiError::new(ErrorCode::Unavailable, e.to_string()))
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::NotLeader,
+                    "no leader could commit the change in time",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward(&self, addr: &str, cmd: &Command) -> Forwarded {
+        let url = format!("http://{addr}/internal/propose");
+        let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
+        let resp = match self
+            .peers
+            .http
+            .post(url)
+            .timeout(timeout)
+            .json(cmd)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => return Forwarded::Retry,
+            Err(e) => return Forwarded::Unknown(e.to_string()),
+        };
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return Forwarded::Retry;
+        }
+        match resp.json::<Proposed>().await {
+            Ok(Proposed::Committed(r)) => Forwarded::Answer(r),
+            Ok(Proposed::NotLeader(_)) => Forwarded::Retry,
+            Err(e) => Forwarded::Unknown(e.to_string()),
+        }
+    }
+
+    fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, String>) {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters = m.membership().voter_ids().collect();
+        let nodes = m
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        (voters, nodes)
+    }
+
+    fn leader_client(&self) -> Result<Option<Client>, ApiError> {
+        let m = self.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(l) if l == self.config.node_id => Ok(None),
+            Some(l) => {
+                let addr = m
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+                    .ok_or_else(|| {
+                        ApiError::new(ErrorCode::NotLeader, "the leader's address is unknown")
+                    })?;
+                Ok(Some(Client::with_http(&addr, self.peers.http.clone())))
+            }
+            None => Err(ApiError::new(ErrorCode::NotLeader, "no leader is elected")),
+        }
+    }
+}
+
+fn rejection(r: Rejection) -> ApiError {
+    match r {
+        Rejection::NotFound { id } => ApiError::not_found("job", &id),
+        Rejection::VersionMismatch {
+            id,
+            expected,
+            current,
+        } => ApiError::new(
+            ErrorCode::VersionMismatch,
+            format!("job {id} is at version {current}, not {expected}"),
+        )
+        .with_field("If-Match"),
+        Rejection::Killed { id } => {
+            ApiError::new(ErrorCode::Conflict, format!("job {id} was killed"))
+        }
+        Rejection::IdempotencyKeyReused { key } => ApiError::new(
+            ErrorCode::Conflict,
+            format!("Idempotency-Key {key:?} was used before for a different spec"),
+        )
+        .with_field("Idempotency-Key"),
+    }
+}
+
+fn forwarded_error(e: titan_api::ClientError) -> ApiError {
+    match e {
+        titan_api::ClientError::Api { error, .. } => error,
+        other => ApiError::new(ErrorCode::NotLeader, other.to_string()),
+    }
+}
+
+/// Proposes on this member only; a follower answers with the leader it knows.
+async fn propose_here(State(cell): State<Arc<Cell>>, Json(cmd): Json<Command>) -> HttpResponse {
+    let start = Instant::now();
+    match cell.raft.client_write(cmd).await {
+        Ok(r) => {
+            cell.metrics
+                .commit_latency
+                .observe(start.elapsed().as_secs_f64());
+            Json(Proposed::Committed(r.data)).into_response()
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Json(Proposed::NotLeader(f.leader_node.map(|n| n.addr))).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// Keeps the cell's gauges current from Raft's metrics, and the slower ones on a timer.
+async fn watch(cell: Arc<Cell>) {
+    let mut rx = cell.raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut leader = None;
+    let mut snapshot = None;
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {
+                cell.metrics.store_bytes.set(cell.engine.size_on_disk() as i64);
+                let counts = {
+                    let s = cell.read();
+                    let mut counts = BTreeMap::from([(JobState::Enabled, 0i64), (JobState::Disabled, 0), (JobState::Killed, 0)]);
+                    for j in s.jobs() { *counts.entry(j.state).or_insert(0) += 1; }
+                    counts
+                };
+                for (state, n) in counts { cell.metrics.jobs.with_label_values(&[state.as_str()]).set(n); }
+            }
+        }
+        let m = rx.borrow().clone();
+        let metrics = &cell.metrics;
+        metrics.term.set(m.current_term as i64);
+        metrics
+            .is_leader
+            .set(i64::from(m.state == ServerState::Leader));
+        if m.current_leader != leader {
+            if m.current_leader.is_some() {
+                metrics.leader_changes.inc();
+                tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
+            }
+            leader = m.current_leader;
+        }
+        if m.snapshot != snapshot {
+            if m.snapshot.is_some() {
+                metrics.snapshots.inc();
+            }
+            snapshot = m.snapshot;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let committed = cell.committed.load(Ordering::Relaxed).max(applied);
+        let purged = m.purged.map(|l| l.index + 1).unwrap_or(0);
+        metrics.last_log_index.set(last as i64);
+        metrics.applied_index.set(applied as i64);
+        metrics.commit_index.set(committed as i64);
+        metrics
+            .apply_lag
+            .set(committed.saturating_sub(applied) as i64);
+        metrics
+            .log_entries
+            .set(last.saturating_sub(purged) as i64 + i64::from(m.last_log_index.is_some()));
+    }
+}
+
+impl CellApi for Cell {
+    fn submit_job(
+        &self,
+        spec: JobSpec,
+        idempotency_key: Option<String>,
+        actor: Actor,
+    ) -> ApiResult<'_, JobRef> {
+        Box::pin(async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            self.write(Command::PutJob {
+                id,
+                spec: Box::new(spec),
+                idempotency_key,
+                meta: Cell::meta(actor),
+            })
+            .await
+        })
+    }
+
+    fn list_jobs(&self, query: ListQuery) -> ApiResult<'_, JobList> {
+        Box::pin(async move {
+            let s = self.read();
+            let (page, next) = s.list(&query);
+            Ok(JobList {
+                jobs: page.into_iter().map(|j| j.view()).collect(),
+                next_page_token: next,
+            })
+        })
+    }
+
+    fn get_job(&self, id: String) -> ApiResult<'_, JobView> {
+        Box::pin(async move {
+            self.read()
+                .job(&id)
+                .map(|j| j.view())
+                .ok_or_else(|| ApiError::not_found("job", &id))
+        })
+    }
+
+    fn job_history(&self, id: String) -> ApiResult<'_, Vec<HistoryEntry>> {
+        Box::pin(async move {
+            self.read()
+                .job(&id)
+                .map(|j| j.history.clone())
+                .ok_or_else(|| ApiError::not_found("job", &id))
+        })
+    }
+
+    fn update_job(
+        &self,
+        id: String,
+        spec: JobSpec,
+        if_match: Option<u64>,
+        actor: Actor,
+    ) -> ApiResult<'_, JobRef> {
+        Box::pin(async move {
+            self.write(Command::UpdateJob {
+                id,
+                spec: Box::new(spec),
+                if_version: if_match,
+                meta: Cell::meta(actor),
+            })
+            .await
+        })
+    }
+
+    fn set_instances(
+        &self,
+        id: String,
+        instances: BTreeMap<String, u32>,
+        if_match: Option<u64>,
+        actor: Actor,
+    ) -> ApiResult<'_, JobRef> {
+        Box::pin(async move {
+            self.write(Command::SetInstances {
+                id,
+                instances,
+                if_version: if_match,
+                meta: Cell::meta(actor),
+            })
+            .await
+        })
+    }
+
+    fn set_enabled(&self, id: String, enabled: bool, actor: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async move {
+            self.write(Command::SetEnabled {
+                id,
+                enabled,
+                meta: Cell::meta(actor),
+            })
+            .await
+        })
+    }
+
+    fn kill_job(&self, id: String, actor: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async move {
+            self.write(Command::KillJob {
+                id,
+                meta: Cell::meta(actor),
+            })
+            .await
+        })
+    }
+
+    fn cluster(&self) -> ApiResult<'_, ClusterView> {
+        Box::pin(async move {
+            let m = self.raft.metrics().borrow().clone();
+            let (voters, nodes) = self.members();
+            let members = nodes
+                .into_iter()
+                .map(|(id, addr)| {
+                    let role = if Some(id) == m.current_leader {
+                        "leader"
+                    } else if voters.contains(&id) {
+                        "follower"
+                    } else {
+                        "learner"
+                    };
+                    MemberView {
+                        id,
+                        addr,
+                        role: role.into(),
+                    }
+                })
+                .collect();
+            let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+            Ok(ClusterView {
+                cell: self.config.cell.clone(),
+                node_id: self.config.node_id,
+                leader: m.current_leader,
+                term: m.current_term,
+                members,
+                last_log_index: m.last_log_index.unwrap_or(0),
+                commit_index: self.committed.load(Ordering::Relaxed).max(applied),
+                applied_index: applied,
+                snapshot_index: m.snapshot.map(|l| l.index),
+            })
+        })
+    }
+
+    fn add_member(&self, member: AddMember) -> ApiResult<'_, ClusterView> {
+        Box::pin(async move {
+            if let Some(leader) = self.leader_client()? {
+                return leader.add_member(&member).await.map_err(forwarded_error);
+            }
+            tracing::info!(id = member.id, addr = %member.addr, "adding member");
+            let node = BasicNode::new(member.addr.clone());
+            // Blocking: the new member is a learner until it has caught up (from a snapshot if need be).
+            self.raft
+                .add_learner(member.id, node, true)
+                .await
+                .map_err(membership_error)?;
+            let (mut voters, _) = self.members();
+            voters.insert(member.id);
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(voters), false)
+                .await
+                .map_err(membership_error)?;
+            self.cluster().await
+        })
+    }
+
+    fn remove_member(&self, id: u64) -> ApiResult<'_, ClusterView> {
+        Box::pin(async move {
+            if let Some(leader) = self.leader_client()? {
+                return leader.remove_member(id).await.map_err(forwarded_error);
+            }
+            let (voters, nodes) = self.members();
+            if !nodes.contains_key(&id) {
+                return Err(ApiError::not_found("member", &id.to_string()));
+            }
+            if voters.contains(&id) && voters.len() == 1 {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "cannot remove the last member",
+                ));
+            }
+            tracing::info!(id, "removing member");
+            let change = if voters.contains(&id) {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            self.raft
+                .change_membership(change, false)
+                .await
+                .map_err(membership_error)?;
+            self.cluster().await
+        })
+    }
+
+    fn ready(&self) -> ApiResult<'_, ()> {
+        Box::pin(async move {
+            let m = self.raft.metrics().borrow().clone();
+            match m.current_leader {
+                Some(_) if m.running_state.is_ok() => Ok(()),
+                _ => Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "no leader is known yet",
+                )),
+            }
+        })
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::new(
+            ErrorCode::NotLeader,
+            "leadership moved during the change; retry",
+        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ApiError::new(ErrorCode::Conflict, e.to_string())
+        }
+        RaftError::Fatal(e) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+    }
+}

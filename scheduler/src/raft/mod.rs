@@ -1,0 +1,80 @@
+//! Raft for one cell: openraft's type configuration, the log and state machine storage over the storage seam,
+//! and the HTTP transport between members.
+
+mod log_store;
+mod network;
+mod state_store;
+
+use std::io::Cursor;
+
+pub use log_store::LogStore;
+pub use network::{raft_routes, HttpNetwork, PeerClient};
+pub use state_store::{SharedState, StateStore};
+
+use crate::state_machine::{Command, Response};
+
+openraft::declare_raft_types!(
+    /// The cell's Raft types: commands in, responses out, members named by number and reached at an address.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type NodeId = u64;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+fn io_err(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::store::{Engine, MemoryEngine, SledEngine};
+
+    struct Builder<F>(F);
+
+    impl<F> StoreBuilder<TypeConfig, LogStore, StateStore, Option<tempfile::TempDir>> for Builder<F>
+    where
+        F: Fn() -> (Option<tempfile::TempDir>, Arc<dyn Engine>) + Send + Sync,
+    {
+        async fn build(
+            &self,
+        ) -> Result<(Option<tempfile::TempDir>, LogStore, StateStore), StorageError> {
+            let (dir, engine) = (self.0)();
+            let log = LogStore::open(engine.clone())?;
+            let sm = StateStore::open(engine)?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn memory_engine_passes_openraft_storage_suite() -> Result<(), StorageError> {
+        Suite::test_all(Builder(|| {
+            (None, Arc::new(MemoryEngine::new()) as Arc<dyn Engine>)
+        }))
+    }
+
+    #[test]
+    fn sled_engine_passes_openraft_storage_suite() -> Result<(), StorageError> {
+        Suite::test_all(Builder(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let engine = SledEngine::open(dir.path()).expect("open sled");
+            (Some(dir), Arc::new(engine) as Arc<dyn Engine>)
+        }))
+    }
+}

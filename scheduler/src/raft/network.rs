@@ -1,0 +1,170 @@
+//! Raft between members over HTTP: the client side (`HttpNetwork`, one `Peer` per target) and the internal
+//! routes that receive its calls. Bodies are JSON; a remote Raft error travels back inside a 200 response so the
+//! caller can tell "the peer said no" from "the peer could not be reached".
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{NodeId, Raft, TypeConfig};
+
+/// The largest internal request body: a batch of log entries or one snapshot chunk.
+pub const MAX_INTERNAL_BODY: usize = 64 * 1024 * 1024;
+
+/// An HTTP client shared by every connection to every peer (one connection pool per member).
+#[derive(Clone)]
+pub struct PeerClient {
+    pub(crate) http: reqwest::Client,
+}
+
+impl PeerClient {
+    pub fn new() -> PeerClient {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()
+            .expect("a plain HTTP client always builds");
+        PeerClient { http }
+    }
+}
+
+impl Default for PeerClient {
+    fn default() -> Self {
+        PeerClient::new()
+    }
+}
+
+/// Makes a `Peer` for each member Raft talks to.
+pub struct HttpNetwork {
+    pub(crate) client: PeerClient,
+}
+
+impl HttpNetwork {
+    pub fn new(client: PeerClient) -> HttpNetwork {
+        HttpNetwork { client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            http: self.client.http.clone(),
+        }
+    }
+}
+
+pub struct Peer {
+    target: NodeId,
+    addr: String,
+    http: reqwest::Client,
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let url = format!("http://{}/internal/raft/{path}", self.addr);
+        let resp = self
+            .http
+            .post(url)
+            .timeout(option.hard_ttl())
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        let answer: Result<Resp, E> = resp
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("vote", &rpc, &option).await
+    }
+}
+
+async fn append(
+    State(raft): State<Raft>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    Json(raft.append_entries(req).await)
+}
+
+async fn vote(
+    State(raft): State<Raft>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Json(raft.vote(req).await)
+}
+
+async fn snapshot(
+    State(raft): State<Raft>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Json(raft.install_snapshot(req).await)
+}
+
+/// The internal routes Raft peers call.
+pub fn raft_routes(raft: Raft) -> Router {
+    Router::new()
+        .route("/internal/raft/append", post(append))
+        .route("/internal/raft/vote", post(vote))
+        .route("/internal/raft/snapshot", post(snapshot))
+        .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
+        .with_state(raft)
+}

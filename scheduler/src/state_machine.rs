@@ -1,0 +1,523 @@
+//! The cell's replicated state and how a committed command changes it.
+//!
+//! Pure and deterministic: everything a command needs (ids, the time, who and why) is decided before it is
+//! proposed, so every member applying the same log reaches the same state. Rejections (a stale `If-Match`, a
+//! killed job) are answers, not errors: they are decided here, at apply time, against the latest state.
+//!
+//! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
+//! change), snapshots carry `SnapshotV1` behind a format number.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use titan_api::job::JobSpec;
+use titan_api::view::{
+    HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
+};
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// History entries kept per job; older ones are dropped first.
+pub const MAX_HISTORY: usize = 1_000;
+
+/// Who made a change, why, and when (stamped by the member that proposed it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub who: String,
+    pub why: Option<String>,
+    pub at_ms: u64,
+}
+
+/// A change to the cell's state, as committed in the Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    PutJob {
+        id: String,
+        spec: Box<JobSpec>,
+        idempotency_key: Option<String>,
+        meta: Meta,
+    },
+    UpdateJob {
+        id: String,
+        spec: Box<JobSpec>,
+        if_version: Option<u64>,
+        meta: Meta,
+    },
+    SetInstances {
+        id: String,
+        instances: BTreeMap<String, u32>,
+        if_version: Option<u64>,
+        meta: Meta,
+    },
+    SetEnabled {
+        id: String,
+        enabled: bool,
+        meta: Meta,
+    },
+    KillJob {
+        id: String,
+        meta: Meta,
+    },
+}
+
+/// Why a command changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    NotFound {
+        id: String,
+    },
+    VersionMismatch {
+        id: String,
+        expected: u64,
+        current: u64,
+    },
+    Killed {
+        id: String,
+    },
+    /// The key was used before for a different spec.
+    IdempotencyKeyReused {
+        key: String,
+    },
+}
+
+/// What applying a command answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Job(JobRef),
+    Rejected(Rejection),
+    /// Blank and membership entries.
+    None,
+}
+
+/// A job with its state and history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub spec: JobSpec,
+    pub version: u64,
+    pub state: JobState,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl JobRecord {
+    pub fn view(&self) -> JobView {
+        JobView {
+            id: self.id.clone(),
+            version: self.version,
+            state: self.state,
+            instances: self.spec.locations(),
+            spec: self.spec.clone(),
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        }
+    }
+
+    fn change(&mut self, meta: &Meta, what: String) -> JobRef {
+        self.version += 1;
+        self.updated_at_ms = meta.at_ms;
+        self.history.push(HistoryEntry {
+            version: self.version,
+            at_ms: meta.at_ms,
+            who: meta.who.clone(),
+            why: meta.why.clone(),
+            what,
+        });
+        if self.history.len() > MAX_HISTORY {
+            let excess = self.history.len() - MAX_HISTORY;
+            self.history.drain(..excess);
+        }
+        JobRef {
+            id: self.id.clone(),
+            version: self.version,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Remembered {
+    job: JobRef,
+    fingerprint: u64,
+    at_ms: u64,
+}
+
+/// Everything the cell replicates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellState {
+    jobs: BTreeMap<String, JobRecord>,
+    idempotency: BTreeMap<String, Remembered>,
+    /// (time, key) in order, to forget expired keys without scanning.
+    idempotency_by_time: BTreeMap<(u64, String), ()>,
+}
+
+/// The snapshot format, version 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotV1 {
+    pub state: CellState,
+}
+
+fn fingerprint(spec: &JobSpec) -> u64 {
+    fenzo::fnv1a(&serde_json::to_vec(spec).expect("a JobSpec always serializes"))
+}
+
+fn describe(instances: &BTreeMap<String, u32>) -> String {
+    instances
+        .iter()
+        .map(|(l, n)| format!("{l}={n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl CellState {
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        match cmd {
+            Command::PutJob {
+                id,
+                spec,
+                idempotency_key,
+                meta,
+            } => {
+                self.forget_expired(meta.at_ms);
+                // A proposal retried after an ambiguous failure carries the same id: it must not create twice.
+                if let Some(existing) = self.jobs.get(id) {
+                    return Response::Job(JobRef {
+                        id: id.clone(),
+                        version: existing.version,
+                    });
+                }
+                let print = fingerprint(spec);
+                if let Some(key) = idempotency_key {
+                    if let Some(r) = self.idempotency.get(key) {
+                        return if r.fingerprint == print {
+                            Response::Job(r.job.clone())
+                        } else {
+                            Response::Rejected(Rejection::IdempotencyKeyReused { key: key.clone() })
+                        };
+                    }
+                }
+                let mut record = JobRecord {
+                    id: id.clone(),
+                    spec: (**spec).clone(),
+                    version: 0,
+                    state: JobState::Enabled,
+                    created_at_ms: meta.at_ms,
+                    updated_at_ms: meta.at_ms,
+                    history: Vec::new(),
+                };
+                let job = record.change(meta, "created".into());
+                self.jobs.insert(id.clone(), record);
+                if let Some(key) = idempotency_key {
+                    self.idempotency.insert(
+                        key.clone(),
+                        Remembered {
+                            job: job.clone(),
+                            fingerprint: print,
+                            at_ms: meta.at_ms,
+                        },
+                    );
+                    self.idempotency_by_time
+                        .insert((meta.at_ms, key.clone()), ());
+                }
+                Response::Job(job)
+            }
+            Command::UpdateJob {
+                id,
+                spec,
+                if_version,
+                meta,
+            } => self.modify(id, *if_version, |job| {
+                job.spec = (**spec).clone();
+                job.change(meta, "spec updated".into())
+            }),
+            Command::SetInstances {
+                id,
+                instances,
+                if_version,
+                meta,
+            } => self.modify(id, *if_version, |job| {
+                job.spec.location = None;
+                job.spec.locations = Some(instances.clone());
+                job.change(meta, format!("instances {}", describe(instances)))
+            }),
+            Command::SetEnabled { id, enabled, meta } => self.modify(id, None, |job| {
+                job.state = if *enabled {
+                    JobState::Enabled
+                } else {
+                    JobState::Disabled
+                };
+                job.change(
+                    meta,
+                    if *enabled {
+                        "enabled".into()
+                    } else {
+                        "disabled".into()
+                    },
+                )
+            }),
+            Command::KillJob { id, meta } => self.modify(id, None, |job| {
+                job.state = JobState::Killed;
+                job.change(meta, "killed".into())
+            }),
+        }
+    }
+
+    fn modify(
+        &mut self,
+        id: &str,
+        if_version: Option<u64>,
+        f: impl FnOnce(&mut JobRecord) -> JobRef,
+    ) -> Response {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return Response::Rejected(Rejection::NotFound { id: id.to_string() });
+        };
+        if job.state == JobState::Killed {
+            return Response::Rejected(Rejection::Killed { id: id.to_string() });
+        }
+        if let Some(expected) = if_version {
+            if expected != job.version {
+                return Response::Rejected(Rejection::VersionMismatch {
+                    id: id.to_string(),
+                    expected,
+                    current: job.version,
+                });
+            }
+        }
+        Response::Job(f(job))
+    }
+
+    fn forget_expired(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(IDEMPOTENCY_TTL_MS);
+        while let Some(((at, key), ())) = self.idempotency_by_time.first_key_value() {
+            if *at >= horizon {
+                break;
+            }
+            let key = key.clone();
+            self.idempotency_by_time.pop_first();
+            self.idempotency.remove(&key);
+        }
+    }
+
+    pub fn job(&self, id: &str) -> Option<&JobRecord> {
+        self.jobs.get(id)
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.values()
+    }
+
+    /// Jobs matching the query's filters, in id order, one page at a time.
+    pub fn list(&self, q: &ListQuery) -> (Vec<&JobRecord>, Option<String>) {
+        let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize;
+        let state = q.state.as_deref().and_then(JobState::parse);
+        let matches = |j: &JobRecord| {
+            q.application
+                .as_ref()
+                .is_none_or(|a| &j.spec.application_name == a)
+                && q.owner
+                    .as_ref()
+                    .is_none_or(|o| j.spec.owner.as_ref() == Some(o))
+                && q.capacity_group
+                    .as_ref()
+                    .is_none_or(|c| j.spec.capacity_group.as_ref() == Some(c))
+                && match state {
+                    Some(s) => j.state == s,
+                    None => j.state != JobState::Killed,
+                }
+        };
+        let from = match &q.page_token {
+            Some(t) => std::ops::Bound::Excluded(t.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut page: Vec<&JobRecord> = Vec::new();
+        let mut more = false;
+        for (_, j) in self
+            .jobs
+            .range::<String, _>((from, std::ops::Bound::Unbounded))
+        {
+            if !matches(j) {
+                continue;
+            }
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            page.push(j);
+        }
+        let next = if more {
+            page.last().map(|j| j.id.clone())
+        } else {
+            None
+        };
+        (page, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use titan_api::job::BodyFormat;
+
+    fn spec(name: &str, app: &str) -> Box<JobSpec> {
+        let body = format!(
+            r#"{{"name":"{name}","applicationName":"{app}","location":"dc1:2,dc2:1","cpus":1,"memory":512,"image":"busybox"}}"#
+        );
+        Box::new(JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec"))
+    }
+
+    fn meta(at_ms: u64) -> Meta {
+        Meta {
+            who: "alice".into(),
+            why: Some("test".into()),
+            at_ms,
+        }
+    }
+
+    fn put(id: &str, key: Option<&str>, at: u64) -> Command {
+        Command::PutJob {
+            id: id.into(),
+            spec: spec("web", "shop"),
+            idempotency_key: key.map(String::from),
+            meta: meta(at),
+        }
+    }
+
+    fn job(id: &str, version: u64) -> Response {
+        Response::Job(JobRef {
+            id: id.into(),
+            version,
+        })
+    }
+
+    #[test]
+    fn jobs_are_created_changed_and_killed_with_history() {
+        let mut s = CellState::default();
+        assert_eq!(s.apply(&put("j1", None, 1)), job("j1", 1));
+        assert_eq!(
+            s.apply(&put("j1", None, 1)),
+            job("j1", 1),
+            "a re-proposed create changes nothing"
+        );
+        let scale = |v| Command::SetInstances {
+            id: "j1".into(),
+            instances: BTreeMap::from([("dc1".to_string(), 5)]),
+            if_version: v,
+            meta: meta(2),
+        };
+        assert_eq!(s.apply(&scale(Some(1))), job("j1", 2));
+        assert_eq!(
+            s.apply(&scale(Some(1))),
+            Response::Rejected(Rejection::VersionMismatch {
+                id: "j1".into(),
+                expected: 1,
+                current: 2
+            })
+        );
+        assert_eq!(
+            s.job("j1").map(|j| j.view().instances),
+            Some(BTreeMap::from([("dc1".to_string(), 5)]))
+        );
+        let off = Command::SetEnabled {
+            id: "j1".into(),
+            enabled: false,
+            meta: meta(3),
+        };
+        assert_eq!(s.apply(&off), job("j1", 3));
+        assert_eq!(
+            s.apply(&Command::KillJob {
+                id: "j1".into(),
+                meta: meta(4)
+            }),
+            job("j1", 4)
+        );
+        assert_eq!(
+            s.apply(&off),
+            Response::Rejected(Rejection::Killed { id: "j1".into() })
+        );
+        let what: Vec<&str> = s
+            .job("j1")
+            .map(|j| j.history.iter().map(|h| h.what.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            what,
+            vec!["created", "instances dc1=5", "disabled", "killed"]
+        );
+        assert_eq!(
+            s.apply(&Command::KillJob {
+                id: "nope".into(),
+                meta: meta(5)
+            }),
+            Response::Rejected(Rejection::NotFound { id: "nope".into() })
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_return_the_first_answer_until_they_expire() {
+        let mut s = CellState::default();
+        assert_eq!(s.apply(&put("j1", Some("k"), 10)), job("j1", 1));
+        assert_eq!(
+            s.apply(&put("j2", Some("k"), 20)),
+            job("j1", 1),
+            "a retry gets the first job"
+        );
+        assert_eq!(s.job_count(), 1);
+        let other = Command::PutJob {
+            id: "j3".into(),
+            spec: spec("api", "shop"),
+            idempotency_key: Some("k".into()),
+            meta: meta(30),
+        };
+        assert_eq!(
+            s.apply(&other),
+            Response::Rejected(Rejection::IdempotencyKeyReused { key: "k".into() })
+        );
+        assert_eq!(
+            s.apply(&put("j4", Some("k"), 10 + IDEMPOTENCY_TTL_MS + 1)),
+            job("j4", 1),
+            "expired keys are forgotten"
+        );
+    }
+
+    #[test]
+    fn listing_filters_and_pages() {
+        let mut s = CellState::default();
+        for (i, app) in ["a", "b", "a", "a"].iter().enumerate() {
+            let c = Command::PutJob {
+                id: format!("j{i}"),
+                spec: spec("web", app),
+                idempotency_key: None,
+                meta: meta(1),
+            };
+            s.apply(&c);
+        }
+        s.apply(&Command::KillJob {
+            id: "j2".into(),
+            meta: meta(2),
+        });
+        let q = ListQuery {
+            application: Some("a".into()),
+            limit: Some(1),
+            ..ListQuery::default()
+        };
+        let (page, next) = s.list(&q);
+        assert_eq!((page[0].id.as_str(), next.as_deref()), ("j0", Some("j0")));
+        let (page, next) = s.list(&ListQuery {
+            page_token: next,
+            ..q.clone()
+        });
+        assert_eq!(
+            (page[0].id.as_str(), next.as_deref()),
+            ("j3", None),
+            "killed j2 is left out"
+        );
+        let killed = ListQuery {
+            state: Some("killed".into()),
+            ..ListQuery::default()
+        };
+        assert_eq!(s.list(&killed).0.len(), 1);
+    }
+}

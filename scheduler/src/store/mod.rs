@@ -1,0 +1,170 @@
+//! The storage seam: the few key-value operations the Raft log, vote and snapshots need, behind one trait.
+//!
+//! `SledEngine` is the production adapter and `MemoryEngine` serves tests; both pass the same suite
+//! (`conformance`, below) and, through the Raft storage built on them, openraft's storage test suite. Nothing above
+//! this module names sled.
+
+mod memory;
+mod sled_engine;
+
+use std::ops::Bound;
+
+pub use memory::MemoryEngine;
+pub use sled_engine::SledEngine;
+
+/// The trees (key spaces) the cell stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tree {
+    /// Raft log entries by big-endian index.
+    Log,
+    /// Small records: vote, committed, last purged log id.
+    Meta,
+    /// The latest state machine snapshot.
+    Snapshot,
+}
+
+impl Tree {
+    pub const ALL: [Tree; 3] = [Tree::Log, Tree::Meta, Tree::Snapshot];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Log => "raft-log",
+            Tree::Meta => "raft-meta",
+            Tree::Snapshot => "raft-snapshot",
+        }
+    }
+}
+
+/// A storage failure: the engine's own words, since nothing above the seam can do better than report it.
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StoreError(pub String);
+
+/// One write in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// An ordered key-value store with named trees. Writes become durable at `flush`, which callers batch (group
+/// commit): one flush makes every earlier write durable.
+pub trait Engine: Send + Sync + 'static {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Applies the ops atomically, in order.
+    fn write(&self, tree: Tree, ops: Vec<Op>) -> Result<(), StoreError>;
+
+    /// Pairs with keys in the range, in key order, at most `limit`.
+    fn range(
+        &self,
+        tree: Tree,
+        from: Bound<Vec<u8>>,
+        to: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Pair>, StoreError>;
+
+    fn last(&self, tree: Tree) -> Result<Option<Pair>, StoreError>;
+
+    /// Removes every key in the range.
+    fn delete_range(
+        &self,
+        tree: Tree,
+        from: Bound<Vec<u8>>,
+        to: Bound<Vec<u8>>,
+    ) -> Result<(), StoreError>;
+
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Bytes the engine occupies on disk (0 when in memory).
+    fn size_on_disk(&self) -> u64;
+}
+
+/// The suite every engine passes.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    fn k(i: u64) -> Vec<u8> {
+        i.to_be_bytes().to_vec()
+    }
+
+    pub(crate) fn check(engine: &dyn Engine) {
+        assert_eq!(engine.get(Tree::Log, &k(1)).expect("get"), None);
+        assert_eq!(engine.last(Tree::Log).expect("last"), None);
+        let ops = (1..=10)
+            .map(|i| Op::Put(k(i), format!("v{i}").into_bytes()))
+            .collect();
+        engine.write(Tree::Log, ops).expect("write");
+        engine
+            .write(Tree::Meta, vec![Op::Put(b"vote".to_vec(), b"x".to_vec())])
+            .expect("write");
+        engine.flush().expect("flush");
+
+        assert_eq!(
+            engine.get(Tree::Log, &k(3)).expect("get"),
+            Some(b"v3".to_vec())
+        );
+        assert_eq!(
+            engine.get(Tree::Meta, &k(3)).expect("get"),
+            None,
+            "trees are separate"
+        );
+        assert_eq!(
+            engine.last(Tree::Log).expect("last"),
+            Some((k(10), b"v10".to_vec()))
+        );
+        let got = engine
+            .range(
+                Tree::Log,
+                Bound::Included(k(4)),
+                Bound::Excluded(k(8)),
+                usize::MAX,
+            )
+            .expect("range");
+        assert_eq!(
+            got.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(),
+            vec![k(4), k(5), k(6), k(7)]
+        );
+        let limited = engine
+            .range(Tree::Log, Bound::Unbounded, Bound::Unbounded, 2)
+            .expect("range");
+        assert_eq!(limited.len(), 2);
+        assert_eq!(limited[0].0, k(1));
+
+        engine
+            .delete_range(Tree::Log, Bound::Unbounded, Bound::Included(k(3)))
+            .expect("delete");
+        engine
+            .delete_range(Tree::Log, Bound::Included(k(9)), Bound::Unbounded)
+            .expect("delete");
+        let left = engine
+            .range(Tree::Log, Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .expect("range");
+        assert_eq!(
+            left.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(),
+            (4..=8).map(k).collect::<Vec<_>>()
+        );
+
+        engine
+            .write(
+                Tree::Log,
+                vec![
+                    Op::Delete(k(4)),
+                    Op::Put(k(4), b"again".to_vec()),
+                    Op::Delete(k(5)),
+                ],
+            )
+            .expect("write");
+        assert_eq!(
+            engine.get(Tree::Log, &k(4)).expect("get"),
+            Some(b"again".to_vec()),
+            "ops apply in order"
+        );
+        assert_eq!(engine.get(Tree::Log, &k(5)).expect("get"), None);
+        engine.flush().expect("flush");
+    }
+}
