@@ -1,0 +1,393 @@
+//! The client commands: `titan job ...` and `titan cluster ...` over the typed API client, printed as tables for
+//! people or as JSON (`--output json`) for scripts.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use titan_api::job::{parse_location, BodyFormat};
+use titan_api::view::{AddMember, ClusterView, JobView, ListQuery};
+use titan_api::Client;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Which cell to talk to and how to print.
+#[derive(Args, Debug)]
+pub struct Target {
+    /// A member of the cell (any member: writes are forwarded to the leader).
+    #[arg(long, global = true, env = "TITAN_ADDR", default_value = crate::server::DEFAULT_LISTEN)]
+    addr: String,
+    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    output: Output,
+    /// Who makes the change (recorded in job history).
+    #[arg(long, global = true, env = "TITAN_USER")]
+    user: Option<String>,
+    /// Why (recorded in job history).
+    #[arg(long, global = true)]
+    reason: Option<String>,
+}
+
+impl Target {
+    fn client(&self) -> Client {
+        let mut c = Client::new(&self.addr);
+        if let Some(u) = self.user.clone().or_else(|| std::env::var("USER").ok()) {
+            c = c.user(u);
+        }
+        if let Some(r) = &self.reason {
+            c = c.reason(r.clone());
+        }
+        c
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Submits a job spec from a JSON or YAML file (`-` reads standard input).
+    Run {
+        file: PathBuf,
+        /// Makes a retried submission return the first answer instead of creating a second job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Lists jobs.
+    List {
+        #[arg(long)]
+        application: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        capacity_group: Option<String>,
+        /// enabled, disabled or killed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Page size; every page is fetched.
+        #[arg(long, default_value_t = 500)]
+        limit: u32,
+    },
+    /// Shows one job.
+    Status {
+        id: String,
+    },
+    /// Shows who changed a job, when and why.
+    History {
+        id: String,
+    },
+    /// Sets per-location instance counts: `titan job scale ID dc1=5,dc2=3`.
+    Scale {
+        id: String,
+        counts: String,
+        /// Only if the job is still at this version.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Kills a job: its tasks stop and it takes no more changes.
+    Kill {
+        id: String,
+    },
+    Enable {
+        id: String,
+    },
+    Disable {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Members, leader, term and indexes.
+    Status,
+    /// Adds a member (it catches up as a learner first).
+    Add { id: u64, addr: String },
+    /// Removes a member.
+    Remove { id: u64 },
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn instances(job: &JobView) -> String {
+    job.instances
+        .iter()
+        .map(|(l, n)| format!("{l}={n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), so no time crate is needed.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
+    let client = target.client();
+    let json = target.output == Output::Json;
+    match command {
+        JobCommand::Run {
+            file,
+            idempotency_key,
+        } => {
+            let body = if file.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                b
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let is_json = file.extension().is_some_and(|e| e == "json")
+                || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+            let format = if is_json {
+                BodyFormat::Json
+            } else {
+                BodyFormat::Yaml
+            };
+            let job = client
+                .submit_raw(body, format, idempotency_key.as_deref())
+                .await?;
+            if json {
+                print_json(&job)?;
+            } else {
+                println!("job {} submitted (version {})", job.id, job.version);
+            }
+        }
+        JobCommand::List {
+            application,
+            owner,
+            capacity_group,
+            state,
+            limit,
+        } => {
+            let mut q = ListQuery {
+                application,
+                owner,
+                capacity_group,
+                state,
+                limit: Some(limit),
+                page_token: None,
+            };
+            let mut jobs = Vec::new();
+            loop {
+                let page = client.list_jobs(&q).await?;
+                jobs.extend(page.jobs);
+                match page.next_page_token {
+                    Some(t) => q.page_token = Some(t),
+                    None => break,
+                }
+            }
+            if json {
+                return print_json(&jobs);
+            }
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.id.clone(),
+                        j.spec.name.clone(),
+                        j.spec.application_name.clone(),
+                        j.state.as_str().into(),
+                        j.version.to_string(),
+                        instances(j),
+                        format!("{}", j.spec.cpus),
+                        j.spec.memory.to_string(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "APPLICATION",
+                        "STATE",
+                        "VERSION",
+                        "INSTANCES",
+                        "CPUS",
+                        "MEMORY"
+                    ],
+                    &rows
+                )
+            );
+        }
+        JobCommand::Status { id } => {
+            let j = client.get_job(&id).await?;
+            if json {
+                return print_json(&j);
+            }
+            let rows = vec![
+                vec!["id".into(), j.id.clone()],
+                vec!["name".into(), j.spec.name.clone()],
+                vec!["application".into(), j.spec.application_name.clone()],
+                vec!["owner".into(), j.spec.owner.clone().unwrap_or_default()],
+                vec!["state".into(), j.state.as_str().into()],
+                vec!["version".into(), j.version.to_string()],
+                vec!["image".into(), j.spec.image.clone()],
+                vec!["instances".into(), instances(&j)],
+                vec![
+                    "resources".into(),
+                    format!(
+                        "{} cpus, {} MiB memory, {} GiB disk, {} ports",
+                        j.spec.cpus, j.spec.memory, j.spec.disk, j.spec.ports
+                    ),
+                ],
+                vec!["created".into(), time(j.created_at_ms)],
+                vec!["updated".into(), time(j.updated_at_ms)],
+            ];
+            println!("{}", table(&["FIELD", "VALUE"], &rows));
+        }
+        JobCommand::History { id } => {
+            let h = client.job_history(&id).await?;
+            if json {
+                return print_json(&h);
+            }
+            let rows: Vec<Vec<String>> = h
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.version.to_string(),
+                        time(e.at_ms),
+                        e.who.clone(),
+                        e.what.clone(),
+                        e.why.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(&["VERSION", "WHEN", "WHO", "WHAT", "WHY"], &rows)
+            );
+        }
+        JobCommand::Scale {
+            id,
+            counts,
+            if_match,
+        } => {
+            let counts = parse_location(&counts).map_err(|e| anyhow::anyhow!("counts: {e}"))?;
+            let job = client.set_instances(&id, &counts, if_match).await?;
+            if json {
+                print_json(&job)?;
+            } else {
+                println!("job {} scaled (version {})", job.id, job.version);
+            }
+        }
+        JobCommand::Kill { id } => done(json, "killed", client.kill_job(&id).await?)?,
+        JobCommand::Enable { id } => done(json, "enabled", client.set_enabled(&id, true).await?)?,
+        JobCommand::Disable { id } => {
+            done(json, "disabled", client.set_enabled(&id, false).await?)?
+        }
+    }
+    Ok(())
+}
+
+fn done(json: bool, what: &str, job: titan_api::view::JobRef) -> anyhow::Result<()> {
+    if json {
+        print_json(&job)
+    } else {
+        println!("job {} {what} (version {})", job.id, job.version);
+        Ok(())
+    }
+}
+
+fn print_cluster(json: bool, c: &ClusterView) -> anyhow::Result<()> {
+    if json {
+        return print_json(c);
+    }
+    println!(
+        "cell {}  member {}  leader {}  term {}  last log {}  committed {}  applied {}  snapshot {}",
+        c.cell,
+        c.node_id,
+        c.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+        c.term,
+        c.last_log_index,
+        c.commit_index,
+        c.applied_index,
+        c.snapshot_index.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
+    );
+    let rows: Vec<Vec<String>> = c
+        .members
+        .iter()
+        .map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()])
+        .collect();
+    println!("{}", table(&["ID", "ADDRESS", "ROLE"], &rows));
+    Ok(())
+}
+
+pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result<()> {
+    let client = target.client();
+    let json = target.output == Output::Json;
+    let view = match command {
+        ClusterCommand::Status => client.cluster().await?,
+        ClusterCommand::Add { id, addr } => client.add_member(&AddMember { id, addr }).await?,
+        ClusterCommand::Remove { id } => client.remove_member(id).await?,
+    };
+    print_cluster(json, &view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["ID", "NAME"],
+            &[
+                vec!["1".into(), "web".into()],
+                vec!["22".into(), "x".into()],
+            ],
+        );
+        assert_eq!(t, "ID  NAME\n1   web\n22  x");
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(time(1_795_305_600_000), "2026-11-22 00:00:00Z");
+    }
+}

@@ -1,0 +1,196 @@
+//! `titan server` and `titan dev`: settings from flags, `TITAN_*` environment variables and a TOML file (in that
+//! order of precedence), then one cell member serving HTTP until SIGINT or SIGTERM.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+use titan_api::HttpMetrics;
+use titan_scheduler::config::{CellConfig, RaftTuning};
+use titan_scheduler::{parse_peers, Cell};
+
+/// Default listen address of a member and of `titan dev`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// A TOML file with any of the settings below (flags and environment win over it).
+    #[arg(long, env = "TITAN_CONFIG")]
+    config: Option<PathBuf>,
+    /// The cell (fault domain) this member belongs to.
+    #[arg(long, env = "TITAN_CELL")]
+    cell: Option<String>,
+    /// This member's number in the cell.
+    #[arg(long, env = "TITAN_NODE_ID")]
+    node_id: Option<u64>,
+    /// Address to serve the API and Raft on.
+    #[arg(long, env = "TITAN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The cell's initial members: ID=HOST:PORT,... (this member included).
+    #[arg(long, env = "TITAN_PEERS")]
+    peers: Option<String>,
+    /// Where the Raft log, vote and snapshots live.
+    #[arg(long, env = "TITAN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Address to serve on.
+    #[arg(long, env = "TITAN_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where the dev cell keeps its data (kept across runs).
+    #[arg(long, env = "TITAN_DATA_DIR", default_value = crate::DEV_DATA_DIR)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Log filter, e.g. `info` or `titan_scheduler=debug,info`.
+    #[arg(
+        long,
+        env = "TITAN_LOG",
+        default_value = "info,openraft=warn,sled=warn"
+    )]
+    log: String,
+    /// Log as JSON lines (for collectors) instead of text.
+    #[arg(long, env = "TITAN_LOG_JSON")]
+    log_json: bool,
+}
+
+/// The TOML file's shape: every field optional, unknown fields refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    cell: Option<String>,
+    node_id: Option<u64>,
+    listen: Option<SocketAddr>,
+    peers: Option<String>,
+    data_dir: Option<PathBuf>,
+    raft: Option<RaftTuning>,
+}
+
+fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(&args.log);
+    let file = match &args.config {
+        Some(p) => load_file(p)?,
+        None => FileConfig::default(),
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .context("--listen is required")?;
+    let peers = match args.peers.as_deref().or(file.peers.as_deref()) {
+        Some(p) => parse_peers(p).map_err(|e| anyhow::anyhow!("--peers: {e}"))?,
+        None => Default::default(),
+    };
+    let config = CellConfig {
+        cell: args.cell.or(file.cell).context("--cell is required")?,
+        node_id: args
+            .node_id
+            .or(file.node_id)
+            .context("--node-id is required")?,
+        listen,
+        peers,
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .context("--data-dir is required")?,
+        raft: file.raft.unwrap_or_default(),
+    };
+    serve(config, false).await
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    init_logging(&args.log);
+    let config = CellConfig {
+        cell: "dev".into(),
+        node_id: 1,
+        listen: args.listen,
+        peers: [(1, args.listen)].into_iter().collect(),
+        data_dir: args.data_dir,
+        raft: RaftTuning::default(),
+    };
+    serve(config, true).await
+}
+
+async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
+    config.validate().context("invalid configuration")?;
+    let registry = prometheus::Registry::new();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let cell = Cell::start(config.clone(), &registry).await?;
+    let app = cell.router(HttpMetrics::new(&registry)?);
+    tracing::info!(cell = %config.cell, node = config.node_id, listen = %config.listen, "member serving");
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
+    if dev {
+        let url = format!("http://{}", config.listen);
+        let client = titan_api::Client::new(&url);
+        while !client.ready().await && !server.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        println!(
+            "Titan dev cell is ready at {url} (data in {})",
+            config.data_dir.display()
+        );
+        println!("Try:  titan job run examples/hello.yaml && titan job list");
+        println!("  or: curl -s {url}/v1/jobs -H 'content-type: application/yaml' --data-binary @examples/hello.yaml");
+    }
+    server.await.context("server task")??;
+    tracing::info!("shutting down");
+    cell.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stopped() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
