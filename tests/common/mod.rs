@@ -1,0 +1,210 @@
+//! Test harness: real `titan server` processes on free loopback ports, each with its own data directory, killed
+//! when the test ends however it ends.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use titan_api::view::ListQuery;
+use titan_api::Client;
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub struct Member {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr.to_string())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL: no goodbye, no final flush.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn wipe(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("recreate data dir");
+    }
+
+    /// Starts the process; `peers` empty starts a member that waits to be added.
+    pub fn start(&mut self, peers: &str, config: &str) {
+        assert!(self.child.is_none(), "member {} already runs", self.id);
+        std::fs::create_dir_all(&self.dir).expect("data dir");
+        let config_path = self.dir.join("titan.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("member.log"))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_titan"));
+        cmd.args([
+            "server",
+            "--cell",
+            "dc1",
+            "--node-id",
+            &self.id.to_string(),
+            "--listen",
+            &self.addr.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(self.dir.join("data"))
+        .arg("--config")
+        .arg(&config_path)
+        .env("TITAN_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+        if !peers.is_empty() {
+            cmd.args(["--peers", peers]);
+        }
+        self.child = Some(cmd.spawn().expect("start titan server"));
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Raft settings for tests: quick elections, small snapshots so catching up from one is exercised.
+pub const TEST_CONFIG: &str = "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nsnapshot_every = 100\nkeep_logs = 20\n";
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub peers: String,
+    _root: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(n: u64) -> Cluster {
+        let root = tempfile::tempdir().expect("temp dir");
+        let members: Vec<Member> = (1..=n)
+            .map(|id| Member {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+                dir: root.path().join(format!("m{id}")),
+                child: None,
+            })
+            .collect();
+        let peers = members
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            members,
+            peers,
+            _root: root,
+        };
+        for i in 0..c.members.len() {
+            let peers = c.peers.clone();
+            c.members[i].start(&peers, TEST_CONFIG);
+        }
+        c
+    }
+
+    pub fn member(&mut self, id: u64) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("known member")
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.is_running())
+    }
+
+    /// Waits until a running member names a leader that is running, and returns its id.
+    pub async fn leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            for m in self.running() {
+                if let Ok(view) = m.client().cluster().await {
+                    if let Some(l) = view.leader {
+                        if self.running().any(|r| r.id == l) {
+                            return l;
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {within:?}; see member.log files"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        self.member(id).start(&peers, TEST_CONFIG);
+    }
+}
+
+/// Every job id a member lists (all pages, killed ones included).
+pub async fn job_ids(client: &Client) -> Option<Vec<String>> {
+    let mut ids = Vec::new();
+    for state in ["enabled", "disabled", "killed"] {
+        let mut q = ListQuery {
+            state: Some(state.into()),
+            limit: Some(1000),
+            ..ListQuery::default()
+        };
+        loop {
+            let page = client.list_jobs(&q).await.ok()?;
+            ids.extend(page.jobs.into_iter().map(|j| j.id));
+            match page.next_page_token {
+                Some(t) => q.page_token = Some(t),
+                None => break,
+            }
+        }
+    }
+    ids.sort();
+    Some(ids)
+}
+
+/// Polls until `f` holds or the time is up.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn spec(name: &str) -> String {
+    format!(
+        r#"{{"name":"{name}","applicationName":"shop","location":"dc1:3,dc2:2","cpus":0.5,"memory":256,"image":"busybox:latest","env":{{"A":"b"}}}}"#
+    )
+}
