@@ -271,7 +271,9 @@ async fn malformed_requests_are_refused_with_the_field_and_write_nothing() {
     )
     .into_bytes();
     use reqwest::Method;
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str, Option<&str>)> = vec![
+    // (what, content type, body, status, code, field)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "unknown field",
             json,
