@@ -121,11 +121,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         padded.join("  ").trim_end().to_string()
     };
     let mut out = line(headers.to_vec());
@@ -137,11 +133,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn instances(job: &JobView) -> String {
-    job.instances
-        .iter()
-        .map(|(l, n)| format!("{l}={n}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    job.instances.iter().map(|(l, n)| format!("{l}={n}")).collect::<Vec<_>>().join(",")
 }
 
 fn time(ms: u64) -> String {
@@ -157,22 +149,14 @@ fn time(ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
     let client = target.client();
     let json = target.output == Output::Json;
     match command {
-        JobCommand::Run {
-            file,
-            idempotency_key,
-        } => {
+        JobCommand::Run { file, idempotency_key } => {
             let body = if file.as_os_str() == "-" {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -182,35 +166,16 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             };
             let is_json = file.extension().is_some_and(|e| e == "json")
                 || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-            let format = if is_json {
-                BodyFormat::Json
-            } else {
-                BodyFormat::Yaml
-            };
-            let job = client
-                .submit_raw(body, format, idempotency_key.as_deref())
-                .await?;
+            let format = if is_json { BodyFormat::Json } else { BodyFormat::Yaml };
+            let job = client.submit_raw(body, format, idempotency_key.as_deref()).await?;
             if json {
                 print_json(&job)?;
             } else {
                 println!("job {} submitted (version {})", job.id, job.version);
             }
         }
-        JobCommand::List {
-            application,
-            owner,
-            capacity_group,
-            state,
-            limit,
-        } => {
-            let mut q = ListQuery {
-                application,
-                owner,
-                capacity_group,
-                state,
-                limit: Some(limit),
-                page_token: None,
-            };
+        JobCommand::List { application, owner, capacity_group, state, limit } => {
+            let mut q = ListQuery { application, owner, capacity_group, state, limit: Some(limit), page_token: None };
             let mut jobs = Vec::new();
             loop {
                 let page = client.list_jobs(&q).await?;
@@ -240,19 +205,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                 .collect();
             println!(
                 "{}",
-                table(
-                    &[
-                        "ID",
-                        "NAME",
-                        "APPLICATION",
-                        "STATE",
-                        "VERSION",
-                        "INSTANCES",
-                        "CPUS",
-                        "MEMORY"
-                    ],
-                    &rows
-                )
+                table(&["ID", "NAME", "APPLICATION", "STATE", "VERSION", "INSTANCES", "CPUS", "MEMORY"], &rows)
             );
         }
         JobCommand::Status { id } => {
@@ -298,16 +251,9 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!(
-                "{}",
-                table(&["VERSION", "WHEN", "WHO", "WHAT", "WHY"], &rows)
-            );
+            println!("{}", table(&["VERSION", "WHEN", "WHO", "WHAT", "WHY"], &rows));
         }
-        JobCommand::Scale {
-            id,
-            counts,
-            if_match,
-        } => {
+        JobCommand::Scale { id, counts, if_match } => {
             let counts = parse_location(&counts).map_err(|e| anyhow::anyhow!("counts: {e}"))?;
             let job = client.set_instances(&id, &counts, if_match).await?;
             if json {
@@ -318,9 +264,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::Kill { id } => done(json, "killed", client.kill_job(&id).await?)?,
         JobCommand::Enable { id } => done(json, "enabled", client.set_enabled(&id, true).await?)?,
-        JobCommand::Disable { id } => {
-            done(json, "disabled", client.set_enabled(&id, false).await?)?
-        }
+        JobCommand::Disable { id } => done(json, "disabled", client.set_enabled(&id, false).await?)?,
     }
     Ok(())
 }
@@ -349,11 +293,8 @@ fn print_cluster(json: bool, c: &ClusterView) -> anyhow::Result<()> {
         c.applied_index,
         c.snapshot_index.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
     );
-    let rows: Vec<Vec<String>> = c
-        .members
-        .iter()
-        .map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()])
-        .collect();
+    let rows: Vec<Vec<String>> =
+        c.members.iter().map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()]).collect();
     println!("{}", table(&["ID", "ADDRESS", "ROLE"], &rows));
     Ok(())
 }
@@ -375,13 +316,7 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(
-            &["ID", "NAME"],
-            &[
-                vec!["1".into(), "web".into()],
-                vec!["22".into(), "x".into()],
-            ],
-        );
+        let t = table(&["ID", "NAME"], &[vec!["1".into(), "web".into()], vec!["22".into(), "x".into()]]);
         assert_eq!(t, "ID  NAME\n1   web\n22  x");
     }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Args;
 use serde::Deserialize;
 use titan_api::HttpMetrics;
@@ -54,11 +55,7 @@ pub struct DevArgs {
 #[derive(Args, Debug)]
 pub struct LogArgs {
     /// Log filter, e.g. `info` or `titan_scheduler=debug,info`.
-    #[arg(
-        long,
-        env = "TITAN_LOG",
-        default_value = "info,openraft=warn,sled=warn"
-    )]
+    #[arg(long, env = "TITAN_LOG", default_value = "info,openraft=warn,sled=warn")]
     log: String,
     /// Log as JSON lines (for collectors) instead of text.
     #[arg(long, env = "TITAN_LOG_JSON")]
@@ -78,11 +75,9 @@ struct FileConfig {
 }
 
 fn init_logging(log: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&log.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if log.log_json {
         builder.json().init();
     } else {
@@ -91,8 +86,7 @@ fn init_logging(log: &LogArgs) {
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -102,26 +96,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
     };
-    let listen = args
-        .listen
-        .or(file.listen)
-        .context("--listen is required")?;
+    let listen = args.listen.or(file.listen).context("--listen is required")?;
     let peers = match args.peers.as_deref().or(file.peers.as_deref()) {
         Some(p) => parse_peers(p).map_err(|e| anyhow::anyhow!("--peers: {e}"))?,
         None => Default::default(),
     };
     let config = CellConfig {
         cell: args.cell.or(file.cell).context("--cell is required")?,
-        node_id: args
-            .node_id
-            .or(file.node_id)
-            .context("--node-id is required")?,
+        node_id: args.node_id.or(file.node_id).context("--node-id is required")?,
         listen,
         peers,
-        data_dir: args
-            .data_dir
-            .or(file.data_dir)
-            .context("--data-dir is required")?,
+        data_dir: args.data_dir.or(file.data_dir).context("--data-dir is required")?,
         raft: file.raft.unwrap_or_default(),
     };
     serve(config, false).await
@@ -149,21 +134,20 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
     let cell = Cell::start(config.clone(), &registry).await?;
     let app = cell.router(HttpMetrics::new(&registry)?);
     tracing::info!(cell = %config.cell, node = config.node_id, listen = %config.listen, "member serving");
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
+    // Small request/response exchanges (Raft, forwarded writes) must not wait on Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "TCP_NODELAY");
+        }
+    });
+    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped()).into_future());
     if dev {
         let url = format!("http://{}", config.listen);
         let client = titan_api::Client::new(&url);
         while !client.ready().await && !server.is_finished() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        println!(
-            "Titan dev cell is ready at {url} (data in {})",
-            config.data_dir.display()
-        );
+        println!("Titan dev cell is ready at {url} (data in {})", config.data_dir.display());
         println!("Try:  titan job run examples/hello.yaml && titan job list");
         println!("  or: curl -s {url}/v1/jobs -H 'content-type: application/yaml' --data-binary @examples/hello.yaml");
     }

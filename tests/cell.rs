@@ -16,30 +16,22 @@ const LEADER_WAIT: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(30);
 
 async fn submit(client: &Client, name: &str) -> Option<String> {
-    client
-        .submit_raw(spec(name).into_bytes(), BodyFormat::Json, None)
-        .await
-        .ok()
-        .map(|j| j.id)
+    client.submit_raw(spec(name).into_bytes(), BodyFormat::Json, None).await.ok().map(|j| j.id)
 }
 
 /// Waits until every running member lists exactly `want`.
 async fn all_members_have(cluster: &Cluster, want: &BTreeSet<String>) {
     for m in cluster.running() {
         let client = m.client();
-        eventually(
-            CONVERGE,
-            &format!("member {} to list every acknowledged job", m.id),
-            || {
-                let client = client.clone();
-                async move {
-                    match job_ids(&client).await {
-                        Some(ids) => ids.into_iter().collect::<BTreeSet<_>>() == *want,
-                        None => false,
-                    }
+        eventually(CONVERGE, &format!("member {} to list every acknowledged job", m.id), || {
+            let client = client.clone();
+            async move {
+                match job_ids(&client).await {
+                    Some(ids) => ids.into_iter().collect::<BTreeSet<_>>() == *want,
+                    None => false,
                 }
-            },
-        )
+            }
+        })
         .await;
     }
 }
@@ -62,11 +54,7 @@ async fn acknowledged_jobs_survive_killing_the_leader_mid_stream() {
             assert!(acked.insert(id), "an id was acknowledged twice");
         }
     }
-    assert!(
-        acked.len() >= 140,
-        "the cell kept accepting writes after re-election: {} of 150",
-        acked.len()
-    );
+    assert!(acked.len() >= 140, "the cell kept accepting writes after re-election: {} of 150", acked.len());
     let new_leader = cluster.leader(LEADER_WAIT).await;
     assert_ne!(Some(new_leader), killed);
     cluster.restart(leader);
@@ -80,18 +68,11 @@ async fn a_full_restart_finds_the_same_state() {
     let client = cluster.members[0].client().user("carol").reason("launch");
     let mut acked = BTreeSet::new();
     for i in 0..30 {
-        acked.insert(
-            submit(&client, &format!("job-{i}"))
-                .await
-                .expect("accepted"),
-        );
+        acked.insert(submit(&client, &format!("job-{i}")).await.expect("accepted"));
     }
     let first = acked.iter().next().cloned().expect("30 jobs");
     let counts = [("dc1".to_string(), 7)].into_iter().collect();
-    client
-        .set_instances(&first, &counts, Some(1))
-        .await
-        .expect("scaled");
+    client.set_instances(&first, &counts, Some(1)).await.expect("scaled");
     client.set_enabled(&first, false).await.expect("disabled");
     let before = client.get_job(&first).await.expect("present");
 
@@ -104,18 +85,12 @@ async fn a_full_restart_finds_the_same_state() {
     cluster.leader(LEADER_WAIT).await;
     all_members_have(&cluster, &acked).await;
     for m in cluster.running() {
-        let job = m
-            .client()
-            .get_job(&first)
-            .await
-            .expect("present after restart");
+        let job = m.client().get_job(&first).await.expect("present after restart");
         assert_eq!(job, before, "member {}", m.id);
         let history = m.client().job_history(&first).await.expect("history");
         let what: Vec<&str> = history.iter().map(|h| h.what.as_str()).collect();
         assert_eq!(what, vec!["created", "instances dc1=7", "disabled"]);
-        assert!(history
-            .iter()
-            .all(|h| h.who == "carol" && h.why.as_deref() == Some("launch")));
+        assert!(history.iter().all(|h| h.who == "carol" && h.why.as_deref() == Some("launch")));
     }
 }
 
@@ -127,76 +102,37 @@ async fn a_wiped_member_is_re_added_and_catches_up_from_a_snapshot() {
     let mut acked = BTreeSet::new();
     // Enough entries for several snapshots, so the log the new member needs is gone.
     for i in 0..250 {
-        acked.insert(
-            submit(&client, &format!("job-{i}"))
-                .await
-                .expect("accepted"),
-        );
+        acked.insert(submit(&client, &format!("job-{i}")).await.expect("accepted"));
     }
     let leader = cluster.leader(LEADER_WAIT).await;
     let victim = if leader == 3 { 2 } else { 3 };
     let leader_client = cluster.member(leader).client();
-    let view = leader_client
-        .remove_member(victim)
-        .await
-        .expect("member removed");
+    let view = leader_client.remove_member(victim).await.expect("member removed");
     assert!(view.members.iter().all(|m| m.id != victim));
     cluster.member(victim).wipe();
     cluster.member(victim).start("", TEST_CONFIG);
     let addr = cluster.member(victim).addr.to_string();
     // Asked of a follower when there is one: the admin call is forwarded to the leader.
-    let asked = cluster
-        .running()
-        .find(|m| m.id != leader && m.id != victim)
-        .map(|m| m.client())
-        .unwrap_or(leader_client);
-    let view = asked
-        .add_member(&AddMember { id: victim, addr })
-        .await
-        .expect("member added");
-    assert!(
-        view.members
-            .iter()
-            .any(|m| m.id == victim && m.role == "follower"),
-        "{view:?}"
-    );
+    let asked =
+        cluster.running().find(|m| m.id != leader && m.id != victim).map(|m| m.client()).unwrap_or(leader_client);
+    let view = asked.add_member(&AddMember { id: victim, addr }).await.expect("member added");
+    assert!(view.members.iter().any(|m| m.id == victim && m.role == "follower"), "{view:?}");
     all_members_have(&cluster, &acked).await;
-    let status = cluster
-        .member(victim)
-        .client()
-        .cluster()
-        .await
-        .expect("status");
-    assert!(
-        status.snapshot_index.is_some(),
-        "the wiped member started from a snapshot: {status:?}"
-    );
+    let status = cluster.member(victim).client().cluster().await.expect("status");
+    assert!(status.snapshot_index.is_some(), "the wiped member started from a snapshot: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_forward_writes_and_idempotency_keys_hold() {
     let cluster = Cluster::start(3);
     let leader = cluster.leader(LEADER_WAIT).await;
-    let follower = cluster
-        .running()
-        .find(|m| m.id != leader)
-        .expect("a follower")
-        .client();
+    let follower = cluster.running().find(|m| m.id != leader).expect("a follower").client();
     let body = || spec("web").into_bytes();
-    let first = follower
-        .submit_raw(body(), BodyFormat::Json, Some("retry-1"))
-        .await
-        .expect("accepted");
-    let again = follower
-        .submit_raw(body(), BodyFormat::Json, Some("retry-1"))
-        .await
-        .expect("accepted");
+    let first = follower.submit_raw(body(), BodyFormat::Json, Some("retry-1")).await.expect("accepted");
+    let again = follower.submit_raw(body(), BodyFormat::Json, Some("retry-1")).await.expect("accepted");
     assert_eq!(first, again, "a retried submission gets the first answer");
     let other = spec("api").into_bytes();
-    let err = follower
-        .submit_raw(other, BodyFormat::Json, Some("retry-1"))
-        .await
-        .expect_err("reused key");
+    let err = follower.submit_raw(other, BodyFormat::Json, Some("retry-1")).await.expect_err("reused key");
     assert_eq!(err.code(), Some(ErrorCode::Conflict));
     for m in cluster.running() {
         let c = m.client();
@@ -207,21 +143,13 @@ async fn followers_forward_writes_and_idempotency_keys_hold() {
         })
         .await;
     }
-    let ids = job_ids(&cluster.members[0].client())
-        .await
-        .expect("listing");
+    let ids = job_ids(&cluster.members[0].client()).await.expect("listing");
     assert_eq!(ids, vec![first.id.clone()]);
     // Compare-and-set on the version, through a follower.
     let counts = [("dc1".to_string(), 1)].into_iter().collect();
-    let err = follower
-        .set_instances(&first.id, &counts, Some(9))
-        .await
-        .expect_err("stale version");
+    let err = follower.set_instances(&first.id, &counts, Some(9)).await.expect_err("stale version");
     assert_eq!(err.code(), Some(ErrorCode::VersionMismatch));
-    let ok = follower
-        .set_instances(&first.id, &counts, Some(1))
-        .await
-        .expect("current version");
+    let ok = follower.set_instances(&first.id, &counts, Some(1)).await.expect("current version");
     assert_eq!(ok.version, 2);
 }
 
@@ -253,94 +181,31 @@ async fn malformed_requests_are_refused_with_the_field_and_write_nothing() {
     let cluster = Cluster::start(3);
     let leader = cluster.leader(LEADER_WAIT).await;
     let http = reqwest::Client::new();
-    let base = format!(
-        "http://{}",
-        cluster
-            .running()
-            .find(|m| m.id != leader)
-            .expect("a follower")
-            .addr
-    );
+    let base = format!("http://{}", cluster.running().find(|m| m.id != leader).expect("a follower").addr);
     let jobs = format!("{base}/v1/jobs");
     let json = Some("application/json");
     let valid = spec("web");
     let with = |from: &str, to: &str| valid.replace(from, to).into_bytes();
-    let big = format!(
-        r#"{{"name":"web","pad":"{}"}}"#,
-        "x".repeat(1024 * 1024 + 10)
-    )
-    .into_bytes();
+    let big = format!(r#"{{"name":"web","pad":"{}"}}"#, "x".repeat(1024 * 1024 + 10)).into_bytes();
     use reqwest::Method;
     // (what, content type, body, status, code, field)
     type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str, Option<&'a str>);
     let cases: Vec<Case> = vec![
-        (
-            "unknown field",
-            json,
-            with(r#""cpus""#, r#""colour":"red","cpus""#),
-            400,
-            "invalid_spec",
-            Some("colour"),
-        ),
-        (
-            "negative memory",
-            json,
-            with(r#""memory":256"#, r#""memory":-1"#),
-            400,
-            "invalid_spec",
-            Some("memory"),
-        ),
-        (
-            "negative cpus",
-            json,
-            with(r#""cpus":0.5"#, r#""cpus":-2"#),
-            400,
-            "invalid_spec",
-            Some("cpus"),
-        ),
-        (
-            "non-numeric cpus",
-            json,
-            with(r#""cpus":0.5"#, r#""cpus":"two""#),
-            400,
-            "invalid_spec",
-            Some("cpus"),
-        ),
-        (
-            "malformed location",
-            json,
-            with("dc1:3,dc2:2", "dc1-3"),
-            400,
-            "invalid_spec",
-            Some("location"),
-        ),
-        (
-            "duplicate location",
-            json,
-            with("dc1:3,dc2:2", "dc1:3,dc1:2"),
-            400,
-            "invalid_spec",
-            Some("location"),
-        ),
+        ("unknown field", json, with(r#""cpus""#, r#""colour":"red","cpus""#), 400, "invalid_spec", Some("colour")),
+        ("negative memory", json, with(r#""memory":256"#, r#""memory":-1"#), 400, "invalid_spec", Some("memory")),
+        ("negative cpus", json, with(r#""cpus":0.5"#, r#""cpus":-2"#), 400, "invalid_spec", Some("cpus")),
+        ("non-numeric cpus", json, with(r#""cpus":0.5"#, r#""cpus":"two""#), 400, "invalid_spec", Some("cpus")),
+        ("malformed location", json, with("dc1:3,dc2:2", "dc1-3"), 400, "invalid_spec", Some("location")),
+        ("duplicate location", json, with("dc1:3,dc2:2", "dc1:3,dc1:2"), 400, "invalid_spec", Some("location")),
         (
             "nested unknown field",
             json,
-            with(
-                r#""env":{"A":"b"}"#,
-                r#""healthCheck":{"type":"tcp","port":0,"bogus":1}"#,
-            ),
+            with(r#""env":{"A":"b"}"#, r#""healthCheck":{"type":"tcp","port":0,"bogus":1}"#),
             400,
             "invalid_spec",
             Some("healthCheck.bogus"),
         ),
-        (
-            "broken json",
-            json,
-            b"{\"name\": ".to_vec(),
-            400,
-            "malformed_body",
-            None,
-        ),
+        ("broken json", json, b"{\"name\": ".to_vec(), 400, "malformed_body", None),
         (
             "wrong content type",
             Some("text/plain"),
@@ -349,98 +214,25 @@ async fn malformed_requests_are_refused_with_the_field_and_write_nothing() {
             "unsupported_media_type",
             Some("Content-Type"),
         ),
-        (
-            "no content type",
-            None,
-            valid.clone().into_bytes(),
-            415,
-            "unsupported_media_type",
-            Some("Content-Type"),
-        ),
+        ("no content type", None, valid.clone().into_bytes(), 415, "unsupported_media_type", Some("Content-Type")),
         ("body over 1 MiB", json, big, 413, "payload_too_large", None),
     ];
     for (what, ct, body, status, code, field) in cases {
         let got = raw(&http, Method::POST, jobs.clone(), ct, &[], body).await;
-        assert_eq!(
-            got,
-            (status, Some(code.to_string()), field.map(String::from)),
-            "{what}"
-        );
+        assert_eq!(got, (status, Some(code.to_string()), field.map(String::from)), "{what}");
     }
-    let got = raw(
-        &http,
-        Method::POST,
-        jobs.clone(),
-        json,
-        &[("idempotency-key", "")],
-        valid.clone().into_bytes(),
-    )
-    .await;
-    assert_eq!(
-        got,
-        (
-            400,
-            Some("invalid_parameter".into()),
-            Some("Idempotency-Key".into())
-        ),
-        "empty idempotency key"
-    );
-    let got = raw(
-        &http,
-        Method::GET,
-        format!("{jobs}?colour=red"),
-        None,
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(
-        (got.0, got.1.as_deref()),
-        (400, Some("invalid_parameter")),
-        "unknown query parameter"
-    );
-    let got = raw(
-        &http,
-        Method::GET,
-        format!("{jobs}?state=sleeping"),
-        None,
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(
-        got,
-        (400, Some("invalid_parameter".into()), Some("state".into())),
-        "unknown state filter"
-    );
-    let got = raw(
-        &http,
-        Method::GET,
-        format!("{jobs}/nope"),
-        None,
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(
-        (got.0, got.1.as_deref()),
-        (404, Some("not_found")),
-        "unknown job"
-    );
-    let got = raw(
-        &http,
-        Method::PUT,
-        format!("{jobs}/nope/instances"),
-        json,
-        &[],
-        br#"{"location":"dc1:1"}"#.to_vec(),
-    )
-    .await;
-    assert_eq!(
-        (got.0, got.1.as_deref()),
-        (404, Some("not_found")),
-        "scaling an unknown job"
-    );
+    let got =
+        raw(&http, Method::POST, jobs.clone(), json, &[("idempotency-key", "")], valid.clone().into_bytes()).await;
+    assert_eq!(got, (400, Some("invalid_parameter".into()), Some("Idempotency-Key".into())), "empty idempotency key");
+    let got = raw(&http, Method::GET, format!("{jobs}?colour=red"), None, &[], vec![]).await;
+    assert_eq!((got.0, got.1.as_deref()), (400, Some("invalid_parameter")), "unknown query parameter");
+    let got = raw(&http, Method::GET, format!("{jobs}?state=sleeping"), None, &[], vec![]).await;
+    assert_eq!(got, (400, Some("invalid_parameter".into()), Some("state".into())), "unknown state filter");
+    let got = raw(&http, Method::GET, format!("{jobs}/nope"), None, &[], vec![]).await;
+    assert_eq!((got.0, got.1.as_deref()), (404, Some("not_found")), "unknown job");
+    let got =
+        raw(&http, Method::PUT, format!("{jobs}/nope/instances"), json, &[], br#"{"location":"dc1:1"}"#.to_vec()).await;
+    assert_eq!((got.0, got.1.as_deref()), (404, Some("not_found")), "scaling an unknown job");
     let got = raw(
         &http,
         Method::PUT,
@@ -450,44 +242,15 @@ async fn malformed_requests_are_refused_with_the_field_and_write_nothing() {
         br#"{"location":"dc1:1"}"#.to_vec(),
     )
     .await;
-    assert_eq!(
-        got,
-        (
-            400,
-            Some("invalid_parameter".into()),
-            Some("If-Match".into())
-        ),
-        "bad If-Match"
-    );
-    let got = raw(
-        &http,
-        Method::GET,
-        format!("{base}/v2/everything"),
-        None,
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(
-        (got.0, got.1.as_deref()),
-        (404, Some("not_found")),
-        "unknown route"
-    );
+    assert_eq!(got, (400, Some("invalid_parameter".into()), Some("If-Match".into())), "bad If-Match");
+    let got = raw(&http, Method::GET, format!("{base}/v2/everything"), None, &[], vec![]).await;
+    assert_eq!((got.0, got.1.as_deref()), (404, Some("not_found")), "unknown route");
 
     // Nothing was written, on any member; YAML is accepted.
     for m in cluster.running() {
         assert_eq!(job_ids(&m.client()).await, Some(vec![]), "member {}", m.id);
     }
-    let yaml =
-        "name: web\napplicationName: shop\nlocation: dc1:1\ncpus: 1\nmemory: 64\nimage: busybox\n";
-    let got = raw(
-        &http,
-        Method::POST,
-        jobs,
-        Some("application/yaml"),
-        &[],
-        yaml.as_bytes().to_vec(),
-    )
-    .await;
+    let yaml = "name: web\napplicationName: shop\nlocation: dc1:1\ncpus: 1\nmemory: 64\nimage: busybox\n";
+    let got = raw(&http, Method::POST, jobs, Some("application/yaml"), &[], yaml.as_bytes().to_vec()).await;
     assert_eq!(got.0, 201);
 }

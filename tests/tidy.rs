@@ -28,15 +28,8 @@ fn every_rust_file_starts_with_a_module_doc_line() {
     assert!(files.len() > 10, "the walk found the workspace's files");
     let missing: Vec<String> = files
         .iter()
-        .filter(|f| {
-            !std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .starts_with("//!")
-        })
+        .filter(|f| !std::fs::read_to_string(f).unwrap_or_default().starts_with("//!"))
         .map(|f| f.strip_prefix(root).unwrap_or(f).display().to_string())
         .collect();
-    assert!(
-        missing.is_empty(),
-        "files without a leading //! line: {missing:?}"
-    );
+    assert!(missing.is_empty(), "files without a leading //! line: {missing:?}");
 }

@@ -22,11 +22,7 @@ pub enum ClientError {
     #[error("cannot reach {addr}: {message}")]
     Transport { addr: String, message: String },
     #[error("unexpected answer from {addr} ({status}): {message}")]
-    Decode {
-        addr: String,
-        status: u16,
-        message: String,
-    },
+    Decode { addr: String, status: u16, message: String },
 }
 
 impl ClientError {
@@ -66,12 +62,7 @@ impl Client {
         } else {
             format!("http://{addr}")
         };
-        Client {
-            base,
-            http,
-            user: None,
-            reason: None,
-        }
+        Client { base, http, user: None, reason: None }
     }
 
     /// Names who makes changes (recorded in job history).
@@ -102,15 +93,13 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
-        let resp = req.send().await.map_err(|e| ClientError::Transport {
-            addr: self.base.clone(),
-            message: e.to_string(),
-        })?;
+        let resp =
+            req.send().await.map_err(|e| ClientError::Transport { addr: self.base.clone(), message: e.to_string() })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
-            addr: self.base.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport { addr: self.base.clone(), message: e.to_string() })?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
                 addr: self.base.clone(),
@@ -119,10 +108,7 @@ impl Client {
             });
         }
         match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(error) => Err(ClientError::Api {
-                status: status.as_u16(),
-                error,
-            }),
+            Ok(error) => Err(ClientError::Api { status: status.as_u16(), error }),
             Err(_) => Err(ClientError::Decode {
                 addr: self.base.clone(),
                 status: status.as_u16(),
@@ -142,50 +128,32 @@ impl Client {
             BodyFormat::Json => "application/json",
             BodyFormat::Yaml => "application/yaml",
         };
-        let mut r = self
-            .request(Method::POST, "/v1/jobs")
-            .header("content-type", ct)
-            .body(body);
+        let mut r = self.request(Method::POST, "/v1/jobs").header("content-type", ct).body(body);
         if let Some(k) = idempotency_key {
             r = r.header("idempotency-key", k);
         }
         self.send(r).await
     }
 
-    pub async fn submit_job(
-        &self,
-        spec: &JobSpec,
-        idempotency_key: Option<&str>,
-    ) -> Result<JobRef, ClientError> {
+    pub async fn submit_job(&self, spec: &JobSpec, idempotency_key: Option<&str>) -> Result<JobRef, ClientError> {
         let body = serde_json::to_vec(spec).expect("a JobSpec always serializes");
-        self.submit_raw(body, BodyFormat::Json, idempotency_key)
-            .await
+        self.submit_raw(body, BodyFormat::Json, idempotency_key).await
     }
 
     pub async fn list_jobs(&self, q: &ListQuery) -> Result<JobList, ClientError> {
-        self.send(self.request(Method::GET, "/v1/jobs").query(q))
-            .await
+        self.send(self.request(Method::GET, "/v1/jobs").query(q)).await
     }
 
     pub async fn get_job(&self, id: &str) -> Result<JobView, ClientError> {
-        self.send(self.request(Method::GET, &format!("/v1/jobs/{id}")))
-            .await
+        self.send(self.request(Method::GET, &format!("/v1/jobs/{id}"))).await
     }
 
     pub async fn job_history(&self, id: &str) -> Result<Vec<HistoryEntry>, ClientError> {
-        self.send(self.request(Method::GET, &format!("/v1/jobs/{id}/history")))
-            .await
+        self.send(self.request(Method::GET, &format!("/v1/jobs/{id}/history"))).await
     }
 
-    pub async fn update_job(
-        &self,
-        id: &str,
-        spec: &JobSpec,
-        if_match: Option<u64>,
-    ) -> Result<JobRef, ClientError> {
-        let mut r = self
-            .request(Method::PUT, &format!("/v1/jobs/{id}"))
-            .json(spec);
+    pub async fn update_job(&self, id: &str, spec: &JobSpec, if_match: Option<u64>) -> Result<JobRef, ClientError> {
+        let mut r = self.request(Method::PUT, &format!("/v1/jobs/{id}")).json(spec);
         if let Some(v) = if_match {
             r = r.header("if-match", format!("\"{v}\""));
         }
@@ -199,9 +167,7 @@ impl Client {
         if_match: Option<u64>,
     ) -> Result<JobRef, ClientError> {
         let body = serde_json::json!({ "locations": instances });
-        let mut r = self
-            .request(Method::PUT, &format!("/v1/jobs/{id}/instances"))
-            .json(&body);
+        let mut r = self.request(Method::PUT, &format!("/v1/jobs/{id}/instances")).json(&body);
         if let Some(v) = if_match {
             r = r.header("if-match", format!("\"{v}\""));
         }
@@ -210,13 +176,11 @@ impl Client {
 
     pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<JobRef, ClientError> {
         let verb = if enabled { "enable" } else { "disable" };
-        self.send(self.request(Method::POST, &format!("/v1/jobs/{id}/{verb}")))
-            .await
+        self.send(self.request(Method::POST, &format!("/v1/jobs/{id}/{verb}"))).await
     }
 
     pub async fn kill_job(&self, id: &str) -> Result<JobRef, ClientError> {
-        self.send(self.request(Method::DELETE, &format!("/v1/jobs/{id}")))
-            .await
+        self.send(self.request(Method::DELETE, &format!("/v1/jobs/{id}"))).await
     }
 
     pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
@@ -224,16 +188,11 @@ impl Client {
     }
 
     pub async fn add_member(&self, member: &AddMember) -> Result<ClusterView, ClientError> {
-        self.send(
-            self.request(Method::POST, "/v1/cluster/members")
-                .json(member),
-        )
-        .await
+        self.send(self.request(Method::POST, "/v1/cluster/members").json(member)).await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<ClusterView, ClientError> {
-        self.send(self.request(Method::DELETE, &format!("/v1/cluster/members/{id}")))
-            .await
+        self.send(self.request(Method::DELETE, &format!("/v1/cluster/members/{id}"))).await
     }
 
     /// Whether `/readyz` answers 200.

@@ -42,9 +42,7 @@ impl ErrorCode {
     /// The status each condition maps to: this match is the only place statuses are chosen for errors.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::MalformedBody | ErrorCode::InvalidSpec | ErrorCode::InvalidParameter => {
-                StatusCode::BAD_REQUEST
-            }
+            ErrorCode::MalformedBody | ErrorCode::InvalidSpec | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -85,21 +83,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code,
-            message: message.into(),
-            field: None,
-        }
+        ApiError { code, message: message.into(), field: None }
     }
 
     /// An invalid field: `field` is its path in the body, dotted (`healthCheck.intervalSeconds`,
     /// `volumes[1].path`).
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code: ErrorCode::InvalidSpec,
-            message: message.into(),
-            field: Some(field.into()),
-        }
+        ApiError { code: ErrorCode::InvalidSpec, message: message.into(), field: Some(field.into()) }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
@@ -144,10 +134,7 @@ mod tests {
         );
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let v = serde_json::to_value(ApiError::not_found("job", "j1")).expect("serializable");
-        assert_eq!(
-            v,
-            serde_json::json!({"code": "not_found", "message": "no job j1"})
-        );
+        assert_eq!(v, serde_json::json!({"code": "not_found", "message": "no job j1"}));
     }
 
     #[test]
@@ -166,10 +153,7 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ] {
-            assert_eq!(
-                serde_json::to_value(code).expect("serializable"),
-                code.as_str()
-            );
+            assert_eq!(serde_json::to_value(code).expect("serializable"), code.as_str());
         }
     }
 }

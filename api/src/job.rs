@@ -123,12 +123,8 @@ impl BodyFormat {
         // Syntax is checked over the whole body before any typing: a typed pass alone would blame the user's spec
         // for a type error in the first half of a body that was in fact cut short.
         let syntax = match self {
-            BodyFormat::Json => {
-                serde_json::from_slice::<IgnoredAny>(body).map_err(|e| e.to_string())
-            }
-            BodyFormat::Yaml => {
-                serde_yaml::from_slice::<IgnoredAny>(body).map_err(|e| e.to_string())
-            }
+            BodyFormat::Json => serde_json::from_slice::<IgnoredAny>(body).map_err(|e| e.to_string()),
+            BodyFormat::Yaml => serde_yaml::from_slice::<IgnoredAny>(body).map_err(|e| e.to_string()),
         };
         if let Err(why) = syntax {
             return Err(ApiError::new(
@@ -138,12 +134,10 @@ impl BodyFormat {
         }
         match self {
             BodyFormat::Json => {
-                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
-                    .map_err(misfit)
+                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(misfit)
             }
             BodyFormat::Yaml => {
-                serde_path_to_error::deserialize(serde_yaml::Deserializer::from_slice(body))
-                    .map_err(misfit)
+                serde_path_to_error::deserialize(serde_yaml::Deserializer::from_slice(body)).map_err(misfit)
             }
         }
     }
@@ -282,8 +276,7 @@ impl JobSpec {
     /// Checks the rules no type can express; the first broken rule, in field order, is returned.
     pub fn validate(&self) -> Result<(), ApiError> {
         check_dns_label(&self.name).map_err(|m| ApiError::field("name", m))?;
-        check_application_name(&self.application_name)
-            .map_err(|m| ApiError::field("applicationName", m))?;
+        check_application_name(&self.application_name).map_err(|m| ApiError::field("applicationName", m))?;
         if let Some(version) = &self.version {
             check_label(version).map_err(|m| ApiError::field("version", m))?;
         }
@@ -301,10 +294,7 @@ impl JobSpec {
         }
         self.validate_env()?;
         if self.constraints.len() > MAX_CONSTRAINTS {
-            return Err(ApiError::field(
-                "constraints",
-                format!("at most {MAX_CONSTRAINTS} constraints"),
-            ));
+            return Err(ApiError::field("constraints", format!("at most {MAX_CONSTRAINTS} constraints")));
         }
         for (i, constraint) in self.constraints.iter().enumerate() {
             constraint.validate(&format!("constraints[{i}]"))?;
@@ -315,10 +305,7 @@ impl JobSpec {
         }
         if let Some(schedule) = &self.schedule {
             if self.job_type != JobType::Batch {
-                return Err(ApiError::field(
-                    "schedule",
-                    "only batch jobs run on a schedule; set `type: batch`",
-                ));
+                return Err(ApiError::field("schedule", "only batch jobs run on a schedule; set `type: batch`"));
             }
             check_cron(schedule).map_err(|m| ApiError::field("schedule", m))?;
         }
@@ -342,50 +329,30 @@ impl JobSpec {
             return Err(ApiError::field("cpus", "must be a finite number"));
         }
         if self.cpus <= 0.0 || self.cpus > MAX_CPUS {
-            return Err(ApiError::field(
-                "cpus",
-                format!("must be more than 0 and at most {MAX_CPUS}"),
-            ));
+            return Err(ApiError::field("cpus", format!("must be more than 0 and at most {MAX_CPUS}")));
         }
         if self.memory == 0 || self.memory > MAX_MEMORY_MIB {
-            return Err(ApiError::field(
-                "memory",
-                format!("must be 1 to {MAX_MEMORY_MIB} MiB"),
-            ));
+            return Err(ApiError::field("memory", format!("must be 1 to {MAX_MEMORY_MIB} MiB")));
         }
         if self.disk > MAX_DISK_GIB {
-            return Err(ApiError::field(
-                "disk",
-                format!("must be at most {MAX_DISK_GIB} GiB"),
-            ));
+            return Err(ApiError::field("disk", format!("must be at most {MAX_DISK_GIB} GiB")));
         }
         if self.ports > MAX_PORTS {
-            return Err(ApiError::field(
-                "ports",
-                format!("at most {MAX_PORTS} dynamic ports"),
-            ));
+            return Err(ApiError::field("ports", format!("at most {MAX_PORTS} dynamic ports")));
         }
         if self.num_retries > MAX_RETRIES {
-            return Err(ApiError::field(
-                "numRetries",
-                format!("at most {MAX_RETRIES} retries"),
-            ));
+            return Err(ApiError::field("numRetries", format!("at most {MAX_RETRIES} retries")));
         }
         Ok(())
     }
 
     fn validate_env(&self) -> Result<(), ApiError> {
         if self.env.len() > MAX_ENV_VARS {
-            return Err(ApiError::field(
-                "env",
-                format!("at most {MAX_ENV_VARS} variables"),
-            ));
+            return Err(ApiError::field("env", format!("at most {MAX_ENV_VARS} variables")));
         }
         for (key, value) in &self.env {
             let mut chars = key.chars();
-            let well_formed = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let well_formed = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !well_formed {
                 return Err(ApiError::field(
@@ -395,10 +362,7 @@ impl JobSpec {
             }
             // The kernel passes the environment as NUL-terminated strings.
             if value.contains('\0') {
-                return Err(ApiError::field(
-                    join("env", key),
-                    "a value cannot contain a NUL character",
-                ));
+                return Err(ApiError::field(join("env", key), "a value cannot contain a NUL character"));
             }
         }
         Ok(())
@@ -406,10 +370,7 @@ impl JobSpec {
 
     fn validate_volumes(&self) -> Result<(), ApiError> {
         if self.volumes.len() > MAX_VOLUMES {
-            return Err(ApiError::field(
-                "volumes",
-                format!("at most {MAX_VOLUMES} volumes"),
-            ));
+            return Err(ApiError::field("volumes", format!("at most {MAX_VOLUMES} volumes")));
         }
         let mut names = BTreeSet::new();
         let mut paths = BTreeSet::new();
@@ -417,17 +378,10 @@ impl JobSpec {
             let at = format!("volumes[{i}]");
             volume.validate(&at)?;
             if !names.insert(volume.name.as_str()) {
-                return Err(ApiError::field(
-                    format!("{at}.name"),
-                    format!("volume {} is named twice", volume.name),
-                ));
+                return Err(ApiError::field(format!("{at}.name"), format!("volume {} is named twice", volume.name)));
             }
             // `/data`, `/data/` and `/data/./` are one mount point.
-            let normal: Vec<&str> = volume
-                .path
-                .split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .collect();
+            let normal: Vec<&str> = volume.path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
             if !paths.insert(normal) {
                 return Err(ApiError::field(
                     format!("{at}.path"),
@@ -516,75 +470,46 @@ impl ConstraintSpec {
             }
             (None, Op::Exclusive) => {}
             (None, _) => {
-                return Err(ApiError::field(
-                    field("attribute"),
-                    format!("{} needs an attribute", op.as_str()),
-                ));
+                return Err(ApiError::field(field("attribute"), format!("{} needs an attribute", op.as_str())));
             }
-            (Some(attribute), _) => {
-                check_attribute(attribute).map_err(|m| ApiError::field(field("attribute"), m))?
-            }
+            (Some(attribute), _) => check_attribute(attribute).map_err(|m| ApiError::field(field("attribute"), m))?,
         }
         // Each operator reads some of the optional fields; one it ignores is a misunderstanding worth reporting
         // (`value` given to `in`, say) rather than a constraint silently different from the one meant.
-        let unused = |name: &str| {
-            ApiError::field(field(name), format!("{} does not use {name}", op.as_str()))
-        };
+        let unused = |name: &str| ApiError::field(field(name), format!("{} does not use {name}", op.as_str()));
         match (op, &self.value) {
             (Op::Equals | Op::NotEquals, None) => {
-                return Err(ApiError::field(
-                    field("value"),
-                    format!("{} needs a value", op.as_str()),
-                ));
+                return Err(ApiError::field(field("value"), format!("{} needs a value", op.as_str())));
             }
             (Op::Equals | Op::NotEquals, Some(_)) | (_, None) => {}
             (_, Some(_)) => return Err(unused("value")),
         }
         match (op, &self.values) {
             (Op::In, Some(values)) if !values.is_empty() => {}
-            (Op::In, _) => {
-                return Err(ApiError::field(
-                    field("values"),
-                    "in needs a non-empty list of values",
-                ))
-            }
+            (Op::In, _) => return Err(ApiError::field(field("values"), "in needs a non-empty list of values")),
             (_, None) => {}
             (_, Some(_)) => return Err(unused("values")),
         }
         match (op, self.max) {
             (Op::MaxPer, Some(max)) if max >= 1 => {}
-            (Op::MaxPer, _) => {
-                return Err(ApiError::field(
-                    field("max"),
-                    "maxPer needs max of at least 1",
-                ))
-            }
+            (Op::MaxPer, _) => return Err(ApiError::field(field("max"), "maxPer needs max of at least 1")),
             (_, None) => {}
             (_, Some(_)) => return Err(unused("max")),
         }
         match (op, self.expected) {
             (Op::Balanced, Some(expected)) if expected >= 1 => {}
             (Op::Balanced, _) => {
-                return Err(ApiError::field(
-                    field("expected"),
-                    "balanced needs expected of at least 1",
-                ));
+                return Err(ApiError::field(field("expected"), "balanced needs expected of at least 1"));
             }
             (_, None) => {}
             (_, Some(_)) => return Err(unused("expected")),
         }
         if let Some(weight) = self.weight {
             if !self.soft {
-                return Err(ApiError::field(
-                    field("weight"),
-                    "only a soft constraint has a weight",
-                ));
+                return Err(ApiError::field(field("weight"), "only a soft constraint has a weight"));
             }
             if !weight.is_finite() || weight <= 0.0 {
-                return Err(ApiError::field(
-                    field("weight"),
-                    "must be a finite number above 0",
-                ));
+                return Err(ApiError::field(field("weight"), "must be a finite number above 0"));
             }
         }
         Ok(())
@@ -615,10 +540,7 @@ impl VolumeSpec {
         check_dns_label(&self.name).map_err(|m| ApiError::field(field("name"), m))?;
         check_mount_path(&self.path).map_err(|m| ApiError::field(field("path"), m))?;
         if self.size_gib == 0 || self.size_gib > MAX_DISK_GIB {
-            return Err(ApiError::field(
-                field("sizeGib"),
-                format!("must be 1 to {MAX_DISK_GIB} GiB"),
-            ));
+            return Err(ApiError::field(field("sizeGib"), format!("must be 1 to {MAX_DISK_GIB} GiB")));
         }
         if let Some(from) = &self.from {
             check_label(from).map_err(|m| ApiError::field(field("from"), m))?;
@@ -673,36 +595,20 @@ impl HealthCheckSpec {
         let kind = self.check_type;
         match (kind, &self.path) {
             (HealthCheckType::Http, Some(path)) if path.starts_with('/') => {}
-            (HealthCheckType::Http, Some(_)) => {
-                return Err(ApiError::field(field("path"), "must start with /"))
-            }
+            (HealthCheckType::Http, Some(_)) => return Err(ApiError::field(field("path"), "must start with /")),
             (HealthCheckType::Http, None) => {
-                return Err(ApiError::field(
-                    field("path"),
-                    "an http check needs a path to GET",
-                ));
+                return Err(ApiError::field(field("path"), "an http check needs a path to GET"));
             }
             (_, None) => {}
-            (_, Some(_)) => {
-                return Err(ApiError::field(
-                    field("path"),
-                    "only an http check has a path",
-                ))
-            }
+            (_, Some(_)) => return Err(ApiError::field(field("path"), "only an http check has a path")),
         }
         match (kind, self.port) {
             (HealthCheckType::Command, Some(_)) => {
-                return Err(ApiError::field(
-                    field("port"),
-                    "a command check probes no port",
-                ));
+                return Err(ApiError::field(field("port"), "a command check probes no port"));
             }
             (HealthCheckType::Command, None) => {}
             (_, None) => {
-                return Err(ApiError::field(
-                    field("port"),
-                    "http and tcp checks need the index of the port to probe",
-                ));
+                return Err(ApiError::field(field("port"), "http and tcp checks need the index of the port to probe"));
             }
             (_, Some(port)) if port >= ports => {
                 return Err(ApiError::field(
@@ -715,18 +621,10 @@ impl HealthCheckSpec {
         match (kind, &self.command) {
             (HealthCheckType::Command, Some(command)) => check_command(command, &field("command"))?,
             (HealthCheckType::Command, None) => {
-                return Err(ApiError::field(
-                    field("command"),
-                    "a command check needs a command",
-                ));
+                return Err(ApiError::field(field("command"), "a command check needs a command"));
             }
             (_, None) => {}
-            (_, Some(_)) => {
-                return Err(ApiError::field(
-                    field("command"),
-                    "only a command check has a command",
-                ))
-            }
+            (_, Some(_)) => return Err(ApiError::field(field("command"), "only a command check has a command")),
         }
         if !(1..=MAX_HEALTH_INTERVAL_SECONDS).contains(&self.interval_seconds) {
             return Err(ApiError::field(
@@ -771,10 +669,7 @@ pub struct DisruptionBudgetSpec {
 impl DisruptionBudgetSpec {
     fn validate(&self, at: &str) -> Result<(), ApiError> {
         match (self.max_unavailable, self.max_unavailable_percent) {
-            (None, None) => Err(ApiError::field(
-                at,
-                "give maxUnavailable or maxUnavailablePercent",
-            )),
+            (None, None) => Err(ApiError::field(at, "give maxUnavailable or maxUnavailablePercent")),
             (Some(_), Some(_)) => Err(ApiError::field(
                 join(at, "maxUnavailablePercent"),
                 "give maxUnavailable or maxUnavailablePercent, not both",
@@ -783,10 +678,9 @@ impl DisruptionBudgetSpec {
                 join(at, "maxUnavailable"),
                 "must be at least 1: a budget of 0 would block every drain",
             )),
-            (None, Some(percent)) if !(1..=100).contains(&percent) => Err(ApiError::field(
-                join(at, "maxUnavailablePercent"),
-                "must be 1 to 100",
-            )),
+            (None, Some(percent)) if !(1..=100).contains(&percent) => {
+                Err(ApiError::field(join(at, "maxUnavailablePercent"), "must be 1 to 100"))
+            }
             _ => Ok(()),
         }
     }
@@ -826,10 +720,7 @@ fn resolve_locations(
 ) -> Result<BTreeMap<String, u32>, ApiError> {
     let map = match (location, locations) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::field(
-                "locations",
-                "give either location or locations, not both",
-            ));
+            return Err(ApiError::field("locations", "give either location or locations, not both"));
         }
         (None, None) => {
             return Err(ApiError::field(
@@ -837,22 +728,14 @@ fn resolve_locations(
                 "give the instances per location, as location \"dc1:3\" or locations {\"dc1\": 3}",
             ));
         }
-        (Some(shorthand), None) => {
-            return parse_location(shorthand).map_err(|m| ApiError::field("location", m))
-        }
+        (Some(shorthand), None) => return parse_location(shorthand).map_err(|m| ApiError::field("location", m)),
         (None, Some(map)) => map,
     };
     if map.is_empty() {
-        return Err(ApiError::field(
-            "locations",
-            "a job needs at least one location",
-        ));
+        return Err(ApiError::field("locations", "a job needs at least one location"));
     }
     if map.len() > MAX_LOCATIONS {
-        return Err(ApiError::field(
-            "locations",
-            format!("at most {MAX_LOCATIONS} locations"),
-        ));
+        return Err(ApiError::field("locations", format!("at most {MAX_LOCATIONS} locations")));
     }
     for (name, &count) in map {
         check_location_name(name).map_err(|m| ApiError::field(join("locations", name), m))?;
@@ -881,9 +764,7 @@ pub fn parse_location(s: &str) -> Result<BTreeMap<String, u32>, String> {
         check_location_name(name).map_err(|m| format!("`{item}`: {m}"))?;
         // Digits only: `u32::from_str` would also take `+5`, which is no count anyone means to write.
         if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "`{item}`: the count must be a non-negative integer"
-            ));
+            return Err(format!("`{item}`: the count must be a non-negative integer"));
         }
         let count = count.parse::<u32>().unwrap_or(u32::MAX);
         check_count(name, count).map_err(|m| format!("`{item}`: {m}"))?;
@@ -899,9 +780,7 @@ pub fn parse_location(s: &str) -> Result<BTreeMap<String, u32>, String> {
 
 fn check_count(location: &str, count: u32) -> Result<(), String> {
     if count > MAX_INSTANCES_PER_LOCATION {
-        return Err(format!(
-            "{location} asks for more than {MAX_INSTANCES_PER_LOCATION} instances"
-        ));
+        return Err(format!("{location} asks for more than {MAX_INSTANCES_PER_LOCATION} instances"));
     }
     Ok(())
 }
@@ -909,9 +788,7 @@ fn check_count(location: &str, count: u32) -> Result<(), String> {
 /// `[a-z0-9][a-z0-9-]*`, at most 32 characters.
 fn check_location_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
-    let well_formed = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    let well_formed = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !well_formed || name.len() > MAX_LOCATION_NAME_LEN {
         return Err(format!(
@@ -929,23 +806,15 @@ fn check_dns_label(name: &str) -> Result<(), String> {
 
 /// Like a job name, but `_` and `.` are allowed inside: Titan application names carry them.
 fn check_application_name(name: &str) -> Result<(), String> {
-    check_name(
-        name,
-        |c| matches!(c, '-' | '_' | '.'),
-        "lowercase letters, digits, `-`, `_` or `.`",
-    )
+    check_name(name, |c| matches!(c, '-' | '_' | '.'), "lowercase letters, digits, `-`, `_` or `.`")
 }
 
 /// 1 to 63 characters from `[a-z0-9]` plus the `inner` punctuation, which may not start or end the name.
 fn check_name(name: &str, inner: impl Fn(char) -> bool, charset: &str) -> Result<(), String> {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let well_formed = name.starts_with(alnum)
-        && name.ends_with(alnum)
-        && name.chars().all(|c| alnum(c) || inner(c));
+    let well_formed = name.starts_with(alnum) && name.ends_with(alnum) && name.chars().all(|c| alnum(c) || inner(c));
     if !well_formed || name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "must be 1 to {MAX_NAME_LEN} {charset}, starting and ending with a letter or digit"
-        ));
+        return Err(format!("must be 1 to {MAX_NAME_LEN} {charset}, starting and ending with a letter or digit"));
     }
     Ok(())
 }
@@ -982,34 +851,23 @@ fn check_image(image: &str) -> Result<(), String> {
 fn check_command(command: &[String], at: &str) -> Result<(), ApiError> {
     match command.first() {
         None => {
-            return Err(ApiError::field(
-                at,
-                "must name at least the program (omit it to use the default)",
-            ));
+            return Err(ApiError::field(at, "must name at least the program (omit it to use the default)"));
         }
         Some(program) if program.is_empty() => {
-            return Err(ApiError::field(
-                format!("{at}[0]"),
-                "the program must not be empty",
-            ));
+            return Err(ApiError::field(format!("{at}[0]"), "the program must not be empty"));
         }
         Some(_) => {}
     }
     if let Some(i) = command.iter().position(|arg| arg.contains('\0')) {
-        return Err(ApiError::field(
-            format!("{at}[{i}]"),
-            "must not contain a NUL character",
-        ));
+        return Err(ApiError::field(format!("{at}[{i}]"), "must not contain a NUL character"));
     }
     Ok(())
 }
 
 /// `[A-Za-z0-9_.-]+`, at most 128 characters.
 fn check_attribute(attribute: &str) -> Result<(), String> {
-    let well_formed = !attribute.is_empty()
-        && attribute
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let well_formed =
+        !attribute.is_empty() && attribute.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !well_formed || attribute.len() > MAX_ATTRIBUTE_LEN {
         return Err(format!(
             "must be 1 to {MAX_ATTRIBUTE_LEN} letters, digits, `_`, `.` or `-` (`host` means the agent itself)"
@@ -1033,23 +891,15 @@ fn check_mount_path(path: &str) -> Result<(), String> {
         return Err("must not contain `..`".to_owned());
     }
     // Docker refuses a mount over the container's root, and the failure would only surface on the agent.
-    if path
-        .split('/')
-        .all(|component| component.is_empty() || component == ".")
-    {
+    if path.split('/').all(|component| component.is_empty() || component == ".") {
         return Err("cannot be the container's root".to_owned());
     }
     Ok(())
 }
 
 /// The five fields of a cron expression, in order, with their ranges (day of week 7 is Sunday, like 0).
-const CRON_FIELDS: [(&str, u32, u32); 5] = [
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
-];
+const CRON_FIELDS: [(&str, u32, u32); 5] =
+    [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7)];
 
 /// Checks a 5-field cron expression: each field a comma list of `*`, `N`, `A-B`, `*/S` or `A-B/S`.
 fn check_cron(expr: &str) -> Result<(), String> {
@@ -1088,9 +938,7 @@ fn check_cron_item(item: &str, lo: u32, hi: u32) -> Result<(), String> {
     let (first, last) = match range.split_once('-') {
         Some((first, last)) => (cron_number(first)?, cron_number(last)?),
         // `5/10` is accepted by some crons and means different things in others; we take only the forms above.
-        None if step.is_some() => {
-            return Err(format!("`{item}`: a step follows `*` or a range A-B"))
-        }
+        None if step.is_some() => return Err(format!("`{item}`: a step follows `*` or a range A-B")),
         None => {
             let n = cron_number(range)?;
             (n, n)
@@ -1164,11 +1012,7 @@ mod tests {
         match check(body, format) {
             Ok(spec) => panic!("accepted {body}: {spec:?}"),
             Err(e) => {
-                assert_eq!(
-                    (e.code, e.field.as_deref()),
-                    (ErrorCode::InvalidSpec, Some(field)),
-                    "{e}"
-                );
+                assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidSpec, Some(field)), "{e}");
                 e
             }
         }
@@ -1182,11 +1026,7 @@ mod tests {
     #[track_caller]
     fn malformed(body: &str, format: BodyFormat) -> ApiError {
         let e = check(body, format).expect_err("a malformed body is rejected");
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            (ErrorCode::MalformedBody, None),
-            "{e}"
-        );
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::MalformedBody, None), "{e}");
         e
     }
 
@@ -1279,27 +1119,13 @@ disruptionBudget:
         assert_eq!(spec.name, "checkout-api");
         assert_eq!(spec.application_name, "shop_checkout.v2");
         assert_eq!(spec.version.as_deref(), Some("1.4.2"));
-        assert_eq!(
-            spec.locations(),
-            BTreeMap::from([("dc1".into(), 20), ("dc2".into(), 40), ("dc5".into(), 60)])
-        );
-        assert_eq!(
-            (spec.cpus, spec.memory, spec.disk, spec.ports),
-            (2.5, 4096, 20, 2)
-        );
+        assert_eq!(spec.locations(), BTreeMap::from([("dc1".into(), 20), ("dc2".into(), 40), ("dc5".into(), 60)]));
+        assert_eq!((spec.cpus, spec.memory, spec.disk, spec.ports), (2.5, 4096, 20, 2));
         assert_eq!(spec.job_type, JobType::Service);
         assert_eq!(spec.constraints[3].operator, ConstraintOperator::NotEquals);
         assert_eq!(spec.volumes[1].from.as_deref(), Some("ledger-seed@daily"));
-        assert_eq!(
-            spec.health_check.as_ref().map(|h| h.check_type),
-            Some(HealthCheckType::Http)
-        );
-        assert_eq!(
-            spec.disruption_budget
-                .as_ref()
-                .and_then(|b| b.max_unavailable_percent),
-            Some(10)
-        );
+        assert_eq!(spec.health_check.as_ref().map(|h| h.check_type), Some(HealthCheckType::Http));
+        assert_eq!(spec.disruption_budget.as_ref().and_then(|b| b.max_unavailable_percent), Some(10));
 
         let from_yaml = check(FULL_YAML, BodyFormat::Yaml).expect("the YAML twin is valid");
         assert_eq!(from_yaml, spec);
@@ -1311,10 +1137,7 @@ disruptionBudget:
         let json = serde_json::to_vec(&spec).expect("serializable");
         assert_eq!(JobSpec::parse(&json, BodyFormat::Json), Ok(spec.clone()));
         let yaml = serde_yaml::to_string(&spec).expect("serializable");
-        assert_eq!(
-            JobSpec::parse(yaml.as_bytes(), BodyFormat::Yaml),
-            Ok(spec.clone())
-        );
+        assert_eq!(JobSpec::parse(yaml.as_bytes(), BodyFormat::Yaml), Ok(spec.clone()));
         let minimal = accepts(&with(json!({})));
         let json = serde_json::to_vec(&minimal).expect("serializable");
         assert_eq!(JobSpec::parse(&json, BodyFormat::Json), Ok(minimal));
@@ -1329,15 +1152,9 @@ disruptionBudget:
         assert_eq!(spec.num_retries, 3);
         assert!(!spec.restart_on_success);
         assert_eq!(spec.job_type, JobType::Service);
-        assert_eq!(
-            (spec.version, spec.owner, spec.capacity_group, spec.command),
-            (None, None, None, None)
-        );
+        assert_eq!((spec.version, spec.owner, spec.capacity_group, spec.command), (None, None, None, None));
         assert!(spec.env.is_empty() && spec.constraints.is_empty() && spec.volumes.is_empty());
-        assert_eq!(
-            (spec.health_check, spec.schedule, spec.disruption_budget),
-            (None, None, None)
-        );
+        assert_eq!((spec.health_check, spec.schedule, spec.disruption_budget), (None, None, None));
 
         let spec = accepts(&with(json!({
             "ports": 1,
@@ -1350,12 +1167,7 @@ disruptionBudget:
         assert!(!spec.volumes[0].persistent);
         let check = spec.health_check.expect("given");
         assert_eq!(
-            (
-                check.interval_seconds,
-                check.timeout_seconds,
-                check.grace_period_seconds,
-                check.failure_threshold
-            ),
+            (check.interval_seconds, check.timeout_seconds, check.grace_period_seconds, check.failure_threshold),
             (10, 5, 0, 3)
         );
     }
@@ -1365,47 +1177,25 @@ disruptionBudget:
         for field in ["name", "applicationName", "cpus", "memory", "image"] {
             rejects(&with(json!({ field: null })), field);
         }
-        rejects(
-            &with(json!({"volumes": [{"name": "v", "path": "/v"}]})),
-            "volumes[0].sizeGib",
-        );
-        rejects(
-            &with(json!({"healthCheck": {"port": 0}})),
-            "healthCheck.type",
-        );
-        rejects(
-            &with(json!({"constraints": [{"attribute": "zone"}]})),
-            "constraints[0].operator",
-        );
+        rejects(&with(json!({"volumes": [{"name": "v", "path": "/v"}]})), "volumes[0].sizeGib");
+        rejects(&with(json!({"healthCheck": {"port": 0}})), "healthCheck.type");
+        rejects(&with(json!({"constraints": [{"attribute": "zone"}]})), "constraints[0].operator");
     }
 
     #[test]
     fn unknown_fields_are_named_at_any_depth() {
         rejects(&with(json!({"instances": 3})), "instances");
-        rejects(
-            &with(json!({"healthCheck": {"type": "tcp", "port": 0, "foo": 1}})),
-            "healthCheck.foo",
-        );
-        rejects(
-            &with(json!({"volumes": [{"name": "v", "path": "/v", "sizeGib": 1, "ro": true}]})),
-            "volumes[0].ro",
-        );
+        rejects(&with(json!({"healthCheck": {"type": "tcp", "port": 0, "foo": 1}})), "healthCheck.foo");
+        rejects(&with(json!({"volumes": [{"name": "v", "path": "/v", "sizeGib": 1, "ro": true}]})), "volumes[0].ro");
         rejects(
             &with(json!({"disruptionBudget": {"maxUnavailable": 1, "minAvailable": 2}})),
             "disruptionBudget.minAvailable",
         );
         // A field whose name repeats its parent's is still named once per level.
-        rejects(
-            &with(json!({"healthCheck": {"type": "tcp", "port": 0, "healthCheck": 1}})),
-            "healthCheck.healthCheck",
-        );
+        rejects(&with(json!({"healthCheck": {"type": "tcp", "port": 0, "healthCheck": 1}})), "healthCheck.healthCheck");
         let e = rejects_as(BodyFormat::Yaml, "name: web\nwhat: 1\n", "what");
         assert!(e.message.contains("unknown field"), "{e}");
-        rejects_as(
-            BodyFormat::Yaml,
-            "name: web\nhealthCheck:\n  type: tcp\n  bar: 1\n",
-            "healthCheck.bar",
-        );
+        rejects_as(BodyFormat::Yaml, "name: web\nhealthCheck:\n  type: tcp\n  bar: 1\n", "healthCheck.bar");
     }
 
     #[test]
@@ -1421,21 +1211,12 @@ disruptionBudget:
         rejects(&with(json!({"disk": -1})), "disk");
         rejects(&with(json!({"ports": "2"})), "ports");
         rejects(&with(json!({"numRetries": -1})), "numRetries");
-        rejects(
-            &with(json!({"restartOnFailure": "yes"})),
-            "restartOnFailure",
-        );
+        rejects(&with(json!({"restartOnFailure": "yes"})), "restartOnFailure");
         rejects(&with(json!({"type": "daemon"})), "type");
         rejects(&with(json!({"env": {"A": 1}})), "env.A");
         rejects(&with(json!({"command": "sleep 10"})), "command");
-        rejects(
-            &with(json!({"constraints": [{"attribute": "zone", "operator": "near"}]})),
-            "constraints[0].operator",
-        );
-        rejects(
-            &with(json!({"volumes": [{"name": "v", "path": "/v", "sizeGib": -5}]})),
-            "volumes[0].sizeGib",
-        );
+        rejects(&with(json!({"constraints": [{"attribute": "zone", "operator": "near"}]})), "constraints[0].operator");
+        rejects(&with(json!({"volumes": [{"name": "v", "path": "/v", "sizeGib": -5}]})), "volumes[0].sizeGib");
         rejects(
             &with(json!({"healthCheck": {"type": "tcp", "port": 0, "intervalSeconds": -1}})),
             "healthCheck.intervalSeconds",
@@ -1482,10 +1263,7 @@ disruptionBudget:
         for bad in ["", "Shop", "_shop", "shop.", "shop app"] {
             rejects(&with(json!({"applicationName": bad})), "applicationName");
         }
-        rejects(
-            &with(json!({"applicationName": "a".repeat(MAX_NAME_LEN + 1)})),
-            "applicationName",
-        );
+        rejects(&with(json!({"applicationName": "a".repeat(MAX_NAME_LEN + 1)})), "applicationName");
     }
 
     #[test]
@@ -1493,21 +1271,14 @@ disruptionBudget:
         rejects(&with(json!({"version": ""})), "version");
         rejects(&with(json!({"version": "1\n2"})), "version");
         rejects(&with(json!({"owner": " "})), "owner");
-        rejects(
-            &with(json!({"capacityGroup": "x".repeat(MAX_LABEL_LEN + 1)})),
-            "capacityGroup",
-        );
+        rejects(&with(json!({"capacityGroup": "x".repeat(MAX_LABEL_LEN + 1)})), "capacityGroup");
     }
 
     #[test]
     fn resources_stay_within_limits() {
         accepts(&with(json!({"cpus": 0.25})));
-        accepts(&with(
-            json!({"cpus": MAX_CPUS, "memory": MAX_MEMORY_MIB, "disk": MAX_DISK_GIB}),
-        ));
-        accepts(&with(
-            json!({"ports": MAX_PORTS, "numRetries": MAX_RETRIES}),
-        ));
+        accepts(&with(json!({"cpus": MAX_CPUS, "memory": MAX_MEMORY_MIB, "disk": MAX_DISK_GIB})));
+        accepts(&with(json!({"ports": MAX_PORTS, "numRetries": MAX_RETRIES})));
         for cpus in [json!(0), json!(-1), json!(MAX_CPUS + 0.5)] {
             rejects(&with(json!({ "cpus": cpus })), "cpus");
         }
@@ -1529,37 +1300,20 @@ disruptionBudget:
         rejects_as(BodyFormat::Yaml, &yaml(".inf"), "cpus");
         let mut spec = accepts(&with(json!({})));
         spec.cpus = f64::NAN;
-        assert_eq!(
-            spec.validate().expect_err("NaN").field.as_deref(),
-            Some("cpus")
-        );
+        assert_eq!(spec.validate().expect_err("NaN").field.as_deref(), Some("cpus"));
     }
 
     #[test]
     fn exactly_one_of_location_and_locations() {
-        let spec = accepts(&with(
-            json!({"location": null, "locations": {"dc1": 3, "dc2": 0}}),
-        ));
-        assert_eq!(
-            spec.locations(),
-            BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 0)])
-        );
+        let spec = accepts(&with(json!({"location": null, "locations": {"dc1": 3, "dc2": 0}})));
+        assert_eq!(spec.locations(), BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 0)]));
         rejects(&with(json!({"locations": {"dc1": 3}})), "locations");
         rejects(&with(json!({"location": null})), "location");
         rejects(&with(json!({"location": ""})), "location");
         rejects(&with(json!({"location": "dc1:2,dc1:3"})), "location");
-        rejects(
-            &with(json!({"location": null, "locations": {}})),
-            "locations",
-        );
-        rejects(
-            &with(json!({"location": null, "locations": {"DC1": 1}})),
-            "locations.DC1",
-        );
-        rejects(
-            &with(json!({"location": null, "locations": {"dc1": -1}})),
-            "locations.dc1",
-        );
+        rejects(&with(json!({"location": null, "locations": {}})), "locations");
+        rejects(&with(json!({"location": null, "locations": {"DC1": 1}})), "locations.DC1");
+        rejects(&with(json!({"location": null, "locations": {"dc1": -1}})), "locations.dc1");
         rejects(
             &with(json!({"location": null, "locations": {"dc1": MAX_INSTANCES_PER_LOCATION + 1}})),
             "locations.dc1",
@@ -1568,29 +1322,15 @@ disruptionBudget:
 
     #[test]
     fn location_shorthand() {
-        let counts = |pairs: &[(&str, u32)]| {
-            pairs
-                .iter()
-                .map(|&(n, c)| (n.to_owned(), c))
-                .collect::<BTreeMap<_, _>>()
-        };
+        let counts = |pairs: &[(&str, u32)]| pairs.iter().map(|&(n, c)| (n.to_owned(), c)).collect::<BTreeMap<_, _>>();
         // Each input with its counts, or a phrase its error must contain.
         type Case<'a> = (&'a str, Result<BTreeMap<String, u32>, &'a str>);
         let cases: &[Case] = &[
-            (
-                "dc1:20,dc2:40,dc5:60",
-                Ok(counts(&[("dc1", 20), ("dc2", 40), ("dc5", 60)])),
-            ),
+            ("dc1:20,dc2:40,dc5:60", Ok(counts(&[("dc1", 20), ("dc2", 40), ("dc5", 60)]))),
             ("dc1=5,dc2=3", Ok(counts(&[("dc1", 5), ("dc2", 3)]))),
-            (
-                "  dc1:5 ,\tdc2 = 3  ",
-                Ok(counts(&[("dc1", 5), ("dc2", 3)])),
-            ),
+            ("  dc1:5 ,\tdc2 = 3  ", Ok(counts(&[("dc1", 5), ("dc2", 3)]))),
             ("dc1:0", Ok(counts(&[("dc1", 0)]))),
-            (
-                "us-east-1a:10000",
-                Ok(counts(&[("us-east-1a", MAX_INSTANCES_PER_LOCATION)])),
-            ),
+            ("us-east-1a:10000", Ok(counts(&[("us-east-1a", MAX_INSTANCES_PER_LOCATION)]))),
             ("dc1:007", Ok(counts(&[("dc1", 7)]))),
             ("", Err("empty")),
             ("   ", Err("empty")),
@@ -1630,24 +1370,18 @@ disruptionBudget:
     fn image_command_and_env() {
         rejects(&with(json!({"image": ""})), "image");
         rejects(&with(json!({"image": "busy box"})), "image");
-        rejects(
-            &with(json!({"image": "x".repeat(MAX_IMAGE_LEN + 1)})),
-            "image",
-        );
+        rejects(&with(json!({"image": "x".repeat(MAX_IMAGE_LEN + 1)})), "image");
         accepts(&with(json!({"command": ["sleep", "10", ""]})));
         rejects(&with(json!({"command": []})), "command");
         rejects(&with(json!({"command": ["", "x"]})), "command[0]");
         rejects(&with(json!({"command": ["sh", "a\u{0}b"]})), "command[1]");
-        accepts(&with(
-            json!({"env": {"A": "", "_X1": "y", "lower_case": "z"}}),
-        ));
+        accepts(&with(json!({"env": {"A": "", "_X1": "y", "lower_case": "z"}})));
         rejects(&with(json!({"env": {"1BAD": "x"}})), "env.1BAD");
         rejects(&with(json!({"env": {"BAD-NAME": "x"}})), "env.BAD-NAME");
         rejects(&with(json!({"env": {"": "x"}})), "env.");
         rejects(&with(json!({"env": {"NUL": "a\u{0}"}})), "env.NUL");
-        let too_many: serde_json::Map<String, Value> = (0..=MAX_ENV_VARS)
-            .map(|i| (format!("V{i}"), json!("x")))
-            .collect();
+        let too_many: serde_json::Map<String, Value> =
+            (0..=MAX_ENV_VARS).map(|i| (format!("V{i}"), json!("x"))).collect();
         rejects(&with(json!({ "env": too_many })), "env");
     }
 
@@ -1667,10 +1401,7 @@ disruptionBudget:
         }
         accepts(&with(json!({"type": "batch"})));
         rejects(&with(json!({"schedule": "* * * * *"})), "schedule");
-        rejects(
-            &with(json!({"type": "service", "schedule": "* * * * *"})),
-            "schedule",
-        );
+        rejects(&with(json!({"type": "service", "schedule": "* * * * *"})), "schedule");
         for bad in [
             "",
             "* * * *",
@@ -1702,9 +1433,7 @@ disruptionBudget:
 
     #[test]
     fn constraints_take_the_fields_their_operator_reads() {
-        let constraint = |c: Value| {
-            with(json!({"constraints": [{"attribute": "zone", "operator": "unique"}, c]}))
-        };
+        let constraint = |c: Value| with(json!({"constraints": [{"attribute": "zone", "operator": "unique"}, c]}));
         for good in [
             json!({"attribute": "zone", "operator": "equals", "value": "a"}),
             json!({"attribute": "zone", "operator": "notEquals", "value": "a"}),
@@ -1719,133 +1448,57 @@ disruptionBudget:
         }
         let cases = [
             (json!({"attribute": "zone", "operator": "equals"}), "value"),
-            (
-                json!({"attribute": "zone", "operator": "notEquals", "values": ["a"]}),
-                "value",
-            ),
+            (json!({"attribute": "zone", "operator": "notEquals", "values": ["a"]}), "value"),
             (json!({"attribute": "zone", "operator": "in"}), "values"),
-            (
-                json!({"attribute": "zone", "operator": "in", "values": []}),
-                "values",
-            ),
-            (
-                json!({"attribute": "zone", "operator": "in", "values": ["a"], "value": "a"}),
-                "value",
-            ),
-            (
-                json!({"attribute": "zone", "operator": "unique", "max": 1}),
-                "max",
-            ),
+            (json!({"attribute": "zone", "operator": "in", "values": []}), "values"),
+            (json!({"attribute": "zone", "operator": "in", "values": ["a"], "value": "a"}), "value"),
+            (json!({"attribute": "zone", "operator": "unique", "max": 1}), "max"),
             (json!({"attribute": "zone", "operator": "maxPer"}), "max"),
-            (
-                json!({"attribute": "zone", "operator": "maxPer", "max": 0}),
-                "max",
-            ),
-            (
-                json!({"attribute": "zone", "operator": "balanced"}),
-                "expected",
-            ),
-            (
-                json!({"attribute": "zone", "operator": "balanced", "expected": 0}),
-                "expected",
-            ),
-            (
-                json!({"attribute": "zone", "operator": "maxPer", "max": 1, "expected": 1}),
-                "expected",
-            ),
+            (json!({"attribute": "zone", "operator": "maxPer", "max": 0}), "max"),
+            (json!({"attribute": "zone", "operator": "balanced"}), "expected"),
+            (json!({"attribute": "zone", "operator": "balanced", "expected": 0}), "expected"),
+            (json!({"attribute": "zone", "operator": "maxPer", "max": 1, "expected": 1}), "expected"),
             (json!({"operator": "unique"}), "attribute"),
             (json!({"operator": "equals", "value": "a"}), "attribute"),
-            (
-                json!({"attribute": "host", "operator": "exclusive"}),
-                "attribute",
-            ),
-            (
-                json!({"attribute": "zone name", "operator": "unique"}),
-                "attribute",
-            ),
+            (json!({"attribute": "host", "operator": "exclusive"}), "attribute"),
+            (json!({"attribute": "zone name", "operator": "unique"}), "attribute"),
             (json!({"attribute": "", "operator": "unique"}), "attribute"),
-            (
-                json!({"attribute": "a".repeat(MAX_ATTRIBUTE_LEN + 1), "operator": "unique"}),
-                "attribute",
-            ),
-            (
-                json!({"attribute": "zone", "operator": "unique", "weight": 1.0}),
-                "weight",
-            ),
-            (
-                json!({"attribute": "zone", "operator": "unique", "soft": true, "weight": 0.0}),
-                "weight",
-            ),
-            (
-                json!({"attribute": "zone", "operator": "unique", "soft": true, "weight": -1.0}),
-                "weight",
-            ),
+            (json!({"attribute": "a".repeat(MAX_ATTRIBUTE_LEN + 1), "operator": "unique"}), "attribute"),
+            (json!({"attribute": "zone", "operator": "unique", "weight": 1.0}), "weight"),
+            (json!({"attribute": "zone", "operator": "unique", "soft": true, "weight": 0.0}), "weight"),
+            (json!({"attribute": "zone", "operator": "unique", "soft": true, "weight": -1.0}), "weight"),
         ];
         for (bad, field) in cases {
             rejects(&constraint(bad), &format!("constraints[1].{field}"));
         }
-        let many: Vec<Value> = (0..=MAX_CONSTRAINTS)
-            .map(|_| json!({"operator": "exclusive"}))
-            .collect();
+        let many: Vec<Value> = (0..=MAX_CONSTRAINTS).map(|_| json!({"operator": "exclusive"})).collect();
         rejects(&with(json!({ "constraints": many })), "constraints");
-        let mut spec = accepts(&constraint(
-            json!({"attribute": "z", "operator": "unique", "soft": true, "weight": 1.0}),
-        ));
+        let mut spec =
+            accepts(&constraint(json!({"attribute": "z", "operator": "unique", "soft": true, "weight": 1.0})));
         spec.constraints[1].weight = Some(f64::INFINITY);
-        assert_eq!(
-            spec.validate().expect_err("infinite").field.as_deref(),
-            Some("constraints[1].weight")
-        );
+        assert_eq!(spec.validate().expect_err("infinite").field.as_deref(), Some("constraints[1].weight"));
     }
 
     #[test]
     fn volumes_have_unique_names_and_safe_paths() {
-        let volumes = |second: Value| {
-            with(json!({"volumes": [{"name": "data", "path": "/data", "sizeGib": 1}, second]}))
-        };
+        let volumes =
+            |second: Value| with(json!({"volumes": [{"name": "data", "path": "/data", "sizeGib": 1}, second]}));
         accepts(&volumes(
             json!({"name": "logs", "path": "/data/logs", "sizeGib": 1, "persistent": true, "from": "snap-1"}),
         ));
         let cases = [
-            (
-                json!({"name": "data", "path": "/other", "sizeGib": 1}),
-                "name",
-            ),
-            (
-                json!({"name": "Logs", "path": "/logs", "sizeGib": 1}),
-                "name",
-            ),
-            (
-                json!({"name": "logs", "path": "/data/", "sizeGib": 1}),
-                "path",
-            ),
-            (
-                json!({"name": "logs", "path": "//data/.", "sizeGib": 1}),
-                "path",
-            ),
-            (
-                json!({"name": "logs", "path": "logs", "sizeGib": 1}),
-                "path",
-            ),
-            (
-                json!({"name": "logs", "path": "/logs/../etc", "sizeGib": 1}),
-                "path",
-            ),
+            (json!({"name": "data", "path": "/other", "sizeGib": 1}), "name"),
+            (json!({"name": "Logs", "path": "/logs", "sizeGib": 1}), "name"),
+            (json!({"name": "logs", "path": "/data/", "sizeGib": 1}), "path"),
+            (json!({"name": "logs", "path": "//data/.", "sizeGib": 1}), "path"),
+            (json!({"name": "logs", "path": "logs", "sizeGib": 1}), "path"),
+            (json!({"name": "logs", "path": "/logs/../etc", "sizeGib": 1}), "path"),
             (json!({"name": "logs", "path": "/..", "sizeGib": 1}), "path"),
             (json!({"name": "logs", "path": "/", "sizeGib": 1}), "path"),
             (json!({"name": "logs", "path": "", "sizeGib": 1}), "path"),
-            (
-                json!({"name": "logs", "path": "/logs", "sizeGib": 0}),
-                "sizeGib",
-            ),
-            (
-                json!({"name": "logs", "path": "/logs", "sizeGib": MAX_DISK_GIB + 1}),
-                "sizeGib",
-            ),
-            (
-                json!({"name": "logs", "path": "/logs", "sizeGib": 1, "from": ""}),
-                "from",
-            ),
+            (json!({"name": "logs", "path": "/logs", "sizeGib": 0}), "sizeGib"),
+            (json!({"name": "logs", "path": "/logs", "sizeGib": MAX_DISK_GIB + 1}), "sizeGib"),
+            (json!({"name": "logs", "path": "/logs", "sizeGib": 1, "from": ""}), "from"),
         ];
         for (bad, field) in cases {
             rejects(&volumes(bad), &format!("volumes[1].{field}"));
@@ -1870,66 +1523,30 @@ disruptionBudget:
         }
         let cases = [
             (json!({"type": "http", "port": 0}), "path"),
-            (
-                json!({"type": "http", "path": "healthz", "port": 0}),
-                "path",
-            ),
+            (json!({"type": "http", "path": "healthz", "port": 0}), "path"),
             (json!({"type": "tcp", "path": "/x", "port": 0}), "path"),
             (json!({"type": "http", "path": "/x"}), "port"),
             (json!({"type": "tcp"}), "port"),
             (json!({"type": "tcp", "port": 2}), "port"),
-            (
-                json!({"type": "command", "command": ["x"], "port": 0}),
-                "port",
-            ),
+            (json!({"type": "command", "command": ["x"], "port": 0}), "port"),
             (json!({"type": "command"}), "command"),
             (json!({"type": "command", "command": []}), "command"),
-            (
-                json!({"type": "tcp", "port": 0, "command": ["x"]}),
-                "command",
-            ),
-            (
-                json!({"type": "tcp", "port": 0, "intervalSeconds": 0}),
-                "intervalSeconds",
-            ),
-            (
-                json!({"type": "tcp", "port": 0, "intervalSeconds": 3601}),
-                "intervalSeconds",
-            ),
-            (
-                json!({"type": "tcp", "port": 0, "timeoutSeconds": 0}),
-                "timeoutSeconds",
-            ),
-            (
-                json!({"type": "tcp", "port": 0, "intervalSeconds": 4}),
-                "timeoutSeconds",
-            ),
-            (
-                json!({"type": "tcp", "port": 0, "gracePeriodSeconds": 3601}),
-                "gracePeriodSeconds",
-            ),
-            (
-                json!({"type": "tcp", "port": 0, "failureThreshold": 0}),
-                "failureThreshold",
-            ),
-            (
-                json!({"type": "tcp", "port": 0, "failureThreshold": 101}),
-                "failureThreshold",
-            ),
+            (json!({"type": "tcp", "port": 0, "command": ["x"]}), "command"),
+            (json!({"type": "tcp", "port": 0, "intervalSeconds": 0}), "intervalSeconds"),
+            (json!({"type": "tcp", "port": 0, "intervalSeconds": 3601}), "intervalSeconds"),
+            (json!({"type": "tcp", "port": 0, "timeoutSeconds": 0}), "timeoutSeconds"),
+            (json!({"type": "tcp", "port": 0, "intervalSeconds": 4}), "timeoutSeconds"),
+            (json!({"type": "tcp", "port": 0, "gracePeriodSeconds": 3601}), "gracePeriodSeconds"),
+            (json!({"type": "tcp", "port": 0, "failureThreshold": 0}), "failureThreshold"),
+            (json!({"type": "tcp", "port": 0, "failureThreshold": 101}), "failureThreshold"),
             (json!({"type": "grpc", "port": 0}), "type"),
         ];
         for (bad, field) in cases {
             rejects(&health(bad), &format!("healthCheck.{field}"));
         }
         // A job without dynamic ports has nothing for a tcp check to probe.
-        rejects(
-            &with(json!({"healthCheck": {"type": "tcp", "port": 0}})),
-            "healthCheck.port",
-        );
-        rejects(
-            &health(json!({"type": "command", "command": ["", "x"]})),
-            "healthCheck.command[0]",
-        );
+        rejects(&with(json!({"healthCheck": {"type": "tcp", "port": 0}})), "healthCheck.port");
+        rejects(&health(json!({"type": "command", "command": ["", "x"]})), "healthCheck.command[0]");
     }
 
     #[test]
@@ -1942,30 +1559,15 @@ disruptionBudget:
             &budget(json!({"maxUnavailable": 1, "maxUnavailablePercent": 5})),
             "disruptionBudget.maxUnavailablePercent",
         );
-        rejects(
-            &budget(json!({"maxUnavailable": 0})),
-            "disruptionBudget.maxUnavailable",
-        );
-        rejects(
-            &budget(json!({"maxUnavailablePercent": 0})),
-            "disruptionBudget.maxUnavailablePercent",
-        );
-        rejects(
-            &budget(json!({"maxUnavailablePercent": 101})),
-            "disruptionBudget.maxUnavailablePercent",
-        );
-        rejects(
-            &budget(json!({"maxUnavailable": -1})),
-            "disruptionBudget.maxUnavailable",
-        );
+        rejects(&budget(json!({"maxUnavailable": 0})), "disruptionBudget.maxUnavailable");
+        rejects(&budget(json!({"maxUnavailablePercent": 0})), "disruptionBudget.maxUnavailablePercent");
+        rejects(&budget(json!({"maxUnavailablePercent": 101})), "disruptionBudget.maxUnavailablePercent");
+        rejects(&budget(json!({"maxUnavailable": -1})), "disruptionBudget.maxUnavailable");
     }
 
     #[test]
     fn the_first_broken_rule_wins_in_field_order() {
-        rejects(
-            &with(json!({"name": "Bad", "cpus": -1, "image": ""})),
-            "name",
-        );
+        rejects(&with(json!({"name": "Bad", "cpus": -1, "image": ""})), "name");
         rejects(&with(json!({"cpus": -1, "image": ""})), "cpus");
     }
 
@@ -1973,10 +1575,7 @@ disruptionBudget:
     fn instances_requests() {
         let check = |body: &str, format| InstancesRequest::parse(body.as_bytes(), format);
         let request = check(r#"{"location": "dc1:3, dc2=0"}"#, BodyFormat::Json).expect("valid");
-        assert_eq!(
-            request.counts(),
-            Ok(BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 0)]))
-        );
+        assert_eq!(request.counts(), Ok(BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 0)])));
         let request = check(r#"{"locations": {"dc1": 4}}"#, BodyFormat::Json).expect("valid");
         assert_eq!(request.counts(), Ok(BTreeMap::from([("dc1".into(), 4)])));
         let request = check("locations:\n  dc1: 4\n", BodyFormat::Yaml).expect("valid");
@@ -1984,36 +1583,12 @@ disruptionBudget:
 
         let cases = [
             (r#"{}"#, ErrorCode::InvalidSpec, Some("location")),
-            (
-                r#"{"location": "dc1:1", "locations": {"dc1": 1}}"#,
-                ErrorCode::InvalidSpec,
-                Some("locations"),
-            ),
-            (
-                r#"{"location": "dc1:1,dc1:2"}"#,
-                ErrorCode::InvalidSpec,
-                Some("location"),
-            ),
-            (
-                r#"{"location": 5}"#,
-                ErrorCode::InvalidSpec,
-                Some("location"),
-            ),
-            (
-                r#"{"locations": {"dc1": -1}}"#,
-                ErrorCode::InvalidSpec,
-                Some("locations.dc1"),
-            ),
-            (
-                r#"{"locations": {}}"#,
-                ErrorCode::InvalidSpec,
-                Some("locations"),
-            ),
-            (
-                r#"{"location": "dc1:1", "count": 3}"#,
-                ErrorCode::InvalidSpec,
-                Some("count"),
-            ),
+            (r#"{"location": "dc1:1", "locations": {"dc1": 1}}"#, ErrorCode::InvalidSpec, Some("locations")),
+            (r#"{"location": "dc1:1,dc1:2"}"#, ErrorCode::InvalidSpec, Some("location")),
+            (r#"{"location": 5}"#, ErrorCode::InvalidSpec, Some("location")),
+            (r#"{"locations": {"dc1": -1}}"#, ErrorCode::InvalidSpec, Some("locations.dc1")),
+            (r#"{"locations": {}}"#, ErrorCode::InvalidSpec, Some("locations")),
+            (r#"{"location": "dc1:1", "count": 3}"#, ErrorCode::InvalidSpec, Some("count")),
             (r#"{"location": "#, ErrorCode::MalformedBody, None),
         ];
         for (body, code, field) in cases {
@@ -2021,43 +1596,19 @@ disruptionBudget:
             assert_eq!((e.code, e.field.as_deref()), (code, field), "{body}: {e}");
         }
         // counts() holds the rule for requests built in code, not only parsed ones.
-        let built = InstancesRequest {
-            location: None,
-            locations: None,
-        };
-        assert_eq!(
-            built.counts().expect_err("empty").field.as_deref(),
-            Some("location")
-        );
+        let built = InstancesRequest { location: None, locations: None };
+        assert_eq!(built.counts().expect_err("empty").field.as_deref(), Some("location"));
     }
 
     #[test]
     fn the_openapi_schema_follows_the_wire_names_and_defaults() {
-        let schema = serde_json::to_value(<JobSpec as utoipa::PartialSchema>::schema())
-            .expect("serializable");
+        let schema = serde_json::to_value(<JobSpec as utoipa::PartialSchema>::schema()).expect("serializable");
         let properties = schema["properties"].as_object().expect("an object schema");
-        for field in [
-            "applicationName",
-            "restartOnFailure",
-            "type",
-            "healthCheck",
-            "disruptionBudget",
-            "locations",
-        ] {
-            assert!(
-                properties.contains_key(field),
-                "{field} missing from {schema}"
-            );
+        for field in ["applicationName", "restartOnFailure", "type", "healthCheck", "disruptionBudget", "locations"] {
+            assert!(properties.contains_key(field), "{field} missing from {schema}");
         }
-        let required: BTreeSet<&str> = schema["required"]
-            .as_array()
-            .expect("a list")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert_eq!(
-            required,
-            BTreeSet::from(["name", "applicationName", "cpus", "memory", "image"])
-        );
+        let required: BTreeSet<&str> =
+            schema["required"].as_array().expect("a list").iter().filter_map(Value::as_str).collect();
+        assert_eq!(required, BTreeSet::from(["name", "applicationName", "cpus", "memory", "image"]));
     }
 }

@@ -6,10 +6,7 @@ use crate::router::paths::*;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(
-        title = "Titan",
-        description = "A multi-region container scheduler: one cell's REST API."
-    ),
+    info(title = "Titan", description = "A multi-region container scheduler: one cell's REST API."),
     paths(
         submit_job,
         list_jobs,

@@ -21,9 +21,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{BodyFormat, InstancesRequest, JobSpec};
-use crate::view::{
-    AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery, MAX_PAGE_SIZE,
-};
+use crate::view::{AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery, MAX_PAGE_SIZE};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -46,22 +44,11 @@ pub struct Actor {
 
 /// What a cell answers to. Writes are answered after they are committed.
 pub trait CellApi: Send + Sync + 'static {
-    fn submit_job(
-        &self,
-        spec: JobSpec,
-        idempotency_key: Option<String>,
-        actor: Actor,
-    ) -> ApiResult<'_, JobRef>;
+    fn submit_job(&self, spec: JobSpec, idempotency_key: Option<String>, actor: Actor) -> ApiResult<'_, JobRef>;
     fn list_jobs(&self, query: ListQuery) -> ApiResult<'_, JobList>;
     fn get_job(&self, id: String) -> ApiResult<'_, JobView>;
     fn job_history(&self, id: String) -> ApiResult<'_, Vec<HistoryEntry>>;
-    fn update_job(
-        &self,
-        id: String,
-        spec: JobSpec,
-        if_match: Option<u64>,
-        actor: Actor,
-    ) -> ApiResult<'_, JobRef>;
+    fn update_job(&self, id: String, spec: JobSpec, if_match: Option<u64>, actor: Actor) -> ApiResult<'_, JobRef>;
     fn set_instances(
         &self,
         id: String,
@@ -91,58 +78,36 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn new(registry: &Registry) -> Result<HttpMetrics, prometheus::Error> {
         let requests = IntCounterVec::new(
-            Opts::new(
-                "titan_http_requests_total",
-                "HTTP requests by route, method and status",
-            ),
+            Opts::new("titan_http_requests_total", "HTTP requests by route, method and status"),
             &["route", "method", "status"],
         )?;
         let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "titan_http_request_duration_seconds",
-                "HTTP request latency by route and method",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+            HistogramOpts::new("titan_http_request_duration_seconds", "HTTP request latency by route and method")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             &["route", "method"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(HttpMetrics {
-            requests,
-            latency,
-            registry: registry.clone(),
-        })
+        Ok(HttpMetrics { requests, latency, registry: registry.clone() })
     }
 }
 
 async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "-".into());
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "-".into());
     let method = req.method().as_str().to_string();
     let start = Instant::now();
     let resp = next.run(req).await;
-    m.latency
-        .with_label_values(&[&route, &method])
-        .observe(start.elapsed().as_secs_f64());
-    m.requests
-        .with_label_values(&[&route, &method, resp.status().as_str()])
-        .inc();
+    m.latency.with_label_values(&[&route, &method]).observe(start.elapsed().as_secs_f64());
+    m.requests.with_label_values(&[&route, &method, resp.status().as_str()]).inc();
     resp
 }
 
-/// The public routes of a cell, with metrics recorded into `metrics`' registry.
-pub fn router(cell: Cell, metrics: HttpMetrics) -> Router {
+/// The public routes of a cell plus the cell's own `internal` routes (Raft, forwarding), with every request's
+/// count and latency recorded into `metrics`' registry.
+pub fn router(cell: Cell, metrics: HttpMetrics, internal: Router) -> Router {
     let api = Router::new()
         .route("/v1/jobs", post(submit_job).get(list_jobs))
-        .route(
-            "/v1/jobs/{id}",
-            get(get_job).put(update_job).delete(kill_job),
-        )
+        .route("/v1/jobs/{id}", get(get_job).put(update_job).delete(kill_job))
         .route("/v1/jobs/{id}/history", get(job_history))
         .route("/v1/jobs/{id}/instances", put(set_instances))
         .route("/v1/jobs/{id}/enable", post(enable_job))
@@ -154,22 +119,14 @@ pub fn router(cell: Cell, metrics: HttpMetrics) -> Router {
         .route("/readyz", get(ready))
         .with_state(cell);
     let meta = Router::new()
-        .route(
-            "/openapi.json",
-            get(|| async { Json(crate::openapi::document()) }),
-        )
+        .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
         .route("/metrics", get(render_metrics))
         .with_state(metrics.clone());
     api.merge(meta)
+        .merge(internal)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                Json(ApiError::new(
-                    ErrorCode::InvalidParameter,
-                    "method not allowed",
-                )),
-            )
+            (StatusCode::METHOD_NOT_ALLOWED, Json(ApiError::new(ErrorCode::InvalidParameter, "method not allowed")))
         })
         .layer(middleware::from_fn_with_state(metrics, observe))
 }
@@ -183,22 +140,12 @@ async fn render_metrics(State(m): State<HttpMetrics>) -> Response {
 }
 
 fn format_of(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "application/json" => Ok(BodyFormat::Json),
         m if m.starts_with("application/") && m.ends_with("+json") => Ok(BodyFormat::Json),
-        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
-            Ok(BodyFormat::Yaml)
-        }
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => Ok(BodyFormat::Yaml),
         _ => Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             format!(
@@ -212,51 +159,30 @@ fn format_of(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
 
 /// Reads the whole body, refusing more than `MAX_BODY_BYTES`.
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        })
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+    })
 }
 
 fn actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
     let text = |name: &str| -> Result<Option<String>, ApiError> {
         match headers.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .to_str()
-                .map(|s| Some(s.trim().to_string()).filter(|s| !s.is_empty()))
-                .map_err(|_| {
-                    ApiError::new(ErrorCode::InvalidParameter, "header is not visible ASCII")
-                        .with_field(name)
-                }),
+            Some(v) => v.to_str().map(|s| Some(s.trim().to_string()).filter(|s| !s.is_empty())).map_err(|_| {
+                ApiError::new(ErrorCode::InvalidParameter, "header is not visible ASCII").with_field(name)
+            }),
         }
     };
-    Ok(Actor {
-        who: text(USER_HEADER)?.unwrap_or_else(|| "anonymous".into()),
-        why: text(REASON_HEADER)?,
-    })
+    Ok(Actor { who: text(USER_HEADER)?.unwrap_or_else(|| "anonymous".into()), why: text(REASON_HEADER)? })
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .unwrap_or("")
-        .trim()
-        .trim_start_matches("W/")
-        .trim_matches('"');
+    let s = v.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
     s.parse::<u64>().map(Some).map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidParameter,
-            "If-Match must be a job version number",
-        )
-        .with_field("If-Match")
+        ApiError::new(ErrorCode::InvalidParameter, "If-Match must be a job version number").with_field("If-Match")
     })
 }
 
@@ -279,8 +205,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 fn etag(version: u64) -> [(header::HeaderName, HeaderValue); 1] {
-    let v = HeaderValue::from_str(&format!("\"{version}\""))
-        .expect("digits and quotes are a valid header value");
+    let v = HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header value");
     [(header::ETAG, v)]
 }
 
@@ -288,11 +213,7 @@ fn etag(version: u64) -> [(header::HeaderName, HeaderValue); 1] {
     request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec"),
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
     responses((status = 201, body = JobRef), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
-async fn submit_job(
-    State(cell): State<Cell>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn submit_job(State(cell): State<Cell>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
     let key = idempotency_key(&headers)?;
     let who = actor(&headers)?;
@@ -300,13 +221,7 @@ async fn submit_job(
     let job = cell.submit_job(spec, key, who).await?;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|_| ApiError::internal("job id is not a valid header value"))?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        etag(job.version),
-        Json(job),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], etag(job.version), Json(job)).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
@@ -318,19 +233,13 @@ async fn list_jobs(
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
     if let Some(s) = &q.state {
         if crate::view::JobState::parse(s).is_none() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidParameter,
-                "state must be enabled, disabled or killed",
-            )
-            .with_field("state"));
+            return Err(ApiError::new(ErrorCode::InvalidParameter, "state must be enabled, disabled or killed")
+                .with_field("state"));
         }
     }
     if q.limit.is_some_and(|l| l == 0 || l > MAX_PAGE_SIZE) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidParameter,
-            format!("limit must be 1..={MAX_PAGE_SIZE}"),
-        )
-        .with_field("limit"));
+        return Err(ApiError::new(ErrorCode::InvalidParameter, format!("limit must be 1..={MAX_PAGE_SIZE}"))
+            .with_field("limit"));
     }
     Ok(Json(cell.list_jobs(q).await?))
 }
@@ -344,10 +253,7 @@ async fn get_job(State(cell): State<Cell>, Path(id): Path<String>) -> Result<Res
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/history", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = [HistoryEntry]), (status = 404, body = ApiError)))]
-async fn job_history(
-    State(cell): State<Cell>,
-    Path(id): Path<String>,
-) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+async fn job_history(State(cell): State<Cell>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     Ok(Json(cell.job_history(id).await?))
 }
 
@@ -425,44 +331,27 @@ async fn cluster(State(cell): State<Cell>) -> Result<Json<ClusterView>, ApiError
 #[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster",
     request_body(content = AddMember, content_type = "application/json"),
     responses((status = 200, body = ClusterView), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
-async fn add_member(
-    State(cell): State<Cell>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<ClusterView>, ApiError> {
+async fn add_member(State(cell): State<Cell>, headers: HeaderMap, body: Body) -> Result<Json<ClusterView>, ApiError> {
     if !matches!(format_of(&headers)?, BodyFormat::Json) {
-        return Err(
-            ApiError::new(ErrorCode::UnsupportedMediaType, "send application/json")
-                .with_field("Content-Type"),
-        );
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send application/json").with_field("Content-Type"));
     }
     let bytes = read_body(body).await?;
     let member: AddMember = serde_json::from_slice(&bytes).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            ErrorCode::MalformedBody
-        } else {
-            ErrorCode::InvalidSpec
-        };
+        let code = if e.is_syntax() || e.is_eof() { ErrorCode::MalformedBody } else { ErrorCode::InvalidSpec };
         ApiError::new(code, e.to_string())
     })?;
     if member.addr.parse::<std::net::SocketAddr>().is_err() {
-        return Err(ApiError::field(
-            "addr",
-            "must be host:port with an IP address",
-        ));
+        return Err(ApiError::field("addr", "must be host:port with an IP address"));
     }
     Ok(Json(cell.add_member(member).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path)),
     responses((status = 200, body = ClusterView), (status = "4XX", body = ApiError)))]
-async fn remove_member(
-    State(cell): State<Cell>,
-    Path(id): Path<String>,
-) -> Result<Json<ClusterView>, ApiError> {
-    let id = id.parse::<u64>().map_err(|_| {
-        ApiError::new(ErrorCode::InvalidParameter, "member id must be a number").with_field("id")
-    })?;
+async fn remove_member(State(cell): State<Cell>, Path(id): Path<String>) -> Result<Json<ClusterView>, ApiError> {
+    let id = id
+        .parse::<u64>()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidParameter, "member id must be a number").with_field("id"))?;
     Ok(Json(cell.remove_member(id).await?))
 }
 
@@ -474,8 +363,8 @@ async fn ready(State(cell): State<Cell>) -> Result<&'static str, ApiError> {
 /// The handlers' OpenAPI path items, for `openapi`.
 pub(crate) mod paths {
     pub use super::{
-        __path_add_member, __path_cluster, __path_disable_job, __path_enable_job, __path_get_job,
-        __path_job_history, __path_kill_job, __path_list_jobs, __path_ready, __path_remove_member,
-        __path_set_instances, __path_submit_job, __path_update_job,
+        __path_add_member, __path_cluster, __path_disable_job, __path_enable_job, __path_get_job, __path_job_history,
+        __path_kill_job, __path_list_jobs, __path_ready, __path_remove_member, __path_set_instances, __path_submit_job,
+        __path_update_job,
     };
 }

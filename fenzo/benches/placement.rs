@@ -27,10 +27,7 @@ fn run(scenario: workload::Scenario, mode: Mode) {
     let agents = workload::hosts(scenario.hosts);
     let tasks = workload::tasks(scenario.tasks, scenario.constraints);
     let snapshot = ClusterSnapshot::with_agents(agents).expect("host names are distinct");
-    let config = PlacementConfig {
-        mode,
-        ..PlacementConfig::default()
-    };
+    let config = PlacementConfig { mode, ..PlacementConfig::default() };
 
     let start = Instant::now();
     let placement = place(&snapshot, &tasks, &config);
@@ -51,10 +48,7 @@ fn run(scenario: workload::Scenario, mode: Mode) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     match args.as_slice() {
         [] => {
             let me = std::env::current_exe().expect("the running benchmark has a path");
@@ -87,9 +81,7 @@ fn main() -> ExitCode {
             }
         }
         _ => {
-            eprintln!(
-                "usage: placement [SCENARIO MODE], SCENARIO one of a b c d e, MODE compat or best"
-            );
+            eprintln!("usage: placement [SCENARIO MODE], SCENARIO one of a b c d e, MODE compat or best");
             ExitCode::from(2)
         }
     }

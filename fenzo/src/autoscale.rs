@@ -67,14 +67,8 @@ pub(crate) fn hints(
     let mut remaining: Vec<&TaskRequest> = pending.to_vec();
     let mut out = Vec::new();
     for (group, members) in groups {
-        let zone_of = |idx: AgentIdx| {
-            agents[idx as usize]
-                .spec
-                .attributes
-                .get(&ac.zone_attribute)
-                .cloned()
-                .unwrap_or_default()
-        };
+        let zone_of =
+            |idx: AgentIdx| agents[idx as usize].spec.attributes.get(&ac.zone_attribute).cloned().unwrap_or_default();
         let mut per_zone: BTreeMap<String, (u32, Vec<AgentIdx>)> = BTreeMap::new();
         for &idx in &members {
             let z = per_zone.entry(zone_of(idx)).or_default();
@@ -129,15 +123,8 @@ fn trial(
         return (0, HashSet::new());
     }
     let model = &work.snap.agents[first as usize].spec;
-    let mut zones: Vec<&String> = members
-        .iter()
-        .filter_map(|&i| {
-            work.snap.agents[i as usize]
-                .spec
-                .attributes
-                .get(&ac.zone_attribute)
-        })
-        .collect();
+    let mut zones: Vec<&String> =
+        members.iter().filter_map(|&i| work.snap.agents[i as usize].spec.attributes.get(&ac.zone_attribute)).collect();
     zones.sort();
     zones.dedup();
     let count = (tasks.len() as u32).min(ac.max_new_agents);
@@ -148,26 +135,16 @@ fn trial(
         a.hostname = a.id.clone();
         a.eligible = true;
         if !zones.is_empty() {
-            a.attributes.insert(
-                ac.zone_attribute.clone(),
-                zones[k as usize % zones.len()].clone(),
-            );
+            a.attributes.insert(ac.zone_attribute.clone(), zones[k as usize % zones.len()].clone());
         }
         phantoms.add_agent(a).expect("phantom ids are distinct");
     }
     let requests: Vec<TaskRequest> = tasks.iter().map(|t| (*t).clone()).collect();
-    let trial_config = PlacementConfig {
-        mode: Mode::Best,
-        autoscale: None,
-        capacity_groups: BTreeMap::new(),
-        ..config.clone()
-    };
+    let trial_config =
+        PlacementConfig { mode: Mode::Best, autoscale: None, capacity_groups: BTreeMap::new(), ..config.clone() };
     let p = place(&phantoms, &requests, &trial_config);
     let mut used: Vec<&str> = p.assignments.iter().map(|a| a.agent_id.as_str()).collect();
     used.sort_unstable();
     used.dedup();
-    (
-        used.len() as u32,
-        p.assignments.iter().map(|a| a.task_id.clone()).collect(),
-    )
+    (used.len() as u32, p.assignments.iter().map(|a| a.task_id.clone()).collect())
 }

@@ -5,9 +5,7 @@
 
 use std::fmt;
 
-use crate::snapshot::{
-    AgentIdx, AgentInfo, AgentUsage, AttrId, GroupCounts, Interner, State, ValueId,
-};
+use crate::snapshot::{AgentIdx, AgentInfo, AgentUsage, AttrId, GroupCounts, Interner, State, ValueId};
 
 /// Which co-tasks a constraint counts: the tasks of the same job, or of a named group (several jobs).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,21 +33,13 @@ pub enum Constraint {
     /// At most one task of the scope per host, or per attribute value. `scope: None` means the task's job.
     Unique { scope: Option<Scope>, by: By },
     /// At most `max` tasks of the scope per host, or per attribute value.
-    MaxPer {
-        scope: Option<Scope>,
-        by: By,
-        max: u32,
-    },
+    MaxPer { scope: Option<Scope>, by: By, max: u32 },
     /// The task runs alone: only on an agent with no other task, and no task joins it later.
     ExclusiveHost,
     /// The scope's tasks spread evenly over `expected` values of `attribute` (Fenzo's
     /// `BalancedHostAttrConstraint`): an agent is refused when its value already holds the most co-tasks and
     /// the values are not level.
-    Balanced {
-        scope: Option<Scope>,
-        attribute: String,
-        expected: u32,
-    },
+    Balanced { scope: Option<Scope>, attribute: String, expected: u32 },
 }
 
 impl fmt::Display for By {
@@ -72,11 +62,7 @@ impl fmt::Display for Constraint {
             Constraint::Unique { by, .. } => write!(f, "unique per {by}"),
             Constraint::MaxPer { by, max, .. } => write!(f, "at most {max} per {by}"),
             Constraint::ExclusiveHost => f.write_str("exclusive host"),
-            Constraint::Balanced {
-                attribute,
-                expected,
-                ..
-            } => {
+            Constraint::Balanced { attribute, expected, .. } => {
                 write!(f, "balanced over {expected} values of {attribute}")
             }
         }
@@ -97,17 +83,9 @@ pub(crate) enum Compiled {
     Equals(Option<AttrId>, Option<ValueId>),
     NotEquals(Option<AttrId>, Option<ValueId>),
     In(Option<AttrId>, Vec<ValueId>),
-    MaxPer {
-        scope: Scope,
-        by: Option<CompiledBy>,
-        max: u32,
-    },
+    MaxPer { scope: Scope, by: Option<CompiledBy>, max: u32 },
     Exclusive,
-    Balanced {
-        scope: Scope,
-        attr: Option<AttrId>,
-        expected: u32,
-    },
+    Balanced { scope: Scope, attr: Option<AttrId>, expected: u32 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -135,42 +113,22 @@ impl Compiled {
             }
             Constraint::AttributeIn { name, values } => {
                 let a = interner.attr(name);
-                let ids = a
-                    .map(|a| values.iter().filter_map(|v| interner.value(a, v)).collect())
-                    .unwrap_or_default();
+                let ids = a.map(|a| values.iter().filter_map(|v| interner.value(a, v)).collect()).unwrap_or_default();
                 Compiled::In(a, ids)
             }
-            Constraint::Unique { scope, by } => Compiled::MaxPer {
-                scope: scope_of(scope),
-                by: by_of(by),
-                max: 1,
-            },
-            Constraint::MaxPer { scope, by, max } => Compiled::MaxPer {
-                scope: scope_of(scope),
-                by: by_of(by),
-                max: *max,
-            },
+            Constraint::Unique { scope, by } => Compiled::MaxPer { scope: scope_of(scope), by: by_of(by), max: 1 },
+            Constraint::MaxPer { scope, by, max } => {
+                Compiled::MaxPer { scope: scope_of(scope), by: by_of(by), max: *max }
+            }
             Constraint::ExclusiveHost => Compiled::Exclusive,
-            Constraint::Balanced {
-                scope,
-                attribute,
-                expected,
-            } => Compiled::Balanced {
-                scope: scope_of(scope),
-                attr: interner.attr(attribute),
-                expected: *expected,
-            },
+            Constraint::Balanced { scope, attribute, expected } => {
+                Compiled::Balanced { scope: scope_of(scope), attr: interner.attr(attribute), expected: *expected }
+            }
         }
     }
 
     /// Whether placing the task on agent `idx` keeps this rule.
-    pub(crate) fn holds(
-        &self,
-        info: &AgentInfo,
-        usage: &AgentUsage,
-        idx: AgentIdx,
-        state: &State,
-    ) -> bool {
+    pub(crate) fn holds(&self, info: &AgentInfo, usage: &AgentUsage, idx: AgentIdx, state: &State) -> bool {
         match self {
             Compiled::Equals(a, v) => {
                 matches!((a, v), (Some(a), Some(v)) if info.attr(*a) == Some(*v))
@@ -179,9 +137,7 @@ impl Compiled {
                 (Some(a), Some(v)) => info.attr(*a) != Some(*v),
                 _ => true,
             },
-            Compiled::In(a, vs) => a
-                .and_then(|a| info.attr(a))
-                .is_some_and(|v| vs.contains(&v)),
+            Compiled::In(a, vs) => a.and_then(|a| info.attr(a)).is_some_and(|v| vs.contains(&v)),
             Compiled::MaxPer { scope, by, max } => {
                 let Some(counts) = state.group(scope) else {
                     return *max > 0;
@@ -198,11 +154,7 @@ impl Compiled {
                 n < *max
             }
             Compiled::Exclusive => usage.tasks == 0,
-            Compiled::Balanced {
-                scope,
-                attr,
-                expected,
-            } => {
+            Compiled::Balanced { scope, attr, expected } => {
                 let Some(attr) = attr else { return false };
                 let Some(target) = info.attr(*attr) else {
                     return false;

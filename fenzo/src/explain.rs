@@ -47,10 +47,7 @@ pub(crate) struct Explainer<'w, 's> {
 
 impl<'w, 's> Explainer<'w, 's> {
     pub(crate) fn new(work: &'w Work<'s>) -> Self {
-        Explainer {
-            work,
-            seen: HashMap::new(),
-        }
+        Explainer { work, seen: HashMap::new() }
     }
 
     pub(crate) fn explain(&mut self, task: &CompiledTask<'_>) -> Explanation {
@@ -60,10 +57,7 @@ impl<'w, 's> Explainer<'w, 's> {
             return e.clone();
         }
         let agents = &self.work.snap.agents;
-        let mut e = Explanation {
-            agents: agents.len() as u32,
-            ..Explanation::default()
-        };
+        let mut e = Explanation { agents: agents.len() as u32, ..Explanation::default() };
         let mut too_big: BTreeMap<ResourceKind, u32> = BTreeMap::new();
         for idx in 0..agents.len() as u32 {
             if let Err(why) = filter::check(agents, &self.work.state, idx, task) {
@@ -74,10 +68,8 @@ impl<'w, 's> Explainer<'w, 's> {
             }
         }
         if !agents.is_empty() && too_big.values().sum::<u32>() == e.agents {
-            e.larger_than_any_agent = too_big
-                .into_iter()
-                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-                .map(|(k, _)| k);
+            e.larger_than_any_agent =
+                too_big.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(k, _)| k);
         }
         self.seen.insert(key, e.clone());
         e

@@ -44,20 +44,11 @@ impl<'a> CompiledTask<'a> {
     pub(crate) fn new(request: &'a TaskRequest, interner: &Interner) -> CompiledTask<'a> {
         CompiledTask {
             request,
-            constraints: request
-                .constraints
-                .iter()
-                .map(|c| Compiled::new(c, &request.job, interner))
-                .collect(),
+            constraints: request.constraints.iter().map(|c| Compiled::new(c, &request.job, interner)).collect(),
             preferences: request
                 .preferences
                 .iter()
-                .map(|p| {
-                    (
-                        Compiled::new(&p.constraint, &request.job, interner),
-                        p.weight,
-                    )
-                })
+                .map(|p| (Compiled::new(&p.constraint, &request.job, interner), p.weight))
                 .collect(),
         }
     }
@@ -78,9 +69,7 @@ pub(crate) fn check(
     if usage.exclusive {
         return Err(Rejection::OccupiedExclusively);
     }
-    if let Some(kind) =
-        Resources::first_shortfall(&info.total, &usage.used, &task.request.resources)
-    {
+    if let Some(kind) = Resources::first_shortfall(&info.total, &usage.used, &task.request.resources) {
         return Err(Rejection::Exhausted(kind));
     }
     for (c, raw) in task.constraints.iter().zip(&task.request.constraints) {
@@ -92,23 +81,13 @@ pub(crate) fn check(
 }
 
 /// The weighted share of preferences an agent satisfies, in 0.0..=1.0 (1.0 when the task has none).
-pub(crate) fn preference_score(
-    agents: &[AgentInfo],
-    state: &State,
-    idx: AgentIdx,
-    task: &CompiledTask<'_>,
-) -> f64 {
+pub(crate) fn preference_score(agents: &[AgentInfo], state: &State, idx: AgentIdx, task: &CompiledTask<'_>) -> f64 {
     let total: f64 = task.preferences.iter().map(|(_, w)| w).sum();
     if total <= 0.0 {
         return 1.0;
     }
     let info = &agents[idx as usize];
     let usage = &state.usage[idx as usize];
-    let kept: f64 = task
-        .preferences
-        .iter()
-        .filter(|(c, _)| c.holds(info, usage, idx, state))
-        .map(|(_, w)| w)
-        .sum();
+    let kept: f64 = task.preferences.iter().filter(|(c, _)| c.holds(info, usage, idx, state)).map(|(_, w)| w).sum();
     kept / total
 }

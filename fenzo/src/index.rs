@@ -56,11 +56,7 @@ pub(crate) struct Limits {
 
 impl CapacityIndex {
     pub(crate) fn new(agents: &[AgentInfo], state: &State, rank: Vec<u32>) -> CapacityIndex {
-        let mut index = CapacityIndex {
-            buckets: BTreeMap::new(),
-            at: vec![None; agents.len()],
-            rank,
-        };
+        let mut index = CapacityIndex { buckets: BTreeMap::new(), at: vec![None; agents.len()], rank };
         for idx in 0..agents.len() as AgentIdx {
             index.update(agents, state, idx);
         }
@@ -91,11 +87,7 @@ impl CapacityIndex {
             total_mem: total.mem_mib,
             free_cpu: total.cpu_milli.saturating_sub(usage.used.cpu_milli),
         };
-        let entry = (
-            total.mem_mib.saturating_sub(usage.used.mem_mib),
-            self.rank[idx as usize],
-            idx,
-        );
+        let entry = (total.mem_mib.saturating_sub(usage.used.mem_mib), self.rank[idx as usize], idx);
         self.buckets.entry(key).or_default().insert(entry);
         self.at[idx as usize] = Some((key, entry));
     }

@@ -30,8 +30,8 @@ pub use constraint::{By, Constraint, Preference, Scope};
 pub use explain::Explanation;
 pub use filter::Rejection;
 pub use pipeline::{
-    fnv1a, place, Assignment, ConfigError, Mode, Pending, Placement, PlacementConfig,
-    PlacementStats, Unplaced, DEFAULT_GOOD_ENOUGH,
+    fnv1a, place, Assignment, ConfigError, Mode, Pending, Placement, PlacementConfig, PlacementStats, Unplaced,
+    DEFAULT_GOOD_ENOUGH,
 };
 pub use queue::CapacityGroup;
 pub use request::TaskRequest;

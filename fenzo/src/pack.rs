@@ -35,29 +35,14 @@ pub(crate) fn place_tier(
 ) {
     let picky = |i: &usize| {
         compiled[*i].request.constraints.iter().any(|c| {
-            matches!(
-                c,
-                Constraint::AttributeEquals { .. }
-                    | Constraint::AttributeIn { .. }
-                    | Constraint::ExclusiveHost
-            )
+            matches!(c, Constraint::AttributeEquals { .. } | Constraint::AttributeIn { .. } | Constraint::ExclusiveHost)
         })
     };
     // The packer balances cpu against memory: it serves the cpu+memory bin packer and nothing else.
-    let packs = |i: &usize| {
-        config.fitness == Fitness::BinPackCpuMemory && compiled[*i].preferences.is_empty()
-    };
+    let packs = |i: &usize| config.fitness == Fitness::BinPackCpuMemory && compiled[*i].preferences.is_empty();
     let first: Vec<usize> = tier.iter().copied().filter(|i| picky(i)).collect();
-    let packable: Vec<usize> = tier
-        .iter()
-        .copied()
-        .filter(|i| !picky(i) && packs(i))
-        .collect();
-    let last: Vec<usize> = tier
-        .iter()
-        .copied()
-        .filter(|i| !picky(i) && !packs(i))
-        .collect();
+    let packable: Vec<usize> = tier.iter().copied().filter(|i| !picky(i) && packs(i)).collect();
+    let last: Vec<usize> = tier.iter().copied().filter(|i| !picky(i) && !packs(i)).collect();
 
     search_each(work, compiled, &first, config, placed);
 
@@ -127,24 +112,12 @@ impl Pool {
 }
 
 /// Fills agents one at a time from `tasks`; returns the request indices it could not place.
-fn pack(
-    work: &mut Work<'_>,
-    compiled: &[CompiledTask<'_>],
-    tasks: &[usize],
-    placed: &mut Placed,
-) -> Vec<usize> {
+fn pack(work: &mut Work<'_>, compiled: &[CompiledTask<'_>], tasks: &[usize], placed: &mut Placed) -> Vec<usize> {
     work.stats.pack_runs += 1;
-    let mut pool = Pool {
-        classes: BTreeMap::new(),
-        cpu: 0,
-        mem: 0,
-    };
+    let mut pool = Pool { classes: BTreeMap::new(), cpu: 0, mem: 0 };
     for (seq, &i) in tasks.iter().enumerate() {
         let r = &compiled[i].request.resources;
-        pool.classes
-            .entry(r.cpu_milli)
-            .or_default()
-            .insert((r.mem_mib, seq));
+        pool.classes.entry(r.cpu_milli).or_default().insert((r.mem_mib, seq));
         pool.cpu += r.cpu_milli;
         pool.mem += r.mem_mib;
     }
@@ -161,11 +134,7 @@ fn pack(
             pool.remove(cpu, mem, seq);
         }
     }
-    let mut left: Vec<usize> = pool
-        .classes
-        .values()
-        .flat_map(|set| set.iter().map(|&(_, seq)| seq))
-        .collect();
+    let mut left: Vec<usize> = pool.classes.values().flat_map(|set| set.iter().map(|&(_, seq)| seq)).collect();
     left.sort_unstable();
     left.into_iter().map(|seq| tasks[seq]).collect()
 }
@@ -180,8 +149,7 @@ fn fill_order(work: &Work<'_>) -> Vec<AgentIdx> {
         }
         let total = &agents[idx].total;
         let part = |u: u64, t: u64| if t == 0 { 0.0 } else { u as f64 / t as f64 };
-        let load =
-            part(usage.used.cpu_milli, total.cpu_milli) + part(usage.used.mem_mib, total.mem_mib);
+        let load = part(usage.used.cpu_milli, total.cpu_milli) + part(usage.used.mem_mib, total.mem_mib);
         let idx = idx as AgentIdx;
         order.push((usage.tasks == 0, -load, work.index.rank(idx), idx));
     }
@@ -203,11 +171,7 @@ fn pick(
     let info = &work.snap.agents[idx as usize];
     let free_cpu = info.total.cpu_milli.saturating_sub(used.cpu_milli);
     let free_mem = info.total.mem_mib.saturating_sub(used.mem_mib);
-    let ratio = if pool.cpu == 0 {
-        0.0
-    } else {
-        pool.mem as f64 / pool.cpu as f64
-    };
+    let ratio = if pool.cpu == 0 { 0.0 } else { pool.mem as f64 / pool.cpu as f64 };
     let scale = total_mem.max(1) as f64;
 
     if work.state.usage[idx as usize].tasks == 0 {
@@ -215,20 +179,13 @@ fn pick(
         // is furthest from the pool's, while the tasks that can balance it are still plentiful.
         for (&cpu, set) in pool.classes.range(..=free_cpu).rev() {
             let ends = [set.iter().next(), set.iter().next_back()];
-            let mut ends: Vec<(u64, usize)> = ends
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|&(m, _)| m <= free_mem)
-                .collect();
+            let mut ends: Vec<(u64, usize)> =
+                ends.into_iter().flatten().copied().filter(|&(m, _)| m <= free_mem).collect();
             ends.sort_by(|a, b| {
                 let dev = |m: u64| (m as f64 / cpu as f64 - ratio).abs();
                 dev(b.0).total_cmp(&dev(a.0))
             });
-            if let Some(&(mem, seq)) = ends
-                .iter()
-                .find(|(_, seq)| work.check(idx, &compiled[tasks[*seq]]))
-            {
+            if let Some(&(mem, seq)) = ends.iter().find(|(_, seq)| work.check(idx, &compiled[tasks[*seq]])) {
                 return Some((cpu, mem, seq));
             }
         }
@@ -241,9 +198,7 @@ fn pick(
         } else {
             (free_mem as f64 - ratio * (free_cpu - cpu) as f64).min(free_mem as f64)
         };
-        let Some((mem, seq)) = closest(set, target, free_mem, |seq| {
-            work.check(idx, &compiled[tasks[seq]])
-        }) else {
+        let Some((mem, seq)) = closest(set, target, free_mem, |seq| work.check(idx, &compiled[tasks[seq]])) else {
             continue;
         };
         let miss = (mem as f64 - target).abs() / scale;
@@ -266,20 +221,13 @@ fn closest(
 ) -> Option<(u64, usize)> {
     let pivot = (target.max(0.0).round() as u64).min(cap);
     let below = set.range(..=(pivot, usize::MAX)).rev();
-    let above = set
-        .range((pivot, usize::MAX)..)
-        .take_while(|(m, _)| *m <= cap);
+    let above = set.range((pivot, usize::MAX)..).take_while(|(m, _)| *m <= cap);
     let mut best: Option<(f64, u64, usize)> = None;
     for &(mem, seq) in below
         .take(NEIGHBOURS_TRIED)
         .filter(|(_, s)| feasible(*s))
         .take(1)
-        .chain(
-            above
-                .take(NEIGHBOURS_TRIED)
-                .filter(|(_, s)| feasible(*s))
-                .take(1),
-        )
+        .chain(above.take(NEIGHBOURS_TRIED).filter(|(_, s)| feasible(*s)).take(1))
     {
         let miss = (mem as f64 - target).abs();
         if best.is_none_or(|b| miss < b.0) {

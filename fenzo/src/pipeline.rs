@@ -81,10 +81,7 @@ pub enum ConfigError {
 impl PlacementConfig {
     /// Fenzo-compatible placement with its cpu+memory bin packer.
     pub fn compat() -> PlacementConfig {
-        PlacementConfig {
-            mode: Mode::Compat,
-            ..PlacementConfig::default()
-        }
+        PlacementConfig { mode: Mode::Compat, ..PlacementConfig::default() }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -123,10 +120,7 @@ pub struct Assignment {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Pending {
     /// Its capacity group's limit on `resource` would be exceeded.
-    Quota {
-        group: String,
-        resource: ResourceKind,
-    },
+    Quota { group: String, resource: ResourceKind },
     /// No agent could take it; the explanation counts why.
     NoFit(Explanation),
 }
@@ -191,24 +185,14 @@ impl<'s> Work<'s> {
     pub(crate) fn new(snap: &'s ClusterSnapshot, config: &PlacementConfig) -> Work<'s> {
         let rank = ranks(snap, config);
         let index = CapacityIndex::new(&snap.agents, &snap.state, rank);
-        Work {
-            snap,
-            state: snap.state.clone(),
-            index,
-            made: 0,
-            stats: PlacementStats::default(),
-        }
+        Work { snap, state: snap.state.clone(), index, made: 0, stats: PlacementStats::default() }
     }
 
     pub(crate) fn assign(&mut self, task: &TaskRequest, idx: AgentIdx) -> Made {
         let ports = self.state.record(&self.snap.agents, idx, task, None);
         self.index.update(&self.snap.agents, &self.state, idx);
         self.made += 1;
-        Made {
-            agent: idx,
-            ports,
-            seq: self.made,
-        }
+        Made { agent: idx, ports, seq: self.made }
     }
 
     pub(crate) fn check(&self, idx: AgentIdx, task: &CompiledTask<'_>) -> bool {
@@ -216,18 +200,8 @@ impl<'s> Work<'s> {
     }
 
     /// The best feasible agent for one task under `config`.
-    pub(crate) fn search(
-        &mut self,
-        task: &CompiledTask<'_>,
-        config: &PlacementConfig,
-    ) -> Option<Candidate> {
-        let Work {
-            snap,
-            state,
-            index,
-            stats,
-            ..
-        } = self;
+    pub(crate) fn search(&mut self, task: &CompiledTask<'_>, config: &PlacementConfig) -> Option<Candidate> {
+        let Work { snap, state, index, stats, .. } = self;
         let state: &State = state;
         let want = &task.request.resources;
         let pref_weight: f64 = task.preferences.iter().map(|(_, w)| w.max(0.0)).sum();
@@ -261,10 +235,7 @@ impl<'s> Work<'s> {
             let prefs = filter::preference_score(agents, state, idx, task);
             Some(combine(config.fitness.score(&fit), prefs))
         };
-        let limits = Limits {
-            good_enough: config.good_enough,
-            max_candidates: config.max_candidates,
-        };
+        let limits = Limits { good_enough: config.good_enough, max_candidates: config.max_candidates };
         index.search(want, config.fitness.direction(), limits, bound, eval, stats)
     }
 }
@@ -275,10 +246,7 @@ fn ranks(snap: &ClusterSnapshot, config: &PlacementConfig) -> Vec<u32> {
     let mut order: Vec<AgentIdx> = (0..snap.agents.len() as AgentIdx).collect();
     match config.mode {
         Mode::Compat => order.sort_by(|a, b| {
-            let (a, b) = (
-                &snap.agents[*a as usize].spec,
-                &snap.agents[*b as usize].spec,
-            );
+            let (a, b) = (&snap.agents[*a as usize].spec, &snap.agents[*b as usize].spec);
             (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id))
         }),
         Mode::Best => order.sort_by_key(|i| {
@@ -312,15 +280,8 @@ fn mix(mut z: u64) -> u64 {
 
 /// Places `requests` on `snapshot` under `config`. The snapshot is not changed: apply the result with
 /// `ClusterSnapshot::apply` (which re-validates it) once it is committed.
-pub fn place(
-    snapshot: &ClusterSnapshot,
-    requests: &[TaskRequest],
-    config: &PlacementConfig,
-) -> Placement {
-    let compiled: Vec<CompiledTask<'_>> = requests
-        .iter()
-        .map(|r| CompiledTask::new(r, &snapshot.interner))
-        .collect();
+pub fn place(snapshot: &ClusterSnapshot, requests: &[TaskRequest], config: &PlacementConfig) -> Placement {
+    let compiled: Vec<CompiledTask<'_>> = requests.iter().map(|r| CompiledTask::new(r, &snapshot.interner)).collect();
     let ordered = queue::order(snapshot, requests, &config.capacity_groups);
     let mut work = Work::new(snapshot, config);
     let mut placed: Placed = vec![None; requests.len()];
@@ -338,11 +299,8 @@ pub fn place(
         }
     }
 
-    let mut quota: HashMap<usize, Pending> = ordered
-        .over_quota
-        .into_iter()
-        .map(|(i, group, resource)| (i, Pending::Quota { group, resource }))
-        .collect();
+    let mut quota: HashMap<usize, Pending> =
+        ordered.over_quota.into_iter().map(|(i, group, resource)| (i, Pending::Quota { group, resource })).collect();
     let mut explainer = explain::Explainer::new(&work);
     let mut out = Placement::default();
     let mut no_fit: Vec<&TaskRequest> = Vec::new();
@@ -355,10 +313,7 @@ pub fn place(
                     no_fit.push(&requests[i]);
                     Pending::NoFit(explainer.explain(&compiled[i]))
                 });
-                out.unplaced.push(Unplaced {
-                    task_id: requests[i].id.clone(),
-                    reason,
-                });
+                out.unplaced.push(Unplaced { task_id: requests[i].id.clone(), reason });
             }
         }
     }

@@ -22,12 +22,7 @@ impl PortSet {
             }
         }
         let count: u32 = merged.iter().map(|(a, b)| u32::from(b - a) + 1).sum();
-        PortSet {
-            ranges: merged,
-            taken: vec![0; count.div_ceil(64) as usize],
-            count,
-            free: count,
-        }
+        PortSet { ranges: merged, taken: vec![0; count.div_ceil(64) as usize], count, free: count }
     }
 
     pub fn total(&self) -> u32 {
@@ -68,8 +63,7 @@ impl PortSet {
 
     #[cfg(test)]
     pub fn is_taken(&self, port: u16) -> bool {
-        self.slot(port)
-            .is_some_and(|s| self.taken[s / 64] & (1 << (s % 64)) != 0)
+        self.slot(port).is_some_and(|s| self.taken[s / 64] & (1 << (s % 64)) != 0)
     }
 
     /// Takes the `n` lowest free ports, or nothing when fewer than `n` are free.

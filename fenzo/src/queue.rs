@@ -28,16 +28,10 @@ impl CapacityGroup {
         if self.max_tasks.is_some_and(|m| usage.tasks + 1 > m) {
             return Some(ResourceKind::Scalar("instances".into()));
         }
-        if self
-            .max_cpu_milli
-            .is_some_and(|m| usage.resources.cpu_milli + want.cpu_milli > m)
-        {
+        if self.max_cpu_milli.is_some_and(|m| usage.resources.cpu_milli + want.cpu_milli > m) {
             return Some(ResourceKind::Cpu);
         }
-        if self
-            .max_mem_mib
-            .is_some_and(|m| usage.resources.mem_mib + want.mem_mib > m)
-        {
+        if self.max_mem_mib.is_some_and(|m| usage.resources.mem_mib + want.mem_mib > m) {
             return Some(ResourceKind::Memory);
         }
         None
@@ -67,22 +61,13 @@ pub(crate) fn order(
             cluster.add(&info.total);
         }
     }
-    let mut usage: BTreeMap<&str, GroupUsage> = snap
-        .state
-        .capacity
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
+    let mut usage: BTreeMap<&str, GroupUsage> =
+        snap.state.capacity.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
 
     let mut tiers: BTreeMap<u8, BTreeMap<&str, VecDeque<usize>>> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
         let group = r.capacity_group.as_deref().unwrap_or("");
-        tiers
-            .entry(r.tier)
-            .or_default()
-            .entry(group)
-            .or_default()
-            .push_back(i);
+        tiers.entry(r.tier).or_default().entry(group).or_default().push_back(i);
     }
 
     let none = CapacityGroup::default();
@@ -95,10 +80,7 @@ pub(crate) fn order(
                 .copied()
                 .min_by(|a, b| {
                     let key = |g: &str| {
-                        let used = usage
-                            .get(g)
-                            .map(|u| share(&u.resources, &cluster))
-                            .unwrap_or(0.0);
+                        let used = usage.get(g).map(|u| share(&u.resources, &cluster)).unwrap_or(0.0);
                         let guaranteed = share(&groups.get(g).unwrap_or(&none).guarantee, &cluster);
                         if used < guaranteed {
                             (0u8, used / guaranteed)
@@ -137,43 +119,21 @@ mod tests {
     use crate::snapshot::Agent;
 
     fn cluster() -> ClusterSnapshot {
-        ClusterSnapshot::with_agents(
-            (0..4).map(|i| Agent::new(format!("a{i}")).cpus(10.0).mem_mib(10_000)),
-        )
-        .expect("distinct ids")
+        ClusterSnapshot::with_agents((0..4).map(|i| Agent::new(format!("a{i}")).cpus(10.0).mem_mib(10_000)))
+            .expect("distinct ids")
     }
 
-    fn check(
-        requests: &[TaskRequest],
-        groups: &[(&str, CapacityGroup)],
-        tiers: &[&[&str]],
-        held: &[&str],
-    ) {
-        let groups: BTreeMap<String, CapacityGroup> = groups
-            .iter()
-            .map(|(n, g)| (n.to_string(), g.clone()))
-            .collect();
+    fn check(requests: &[TaskRequest], groups: &[(&str, CapacityGroup)], tiers: &[&[&str]], held: &[&str]) {
+        let groups: BTreeMap<String, CapacityGroup> = groups.iter().map(|(n, g)| (n.to_string(), g.clone())).collect();
         let got = order(&cluster(), requests, &groups);
-        let ids = |v: &Vec<usize>| {
-            v.iter()
-                .map(|&i| requests[i].id.as_str())
-                .collect::<Vec<_>>()
-        };
+        let ids = |v: &Vec<usize>| v.iter().map(|&i| requests[i].id.as_str()).collect::<Vec<_>>();
         assert_eq!(got.tiers.iter().map(ids).collect::<Vec<_>>(), tiers);
-        let got_held: Vec<&str> = got
-            .over_quota
-            .iter()
-            .map(|(i, _, _)| requests[*i].id.as_str())
-            .collect();
+        let got_held: Vec<&str> = got.over_quota.iter().map(|(i, _, _)| requests[*i].id.as_str()).collect();
         assert_eq!(got_held, held);
     }
 
     fn task(id: &str, group: &str, tier: u8, cpus: f64) -> TaskRequest {
-        TaskRequest::new(id, "j")
-            .capacity_group(group)
-            .tier(tier)
-            .cpus(cpus)
-            .mem_mib(100)
+        TaskRequest::new(id, "j").capacity_group(group).tier(tier).cpus(cpus).mem_mib(100)
     }
 
     #[test]
@@ -191,38 +151,17 @@ mod tests {
 
     #[test]
     fn guarantees_serve_groups_below_them_first() {
-        let reqs = [
-            task("a1", "a", 0, 2.0),
-            task("a2", "a", 0, 2.0),
-            task("g1", "g", 0, 2.0),
-            task("g2", "g", 0, 2.0),
-        ];
-        let g = CapacityGroup {
-            guarantee: Resources {
-                cpu_milli: 8_000,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let reqs = [task("a1", "a", 0, 2.0), task("a2", "a", 0, 2.0), task("g1", "g", 0, 2.0), task("g2", "g", 0, 2.0)];
+        let g = CapacityGroup { guarantee: Resources { cpu_milli: 8_000, ..Default::default() }, ..Default::default() };
         check(&reqs, &[("g", g)], &[&["g1", "g2", "a1", "a2"]], &[]);
     }
 
     #[test]
     fn limits_hold_tasks_with_quota_and_let_smaller_ones_through() {
-        let reqs = [
-            task("a1", "a", 0, 3.0),
-            task("a2", "a", 0, 3.0),
-            task("a3", "a", 0, 1.0),
-        ];
-        let g = CapacityGroup {
-            max_cpu_milli: Some(4_000),
-            ..Default::default()
-        };
+        let reqs = [task("a1", "a", 0, 3.0), task("a2", "a", 0, 3.0), task("a3", "a", 0, 1.0)];
+        let g = CapacityGroup { max_cpu_milli: Some(4_000), ..Default::default() };
         check(&reqs, &[("a", g)], &[&["a1", "a3"]], &["a2"]);
-        let g = CapacityGroup {
-            max_tasks: Some(1),
-            ..Default::default()
-        };
+        let g = CapacityGroup { max_tasks: Some(1), ..Default::default() };
         check(&reqs, &[("a", g)], &[&["a1"]], &["a2", "a3"]);
     }
 }

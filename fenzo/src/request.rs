@@ -78,10 +78,7 @@ impl TaskRequest {
     }
 
     pub fn prefer(mut self, c: Constraint, weight: f64) -> Self {
-        self.preferences.push(Preference {
-            constraint: c,
-            weight,
-        });
+        self.preferences.push(Preference { constraint: c, weight });
         self
     }
 
@@ -97,7 +94,6 @@ impl TaskRequest {
 
     /// The co-location groups this task counts in: its job, then its named groups.
     pub fn scopes(&self) -> impl Iterator<Item = Scope> + '_ {
-        std::iter::once(Scope::Job(self.job.clone()))
-            .chain(self.groups.iter().map(|g| Scope::Group(g.clone())))
+        std::iter::once(Scope::Job(self.job.clone())).chain(self.groups.iter().map(|g| Scope::Group(g.clone())))
     }
 }

@@ -25,10 +25,7 @@ pub struct Scalars(Vec<(String, u64)>);
 
 impl Scalars {
     pub fn get(&self, name: &str) -> u64 {
-        self.0
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .map(|i| self.0[i].1)
-            .unwrap_or(0)
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)).map(|i| self.0[i].1).unwrap_or(0)
     }
 
     pub fn set(&mut self, name: &str, amount: u64) {
@@ -116,11 +113,7 @@ impl Resources {
 
     /// The first resource (in the filter order cpu, memory, disk, network, ports, scalars) where `used + want`
     /// exceeds `total`, or `None` when it all fits.
-    pub fn first_shortfall(
-        total: &Resources,
-        used: &Resources,
-        want: &Resources,
-    ) -> Option<ResourceKind> {
+    pub fn first_shortfall(total: &Resources, used: &Resources, want: &Resources) -> Option<ResourceKind> {
         if used.cpu_milli + want.cpu_milli > total.cpu_milli {
             return Some(ResourceKind::Cpu);
         }
@@ -171,34 +164,15 @@ mod tests {
 
     #[test]
     fn shortfall_names_the_first_exhausted_resource() {
-        let mut total = Resources {
-            cpu_milli: 4000,
-            mem_mib: 1024,
-            ports: 2,
-            ..Default::default()
-        };
+        let mut total = Resources { cpu_milli: 4000, mem_mib: 1024, ports: 2, ..Default::default() };
         total.scalars.set("gpu", 1);
-        let used = Resources {
-            cpu_milli: 3000,
-            ..Default::default()
-        };
-        let mut want = Resources {
-            cpu_milli: 1000,
-            mem_mib: 1024,
-            ports: 2,
-            ..Default::default()
-        };
+        let used = Resources { cpu_milli: 3000, ..Default::default() };
+        let mut want = Resources { cpu_milli: 1000, mem_mib: 1024, ports: 2, ..Default::default() };
         assert_eq!(Resources::first_shortfall(&total, &used, &want), None);
         want.scalars.set("gpu", 2);
-        assert_eq!(
-            Resources::first_shortfall(&total, &used, &want),
-            Some(ResourceKind::Scalar("gpu".into()))
-        );
+        assert_eq!(Resources::first_shortfall(&total, &used, &want), Some(ResourceKind::Scalar("gpu".into())));
         want.cpu_milli = 1500;
-        assert_eq!(
-            Resources::first_shortfall(&total, &used, &want),
-            Some(ResourceKind::Cpu)
-        );
+        assert_eq!(Resources::first_shortfall(&total, &used, &want), Some(ResourceKind::Cpu));
     }
 
     #[test]

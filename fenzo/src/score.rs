@@ -105,10 +105,7 @@ impl Fitness {
         match self {
             Fitness::Spread => Direction::Spread,
             Fitness::Weighted(parts) => {
-                let mut dirs = parts
-                    .iter()
-                    .filter(|(_, w)| *w > 0.0)
-                    .map(|(p, _)| p.direction());
+                let mut dirs = parts.iter().filter(|(_, w)| *w > 0.0).map(|(p, _)| p.direction());
                 match dirs.next() {
                     Some(first) if dirs.all(|d| d == first) => first,
                     _ => Direction::None,
@@ -144,27 +141,13 @@ mod tests {
     use super::*;
 
     fn fit(total: &Resources, used_cpu: u64, used_mem: u64, want: &Resources) -> f64 {
-        Fitness::BinPackCpuMemory.score(&Fit {
-            total,
-            used_cpu,
-            used_mem,
-            used_net: 0,
-            want,
-        })
+        Fitness::BinPackCpuMemory.score(&Fit { total, used_cpu, used_mem, used_net: 0, want })
     }
 
     #[test]
     fn cpu_memory_fitness_is_fenzos_mean() {
-        let total = Resources {
-            cpu_milli: 16_000,
-            mem_mib: 65_536,
-            ..Default::default()
-        };
-        let want = Resources {
-            cpu_milli: 1_000,
-            mem_mib: 2_211,
-            ..Default::default()
-        };
+        let total = Resources { cpu_milli: 16_000, mem_mib: 65_536, ..Default::default() };
+        let want = Resources { cpu_milli: 1_000, mem_mib: 2_211, ..Default::default() };
         let f = fit(&total, 0, 0, &want);
         assert_eq!(f, ((1.0 + 0.0) / 16.0 + (2211.0 + 0.0) / 65536.0) / 2.0);
         assert_eq!(compat_score(f, 1.0), 0.50 + 0.35 * f);
@@ -172,38 +155,16 @@ mod tests {
 
     #[test]
     fn bounds_are_never_below_scores() {
-        let total = Resources {
-            cpu_milli: 8_000,
-            mem_mib: 1_000,
-            net_mbps: 100,
-            ..Default::default()
-        };
-        let want = Resources {
-            cpu_milli: 1_000,
-            mem_mib: 100,
-            net_mbps: 10,
-            ..Default::default()
-        };
+        let total = Resources { cpu_milli: 8_000, mem_mib: 1_000, net_mbps: 100, ..Default::default() };
+        let want = Resources { cpu_milli: 1_000, mem_mib: 100, net_mbps: 10, ..Default::default() };
         for fitness in [
             Fitness::BinPackCpuMemoryNetwork,
             Fitness::Spread,
-            Fitness::Weighted(vec![
-                (Fitness::BinPackCpu, 2.0),
-                (Fitness::BinPackCpuMemoryNetwork, 1.0),
-            ]),
+            Fitness::Weighted(vec![(Fitness::BinPackCpu, 2.0), (Fitness::BinPackCpuMemoryNetwork, 1.0)]),
         ] {
             for used_net in [0, 50, 90] {
-                let f = Fit {
-                    total: &total,
-                    used_cpu: 3_000,
-                    used_mem: 500,
-                    used_net,
-                    want: &want,
-                };
-                assert!(
-                    fitness.bound(&f).0 >= fitness.score(&f),
-                    "{fitness:?} net {used_net}"
-                );
+                let f = Fit { total: &total, used_cpu: 3_000, used_mem: 500, used_net, want: &want };
+                assert!(fitness.bound(&f).0 >= fitness.score(&f), "{fitness:?} net {used_net}");
             }
         }
     }

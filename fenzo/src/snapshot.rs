@@ -170,10 +170,7 @@ impl GroupCounts {
 
     /// Counts of the values of attribute `a` that hold at least one task.
     pub(crate) fn values_of(&self, a: AttrId) -> impl Iterator<Item = u32> + '_ {
-        self.per_value
-            .iter()
-            .filter(move |((x, _), n)| *x == a && **n > 0)
-            .map(|(_, n)| *n)
+        self.per_value.iter().filter(move |((x, _), n)| *x == a && **n > 0).map(|(_, n)| *n)
     }
 
     fn add(&mut self, idx: AgentIdx, info: &AgentInfo) {
@@ -242,11 +239,7 @@ impl State {
         let usage = &mut self.usage[idx as usize];
         usage.used.add(&task.resources);
         usage.tasks += 1;
-        if task
-            .constraints
-            .iter()
-            .any(|c| matches!(c, crate::Constraint::ExclusiveHost))
-        {
+        if task.constraints.iter().any(|c| matches!(c, crate::Constraint::ExclusiveHost)) {
             usage.exclusive = true;
         }
         let ports = match ports {
@@ -259,10 +252,7 @@ impl State {
                 .allocate(task.resources.ports)
                 .expect("the port count was checked by the filter before recording"),
         };
-        self.jobs
-            .entry(task.job.clone())
-            .or_default()
-            .add(idx, info);
+        self.jobs.entry(task.job.clone()).or_default().add(idx, info);
         for g in &task.groups {
             self.named.entry(g.clone()).or_default().add(idx, info);
         }
@@ -279,12 +269,7 @@ impl State {
         let usage = &mut self.usage[idx as usize];
         usage.used.sub(&record.task.resources);
         usage.tasks -= 1;
-        if record
-            .task
-            .constraints
-            .iter()
-            .any(|c| matches!(c, crate::Constraint::ExclusiveHost))
-        {
+        if record.task.constraints.iter().any(|c| matches!(c, crate::Constraint::ExclusiveHost)) {
             usage.exclusive = false;
         }
         usage.ports.release(&record.ports);
@@ -328,17 +313,9 @@ pub enum SnapshotError {
     #[error("no task {0} in the snapshot")]
     UnknownTask(String),
     #[error("task {task} does not fit on agent {agent}: {reason}")]
-    DoesNotFit {
-        task: String,
-        agent: String,
-        reason: Rejection,
-    },
+    DoesNotFit { task: String, agent: String, reason: Rejection },
     #[error("task {task}: ports {ports:?} are outside agent {agent}'s ranges or already taken")]
-    PortsUnavailable {
-        task: String,
-        agent: String,
-        ports: Vec<u16>,
-    },
+    PortsUnavailable { task: String, agent: String, ports: Vec<u16> },
 }
 
 /// The cluster: agents, what runs on them, and the counts constraints need.
@@ -356,9 +333,7 @@ impl ClusterSnapshot {
         ClusterSnapshot::default()
     }
 
-    pub fn with_agents(
-        agents: impl IntoIterator<Item = Agent>,
-    ) -> Result<ClusterSnapshot, SnapshotError> {
+    pub fn with_agents(agents: impl IntoIterator<Item = Agent>) -> Result<ClusterSnapshot, SnapshotError> {
         let mut s = ClusterSnapshot::new();
         for a in agents {
             s.add_agent(a)?;
@@ -374,11 +349,8 @@ impl ClusterSnapshot {
         let ports = PortSet::new(&agent.port_ranges);
         let mut total = agent.total.clone();
         total.ports = ports.total();
-        let mut attrs: Vec<(AttrId, ValueId)> = agent
-            .attributes
-            .iter()
-            .map(|(k, v)| self.interner.intern(k, v))
-            .collect();
+        let mut attrs: Vec<(AttrId, ValueId)> =
+            agent.attributes.iter().map(|(k, v)| self.interner.intern(k, v)).collect();
         attrs.sort_unstable();
         self.state.usage.push(AgentUsage {
             used: Resources::default(),
@@ -388,11 +360,7 @@ impl ClusterSnapshot {
             eligible: agent.eligible,
         });
         self.by_id.insert(agent.id.clone(), idx);
-        self.agents.push(AgentInfo {
-            spec: agent,
-            total,
-            attrs,
-        });
+        self.agents.push(AgentInfo { spec: agent, total, attrs });
         Ok(idx)
     }
 
@@ -405,10 +373,7 @@ impl ClusterSnapshot {
     }
 
     fn index_of(&self, id: &str) -> Result<AgentIdx, SnapshotError> {
-        self.by_id
-            .get(id)
-            .copied()
-            .ok_or_else(|| SnapshotError::UnknownAgent(id.to_string()))
+        self.by_id.get(id).copied().ok_or_else(|| SnapshotError::UnknownAgent(id.to_string()))
     }
 
     /// Records a task on an agent after checking every hard rule against the current state, so a plan made on
@@ -426,11 +391,7 @@ impl ClusterSnapshot {
         let idx = self.index_of(agent_id)?;
         let compiled = filter::CompiledTask::new(task, &self.interner);
         if let Err(reason) = filter::check(&self.agents, &self.state, idx, &compiled) {
-            return Err(SnapshotError::DoesNotFit {
-                task: task.id.clone(),
-                agent: agent_id.to_string(),
-                reason,
-            });
+            return Err(SnapshotError::DoesNotFit { task: task.id.clone(), agent: agent_id.to_string(), reason });
         }
         if let Some(p) = ports {
             let mut trial = self.state.usage[idx as usize].ports.clone();
@@ -444,23 +405,13 @@ impl ClusterSnapshot {
             }
         }
         let got = self.state.record(&self.agents, idx, task, ports);
-        self.tasks.insert(
-            task.id.clone(),
-            TaskRecord {
-                agent: idx,
-                task: task.clone(),
-                ports: got.clone(),
-            },
-        );
+        self.tasks.insert(task.id.clone(), TaskRecord { agent: idx, task: task.clone(), ports: got.clone() });
         Ok(got)
     }
 
     /// Frees a task's resources, ports and constraint counts.
     pub fn release(&mut self, task_id: &str) -> Result<(), SnapshotError> {
-        let record = self
-            .tasks
-            .remove(task_id)
-            .ok_or_else(|| SnapshotError::UnknownTask(task_id.to_string()))?;
+        let record = self.tasks.remove(task_id).ok_or_else(|| SnapshotError::UnknownTask(task_id.to_string()))?;
         self.state.unrecord(&self.agents, &record);
         Ok(())
     }
@@ -468,8 +419,7 @@ impl ClusterSnapshot {
     /// Applies a placement's assignments, re-validating each; returns the ones refused. The requests are looked
     /// up by task id in `requests`.
     pub fn apply(&mut self, placement: &Placement, requests: &[TaskRequest]) -> Vec<SnapshotError> {
-        let by_id: HashMap<&str, &TaskRequest> =
-            requests.iter().map(|r| (r.id.as_str(), r)).collect();
+        let by_id: HashMap<&str, &TaskRequest> = requests.iter().map(|r| (r.id.as_str(), r)).collect();
         let mut refused = Vec::new();
         for a in &placement.assignments {
             let Some(task) = by_id.get(a.task_id.as_str()) else {
@@ -505,21 +455,12 @@ impl ClusterSnapshot {
 
     /// The agent a task runs on, and its ports.
     pub fn task(&self, task_id: &str) -> Option<(&str, &[u16])> {
-        self.tasks.get(task_id).map(|r| {
-            (
-                self.agents[r.agent as usize].spec.id.as_str(),
-                r.ports.as_slice(),
-            )
-        })
+        self.tasks.get(task_id).map(|r| (self.agents[r.agent as usize].spec.id.as_str(), r.ports.as_slice()))
     }
 
     /// What a capacity group has running (`None` for tasks without one).
     pub fn capacity_group_usage(&self, group: Option<&str>) -> GroupUsage {
-        self.state
-            .capacity
-            .get(group.unwrap_or(""))
-            .cloned()
-            .unwrap_or_default()
+        self.state.capacity.get(group.unwrap_or("")).cloned().unwrap_or_default()
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {

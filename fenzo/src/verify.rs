@@ -18,11 +18,7 @@ pub struct Violation(pub String);
 
 /// Checks `placement` of `requests` made on `before`. Balanced constraints are checked as "no two expected
 /// values differ by more than one task", which holds when the scope had no tasks before the round.
-pub fn verify(
-    before: &ClusterSnapshot,
-    requests: &[TaskRequest],
-    placement: &Placement,
-) -> Vec<Violation> {
+pub fn verify(before: &ClusterSnapshot, requests: &[TaskRequest], placement: &Placement) -> Vec<Violation> {
     let mut bad = Vec::new();
     let by_id: HashMap<&str, &TaskRequest> = requests.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut used: HashMap<&str, Resources> = HashMap::new();
@@ -43,37 +39,21 @@ pub fn verify(
             bad.push(Violation(format!("{} assigned twice", a.task_id)));
         }
         let Some(agent) = before.agent(&a.agent_id) else {
-            bad.push(Violation(format!(
-                "{} on unknown agent {}",
-                a.task_id, a.agent_id
-            )));
+            bad.push(Violation(format!("{} on unknown agent {}", a.task_id, a.agent_id)));
             continue;
         };
         if !agent.eligible {
-            bad.push(Violation(format!(
-                "{} on ineligible agent {}",
-                a.task_id, a.agent_id
-            )));
+            bad.push(Violation(format!("{} on ineligible agent {}", a.task_id, a.agent_id)));
         }
-        used.entry(agent.id.as_str())
-            .or_default()
-            .add(&task.resources);
+        used.entry(agent.id.as_str()).or_default().add(&task.resources);
         if a.ports.len() != task.resources.ports as usize {
-            bad.push(Violation(format!(
-                "{} got {} ports for {}",
-                a.task_id,
-                a.ports.len(),
-                task.resources.ports
-            )));
+            bad.push(Violation(format!("{} got {} ports for {}", a.task_id, a.ports.len(), task.resources.ports)));
         }
         let taken = ports.entry(agent.id.as_str()).or_default();
         for p in &a.ports {
             let in_range = agent.port_ranges.iter().any(|(lo, hi)| p >= lo && p <= hi);
             if !in_range || !taken.insert(*p) {
-                bad.push(Violation(format!(
-                    "{} port {p} on {} is taken or out of range",
-                    a.task_id, agent.id
-                )));
+                bad.push(Violation(format!("{} port {p} on {} is taken or out of range", a.task_id, agent.id)));
             }
         }
         on.entry(agent.id.as_str()).or_default().push(task);
@@ -82,11 +62,7 @@ pub fn verify(
     for agent in before.agents() {
         let u = &used[agent.id.as_str()];
         let mut total = agent.total.clone();
-        total.ports = agent
-            .port_ranges
-            .iter()
-            .map(|(a, b)| u32::from(b - a) + 1)
-            .sum();
+        total.ports = agent.port_ranges.iter().map(|(a, b)| u32::from(b - a) + 1).sum();
         if let Some(kind) = Resources::first_shortfall(&total, &Resources::default(), u) {
             bad.push(Violation(format!("agent {} over {kind}", agent.id)));
         }
@@ -98,9 +74,7 @@ pub fn verify(
                 let ok = match c {
                     Constraint::AttributeEquals { name, value } => attr(name) == Some(value),
                     Constraint::AttributeNotEquals { name, value } => attr(name) != Some(value),
-                    Constraint::AttributeIn { name, values } => {
-                        attr(name).is_some_and(|v| values.contains(v))
-                    }
+                    Constraint::AttributeIn { name, values } => attr(name).is_some_and(|v| values.contains(v)),
                     Constraint::ExclusiveHost => tasks.len() + existing == 1,
                     _ => true,
                 };
@@ -117,13 +91,9 @@ pub fn verify(
         let agent = before.agent(agent_id).expect("checked above");
         for t in tasks {
             for scope in t.scopes() {
-                *counts
-                    .entry((scope.clone(), "\0host".into(), agent_id.to_string()))
-                    .or_insert(0) += 1;
+                *counts.entry((scope.clone(), "\0host".into(), agent_id.to_string())).or_insert(0) += 1;
                 for (k, v) in &agent.attributes {
-                    *counts
-                        .entry((scope.clone(), k.clone(), v.clone()))
-                        .or_insert(0) += 1;
+                    *counts.entry((scope.clone(), k.clone(), v.clone())).or_insert(0) += 1;
                 }
             }
         }
@@ -131,16 +101,11 @@ pub fn verify(
     let mut checked: BTreeSet<(Scope, String)> = BTreeSet::new();
     for r in requests.iter().filter(|r| seen.contains(r.id.as_str())) {
         for c in &r.constraints {
-            let scope_of =
-                |s: &Option<Scope>| s.clone().unwrap_or_else(|| Scope::Job(r.job.clone()));
+            let scope_of = |s: &Option<Scope>| s.clone().unwrap_or_else(|| Scope::Job(r.job.clone()));
             let (scope, key, max) = match c {
                 Constraint::Unique { scope, by } => (scope_of(scope), by_key(by), 1),
                 Constraint::MaxPer { scope, by, max } => (scope_of(scope), by_key(by), *max),
-                Constraint::Balanced {
-                    scope,
-                    attribute,
-                    expected,
-                } => {
+                Constraint::Balanced { scope, attribute, expected } => {
                     let scope = scope_of(scope);
                     if checked.insert((scope.clone(), c.to_string())) {
                         let values: Vec<u32> = counts
@@ -155,9 +120,7 @@ pub fn verify(
                             values.iter().copied().min().unwrap_or(0)
                         };
                         if max > min + 1 {
-                            bad.push(Violation(format!(
-                                "{scope:?} unbalanced over {attribute}: {values:?}"
-                            )));
+                            bad.push(Violation(format!("{scope:?} unbalanced over {attribute}: {values:?}")));
                         }
                     }
                     continue;
@@ -172,9 +135,7 @@ pub fn verify(
                     break;
                 }
                 if *n > max {
-                    bad.push(Violation(format!(
-                        "{scope:?} has {n} tasks on {k}={v}, over {max} ({c})"
-                    )));
+                    bad.push(Violation(format!("{scope:?} has {n} tasks on {k}={v}, over {max} ({c})")));
                 }
             }
         }

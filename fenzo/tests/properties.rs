@@ -37,26 +37,11 @@ fn agent_spec() -> impl Strategy<Value = AgentSpec> {
         0..4u16,
         prop::sample::select(vec![0u64, 0, 0, 1, 2]),
     )
-        .prop_map(|(cpus, mem, zone, eligible, ports, gpus)| AgentSpec {
-            cpus,
-            mem,
-            zone,
-            eligible,
-            ports,
-            gpus,
-        })
+        .prop_map(|(cpus, mem, zone, eligible, ports, gpus)| AgentSpec { cpus, mem, zone, eligible, ports, gpus })
 }
 
 fn task_spec() -> impl Strategy<Value = TaskSpec> {
-    (
-        1..40u64,
-        0..8_192u64,
-        0..3u32,
-        prop::sample::select(vec![0u64, 0, 0, 0, 1]),
-        0..5usize,
-        0..2u8,
-        any::<bool>(),
-    )
+    (1..40u64, 0..8_192u64, 0..3u32, prop::sample::select(vec![0u64, 0, 0, 0, 1]), 0..5usize, 0..2u8, any::<bool>())
         .prop_map(|(c, mem, ports, gpus, job, tier, group)| TaskSpec {
             cpu_milli: c * 100,
             mem,
@@ -73,32 +58,12 @@ fn job_constraint(kind: usize, job: usize) -> Option<Constraint> {
     let zone = ["a", "b", "c"][job % 3].to_string();
     match kind {
         0 => None,
-        1 => Some(Constraint::Unique {
-            scope: None,
-            by: By::Host,
-        }),
-        2 => Some(Constraint::MaxPer {
-            scope: None,
-            by: By::Attribute("zone".into()),
-            max: 2,
-        }),
-        3 => Some(Constraint::Balanced {
-            scope: None,
-            attribute: "zone".into(),
-            expected: 3,
-        }),
-        4 => Some(Constraint::AttributeEquals {
-            name: "zone".into(),
-            value: zone,
-        }),
-        5 => Some(Constraint::AttributeNotEquals {
-            name: "zone".into(),
-            value: zone,
-        }),
-        6 => Some(Constraint::AttributeIn {
-            name: "zone".into(),
-            values: vec![zone, "x".into()],
-        }),
+        1 => Some(Constraint::Unique { scope: None, by: By::Host }),
+        2 => Some(Constraint::MaxPer { scope: None, by: By::Attribute("zone".into()), max: 2 }),
+        3 => Some(Constraint::Balanced { scope: None, attribute: "zone".into(), expected: 3 }),
+        4 => Some(Constraint::AttributeEquals { name: "zone".into(), value: zone }),
+        5 => Some(Constraint::AttributeNotEquals { name: "zone".into(), value: zone }),
+        6 => Some(Constraint::AttributeIn { name: "zone".into(), values: vec![zone, "x".into()] }),
         _ => Some(Constraint::ExclusiveHost),
     }
 }
@@ -204,8 +169,7 @@ fn oracle(snap: &ClusterSnapshot, reqs: &[TaskRequest], fit: &Fitness) -> BTreeM
             }
         }
         if let Some((_, _, id)) = best {
-            snap.assign(r, &id, None)
-                .expect("the trial assignment succeeded");
+            snap.assign(r, &id, None).expect("the trial assignment succeeded");
             out.insert(r.id.clone(), id);
         }
     }

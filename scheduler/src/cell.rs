@@ -24,11 +24,10 @@ use titan_api::view::{
     AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobState, JobView, ListQuery, MemberView,
 };
 use titan_api::{Actor, ApiError, CellApi, Client, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CellConfig;
-use crate::raft::{
-    raft_routes, HttpNetwork, LogStore, NodeId, PeerClient, Raft, SharedState, StateStore,
-};
+use crate::raft::{raft_routes, HttpNetwork, LogStore, NodeId, PeerClient, Raft, SharedState, StateStore};
 use crate::state_machine::{Command, Meta, Rejection, Response};
 use crate::store::{Engine, SledEngine};
 
@@ -60,15 +59,13 @@ struct CellMetrics {
     snapshots: IntCounter,
     store_bytes: IntGauge,
     jobs: IntGaugeVec,
+    batch_size: Histogram,
     forwarded: IntCounter,
 }
 
 impl CellMetrics {
     fn new(registry: &Registry, cell: &str, node: u64) -> Result<CellMetrics, prometheus::Error> {
-        let labels = |o: Opts| {
-            o.const_label("cell", cell)
-                .const_label("node", node.to_string())
-        };
+        let labels = |o: Opts| o.const_label("cell", cell).const_label("node", node.to_string());
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::with_opts(labels(Opts::new(name, help)))?;
             registry.register(Box::new(g.clone()))?;
@@ -80,51 +77,36 @@ impl CellMetrics {
             Ok(c)
         };
         let commit_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "titan_raft_commit_latency_seconds",
-                "Time from proposing a command to its commit",
-            )
-            .const_label("cell", cell)
-            .const_label("node", node.to_string())
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            ]),
+            HistogramOpts::new("titan_raft_commit_latency_seconds", "Time from proposing a command to its commit")
+                .const_label("cell", cell)
+                .const_label("node", node.to_string())
+                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
         )?;
         registry.register(Box::new(commit_latency.clone()))?;
         let jobs = IntGaugeVec::new(labels(Opts::new("titan_jobs", "Jobs by state")), &["state"])?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("titan_raft_proposal_batch_size", "Commands per Raft proposal")
+                .const_label("cell", cell)
+                .const_label("node", node.to_string())
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+        )?;
+        registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         Ok(CellMetrics {
             term: gauge("titan_raft_term", "Current Raft term")?,
             is_leader: gauge("titan_raft_is_leader", "1 on the leader")?,
-            leader_changes: counter(
-                "titan_raft_leader_changes_total",
-                "Times the known leader changed",
-            )?,
+            leader_changes: counter("titan_raft_leader_changes_total", "Times the known leader changed")?,
             commit_latency,
             last_log_index: gauge("titan_raft_last_log_index", "Index of the last log entry")?,
-            applied_index: gauge(
-                "titan_raft_applied_index",
-                "Index of the last applied entry",
-            )?,
-            commit_index: gauge(
-                "titan_raft_commit_index",
-                "Index of the last entry known committed",
-            )?,
-            apply_lag: gauge(
-                "titan_raft_apply_lag_entries",
-                "Committed entries not yet applied",
-            )?,
-            log_entries: gauge(
-                "titan_raft_log_entries",
-                "Entries in the log (not yet compacted)",
-            )?,
+            applied_index: gauge("titan_raft_applied_index", "Index of the last applied entry")?,
+            commit_index: gauge("titan_raft_commit_index", "Index of the last entry known committed")?,
+            apply_lag: gauge("titan_raft_apply_lag_entries", "Committed entries not yet applied")?,
+            log_entries: gauge("titan_raft_log_entries", "Entries in the log (not yet compacted)")?,
             snapshots: counter("titan_raft_snapshots_total", "Snapshots built or installed")?,
             store_bytes: gauge("titan_store_size_bytes", "Bytes the store occupies on disk")?,
             jobs,
-            forwarded: counter(
-                "titan_raft_forwarded_writes_total",
-                "Writes forwarded to the leader",
-            )?,
+            batch_size,
+            forwarded: counter("titan_raft_forwarded_writes_total", "Writes forwarded to the leader")?,
         })
     }
 }
@@ -146,7 +128,15 @@ enum Forwarded {
     Unknown(String),
 }
 
+/// Most commands in one proposal.
+pub const MAX_BATCH: usize = 512;
+/// Proposals in flight at once from one member.
+const PROPOSERS: usize = 4;
+
+type Waiter = (Command, oneshot::Sender<Result<Response, ApiError>>);
+
 pub struct Cell {
+    queue: mpsc::Sender<Waiter>,
     config: CellConfig,
     raft: Raft,
     state: SharedState,
@@ -157,10 +147,7 @@ pub struct Cell {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Cell {
@@ -169,13 +156,9 @@ impl Cell {
     pub async fn start(config: CellConfig, registry: &Registry) -> Result<Arc<Cell>, CellError> {
         config.validate()?;
         let dir = config.data_dir.join("raft");
-        let store_err = |m: String| CellError::Store {
-            dir: dir.display().to_string(),
-            message: m,
-        };
+        let store_err = |m: String| CellError::Store { dir: dir.display().to_string(), message: m };
         std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
-        let engine: Arc<dyn Engine> =
-            Arc::new(SledEngine::open(&dir).map_err(|e| store_err(e.to_string()))?);
+        let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir).map_err(|e| store_err(e.to_string()))?);
         let log = LogStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
         let committed = log.committed_index();
         let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
@@ -196,28 +179,14 @@ impl Cell {
         .validate()
         .map_err(|e| CellError::Raft(e.to_string()))?;
         let peers = PeerClient::new();
-        let raft = Raft::new(
-            config.node_id,
-            Arc::new(raft_config),
-            HttpNetwork::new(peers.clone()),
-            log,
-            sm,
-        )
-        .await
-        .map_err(|e| CellError::Raft(e.to_string()))?;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), HttpNetwork::new(peers.clone()), log, sm)
+            .await
+            .map_err(|e| CellError::Raft(e.to_string()))?;
 
         let lowest = config.peers.keys().next().copied();
-        if lowest == Some(config.node_id)
-            && !raft
-                .is_initialized()
-                .await
-                .map_err(|e| CellError::Raft(e.to_string()))?
-        {
-            let members: BTreeMap<NodeId, BasicNode> = config
-                .peers
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
-                .collect();
+        if lowest == Some(config.node_id) && !raft.is_initialized().await.map_err(|e| CellError::Raft(e.to_string()))? {
+            let members: BTreeMap<NodeId, BasicNode> =
+                config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.to_string()))).collect();
             tracing::info!(cell = %config.cell, members = ?members.keys().collect::<Vec<_>>(), "bootstrapping the cell");
             if let Err(e) = raft.initialize(members).await {
                 // Another start already initialized it; Raft carries on from its log.
@@ -226,16 +195,13 @@ impl Cell {
         }
 
         let metrics = CellMetrics::new(registry, &config.cell, config.node_id)?;
-        let cell = Arc::new(Cell {
-            config,
-            raft,
-            state,
-            committed,
-            engine,
-            peers,
-            metrics,
-        });
+        let (queue, rx) = mpsc::channel(MAX_BATCH * PROPOSERS * 4);
+        let cell = Arc::new(Cell { queue, config, raft, state, committed, engine, peers, metrics });
         tokio::spawn(watch(cell.clone()));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..PROPOSERS {
+            tokio::spawn(propose_batches(Arc::downgrade(&cell), rx.clone()));
+        }
         Ok(cell)
     }
 
@@ -246,13 +212,9 @@ impl Cell {
     /// Every route this member serves: the public API, Raft's internal routes and write forwarding.
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
-        titan_api::router(api, http)
-            .merge(raft_routes(self.raft.clone()))
-            .merge(
-                Router::new()
-                    .route("/internal/propose", post(propose_here))
-                    .with_state(self.clone()),
-            )
+        let internal = raft_routes(self.raft.clone())
+            .merge(Router::new().route("/internal/propose", post(propose_here)).with_state(self.clone()));
+        titan_api::router(api, http, internal)
     }
 
     pub async fn shutdown(&self) {
@@ -269,21 +231,20 @@ impl Cell {
     }
 
     fn meta(actor: Actor) -> Meta {
-        Meta {
-            who: actor.who,
-            why: actor.why,
-            at_ms: now_ms(),
-        }
+        Meta { who: actor.who, why: actor.why, at_ms: now_ms() }
     }
 
     /// Commits a command, through the leader wherever it is, and maps the state machine's answer.
     async fn write(&self, cmd: Command) -> Result<JobRef, ApiError> {
-        match self.propose(cmd).await? {
+        let (tx, rx) = oneshot::channel();
+        let closed = || ApiError::new(ErrorCode::Unavailable, "the member is shutting down");
+        self.queue.send((cmd, tx)).await.map_err(|_| closed())?;
+        match rx.await.map_err(|_| closed())?? {
             Response::Job(job) => Ok(job),
             Response::Rejected(r) => Err(rejection(r)),
-            Response::None => Err(ApiError::internal(
-                "the state machine gave no answer to a job command",
-            )),
+            Response::None | Response::Batch(_) => {
+                Err(ApiError::internal("the state machine gave no job answer to a job command"))
+            }
         }
     }
 
@@ -293,16 +254,11 @@ impl Cell {
             let start = Instant::now();
             match self.raft.client_write(cmd.clone()).await {
                 Ok(r) => {
-                    self.metrics
-                        .commit_latency
-                        .observe(start.elapsed().as_secs_f64());
+                    self.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
                     return Ok(r.data);
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(node) = f
-                        .leader_node
-                        .filter(|_| f.leader_id != Some(self.config.node_id))
-                    {
+                    if let Some(node) = f.leader_node.filter(|_| f.leader_id != Some(self.config.node_id)) {
                         self.metrics.forwarded.inc();
                         match self.forward(&node.addr, &cmd).await {
                             Forwarded::Answer(r) => return Ok(r),
@@ -319,15 +275,10 @@ impl Cell {
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                     return Err(ApiError::internal(e.to_string()))
                 }
-                Err(RaftError::Fatal(e)) => {
-                    return Err(ApiError::new(ErrorCode::Unavailable, e.to_string()))
-                }
+                Err(RaftError::Fatal(e)) => return Err(ApiError::new(ErrorCode::Unavailable, e.to_string())),
             }
             if Instant::now() >= deadline {
-                return Err(ApiError::new(
-                    ErrorCode::NotLeader,
-                    "no leader could commit the change in time",
-                ));
+                return Err(ApiError::new(ErrorCode::NotLeader, "no leader could commit the change in time"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -336,15 +287,7 @@ impl Cell {
     async fn forward(&self, addr: &str, cmd: &Command) -> Forwarded {
         let url = format!("http://{addr}/internal/propose");
         let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
-        let resp = match self
-            .peers
-            .http
-            .post(url)
-            .timeout(timeout)
-            .json(cmd)
-            .send()
-            .await
-        {
+        let resp = match self.peers.http.post(url).timeout(timeout).json(cmd).send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() => return Forwarded::Retry,
             Err(e) => return Forwarded::Unknown(e.to_string()),
@@ -362,11 +305,7 @@ impl Cell {
     fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, String>) {
         let m = self.raft.metrics().borrow().membership_config.clone();
         let voters = m.membership().voter_ids().collect();
-        let nodes = m
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
+        let nodes = m.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
         (voters, nodes)
     }
 
@@ -380,9 +319,7 @@ impl Cell {
                     .membership()
                     .get_node(&l)
                     .map(|n| n.addr.clone())
-                    .ok_or_else(|| {
-                        ApiError::new(ErrorCode::NotLeader, "the leader's address is unknown")
-                    })?;
+                    .ok_or_else(|| ApiError::new(ErrorCode::NotLeader, "the leader's address is unknown"))?;
                 Ok(Some(Client::with_http(&addr, self.peers.http.clone())))
             }
             None => Err(ApiError::new(ErrorCode::NotLeader, "no leader is elected")),
@@ -393,23 +330,15 @@ impl Cell {
 fn rejection(r: Rejection) -> ApiError {
     match r {
         Rejection::NotFound { id } => ApiError::not_found("job", &id),
-        Rejection::VersionMismatch {
-            id,
-            expected,
-            current,
-        } => ApiError::new(
-            ErrorCode::VersionMismatch,
-            format!("job {id} is at version {current}, not {expected}"),
-        )
-        .with_field("If-Match"),
-        Rejection::Killed { id } => {
-            ApiError::new(ErrorCode::Conflict, format!("job {id} was killed"))
+        Rejection::VersionMismatch { id, expected, current } => {
+            ApiError::new(ErrorCode::VersionMismatch, format!("job {id} is at version {current}, not {expected}"))
+                .with_field("If-Match")
         }
-        Rejection::IdempotencyKeyReused { key } => ApiError::new(
-            ErrorCode::Conflict,
-            format!("Idempotency-Key {key:?} was used before for a different spec"),
-        )
-        .with_field("Idempotency-Key"),
+        Rejection::Killed { id } => ApiError::new(ErrorCode::Conflict, format!("job {id} was killed")),
+        Rejection::IdempotencyKeyReused { key } => {
+            ApiError::new(ErrorCode::Conflict, format!("Idempotency-Key {key:?} was used before for a different spec"))
+                .with_field("Idempotency-Key")
+        }
     }
 }
 
@@ -420,14 +349,60 @@ fn forwarded_error(e: titan_api::ClientError) -> ApiError {
     }
 }
 
+/// One proposer: takes every command waiting (up to `MAX_BATCH`), commits them as one entry, answers each.
+async fn propose_batches(cell: std::sync::Weak<Cell>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Waiter>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(w) => batch.push(w),
+                None => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(cell) = cell.upgrade() else { return };
+        cell.metrics.batch_size.observe(batch.len() as f64);
+        let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let proposal =
+            if cmds.len() == 1 { cmds.into_iter().next().expect("one command") } else { Command::Batch(cmds) };
+        match cell.propose(proposal).await {
+            Ok(Response::Batch(answers)) if answers.len() == waiters.len() => {
+                for (tx, a) in waiters.into_iter().zip(answers) {
+                    let _ = tx.send(Ok(a));
+                }
+            }
+            Ok(answer) if waiters.len() == 1 => {
+                for tx in waiters {
+                    let _ = tx.send(Ok(answer.clone()));
+                }
+            }
+            Ok(other) => {
+                let e = ApiError::internal(format!("a batch of {} got the answer {other:?}", waiters.len()));
+                for tx in waiters {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for tx in waiters {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// Proposes on this member only; a follower answers with the leader it knows.
 async fn propose_here(State(cell): State<Arc<Cell>>, Json(cmd): Json<Command>) -> HttpResponse {
     let start = Instant::now();
     match cell.raft.client_write(cmd).await {
         Ok(r) => {
-            cell.metrics
-                .commit_latency
-                .observe(start.elapsed().as_secs_f64());
+            cell.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
             Json(Proposed::Committed(r.data)).into_response()
         }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -460,9 +435,7 @@ async fn watch(cell: Arc<Cell>) {
         let m = rx.borrow().clone();
         let metrics = &cell.metrics;
         metrics.term.set(m.current_term as i64);
-        metrics
-            .is_leader
-            .set(i64::from(m.state == ServerState::Leader));
+        metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
         if m.current_leader != leader {
             if m.current_leader.is_some() {
                 metrics.leader_changes.inc();
@@ -483,31 +456,16 @@ async fn watch(cell: Arc<Cell>) {
         metrics.last_log_index.set(last as i64);
         metrics.applied_index.set(applied as i64);
         metrics.commit_index.set(committed as i64);
-        metrics
-            .apply_lag
-            .set(committed.saturating_sub(applied) as i64);
-        metrics
-            .log_entries
-            .set(last.saturating_sub(purged) as i64 + i64::from(m.last_log_index.is_some()));
+        metrics.apply_lag.set(committed.saturating_sub(applied) as i64);
+        metrics.log_entries.set(last.saturating_sub(purged) as i64 + i64::from(m.last_log_index.is_some()));
     }
 }
 
 impl CellApi for Cell {
-    fn submit_job(
-        &self,
-        spec: JobSpec,
-        idempotency_key: Option<String>,
-        actor: Actor,
-    ) -> ApiResult<'_, JobRef> {
+    fn submit_job(&self, spec: JobSpec, idempotency_key: Option<String>, actor: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
             let id = uuid::Uuid::new_v4().to_string();
-            self.write(Command::PutJob {
-                id,
-                spec: Box::new(spec),
-                idempotency_key,
-                meta: Cell::meta(actor),
-            })
-            .await
+            self.write(Command::PutJob { id, spec: Arc::new(spec), idempotency_key, meta: Cell::meta(actor) }).await
         })
     }
 
@@ -515,46 +473,24 @@ impl CellApi for Cell {
         Box::pin(async move {
             let s = self.read();
             let (page, next) = s.list(&query);
-            Ok(JobList {
-                jobs: page.into_iter().map(|j| j.view()).collect(),
-                next_page_token: next,
-            })
+            Ok(JobList { jobs: page.into_iter().map(|j| j.view()).collect(), next_page_token: next })
         })
     }
 
     fn get_job(&self, id: String) -> ApiResult<'_, JobView> {
-        Box::pin(async move {
-            self.read()
-                .job(&id)
-                .map(|j| j.view())
-                .ok_or_else(|| ApiError::not_found("job", &id))
-        })
+        Box::pin(async move { self.read().job(&id).map(|j| j.view()).ok_or_else(|| ApiError::not_found("job", &id)) })
     }
 
     fn job_history(&self, id: String) -> ApiResult<'_, Vec<HistoryEntry>> {
         Box::pin(async move {
-            self.read()
-                .job(&id)
-                .map(|j| j.history.clone())
-                .ok_or_else(|| ApiError::not_found("job", &id))
+            self.read().job(&id).map(|j| j.history.clone()).ok_or_else(|| ApiError::not_found("job", &id))
         })
     }
 
-    fn update_job(
-        &self,
-        id: String,
-        spec: JobSpec,
-        if_match: Option<u64>,
-        actor: Actor,
-    ) -> ApiResult<'_, JobRef> {
+    fn update_job(&self, id: String, spec: JobSpec, if_match: Option<u64>, actor: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
-            self.write(Command::UpdateJob {
-                id,
-                spec: Box::new(spec),
-                if_version: if_match,
-                meta: Cell::meta(actor),
-            })
-            .await
+            self.write(Command::UpdateJob { id, spec: Arc::new(spec), if_version: if_match, meta: Cell::meta(actor) })
+                .await
         })
     }
 
@@ -566,35 +502,16 @@ impl CellApi for Cell {
         actor: Actor,
     ) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
-            self.write(Command::SetInstances {
-                id,
-                instances,
-                if_version: if_match,
-                meta: Cell::meta(actor),
-            })
-            .await
+            self.write(Command::SetInstances { id, instances, if_version: if_match, meta: Cell::meta(actor) }).await
         })
     }
 
     fn set_enabled(&self, id: String, enabled: bool, actor: Actor) -> ApiResult<'_, JobRef> {
-        Box::pin(async move {
-            self.write(Command::SetEnabled {
-                id,
-                enabled,
-                meta: Cell::meta(actor),
-            })
-            .await
-        })
+        Box::pin(async move { self.write(Command::SetEnabled { id, enabled, meta: Cell::meta(actor) }).await })
     }
 
     fn kill_job(&self, id: String, actor: Actor) -> ApiResult<'_, JobRef> {
-        Box::pin(async move {
-            self.write(Command::KillJob {
-                id,
-                meta: Cell::meta(actor),
-            })
-            .await
-        })
+        Box::pin(async move { self.write(Command::KillJob { id, meta: Cell::meta(actor) }).await })
     }
 
     fn cluster(&self) -> ApiResult<'_, ClusterView> {
@@ -611,11 +528,7 @@ impl CellApi for Cell {
                     } else {
                         "learner"
                     };
-                    MemberView {
-                        id,
-                        addr,
-                        role: role.into(),
-                    }
+                    MemberView { id, addr, role: role.into() }
                 })
                 .collect();
             let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
@@ -641,16 +554,10 @@ impl CellApi for Cell {
             tracing::info!(id = member.id, addr = %member.addr, "adding member");
             let node = BasicNode::new(member.addr.clone());
             // Blocking: the new member is a learner until it has caught up (from a snapshot if need be).
-            self.raft
-                .add_learner(member.id, node, true)
-                .await
-                .map_err(membership_error)?;
+            self.raft.add_learner(member.id, node, true).await.map_err(membership_error)?;
             let (mut voters, _) = self.members();
             voters.insert(member.id);
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(voters), false)
-                .await
-                .map_err(membership_error)?;
+            self.raft.change_membership(ChangeMembers::AddVoterIds(voters), false).await.map_err(membership_error)?;
             self.cluster().await
         })
     }
@@ -665,10 +572,7 @@ impl CellApi for Cell {
                 return Err(ApiError::not_found("member", &id.to_string()));
             }
             if voters.contains(&id) && voters.len() == 1 {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    "cannot remove the last member",
-                ));
+                return Err(ApiError::new(ErrorCode::Conflict, "cannot remove the last member"));
             }
             tracing::info!(id, "removing member");
             let change = if voters.contains(&id) {
@@ -676,10 +580,7 @@ impl CellApi for Cell {
             } else {
                 ChangeMembers::RemoveNodes(BTreeSet::from([id]))
             };
-            self.raft
-                .change_membership(change, false)
-                .await
-                .map_err(membership_error)?;
+            self.raft.change_membership(change, false).await.map_err(membership_error)?;
             self.cluster().await
         })
     }
@@ -689,10 +590,7 @@ impl CellApi for Cell {
             let m = self.raft.metrics().borrow().clone();
             match m.current_leader {
                 Some(_) if m.running_state.is_ok() => Ok(()),
-                _ => Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "no leader is known yet",
-                )),
+                _ => Err(ApiError::new(ErrorCode::Unavailable, "no leader is known yet")),
             }
         })
     }
@@ -700,10 +598,9 @@ impl CellApi for Cell {
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::new(
-            ErrorCode::NotLeader,
-            "leadership moved during the change; retry",
-        ),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            ApiError::new(ErrorCode::NotLeader, "leadership moved during the change; retry")
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ApiError::new(ErrorCode::Conflict, e.to_string())
         }

@@ -78,10 +78,7 @@ impl CellConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ok_name = !self.cell.is_empty()
             && self.cell.len() <= 32
-            && self
-                .cell
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && self.cell.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !ok_name {
             return Err(ConfigError::CellName(self.cell.clone()));
         }
@@ -90,10 +87,7 @@ impl CellConfig {
         }
         if !self.peers.is_empty() {
             if self.peers.get(&self.node_id) != Some(&self.listen) {
-                return Err(ConfigError::SelfNotInPeers {
-                    node_id: self.node_id,
-                    listen: self.listen,
-                });
+                return Err(ConfigError::SelfNotInPeers { node_id: self.node_id, listen: self.listen });
             }
             if ![1, 3, 5].contains(&self.peers.len()) {
                 return Err(ConfigError::PeerCount(self.peers.len()));
@@ -118,17 +112,9 @@ impl CellConfig {
 pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
     let mut out = BTreeMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (id, addr) = item
-            .split_once('=')
-            .ok_or_else(|| format!("{item:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("{id:?} is not a member id"))?;
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{addr:?} is not HOST:PORT"))?;
+        let (id, addr) = item.split_once('=').ok_or_else(|| format!("{item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} is not a member id"))?;
+        let addr: SocketAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not HOST:PORT"))?;
         if out.insert(id, addr).is_some() {
             return Err(format!("member {id} appears twice"));
         }
@@ -146,8 +132,7 @@ mod tests {
             cell: "dc1".into(),
             node_id: 1,
             listen,
-            peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003")
-                .expect("valid"),
+            peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003").expect("valid"),
             data_dir: "/tmp/x".into(),
             raft: RaftTuning::default(),
         }
@@ -161,17 +146,11 @@ mod tests {
             f(&mut c);
             assert_eq!(c.validate(), Err(want));
         };
-        check(
-            |c| c.cell = "DC 1".into(),
-            ConfigError::CellName("DC 1".into()),
-        );
+        check(|c| c.cell = "DC 1".into(), ConfigError::CellName("DC 1".into()));
         check(|c| c.node_id = 0, ConfigError::NodeId);
         check(
             |c| c.node_id = 4,
-            ConfigError::SelfNotInPeers {
-                node_id: 4,
-                listen: "127.0.0.1:7001".parse().expect("valid"),
-            },
+            ConfigError::SelfNotInPeers { node_id: 4, listen: "127.0.0.1:7001".parse().expect("valid") },
         );
         check(
             |c| {
@@ -179,14 +158,7 @@ mod tests {
             },
             ConfigError::PeerCount(2),
         );
-        check(
-            |c| c.raft.election_min_ms = 50,
-            ConfigError::ElectionTimeout {
-                heartbeat: 100,
-                min: 50,
-                max: 800,
-            },
-        );
+        check(|c| c.raft.election_min_ms = 50, ConfigError::ElectionTimeout { heartbeat: 100, min: 50, max: 800 });
         check(|c| c.raft.snapshot_every = 0, ConfigError::SnapshotEvery);
     }
 

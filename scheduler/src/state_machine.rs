@@ -8,12 +8,11 @@
 //! change), snapshots carry `SnapshotV1` behind a format number.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use titan_api::job::JobSpec;
-use titan_api::view::{
-    HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
-};
+use titan_api::view::{HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
@@ -33,13 +32,13 @@ pub struct Meta {
 pub enum Command {
     PutJob {
         id: String,
-        spec: Box<JobSpec>,
+        spec: Arc<JobSpec>,
         idempotency_key: Option<String>,
         meta: Meta,
     },
     UpdateJob {
         id: String,
-        spec: Box<JobSpec>,
+        spec: Arc<JobSpec>,
         if_version: Option<u64>,
         meta: Meta,
     },
@@ -58,6 +57,8 @@ pub enum Command {
         id: String,
         meta: Meta,
     },
+    /// Several commands committed as one entry (proposal batching); applied in order, answered one by one.
+    Batch(Vec<Command>),
 }
 
 /// Why a command changed nothing.
@@ -85,6 +86,8 @@ pub enum Rejection {
 pub enum Response {
     Job(JobRef),
     Rejected(Rejection),
+    /// The answers to a `Command::Batch`, in its order.
+    Batch(Vec<Response>),
     /// Blank and membership entries.
     None,
 }
@@ -93,7 +96,7 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
-    pub spec: JobSpec,
+    pub spec: Arc<JobSpec>,
     pub version: u64,
     pub state: JobState,
     pub created_at_ms: u64,
@@ -108,7 +111,7 @@ impl JobRecord {
             version: self.version,
             state: self.state,
             instances: self.spec.locations(),
-            spec: self.spec.clone(),
+            spec: (*self.spec).clone(),
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
         }
@@ -128,10 +131,7 @@ impl JobRecord {
             let excess = self.history.len() - MAX_HISTORY;
             self.history.drain(..excess);
         }
-        JobRef {
-            id: self.id.clone(),
-            version: self.version,
-        }
+        JobRef { id: self.id.clone(), version: self.version }
     }
 }
 
@@ -162,31 +162,20 @@ fn fingerprint(spec: &JobSpec) -> u64 {
 }
 
 fn describe(instances: &BTreeMap<String, u32>) -> String {
-    instances
-        .iter()
-        .map(|(l, n)| format!("{l}={n}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    instances.iter().map(|(l, n)| format!("{l}={n}")).collect::<Vec<_>>().join(",")
 }
 
 impl CellState {
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match cmd {
-            Command::PutJob {
-                id,
-                spec,
-                idempotency_key,
-                meta,
-            } => {
+            Command::PutJob { id, spec, idempotency_key, meta } => {
                 self.forget_expired(meta.at_ms);
                 // A proposal retried after an ambiguous failure carries the same id: it must not create twice.
                 if let Some(existing) = self.jobs.get(id) {
-                    return Response::Job(JobRef {
-                        id: id.clone(),
-                        version: existing.version,
-                    });
+                    return Response::Job(JobRef { id: id.clone(), version: existing.version });
                 }
-                let print = fingerprint(spec);
+                // Only keyed submissions pay for the fingerprint (a serialization of the whole spec).
+                let print = idempotency_key.as_ref().map(|_| fingerprint(spec)).unwrap_or(0);
                 if let Some(key) = idempotency_key {
                     if let Some(r) = self.idempotency.get(key) {
                         return if r.fingerprint == print {
@@ -198,7 +187,7 @@ impl CellState {
                 }
                 let mut record = JobRecord {
                     id: id.clone(),
-                    spec: (**spec).clone(),
+                    spec: spec.clone(),
                     version: 0,
                     state: JobState::Enabled,
                     created_at_ms: meta.at_ms,
@@ -208,66 +197,35 @@ impl CellState {
                 let job = record.change(meta, "created".into());
                 self.jobs.insert(id.clone(), record);
                 if let Some(key) = idempotency_key {
-                    self.idempotency.insert(
-                        key.clone(),
-                        Remembered {
-                            job: job.clone(),
-                            fingerprint: print,
-                            at_ms: meta.at_ms,
-                        },
-                    );
-                    self.idempotency_by_time
-                        .insert((meta.at_ms, key.clone()), ());
+                    self.idempotency
+                        .insert(key.clone(), Remembered { job: job.clone(), fingerprint: print, at_ms: meta.at_ms });
+                    self.idempotency_by_time.insert((meta.at_ms, key.clone()), ());
                 }
                 Response::Job(job)
             }
-            Command::UpdateJob {
-                id,
-                spec,
-                if_version,
-                meta,
-            } => self.modify(id, *if_version, |job| {
-                job.spec = (**spec).clone();
+            Command::UpdateJob { id, spec, if_version, meta } => self.modify(id, *if_version, |job| {
+                job.spec = spec.clone();
                 job.change(meta, "spec updated".into())
             }),
-            Command::SetInstances {
-                id,
-                instances,
-                if_version,
-                meta,
-            } => self.modify(id, *if_version, |job| {
-                job.spec.location = None;
-                job.spec.locations = Some(instances.clone());
+            Command::SetInstances { id, instances, if_version, meta } => self.modify(id, *if_version, |job| {
+                let spec = Arc::make_mut(&mut job.spec);
+                spec.location = None;
+                spec.locations = Some(instances.clone());
                 job.change(meta, format!("instances {}", describe(instances)))
             }),
             Command::SetEnabled { id, enabled, meta } => self.modify(id, None, |job| {
-                job.state = if *enabled {
-                    JobState::Enabled
-                } else {
-                    JobState::Disabled
-                };
-                job.change(
-                    meta,
-                    if *enabled {
-                        "enabled".into()
-                    } else {
-                        "disabled".into()
-                    },
-                )
+                job.state = if *enabled { JobState::Enabled } else { JobState::Disabled };
+                job.change(meta, if *enabled { "enabled".into() } else { "disabled".into() })
             }),
             Command::KillJob { id, meta } => self.modify(id, None, |job| {
                 job.state = JobState::Killed;
                 job.change(meta, "killed".into())
             }),
+            Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
         }
     }
 
-    fn modify(
-        &mut self,
-        id: &str,
-        if_version: Option<u64>,
-        f: impl FnOnce(&mut JobRecord) -> JobRef,
-    ) -> Response {
+    fn modify(&mut self, id: &str, if_version: Option<u64>, f: impl FnOnce(&mut JobRecord) -> JobRef) -> Response {
         let Some(job) = self.jobs.get_mut(id) else {
             return Response::Rejected(Rejection::NotFound { id: id.to_string() });
         };
@@ -315,15 +273,9 @@ impl CellState {
         let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize;
         let state = q.state.as_deref().and_then(JobState::parse);
         let matches = |j: &JobRecord| {
-            q.application
-                .as_ref()
-                .is_none_or(|a| &j.spec.application_name == a)
-                && q.owner
-                    .as_ref()
-                    .is_none_or(|o| j.spec.owner.as_ref() == Some(o))
-                && q.capacity_group
-                    .as_ref()
-                    .is_none_or(|c| j.spec.capacity_group.as_ref() == Some(c))
+            q.application.as_ref().is_none_or(|a| &j.spec.application_name == a)
+                && q.owner.as_ref().is_none_or(|o| j.spec.owner.as_ref() == Some(o))
+                && q.capacity_group.as_ref().is_none_or(|c| j.spec.capacity_group.as_ref() == Some(c))
                 && match state {
                     Some(s) => j.state == s,
                     None => j.state != JobState::Killed,
@@ -335,10 +287,7 @@ impl CellState {
         };
         let mut page: Vec<&JobRecord> = Vec::new();
         let mut more = false;
-        for (_, j) in self
-            .jobs
-            .range::<String, _>((from, std::ops::Bound::Unbounded))
-        {
+        for (_, j) in self.jobs.range::<String, _>((from, std::ops::Bound::Unbounded)) {
             if !matches(j) {
                 continue;
             }
@@ -348,11 +297,7 @@ impl CellState {
             }
             page.push(j);
         }
-        let next = if more {
-            page.last().map(|j| j.id.clone())
-        } else {
-            None
-        };
+        let next = if more { page.last().map(|j| j.id.clone()) } else { None };
         (page, next)
     }
 }
@@ -362,19 +307,15 @@ mod tests {
     use super::*;
     use titan_api::job::BodyFormat;
 
-    fn spec(name: &str, app: &str) -> Box<JobSpec> {
+    fn spec(name: &str, app: &str) -> Arc<JobSpec> {
         let body = format!(
             r#"{{"name":"{name}","applicationName":"{app}","location":"dc1:2,dc2:1","cpus":1,"memory":512,"image":"busybox"}}"#
         );
-        Box::new(JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec"))
+        Arc::new(JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec"))
     }
 
     fn meta(at_ms: u64) -> Meta {
-        Meta {
-            who: "alice".into(),
-            why: Some("test".into()),
-            at_ms,
-        }
+        Meta { who: "alice".into(), why: Some("test".into()), at_ms }
     }
 
     fn put(id: &str, key: Option<&str>, at: u64) -> Command {
@@ -387,21 +328,14 @@ mod tests {
     }
 
     fn job(id: &str, version: u64) -> Response {
-        Response::Job(JobRef {
-            id: id.into(),
-            version,
-        })
+        Response::Job(JobRef { id: id.into(), version })
     }
 
     #[test]
     fn jobs_are_created_changed_and_killed_with_history() {
         let mut s = CellState::default();
         assert_eq!(s.apply(&put("j1", None, 1)), job("j1", 1));
-        assert_eq!(
-            s.apply(&put("j1", None, 1)),
-            job("j1", 1),
-            "a re-proposed create changes nothing"
-        );
+        assert_eq!(s.apply(&put("j1", None, 1)), job("j1", 1), "a re-proposed create changes nothing");
         let scale = |v| Command::SetInstances {
             id: "j1".into(),
             instances: BTreeMap::from([("dc1".to_string(), 5)]),
@@ -411,46 +345,18 @@ mod tests {
         assert_eq!(s.apply(&scale(Some(1))), job("j1", 2));
         assert_eq!(
             s.apply(&scale(Some(1))),
-            Response::Rejected(Rejection::VersionMismatch {
-                id: "j1".into(),
-                expected: 1,
-                current: 2
-            })
+            Response::Rejected(Rejection::VersionMismatch { id: "j1".into(), expected: 1, current: 2 })
         );
-        assert_eq!(
-            s.job("j1").map(|j| j.view().instances),
-            Some(BTreeMap::from([("dc1".to_string(), 5)]))
-        );
-        let off = Command::SetEnabled {
-            id: "j1".into(),
-            enabled: false,
-            meta: meta(3),
-        };
+        assert_eq!(s.job("j1").map(|j| j.view().instances), Some(BTreeMap::from([("dc1".to_string(), 5)])));
+        let off = Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(3) };
         assert_eq!(s.apply(&off), job("j1", 3));
+        assert_eq!(s.apply(&Command::KillJob { id: "j1".into(), meta: meta(4) }), job("j1", 4));
+        assert_eq!(s.apply(&off), Response::Rejected(Rejection::Killed { id: "j1".into() }));
+        let what: Vec<&str> =
+            s.job("j1").map(|j| j.history.iter().map(|h| h.what.as_str()).collect()).unwrap_or_default();
+        assert_eq!(what, vec!["created", "instances dc1=5", "disabled", "killed"]);
         assert_eq!(
-            s.apply(&Command::KillJob {
-                id: "j1".into(),
-                meta: meta(4)
-            }),
-            job("j1", 4)
-        );
-        assert_eq!(
-            s.apply(&off),
-            Response::Rejected(Rejection::Killed { id: "j1".into() })
-        );
-        let what: Vec<&str> = s
-            .job("j1")
-            .map(|j| j.history.iter().map(|h| h.what.as_str()).collect())
-            .unwrap_or_default();
-        assert_eq!(
-            what,
-            vec!["created", "instances dc1=5", "disabled", "killed"]
-        );
-        assert_eq!(
-            s.apply(&Command::KillJob {
-                id: "nope".into(),
-                meta: meta(5)
-            }),
+            s.apply(&Command::KillJob { id: "nope".into(), meta: meta(5) }),
             Response::Rejected(Rejection::NotFound { id: "nope".into() })
         );
     }
@@ -459,11 +365,7 @@ mod tests {
     fn idempotency_keys_return_the_first_answer_until_they_expire() {
         let mut s = CellState::default();
         assert_eq!(s.apply(&put("j1", Some("k"), 10)), job("j1", 1));
-        assert_eq!(
-            s.apply(&put("j2", Some("k"), 20)),
-            job("j1", 1),
-            "a retry gets the first job"
-        );
+        assert_eq!(s.apply(&put("j2", Some("k"), 20)), job("j1", 1), "a retry gets the first job");
         assert_eq!(s.job_count(), 1);
         let other = Command::PutJob {
             id: "j3".into(),
@@ -471,10 +373,7 @@ mod tests {
             idempotency_key: Some("k".into()),
             meta: meta(30),
         };
-        assert_eq!(
-            s.apply(&other),
-            Response::Rejected(Rejection::IdempotencyKeyReused { key: "k".into() })
-        );
+        assert_eq!(s.apply(&other), Response::Rejected(Rejection::IdempotencyKeyReused { key: "k".into() }));
         assert_eq!(
             s.apply(&put("j4", Some("k"), 10 + IDEMPOTENCY_TTL_MS + 1)),
             job("j4", 1),
@@ -483,41 +382,38 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_applies_in_order_and_answers_each_command() {
+        let mut s = CellState::default();
+        let batch = Command::Batch(vec![
+            put("j1", None, 1),
+            Command::KillJob { id: "j1".into(), meta: meta(2) },
+            Command::KillJob { id: "j1".into(), meta: meta(3) },
+        ]);
+        assert_eq!(
+            s.apply(&batch),
+            Response::Batch(vec![
+                job("j1", 1),
+                job("j1", 2),
+                Response::Rejected(Rejection::Killed { id: "j1".into() })
+            ])
+        );
+    }
+
+    #[test]
     fn listing_filters_and_pages() {
         let mut s = CellState::default();
         for (i, app) in ["a", "b", "a", "a"].iter().enumerate() {
-            let c = Command::PutJob {
-                id: format!("j{i}"),
-                spec: spec("web", app),
-                idempotency_key: None,
-                meta: meta(1),
-            };
+            let c =
+                Command::PutJob { id: format!("j{i}"), spec: spec("web", app), idempotency_key: None, meta: meta(1) };
             s.apply(&c);
         }
-        s.apply(&Command::KillJob {
-            id: "j2".into(),
-            meta: meta(2),
-        });
-        let q = ListQuery {
-            application: Some("a".into()),
-            limit: Some(1),
-            ..ListQuery::default()
-        };
+        s.apply(&Command::KillJob { id: "j2".into(), meta: meta(2) });
+        let q = ListQuery { application: Some("a".into()), limit: Some(1), ..ListQuery::default() };
         let (page, next) = s.list(&q);
         assert_eq!((page[0].id.as_str(), next.as_deref()), ("j0", Some("j0")));
-        let (page, next) = s.list(&ListQuery {
-            page_token: next,
-            ..q.clone()
-        });
-        assert_eq!(
-            (page[0].id.as_str(), next.as_deref()),
-            ("j3", None),
-            "killed j2 is left out"
-        );
-        let killed = ListQuery {
-            state: Some("killed".into()),
-            ..ListQuery::default()
-        };
+        let (page, next) = s.list(&ListQuery { page_token: next, ..q.clone() });
+        assert_eq!((page[0].id.as_str(), next.as_deref()), ("j3", None), "killed j2 is left out");
+        let killed = ListQuery { state: Some("killed".into()), ..ListQuery::default() };
         assert_eq!(s.list(&killed).0.len(), 1);
     }
 }

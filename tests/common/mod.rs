@@ -13,10 +13,7 @@ use titan_api::Client;
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 pub struct Member {
@@ -29,6 +26,10 @@ pub struct Member {
 impl Member {
     pub fn client(&self) -> Client {
         Client::new(&self.addr.to_string())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn is_running(&self) -> bool {
@@ -55,28 +56,17 @@ impl Member {
         std::fs::create_dir_all(&self.dir).expect("data dir");
         let config_path = self.dir.join("titan.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("member.log"))
-            .expect("log file");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("member.log")).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_titan"));
-        cmd.args([
-            "server",
-            "--cell",
-            "dc1",
-            "--node-id",
-            &self.id.to_string(),
-            "--listen",
-            &self.addr.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(self.dir.join("data"))
-        .arg("--config")
-        .arg(&config_path)
-        .env("TITAN_LOG", "info,openraft=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log));
+        cmd.args(["server", "--cell", "dc1", "--node-id", &self.id.to_string(), "--listen", &self.addr.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("TITAN_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
         if !peers.is_empty() {
             cmd.args(["--peers", peers]);
         }
@@ -91,16 +81,25 @@ impl Drop for Member {
 }
 
 /// Raft settings for tests: quick elections, small snapshots so catching up from one is exercised.
-pub const TEST_CONFIG: &str = "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nsnapshot_every = 100\nkeep_logs = 20\n";
+pub const TEST_CONFIG: &str =
+    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nsnapshot_every = 100\nkeep_logs = 20\n";
 
 pub struct Cluster {
     pub members: Vec<Member>,
     pub peers: String,
+    config: String,
     _root: tempfile::TempDir,
 }
 
+/// Raft settings for benchmarks: production defaults.
+pub const BENCH_CONFIG: &str = "";
+
 impl Cluster {
     pub fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, TEST_CONFIG)
+    }
+
+    pub fn start_with(n: u64, config: &str) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (1..=n)
             .map(|id| Member {
@@ -110,28 +109,17 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let peers = members
-            .iter()
-            .map(|m| format!("{}={}", m.id, m.addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut c = Cluster {
-            members,
-            peers,
-            _root: root,
-        };
+        let peers = members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",");
+        let mut c = Cluster { members, peers, config: config.to_string(), _root: root };
         for i in 0..c.members.len() {
             let peers = c.peers.clone();
-            c.members[i].start(&peers, TEST_CONFIG);
+            c.members[i].start(&peers, config);
         }
         c
     }
 
     pub fn member(&mut self, id: u64) -> &mut Member {
-        self.members
-            .iter_mut()
-            .find(|m| m.id == id)
-            .expect("known member")
+        self.members.iter_mut().find(|m| m.id == id).expect("known member")
     }
 
     pub fn running(&self) -> impl Iterator<Item = &Member> {
@@ -151,29 +139,43 @@ impl Cluster {
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no leader within {within:?}; see member.log files"
-            );
+            assert!(Instant::now() < deadline, "no leader within {within:?}; see member.log files");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub fn restart(&mut self, id: u64) {
-        let peers = self.peers.clone();
-        self.member(id).start(&peers, TEST_CONFIG);
+        let (peers, config) = (self.peers.clone(), self.config.clone());
+        self.member(id).start(&peers, &config);
     }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc; 0 where that cannot be read.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory of a process in MiB, from /proc; 0 where that cannot be read.
+pub fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
 }
 
 /// Every job id a member lists (all pages, killed ones included).
 pub async fn job_ids(client: &Client) -> Option<Vec<String>> {
     let mut ids = Vec::new();
     for state in ["enabled", "disabled", "killed"] {
-        let mut q = ListQuery {
-            state: Some(state.into()),
-            limit: Some(1000),
-            ..ListQuery::default()
-        };
+        let mut q = ListQuery { state: Some(state.into()), limit: Some(1000), ..ListQuery::default() };
         loop {
             let page = client.list_jobs(&q).await.ok()?;
             ids.extend(page.jobs.into_iter().map(|j| j.id));
@@ -195,10 +197,7 @@ where
 {
     let deadline = Instant::now() + within;
     while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

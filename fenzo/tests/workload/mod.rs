@@ -35,36 +35,11 @@ pub struct Scenario {
 }
 
 pub const SCENARIOS: [Scenario; 5] = [
-    Scenario {
-        name: 'a',
-        hosts: 1_000,
-        tasks: 10_000,
-        constraints: false,
-    },
-    Scenario {
-        name: 'b',
-        hosts: 5_000,
-        tasks: 50_000,
-        constraints: false,
-    },
-    Scenario {
-        name: 'c',
-        hosts: 10_000,
-        tasks: 100_000,
-        constraints: false,
-    },
-    Scenario {
-        name: 'd',
-        hosts: 1_000,
-        tasks: 10_000,
-        constraints: true,
-    },
-    Scenario {
-        name: 'e',
-        hosts: 1_000,
-        tasks: 12_000,
-        constraints: false,
-    },
+    Scenario { name: 'a', hosts: 1_000, tasks: 10_000, constraints: false },
+    Scenario { name: 'b', hosts: 5_000, tasks: 50_000, constraints: false },
+    Scenario { name: 'c', hosts: 10_000, tasks: 100_000, constraints: false },
+    Scenario { name: 'd', hosts: 1_000, tasks: 10_000, constraints: true },
+    Scenario { name: 'e', hosts: 1_000, tasks: 12_000, constraints: false },
 ];
 
 pub fn scenario(name: char) -> Option<Scenario> {
@@ -107,19 +82,8 @@ pub fn tasks(n: usize, constraints: bool) -> Vec<TaskRequest> {
                 .ports(ports);
             if constraints {
                 match job % 4 {
-                    0 => {
-                        t = t.constraint(Constraint::Unique {
-                            scope: None,
-                            by: By::Host,
-                        })
-                    }
-                    1 => {
-                        t = t.constraint(Constraint::Balanced {
-                            scope: None,
-                            attribute: "zone".into(),
-                            expected: 3,
-                        })
-                    }
+                    0 => t = t.constraint(Constraint::Unique { scope: None, by: By::Host }),
+                    1 => t = t.constraint(Constraint::Balanced { scope: None, attribute: "zone".into(), expected: 3 }),
                     _ => {}
                 }
             }
@@ -137,11 +101,8 @@ pub fn lower_bound(tasks: &[TaskRequest]) -> u64 {
 
 /// FNV-1a over `task-XXXXXX=host-XXXXX\n` lines in task order (`-` for an unplaced task).
 pub fn checksum(tasks: &[TaskRequest], placement: &Placement) -> u64 {
-    let host: std::collections::HashMap<&str, &str> = placement
-        .assignments
-        .iter()
-        .map(|a| (a.task_id.as_str(), a.agent_id.as_str()))
-        .collect();
+    let host: std::collections::HashMap<&str, &str> =
+        placement.assignments.iter().map(|a| (a.task_id.as_str(), a.agent_id.as_str())).collect();
     let mut text = String::with_capacity(tasks.len() * 24);
     for t in tasks {
         text.push_str(&t.id);
@@ -153,11 +114,7 @@ pub fn checksum(tasks: &[TaskRequest], placement: &Placement) -> u64 {
 }
 
 pub fn hosts_used(placement: &Placement) -> usize {
-    let mut used: Vec<&str> = placement
-        .assignments
-        .iter()
-        .map(|a| a.agent_id.as_str())
-        .collect();
+    let mut used: Vec<&str> = placement.assignments.iter().map(|a| a.agent_id.as_str()).collect();
     used.sort_unstable();
     used.dedup();
     used.len()

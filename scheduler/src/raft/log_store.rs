@@ -1,23 +1,32 @@
-//! The Raft log and vote on the storage seam, with group commit: appends are written at once and made durable
-//! by a flusher thread that covers every append waiting on it with one flush.
+//! The Raft log and vote on the storage seam.
+//!
+//! Appends never wait on the disk in Raft's own task: entries go into an in-memory tail of the log at once (which
+//! is also where replication reads recent entries from), and a writer thread writes them to the engine and makes
+//! them durable with one flush for everything that queued up meanwhile (group commit), then tells Raft. Truncate
+//! and purge travel the same queue, so the disk sees every change in the order Raft made it.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::{io_err, NodeId, StorageError, TypeConfig};
-use crate::store::{Engine, Op, Tree};
+use crate::store::{Engine, Op, StoreError, Tree};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"last_purged";
+
+/// Durable entries kept in memory behind the newest one, so followers a little behind are served without disk reads.
+/// Entries are batches of up to `MAX_BATCH` commands, so this stays small.
+const TAIL_KEEP: u64 = 64;
 
 fn key(index: u64) -> Vec<u8> {
     index.to_be_bytes().to_vec()
@@ -32,19 +41,133 @@ fn decode<T: DeserializeOwned>(b: &[u8], subject: ErrorSubject<NodeId>) -> Resul
 }
 
 fn meta<T: DeserializeOwned>(engine: &dyn Engine, k: &[u8]) -> Result<Option<T>, StorageError> {
-    match engine
-        .get(Tree::Meta, k)
-        .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?
-    {
+    match engine.get(Tree::Meta, k).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))? {
         Some(b) => decode(&b, ErrorSubject::Store).map(Some),
         None => Ok(None),
+    }
+}
+
+/// The newest entries, contiguous: everything appended since start-up that is not yet trimmed.
+type Tail = BTreeMap<u64, Entry<TypeConfig>>;
+
+struct Shared {
+    engine: Arc<dyn Engine>,
+    tail: Mutex<Tail>,
+}
+
+impl Shared {
+    fn tail(&self) -> MutexGuard<'_, Tail> {
+        // Tail updates are single map operations; a panic elsewhere cannot leave it half-changed.
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries in `range`: the part below the in-memory tail from the engine (it is durable there), the rest from
+    /// the tail.
+    fn read(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let (low, from_tail) = {
+            let tail = self.tail();
+            let low = tail.keys().next().copied().unwrap_or(u64::MAX);
+            let from = start.max(low);
+            let part: Vec<Entry<TypeConfig>> =
+                if from < end { tail.range(from..end).map(|(_, e)| e.clone()).collect() } else { Vec::new() };
+            (low, part)
+        };
+        let mut out = Vec::new();
+        if start < low {
+            let pairs = self
+                .engine
+                .range(Tree::Log, Bound::Included(key(start)), Bound::Excluded(key(end.min(low))), usize::MAX)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+            for (_, v) in pairs {
+                out.push(decode(&v, ErrorSubject::Logs)?);
+            }
+        }
+        out.extend(from_tail);
+        Ok(out)
+    }
+}
+
+/// Work for the writer thread, in Raft's order.
+enum Write {
+    Append(Vec<Entry<TypeConfig>>, LogFlushed<TypeConfig>),
+    Truncate(u64, oneshot::Sender<Result<(), StoreError>>),
+    Purge(LogId<NodeId>, oneshot::Sender<Result<(), StoreError>>),
+}
+
+fn write_one(engine: &dyn Engine, w: &Write) -> Result<(), StoreError> {
+    match w {
+        Write::Append(entries, _) => {
+            let mut ops = Vec::with_capacity(entries.len());
+            for e in entries {
+                let bytes = serde_json::to_vec(e).map_err(|err| StoreError(err.to_string()))?;
+                ops.push(Op::Put(key(e.log_id.index), bytes));
+            }
+            engine.write(Tree::Log, ops)
+        }
+        Write::Truncate(index, _) => engine.delete_range(Tree::Log, Bound::Included(key(*index)), Bound::Unbounded),
+        Write::Purge(log_id, _) => {
+            // The marker first: a crash between the two leaves extra entries, which is harmless.
+            let marker = serde_json::to_vec(log_id).map_err(|err| StoreError(err.to_string()))?;
+            engine.write(Tree::Meta, vec![Op::Put(PURGED.to_vec(), marker)])?;
+            engine.delete_range(Tree::Log, Bound::Unbounded, Bound::Included(key(log_id.index)))
+        }
+    }
+}
+
+/// The writer thread: each round writes everything queued, flushes once, then answers every waiter.
+fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Write>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let mut result = Ok(());
+        let mut durable = None;
+        for w in &batch {
+            if result.is_ok() {
+                result = write_one(shared.engine.as_ref(), w);
+            }
+            if let Write::Append(entries, _) = w {
+                durable = entries.last().map(|e| e.log_id.index).or(durable);
+            }
+        }
+        if result.is_ok() {
+            result = shared.engine.flush();
+        }
+        if let (Ok(()), Some(d)) = (&result, durable) {
+            let mut tail = shared.tail();
+            let keep_from = d.saturating_sub(TAIL_KEEP);
+            while tail.first_key_value().is_some_and(|(i, _)| *i < keep_from) {
+                tail.pop_first();
+            }
+        }
+        for w in batch {
+            let r = result.clone();
+            match w {
+                Write::Append(_, cb) => cb.log_io_completed(r.map_err(|e| std::io::Error::other(e.0))),
+                Write::Truncate(_, tx) | Write::Purge(_, tx) => {
+                    let _ = tx.send(r);
+                }
+            }
+        }
     }
 }
 
 /// Reads log entries; cheap to clone, one per replication stream.
 #[derive(Clone)]
 pub struct LogReader {
-    engine: Arc<dyn Engine>,
+    shared: Arc<Shared>,
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -52,60 +175,29 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        read_entries(self.engine.as_ref(), range)
+        self.shared.read(range)
     }
-}
-
-fn read_entries(
-    engine: &dyn Engine,
-    range: impl RangeBounds<u64>,
-) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-    let from = range.start_bound().map(|i| key(*i));
-    let to = range.end_bound().map(|i| key(*i));
-    let pairs = engine
-        .range(Tree::Log, from, to, usize::MAX)
-        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-    pairs
-        .iter()
-        .map(|(_, v)| decode(v, ErrorSubject::Logs))
-        .collect()
 }
 
 /// The log store: entries in `Tree::Log`, vote, committed and purge marker in `Tree::Meta`.
 pub struct LogStore {
-    engine: Arc<dyn Engine>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<Write>,
+    last_purged: Option<LogId<NodeId>>,
     committed: Arc<AtomicU64>,
 }
 
 impl LogStore {
     pub fn open(engine: Arc<dyn Engine>) -> Result<LogStore, StorageError> {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let e = engine.clone();
+        let last_purged = meta(engine.as_ref(), PURGED)?;
+        let shared = Arc::new(Shared { engine, tail: Mutex::new(BTreeMap::new()) });
+        let (tx, rx) = mpsc::channel();
+        let s = shared.clone();
         std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || {
-                // Each loop flushes once for everything appended before it started: group commit.
-                while let Ok(first) = rx.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(rx.try_iter());
-                    let result = e
-                        .flush()
-                        .map_err(|err| std::io::Error::other(err.to_string()));
-                    for cb in waiting {
-                        cb.log_io_completed(match &result {
-                            Ok(()) => Ok(()),
-                            Err(err) => Err(std::io::Error::other(err.to_string())),
-                        });
-                    }
-                }
-            })
+            .name("raft-log-writer".into())
+            .spawn(move || writer(s, rx))
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
-        Ok(LogStore {
-            engine,
-            flusher: tx,
-            committed: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(LogStore { shared, writes: tx, last_purged, committed: Arc::new(AtomicU64::new(0)) })
     }
 
     /// The highest log index this member knows to be committed, for status and metrics.
@@ -115,9 +207,21 @@ impl LogStore {
 
     fn write_meta<T: Serialize>(&self, k: &[u8], v: &T) -> Result<(), StorageError> {
         let b = encode(v, ErrorSubject::Store)?;
-        self.engine
+        self.shared
+            .engine
             .write(Tree::Meta, vec![Op::Put(k.to_vec(), b)])
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))
+    }
+
+    fn send(&self, w: Write, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+        self.writes.send(w).map_err(|e| io_err(subject, ErrorVerb::Write, &e))
+    }
+
+    async fn wait(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StorageError> {
+        match rx.await {
+            Ok(r) => r.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e)),
+            Err(e) => Err(io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e)),
+        }
     }
 }
 
@@ -126,7 +230,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        read_entries(self.engine.as_ref(), range)
+        self.shared.read(range)
     }
 }
 
@@ -134,98 +238,78 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId<NodeId>> = meta(self.engine.as_ref(), PURGED)?;
-        let last = self
-            .engine
-            .last(Tree::Log)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-        let last_log_id = match last {
-            Some((_, v)) => Some(decode::<Entry<TypeConfig>>(&v, ErrorSubject::Logs)?.log_id),
-            None => last_purged_log_id,
+        let in_tail = self.shared.tail().last_key_value().map(|(_, e)| e.log_id);
+        let last_log_id = match in_tail {
+            Some(id) => Some(id),
+            None => {
+                let last =
+                    self.shared.engine.last(Tree::Log).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+                match last {
+                    Some((_, v)) => Some(decode::<Entry<TypeConfig>>(&v, ErrorSubject::Logs)?.log_id),
+                    None => self.last_purged,
+                }
+            }
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id: self.last_purged, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
-        LogReader {
-            engine: self.engine.clone(),
-        }
+        LogReader { shared: self.shared.clone() }
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_meta(VOTE, vote)?;
-        self.engine
-            .flush()
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))
+        self.shared.engine.flush().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        meta(self.engine.as_ref(), VOTE)
+        meta(self.shared.engine.as_ref(), VOTE)
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), StorageError> {
-        // Not flushed: a lost committed marker only means re-applying less at start-up, never applying wrongly.
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
         if let Some(c) = committed {
             self.committed.fetch_max(c.index, Ordering::Relaxed);
         }
+        // Not flushed: a lost committed marker only means re-applying less at start-up, never applying wrongly.
         self.write_meta(COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
-        Ok(meta::<Option<LogId<NodeId>>>(self.engine.as_ref(), COMMITTED)?.flatten())
+        Ok(meta::<Option<LogId<NodeId>>>(self.shared.engine.as_ref(), COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let ops = entries
-            .into_iter()
-            .map(|e| {
-                Ok(Op::Put(
-                    key(e.log_id.index),
-                    encode(&e, ErrorSubject::Logs)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        self.engine
-            .write(Tree::Log, ops)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        self.flusher
-            .send(callback)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        {
+            let mut tail = self.shared.tail();
+            for e in &entries {
+                tail.insert(e.log_id.index, e.clone());
+            }
+        }
+        self.send(Write::Append(entries, callback), ErrorSubject::Logs)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
-        self.engine
-            .delete_range(
-                Tree::Log,
-                Bound::Included(key(log_id.index)),
-                Bound::Unbounded,
-            )
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+        self.shared.tail().split_off(&log_id.index);
+        let (tx, rx) = oneshot::channel();
+        self.send(Write::Truncate(log_id.index, tx), ErrorSubject::Logs)?;
+        LogStore::wait(rx).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
-        // The marker first: a crash between the two leaves extra entries, which is harmless.
-        self.write_meta(PURGED, &log_id)?;
-        self.engine
-            .delete_range(
-                Tree::Log,
-                Bound::Unbounded,
-                Bound::Included(key(log_id.index)),
-            )
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+        {
+            let mut tail = self.shared.tail();
+            while tail.first_key_value().is_some_and(|(i, _)| *i <= log_id.index) {
+                tail.pop_first();
+            }
+        }
+        self.last_purged = Some(log_id);
+        let (tx, rx) = oneshot::channel();
+        self.send(Write::Purge(log_id, tx), ErrorSubject::Logs)?;
+        LogStore::wait(rx).await
     }
 }

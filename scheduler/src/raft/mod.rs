@@ -52,9 +52,7 @@ mod tests {
     where
         F: Fn() -> (Option<tempfile::TempDir>, Arc<dyn Engine>) + Send + Sync,
     {
-        async fn build(
-            &self,
-        ) -> Result<(Option<tempfile::TempDir>, LogStore, StateStore), StorageError> {
+        async fn build(&self) -> Result<(Option<tempfile::TempDir>, LogStore, StateStore), StorageError> {
             let (dir, engine) = (self.0)();
             let log = LogStore::open(engine.clone())?;
             let sm = StateStore::open(engine)?;
@@ -64,9 +62,7 @@ mod tests {
 
     #[test]
     fn memory_engine_passes_openraft_storage_suite() -> Result<(), StorageError> {
-        Suite::test_all(Builder(|| {
-            (None, Arc::new(MemoryEngine::new()) as Arc<dyn Engine>)
-        }))
+        Suite::test_all(Builder(|| (None, Arc::new(MemoryEngine::new()) as Arc<dyn Engine>)))
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
-    RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
+    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,26 +50,16 @@ fn write_err(e: &(impl std::error::Error + 'static)) -> StorageError {
 fn decode_state(data: &[u8]) -> Result<CellState, StorageError> {
     let file: SnapshotFile = serde_json::from_slice(data).map_err(|e| read_err(&e))?;
     if file.format != SNAPSHOT_FORMAT {
-        let e = std::io::Error::other(format!(
-            "snapshot format {} is not {SNAPSHOT_FORMAT}",
-            file.format
-        ));
+        let e = std::io::Error::other(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", file.format));
         return Err(read_err(&e));
     }
     Ok(file.body.state)
 }
 
-fn persist(
-    engine: &dyn Engine,
-    meta: &SnapshotMeta<NodeId, BasicNode>,
-    data: Vec<u8>,
-) -> Result<(), StorageError> {
+fn persist(engine: &dyn Engine, meta: &SnapshotMeta<NodeId, BasicNode>, data: Vec<u8>) -> Result<(), StorageError> {
     let m = serde_json::to_vec(meta).map_err(|e| write_err(&e))?;
     engine
-        .write(
-            Tree::Snapshot,
-            vec![Op::Put(DATA.to_vec(), data), Op::Put(META.to_vec(), m)],
-        )
+        .write(Tree::Snapshot, vec![Op::Put(DATA.to_vec(), data), Op::Put(META.to_vec(), m)])
         .map_err(|e| write_err(&e))?;
     engine.flush().map_err(|e| write_err(&e))
 }
@@ -78,10 +68,7 @@ fn load(engine: &dyn Engine) -> Result<Option<(Meta, Vec<u8>)>, StorageError> {
     let meta = engine.get(Tree::Snapshot, META).map_err(|e| read_err(&e))?;
     let data = engine.get(Tree::Snapshot, DATA).map_err(|e| read_err(&e))?;
     match (meta, data) {
-        (Some(m), Some(d)) => Ok(Some((
-            serde_json::from_slice(&m).map_err(|e| read_err(&e))?,
-            d,
-        ))),
+        (Some(m), Some(d)) => Ok(Some((serde_json::from_slice(&m).map_err(|e| read_err(&e))?, d))),
         _ => Ok(None),
     }
 }
@@ -125,12 +112,8 @@ pub struct Builder {
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let file = SnapshotFile {
-            format: SNAPSHOT_FORMAT,
-            body: SnapshotV1 {
-                state: std::mem::take(&mut self.state),
-            },
-        };
+        let file =
+            SnapshotFile { format: SNAPSHOT_FORMAT, body: SnapshotV1 { state: std::mem::take(&mut self.state) } };
         let data = serde_json::to_vec(&file).map_err(|e| write_err(&e))?;
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
@@ -139,10 +122,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         };
         persist(self.engine.as_ref(), &meta, data.clone())?;
         tracing::info!(snapshot = %self.id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -211,9 +191,6 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(load(self.engine.as_ref())?.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(load(self.engine.as_ref())?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

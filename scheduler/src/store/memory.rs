@@ -20,10 +20,7 @@ impl MemoryEngine {
 
     fn with<T>(&self, tree: Tree, f: impl FnOnce(&mut Map) -> T) -> T {
         // A panic while holding the lock cannot leave a tree half-written: every op below is a single map call.
-        let mut trees = self
-            .trees
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut trees = self.trees.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(trees.entry(tree).or_default())
     }
 }
@@ -56,26 +53,14 @@ impl Engine for MemoryEngine {
         to: Bound<Vec<u8>>,
         limit: usize,
     ) -> Result<Vec<Pair>, StoreError> {
-        Ok(self.with(tree, |t| {
-            t.range((from, to))
-                .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        }))
+        Ok(self.with(tree, |t| t.range((from, to)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()))
     }
 
     fn last(&self, tree: Tree) -> Result<Option<Pair>, StoreError> {
-        Ok(self.with(tree, |t| {
-            t.iter().next_back().map(|(k, v)| (k.clone(), v.clone()))
-        }))
+        Ok(self.with(tree, |t| t.iter().next_back().map(|(k, v)| (k.clone(), v.clone()))))
     }
 
-    fn delete_range(
-        &self,
-        tree: Tree,
-        from: Bound<Vec<u8>>,
-        to: Bound<Vec<u8>>,
-    ) -> Result<(), StoreError> {
+    fn delete_range(&self, tree: Tree, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<(), StoreError> {
         self.with(tree, |t| {
             let keys: Vec<Vec<u8>> = t.range((from, to)).map(|(k, _)| k.clone()).collect();
             for k in keys {

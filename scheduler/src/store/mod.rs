@@ -36,7 +36,7 @@ impl Tree {
 }
 
 /// A storage failure: the engine's own words, since nothing above the seam can do better than report it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("storage: {0}")]
 pub struct StoreError(pub String);
 
@@ -69,12 +69,7 @@ pub trait Engine: Send + Sync + 'static {
     fn last(&self, tree: Tree) -> Result<Option<Pair>, StoreError>;
 
     /// Removes every key in the range.
-    fn delete_range(
-        &self,
-        tree: Tree,
-        from: Bound<Vec<u8>>,
-        to: Bound<Vec<u8>>,
-    ) -> Result<(), StoreError>;
+    fn delete_range(&self, tree: Tree, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<(), StoreError>;
 
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
@@ -95,75 +90,29 @@ pub(crate) mod conformance {
     pub(crate) fn check(engine: &dyn Engine) {
         assert_eq!(engine.get(Tree::Log, &k(1)).expect("get"), None);
         assert_eq!(engine.last(Tree::Log).expect("last"), None);
-        let ops = (1..=10)
-            .map(|i| Op::Put(k(i), format!("v{i}").into_bytes()))
-            .collect();
+        let ops = (1..=10).map(|i| Op::Put(k(i), format!("v{i}").into_bytes())).collect();
         engine.write(Tree::Log, ops).expect("write");
-        engine
-            .write(Tree::Meta, vec![Op::Put(b"vote".to_vec(), b"x".to_vec())])
-            .expect("write");
+        engine.write(Tree::Meta, vec![Op::Put(b"vote".to_vec(), b"x".to_vec())]).expect("write");
         engine.flush().expect("flush");
 
-        assert_eq!(
-            engine.get(Tree::Log, &k(3)).expect("get"),
-            Some(b"v3".to_vec())
-        );
-        assert_eq!(
-            engine.get(Tree::Meta, &k(3)).expect("get"),
-            None,
-            "trees are separate"
-        );
-        assert_eq!(
-            engine.last(Tree::Log).expect("last"),
-            Some((k(10), b"v10".to_vec()))
-        );
-        let got = engine
-            .range(
-                Tree::Log,
-                Bound::Included(k(4)),
-                Bound::Excluded(k(8)),
-                usize::MAX,
-            )
-            .expect("range");
-        assert_eq!(
-            got.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(),
-            vec![k(4), k(5), k(6), k(7)]
-        );
-        let limited = engine
-            .range(Tree::Log, Bound::Unbounded, Bound::Unbounded, 2)
-            .expect("range");
+        assert_eq!(engine.get(Tree::Log, &k(3)).expect("get"), Some(b"v3".to_vec()));
+        assert_eq!(engine.get(Tree::Meta, &k(3)).expect("get"), None, "trees are separate");
+        assert_eq!(engine.last(Tree::Log).expect("last"), Some((k(10), b"v10".to_vec())));
+        let got = engine.range(Tree::Log, Bound::Included(k(4)), Bound::Excluded(k(8)), usize::MAX).expect("range");
+        assert_eq!(got.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(), vec![k(4), k(5), k(6), k(7)]);
+        let limited = engine.range(Tree::Log, Bound::Unbounded, Bound::Unbounded, 2).expect("range");
         assert_eq!(limited.len(), 2);
         assert_eq!(limited[0].0, k(1));
 
-        engine
-            .delete_range(Tree::Log, Bound::Unbounded, Bound::Included(k(3)))
-            .expect("delete");
-        engine
-            .delete_range(Tree::Log, Bound::Included(k(9)), Bound::Unbounded)
-            .expect("delete");
-        let left = engine
-            .range(Tree::Log, Bound::Unbounded, Bound::Unbounded, usize::MAX)
-            .expect("range");
-        assert_eq!(
-            left.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(),
-            (4..=8).map(k).collect::<Vec<_>>()
-        );
+        engine.delete_range(Tree::Log, Bound::Unbounded, Bound::Included(k(3))).expect("delete");
+        engine.delete_range(Tree::Log, Bound::Included(k(9)), Bound::Unbounded).expect("delete");
+        let left = engine.range(Tree::Log, Bound::Unbounded, Bound::Unbounded, usize::MAX).expect("range");
+        assert_eq!(left.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(), (4..=8).map(k).collect::<Vec<_>>());
 
         engine
-            .write(
-                Tree::Log,
-                vec![
-                    Op::Delete(k(4)),
-                    Op::Put(k(4), b"again".to_vec()),
-                    Op::Delete(k(5)),
-                ],
-            )
+            .write(Tree::Log, vec![Op::Delete(k(4)), Op::Put(k(4), b"again".to_vec()), Op::Delete(k(5))])
             .expect("write");
-        assert_eq!(
-            engine.get(Tree::Log, &k(4)).expect("get"),
-            Some(b"again".to_vec()),
-            "ops apply in order"
-        );
+        assert_eq!(engine.get(Tree::Log, &k(4)).expect("get"), Some(b"again".to_vec()), "ops apply in order");
         assert_eq!(engine.get(Tree::Log, &k(5)).expect("get"), None);
         engine.flush().expect("flush");
     }

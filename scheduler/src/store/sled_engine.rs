@@ -5,6 +5,9 @@ use std::path::Path;
 
 use super::{Engine, Op, Pair, StoreError, Tree};
 
+/// sled's page cache.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 pub struct SledEngine {
     db: sled::Db,
     trees: Vec<(Tree, sled::Tree)>,
@@ -16,8 +19,9 @@ fn err(e: sled::Error) -> StoreError {
 
 impl SledEngine {
     pub fn open(dir: &Path) -> Result<SledEngine, StoreError> {
-        // sled's own periodic flush stays on as a backstop; durability comes from our explicit flushes.
-        let db = sled::Config::new().path(dir).open().map_err(err)?;
+        // sled's own periodic flush stays on as a backstop; durability comes from our explicit flushes. Its page
+        // cache is bounded: the log is read back rarely (catch-up), and the state machine lives in memory anyway.
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open().map_err(err)?;
         let trees = Tree::ALL
             .iter()
             .map(|t| db.open_tree(t.name()).map(|tree| (*t, tree)))
@@ -27,12 +31,7 @@ impl SledEngine {
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
-        &self
-            .trees
-            .iter()
-            .find(|(t, _)| *t == tree)
-            .expect("every Tree is opened in open()")
-            .1
+        &self.trees.iter().find(|(t, _)| *t == tree).expect("every Tree is opened in open()").1
     }
 }
 
@@ -67,19 +66,10 @@ impl Engine for SledEngine {
     }
 
     fn last(&self, tree: Tree) -> Result<Option<Pair>, StoreError> {
-        Ok(self
-            .tree(tree)
-            .last()
-            .map_err(err)?
-            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+        Ok(self.tree(tree).last().map_err(err)?.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 
-    fn delete_range(
-        &self,
-        tree: Tree,
-        from: Bound<Vec<u8>>,
-        to: Bound<Vec<u8>>,
-    ) -> Result<(), StoreError> {
+    fn delete_range(&self, tree: Tree, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<(), StoreError> {
         let t = self.tree(tree);
         let mut batch = sled::Batch::default();
         for r in t.range::<Vec<u8>, _>((from, to)) {
@@ -110,13 +100,7 @@ mod tests {
             super::super::conformance::check(&engine);
         }
         let engine = SledEngine::open(dir.path()).expect("reopen");
-        assert_eq!(
-            engine.get(Tree::Log, &4u64.to_be_bytes()).expect("get"),
-            Some(b"again".to_vec())
-        );
-        assert_eq!(
-            engine.get(Tree::Meta, b"vote").expect("get"),
-            Some(b"x".to_vec())
-        );
+        assert_eq!(engine.get(Tree::Log, &4u64.to_be_bytes()).expect("get"), Some(b"again".to_vec()));
+        assert_eq!(engine.get(Tree::Meta, b"vote").expect("get"), Some(b"x".to_vec()));
     }
 }

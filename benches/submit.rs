@@ -1,0 +1,120 @@
+//! Committed job submissions per second over HTTP against a real 3-member cell on loopback.
+//!
+//! `cargo bench --bench submit [-- --target all|leader] [CLIENTS...]` starts three `titan server` processes on free
+//! loopback ports, then for each concurrency (default 1 16 64 256) runs that many clients, each submitting ~1 KiB
+//! job specs back to back, and prints one line per level:
+//! `clients=16 target=all submitted=4000 errors=0 rate_per_s=... p50_ms=... p99_ms=... wall_s=...`.
+//! Every level is bounded in requests and in time, and the members are killed at the end.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use titan_api::job::BodyFormat;
+use titan_api::Client;
+
+/// Requests per level: enough for a stable rate, bounded.
+fn requests_for(clients: usize) -> usize {
+    (clients * 40).clamp(2_000, 12_000)
+}
+
+/// No level runs longer than this.
+const LEVEL_CAP: Duration = Duration::from_secs(30);
+
+/// A job spec of about 1 KiB.
+fn spec(i: usize) -> Vec<u8> {
+    let env: Vec<String> = (0..12).map(|k| format!(r#""VAR_{k}":"value-{k}-{i:08}-padding-padding""#)).collect();
+    format!(
+        r#"{{"name":"bench-{i}","applicationName":"bench","owner":"bench@example.com","capacityGroup":"bench","location":"dc1:10,dc2:10,dc3:5","cpus":1.5,"memory":2048,"disk":10,"ports":2,"image":"registry.local/bench/app:1.2.3","command":["/app/server","--port","$PORT_0","--verbose"],"env":{{{}}},"restartOnFailure":true,"numRetries":5}}"#,
+        env.join(",")
+    )
+    .into_bytes()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn level(targets: &[Client], clients: usize, label: &str, pids: &[(u64, u32)]) {
+    let cpu_before: Vec<f64> = pids.iter().map(|(_, p)| common::cpu_seconds(*p)).collect();
+    let me = std::process::id();
+    let my_cpu_before = common::cpu_seconds(me);
+    let total = requests_for(clients);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = targets[c % targets.len()].clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total || start.elapsed() > LEVEL_CAP {
+                    break;
+                }
+                let t = Instant::now();
+                match client.submit_raw(spec(i), BodyFormat::Json, None).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("client task");
+        lat.extend(l);
+        errors += e;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    lat.sort();
+    let cpu: Vec<String> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|((id, p), before)| format!("m{id}:{:.2}/{}MiB", common::cpu_seconds(*p) - before, common::rss_mib(*p)))
+        .collect();
+    println!(
+        "clients={clients} target={label} submitted={} errors={errors} rate_per_s={:.0} p50_ms={:.2} p99_ms={:.2} wall_s={wall:.2} cpu_s={} bench:{:.2}",
+        lat.len(),
+        lat.len() as f64 / wall,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        cpu.join(","),
+        common::cpu_seconds(me) - my_cpu_before,
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let leader_only = args.windows(2).any(|w| w[0] == "--target" && w[1] == "leader");
+    let levels: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let levels = if levels.is_empty() { vec![1, 16, 64, 256] } else { levels };
+
+    // TITAN_BENCH_MEMBERS=1 measures a single member, to separate replication from the rest.
+    let members = std::env::var("TITAN_BENCH_MEMBERS").ok().and_then(|m| m.parse().ok()).unwrap_or(3);
+    let cluster = common::Cluster::start_with(members, common::BENCH_CONFIG);
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build().expect("client");
+    let targets: Vec<Client> = cluster
+        .running()
+        .filter(|m| !leader_only || m.id == leader)
+        .map(|m| Client::with_http(&m.addr.to_string(), http.clone()))
+        .collect();
+    let label = if leader_only { "leader" } else { "all" };
+    let pids: Vec<(u64, u32)> = cluster.running().filter_map(|m| m.pid().map(|p| (m.id, p))).collect();
+    println!("leader=m{leader}");
+    for clients in levels {
+        level(&targets, clients, label, &pids).await;
+    }
+}
