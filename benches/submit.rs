@@ -15,9 +15,13 @@ use std::time::{Duration, Instant};
 use titan_api::job::BodyFormat;
 use titan_api::Client;
 
-/// Requests per level: enough for a stable rate, bounded.
-fn requests_for(clients: usize) -> usize {
-    (clients * 40).clamp(2_000, 12_000)
+/// Requests per level: enough for a stable rate, bounded; a smoke run (under `cargo test`) sends a few.
+fn requests_for(clients: usize, smoke: bool) -> usize {
+    if smoke {
+        100
+    } else {
+        (clients * 40).clamp(2_000, 12_000)
+    }
 }
 
 /// No level runs longer than this.
@@ -41,11 +45,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn level(targets: &[Client], clients: usize, label: &str, pids: &[(u64, u32)]) {
+async fn level(targets: &[Client], clients: usize, label: &str, pids: &[(u64, u32)], smoke: bool) -> usize {
     let cpu_before: Vec<f64> = pids.iter().map(|(_, p)| common::cpu_seconds(*p)).collect();
     let me = std::process::id();
     let my_cpu_before = common::cpu_seconds(me);
-    let total = requests_for(clients);
+    let total = requests_for(clients, smoke);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -92,14 +96,21 @@ async fn level(targets: &[Client], clients: usize, label: &str, pids: &[(u64, u3
         cpu.join(","),
         common::cpu_seconds(me) - my_cpu_before,
     );
+    errors
 }
 
 #[tokio::main]
 async fn main() {
+    // `cargo bench` passes --bench; `cargo test` runs this as a smoke test with no arguments.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let leader_only = args.windows(2).any(|w| w[0] == "--target" && w[1] == "leader");
     let levels: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let levels = if levels.is_empty() { vec![1, 16, 64, 256] } else { levels };
+    let levels = match (levels.is_empty(), smoke) {
+        (false, _) => levels,
+        (true, false) => vec![1, 16, 64, 256],
+        (true, true) => vec![1, 16],
+    };
 
     // TITAN_BENCH_MEMBERS=1 measures a single member, to separate replication from the rest.
     let members = std::env::var("TITAN_BENCH_MEMBERS").ok().and_then(|m| m.parse().ok()).unwrap_or(3);
@@ -114,7 +125,9 @@ async fn main() {
     let label = if leader_only { "leader" } else { "all" };
     let pids: Vec<(u64, u32)> = cluster.running().filter_map(|m| m.pid().map(|p| (m.id, p))).collect();
     println!("leader=m{leader}");
+    let mut errors = 0;
     for clients in levels {
-        level(&targets, clients, label, &pids).await;
+        errors += level(&targets, clients, label, &pids, smoke).await;
     }
+    assert!(!smoke || errors == 0, "the smoke run saw {errors} failed submissions");
 }
