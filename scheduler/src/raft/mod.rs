@@ -1,6 +1,7 @@
 //! Raft for one cell: openraft's type configuration, the log and state machine storage over the storage seam,
 //! and the HTTP transport between members.
 
+pub mod codec;
 mod log_store;
 mod network;
 mod state_store;
@@ -8,7 +9,7 @@ mod state_store;
 use std::io::Cursor;
 
 pub use log_store::LogStore;
-pub use network::{raft_routes, HttpNetwork, PeerClient};
+pub use network::{raft_routes, HttpNetwork, Packed, PeerClient};
 pub use state_store::{SharedState, StateStore};
 
 use crate::state_machine::{Command, Response};

@@ -1,10 +1,13 @@
 //! Raft between members over HTTP: the client side (`HttpNetwork`, one `Peer` per target) and the internal
-//! routes that receive its calls. Bodies are JSON; a remote Raft error travels back inside a 200 response so the
-//! caller can tell "the peer said no" from "the peer could not be reached".
+//! routes that receive its calls. Bodies are `codec` (MessagePack); a remote Raft error travels back inside a 200
+//! response so the caller can tell "the peer said no" from "the peer could not be reached".
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -15,7 +18,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{NodeId, Raft, TypeConfig};
+use super::{codec, NodeId, Raft, TypeConfig};
 
 /// The largest internal request body: a batch of log entries or one snapshot chunk.
 pub const MAX_INTERNAL_BODY: usize = 64 * 1024 * 1024;
@@ -81,14 +84,24 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         let url = format!("http://{}/internal/raft/{path}", self.addr);
-        let resp = self.http.post(url).timeout(option.hard_ttl()).json(req).send().await.map_err(|e| {
-            if e.is_connect() {
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
-            }
-        })?;
-        let answer: Result<Resp, E> = resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let resp = self
+            .http
+            .post(url)
+            .timeout(option.hard_ttl())
+            .header(reqwest::header::CONTENT_TYPE, codec::CONTENT_TYPE)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer: Result<Resp, E> = codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -120,25 +133,47 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
+/// A request or answer body in `codec`.
+pub struct Packed<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequest<S> for Packed<T> {
+    type Rejection = (StatusCode, String);
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes =
+            Bytes::from_request(req, state).await.map_err(|e| (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?;
+        codec::decode(&bytes).map(Packed).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+    }
+}
+
+impl<T: Serialize> IntoResponse for Packed<T> {
+    fn into_response(self) -> Response {
+        match codec::encode(&self.0) {
+            Ok(b) => ([(header::CONTENT_TYPE, codec::CONTENT_TYPE)], b).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
+}
+
 async fn append(
     State(raft): State<Raft>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.append_entries(req).await)
+    Packed(req): Packed<AppendEntriesRequest<TypeConfig>>,
+) -> Packed<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    Packed(raft.append_entries(req).await)
 }
 
 async fn vote(
     State(raft): State<Raft>,
-    Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.vote(req).await)
+    Packed(req): Packed<VoteRequest<NodeId>>,
+) -> Packed<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Packed(raft.vote(req).await)
 }
 
 async fn snapshot(
     State(raft): State<Raft>,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(raft.install_snapshot(req).await)
+    Packed(req): Packed<InstallSnapshotRequest<TypeConfig>>,
+) -> Packed<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Packed(raft.install_snapshot(req).await)
 }
 
 /// The internal routes Raft peers call.

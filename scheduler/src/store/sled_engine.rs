@@ -7,6 +7,8 @@ use super::{Engine, Op, Pair, StoreError, Tree};
 
 /// sled's page cache.
 pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's segment size; persisted by sled, so changing it needs a new data directory.
+pub const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct SledEngine {
     db: sled::Db,
@@ -21,7 +23,14 @@ impl SledEngine {
     pub fn open(dir: &Path) -> Result<SledEngine, StoreError> {
         // sled's own periodic flush stays on as a backstop; durability comes from our explicit flushes. Its page
         // cache is bounded: the log is read back rarely (catch-up), and the state machine lives in memory anyway.
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open().map_err(err)?;
+        // Segments are large so that a log entry (a batch of up to `MAX_BATCH` commands, hundreds of KiB) is
+        // written inline: sled stores values over a quarter segment as separate blob files, one file per entry.
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .segment_size(SEGMENT_BYTES)
+            .open()
+            .map_err(err)?;
         let trees = Tree::ALL
             .iter()
             .map(|t| db.open_tree(t.name()).map(|tree| (*t, tree)))
