@@ -20,7 +20,7 @@ fn requests_for(clients: usize, smoke: bool) -> usize {
     if smoke {
         100
     } else {
-        (clients * 40).clamp(2_000, 12_000)
+        (clients * 120).clamp(3_000, 30_000)
     }
 }
 

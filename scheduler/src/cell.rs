@@ -133,7 +133,7 @@ enum Forwarded {
 /// Most commands in one proposal.
 pub const MAX_BATCH: usize = 512;
 /// Proposals in flight at once from one member.
-const PROPOSERS: usize = 4;
+const PROPOSERS: usize = 2;
 
 type Waiter = (Command, oneshot::Sender<Result<Response, ApiError>>);
 
