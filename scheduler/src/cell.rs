@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use axum::Router;
@@ -113,17 +112,20 @@ impl CellMetrics {
     }
 }
 
+/// One answer per command of a proposal.
+type Answers = Vec<Result<Response, ApiError>>;
+
 /// The answer of the internal propose route.
 #[derive(Debug, Serialize, Deserialize)]
 enum Proposed {
-    Committed(Response),
+    Answered(Answers),
     /// This member is not the leader (any more); the leader it knows, if any.
     NotLeader(Option<String>),
 }
 
 /// How a forwarded write ended.
 enum Forwarded {
-    Answer(Response),
+    Answered(Answers),
     /// Never delivered, or refused before proposing: safe to try again.
     Retry,
     /// Delivered but unanswered: it may or may not be committed.
@@ -238,10 +240,8 @@ impl Cell {
 
     /// Commits a command, through the leader wherever it is, and maps the state machine's answer.
     async fn write(&self, cmd: Command) -> Result<JobRef, ApiError> {
-        let (tx, rx) = oneshot::channel();
-        let closed = || ApiError::new(ErrorCode::Unavailable, "the member is shutting down");
-        self.queue.send((cmd, tx)).await.map_err(|_| closed())?;
-        match rx.await.map_err(|_| closed())?? {
+        let answer = self.enqueue(vec![cmd]).await.pop().unwrap_or_else(|| Err(shutting_down()));
+        match answer? {
             Response::Job(job) => Ok(job),
             Response::Rejected(r) => Err(rejection(r)),
             Response::None | Response::Batch(_) => {
@@ -250,20 +250,27 @@ impl Cell {
         }
     }
 
-    async fn propose(&self, cmd: Command) -> Result<Response, ApiError> {
+    /// Commits `cmds` as one entry, here when this member leads and through the leader otherwise, and answers each.
+    async fn propose(&self, cmds: Vec<Command>) -> Result<Answers, ApiError> {
+        let n = cmds.len();
         let deadline = Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms);
         loop {
             let start = Instant::now();
-            match self.raft.client_write(cmd.clone()).await {
+            // Specs are shared (`Arc`), so keeping the commands for a retry copies no spec.
+            let proposal = if n == 1 { cmds[0].clone() } else { Command::Batch(cmds.clone()) };
+            match self.raft.client_write(proposal).await {
                 Ok(r) => {
                     self.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
-                    return Ok(r.data);
+                    return unbatch(r.data, n);
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(node) = f.leader_node.filter(|_| f.leader_id != Some(self.config.node_id)) {
-                        self.metrics.forwarded.inc();
-                        match self.forward(&node.addr, &cmd).await {
-                            Forwarded::Answer(r) => return Ok(r),
+                        self.metrics.forwarded.inc_by(n as u64);
+                        match self.forward(&node.addr, &cmds).await {
+                            Forwarded::Answered(a) if a.len() == n => return Ok(a),
+                            Forwarded::Answered(a) => {
+                                return Err(ApiError::internal(format!("{} answers for {n} commands", a.len())))
+                            }
                             Forwarded::Retry => {}
                             Forwarded::Unknown(e) => {
                                 return Err(ApiError::new(
@@ -286,10 +293,10 @@ impl Cell {
         }
     }
 
-    async fn forward(&self, addr: &str, cmd: &Command) -> Forwarded {
+    async fn forward(&self, addr: &str, cmds: &[Command]) -> Forwarded {
         let url = format!("http://{addr}/internal/propose");
         let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
-        let body = match codec::encode(cmd) {
+        let body = match codec::encode(cmds) {
             Ok(b) => b,
             Err(e) => return Forwarded::Unknown(e.to_string()),
         };
@@ -299,18 +306,34 @@ impl Cell {
             Err(e) if e.is_connect() => return Forwarded::Retry,
             Err(e) => return Forwarded::Unknown(e.to_string()),
         };
-        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
-            return Forwarded::Retry;
-        }
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => return Forwarded::Unknown(e.to_string()),
         };
         match codec::decode::<Proposed>(&bytes) {
-            Ok(Proposed::Committed(r)) => Forwarded::Answer(r),
+            Ok(Proposed::Answered(a)) => Forwarded::Answered(a),
             Ok(Proposed::NotLeader(_)) => Forwarded::Retry,
             Err(e) => Forwarded::Unknown(e.to_string()),
         }
+    }
+
+    /// Queues commands for this member's proposers and waits for each answer.
+    async fn enqueue(&self, cmds: Vec<Command>) -> Answers {
+        let mut waiting = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (tx, rx) = oneshot::channel();
+            let queued = self.queue.send((cmd, tx)).await.is_ok();
+            waiting.push(queued.then_some(rx));
+        }
+        let mut answers = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            let answer = match rx {
+                Some(rx) => rx.await.unwrap_or_else(|_| Err(shutting_down())),
+                None => Err(shutting_down()),
+            };
+            answers.push(answer);
+        }
+        answers
     }
 
     fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, String>) {
@@ -380,23 +403,10 @@ async fn propose_batches(cell: std::sync::Weak<Cell>, rx: Arc<tokio::sync::Mutex
         let Some(cell) = cell.upgrade() else { return };
         cell.metrics.batch_size.observe(batch.len() as f64);
         let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-        let proposal =
-            if cmds.len() == 1 { cmds.into_iter().next().expect("one command") } else { Command::Batch(cmds) };
-        match cell.propose(proposal).await {
-            Ok(Response::Batch(answers)) if answers.len() == waiters.len() => {
+        match cell.propose(cmds).await {
+            Ok(answers) => {
                 for (tx, a) in waiters.into_iter().zip(answers) {
-                    let _ = tx.send(Ok(a));
-                }
-            }
-            Ok(answer) if waiters.len() == 1 => {
-                for tx in waiters {
-                    let _ = tx.send(Ok(answer.clone()));
-                }
-            }
-            Ok(other) => {
-                let e = ApiError::internal(format!("a batch of {} got the answer {other:?}", waiters.len()));
-                for tx in waiters {
-                    let _ = tx.send(Err(e.clone()));
+                    let _ = tx.send(a);
                 }
             }
             Err(e) => {
@@ -408,19 +418,29 @@ async fn propose_batches(cell: std::sync::Weak<Cell>, rx: Arc<tokio::sync::Mutex
     }
 }
 
-/// Proposes on this member only; a follower answers with the leader it knows.
-async fn propose_here(State(cell): State<Arc<Cell>>, Packed(cmd): Packed<Command>) -> HttpResponse {
-    let start = Instant::now();
-    match cell.raft.client_write(cmd).await {
-        Ok(r) => {
-            cell.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
-            Packed(Proposed::Committed(r.data)).into_response()
-        }
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Packed(Proposed::NotLeader(f.leader_node.map(|n| n.addr))).into_response()
-        }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+fn shutting_down() -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, "the member is shutting down")
+}
+
+/// Splits the state machine's answer to a proposal of `n` commands into one answer per command.
+fn unbatch(r: Response, n: usize) -> Result<Answers, ApiError> {
+    match r {
+        Response::Batch(answers) if answers.len() == n => Ok(answers.into_iter().map(Ok).collect()),
+        one if n == 1 => Ok(vec![Ok(one)]),
+        other => Err(ApiError::internal(format!("a batch of {n} got the answer {other:?}"))),
     }
+}
+
+/// Takes commands a follower forwarded, when this member leads: they join this member's own queue, so they are
+/// committed in the same entries as its local writes rather than one entry per forwarded batch.
+async fn propose_here(State(cell): State<Arc<Cell>>, Packed(cmds): Packed<Vec<Command>>) -> HttpResponse {
+    let m = cell.raft.metrics().borrow().clone();
+    if m.current_leader != Some(cell.config.node_id) {
+        let leader =
+            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        return Packed(Proposed::NotLeader(leader)).into_response();
+    }
+    Packed(Proposed::Answered(cell.enqueue(cmds).await)).into_response()
 }
 
 /// Keeps the cell's gauges current from Raft's metrics, and the slower ones on a timer.
