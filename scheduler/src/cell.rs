@@ -454,13 +454,11 @@ async fn watch(cell: Arc<Cell>) {
             changed = rx.changed() => if changed.is_err() { return },
             _ = tick.tick() => {
                 cell.metrics.store_bytes.set(cell.engine.size_on_disk() as i64);
-                let counts = {
+                let counts: Vec<(JobState, u64)> = {
                     let s = cell.read();
-                    let mut counts = BTreeMap::from([(JobState::Enabled, 0i64), (JobState::Disabled, 0), (JobState::Killed, 0)]);
-                    for j in s.jobs() { *counts.entry(j.state).or_insert(0) += 1; }
-                    counts
+                    [JobState::Enabled, JobState::Disabled, JobState::Killed].into_iter().map(|st| (st, s.count(st))).collect()
                 };
-                for (state, n) in counts { cell.metrics.jobs.with_label_values(&[state.as_str()]).set(n); }
+                for (state, n) in counts { cell.metrics.jobs.with_label_values(&[state.as_str()]).set(n as i64); }
             }
         }
         let m = rx.borrow().clone();

@@ -149,6 +149,9 @@ pub struct CellState {
     idempotency: BTreeMap<String, Remembered>,
     /// (time, key) in order, to forget expired keys without scanning.
     idempotency_by_time: BTreeMap<(u64, String), ()>,
+    /// Jobs per state, kept as jobs change so metrics need no scan; derived, so rebuilt rather than stored.
+    #[serde(skip)]
+    by_state: BTreeMap<JobState, u64>,
 }
 
 /// The snapshot format, version 1.
@@ -167,6 +170,48 @@ fn describe(instances: &BTreeMap<String, u32>) -> String {
 
 impl CellState {
     pub fn apply(&mut self, cmd: &Command) -> Response {
+        let before = self.touched(cmd);
+        let response = self.apply_inner(cmd);
+        if let Some((id, was)) = before {
+            if let Some(now) = self.jobs.get(&id).map(|j| j.state) {
+                if was != Some(now) {
+                    if let Some(w) = was {
+                        *self.by_state.entry(w).or_insert(1) -= 1;
+                    }
+                    *self.by_state.entry(now).or_insert(0) += 1;
+                }
+            }
+        }
+        response
+    }
+
+    /// The job a (non-batch) command touches, and its state before.
+    fn touched(&self, cmd: &Command) -> Option<(String, Option<JobState>)> {
+        let id = match cmd {
+            Command::PutJob { id, .. }
+            | Command::UpdateJob { id, .. }
+            | Command::SetInstances { id, .. }
+            | Command::SetEnabled { id, .. }
+            | Command::KillJob { id, .. } => id,
+            Command::Batch(_) => return None,
+        };
+        Some((id.clone(), self.jobs.get(id).map(|j| j.state)))
+    }
+
+    /// Rebuilds what is derived from the jobs; called after a snapshot is loaded.
+    pub fn reindex(&mut self) {
+        self.by_state.clear();
+        for j in self.jobs.values() {
+            *self.by_state.entry(j.state).or_insert(0) += 1;
+        }
+    }
+
+    /// How many jobs are in each state.
+    pub fn count(&self, state: JobState) -> u64 {
+        self.by_state.get(&state).copied().unwrap_or(0)
+    }
+
+    fn apply_inner(&mut self, cmd: &Command) -> Response {
         match cmd {
             Command::PutJob { id, spec, idempotency_key, meta } => {
                 self.forget_expired(meta.at_ms);
@@ -355,6 +400,11 @@ mod tests {
         let what: Vec<&str> =
             s.job("j1").map(|j| j.history.iter().map(|h| h.what.as_str()).collect()).unwrap_or_default();
         assert_eq!(what, vec!["created", "instances dc1=5", "disabled", "killed"]);
+        assert_eq!((s.count(JobState::Enabled), s.count(JobState::Disabled), s.count(JobState::Killed)), (0, 0, 1));
+        let mut rebuilt = s.clone();
+        rebuilt.by_state.clear();
+        rebuilt.reindex();
+        assert_eq!(rebuilt.count(JobState::Killed), 1, "counts are rebuilt from the jobs");
         assert_eq!(
             s.apply(&Command::KillJob { id: "nope".into(), meta: meta(5) }),
             Response::Rejected(Rejection::NotFound { id: "nope".into() })

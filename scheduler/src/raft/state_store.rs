@@ -53,7 +53,9 @@ fn decode_state(data: &[u8]) -> Result<CellState, StorageError> {
         let e = std::io::Error::other(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", file.format));
         return Err(read_err(&e));
     }
-    Ok(file.body.state)
+    let mut state = file.body.state;
+    state.reindex();
+    Ok(state)
 }
 
 fn persist(engine: &dyn Engine, meta: &SnapshotMeta<NodeId, BasicNode>, data: Vec<u8>) -> Result<(), StorageError> {
