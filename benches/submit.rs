@@ -117,6 +117,28 @@ async fn level(targets: &[Client], clients: usize, label: &str, pids: &[(u64, u3
     errors
 }
 
+/// Mean commands per Raft proposal and mean commit latency on a member, from its `/metrics`.
+async fn proposal_stats(http: &reqwest::Client, addr: &str) -> String {
+    let text = match http.get(format!("http://{addr}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => return format!("metrics unavailable: {e}"),
+    };
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mean = |base: &str| value(&format!("{base}_sum")) / value(&format!("{base}_count")).max(1.0);
+    format!(
+        "proposals={} mean_batch={:.1} mean_commit_ms={:.2}",
+        value("titan_raft_proposal_batch_size_count"),
+        mean("titan_raft_proposal_batch_size"),
+        mean("titan_raft_commit_latency_seconds") * 1000.0,
+    )
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; `cargo test` runs this as a smoke test with no arguments.
@@ -147,6 +169,10 @@ async fn main() {
         let pids: Vec<(u64, u32)> = cluster.running().filter_map(|m| m.pid().map(|p| (m.id, p))).collect();
         warm_up(&targets, clients).await;
         errors += level(&targets, clients, label, &pids, smoke).await;
+        let leader_addr = cluster.running().find(|m| m.id == leader).map(|m| m.addr.to_string());
+        if let Some(addr) = leader_addr {
+            println!("  leader m{leader}: {}", proposal_stats(&http, &addr).await);
+        }
     }
     assert!(!smoke || errors == 0, "the smoke run saw {errors} failed submissions");
 }
