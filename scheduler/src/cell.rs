@@ -165,6 +165,7 @@ impl Cell {
         let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir).map_err(|e| store_err(e.to_string()))?);
         let log = LogStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
         let committed = log.committed_index();
+        let encoded = log.encoded_entries();
         let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
         let state = sm.state();
 
@@ -183,7 +184,7 @@ impl Cell {
         .validate()
         .map_err(|e| CellError::Raft(e.to_string()))?;
         let peers = PeerClient::new();
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), HttpNetwork::new(peers.clone()), log, sm)
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), HttpNetwork::new(peers.clone(), encoded), log, sm)
             .await
             .map_err(|e| CellError::Raft(e.to_string()))?;
 

@@ -11,6 +11,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
+use axum::body::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, Vote};
 use serde::de::DeserializeOwned;
@@ -53,6 +54,29 @@ type Tail = BTreeMap<u64, Entry<TypeConfig>>;
 struct Shared {
     engine: Arc<dyn Engine>,
     tail: Mutex<Tail>,
+    /// The encoded form of the newest entries, as the writer made it for the disk: replication sends these bytes
+    /// instead of encoding every entry again for every follower.
+    encoded: Mutex<BTreeMap<u64, (LogId<NodeId>, Bytes)>>,
+}
+
+/// Entries in their `codec` encoding, reused where the log store already made it.
+#[derive(Clone)]
+pub struct EncodedEntries {
+    shared: Arc<Shared>,
+}
+
+impl EncodedEntries {
+    /// The encoding of `entry`: the one written to disk when it is still in memory, else a fresh one.
+    pub fn get(&self, entry: &Entry<TypeConfig>) -> Result<Bytes, rmp_serde::encode::Error> {
+        let cached = {
+            let encoded = self.shared.encoded.lock().unwrap_or_else(|p| p.into_inner());
+            encoded.get(&entry.log_id.index).filter(|(id, _)| *id == entry.log_id).map(|(_, b)| b.clone())
+        };
+        match cached {
+            Some(b) => Ok(b),
+            None => codec::encode(entry).map(Bytes::from),
+        }
+    }
 }
 
 impl Shared {
@@ -107,14 +131,18 @@ enum Write {
     Purge(LogId<NodeId>, oneshot::Sender<Result<(), StoreError>>),
 }
 
-fn write_one(engine: &dyn Engine, w: &Write) -> Result<(), StoreError> {
+fn write_one(shared: &Shared, w: &Write) -> Result<(), StoreError> {
+    let engine = shared.engine.as_ref();
     match w {
         Write::Append(entries, _) => {
             let mut ops = Vec::with_capacity(entries.len());
+            let mut made = Vec::with_capacity(entries.len());
             for e in entries {
                 let bytes = codec::encode(e).map_err(|err| StoreError(err.to_string()))?;
+                made.push((e.log_id.index, (e.log_id, Bytes::copy_from_slice(&bytes))));
                 ops.push(Op::Put(key(e.log_id.index), bytes));
             }
+            shared.encoded.lock().unwrap_or_else(|p| p.into_inner()).extend(made);
             engine.write(Tree::Log, ops)
         }
         Write::Truncate(index, _) => engine.delete_range(Tree::Log, Bound::Included(key(*index)), Bound::Unbounded),
@@ -136,7 +164,7 @@ fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Write>) {
         let mut durable = None;
         for w in &batch {
             if result.is_ok() {
-                result = write_one(shared.engine.as_ref(), w);
+                result = write_one(&shared, w);
             }
             if let Write::Append(entries, _) = w {
                 durable = entries.last().map(|e| e.log_id.index).or(durable);
@@ -151,6 +179,9 @@ fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Write>) {
             while tail.first_key_value().is_some_and(|(i, _)| *i < keep_from) {
                 tail.pop_first();
             }
+            drop(tail);
+            let mut encoded = shared.encoded.lock().unwrap_or_else(|p| p.into_inner());
+            *encoded = encoded.split_off(&keep_from);
         }
         for w in batch {
             let r = result.clone();
@@ -190,7 +221,8 @@ pub struct LogStore {
 impl LogStore {
     pub fn open(engine: Arc<dyn Engine>) -> Result<LogStore, StorageError> {
         let last_purged = meta(engine.as_ref(), PURGED)?;
-        let shared = Arc::new(Shared { engine, tail: Mutex::new(BTreeMap::new()) });
+        let shared =
+            Arc::new(Shared { engine, tail: Mutex::new(BTreeMap::new()), encoded: Mutex::new(BTreeMap::new()) });
         let (tx, rx) = mpsc::channel();
         let s = shared.clone();
         std::thread::Builder::new()
@@ -198,6 +230,11 @@ impl LogStore {
             .spawn(move || writer(s, rx))
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         Ok(LogStore { shared, writes: tx, last_purged, committed: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// The encodings replication can reuse.
+    pub fn encoded_entries(&self) -> EncodedEntries {
+        EncodedEntries { shared: self.shared.clone() }
     }
 
     /// The highest log index this member knows to be committed, for status and metrics.

@@ -8,7 +8,7 @@ mod state_store;
 
 use std::io::Cursor;
 
-pub use log_store::LogStore;
+pub use log_store::{EncodedEntries, LogStore};
 pub use network::{raft_routes, HttpNetwork, Packed, PeerClient};
 pub use state_store::{SharedState, StateStore};
 

@@ -16,9 +16,9 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{codec, NodeId, Raft, TypeConfig};
+use super::{codec, EncodedEntries, NodeId, Raft, TypeConfig};
 
 /// The largest internal request body: a batch of log entries or one snapshot chunk.
 pub const MAX_INTERNAL_BODY: usize = 64 * 1024 * 1024;
@@ -49,19 +49,30 @@ impl Default for PeerClient {
 /// Makes a `Peer` for each member Raft talks to.
 pub struct HttpNetwork {
     pub(crate) client: PeerClient,
+    encoded: EncodedEntries,
 }
 
 impl HttpNetwork {
-    pub fn new(client: PeerClient) -> HttpNetwork {
-        HttpNetwork { client }
+    pub fn new(client: PeerClient, encoded: EncodedEntries) -> HttpNetwork {
+        HttpNetwork { client, encoded }
     }
+}
+
+/// `AppendEntriesRequest` on the wire: entries travel as their `codec` bytes, which the leader already has from
+/// writing them to its own log, so they are encoded once however many followers there are.
+#[derive(Serialize, Deserialize)]
+struct AppendWire {
+    vote: openraft::Vote<NodeId>,
+    prev_log_id: Option<openraft::LogId<NodeId>>,
+    leader_commit: Option<openraft::LogId<NodeId>>,
+    entries: Vec<serde_bytes::ByteBuf>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { target, addr: node.addr.clone(), http: self.client.http.clone() }
+        Peer { target, addr: node.addr.clone(), http: self.client.http.clone(), encoded: self.encoded.clone() }
     }
 }
 
@@ -69,6 +80,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     http: reqwest::Client,
+    encoded: EncodedEntries,
 }
 
 impl Peer {
@@ -112,7 +124,15 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        let entries = rpc
+            .entries
+            .iter()
+            .map(|e| self.encoded.get(e).map(|b| serde_bytes::ByteBuf::from(b.to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let wire =
+            AppendWire { vote: rpc.vote, prev_log_id: rpc.prev_log_id, leader_commit: rpc.leader_commit, entries };
+        self.call("append", &wire, &option).await
     }
 
     async fn install_snapshot(
@@ -155,11 +175,20 @@ impl<T: Serialize> IntoResponse for Packed<T> {
     }
 }
 
-async fn append(
-    State(raft): State<Raft>,
-    Packed(req): Packed<AppendEntriesRequest<TypeConfig>>,
-) -> Packed<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Packed(raft.append_entries(req).await)
+async fn append(State(raft): State<Raft>, Packed(wire): Packed<AppendWire>) -> Response {
+    let entries: Result<Vec<openraft::Entry<TypeConfig>>, _> = wire.entries.iter().map(|b| codec::decode(b)).collect();
+    match entries {
+        Ok(entries) => {
+            let req = AppendEntriesRequest {
+                vote: wire.vote,
+                prev_log_id: wire.prev_log_id,
+                entries,
+                leader_commit: wire.leader_commit,
+            };
+            Packed(raft.append_entries(req).await).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
 }
 
 async fn vote(
