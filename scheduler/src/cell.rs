@@ -141,6 +141,7 @@ type Waiter = (Command, oneshot::Sender<Result<Response, ApiError>>);
 
 pub struct Cell {
     queue: mpsc::Sender<Waiter>,
+    encoded: crate::raft::EncodedEntries,
     config: CellConfig,
     raft: Raft,
     state: SharedState,
@@ -184,9 +185,10 @@ impl Cell {
         .validate()
         .map_err(|e| CellError::Raft(e.to_string()))?;
         let peers = PeerClient::new();
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), HttpNetwork::new(peers.clone(), encoded), log, sm)
-            .await
-            .map_err(|e| CellError::Raft(e.to_string()))?;
+        let raft =
+            Raft::new(config.node_id, Arc::new(raft_config), HttpNetwork::new(peers.clone(), encoded.clone()), log, sm)
+                .await
+                .map_err(|e| CellError::Raft(e.to_string()))?;
 
         let lowest = config.peers.keys().next().copied();
         if lowest == Some(config.node_id) && !raft.is_initialized().await.map_err(|e| CellError::Raft(e.to_string()))? {
@@ -201,7 +203,7 @@ impl Cell {
 
         let metrics = CellMetrics::new(registry, &config.cell, config.node_id)?;
         let (queue, rx) = mpsc::channel(MAX_BATCH * PROPOSERS * 4);
-        let cell = Arc::new(Cell { queue, config, raft, state, committed, engine, peers, metrics });
+        let cell = Arc::new(Cell { queue, encoded, config, raft, state, committed, engine, peers, metrics });
         tokio::spawn(watch(cell.clone()));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..PROPOSERS {
@@ -217,7 +219,7 @@ impl Cell {
     /// Every route this member serves: the public API, Raft's internal routes and write forwarding.
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
-        let internal = raft_routes(self.raft.clone())
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone())
             .merge(Router::new().route("/internal/propose", post(propose_here)).with_state(self.clone()));
         titan_api::router(api, http, internal)
     }

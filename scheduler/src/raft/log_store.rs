@@ -68,18 +68,26 @@ pub struct EncodedEntries {
 impl EncodedEntries {
     /// The encoding of `entry`: the one written to disk when it is still in memory, else a fresh one.
     pub fn get(&self, entry: &Entry<TypeConfig>) -> Result<Bytes, rmp_serde::encode::Error> {
-        let cached = {
-            let encoded = self.shared.encoded.lock().unwrap_or_else(|p| p.into_inner());
-            encoded.get(&entry.log_id.index).filter(|(id, _)| *id == entry.log_id).map(|(_, b)| b.clone())
-        };
-        match cached {
+        match self.shared.cached(entry) {
             Some(b) => Ok(b),
             None => codec::encode(entry).map(Bytes::from),
         }
     }
+
+    /// Keeps the encodings a follower received with the entries, so its log writer stores them as they came.
+    pub fn remember(&self, received: impl IntoIterator<Item = (LogId<NodeId>, Bytes)>) {
+        let mut encoded = self.shared.encoded.lock().unwrap_or_else(|p| p.into_inner());
+        encoded.extend(received.into_iter().map(|(id, b)| (id.index, (id, b))));
+    }
 }
 
 impl Shared {
+    /// The known encoding of exactly this entry (same index and log id), if any.
+    fn cached(&self, entry: &Entry<TypeConfig>) -> Option<Bytes> {
+        let encoded = self.encoded.lock().unwrap_or_else(|p| p.into_inner());
+        encoded.get(&entry.log_id.index).filter(|(id, _)| *id == entry.log_id).map(|(_, b)| b.clone())
+    }
+
     fn tail(&self) -> MutexGuard<'_, Tail> {
         // Tail updates are single map operations; a panic elsewhere cannot leave it half-changed.
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
@@ -138,8 +146,15 @@ fn write_one(shared: &Shared, w: &Write) -> Result<(), StoreError> {
             let mut ops = Vec::with_capacity(entries.len());
             let mut made = Vec::with_capacity(entries.len());
             for e in entries {
-                let bytes = codec::encode(e).map_err(|err| StoreError(err.to_string()))?;
-                made.push((e.log_id.index, (e.log_id, Bytes::copy_from_slice(&bytes))));
+                // A follower already has the bytes the leader sent; a leader encodes once, here.
+                let bytes = match shared.cached(e) {
+                    Some(b) => b.to_vec(),
+                    None => {
+                        let bytes = codec::encode(e).map_err(|err| StoreError(err.to_string()))?;
+                        made.push((e.log_id.index, (e.log_id, Bytes::copy_from_slice(&bytes))));
+                        bytes
+                    }
+                };
                 ops.push(Op::Put(key(e.log_id.index), bytes));
             }
             shared.encoded.lock().unwrap_or_else(|p| p.into_inner()).extend(made);

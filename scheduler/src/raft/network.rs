@@ -175,42 +175,55 @@ impl<T: Serialize> IntoResponse for Packed<T> {
     }
 }
 
-async fn append(State(raft): State<Raft>, Packed(wire): Packed<AppendWire>) -> Response {
-    let entries: Result<Vec<openraft::Entry<TypeConfig>>, _> = wire.entries.iter().map(|b| codec::decode(b)).collect();
-    match entries {
-        Ok(entries) => {
-            let req = AppendEntriesRequest {
-                vote: wire.vote,
-                prev_log_id: wire.prev_log_id,
-                entries,
-                leader_commit: wire.leader_commit,
-            };
-            Packed(raft.append_entries(req).await).into_response()
+async fn append(State(routes): State<Routes>, Packed(wire): Packed<AppendWire>) -> Response {
+    let mut entries = Vec::with_capacity(wire.entries.len());
+    let mut received = Vec::with_capacity(wire.entries.len());
+    for bytes in wire.entries {
+        match codec::decode::<openraft::Entry<TypeConfig>>(&bytes) {
+            Ok(e) => {
+                received.push((e.log_id, Bytes::from(bytes.into_vec())));
+                entries.push(e);
+            }
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         }
-        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
+    routes.encoded.remember(received);
+    let req = AppendEntriesRequest {
+        vote: wire.vote,
+        prev_log_id: wire.prev_log_id,
+        entries,
+        leader_commit: wire.leader_commit,
+    };
+    Packed(routes.raft.append_entries(req).await).into_response()
 }
 
 async fn vote(
-    State(raft): State<Raft>,
+    State(Routes { raft, .. }): State<Routes>,
     Packed(req): Packed<VoteRequest<NodeId>>,
 ) -> Packed<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
     Packed(raft.vote(req).await)
 }
 
 async fn snapshot(
-    State(raft): State<Raft>,
+    State(Routes { raft, .. }): State<Routes>,
     Packed(req): Packed<InstallSnapshotRequest<TypeConfig>>,
 ) -> Packed<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
     Packed(raft.install_snapshot(req).await)
 }
 
+/// What the internal routes need: Raft, and the log's encodings to keep what followers receive.
+#[derive(Clone)]
+struct Routes {
+    raft: Raft,
+    encoded: EncodedEntries,
+}
+
 /// The internal routes Raft peers call.
-pub fn raft_routes(raft: Raft) -> Router {
+pub fn raft_routes(raft: Raft, encoded: EncodedEntries) -> Router {
     Router::new()
         .route("/internal/raft/append", post(append))
         .route("/internal/raft/vote", post(vote))
         .route("/internal/raft/snapshot", post(snapshot))
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
-        .with_state(raft)
+        .with_state(Routes { raft, encoded })
 }
