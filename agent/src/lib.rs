@@ -1,4 +1,7 @@
 //! The node daemon: registration, heartbeats, assignment pull, runtimes (docker, process), volumes (zfs, dir),
 //! logs and health checks.
 //!
-//! Empty until the agent lands (issue #4). Architecture invariant: agent never depends on scheduler.
+//! So far only `volume` exists (issue #4 builds the rest). Architecture invariant: agent never depends on
+//! scheduler; it talks to a cell through `titan-api` only.
+
+pub mod volume;
