@@ -98,6 +98,45 @@ pub enum JobCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Agents with their state, lease epoch, resources and attributes.
+    List,
+}
+
+pub async fn node(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
+    let client = target.client();
+    match command {
+        NodeCommand::List => {
+            let agents = client.list_agents().await?;
+            if target.output == Output::Json {
+                return print_json(&agents);
+            }
+            let rows: Vec<Vec<String>> = agents
+                .iter()
+                .map(|a| {
+                    let attrs = a.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                    vec![
+                        a.id.clone(),
+                        a.hostname.clone(),
+                        a.state.as_str().into(),
+                        a.lease_epoch.to_string(),
+                        format!("{}", a.resources.cpus),
+                        a.resources.memory_mib.to_string(),
+                        a.last_heartbeat_ms.map(time).unwrap_or_else(|| "-".into()),
+                        attrs,
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(&["ID", "HOSTNAME", "STATE", "EPOCH", "CPUS", "MEMORY", "LAST HEARTBEAT", "ATTRIBUTES"], &rows)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Members, leader, term and indexes.
     Status,

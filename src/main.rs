@@ -27,6 +27,15 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Runs an embedded single-member cell for trying Titan on one machine.
     Dev(server::DevArgs),
+    /// Runs the node agent: registers this machine with a cell and keeps its lease.
+    Agent(server::AgentArgs),
+    /// Lists the cell's agents.
+    Node {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::NodeCommand,
+    },
     /// Submits, lists, inspects, scales and kills jobs.
     Job {
         #[command(flatten)]
@@ -63,6 +72,8 @@ fn main() -> ExitCode {
         match args.command {
             Command::Server(a) => server::run(*a).await,
             Command::Dev(a) => server::dev(a).await,
+            Command::Agent(a) => server::agent(a).await,
+            Command::Node { target, command } => cli::node(&target, command).await,
             Command::Job { target, command } => cli::job(&target, command).await,
             Command::Cluster { target, command } => cli::cluster(&target, command).await,
         }

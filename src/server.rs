@@ -62,6 +62,73 @@ pub struct LogArgs {
     log_json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// A member of the cell to register with.
+    #[arg(long, env = "TITAN_CELL_ADDR", default_value = DEFAULT_LISTEN)]
+    cell_addr: String,
+    /// Where the agent keeps its id (and, later, task state, logs and volumes).
+    #[arg(long, env = "TITAN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The address this agent serves on (logs), reported to the cell.
+    #[arg(long, env = "TITAN_AGENT_ADDR", default_value = "127.0.0.1:7100")]
+    addr: SocketAddr,
+    /// An attribute, NAME=VALUE (zone, instance type, instance group, ...); repeatable.
+    #[arg(long = "attr", value_parser = parse_attr)]
+    attributes: Vec<(String, String)>,
+    /// Cpus to offer instead of the detected count.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory to offer, MiB, instead of the detected total.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Disk to offer, MiB, instead of the data directory's filesystem size.
+    #[arg(long)]
+    disk_mib: Option<u64>,
+    /// Dynamic port range, FIRST-LAST.
+    #[arg(long, value_parser = parse_range)]
+    ports: Option<(u16, u16)>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn parse_attr(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let a: u16 = a.parse().map_err(|_| format!("{a:?} is not a port"))?;
+    let b: u16 = b.parse().map_err(|_| format!("{b:?} is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 0 < FIRST <= LAST"));
+    }
+    Ok((a, b))
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging(&args.log);
+    let id = titan_agent::node::agent_id(&args.data_dir)
+        .with_context(|| format!("keeping the agent id in {}", args.data_dir.display()))?;
+    let declared = titan_agent::node::Declared {
+        cpus: args.cpus,
+        memory_mib: args.memory_mib,
+        disk_mib: args.disk_mib,
+        ports: args.ports,
+    };
+    let registration = titan_agent::node::describe(
+        id,
+        args.addr.to_string(),
+        &args.data_dir,
+        &declared,
+        args.attributes.into_iter().collect(),
+    );
+    registration.validate().map_err(|e| anyhow::anyhow!("this machine's description is not valid: {e}"))?;
+    tracing::info!(agent = %registration.id, cell = %args.cell_addr, resources = ?registration.resources, "agent starting");
+    titan_agent::daemon::run(titan_api::Client::new(&args.cell_addr), registration, stopped()).await;
+    Ok(())
+}
+
 /// The TOML file's shape: every field optional, unknown fields refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

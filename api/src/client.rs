@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{BodyFormat, JobSpec};
 use crate::router::{REASON_HEADER, USER_HEADER};
@@ -193,6 +194,23 @@ impl Client {
 
     pub async fn remove_member(&self, id: u64) -> Result<ClusterView, ClientError> {
         self.send(self.request(Method::DELETE, &format!("/v1/cluster/members/{id}"))).await
+    }
+
+    pub async fn register_agent(&self, registration: &AgentRegistration) -> Result<AgentView, ClientError> {
+        self.send(self.request(Method::POST, "/v1/agents").json(registration)).await
+    }
+
+    pub async fn heartbeat(&self, id: &str, lease_epoch: u64) -> Result<Lease, ClientError> {
+        let body = Heartbeat { lease_epoch };
+        self.send(self.request(Method::POST, &format!("/v1/agents/{id}/heartbeat")).json(&body)).await
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentView>, ClientError> {
+        self.send(self.request(Method::GET, "/v1/agents")).await
+    }
+
+    pub async fn get_agent(&self, id: &str) -> Result<AgentView, ClientError> {
+        self.send(self.request(Method::GET, &format!("/v1/agents/{id}"))).await
     }
 
     /// Whether `/readyz` answers 200.

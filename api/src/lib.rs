@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: api knows nothing of Raft, sled or the placement engine's internals.
 
+pub mod agent;
 pub mod client;
 pub mod error;
 pub mod job;

@@ -20,7 +20,11 @@ use crate::router::paths::*;
         cluster,
         add_member,
         remove_member,
-        ready
+        ready,
+        register_agent,
+        heartbeat,
+        list_agents,
+        get_agent
     ),
     components(schemas(crate::error::ApiError, crate::error::ErrorCode, crate::view::JobState))
 )]

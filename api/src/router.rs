@@ -19,6 +19,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
+use crate::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{BodyFormat, InstancesRequest, JobSpec};
 use crate::view::{AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery, MAX_PAGE_SIZE};
@@ -63,6 +64,12 @@ pub trait CellApi: Send + Sync + 'static {
     fn remove_member(&self, id: u64) -> ApiResult<'_, ClusterView>;
     /// Ready to serve: a leader is known and this member has applied what it knows is committed.
     fn ready(&self) -> ApiResult<'_, ()>;
+    /// Registers (or re-registers) an agent; every registration raises its lease epoch.
+    fn register_agent(&self, registration: AgentRegistration) -> ApiResult<'_, AgentView>;
+    /// Renews an agent's lease; a stale epoch is refused and the agent must register again.
+    fn heartbeat(&self, id: String, heartbeat: Heartbeat) -> ApiResult<'_, Lease>;
+    fn list_agents(&self) -> ApiResult<'_, Vec<AgentView>>;
+    fn get_agent(&self, id: String) -> ApiResult<'_, AgentView>;
 }
 
 type Cell = Arc<dyn CellApi>;
@@ -115,6 +122,9 @@ pub fn router(cell: Cell, metrics: HttpMetrics, internal: Router) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/agents", post(register_agent).get(list_agents))
+        .route("/v1/agents/{id}", get(get_agent))
+        .route("/v1/agents/{id}/heartbeat", post(heartbeat))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(cell);
@@ -360,11 +370,52 @@ async fn ready(State(cell): State<Cell>) -> Result<&'static str, ApiError> {
     cell.ready().await.map(|()| "ready")
 }
 
+/// Decodes a JSON body of a small internal type: MalformedBody for bad syntax, InvalidSpec for a bad shape.
+async fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    if !matches!(format_of(headers)?, BodyFormat::Json) {
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send application/json").with_field("Content-Type"));
+    }
+    BodyFormat::Json.decode(&read_body(body).await?)
+}
+
+#[utoipa::path(post, path = "/v1/agents", tag = "agents",
+    request_body(content = AgentRegistration, content_type = "application/json"),
+    responses((status = 200, body = AgentView), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
+async fn register_agent(State(cell): State<Cell>, headers: HeaderMap, body: Body) -> Result<Json<AgentView>, ApiError> {
+    let registration: AgentRegistration = json_body(&headers, body).await?;
+    registration.validate()?;
+    Ok(Json(cell.register_agent(registration).await?))
+}
+
+#[utoipa::path(post, path = "/v1/agents/{id}/heartbeat", tag = "agents", params(("id" = String, Path)),
+    request_body(content = Heartbeat, content_type = "application/json"),
+    responses((status = 200, body = Lease), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn heartbeat(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Lease>, ApiError> {
+    let beat: Heartbeat = json_body(&headers, body).await?;
+    Ok(Json(cell.heartbeat(id, beat).await?))
+}
+
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = [AgentView])))]
+async fn list_agents(State(cell): State<Cell>) -> Result<Json<Vec<AgentView>>, ApiError> {
+    Ok(Json(cell.list_agents().await?))
+}
+
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
+    responses((status = 200, body = AgentView), (status = 404, body = ApiError)))]
+async fn get_agent(State(cell): State<Cell>, Path(id): Path<String>) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(cell.get_agent(id).await?))
+}
+
 /// The handlers' OpenAPI path items, for `openapi`.
 pub(crate) mod paths {
     pub use super::{
-        __path_add_member, __path_cluster, __path_disable_job, __path_enable_job, __path_get_job, __path_job_history,
-        __path_kill_job, __path_list_jobs, __path_ready, __path_remove_member, __path_set_instances, __path_submit_job,
-        __path_update_job,
+        __path_add_member, __path_cluster, __path_disable_job, __path_enable_job, __path_get_agent, __path_get_job,
+        __path_heartbeat, __path_job_history, __path_kill_job, __path_list_agents, __path_list_jobs, __path_ready,
+        __path_register_agent, __path_remove_member, __path_set_instances, __path_submit_job, __path_update_job,
     };
 }

@@ -4,7 +4,7 @@
 //! is not the leader forwards the command to the leader over an internal route and relays the answer, so clients
 //! may talk to any member. Reads are served from the member's own applied state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
+use titan_api::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
 use titan_api::router::{ApiResult, HttpMetrics};
 use titan_api::view::{
@@ -139,8 +140,14 @@ const PROPOSERS: usize = 2;
 
 type Waiter = (Command, oneshot::Sender<Result<Response, ApiError>>);
 
+/// How long a heartbeat keeps an agent's lease; agents beat at a third of it.
+pub const LEASE_MS: u64 = 10_000;
+
 pub struct Cell {
     queue: mpsc::Sender<Waiter>,
+    /// When the leader last heard from each agent (ms since the epoch). Leader-local: a new leader starts empty
+    /// and hears from every live agent within a lease.
+    leases: std::sync::Mutex<HashMap<String, u64>>,
     encoded: crate::raft::EncodedEntries,
     config: CellConfig,
     raft: Raft,
@@ -203,7 +210,18 @@ impl Cell {
 
         let metrics = CellMetrics::new(registry, &config.cell, config.node_id)?;
         let (queue, rx) = mpsc::channel(MAX_BATCH * PROPOSERS * 4);
-        let cell = Arc::new(Cell { queue, encoded, config, raft, state, committed, engine, peers, metrics });
+        let cell = Arc::new(Cell {
+            queue,
+            leases: Default::default(),
+            encoded,
+            config,
+            raft,
+            state,
+            committed,
+            engine,
+            peers,
+            metrics,
+        });
         tokio::spawn(watch(cell.clone()));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..PROPOSERS {
@@ -241,16 +259,38 @@ impl Cell {
         Meta { who: actor.who, why: actor.why, at_ms: now_ms() }
     }
 
-    /// Commits a command, through the leader wherever it is, and maps the state machine's answer.
+    /// Commits a command, batched with whatever else is waiting and through the leader wherever it is.
+    async fn commit(&self, cmd: Command) -> Result<Response, ApiError> {
+        self.enqueue(vec![cmd]).await.pop().unwrap_or_else(|| Err(shutting_down()))
+    }
+
+    /// Commits a job command and maps the state machine's answer.
     async fn write(&self, cmd: Command) -> Result<JobRef, ApiError> {
-        let answer = self.enqueue(vec![cmd]).await.pop().unwrap_or_else(|| Err(shutting_down()));
-        match answer? {
+        match self.commit(cmd).await? {
             Response::Job(job) => Ok(job),
             Response::Rejected(r) => Err(rejection(r)),
-            Response::None | Response::Batch(_) => {
-                Err(ApiError::internal("the state machine gave no job answer to a job command"))
-            }
+            other => Err(ApiError::internal(format!("a job command got the answer {other:?}"))),
         }
+    }
+
+    fn agent_view(&self, a: &crate::state_machine::AgentRecord) -> AgentView {
+        let r = &a.registration;
+        AgentView {
+            id: r.id.clone(),
+            cell: self.config.cell.clone(),
+            hostname: r.hostname.clone(),
+            addr: r.addr.clone(),
+            resources: r.resources.clone(),
+            attributes: r.attributes.clone(),
+            state: a.state,
+            lease_epoch: a.lease_epoch,
+            registered_at_ms: a.registered_at_ms,
+            last_heartbeat_ms: self.leases().get(&r.id).copied(),
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Commits `cmds` as one entry, here when this member leads and through the leader otherwise, and answers each.
@@ -614,6 +654,64 @@ impl CellApi for Cell {
             };
             self.raft.change_membership(change, false).await.map_err(membership_error)?;
             self.cluster().await
+        })
+    }
+
+    fn register_agent(&self, registration: AgentRegistration) -> ApiResult<'_, AgentView> {
+        Box::pin(async move {
+            let id = registration.id.clone();
+            let at_ms = now_ms();
+            let meta = Meta { who: format!("agent:{id}"), why: None, at_ms };
+            let cmd = Command::RegisterAgent { registration: Box::new(registration.clone()), meta };
+            let lease_epoch = match self.commit(cmd).await? {
+                Response::Agent { lease_epoch, .. } => lease_epoch,
+                other => return Err(ApiError::internal(format!("a registration got the answer {other:?}"))),
+            };
+            tracing::info!(agent = %id, lease_epoch, "agent registered");
+            // Built from the committed answer, not this member's state, which may not have applied it yet.
+            let record = crate::state_machine::AgentRecord {
+                state: self.read().agent(&id).map(|a| a.state).unwrap_or(titan_api::agent::AgentState::Active),
+                registration,
+                lease_epoch,
+                registered_at_ms: at_ms,
+            };
+            Ok(self.agent_view(&record))
+        })
+    }
+
+    fn heartbeat(&self, id: String, beat: Heartbeat) -> ApiResult<'_, Lease> {
+        Box::pin(async move {
+            if let Some(leader) = self.leader_client()? {
+                return leader.heartbeat(&id, beat.lease_epoch).await.map_err(forwarded_error);
+            }
+            let epoch =
+                self.read().agent(&id).map(|a| a.lease_epoch).ok_or_else(|| ApiError::not_found("agent", &id))?;
+            if epoch != beat.lease_epoch {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "lease epoch {} of agent {id} is stale (current {epoch}): register again",
+                        beat.lease_epoch
+                    ),
+                )
+                .with_field("leaseEpoch"));
+            }
+            self.leases().insert(id, now_ms());
+            Ok(Lease { lease_epoch: epoch, lease_ms: LEASE_MS })
+        })
+    }
+
+    fn list_agents(&self) -> ApiResult<'_, Vec<AgentView>> {
+        Box::pin(async move {
+            let s = self.read();
+            Ok(s.agents().map(|a| self.agent_view(a)).collect())
+        })
+    }
+
+    fn get_agent(&self, id: String) -> ApiResult<'_, AgentView> {
+        Box::pin(async move {
+            let s = self.read();
+            s.agent(&id).map(|a| self.agent_view(a)).ok_or_else(|| ApiError::not_found("agent", &id))
         })
     }
 

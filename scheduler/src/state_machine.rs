@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use titan_api::agent::{AgentRegistration, AgentState};
 use titan_api::job::JobSpec;
 use titan_api::view::{HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
@@ -59,6 +60,11 @@ pub enum Command {
     },
     /// Several commands committed as one entry (proposal batching); applied in order, answered one by one.
     Batch(Vec<Command>),
+    /// An agent registers or re-registers: its lease epoch goes up by one.
+    RegisterAgent {
+        registration: Box<AgentRegistration>,
+        meta: Meta,
+    },
 }
 
 /// Why a command changed nothing.
@@ -88,6 +94,11 @@ pub enum Response {
     Rejected(Rejection),
     /// The answers to a `Command::Batch`, in its order.
     Batch(Vec<Response>),
+    /// An agent's registration took effect at this lease epoch.
+    Agent {
+        id: String,
+        lease_epoch: u64,
+    },
     /// Blank and membership entries.
     None,
 }
@@ -152,6 +163,18 @@ pub struct CellState {
     /// Jobs per state, kept as jobs change so metrics need no scan; derived, so rebuilt rather than stored.
     #[serde(skip)]
     by_state: BTreeMap<JobState, u64>,
+    /// Registered agents. Defaulted so snapshots written before agents existed still load.
+    #[serde(default)]
+    agents: BTreeMap<String, AgentRecord>,
+}
+
+/// An agent as the cell stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub registration: AgentRegistration,
+    pub state: AgentState,
+    pub lease_epoch: u64,
+    pub registered_at_ms: u64,
 }
 
 /// The snapshot format, version 1.
@@ -193,7 +216,7 @@ impl CellState {
             | Command::SetInstances { id, .. }
             | Command::SetEnabled { id, .. }
             | Command::KillJob { id, .. } => id,
-            Command::Batch(_) => return None,
+            Command::Batch(_) | Command::RegisterAgent { .. } => return None,
         };
         Some((id.clone(), self.jobs.get(id).map(|j| j.state)))
     }
@@ -267,6 +290,26 @@ impl CellState {
                 job.change(meta, "killed".into())
             }),
             Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
+            Command::RegisterAgent { registration, meta } => {
+                let id = registration.id.clone();
+                let (epoch, state) = match self.agents.get(&id) {
+                    // A gone agent that comes back is active again; a draining one stays draining.
+                    Some(a) => {
+                        (a.lease_epoch + 1, if a.state == AgentState::Gone { AgentState::Active } else { a.state })
+                    }
+                    None => (1, AgentState::Active),
+                };
+                self.agents.insert(
+                    id.clone(),
+                    AgentRecord {
+                        registration: (**registration).clone(),
+                        state,
+                        lease_epoch: epoch,
+                        registered_at_ms: meta.at_ms,
+                    },
+                );
+                Response::Agent { id, lease_epoch: epoch }
+            }
         }
     }
 
@@ -311,6 +354,14 @@ impl CellState {
 
     pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
         self.jobs.values()
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&AgentRecord> {
+        self.agents.get(id)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {
+        self.agents.values()
     }
 
     /// Jobs matching the query's filters, in id order, one page at a time.
@@ -447,6 +498,22 @@ mod tests {
                 Response::Rejected(Rejection::Killed { id: "j1".into() })
             ])
         );
+    }
+
+    #[test]
+    fn agents_register_and_every_registration_raises_the_epoch() {
+        let mut s = CellState::default();
+        let reg = titan_api::agent::AgentRegistration {
+            id: "a1".into(),
+            hostname: "h".into(),
+            addr: "127.0.0.1:1".into(),
+            resources: titan_api::agent::AgentResources { cpus: 1.0, memory_mib: 1, disk_mib: 0, port_ranges: vec![] },
+            attributes: Default::default(),
+        };
+        let cmd = Command::RegisterAgent { registration: Box::new(reg), meta: meta(5) };
+        assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 1 });
+        assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 2 });
+        assert_eq!(s.agent("a1").map(|a| (a.state, a.registered_at_ms)), Some((AgentState::Active, 5)));
     }
 
     #[test]
