@@ -6,6 +6,7 @@
 //! scheduler; it talks to a cell through `titan-api` only.
 
 pub mod daemon;
+pub mod health;
 pub mod logs;
 pub mod node;
 pub mod runtime;
