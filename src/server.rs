@@ -124,8 +124,16 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.attributes.into_iter().collect(),
     );
     registration.validate().map_err(|e| anyhow::anyhow!("this machine's description is not valid: {e}"))?;
-    tracing::info!(agent = %registration.id, cell = %args.cell_addr, resources = ?registration.resources, "agent starting");
-    titan_agent::daemon::run(titan_api::Client::new(&args.cell_addr), registration, stopped()).await;
+    let registry = prometheus::Registry::new();
+    let metrics = titan_agent::daemon::LeaseMetrics::new(&registry)?;
+    let listener =
+        tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+    let app = titan_agent::server::router(registry, args.data_dir.join("logs"));
+    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped()).into_future());
+    tracing::info!(agent = %registration.id, cell = %args.cell_addr, addr = %args.addr,
+        resources = ?registration.resources, "agent starting");
+    titan_agent::daemon::run(titan_api::Client::new(&args.cell_addr), registration, metrics, stopped()).await;
+    server.abort();
     Ok(())
 }
 

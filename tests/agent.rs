@@ -19,9 +19,10 @@ impl Drop for Agent {
     }
 }
 
-fn start_agent(cell: &str, dir: &std::path::Path) -> Agent {
+fn start_agent(cell: &str, dir: &std::path::Path, addr: &str) -> Agent {
     let child = Command::new(env!("CARGO_BIN_EXE_titan"))
         .args(["agent", "--cell-addr", cell, "--attr", "zone=a", "--attr", "instance_group=m5", "--cpus", "3"])
+        .args(["--addr", addr])
         .arg("--data-dir")
         .arg(dir)
         .env("TITAN_LOG", "warn")
@@ -40,7 +41,8 @@ async fn an_agent_registers_keeps_its_lease_and_comes_back_with_a_new_epoch() {
     let follower = cluster.running().find(|m| m.id != leader).expect("a follower");
     let leader_client = cluster.running().find(|m| m.id == leader).expect("the leader").client();
     let dir = tempfile::tempdir().expect("temp dir");
-    let agent = start_agent(&follower.addr.to_string(), dir.path());
+    let agent_addr = format!("127.0.0.1:{}", free_port());
+    let agent = start_agent(&follower.addr.to_string(), dir.path(), &agent_addr);
 
     let c = leader_client.clone();
     eventually(Duration::from_secs(20), "the agent registered and heartbeating", || {
@@ -68,7 +70,7 @@ async fn an_agent_registers_keeps_its_lease_and_comes_back_with_a_new_epoch() {
 
     // A restart keeps the id and raises the epoch; the old epoch is refused.
     drop(agent);
-    let _agent = start_agent(&follower.addr.to_string(), dir.path());
+    let _agent = start_agent(&follower.addr.to_string(), dir.path(), &agent_addr);
     let (c, id) = (leader_client.clone(), first.id.clone());
     eventually(Duration::from_secs(20), "the agent re-registered", || {
         let (c, id) = (c.clone(), id.clone());
@@ -80,6 +82,12 @@ async fn an_agent_registers_keeps_its_lease_and_comes_back_with_a_new_epoch() {
     let unknown = leader_client.heartbeat("no-such-agent", 1).await.expect_err("unknown agent");
     assert_eq!(unknown.code(), Some(ErrorCode::NotFound));
     assert_eq!(leader_client.list_agents().await.expect("listed").len(), 1, "a restart is the same agent");
+    assert_eq!(leader_client.get_agent(&first.id).await.expect("known").addr, agent_addr);
+
+    // The agent's own metrics show the lease it holds.
+    let metrics = reqwest::get(format!("http://{agent_addr}/metrics")).await.expect("agent answers");
+    let text = metrics.text().await.expect("body");
+    assert!(text.contains("titan_agent_lease_epoch 2"), "{text}");
 
     // `titan node list` shows it.
     let out = Command::new(env!("CARGO_BIN_EXE_titan"))

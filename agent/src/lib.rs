@@ -10,4 +10,5 @@ pub mod health;
 pub mod logs;
 pub mod node;
 pub mod runtime;
+pub mod server;
 pub mod volume;
