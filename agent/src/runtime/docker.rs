@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
+use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    StartContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -158,6 +159,44 @@ impl DockerRuntime {
         }
     }
 
+    /// Follows the task's stdout and stderr into `logs_dir/<task>/stdout.log` and `stderr.log` (size-rotated)
+    /// until the container ends. A restarted agent calls it again with `since` (seconds since the epoch) set to
+    /// when it last wrote, so nothing is copied twice.
+    pub fn capture_logs(
+        &self,
+        task_id: &str,
+        logs_dir: &std::path::Path,
+        since: i32,
+    ) -> tokio::task::JoinHandle<Result<(), RuntimeError>> {
+        use std::io::Write;
+
+        let docker = self.docker.clone();
+        let task = task_id.to_string();
+        let dir = logs_dir.join(task_id);
+        tokio::spawn(async move {
+            let open = |stream: &str| {
+                crate::logs::RotatingLog::open(
+                    dir.join(format!("{stream}.log")),
+                    crate::logs::DEFAULT_MAX_BYTES,
+                    crate::logs::DEFAULT_KEEP,
+                )
+                .map_err(|e| task_err(&task, e))
+            };
+            let (mut out, mut err) = (open("stdout")?, open("stderr")?);
+            let options = LogsOptions { follow: true, stdout: true, stderr: true, since, ..Default::default() };
+            let mut stream = docker.logs(&container_name(&task), Some(options));
+            while let Some(chunk) = stream.next().await {
+                let written = match chunk.map_err(|e| task_err(&task, e))? {
+                    LogOutput::StdErr { message } => err.write_all(&message),
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => out.write_all(&message),
+                    LogOutput::StdIn { .. } => Ok(()),
+                };
+                written.map_err(|e| task_err(&task, e))?;
+            }
+            out.flush().and_then(|()| err.flush()).map_err(|e| task_err(&task, e))
+        })
+    }
+
     /// Every container of `cell`, found by label: what a restarted agent re-adopts or reports.
     pub async fn list(&self, cell: &str) -> Result<Vec<Found>, RuntimeError> {
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_CELL}={cell}")])]);
@@ -270,6 +309,18 @@ mod tests {
         assert!(matches!(rt.state(&web.task_id).await.expect("state"), TaskState::Exited { .. }));
         rt.remove(&web.task_id).await.expect("removed");
         assert_eq!(rt.state(&web.task_id).await.expect("state"), TaskState::Missing);
+
+        // Output goes to per-stream log files, read back by tail.
+        let logs = tempfile::tempdir().expect("logs dir");
+        let chatty = spec(&task("logs"), &["sh", "-c", "for i in 1 2 3; do echo out $i; echo err $i >&2; done"]);
+        rt.start(&chatty).await.expect("started");
+        rt.capture_logs(&chatty.task_id, logs.path(), 0).await.expect("joined").expect("captured");
+        let tail = |stream: &str| {
+            crate::logs::tail(&logs.path().join(&chatty.task_id).join(format!("{stream}.log")), 3, 10).expect("tail")
+        };
+        assert_eq!(tail("stdout"), vec!["out 1", "out 2", "out 3"]);
+        assert_eq!(tail("stderr"), vec!["err 1", "err 2", "err 3"]);
+        rt.remove(&chatty.task_id).await.expect("removed");
 
         // Exit codes and OOM kills are reported.
         let failing = spec(&task("exit3"), &["sh", "-c", "exit 3"]);
