@@ -1,13 +1,15 @@
 //! Runtimes: what turns an assignment into a running process. `docker` runs containers through the Docker
-//! Engine API (bollard); a process runtime for machines without Docker comes with the rest of issue #4.
+//! Engine API (bollard); `process` runs host processes, for machines without Docker and for `titan dev`.
 
 mod docker;
+mod process;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use docker::DockerRuntime;
+pub use process::ProcessRuntime;
 
 /// Labels every container carries, so a restarted agent finds its own.
 pub const LABEL_CELL: &str = "titan.cell";
