@@ -26,10 +26,6 @@ fn container_name(task_id: &str) -> String {
     format!("titan-{task_id}")
 }
 
-fn task_err(task: &str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Task { task: task.to_string(), message: e.to_string() }
-}
-
 fn is_not_found(e: &DockerError) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
 }
@@ -110,10 +106,10 @@ impl DockerRuntime {
             .docker
             .create_container(Some(options), container_config(spec, &self.bind_ip))
             .await
-            .map_err(|e| task_err(&spec.task_id, e))?;
+            .map_err(|e| RuntimeError::task(&spec.task_id, e))?;
         if let Err(e) = self.docker.start_container(&created.id, None::<StartContainerOptions>).await {
             let _ = self.remove(&spec.task_id).await;
-            return Err(task_err(&spec.task_id, e));
+            return Err(RuntimeError::task(&spec.task_id, e));
         }
         tracing::info!(task = %spec.task_id, container = %created.id, image = %spec.image, "container started");
         Ok(created.id)
@@ -124,7 +120,7 @@ impl DockerRuntime {
             match self.docker.inspect_container(&container_name(task_id), None::<InspectContainerOptions>).await {
                 Ok(i) => i,
                 Err(e) if is_not_found(&e) => return Ok(TaskState::Missing),
-                Err(e) => return Err(task_err(task_id, e)),
+                Err(e) => return Err(RuntimeError::task(task_id, e)),
             };
         let state = inspected.state.unwrap_or_default();
         Ok(match state.status {
@@ -146,7 +142,7 @@ impl DockerRuntime {
             Err(e) if is_not_found(&e) => Ok(()),
             // 304: already stopped.
             Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
-            Err(e) => Err(task_err(task_id, e)),
+            Err(e) => Err(RuntimeError::task(task_id, e)),
         }
     }
 
@@ -155,7 +151,7 @@ impl DockerRuntime {
         match self.docker.remove_container(&container_name(task_id), Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(task_err(task_id, e)),
+            Err(e) => Err(RuntimeError::task(task_id, e)),
         }
     }
 
@@ -180,20 +176,20 @@ impl DockerRuntime {
                     crate::logs::DEFAULT_MAX_BYTES,
                     crate::logs::DEFAULT_KEEP,
                 )
-                .map_err(|e| task_err(&task, e))
+                .map_err(|e| RuntimeError::task(&task, e))
             };
             let (mut out, mut err) = (open("stdout")?, open("stderr")?);
             let options = LogsOptions { follow: true, stdout: true, stderr: true, since, ..Default::default() };
             let mut stream = docker.logs(&container_name(&task), Some(options));
             while let Some(chunk) = stream.next().await {
-                let written = match chunk.map_err(|e| task_err(&task, e))? {
+                let written = match chunk.map_err(|e| RuntimeError::task(&task, e))? {
                     LogOutput::StdErr { message } => err.write_all(&message),
                     LogOutput::StdOut { message } | LogOutput::Console { message } => out.write_all(&message),
                     LogOutput::StdIn { .. } => Ok(()),
                 };
-                written.map_err(|e| task_err(&task, e))?;
+                written.map_err(|e| RuntimeError::task(&task, e))?;
             }
-            out.flush().and_then(|()| err.flush()).map_err(|e| task_err(&task, e))
+            out.flush().and_then(|()| err.flush()).map_err(|e| RuntimeError::task(&task, e))
         })
     }
 

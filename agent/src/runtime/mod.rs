@@ -73,3 +73,9 @@ pub enum RuntimeError {
     #[error("task {task}: {message}")]
     Task { task: String, message: String },
 }
+
+impl RuntimeError {
+    pub(crate) fn task(task: &str, e: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Task { task: task.to_string(), message: e.to_string() }
+    }
+}

@@ -34,10 +34,6 @@ pub struct ProcessRuntime {
     tasks: Arc<Mutex<HashMap<String, Running>>>,
 }
 
-fn task_err(task: &str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Task { task: task.to_string(), message: e.to_string() }
-}
-
 /// Copies a child's stream into a rotating log until it closes.
 async fn copy_into(mut from: impl AsyncRead + Unpin, path: PathBuf) {
     let Ok(mut log) = RotatingLog::open(&path, DEFAULT_MAX_BYTES, DEFAULT_KEEP) else { return };
@@ -94,16 +90,14 @@ impl ProcessRuntime {
     }
 
     pub async fn start(&self, spec: &TaskSpec) -> Result<u32, RuntimeError> {
-        let argv = spec
-            .command
-            .as_ref()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| task_err(&spec.task_id, "the process runtime needs a command (it runs no images)"))?;
+        let argv = spec.command.as_ref().filter(|c| !c.is_empty()).ok_or_else(|| {
+            RuntimeError::task(&spec.task_id, "the process runtime needs a command (it runs no images)")
+        })?;
         if self.tasks().contains_key(&spec.task_id) {
-            return Err(task_err(&spec.task_id, "already running"));
+            return Err(RuntimeError::task(&spec.task_id, "already running"));
         }
         let cwd = self.work_dir.join(&spec.task_id);
-        std::fs::create_dir_all(&cwd).map_err(|e| task_err(&spec.task_id, e))?;
+        std::fs::create_dir_all(&cwd).map_err(|e| RuntimeError::task(&spec.task_id, e))?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(&cwd)
@@ -114,11 +108,11 @@ impl ProcessRuntime {
         for (i, port) in spec.ports.iter().enumerate() {
             cmd.env(format!("PORT_{i}"), port.to_string());
         }
-        let mut child = cmd.spawn().map_err(|e| task_err(&spec.task_id, e))?;
-        let pid = child.id().ok_or_else(|| task_err(&spec.task_id, "exited at once"))?;
+        let mut child = cmd.spawn().map_err(|e| RuntimeError::task(&spec.task_id, e))?;
+        let pid = child.id().ok_or_else(|| RuntimeError::task(&spec.task_id, "exited at once"))?;
         if let Err(e) = self.limit(spec, pid) {
             let _ = child.start_kill();
-            return Err(task_err(&spec.task_id, format!("cannot apply limits: {e}")));
+            return Err(RuntimeError::task(&spec.task_id, format!("cannot apply limits: {e}")));
         }
         let logs = self.logs_dir.join(&spec.task_id);
         if let Some(out) = child.stdout.take() {
@@ -175,7 +169,7 @@ impl ProcessRuntime {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(task_err(task_id, "did not exit after SIGKILL"))
+        Err(RuntimeError::task(task_id, "did not exit after SIGKILL"))
     }
 
     /// Forgets a stopped task and removes its working directory and cgroups.
