@@ -222,6 +222,13 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
         while !client.ready().await && !server.is_finished() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        // The local agent: this machine registers with the dev cell, as `titan agent` would.
+        let agent_dir = config.data_dir.join("agent");
+        let agent_addr = SocketAddr::new(config.listen.ip(), config.listen.port().wrapping_add(1));
+        match local_agent(&url, &agent_dir, agent_addr).await {
+            Ok(()) => println!("Local agent on {agent_addr} registers with the cell; see `titan node list`."),
+            Err(e) => eprintln!("titan dev: no local agent: {e:#}"),
+        }
         println!("Titan dev cell is ready at {url} (data in {})", config.data_dir.display());
         println!("Try:  titan job run examples/hello.yaml && titan job list");
         println!("  or: curl -s {url}/v1/jobs -H 'content-type: application/yaml' --data-binary @examples/hello.yaml");
@@ -229,6 +236,28 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
     server.await.context("server task")??;
     tracing::info!("shutting down");
     cell.shutdown().await;
+    Ok(())
+}
+
+/// Starts the dev cell's agent in this process: its HTTP server and its lease loop, both ending with the process.
+async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let id = titan_agent::node::agent_id(data_dir)?;
+    let attributes = [("zone".to_string(), "dev".to_string())].into_iter().collect();
+    let registration = titan_agent::node::describe(
+        id,
+        addr.to_string(),
+        data_dir,
+        &titan_agent::node::Declared::default(),
+        attributes,
+    );
+    registration.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry = prometheus::Registry::new();
+    let metrics = titan_agent::daemon::LeaseMetrics::new(&registry)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let app = titan_agent::server::router(registry, data_dir.join("logs"));
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let client = titan_api::Client::new(cell_url);
+    tokio::spawn(titan_agent::daemon::run(client, registration, metrics, std::future::pending::<()>()));
     Ok(())
 }
 
