@@ -214,7 +214,8 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::List { application, owner, capacity_group, state, limit } => {
-            let mut q = ListQuery { application, owner, capacity_group, state, limit: Some(limit), page_token: None };
+            let mut q =
+                ListQuery { application, owner, capacity_group, state, limit: Some(limit), ..ListQuery::default() };
             let mut jobs = Vec::new();
             loop {
                 let page = client.list_jobs(&q).await?;

@@ -42,6 +42,7 @@ pub struct Client {
     http: reqwest::Client,
     user: Option<String>,
     reason: Option<String>,
+    consistent: bool,
 }
 
 impl Client {
@@ -63,7 +64,7 @@ impl Client {
         } else {
             format!("http://{addr}")
         };
-        Client { base, http, user: None, reason: None }
+        Client { base, http, user: None, reason: None, consistent: false }
     }
 
     /// Names who makes changes (recorded in job history).
@@ -78,17 +79,26 @@ impl Client {
         self
     }
 
+    /// Reads through this client are linearizable (`consistent=true`): they see every write committed before them.
+    pub fn consistent(mut self) -> Client {
+        self.consistent = true;
+        self
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        let mut r = self.http.request(method.clone(), format!("{}{path}", self.base));
         if let Some(u) = &self.user {
             r = r.header(USER_HEADER, u);
         }
         if let Some(w) = &self.reason {
             r = r.header(REASON_HEADER, w);
+        }
+        if self.consistent && method == Method::GET {
+            r = r.query(&[("consistent", "true")]);
         }
         r
     }

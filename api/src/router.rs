@@ -22,7 +22,9 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use crate::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{BodyFormat, InstancesRequest, JobSpec};
-use crate::view::{AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery, MAX_PAGE_SIZE};
+use crate::view::{
+    AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery, ReadQuery, MAX_PAGE_SIZE,
+};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -70,6 +72,9 @@ pub trait CellApi: Send + Sync + 'static {
     fn heartbeat(&self, id: String, heartbeat: Heartbeat) -> ApiResult<'_, Lease>;
     fn list_agents(&self) -> ApiResult<'_, Vec<AgentView>>;
     fn get_agent(&self, id: String) -> ApiResult<'_, AgentView>;
+    /// Returns once this member has applied everything the leader had committed when it was called: reads after
+    /// it are linearizable.
+    fn read_barrier(&self) -> ApiResult<'_, ()>;
 }
 
 type Cell = Arc<dyn CellApi>;
@@ -241,6 +246,9 @@ async fn list_jobs(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    if q.consistent == Some(true) {
+        cell.read_barrier().await?;
+    }
     if let Some(s) = &q.state {
         if crate::view::JobState::parse(s).is_none() {
             return Err(ApiError::new(ErrorCode::InvalidParameter, "state must be enabled, disabled or killed")
@@ -254,16 +262,22 @@ async fn list_jobs(
     Ok(Json(cell.list_jobs(q).await?))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path), ReadQuery),
     responses((status = 200, body = JobView), (status = 404, body = ApiError)))]
-async fn get_job(State(cell): State<Cell>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_job(State(cell): State<Cell>, Path(id): Path<String>, query: ReadParams) -> Result<Response, ApiError> {
+    consistent(&cell, query).await?;
     let job = cell.get_job(id).await?;
     Ok((etag(job.version), Json(job)).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/history", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = [HistoryEntry]), (status = 404, body = ApiError)))]
-async fn job_history(State(cell): State<Cell>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+async fn job_history(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    query: ReadParams,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    consistent(&cell, query).await?;
     Ok(Json(cell.job_history(id).await?))
 }
 
@@ -370,6 +384,17 @@ async fn ready(State(cell): State<Cell>) -> Result<&'static str, ApiError> {
     cell.ready().await.map(|()| "ready")
 }
 
+type ReadParams = Result<Query<ReadQuery>, QueryRejection>;
+
+/// Waits for a linearizable read point when the query asks for one.
+async fn consistent(cell: &Cell, query: ReadParams) -> Result<(), ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    if q.consistent == Some(true) {
+        cell.read_barrier().await?;
+    }
+    Ok(())
+}
+
 /// Decodes a JSON body of a small internal type: MalformedBody for bad syntax, InvalidSpec for a bad shape.
 async fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
     if !matches!(format_of(headers)?, BodyFormat::Json) {
@@ -401,13 +426,19 @@ async fn heartbeat(
 }
 
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = [AgentView])))]
-async fn list_agents(State(cell): State<Cell>) -> Result<Json<Vec<AgentView>>, ApiError> {
+async fn list_agents(State(cell): State<Cell>, query: ReadParams) -> Result<Json<Vec<AgentView>>, ApiError> {
+    consistent(&cell, query).await?;
     Ok(Json(cell.list_agents().await?))
 }
 
 #[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
     responses((status = 200, body = AgentView), (status = 404, body = ApiError)))]
-async fn get_agent(State(cell): State<Cell>, Path(id): Path<String>) -> Result<Json<AgentView>, ApiError> {
+async fn get_agent(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    query: ReadParams,
+) -> Result<Json<AgentView>, ApiError> {
+    consistent(&cell, query).await?;
     Ok(Json(cell.get_agent(id).await?))
 }
 

@@ -94,6 +94,18 @@ pub struct ListQuery {
     /// Page size, 1..=1000 (default 100).
     pub limit: Option<u32>,
     pub page_token: Option<String>,
+    /// Read what the leader has committed as of this request (a linearizable read); by default a member answers
+    /// from its own applied state, which a follower may have a moment behind.
+    pub consistent: Option<bool>,
+}
+
+/// Query of the single-object reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// As for listings: read what the leader has committed as of this request.
+    pub consistent: Option<bool>,
 }
 
 /// Default and largest page sizes for listings.

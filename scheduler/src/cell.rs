@@ -237,8 +237,12 @@ impl Cell {
     /// Every route this member serves: the public API, Raft's internal routes and write forwarding.
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
-        let internal = raft_routes(self.raft.clone(), self.encoded.clone())
-            .merge(Router::new().route("/internal/propose", post(propose_here)).with_state(self.clone()));
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone()).merge(
+            Router::new()
+                .route("/internal/propose", post(propose_here))
+                .route("/internal/read-index", axum::routing::get(read_index))
+                .with_state(self.clone()),
+        );
         titan_api::router(api, http, internal)
     }
 
@@ -386,6 +390,14 @@ impl Cell {
         (voters, nodes)
     }
 
+    /// On the leader: the log index a linearizable read must see.
+    async fn read_index_here(&self) -> Result<u64, ApiError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(id) => Ok(id.map(|l| l.index).unwrap_or(0)),
+            Err(e) => Err(ApiError::new(ErrorCode::NotLeader, format!("cannot confirm leadership: {e}"))),
+        }
+    }
+
     fn leader_client(&self) -> Result<Option<Client>, ApiError> {
         let m = self.raft.metrics().borrow().clone();
         match m.current_leader {
@@ -484,6 +496,11 @@ async fn propose_here(State(cell): State<Arc<Cell>>, Packed(cmds): Packed<Vec<Co
         return Packed(Proposed::NotLeader(leader)).into_response();
     }
     Packed(Proposed::Answered(cell.enqueue(cmds).await)).into_response()
+}
+
+/// The leader's read index for a follower's consistent read.
+async fn read_index(State(cell): State<Arc<Cell>>) -> HttpResponse {
+    Packed(cell.read_index_here().await).into_response()
 }
 
 /// Keeps the cell's gauges current from Raft's metrics, and the slower ones on a timer.
@@ -712,6 +729,35 @@ impl CellApi for Cell {
         Box::pin(async move {
             let s = self.read();
             s.agent(&id).map(|a| self.agent_view(a)).ok_or_else(|| ApiError::not_found("agent", &id))
+        })
+    }
+
+    fn read_barrier(&self) -> ApiResult<'_, ()> {
+        Box::pin(async move {
+            // The leader confirms it still leads and names the index a read must see; a follower asks the leader
+            // for that index, then waits until it has applied that far itself (ReadIndex).
+            let index = match self.leader_client()? {
+                None => self.read_index_here().await?,
+                Some(leader) => {
+                    let url = format!("{}/internal/read-index", leader.base());
+                    let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
+                    let resp = self.peers.http.get(url).timeout(timeout).send().await;
+                    let unavailable = |e: String| ApiError::new(ErrorCode::NotLeader, format!("no read index: {e}"));
+                    let bytes = resp
+                        .map_err(|e| unavailable(e.to_string()))?
+                        .bytes()
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    codec::decode::<Result<u64, ApiError>>(&bytes).map_err(|e| unavailable(e.to_string()))??
+                }
+            };
+            let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
+            self.raft
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(index), "consistent read")
+                .await
+                .map(|_| ())
+                .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("not caught up for a consistent read: {e}")))
         })
     }
 
