@@ -260,7 +260,7 @@ impl Cell {
     }
 
     fn meta(actor: Actor) -> Meta {
-        Meta { who: actor.who, why: actor.why, at_ms: now_ms() }
+        Meta { who: actor.who, why: actor.why, at_ms: now_ms(), request: uuid::Uuid::new_v4().to_string() }
     }
 
     /// Commits a command, batched with whatever else is waiting and through the leader wherever it is.
@@ -678,7 +678,7 @@ impl CellApi for Cell {
         Box::pin(async move {
             let id = registration.id.clone();
             let at_ms = now_ms();
-            let meta = Meta { who: format!("agent:{id}"), why: None, at_ms };
+            let meta = Meta { who: format!("agent:{id}"), why: None, at_ms, request: uuid::Uuid::new_v4().to_string() };
             let cmd = Command::RegisterAgent { registration: Box::new(registration.clone()), meta };
             let lease_epoch = match self.commit(cmd).await? {
                 Response::Agent { lease_epoch, .. } => lease_epoch,

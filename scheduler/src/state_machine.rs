@@ -17,6 +17,8 @@ use titan_api::view::{HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAUL
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// How long applied request ids are remembered: longer than any proposer retries a command.
+pub const REQUEST_TTL_MS: u64 = 60 * 1000;
 /// History entries kept per job; older ones are dropped first.
 pub const MAX_HISTORY: usize = 1_000;
 
@@ -26,6 +28,10 @@ pub struct Meta {
     pub who: String,
     pub why: Option<String>,
     pub at_ms: u64,
+    /// Unique per proposal: a command re-proposed after an ambiguous failure (the first may have committed after
+    /// all) is answered from the first application instead of applied twice. Empty: no deduplication.
+    #[serde(default)]
+    pub request: String,
 }
 
 /// A change to the cell's state, as committed in the Raft log.
@@ -65,6 +71,21 @@ pub enum Command {
         registration: Box<AgentRegistration>,
         meta: Meta,
     },
+}
+
+impl Command {
+    /// Who, why and when, for every command but a batch.
+    pub fn meta(&self) -> Option<&Meta> {
+        match self {
+            Command::PutJob { meta, .. }
+            | Command::UpdateJob { meta, .. }
+            | Command::SetInstances { meta, .. }
+            | Command::SetEnabled { meta, .. }
+            | Command::KillJob { meta, .. }
+            | Command::RegisterAgent { meta, .. } => Some(meta),
+            Command::Batch(_) => None,
+        }
+    }
 }
 
 /// Why a command changed nothing.
@@ -166,6 +187,11 @@ pub struct CellState {
     /// Registered agents. Defaulted so snapshots written before agents existed still load.
     #[serde(default)]
     agents: BTreeMap<String, AgentRecord>,
+    /// Answers of recently applied requests by id, and the same ids by time for expiry.
+    #[serde(default)]
+    applied: BTreeMap<String, Response>,
+    #[serde(default)]
+    applied_by_time: BTreeMap<(u64, String), ()>,
 }
 
 /// An agent as the cell stores it.
@@ -193,6 +219,26 @@ fn describe(instances: &BTreeMap<String, u32>) -> String {
 
 impl CellState {
     pub fn apply(&mut self, cmd: &Command) -> Response {
+        let Some(meta) = cmd.meta().filter(|m| !m.request.is_empty()) else { return self.apply_counted(cmd) };
+        let horizon = meta.at_ms.saturating_sub(REQUEST_TTL_MS);
+        while let Some(((at, id), ())) = self.applied_by_time.first_key_value() {
+            if *at >= horizon {
+                break;
+            }
+            let id = id.clone();
+            self.applied_by_time.pop_first();
+            self.applied.remove(&id);
+        }
+        if let Some(first) = self.applied.get(&meta.request) {
+            return first.clone();
+        }
+        let response = self.apply_counted(cmd);
+        self.applied.insert(meta.request.clone(), response.clone());
+        self.applied_by_time.insert((meta.at_ms, meta.request.clone()), ());
+        response
+    }
+
+    fn apply_counted(&mut self, cmd: &Command) -> Response {
         let before = self.touched(cmd);
         let response = self.apply_inner(cmd);
         if let Some((id, was)) = before {
@@ -411,7 +457,7 @@ mod tests {
     }
 
     fn meta(at_ms: u64) -> Meta {
-        Meta { who: "alice".into(), why: Some("test".into()), at_ms }
+        Meta { who: "alice".into(), why: Some("test".into()), at_ms, request: String::new() }
     }
 
     fn put(id: &str, key: Option<&str>, at: u64) -> Command {
@@ -514,6 +560,24 @@ mod tests {
         assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 1 });
         assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 2 });
         assert_eq!(s.agent("a1").map(|a| (a.state, a.registered_at_ms)), Some((AgentState::Active, 5)));
+    }
+
+    #[test]
+    fn a_re_proposed_request_is_answered_not_applied_again() {
+        let mut s = CellState::default();
+        s.apply(&put("j1", None, 1));
+        let kill = |request: &str, at| Command::SetEnabled {
+            id: "j1".into(),
+            enabled: false,
+            meta: Meta { request: request.into(), ..meta(at) },
+        };
+        assert_eq!(s.apply(&kill("r1", 10)), job("j1", 2));
+        assert_eq!(s.apply(&kill("r1", 10)), job("j1", 2), "the same request again: the first answer");
+        assert_eq!(s.job("j1").map(|j| j.history.len()), Some(2), "applied once");
+        assert_eq!(s.apply(&kill("r2", 20)), job("j1", 3), "a new request is applied");
+        // Remembered ids expire, so the memory they take is bounded by the rate of writes.
+        s.apply(&kill("r3", 20 + REQUEST_TTL_MS + 1));
+        assert!(!s.applied.contains_key("r1"));
     }
 
     #[test]
