@@ -179,7 +179,8 @@ struct Remembered {
 pub struct CellState {
     jobs: BTreeMap<String, JobRecord>,
     idempotency: BTreeMap<String, Remembered>,
-    /// (time, key) in order, to forget expired keys without scanning.
+    /// (time, key) in order, to forget expired keys without scanning. Derived (JSON maps need string keys).
+    #[serde(skip)]
     idempotency_by_time: BTreeMap<(u64, String), ()>,
     /// Jobs per state, kept as jobs change so metrics need no scan; derived, so rebuilt rather than stored.
     #[serde(skip)]
@@ -187,10 +188,11 @@ pub struct CellState {
     /// Registered agents. Defaulted so snapshots written before agents existed still load.
     #[serde(default)]
     agents: BTreeMap<String, AgentRecord>,
-    /// Answers of recently applied requests by id, and the same ids by time for expiry.
+    /// Answers of recently applied requests by id, with when they were applied, and the same ids by time for
+    /// expiry (derived).
     #[serde(default)]
-    applied: BTreeMap<String, Response>,
-    #[serde(default)]
+    applied: BTreeMap<String, (u64, Response)>,
+    #[serde(skip)]
     applied_by_time: BTreeMap<(u64, String), ()>,
 }
 
@@ -229,11 +231,11 @@ impl CellState {
             self.applied_by_time.pop_first();
             self.applied.remove(&id);
         }
-        if let Some(first) = self.applied.get(&meta.request) {
+        if let Some((_, first)) = self.applied.get(&meta.request) {
             return first.clone();
         }
         let response = self.apply_counted(cmd);
-        self.applied.insert(meta.request.clone(), response.clone());
+        self.applied.insert(meta.request.clone(), (meta.at_ms, response.clone()));
         self.applied_by_time.insert((meta.at_ms, meta.request.clone()), ());
         response
     }
@@ -244,9 +246,10 @@ impl CellState {
         if let Some((id, was)) = before {
             if let Some(now) = self.jobs.get(&id).map(|j| j.state) {
                 if was != Some(now) {
-                    if let Some(w) = was {
-                        *self.by_state.entry(w).or_insert(1) -= 1;
+                    if let Some(n) = was.and_then(|w| self.by_state.get_mut(&w)) {
+                        *n = n.saturating_sub(1);
                     }
+                    self.by_state.retain(|_, n| *n > 0);
                     *self.by_state.entry(now).or_insert(0) += 1;
                 }
             }
@@ -267,12 +270,14 @@ impl CellState {
         Some((id.clone(), self.jobs.get(id).map(|j| j.state)))
     }
 
-    /// Rebuilds what is derived from the jobs; called after a snapshot is loaded.
+    /// Rebuilds what is derived (counts, time indexes); called after a snapshot is loaded.
     pub fn reindex(&mut self) {
         self.by_state.clear();
         for j in self.jobs.values() {
             *self.by_state.entry(j.state).or_insert(0) += 1;
         }
+        self.idempotency_by_time = self.idempotency.iter().map(|(k, r)| ((r.at_ms, k.clone()), ())).collect();
+        self.applied_by_time = self.applied.iter().map(|(k, (at, _))| ((*at, k.clone()), ())).collect();
     }
 
     /// How many jobs are in each state.
@@ -578,6 +583,22 @@ mod tests {
         // Remembered ids expire, so the memory they take is bounded by the rate of writes.
         s.apply(&kill("r3", 20 + REQUEST_TTL_MS + 1));
         assert!(!s.applied.contains_key("r1"));
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let mut s = CellState::default();
+        s.apply(&put("j1", Some("key-1"), 1));
+        s.apply(&Command::KillJob { id: "j1".into(), meta: Meta { request: "r1".into(), ..meta(2) } });
+        let bytes = serde_json::to_vec(&SnapshotV1 { state: s.clone() }).expect("a snapshot serializes");
+        let mut back = serde_json::from_slice::<SnapshotV1>(&bytes).expect("and deserializes").state;
+        back.reindex();
+        assert_eq!(back, s, "derived indexes are rebuilt");
+        // Expiry still works on the restored state.
+        let later = Meta { request: "r9".into(), ..meta(10 + IDEMPOTENCY_TTL_MS) };
+        back.apply(&Command::PutJob { id: "j2".into(), spec: spec("api", "shop"), idempotency_key: None, meta: later });
+        assert!(back.idempotency.is_empty(), "the idempotency key expired");
+        assert_eq!(back.applied.keys().collect::<Vec<_>>(), vec!["r9"], "r1 expired");
     }
 
     #[test]
