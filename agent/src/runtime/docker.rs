@@ -275,8 +275,26 @@ mod tests {
         panic!("task {task} did not exit");
     }
 
+    /// Removes this test's containers however the test ends.
+    struct Cleanup(String);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let filter = format!("label={LABEL_CELL}={}", self.0);
+            let ids = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output();
+            if let Ok(out) = ids {
+                let ids: Vec<String> =
+                    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+                if !ids.is_empty() {
+                    let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn containers_run_with_limits_ports_and_report_exit_codes() {
+        let _cleanup = Cleanup(spec("x", &[]).cell);
         let rt = DockerRuntime::connect("127.0.0.1").expect("docker socket (scripts/deps starts dockerd)");
         rt.ping().await.expect("dockerd answers");
 
