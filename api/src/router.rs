@@ -356,14 +356,7 @@ async fn cluster(State(cell): State<Cell>) -> Result<Json<ClusterView>, ApiError
     request_body(content = AddMember, content_type = "application/json"),
     responses((status = 200, body = ClusterView), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
 async fn add_member(State(cell): State<Cell>, headers: HeaderMap, body: Body) -> Result<Json<ClusterView>, ApiError> {
-    if !matches!(format_of(&headers)?, BodyFormat::Json) {
-        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send application/json").with_field("Content-Type"));
-    }
-    let bytes = read_body(body).await?;
-    let member: AddMember = serde_json::from_slice(&bytes).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() { ErrorCode::MalformedBody } else { ErrorCode::InvalidSpec };
-        ApiError::new(code, e.to_string())
-    })?;
+    let member: AddMember = json_body(&headers, body).await?;
     if member.addr.parse::<std::net::SocketAddr>().is_err() {
         return Err(ApiError::field("addr", "must be host:port with an IP address"));
     }
