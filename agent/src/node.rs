@@ -80,6 +80,7 @@ pub fn describe(
             port_ranges: vec![declared.ports.unwrap_or(DEFAULT_PORTS)],
         },
         attributes,
+        running: Vec::new(),
     }
 }
 

@@ -35,6 +35,10 @@ pub struct AgentRegistration {
     /// zone, instance type, instance id, instance group, and any the operator adds.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// Tasks the agent found still running when it started (by their labels) and re-adopted. The cell keeps
+    /// those of them it still wants, and declares the rest of the agent's started tasks lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
 }
 
 fn label_ok(s: &str) -> bool {
@@ -157,6 +161,7 @@ mod tests {
                 port_ranges: vec![(31000, 31999)],
             },
             attributes: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+            running: vec![],
         }
     }
 

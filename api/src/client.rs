@@ -10,6 +10,7 @@ use crate::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{BodyFormat, JobSpec};
 use crate::router::{REASON_HEADER, USER_HEADER};
+use crate::task::{Assignments, AssignmentsQuery, StatusAck, StatusReport, TaskList, TaskQuery, TaskView};
 use crate::view::{AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery};
 
 /// Default time a request may take, end to end.
@@ -221,6 +222,37 @@ impl Client {
 
     pub async fn get_agent(&self, id: &str) -> Result<AgentView, ClientError> {
         self.send(self.request(Method::GET, &format!("/v1/agents/{id}"))).await
+    }
+
+    pub async fn list_tasks(&self, q: &TaskQuery) -> Result<TaskList, ClientError> {
+        self.send(self.request(Method::GET, "/v1/tasks").query(q)).await
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<TaskView, ClientError> {
+        self.send(self.request(Method::GET, &format!("/v1/tasks/{id}"))).await
+    }
+
+    pub async fn kill_task(&self, id: &str) -> Result<TaskView, ClientError> {
+        self.send(self.request(Method::POST, &format!("/v1/tasks/{id}/kill"))).await
+    }
+
+    /// An agent's assignments; with `after`, waits up to `wait` for a version past it.
+    pub async fn assignments(
+        &self,
+        agent: &str,
+        after: Option<u64>,
+        wait: std::time::Duration,
+    ) -> Result<Assignments, ClientError> {
+        let q = AssignmentsQuery { after, wait_ms: after.map(|_| wait.as_millis() as u64) };
+        let r = self
+            .request(Method::GET, &format!("/v1/agents/{agent}/assignments"))
+            .query(&q)
+            .timeout(wait + std::time::Duration::from_secs(10));
+        self.send(r).await
+    }
+
+    pub async fn report_status(&self, agent: &str, report: &StatusReport) -> Result<StatusAck, ClientError> {
+        self.send(self.request(Method::POST, &format!("/v1/agents/{agent}/status")).json(report)).await
     }
 
     /// Whether `/readyz` answers 200.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod job;
 pub mod openapi;
 pub mod router;
+pub mod task;
 pub mod view;
 
 pub use client::{Client, ClientError};

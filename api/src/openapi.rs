@@ -24,9 +24,19 @@ use crate::router::paths::*;
         register_agent,
         heartbeat,
         list_agents,
-        get_agent
+        get_agent,
+        assignments,
+        report_status,
+        list_tasks,
+        get_task,
+        kill_task
     ),
-    components(schemas(crate::error::ApiError, crate::error::ErrorCode, crate::view::JobState))
+    components(schemas(
+        crate::error::ApiError,
+        crate::error::ErrorCode,
+        crate::view::JobState,
+        crate::task::TaskState
+    ))
 )]
 struct Doc;
 

@@ -22,6 +22,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use crate::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{BodyFormat, InstancesRequest, JobSpec};
+use crate::task::{Assignments, AssignmentsQuery, StatusAck, StatusReport, TaskList, TaskQuery, TaskView, MAX_WAIT_MS};
 use crate::view::{
     AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery, ReadQuery, MAX_PAGE_SIZE,
 };
@@ -75,6 +76,14 @@ pub trait CellApi: Send + Sync + 'static {
     /// Returns once this member has applied everything the leader had committed when it was called: reads after
     /// it are linearizable.
     fn read_barrier(&self) -> ApiResult<'_, ()>;
+    fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList>;
+    fn get_task(&self, id: String) -> ApiResult<'_, TaskView>;
+    /// Asks for a task to be stopped; its job's reconciler may start a replacement.
+    fn kill_task(&self, id: String, actor: Actor) -> ApiResult<'_, TaskView>;
+    /// An agent's assignments, once their version passes `after` (or `wait_ms` elapses).
+    fn assignments(&self, agent: String, query: AssignmentsQuery) -> ApiResult<'_, Assignments>;
+    /// What an agent observed of its tasks; committed before it is acknowledged.
+    fn report_status(&self, agent: String, report: StatusReport) -> ApiResult<'_, StatusAck>;
 }
 
 type Cell = Arc<dyn CellApi>;
@@ -130,6 +139,11 @@ pub fn router(cell: Cell, metrics: HttpMetrics, internal: Router) -> Router {
         .route("/v1/agents", post(register_agent).get(list_agents))
         .route("/v1/agents/{id}", get(get_agent))
         .route("/v1/agents/{id}/heartbeat", post(heartbeat))
+        .route("/v1/agents/{id}/assignments", get(assignments))
+        .route("/v1/agents/{id}/status", post(report_status))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/kill", post(kill_task))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(cell);
@@ -435,11 +449,80 @@ async fn get_agent(
     Ok(Json(cell.get_agent(id).await?))
 }
 
+#[utoipa::path(get, path = "/v1/agents/{id}/assignments", tag = "agents", params(("id" = String, Path), AssignmentsQuery),
+    responses((status = 200, body = Assignments), (status = 404, body = ApiError)))]
+async fn assignments(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    query: Result<Query<AssignmentsQuery>, QueryRejection>,
+) -> Result<Json<Assignments>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    if q.wait_ms.is_some_and(|w| w > MAX_WAIT_MS) {
+        return Err(ApiError::new(ErrorCode::InvalidParameter, format!("waitMs must be at most {MAX_WAIT_MS}"))
+            .with_field("waitMs"));
+    }
+    Ok(Json(cell.assignments(id, q).await?))
+}
+
+#[utoipa::path(post, path = "/v1/agents/{id}/status", tag = "agents", params(("id" = String, Path)),
+    request_body(content = StatusReport, content_type = "application/json"),
+    responses((status = 200, body = StatusAck), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
+async fn report_status(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<StatusAck>, ApiError> {
+    let report: StatusReport = json_body(&headers, body).await?;
+    report.validate()?;
+    Ok(Json(cell.report_status(id, report).await?))
+}
+
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(TaskQuery),
+    responses((status = 200, body = TaskList), (status = 400, body = ApiError)))]
+async fn list_tasks(
+    State(cell): State<Cell>,
+    query: Result<Query<TaskQuery>, QueryRejection>,
+) -> Result<Json<TaskList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    q.validate()?;
+    if q.limit.is_some_and(|l| l == 0 || l > MAX_PAGE_SIZE) {
+        return Err(ApiError::new(ErrorCode::InvalidParameter, format!("limit must be 1..={MAX_PAGE_SIZE}"))
+            .with_field("limit"));
+    }
+    if q.consistent {
+        cell.read_barrier().await?;
+    }
+    Ok(Json(cell.list_tasks(q).await?))
+}
+
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path), ReadQuery),
+    responses((status = 200, body = TaskView), (status = 404, body = ApiError)))]
+async fn get_task(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    query: ReadParams,
+) -> Result<Json<TaskView>, ApiError> {
+    consistent(&cell, query).await?;
+    Ok(Json(cell.get_task(id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/tasks/{id}/kill", tag = "tasks", params(("id" = String, Path)),
+    responses((status = 200, body = TaskView), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn kill_task(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<TaskView>, ApiError> {
+    Ok(Json(cell.kill_task(id, actor(&headers)?).await?))
+}
+
 /// The handlers' OpenAPI path items, for `openapi`.
 pub(crate) mod paths {
     pub use super::{
-        __path_add_member, __path_cluster, __path_disable_job, __path_enable_job, __path_get_agent, __path_get_job,
-        __path_heartbeat, __path_job_history, __path_kill_job, __path_list_agents, __path_list_jobs, __path_ready,
-        __path_register_agent, __path_remove_member, __path_set_instances, __path_submit_job, __path_update_job,
+        __path_add_member, __path_assignments, __path_cluster, __path_disable_job, __path_enable_job, __path_get_agent,
+        __path_get_job, __path_get_task, __path_heartbeat, __path_job_history, __path_kill_job, __path_kill_task,
+        __path_list_agents, __path_list_jobs, __path_list_tasks, __path_ready, __path_register_agent,
+        __path_remove_member, __path_report_status, __path_set_instances, __path_submit_job, __path_update_job,
     };
 }

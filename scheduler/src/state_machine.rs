@@ -560,6 +560,7 @@ mod tests {
             addr: "127.0.0.1:1".into(),
             resources: titan_api::agent::AgentResources { cpus: 1.0, memory_mib: 1, disk_mib: 0, port_ranges: vec![] },
             attributes: Default::default(),
+            running: vec![],
         };
         let cmd = Command::RegisterAgent { registration: Box::new(reg), meta: meta(5) };
         assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 1 });
