@@ -1,15 +1,30 @@
 //! The agent's loop: register with the cell, keep the lease with heartbeats, and register again whenever the
 //! cell says the lease is stale or unknown. A cell that cannot be reached is retried without end: the agent rides
-//! out cell outages and reconnects.
+//! out cell outages and reconnects, and its tasks keep running meanwhile.
+//!
+//! With a `Supervisor` (`run_supervised`), three loops share the lease: heartbeats, the assignments long-poll
+//! (each answer handed to the supervisor, which acts only on the epoch held), and the status reporter (batches
+//! of the latest status per task, retried until acknowledged). Any of them that hears the lease is stale drops
+//! it, and the lease loop registers again, listing the tasks still running.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge, Registry};
 use titan_api::agent::AgentRegistration;
-use titan_api::{Client, ErrorCode};
+use titan_api::task::StatusReport;
+use titan_api::{Client, ClientError, ErrorCode};
+use tokio::sync::watch;
+
+use crate::supervisor::{Applied, Supervisor};
 
 /// How long to wait before trying an unreachable cell again.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between retries of a failing call.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long one assignments long-poll waits for a change.
+pub const ASSIGNMENTS_WAIT: Duration = Duration::from_secs(10);
+/// How long statuses gather after the first is queued, so one report carries several.
+pub const REPORT_BATCH: Duration = Duration::from_millis(50);
 
 /// What the loop reports on the agent's `/metrics`.
 #[derive(Clone)]
@@ -32,53 +47,267 @@ impl LeaseMetrics {
     }
 }
 
-/// Registers, then heartbeats until `stop` resolves.
+/// The lease epoch held (`None`: not registered), shared by the loops.
+#[derive(Clone)]
+struct Lease {
+    epoch: watch::Sender<Option<u64>>,
+    metrics: LeaseMetrics,
+}
+
+impl Lease {
+    fn held(&self) -> Option<u64> {
+        *self.epoch.borrow()
+    }
+
+    /// The cell called `epoch` stale or unknown: drop it (unless a newer registration already replaced it), so
+    /// the lease loop registers again.
+    fn lose(&self, epoch: u64) {
+        let dropped = self.epoch.send_if_modified(|held| {
+            let stale = *held == Some(epoch);
+            if stale {
+                *held = None;
+            }
+            stale
+        });
+        if dropped {
+            self.metrics.lease_epoch.set(0);
+        }
+    }
+
+    /// Resolves once an epoch is held.
+    async fn wait_held(&self) -> u64 {
+        let mut rx = self.epoch.subscribe();
+        loop {
+            if let Some(e) = *rx.borrow_and_update() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Doubling waits between retries, from `RETRY / 4` up to `MAX_BACKOFF`.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(RETRY / 4)
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+    }
+
+    fn reset(&mut self) {
+        self.0 = RETRY / 4;
+    }
+}
+
+/// Whether an error means the agent's lease (or the agent itself) is unknown to the cell.
+fn lease_refused(e: &ClientError) -> bool {
+    matches!(e.code(), Some(ErrorCode::Conflict) | Some(ErrorCode::NotFound))
+}
+
+/// Registers, then heartbeats until `stop` resolves. Runs no tasks.
 pub async fn run(
     client: Client,
     registration: AgentRegistration,
     metrics: LeaseMetrics,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    serve(client, registration, metrics, None, stop).await
+}
+
+/// Registers (listing the tasks found still running), then keeps the lease, pulls assignments into the
+/// supervisor and reports their statuses, until `stop` resolves. Containers outlive it, to be re-adopted.
+pub async fn run_supervised(
+    client: Client,
+    registration: AgentRegistration,
+    metrics: LeaseMetrics,
+    supervisor: Supervisor,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    serve(client, registration, metrics, Some(supervisor), stop).await
+}
+
+async fn serve(
+    client: Client,
+    registration: AgentRegistration,
+    metrics: LeaseMetrics,
+    supervisor: Option<Supervisor>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let id = registration.id.clone();
-    let mut epoch: Option<u64> = None;
-    let mut interval = RETRY;
-    loop {
-        tokio::select! {
-            () = &mut stop => {
-                tracing::info!(agent = %id, "agent stopping");
-                return;
+    if let Some(s) = &supervisor {
+        // What a previous run left behind must be known before registering: the cell keeps only those listed.
+        let mut backoff = Backoff::new();
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                found = s.recover() => match found {
+                    Ok(found) => {
+                        tracing::info!(agent = %id, found = found.len(), "recovered tasks left running");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %id, error = %e, "cannot list the runtime's tasks; retrying");
+                        backoff.wait().await;
+                    }
+                },
             }
-            () = tokio::time::sleep(if epoch.is_some() { interval } else { Duration::ZERO }) => {}
         }
-        match epoch {
-            None => match client.register_agent(&registration).await {
-                Ok(view) => {
-                    tracing::info!(agent = %id, epoch = view.lease_epoch, "registered");
-                    metrics.registrations.inc();
-                    metrics.lease_epoch.set(view.lease_epoch as i64);
-                    epoch = Some(view.lease_epoch);
-                    interval = Duration::ZERO;
+    }
+    let lease = Lease { epoch: watch::Sender::new(None), metrics };
+    let work = async {
+        match &supervisor {
+            Some(s) => {
+                tokio::join!(
+                    keep_lease(&client, &registration, &lease, Some(s)),
+                    pull(&client, &id, &lease, s),
+                    report(&client, &id, &lease, s),
+                );
+            }
+            None => keep_lease(&client, &registration, &lease, None).await,
+        }
+    };
+    tokio::select! {
+        () = &mut stop => tracing::info!(agent = %id, "agent stopping"),
+        () = work => {}
+    }
+    if let Some(s) = &supervisor {
+        s.shutdown().await;
+    }
+}
+
+/// Registers whenever no epoch is held, heartbeats at a third of the lease otherwise.
+async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &Lease, supervisor: Option<&Supervisor>) {
+    let id = &registration.id;
+    let mut changes = lease.epoch.subscribe();
+    let mut interval = Duration::ZERO;
+    loop {
+        match lease.held() {
+            None => {
+                let mut r = registration.clone();
+                if let Some(s) = supervisor {
+                    r.running = s.running();
                 }
-                Err(e) => {
-                    tracing::warn!(agent = %id, error = %e, "registration failed; retrying");
-                    tokio::time::sleep(RETRY).await;
+                match client.register_agent(&r).await {
+                    Ok(view) => {
+                        tracing::info!(agent = %id, epoch = view.lease_epoch, cell = %view.cell,
+                            running = r.running.len(), "registered");
+                        if let Some(s) = supervisor {
+                            s.set_cell(&view.cell);
+                        }
+                        lease.metrics.registrations.inc();
+                        lease.metrics.lease_epoch.set(view.lease_epoch as i64);
+                        lease.epoch.send_replace(Some(view.lease_epoch));
+                        changes.borrow_and_update();
+                        interval = Duration::ZERO;
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %id, error = %e, "registration failed; retrying");
+                        tokio::time::sleep(RETRY).await;
+                    }
                 }
-            },
-            Some(current) => match client.heartbeat(&id, current).await {
-                Ok(lease) => interval = Duration::from_millis(lease.lease_ms / 3),
-                Err(e) if matches!(e.code(), Some(ErrorCode::Conflict) | Some(ErrorCode::NotFound)) => {
-                    tracing::warn!(agent = %id, error = %e, "lease lost; registering again");
-                    metrics.heartbeat_failures.inc();
-                    metrics.lease_epoch.set(0);
-                    epoch = None;
+            }
+            Some(current) => {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    _ = changes.changed() => continue,
                 }
-                Err(e) => {
-                    tracing::warn!(agent = %id, error = %e, "heartbeat failed; retrying");
-                    metrics.heartbeat_failures.inc();
-                    interval = RETRY;
+                match client.heartbeat(id, current).await {
+                    Ok(l) => interval = Duration::from_millis(l.lease_ms / 3),
+                    Err(e) if lease_refused(&e) => {
+                        tracing::warn!(agent = %id, error = %e, "lease lost; registering again");
+                        lease.metrics.heartbeat_failures.inc();
+                        lease.lose(current);
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %id, error = %e, "heartbeat failed; retrying");
+                        lease.metrics.heartbeat_failures.inc();
+                        interval = RETRY;
+                    }
                 }
-            },
+            }
+        }
+    }
+}
+
+/// The assignments long-poll: each answer goes to the supervisor, which acts on it only for the epoch held.
+async fn pull(client: &Client, id: &str, lease: &Lease, supervisor: &Supervisor) {
+    let mut backoff = Backoff::new();
+    let mut after: Option<u64> = None;
+    let mut asked_for: Option<u64> = None;
+    loop {
+        let epoch = lease.wait_held().await;
+        if asked_for != Some(epoch) {
+            // A new registration: ask for the whole current plan at once.
+            after = None;
+            asked_for = Some(epoch);
+        }
+        let answer = client.assignments(id, after, ASSIGNMENTS_WAIT).await;
+        let fetched = Instant::now();
+        match answer {
+            Ok(answer) => {
+                backoff.reset();
+                // The epoch held now, not when asking: a registration during the poll makes the answer stale.
+                match supervisor.apply(lease.held(), &answer, fetched) {
+                    Applied::Acted => after = Some(answer.version),
+                    Applied::Refused { register_again } => {
+                        after = None;
+                        if register_again {
+                            lease.lose(epoch);
+                        } else {
+                            backoff.wait().await;
+                        }
+                    }
+                }
+            }
+            Err(e) if lease_refused(&e) => {
+                tracing::warn!(agent = %id, error = %e, "assignments refused the lease; registering again");
+                lease.lose(epoch);
+            }
+            Err(e) => {
+                tracing::warn!(agent = %id, error = %e, "assignments failed; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Sends queued statuses in batches with the epoch held, until each is acknowledged.
+async fn report(client: &Client, id: &str, lease: &Lease, supervisor: &Supervisor) {
+    let mut backoff = Backoff::new();
+    loop {
+        supervisor.statuses_queued().await;
+        tokio::time::sleep(REPORT_BATCH).await;
+        let epoch = lease.wait_held().await;
+        let statuses = supervisor.take_statuses();
+        if statuses.is_empty() {
+            continue;
+        }
+        let report = StatusReport { lease_epoch: epoch, statuses };
+        match client.report_status(id, &report).await {
+            Ok(ack) => {
+                tracing::debug!(agent = %id, applied = ack.applied, ignored = ack.ignored, "statuses reported");
+                supervisor.acknowledged();
+                backoff.reset();
+            }
+            Err(e) => {
+                supervisor.metrics().status_report_failures.inc();
+                supervisor.restore_statuses(report.statuses);
+                if lease_refused(&e) {
+                    tracing::warn!(agent = %id, error = %e, "status report refused the lease; registering again");
+                    lease.lose(epoch);
+                } else {
+                    tracing::warn!(agent = %id, error = %e, "status report failed; retrying");
+                    backoff.wait().await;
+                }
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The node daemon: registration, heartbeats, assignment pull, runtimes (docker, process), volumes (zfs, dir),
 //! logs and health checks.
 //!
-//! So far: registration and heartbeats (`daemon`, `node`), the Docker `runtime` and `volume` drivers; assignment
-//! pull, logs and health checks come with the rest of issue #4. Architecture invariant: agent never depends on
-//! scheduler; it talks to a cell through `titan-api` only.
+//! `daemon` keeps the lease and pulls assignments; `supervisor` decides (purely, in `supervisor::plan`) and acts:
+//! it launches, adopts, watches, health-checks and stops tasks through a `runtime` (Docker or host processes)
+//! with `volume`s, `logs` and `health` probes, and queues their statuses for the cell. Architecture invariant:
+//! agent never depends on scheduler; it talks to a cell through `titan-api` only.
 
 pub mod daemon;
 pub mod health;
@@ -11,4 +12,5 @@ pub mod logs;
 pub mod node;
 pub mod runtime;
 pub mod server;
+pub mod supervisor;
 pub mod volume;

@@ -5,8 +5,11 @@
 use std::collections::HashMap;
 
 use bollard::container::LogOutput;
+use std::time::Duration;
+
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding};
+use bollard::exec::StartExecResults;
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, ExecConfig, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
@@ -14,7 +17,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::{Found, RuntimeError, TaskSpec, TaskState, LABEL_CELL, LABEL_JOB, LABEL_TASK};
+use super::{Found, RuntimeError, TaskSpec, TaskState, LABEL_AGENT, LABEL_CELL, LABEL_JOB, LABEL_TASK};
 
 pub struct DockerRuntime {
     docker: Docker,
@@ -49,6 +52,7 @@ pub(crate) fn container_config(spec: &TaskSpec, bind_ip: &str) -> ContainerCreat
         (LABEL_CELL.to_string(), spec.cell.clone()),
         (LABEL_JOB.to_string(), spec.job_id.clone()),
         (LABEL_TASK.to_string(), spec.task_id.clone()),
+        (LABEL_AGENT.to_string(), spec.agent_id.clone()),
     ]);
     let memory = (spec.memory_mib * 1024 * 1024) as i64;
     ContainerCreateBody {
@@ -155,6 +159,25 @@ impl DockerRuntime {
         }
     }
 
+    /// Runs `argv` inside the task's container; whether it exits 0 within `timeout` (command health checks).
+    pub async fn exec(&self, task_id: &str, argv: &[String], timeout: Duration) -> bool {
+        let run = async {
+            let config = ExecConfig {
+                cmd: Some(argv.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            };
+            let exec = self.docker.create_exec(&container_name(task_id), config).await.ok()?;
+            if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await.ok()? {
+                // The output is not kept; reading it to its end is how the exec's end is awaited.
+                while output.next().await.is_some() {}
+            }
+            self.docker.inspect_exec(&exec.id).await.ok()?.exit_code
+        };
+        matches!(tokio::time::timeout(timeout, run).await, Ok(Some(0)))
+    }
+
     /// Follows the task's stdout and stderr into `logs_dir/<task>/stdout.log` and `stderr.log` (size-rotated)
     /// until the container ends. A restarted agent calls it again with `since` (seconds since the epoch) set to
     /// when it last wrote, so nothing is copied twice.
@@ -193,9 +216,18 @@ impl DockerRuntime {
         })
     }
 
-    /// Every container of `cell`, found by label: what a restarted agent re-adopts or reports.
+    /// Every container of `cell`, found by label.
     pub async fn list(&self, cell: &str) -> Result<Vec<Found>, RuntimeError> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_CELL}={cell}")])]);
+        self.list_labelled(LABEL_CELL, cell).await
+    }
+
+    /// Every container `agent` started, found by label: what a restarted agent re-adopts or removes.
+    pub async fn list_agent(&self, agent: &str) -> Result<Vec<Found>, RuntimeError> {
+        self.list_labelled(LABEL_AGENT, agent).await
+    }
+
+    async fn list_labelled(&self, label: &str, value: &str) -> Result<Vec<Found>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);
         let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
         let containers =
             self.docker.list_containers(Some(options)).await.map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
@@ -216,7 +248,6 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     use super::*;
     use crate::runtime::Mount;
@@ -227,6 +258,7 @@ mod tests {
     fn spec(task: &str, command: &[&str]) -> TaskSpec {
         TaskSpec {
             cell: format!("test{}", std::process::id()),
+            agent_id: "agent-1".into(),
             job_id: "job-1".into(),
             task_id: task.into(),
             image: TEST_IMAGE.into(),

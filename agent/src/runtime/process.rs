@@ -103,6 +103,8 @@ impl ProcessRuntime {
             .current_dir(&cwd)
             .envs(&spec.env)
             .stdin(Stdio::null())
+            // The runtime dropped (the agent ending) takes its processes with it: they cannot be re-adopted.
+            .kill_on_drop(true)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (i, port) in spec.ports.iter().enumerate() {
@@ -172,6 +174,11 @@ impl ProcessRuntime {
         Err(RuntimeError::task(task_id, "did not exit after SIGKILL"))
     }
 
+    /// The task's working directory (where its command runs, and host-side health commands with it).
+    pub fn work_dir(&self, task_id: &str) -> PathBuf {
+        self.work_dir.join(task_id)
+    }
+
     /// Forgets a stopped task and removes its working directory and cgroups.
     pub async fn remove(&self, task_id: &str) -> Result<(), RuntimeError> {
         if matches!(self.state(task_id), TaskState::Running) {
@@ -197,6 +204,7 @@ mod tests {
     fn spec(task: &str, command: &[&str]) -> TaskSpec {
         TaskSpec {
             cell: "dev".into(),
+            agent_id: "agent-1".into(),
             job_id: "job".into(),
             task_id: task.into(),
             image: String::new(),
