@@ -147,6 +147,7 @@ struct FileConfig {
     peers: Option<String>,
     data_dir: Option<PathBuf>,
     raft: Option<RaftTuning>,
+    scheduler: Option<titan_scheduler::reconcile::SchedulerConfig>,
 }
 
 fn init_logging(log: &LogArgs) {
@@ -183,6 +184,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         peers,
         data_dir: args.data_dir.or(file.data_dir).context("--data-dir is required")?,
         raft: file.raft.unwrap_or_default(),
+        scheduler: file.scheduler.unwrap_or_default(),
     };
     serve(config, false).await
 }
@@ -196,6 +198,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         peers: [(1, args.listen)].into_iter().collect(),
         data_dir: args.data_dir,
         raft: RaftTuning::default(),
+        scheduler: Default::default(),
     };
     serve(config, true).await
 }

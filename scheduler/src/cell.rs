@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
 use titan_api::router::{ApiResult, HttpMetrics};
+use titan_api::task::{
+    Assignment, Assignments, AssignmentsQuery, StatusAck, StatusReport, TaskList, TaskQuery, TaskView,
+};
 use titan_api::view::{
     AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobState, JobView, ListQuery, MemberView,
 };
@@ -140,8 +143,8 @@ const PROPOSERS: usize = 2;
 
 type Waiter = (Command, oneshot::Sender<Result<Response, ApiError>>);
 
-/// How long a heartbeat keeps an agent's lease; agents beat at a third of it.
-pub const LEASE_MS: u64 = 10_000;
+/// Between SIGTERM and SIGKILL when a task is stopped (Docker's default).
+pub const KILL_GRACE_MS: u64 = 10_000;
 
 pub struct Cell {
     queue: mpsc::Sender<Waiter>,
@@ -156,9 +159,11 @@ pub struct Cell {
     engine: Arc<dyn Engine>,
     peers: PeerClient,
     metrics: CellMetrics,
+    scheduling: crate::scheduling::Local,
+    scheduling_metrics: crate::scheduling::SchedulingMetrics,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -209,6 +214,7 @@ impl Cell {
         }
 
         let metrics = CellMetrics::new(registry, &config.cell, config.node_id)?;
+        let scheduling_metrics = crate::scheduling::SchedulingMetrics::new(registry, &config.cell, config.node_id)?;
         let (queue, rx) = mpsc::channel(MAX_BATCH * PROPOSERS * 4);
         let cell = Arc::new(Cell {
             queue,
@@ -221,8 +227,11 @@ impl Cell {
             engine,
             peers,
             metrics,
+            scheduling: Default::default(),
+            scheduling_metrics,
         });
         tokio::spawn(watch(cell.clone()));
+        tokio::spawn(crate::scheduling::run(Arc::downgrade(&cell)));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..PROPOSERS {
             tokio::spawn(propose_batches(Arc::downgrade(&cell), rx.clone()));
@@ -257,6 +266,66 @@ impl Cell {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state_machine::CellState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn state_read(&self) -> std::sync::RwLockReadGuard<'_, crate::state_machine::CellState> {
+        self.read()
+    }
+
+    pub fn config(&self) -> &CellConfig {
+        &self.config
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.config.node_id)
+    }
+
+    pub(crate) fn scheduling(&self) -> &crate::scheduling::Local {
+        &self.scheduling
+    }
+
+    pub(crate) fn scheduling_metrics(&self) -> &crate::scheduling::SchedulingMetrics {
+        &self.scheduling_metrics
+    }
+
+    /// When this member (as leader) last heard from each agent.
+    pub(crate) fn heartbeats(&self) -> HashMap<String, u64> {
+        self.leases().clone()
+    }
+
+    pub(crate) async fn commit_command(&self, cmd: Command) -> Result<Response, ApiError> {
+        self.commit(cmd).await
+    }
+
+    fn task_view(&self, t: &crate::task::TaskRecord) -> TaskView {
+        t.view(&self.config.cell, self.scheduling.pending(&t.id))
+    }
+
+    /// What an agent must run, from this member's applied state.
+    fn assignments_now(&self, agent: &str) -> Result<(u64, Assignments), ApiError> {
+        let s = self.read();
+        let a = s.agent(agent).ok_or_else(|| ApiError::not_found("agent", agent))?;
+        let mut tasks = Vec::new();
+        for t in s.tasks_on_agent(agent) {
+            let Some(job) = s.job(&t.job_id) else { continue };
+            let spec = &job.spec;
+            tasks.push(Assignment {
+                task_id: t.id.clone(),
+                job_id: t.job_id.clone(),
+                desired: t.desired,
+                image: spec.image.clone(),
+                command: spec.command.clone(),
+                env: spec.env.clone(),
+                cpus: t.ask.cpus,
+                memory_mib: t.ask.memory_mib,
+                disk_mib: t.ask.disk_mib,
+                ports: t.ports.clone(),
+                volumes: spec.volumes.clone(),
+                health_check: spec.health_check.clone(),
+                kill_grace_ms: KILL_GRACE_MS,
+            });
+        }
+        Ok((a.version, Assignments { lease_epoch: a.lease_epoch, version: a.version, tasks }))
     }
 
     fn meta(actor: Actor) -> Meta {
@@ -428,6 +497,16 @@ fn rejection(r: Rejection) -> ApiError {
             ApiError::new(ErrorCode::Conflict, format!("Idempotency-Key {key:?} was used before for a different spec"))
                 .with_field("Idempotency-Key")
         }
+        Rejection::TaskNotFound { id } => ApiError::not_found("task", &id),
+        Rejection::TaskTerminal { id, state } => {
+            ApiError::new(ErrorCode::Conflict, format!("task {id} already ended: {}", state.as_str()))
+        }
+        Rejection::AgentNotFound { id } => ApiError::not_found("agent", &id),
+        Rejection::StaleEpoch { agent, given, current } => ApiError::new(
+            ErrorCode::Conflict,
+            format!("lease epoch {given} of agent {agent} is stale (current {current}): register again"),
+        )
+        .with_field("leaseEpoch"),
     }
 }
 
@@ -519,6 +598,7 @@ async fn watch(cell: Arc<Cell>) {
                     [JobState::Enabled, JobState::Disabled, JobState::Killed].into_iter().map(|st| (st, s.count(st))).collect()
                 };
                 for (state, n) in counts { cell.metrics.jobs.with_label_values(&[state.as_str()]).set(n as i64); }
+                crate::scheduling::observe_tasks(&cell.scheduling_metrics, &cell.read(), now_ms());
             }
         }
         let m = rx.borrow().clone();
@@ -691,6 +771,8 @@ impl CellApi for Cell {
                 registration,
                 lease_epoch,
                 registered_at_ms: at_ms,
+                reachable: true,
+                version: 0,
             };
             Ok(self.agent_view(&record))
         })
@@ -714,7 +796,7 @@ impl CellApi for Cell {
                 .with_field("leaseEpoch"));
             }
             self.leases().insert(id, now_ms());
-            Ok(Lease { lease_epoch: epoch, lease_ms: LEASE_MS })
+            Ok(Lease { lease_epoch: epoch, lease_ms: self.config.scheduler.lease_ms })
         })
     }
 
@@ -758,6 +840,70 @@ impl CellApi for Cell {
                 .await
                 .map(|_| ())
                 .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("not caught up for a consistent read: {e}")))
+        })
+    }
+
+    fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList> {
+        Box::pin(async move {
+            let s = self.read();
+            let (page, next) = s.list_tasks(&query);
+            Ok(TaskList { tasks: page.into_iter().map(|t| self.task_view(t)).collect(), next_page_token: next })
+        })
+    }
+
+    fn get_task(&self, id: String) -> ApiResult<'_, TaskView> {
+        Box::pin(async move {
+            let s = self.read();
+            s.task(&id).map(|t| self.task_view(t)).ok_or_else(|| ApiError::not_found("task", &id))
+        })
+    }
+
+    fn kill_task(&self, id: String, actor: Actor) -> ApiResult<'_, TaskView> {
+        Box::pin(async move {
+            match self.commit(Command::KillTask { id: id.clone(), meta: Cell::meta(actor) }).await? {
+                Response::Task { .. } => {}
+                Response::Rejected(r) => return Err(rejection(r)),
+                other => return Err(ApiError::internal(format!("a task kill got the answer {other:?}"))),
+            }
+            tracing::info!(task = %id, "task kill requested");
+            // A follower may not have applied the kill yet; the leader's answer already confirmed it.
+            let s = self.read();
+            s.task(&id).map(|t| self.task_view(t)).ok_or_else(|| ApiError::not_found("task", &id))
+        })
+    }
+
+    fn assignments(&self, agent: String, query: AssignmentsQuery) -> ApiResult<'_, Assignments> {
+        Box::pin(async move {
+            let mut changes = self.raft.metrics();
+            let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let (version, answer) = self.assignments_now(&agent)?;
+                if query.after.is_none_or(|after| version > after) {
+                    return Ok(answer);
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return Err(shutting_down()) },
+                    () = tokio::time::sleep_until(deadline) => return Ok(answer),
+                }
+            }
+        })
+    }
+
+    fn report_status(&self, agent: String, report: StatusReport) -> ApiResult<'_, StatusAck> {
+        Box::pin(async move {
+            let meta = Meta {
+                who: format!("agent:{agent}"),
+                why: None,
+                at_ms: now_ms(),
+                request: uuid::Uuid::new_v4().to_string(),
+            };
+            let cmd = Command::TaskStatuses { agent, lease_epoch: report.lease_epoch, statuses: report.statuses, meta };
+            match self.commit(cmd).await? {
+                Response::Statuses { applied, ignored } => Ok(StatusAck { applied, ignored }),
+                Response::Rejected(r) => Err(rejection(r)),
+                other => Err(ApiError::internal(format!("a status report got the answer {other:?}"))),
+            }
         })
     }
 

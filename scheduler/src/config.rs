@@ -42,7 +42,7 @@ impl Default for RaftTuning {
 }
 
 /// One member of one cell.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CellConfig {
     /// The cell (fault domain) name, e.g. `dc1`.
@@ -55,6 +55,8 @@ pub struct CellConfig {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub scheduler: crate::reconcile::SchedulerConfig,
 }
 
 /// A configuration rule that does not hold.
@@ -72,6 +74,8 @@ pub enum ConfigError {
     ElectionTimeout { heartbeat: u64, min: u64, max: u64 },
     #[error("snapshot_every must be at least 1")]
     SnapshotEvery,
+    #[error("{0}")]
+    Scheduler(String),
 }
 
 impl CellConfig {
@@ -104,6 +108,7 @@ impl CellConfig {
         if r.snapshot_every == 0 {
             return Err(ConfigError::SnapshotEvery);
         }
+        self.scheduler.validate().map_err(ConfigError::Scheduler)?;
         Ok(())
     }
 }
@@ -135,6 +140,7 @@ mod tests {
             peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003").expect("valid"),
             data_dir: "/tmp/x".into(),
             raft: RaftTuning::default(),
+            scheduler: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! One cell's control plane: the Raft store and state machine, the implementation of the job API on top of it,
-//! and (in later issues) the reconciler, the scheduling loop, federation between cells and the location levers.
+//! the reconciler and the scheduling loop that turn jobs into placed tasks, and (in later issues) federation
+//! between cells and the location levers.
 //!
 //! Architecture invariant: the scheduler talks to agents and clients only through `titan-api` types; it never
 //! depends on the agent crate.
@@ -8,10 +9,14 @@ pub mod cell;
 pub mod config;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only
 // move the conversion elsewhere.
+pub mod placement;
 #[allow(clippy::result_large_err)]
 pub mod raft;
+pub mod reconcile;
+pub mod scheduling;
 pub mod state_machine;
 pub mod store;
+pub mod task;
 
 pub use cell::{Cell, CellError};
 pub use config::{parse_peers, CellConfig, RaftTuning};

@@ -7,12 +7,16 @@
 //! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
 //! change), snapshots carry `SnapshotV1` behind a format number.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentState};
 use titan_api::job::JobSpec;
+use titan_api::task::{Desired, Reason, TaskState, TaskStatus};
+
+use crate::placement::{self, Capacity};
+use crate::task::TaskRecord;
 use titan_api::view::{HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 /// How long an `Idempotency-Key` is remembered.
@@ -71,6 +75,77 @@ pub enum Command {
         registration: Box<AgentRegistration>,
         meta: Meta,
     },
+    /// The leader's decisions of one scheduling round, re-validated as they apply.
+    Round {
+        round: Box<Round>,
+        meta: Meta,
+    },
+    /// What an agent observed of its tasks, under the lease epoch it holds.
+    TaskStatuses {
+        agent: String,
+        lease_epoch: u64,
+        statuses: Vec<TaskStatus>,
+        meta: Meta,
+    },
+    /// A user asks for one task to stop.
+    KillTask {
+        id: String,
+        meta: Meta,
+    },
+}
+
+/// A task the reconciler wants: a new one (attempt 0) or the replacement of a terminal one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub id: String,
+    pub job_id: String,
+    pub attempt: u32,
+    pub replaces: Option<String>,
+    pub retries_used: u32,
+}
+
+/// A placement of an Accepted task on an agent, at the agent's lease epoch, with its ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub task_id: String,
+    pub agent: String,
+    pub lease_epoch: u64,
+    pub ports: Vec<u16>,
+}
+
+/// Everything one scheduling round decided. Applied in field order: new tasks, placements, stops, losses,
+/// then agents' reachability.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    pub create: Vec<NewTask>,
+    pub place: Vec<Placed>,
+    /// Tasks to stop, and why.
+    pub stop: Vec<(String, Reason)>,
+    /// Tasks declared lost, and why.
+    pub lose: Vec<(String, Reason)>,
+    /// Agents whose lease expired.
+    pub unreachable: Vec<String>,
+    /// Agents heard from again.
+    pub reachable: Vec<String>,
+}
+
+impl Round {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty()
+            && self.place.is_empty()
+            && self.stop.is_empty()
+            && self.lose.is_empty()
+            && self.unreachable.is_empty()
+            && self.reachable.is_empty()
+    }
+}
+
+/// What a round did: counts, and the placements refused at apply time with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundOutcome {
+    pub created: u32,
+    pub placed: u32,
+    pub refused: Vec<(String, String)>,
 }
 
 impl Command {
@@ -82,7 +157,10 @@ impl Command {
             | Command::SetInstances { meta, .. }
             | Command::SetEnabled { meta, .. }
             | Command::KillJob { meta, .. }
-            | Command::RegisterAgent { meta, .. } => Some(meta),
+            | Command::RegisterAgent { meta, .. }
+            | Command::Round { meta, .. }
+            | Command::TaskStatuses { meta, .. }
+            | Command::KillTask { meta, .. } => Some(meta),
             Command::Batch(_) => None,
         }
     }
@@ -106,6 +184,23 @@ pub enum Rejection {
     IdempotencyKeyReused {
         key: String,
     },
+    TaskNotFound {
+        id: String,
+    },
+    /// The task already ended.
+    TaskTerminal {
+        id: String,
+        state: TaskState,
+    },
+    AgentNotFound {
+        id: String,
+    },
+    /// A report under a lease epoch that is no longer the agent's.
+    StaleEpoch {
+        agent: String,
+        given: u64,
+        current: u64,
+    },
 }
 
 /// What applying a command answered.
@@ -119,6 +214,15 @@ pub enum Response {
     Agent {
         id: String,
         lease_epoch: u64,
+    },
+    Round(RoundOutcome),
+    /// How many of an agent's statuses changed a task, and how many were stale.
+    Statuses {
+        applied: u32,
+        ignored: u32,
+    },
+    Task {
+        id: String,
     },
     /// Blank and membership entries.
     None,
@@ -194,6 +298,22 @@ pub struct CellState {
     applied: BTreeMap<String, (u64, Response)>,
     #[serde(skip)]
     applied_by_time: BTreeMap<(u64, String), ()>,
+    #[serde(default)]
+    tasks: BTreeMap<String, TaskRecord>,
+    /// Counts changes agents must see; an agent's `version` is its value at the agent's latest change.
+    #[serde(default)]
+    seq: u64,
+    /// Task ids by job, and non-terminal task ids by agent (derived).
+    #[serde(skip)]
+    by_job: HashMap<String, BTreeSet<String>>,
+    #[serde(skip)]
+    by_agent: HashMap<String, BTreeSet<String>>,
+    /// Tasks per state (derived).
+    #[serde(skip)]
+    task_counts: BTreeMap<TaskState, u64>,
+    /// What runs where (derived).
+    #[serde(skip)]
+    capacity: Capacity,
 }
 
 /// An agent as the cell stores it.
@@ -203,6 +323,23 @@ pub struct AgentRecord {
     pub state: AgentState,
     pub lease_epoch: u64,
     pub registered_at_ms: u64,
+    /// False while its lease is expired (decided by the leader, committed in a round).
+    #[serde(default = "reachable_default")]
+    pub reachable: bool,
+    /// Raised whenever what the agent must run changes: its assignments long-poll waits on it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+fn reachable_default() -> bool {
+    true
+}
+
+impl AgentRecord {
+    /// Whether new tasks may be placed on it.
+    pub fn takes_work(&self) -> bool {
+        self.state == AgentState::Active && self.reachable
+    }
 }
 
 /// The snapshot format, version 1.
@@ -265,7 +402,11 @@ impl CellState {
             | Command::SetInstances { id, .. }
             | Command::SetEnabled { id, .. }
             | Command::KillJob { id, .. } => id,
-            Command::Batch(_) | Command::RegisterAgent { .. } => return None,
+            Command::Batch(_)
+            | Command::RegisterAgent { .. }
+            | Command::Round { .. }
+            | Command::TaskStatuses { .. }
+            | Command::KillTask { .. } => return None,
         };
         Some((id.clone(), self.jobs.get(id).map(|j| j.state)))
     }
@@ -278,6 +419,386 @@ impl CellState {
         }
         self.idempotency_by_time = self.idempotency.iter().map(|(k, r)| ((r.at_ms, k.clone()), ())).collect();
         self.applied_by_time = self.applied.iter().map(|(k, (at, _))| ((*at, k.clone()), ())).collect();
+        self.by_job.clear();
+        self.by_agent.clear();
+        self.task_counts.clear();
+        for t in self.tasks.values() {
+            self.by_job.entry(t.job_id.clone()).or_default().insert(t.id.clone());
+            *self.task_counts.entry(t.state).or_insert(0) += 1;
+            if let (true, Some(a)) = (t.state.on_agent(), &t.agent) {
+                self.by_agent.entry(a.clone()).or_default().insert(t.id.clone());
+            }
+        }
+        self.rebuild_capacity();
+    }
+
+    /// Rebuilds fenzo's view from the agents and the tasks on them. Every agent is added eligible first so the
+    /// tasks already on a draining or unreachable one are counted, then eligibility is set.
+    fn rebuild_capacity(&mut self) {
+        let mut cap = fenzo::ClusterSnapshot::new();
+        for a in self.agents.values() {
+            if let Err(e) = cap.add_agent(placement::agent(a, true)) {
+                tracing::error!(error = %e, "agent not added to the capacity view");
+            }
+        }
+        for t in self.tasks.values().filter(|t| t.state.on_agent()) {
+            let (Some(agent), Some(job)) = (&t.agent, self.jobs.get(&t.job_id)) else { continue };
+            if let Err(e) = cap.assign(&placement::request(t, &job.spec), agent, Some(&t.ports)) {
+                // An agent that re-registered smaller than what runs on it: the tasks keep running, the
+                // overcommitted part is simply not counted.
+                tracing::warn!(task = %t.id, error = %e, "task not counted in the capacity view");
+            }
+        }
+        for a in self.agents.values() {
+            let _ = cap.set_eligible(&a.registration.id, a.takes_work());
+        }
+        self.capacity = Capacity(cap);
+    }
+
+    /// Tasks in a state.
+    pub fn task_count(&self, state: TaskState) -> u64 {
+        self.task_counts.get(&state).copied().unwrap_or(0)
+    }
+
+    pub fn task(&self, id: &str) -> Option<&TaskRecord> {
+        self.tasks.get(id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.tasks.values()
+    }
+
+    /// Every task of a job, terminal ones included, in id order.
+    pub fn tasks_of_job<'a>(&'a self, job: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.by_job.get(job).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The non-terminal tasks placed on an agent, in id order.
+    pub fn tasks_on_agent<'a>(&'a self, agent: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.by_agent.get(agent).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// fenzo's view of the cell: agents, what runs on them, and which take new work.
+    pub fn capacity(&self) -> &fenzo::ClusterSnapshot {
+        &self.capacity.0
+    }
+
+    /// Tasks matching the query, in id order, one page at a time.
+    pub fn list_tasks(&self, q: &titan_api::task::TaskQuery) -> (Vec<&TaskRecord>, Option<String>) {
+        let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize;
+        let state = q.state.as_deref();
+        let matches = |t: &TaskRecord| {
+            q.agent.as_ref().is_none_or(|a| t.agent.as_ref() == Some(a))
+                && q.job.as_ref().is_none_or(|j| &t.job_id == j)
+                && match state {
+                    Some("active") => !t.is_terminal(),
+                    Some(s) => t.state.as_str() == s,
+                    None => true,
+                }
+                && q.page_token.as_ref().is_none_or(|p| &t.id > p)
+        };
+        let candidates: Box<dyn Iterator<Item = &TaskRecord>> = match (&q.job, &q.agent) {
+            (Some(j), _) => Box::new(self.tasks_of_job(j)),
+            (None, Some(a)) => Box::new(self.tasks_on_agent(a)),
+            (None, None) => Box::new(self.tasks.values()),
+        };
+        let mut page: Vec<&TaskRecord> = Vec::new();
+        let mut more = false;
+        for t in candidates.filter(|t| matches(t)) {
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            page.push(t);
+        }
+        let next = if more { page.last().map(|t| t.id.clone()) } else { None };
+        (page, next)
+    }
+
+    /// The counter agents' versions are taken from.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn bump(&mut self, agent: &str) {
+        self.seq += 1;
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.version = self.seq;
+        }
+    }
+
+    /// Moves a task, keeping counts, indexes and capacity in step; false when the move is not allowed.
+    fn transition(&mut self, id: &str, to: TaskState, reason: Option<Reason>, at_ms: u64) -> bool {
+        let Some(t) = self.tasks.get_mut(id) else { return false };
+        let from = t.state;
+        if !t.move_to(to, reason, at_ms) {
+            return false;
+        }
+        if to.is_terminal() {
+            t.before_unreachable = None;
+        }
+        let agent = t.agent.clone();
+        if let Some(n) = self.task_counts.get_mut(&from) {
+            *n = n.saturating_sub(1);
+        }
+        *self.task_counts.entry(to).or_insert(0) += 1;
+        if let Some(a) = agent {
+            if to.is_terminal() && from.on_agent() {
+                let _ = self.capacity.0.release(id);
+                if let Some(set) = self.by_agent.get_mut(&a) {
+                    set.remove(id);
+                }
+            }
+            self.bump(&a);
+        }
+        true
+    }
+
+    fn create_task(&mut self, n: &NewTask, at_ms: u64) -> bool {
+        if self.tasks.contains_key(&n.id) {
+            return false;
+        }
+        let Some(job) = self.jobs.get(&n.job_id).filter(|j| j.state != JobState::Killed) else { return false };
+        if let Some(old) = &n.replaces {
+            match self.tasks.get(old) {
+                Some(o) if o.is_terminal() && o.replaced_by.is_none() && o.job_id == n.job_id => {}
+                _ => return false,
+            }
+        }
+        let record = TaskRecord::accepted(
+            n.id.clone(),
+            n.job_id.clone(),
+            job.version,
+            placement::ask(&job.spec),
+            n.attempt,
+            n.replaces.clone(),
+            n.retries_used,
+            at_ms,
+        );
+        if let Some(old) = n.replaces.as_ref().and_then(|o| self.tasks.get_mut(o)) {
+            old.replaced_by = Some(n.id.clone());
+        }
+        self.tasks.insert(n.id.clone(), record);
+        self.by_job.entry(n.job_id.clone()).or_default().insert(n.id.clone());
+        *self.task_counts.entry(TaskState::Accepted).or_insert(0) += 1;
+        true
+    }
+
+    fn place_task(&mut self, p: &Placed, at_ms: u64) -> Result<(), String> {
+        let task = self.tasks.get(&p.task_id).ok_or("no such task")?;
+        if task.state != TaskState::Accepted || task.desired != Desired::Run {
+            return Err(format!("the task is {} and wanted {:?}", task.state.as_str(), task.desired));
+        }
+        let agent = self.agents.get(&p.agent).ok_or("no such agent")?;
+        if !agent.takes_work() {
+            return Err(format!("agent is {} and reachable={}", agent.state.as_str(), agent.reachable));
+        }
+        if agent.lease_epoch != p.lease_epoch {
+            return Err(format!("agent lease epoch is {}, the plan has {}", agent.lease_epoch, p.lease_epoch));
+        }
+        let job = self.jobs.get(&task.job_id).ok_or("no such job")?;
+        let request = placement::request(task, &job.spec);
+        self.capacity.0.assign(&request, &p.agent, Some(&p.ports)).map_err(|e| e.to_string())?;
+        if let Some(t) = self.tasks.get_mut(&p.task_id) {
+            t.agent = Some(p.agent.clone());
+            t.ports = p.ports.clone();
+            t.lease_epoch = p.lease_epoch;
+        }
+        self.by_agent.entry(p.agent.clone()).or_default().insert(p.task_id.clone());
+        self.transition(&p.task_id, TaskState::Assigned, None, at_ms);
+        Ok(())
+    }
+
+    /// Asks for a task to stop: an unplaced one is killed at once, a placed one is killed by its agent.
+    fn stop_task(&mut self, id: &str, reason: Reason, at_ms: u64) -> bool {
+        let Some(t) = self.tasks.get_mut(id) else { return false };
+        if t.is_terminal() || t.desired == Desired::Stop {
+            return false;
+        }
+        if t.state == TaskState::Accepted {
+            t.desired = Desired::Stop;
+            return self.transition(id, TaskState::Killed, Some(reason), at_ms);
+        }
+        t.desired = Desired::Stop;
+        t.before_unreachable = None;
+        self.transition(id, TaskState::Killing, Some(reason), at_ms)
+    }
+
+    fn set_reachable(&mut self, agent: &str, reachable: bool, at_ms: u64) {
+        let Some(a) = self.agents.get_mut(agent) else { return };
+        if a.reachable == reachable {
+            return;
+        }
+        a.reachable = reachable;
+        let eligible = a.takes_work();
+        let _ = self.capacity.0.set_eligible(agent, eligible);
+        let ids: Vec<String> = self.by_agent.get(agent).into_iter().flatten().cloned().collect();
+        for id in ids {
+            let Some(t) = self.tasks.get_mut(&id) else { continue };
+            if !reachable && t.state != TaskState::Unreachable {
+                t.before_unreachable = Some(t.state);
+                self.transition(&id, TaskState::Unreachable, None, at_ms);
+            } else if reachable && t.state == TaskState::Unreachable {
+                let back = match (t.desired, t.before_unreachable.take()) {
+                    (Desired::Stop, _) => TaskState::Killing,
+                    (Desired::Run, Some(s)) => s,
+                    (Desired::Run, None) => TaskState::Running,
+                };
+                self.transition(&id, back, None, at_ms);
+            }
+        }
+        self.bump(agent);
+    }
+
+    fn apply_round(&mut self, round: &Round, at_ms: u64) -> RoundOutcome {
+        let mut out = RoundOutcome::default();
+        for n in &round.create {
+            if self.create_task(n, at_ms) {
+                out.created += 1;
+            }
+        }
+        for p in &round.place {
+            match self.place_task(p, at_ms) {
+                Ok(()) => out.placed += 1,
+                Err(why) => out.refused.push((p.task_id.clone(), why)),
+            }
+        }
+        for (id, reason) in &round.stop {
+            self.stop_task(id, *reason, at_ms);
+        }
+        for (id, reason) in &round.lose {
+            self.transition(id, TaskState::Lost, Some(*reason), at_ms);
+        }
+        for a in &round.unreachable {
+            self.set_reachable(a, false, at_ms);
+        }
+        for a in &round.reachable {
+            self.set_reachable(a, true, at_ms);
+        }
+        out
+    }
+
+    fn apply_statuses(&mut self, agent: &str, lease_epoch: u64, statuses: &[TaskStatus], at_ms: u64) -> Response {
+        let Some(a) = self.agents.get(agent) else {
+            return Response::Rejected(Rejection::AgentNotFound { id: agent.to_string() });
+        };
+        if a.lease_epoch != lease_epoch {
+            return Response::Rejected(Rejection::StaleEpoch {
+                agent: agent.to_string(),
+                given: lease_epoch,
+                current: a.lease_epoch,
+            });
+        }
+        let (mut applied, mut ignored) = (0, 0);
+        for s in statuses {
+            if self.apply_status(agent, s, at_ms) {
+                applied += 1;
+            } else {
+                ignored += 1;
+            }
+        }
+        Response::Statuses { applied, ignored }
+    }
+
+    fn apply_status(&mut self, agent: &str, s: &TaskStatus, at_ms: u64) -> bool {
+        let Some(t) = self.tasks.get_mut(&s.task_id) else { return false };
+        if t.agent.as_deref() != Some(agent) || t.is_terminal() {
+            return false;
+        }
+        let health_changed = t.health != s.health;
+        t.health = s.health;
+        if s.message.is_some() {
+            t.message = s.message.clone();
+        }
+        let id = s.task_id.clone();
+        let moved = match s.state {
+            TaskState::Starting if t.state == TaskState::Assigned => {
+                self.transition(&id, TaskState::Starting, None, at_ms)
+            }
+            TaskState::Running => match t.state {
+                TaskState::Assigned | TaskState::Starting => self.transition(&id, TaskState::Running, None, at_ms),
+                TaskState::Unreachable => {
+                    t.before_unreachable = Some(TaskState::Running);
+                    false
+                }
+                _ => false,
+            },
+            TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Rejected => {
+                t.exit_code = s.exit_code;
+                // A task stopped on request keeps the reason it was stopped for.
+                let reason = match (s.state, t.desired) {
+                    (TaskState::Killed, Desired::Stop) => t.reason,
+                    _ => s.reason.or(t.reason),
+                };
+                self.transition(&id, s.state, reason, at_ms)
+            }
+            _ => false,
+        };
+        if health_changed && !moved {
+            self.bump(agent);
+        }
+        moved || health_changed
+    }
+
+    fn register_agent(&mut self, registration: &AgentRegistration, at_ms: u64) -> Response {
+        let id = registration.id.clone();
+        let previous = self.agents.get(&id);
+        let (epoch, state) = match previous {
+            // A gone agent that comes back is active again; a draining one stays draining.
+            Some(a) => (a.lease_epoch + 1, if a.state == AgentState::Gone { AgentState::Active } else { a.state }),
+            None => (1, AgentState::Active),
+        };
+        let reshaped = previous.is_some_and(|a| {
+            a.registration.resources != registration.resources
+                || a.registration.attributes != registration.attributes
+                || a.registration.hostname != registration.hostname
+        });
+        let is_new = previous.is_none();
+        let version = previous.map(|a| a.version).unwrap_or(0);
+        let record = AgentRecord {
+            registration: registration.clone(),
+            state,
+            lease_epoch: epoch,
+            registered_at_ms: at_ms,
+            reachable: true,
+            version,
+        };
+        if is_new {
+            if let Err(e) = self.capacity.0.add_agent(placement::agent(&record, record.takes_work())) {
+                tracing::error!(agent = %id, error = %e, "agent not added to the capacity view");
+            }
+        }
+        self.agents.insert(id.clone(), record);
+        // Its tasks: those it still runs (or has not started) carry on under the new epoch; the others died
+        // with the agent's previous life.
+        let running: BTreeSet<&String> = registration.running.iter().collect();
+        let ids: Vec<String> = self.by_agent.get(&id).into_iter().flatten().cloned().collect();
+        for tid in ids {
+            let Some(t) = self.tasks.get_mut(&tid) else { continue };
+            let before = t.before_unreachable.take();
+            if running.contains(&tid) || t.state == TaskState::Assigned || before == Some(TaskState::Assigned) {
+                t.lease_epoch = epoch;
+                if t.state == TaskState::Unreachable {
+                    let back = if t.desired == Desired::Stop {
+                        TaskState::Killing
+                    } else {
+                        before.unwrap_or(TaskState::Running)
+                    };
+                    self.transition(&tid, back, None, at_ms);
+                }
+            } else if t.desired == Desired::Stop {
+                self.transition(&tid, TaskState::Killed, None, at_ms);
+            } else {
+                self.transition(&tid, TaskState::Lost, Some(Reason::AgentRestarted), at_ms);
+            }
+        }
+        if reshaped {
+            self.rebuild_capacity();
+        } else if let Some(a) = self.agents.get(&id) {
+            let _ = self.capacity.0.set_eligible(&id, a.takes_work());
+        }
+        self.bump(&id);
+        Response::Agent { id, lease_epoch: epoch }
     }
 
     /// How many jobs are in each state.
@@ -341,26 +862,21 @@ impl CellState {
                 job.change(meta, "killed".into())
             }),
             Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
-            Command::RegisterAgent { registration, meta } => {
-                let id = registration.id.clone();
-                let (epoch, state) = match self.agents.get(&id) {
-                    // A gone agent that comes back is active again; a draining one stays draining.
-                    Some(a) => {
-                        (a.lease_epoch + 1, if a.state == AgentState::Gone { AgentState::Active } else { a.state })
-                    }
-                    None => (1, AgentState::Active),
-                };
-                self.agents.insert(
-                    id.clone(),
-                    AgentRecord {
-                        registration: (**registration).clone(),
-                        state,
-                        lease_epoch: epoch,
-                        registered_at_ms: meta.at_ms,
-                    },
-                );
-                Response::Agent { id, lease_epoch: epoch }
+            Command::RegisterAgent { registration, meta } => self.register_agent(registration, meta.at_ms),
+            Command::Round { round, meta } => Response::Round(self.apply_round(round, meta.at_ms)),
+            Command::TaskStatuses { agent, lease_epoch, statuses, meta } => {
+                self.apply_statuses(agent, *lease_epoch, statuses, meta.at_ms)
             }
+            Command::KillTask { id, meta } => match self.tasks.get(id) {
+                None => Response::Rejected(Rejection::TaskNotFound { id: id.clone() }),
+                Some(t) if t.is_terminal() => {
+                    Response::Rejected(Rejection::TaskTerminal { id: id.clone(), state: t.state })
+                }
+                Some(_) => {
+                    self.stop_task(id, Reason::KilledByUser, meta.at_ms);
+                    Response::Task { id: id.clone() }
+                }
+            },
         }
     }
 

@@ -1,0 +1,107 @@
+//! Between the cell's records and fenzo: the placement request of a task, the fenzo agent of a registered agent,
+//! and `Capacity`, the fenzo snapshot the state machine keeps of what runs where.
+//!
+//! `Capacity` is derived state: it is rebuilt from the agents and tasks whenever a snapshot is loaded, and kept
+//! current as commands apply, so that every member re-validates a plan against the same numbers.
+
+use fenzo::{By, ClusterSnapshot, Constraint, TaskRequest};
+use titan_api::job::{ConstraintOperator, ConstraintSpec, JobSpec};
+
+use crate::state_machine::AgentRecord;
+use crate::task::{Ask, TaskRecord};
+
+/// MiB in a GiB: job specs give disk in GiB, agents in MiB.
+pub const MIB_PER_GIB: u64 = 1024;
+
+pub fn ask(spec: &JobSpec) -> Ask {
+    Ask { cpus: spec.cpus, memory_mib: spec.memory, disk_mib: spec.disk * MIB_PER_GIB, ports: spec.ports }
+}
+
+fn by(attribute: &str) -> By {
+    if attribute == "host" {
+        By::Host
+    } else {
+        By::Attribute(attribute.to_string())
+    }
+}
+
+/// `host` in an equality names the agent's hostname attribute.
+fn attribute_name(attribute: &str) -> String {
+    if attribute == "host" {
+        "hostname".to_string()
+    } else {
+        attribute.to_string()
+    }
+}
+
+/// The fenzo form of a validated constraint (validation guarantees the fields each operator needs).
+pub fn constraint(c: &ConstraintSpec) -> Constraint {
+    let attribute = c.attribute.clone().unwrap_or_default();
+    match c.operator {
+        ConstraintOperator::Equals => {
+            Constraint::AttributeEquals { name: attribute_name(&attribute), value: c.value.clone().unwrap_or_default() }
+        }
+        ConstraintOperator::NotEquals => Constraint::AttributeNotEquals {
+            name: attribute_name(&attribute),
+            value: c.value.clone().unwrap_or_default(),
+        },
+        ConstraintOperator::In => {
+            Constraint::AttributeIn { name: attribute_name(&attribute), values: c.values.clone().unwrap_or_default() }
+        }
+        ConstraintOperator::Unique => Constraint::Unique { scope: None, by: by(&attribute) },
+        ConstraintOperator::Exclusive => Constraint::ExclusiveHost,
+        ConstraintOperator::Balanced => {
+            Constraint::Balanced { scope: None, attribute, expected: c.expected.unwrap_or(1) }
+        }
+        ConstraintOperator::MaxPer => Constraint::MaxPer { scope: None, by: by(&attribute), max: c.max.unwrap_or(1) },
+    }
+}
+
+/// What fenzo places for a task: the resources it asked for, and its job's current constraints.
+pub fn request(task: &TaskRecord, spec: &JobSpec) -> TaskRequest {
+    request_for(&task.id, &task.job_id, &task.ask, spec)
+}
+
+pub fn request_for(id: &str, job: &str, a: &Ask, spec: &JobSpec) -> TaskRequest {
+    let mut r = TaskRequest::new(id, job).cpus(a.cpus).mem_mib(a.memory_mib).disk_mib(a.disk_mib).ports(a.ports);
+    if let Some(g) = &spec.capacity_group {
+        r = r.capacity_group(g.clone());
+    }
+    for c in &spec.constraints {
+        if c.soft {
+            r = r.prefer(constraint(c), c.weight.unwrap_or(1.0));
+        } else {
+            r = r.constraint(constraint(c));
+        }
+    }
+    r
+}
+
+/// The fenzo agent of a registered agent; `eligible` says whether new tasks may go there.
+pub fn agent(a: &AgentRecord, eligible: bool) -> fenzo::Agent {
+    let r = &a.registration;
+    let mut out = fenzo::Agent::new(r.id.clone())
+        .hostname(r.hostname.clone())
+        .cpus(r.resources.cpus)
+        .mem_mib(r.resources.memory_mib)
+        .disk_mib(r.resources.disk_mib)
+        .eligible(eligible);
+    for (first, last) in &r.resources.port_ranges {
+        out = out.ports(*first, *last);
+    }
+    for (k, v) in &r.attributes {
+        out = out.attr(k.clone(), v.clone());
+    }
+    out
+}
+
+/// What runs where, as fenzo sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Capacity(pub ClusterSnapshot);
+
+/// Derived from the records, which equality compares already.
+impl PartialEq for Capacity {
+    fn eq(&self, _: &Capacity) -> bool {
+        true
+    }
+}

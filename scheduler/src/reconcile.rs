@@ -1,0 +1,651 @@
+//! The reconciler: what the cell should do next, decided from its state, the leader's view of agent heartbeats
+//! and the time. Pure: no IO, no clock, no randomness (new task ids come from the caller), so every rule is
+//! tested directly and the async loop around it (`scheduling`) only gathers inputs and commits the answer.
+//!
+//! One round decides, in order: which agents went silent or came back; which of their tasks are lost (rate
+//! limited, and not at all while the breaker is open); which tasks are stuck; then, job by job, the tasks to
+//! create (new or replacing terminal ones, after a backoff) and to stop (scale-down, disable, kill, unhealthy);
+//! and last, through fenzo, where the Accepted tasks go.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use fenzo::{Pending, PlacementConfig, TaskRequest};
+use serde::{Deserialize, Serialize};
+use titan_api::job::{JobSpec, JobType};
+use titan_api::task::{Desired, Reason, TaskHealth, TaskState};
+use titan_api::view::JobState;
+
+use crate::placement;
+use crate::state_machine::{CellState, NewTask, Placed, Round};
+use crate::task::TaskRecord;
+
+/// The scheduler's knobs; `[scheduler]` in the server's TOML file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How long an agent's lease lasts without a heartbeat.
+    pub lease_ms: u64,
+    /// How long an unreachable agent's tasks wait before they are declared lost and replaced.
+    pub lost_grace_ms: u64,
+    /// Most agents declared lost per minute.
+    pub max_lost_agents_per_minute: u32,
+    /// When more than this share of the agents are silent at once, nothing is declared lost (a partition until
+    /// proven otherwise).
+    pub breaker_fraction: f64,
+    pub assigned_timeout_ms: u64,
+    pub starting_timeout_ms: u64,
+    pub killing_timeout_ms: u64,
+    /// Replacement backoff: `base * 2^attempt`, at most `max`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Most tasks placed in one round (the rest wait for the next).
+    pub max_placements_per_round: usize,
+    /// Shortest time between rounds, so bursts of changes share one.
+    pub min_round_interval_ms: u64,
+    /// Longest time between rounds when nothing changes (timeouts and backoffs still need checking).
+    pub max_round_interval_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            lease_ms: 10_000,
+            lost_grace_ms: 60_000,
+            max_lost_agents_per_minute: 20,
+            breaker_fraction: 0.3,
+            assigned_timeout_ms: 120_000,
+            starting_timeout_ms: 600_000,
+            killing_timeout_ms: 300_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            max_placements_per_round: 20_000,
+            min_round_interval_ms: 20,
+            max_round_interval_ms: 1_000,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_ms == 0 {
+            return Err("scheduler.lease_ms must be above 0".into());
+        }
+        if !(self.breaker_fraction > 0.0 && self.breaker_fraction <= 1.0) {
+            return Err("scheduler.breaker_fraction must be in (0, 1]".into());
+        }
+        if self.max_placements_per_round == 0 {
+            return Err("scheduler.max_placements_per_round must be above 0".into());
+        }
+        if self.min_round_interval_ms > self.max_round_interval_ms || self.max_round_interval_ms == 0 {
+            return Err("scheduler: need 0 <= min_round_interval_ms <= max_round_interval_ms, max above 0".into());
+        }
+        Ok(())
+    }
+
+    /// How long before the replacement of a task that ended at its `attempt`.
+    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+        self.backoff_base_ms.saturating_mul(1u64 << attempt.min(20)).min(self.backoff_max_ms)
+    }
+}
+
+/// What the leader knows that is not in the replicated state.
+#[derive(Clone, Debug, Default)]
+pub struct Observed<'a> {
+    pub now_ms: u64,
+    /// When this member became leader: no agent is judged silent before a full lease has passed since.
+    pub leader_since_ms: u64,
+    /// When the leader last heard from each agent.
+    pub heartbeats: Option<&'a HashMap<String, u64>>,
+    /// Agents declared lost in the last minute.
+    pub lost_last_minute: u32,
+}
+
+/// A round's decisions, and what the loop reports about them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    pub round: Round,
+    /// Agents whose tasks this round declares lost.
+    pub lost_agents: Vec<String>,
+    /// Silent agents beyond the breaker's share: nothing is lost while it is open.
+    pub breaker_open: bool,
+    /// Why Accepted tasks stay unplaced, by task id.
+    pub pending: BTreeMap<String, String>,
+    /// fenzo's statistics for the round's placement.
+    pub placement: Option<fenzo::PlacementStats>,
+}
+
+/// Decides one round. `new_id` names new tasks.
+pub fn reconcile(
+    state: &CellState,
+    cell: &str,
+    seen: &Observed<'_>,
+    config: &SchedulerConfig,
+    new_id: &mut dyn FnMut() -> String,
+) -> Decision {
+    let mut d = Decision::default();
+    let lost: BTreeSet<String> = agents(state, seen, config, &mut d);
+    let mut doomed: BTreeSet<String> = BTreeSet::new();
+    for agent in &lost {
+        for t in state.tasks_on_agent(agent) {
+            d.round.lose.push((t.id.clone(), Reason::AgentLost));
+            doomed.insert(t.id.clone());
+        }
+    }
+    let mut stuck = Vec::new();
+    for t in state.tasks().filter(|t| !t.is_terminal() && !doomed.contains(&t.id)) {
+        let limit = match t.state {
+            TaskState::Assigned => config.assigned_timeout_ms,
+            TaskState::Starting => config.starting_timeout_ms,
+            TaskState::Killing => config.killing_timeout_ms,
+            _ => continue,
+        };
+        if seen.now_ms.saturating_sub(t.updated_at_ms) > limit {
+            stuck.push(t.id.clone());
+        }
+    }
+    for id in stuck {
+        d.round.lose.push((id.clone(), Reason::StuckTimeout));
+        doomed.insert(id);
+    }
+    for job in state.jobs() {
+        let tasks: Vec<&TaskRecord> = state.tasks_of_job(&job.id).collect();
+        if tasks.is_empty() && job.state != JobState::Enabled {
+            continue;
+        }
+        let target = match job.state {
+            JobState::Enabled => job.spec.locations().get(cell).copied().unwrap_or(0) as usize,
+            JobState::Disabled | JobState::Killed => 0,
+        };
+        let why = if job.state == JobState::Killed { Reason::KilledByUser } else { Reason::ScaledDown };
+        job_round(state, &job.id, &job.spec, target, why, &tasks, &doomed, seen.now_ms, config, new_id, &mut d);
+    }
+    place(state, config, &mut d);
+    d
+}
+
+/// Agents that went silent, came back, or are lost now (returned).
+fn agents(state: &CellState, seen: &Observed<'_>, config: &SchedulerConfig, d: &mut Decision) -> BTreeSet<String> {
+    let mut silent = 0usize;
+    let mut total = 0usize;
+    let mut overdue: Vec<(u64, String)> = Vec::new();
+    for a in state.agents() {
+        let id = &a.registration.id;
+        total += 1;
+        let heard = seen.heartbeats.and_then(|h| h.get(id)).copied().unwrap_or(0).max(seen.leader_since_ms);
+        let quiet = seen.now_ms.saturating_sub(heard);
+        if quiet <= config.lease_ms {
+            if !a.reachable {
+                d.round.reachable.push(id.clone());
+            }
+            continue;
+        }
+        silent += 1;
+        if a.reachable {
+            d.round.unreachable.push(id.clone());
+        }
+        if quiet > config.lease_ms + config.lost_grace_ms && state.tasks_on_agent(id).next().is_some() {
+            overdue.push((heard, id.clone()));
+        }
+    }
+    // A few silent agents are failures; many at once are more likely a partition between them and us.
+    d.breaker_open = total >= 3 && silent as f64 > config.breaker_fraction * total as f64;
+    if d.breaker_open {
+        return BTreeSet::new();
+    }
+    overdue.sort();
+    let allowed = config.max_lost_agents_per_minute.saturating_sub(seen.lost_last_minute) as usize;
+    let lost: BTreeSet<String> = overdue.into_iter().take(allowed).map(|(_, id)| id).collect();
+    d.lost_agents = lost.iter().cloned().collect();
+    lost
+}
+
+/// What to do with a task that ended and has not been replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    /// Replace it once `not_before_ms` has passed, with `retries_used` user failures spent.
+    Retry { not_before_ms: u64, retries_used: u32 },
+    /// It counts as one of the job's instances, done.
+    Done,
+    /// It does not count (scaled down).
+    Gone,
+}
+
+fn after(t: &TaskRecord, spec: &JobSpec, config: &SchedulerConfig) -> After {
+    // Tasks that died with their agent, or were moved or killed on purpose, are replaced at once; anything that
+    // could fail again the same way (a crash, a launch error, a stuck start) waits, longer each attempt.
+    let at_once = matches!(
+        t.reason,
+        Some(Reason::AgentLost | Reason::AgentRestarted | Reason::Drained | Reason::KilledByUser | Reason::Duplicate)
+    );
+    let not_before_ms = t.updated_at_ms + if at_once { 0 } else { config.backoff_ms(t.attempt) };
+    let retry = |retries_used| After::Retry { not_before_ms, retries_used };
+    let user_failure = || {
+        if spec.restart_on_failure && t.retries_used < spec.num_retries {
+            retry(t.retries_used + 1)
+        } else {
+            After::Done
+        }
+    };
+    match (t.state, t.reason) {
+        (TaskState::Killed, Some(Reason::ScaledDown)) => After::Gone,
+        (TaskState::Killed, Some(Reason::KilledByUser)) if spec.job_type == JobType::Batch => After::Done,
+        (TaskState::Finished, _) if spec.job_type == JobType::Service && spec.restart_on_success => {
+            retry(t.retries_used)
+        }
+        (TaskState::Finished, _) => After::Done,
+        (TaskState::Failed, _) | (TaskState::Killed, Some(Reason::Unhealthy)) => user_failure(),
+        (_, Some(r)) if r.is_system() || r == Reason::KilledByUser => retry(t.retries_used),
+        _ => user_failure(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn job_round(
+    state: &CellState,
+    job_id: &str,
+    spec: &JobSpec,
+    target: usize,
+    why: Reason,
+    tasks: &[&TaskRecord],
+    doomed: &BTreeSet<String>,
+    now_ms: u64,
+    config: &SchedulerConfig,
+    new_id: &mut dyn FnMut() -> String,
+    d: &mut Decision,
+) {
+    let mut live: Vec<&TaskRecord> = Vec::new();
+    let mut done = 0usize;
+    let mut retries: Vec<(&TaskRecord, u64, u32)> = Vec::new();
+    // Lost this round: replaced (and linked to) in the next round, so they hold their place until then.
+    let mut held = 0usize;
+    for t in tasks {
+        if doomed.contains(&t.id) {
+            held += 1;
+            continue;
+        }
+        if !t.is_terminal() {
+            if t.desired == Desired::Run {
+                live.push(t);
+            }
+            continue;
+        }
+        if t.replaced_by.is_some() {
+            continue;
+        }
+        match after(t, spec, config) {
+            After::Retry { not_before_ms, retries_used } => retries.push((t, not_before_ms, retries_used)),
+            After::Done => done += 1,
+            After::Gone => {}
+        }
+    }
+    let wanted = target.saturating_sub(done);
+    // Unhealthy running tasks of a service are stopped; their replacement spends a retry.
+    if spec.job_type == JobType::Service {
+        live.retain(|t| {
+            let sick = t.state == TaskState::Running && t.health == TaskHealth::Unhealthy;
+            if sick {
+                d.round.stop.push((t.id.clone(), Reason::Unhealthy));
+            }
+            !sick
+        });
+    }
+    if live.len() + held > wanted {
+        let mut victims = live.clone();
+        victims.sort_by_key(|t| victim_rank(state, t));
+        for t in victims.into_iter().take(live.len() + held - wanted) {
+            d.round.stop.push((t.id.clone(), why));
+        }
+        return;
+    }
+    let mut missing = wanted - live.len() - held;
+    retries.sort_by_key(|(t, at, _)| (*at, t.id.clone()));
+    for (t, not_before_ms, retries_used) in retries {
+        if missing == 0 {
+            break;
+        }
+        missing -= 1;
+        if now_ms >= not_before_ms {
+            d.round.create.push(NewTask {
+                id: new_id(),
+                job_id: job_id.to_string(),
+                attempt: t.attempt + 1,
+                replaces: Some(t.id.clone()),
+                retries_used,
+            });
+        }
+    }
+    for _ in 0..missing {
+        d.round.create.push(NewTask {
+            id: new_id(),
+            job_id: job_id.to_string(),
+            attempt: 0,
+            replaces: None,
+            retries_used: 0,
+        });
+    }
+}
+
+/// Scale-down order: tasks not placed yet, then unhealthy ones, then ones not running yet, then those on the
+/// agents with the fewest tasks (their removal frees whole agents), newest first.
+fn victim_rank(state: &CellState, t: &TaskRecord) -> (u8, usize, std::cmp::Reverse<u64>) {
+    let class = match (t.state, t.health) {
+        (TaskState::Accepted, _) => 0,
+        (_, TaskHealth::Unhealthy) => 1,
+        (TaskState::Unreachable, _) => 2,
+        (TaskState::Assigned | TaskState::Starting, _) => 3,
+        _ => 4,
+    };
+    let neighbours = t.agent.as_ref().map(|a| state.tasks_on_agent(a).count()).unwrap_or(0);
+    (class, neighbours, std::cmp::Reverse(t.created_at_ms))
+}
+
+/// Places the Accepted tasks (those in the state and those created this round) with fenzo, on the committed
+/// capacity view.
+fn place(state: &CellState, config: &SchedulerConfig, d: &mut Decision) {
+    let stopping: BTreeSet<&str> = d.round.stop.iter().map(|(id, _)| id.as_str()).collect();
+    let mut requests: Vec<TaskRequest> = Vec::new();
+    for t in state.tasks().filter(|t| t.state == TaskState::Accepted && t.desired == Desired::Run) {
+        if stopping.contains(t.id.as_str()) {
+            continue;
+        }
+        if let Some(job) = state.job(&t.job_id) {
+            requests.push(placement::request(t, &job.spec));
+        }
+    }
+    for n in &d.round.create {
+        if let Some(job) = state.job(&n.job_id) {
+            requests.push(placement::request_for(&n.id, &n.job_id, &placement::ask(&job.spec), &job.spec));
+        }
+    }
+    if requests.is_empty() {
+        return;
+    }
+    requests.truncate(config.max_placements_per_round);
+    let capacity = state.capacity();
+    let placed = fenzo::place(capacity, &requests, &PlacementConfig::default());
+    for a in placed.assignments {
+        let epoch = state.agent(&a.agent_id).map(|r| r.lease_epoch).unwrap_or(0);
+        d.round.place.push(Placed { task_id: a.task_id, agent: a.agent_id, lease_epoch: epoch, ports: a.ports });
+    }
+    for u in placed.unplaced {
+        let why = match u.reason {
+            Pending::Quota { group, resource } => format!("capacity group {group} is at its {resource:?} quota"),
+            Pending::NoFit(e) => e.to_string(),
+        };
+        d.pending.insert(u.task_id, why);
+    }
+    d.placement = Some(placed.stats);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use titan_api::agent::{AgentRegistration, AgentResources};
+    use titan_api::job::BodyFormat;
+    use titan_api::task::TaskStatus;
+
+    use super::*;
+    use crate::state_machine::{Command, Meta, Response};
+
+    const CELL: &str = "dc1";
+
+    fn meta(at_ms: u64) -> Meta {
+        Meta { who: "test".into(), why: None, at_ms, request: String::new() }
+    }
+
+    fn spec(extra: &str) -> Arc<JobSpec> {
+        let location = if extra.contains("location") { "" } else { r#","location":"dc1:3,dc2:5""# };
+        let body = format!(
+            r#"{{"name":"web","applicationName":"shop"{location},"cpus":1,"memory":256,"image":"busybox"{extra}}}"#
+        );
+        Arc::new(JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec"))
+    }
+
+    fn register(s: &mut CellState, id: &str, cpus: f64, running: Vec<String>, at: u64) -> u64 {
+        let registration = AgentRegistration {
+            id: id.into(),
+            hostname: id.into(),
+            addr: "127.0.0.1:1".into(),
+            resources: AgentResources { cpus, memory_mib: 4096, disk_mib: 100_000, port_ranges: vec![(31000, 31999)] },
+            attributes: Default::default(),
+            running,
+        };
+        match s.apply(&Command::RegisterAgent { registration: Box::new(registration), meta: meta(at) }) {
+            Response::Agent { lease_epoch, .. } => lease_epoch,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    struct World {
+        state: CellState,
+        config: SchedulerConfig,
+        beats: HashMap<String, u64>,
+        next: u64,
+    }
+
+    impl World {
+        fn new(agents: &[(&str, f64)], job: Arc<JobSpec>) -> World {
+            let mut state = CellState::default();
+            for (id, cpus) in agents {
+                register(&mut state, id, *cpus, vec![], 0);
+            }
+            state.apply(&Command::PutJob { id: "j1".into(), spec: job, idempotency_key: None, meta: meta(0) });
+            let config = SchedulerConfig { lease_ms: 100, lost_grace_ms: 1_000, ..SchedulerConfig::default() };
+            let beats = agents.iter().map(|(id, _)| (id.to_string(), 0)).collect();
+            World { state, config, beats, next: 0 }
+        }
+
+        /// One round at `now`, applied; returns the decision.
+        fn round(&mut self, now_ms: u64) -> Decision {
+            let seen = Observed { now_ms, leader_since_ms: 0, heartbeats: Some(&self.beats), lost_last_minute: 0 };
+            let mut next = self.next;
+            let d = reconcile(&self.state, CELL, &seen, &self.config, &mut || {
+                next += 1;
+                format!("t{next:03}")
+            });
+            self.next = next;
+            let r = self.state.apply(&Command::Round { round: Box::new(d.round.clone()), meta: meta(now_ms) });
+            assert!(matches!(&r, Response::Round(o) if o.refused.is_empty()), "{r:?}");
+            d
+        }
+
+        fn beat(&mut self, now_ms: u64) {
+            for v in self.beats.values_mut() {
+                *v = now_ms;
+            }
+        }
+
+        fn report(&mut self, task: &str, state: TaskState, exit_code: Option<i64>, at: u64) {
+            let t = self.state.task(task).expect("task").clone();
+            let agent = t.agent.expect("placed");
+            let epoch = self.state.agent(&agent).map(|a| a.lease_epoch).unwrap_or(0);
+            let status = TaskStatus {
+                task_id: task.into(),
+                state,
+                reason: exit_code.map(|_| Reason::Exited),
+                message: None,
+                exit_code,
+                health: TaskHealth::Unknown,
+                at_ms: at,
+            };
+            let cmd = Command::TaskStatuses { agent, lease_epoch: epoch, statuses: vec![status], meta: meta(at) };
+            assert_eq!(self.state.apply(&cmd), Response::Statuses { applied: 1, ignored: 0 });
+        }
+
+        fn in_state(&self, state: TaskState) -> Vec<String> {
+            self.state.tasks().filter(|t| t.state == state).map(|t| t.id.clone()).collect()
+        }
+    }
+
+    #[test]
+    fn a_job_gets_its_count_for_this_cell_placed_and_nothing_more() {
+        let mut w = World::new(&[("a1", 2.0), ("a2", 2.0)], spec(""));
+        let d = w.round(10);
+        assert_eq!((d.round.create.len(), d.round.place.len()), (3, 3), "dc1:3; dc2 is another cell's");
+        assert_eq!(w.in_state(TaskState::Assigned).len(), 3);
+        let d = w.round(20);
+        assert!(d.round.is_empty(), "a second round changes nothing: {:?}", d.round);
+        // Placements respect capacity: 4 cpus for 3 one-cpu tasks, at most 2 per agent.
+        for a in ["a1", "a2"] {
+            assert!(w.state.tasks_on_agent(a).count() <= 2);
+        }
+    }
+
+    #[test]
+    fn what_does_not_fit_stays_accepted_with_a_reason() {
+        let mut w = World::new(&[("a1", 2.0)], spec(""));
+        let d = w.round(10);
+        assert_eq!((d.round.create.len(), d.round.place.len(), d.pending.len()), (3, 2, 1));
+        let pending = w.in_state(TaskState::Accepted);
+        assert_eq!(pending.len(), 1);
+        assert!(d.pending[&pending[0]].contains("cpu"), "{:?}", d.pending);
+        assert!(w.round(20).round.create.is_empty(), "the accepted task counts: no second copy");
+        register(&mut w.state, "a2", 2.0, vec![], 30);
+        w.beats.insert("a2".into(), 30);
+        let d = w.round(40);
+        assert_eq!(d.round.place.len(), 1, "placed once capacity arrives");
+    }
+
+    #[test]
+    fn scale_down_stops_the_surplus_unplaced_first_and_disable_stops_all() {
+        let mut w = World::new(&[("a1", 2.0)], spec(""));
+        w.round(10);
+        let unplaced = w.in_state(TaskState::Accepted);
+        let set = |n: u32, at| Command::SetInstances {
+            id: "j1".into(),
+            instances: BTreeMap::from([(CELL.to_string(), n)]),
+            if_version: None,
+            meta: meta(at),
+        };
+        w.state.apply(&set(2, 20));
+        let d = w.round(30);
+        assert_eq!(d.round.stop, vec![(unplaced[0].clone(), Reason::ScaledDown)]);
+        assert_eq!(w.state.task(&unplaced[0]).map(|t| t.state), Some(TaskState::Killed), "never placed: killed");
+        w.state.apply(&Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(40) });
+        let d = w.round(50);
+        assert_eq!(d.round.stop.len(), 2);
+        assert_eq!(w.in_state(TaskState::Killing).len(), 2, "placed tasks are killed by their agent");
+        assert!(w.round(60).round.is_empty(), "killing tasks are not stopped twice");
+    }
+
+    #[test]
+    fn failures_are_retried_with_backoff_until_retries_run_out() {
+        let mut w = World::new(&[("a1", 8.0)], spec(r#","location":"dc1:1","numRetries":1"#));
+        w.round(10);
+        let first = w.in_state(TaskState::Assigned)[0].clone();
+        w.report(&first, TaskState::Running, None, 20);
+        w.report(&first, TaskState::Failed, Some(3), 30);
+        let backoff = w.config.backoff_ms(0);
+        assert!(w.round(31).round.create.is_empty(), "waits for the backoff");
+        let d = w.round(30 + backoff);
+        assert_eq!(d.round.create.len(), 1);
+        let second = &d.round.create[0];
+        assert_eq!((second.attempt, second.replaces.as_deref(), second.retries_used), (1, Some(first.as_str()), 1));
+        w.report(&second.id.clone(), TaskState::Failed, Some(3), 40 + backoff);
+        let d = w.round(1_000_000);
+        assert!(d.round.create.is_empty(), "numRetries 1 is spent: {:?}", d.round.create);
+    }
+
+    #[test]
+    fn a_silent_agent_goes_unreachable_then_lost_and_its_tasks_are_replaced() {
+        let mut w = World::new(&[("a1", 2.0), ("a2", 2.0), ("a3", 2.0), ("a4", 2.0)], spec(""));
+        w.round(10);
+        let on_a1: Vec<String> = w.state.tasks_on_agent("a1").map(|t| t.id.clone()).collect();
+        assert!(!on_a1.is_empty());
+        // Everyone but a1 keeps beating.
+        let beat_others = |w: &mut World, now| {
+            for a in ["a2", "a3", "a4"] {
+                w.beats.insert(a.into(), now);
+            }
+        };
+        beat_others(&mut w, 150);
+        let d = w.round(150);
+        assert_eq!(d.round.unreachable, vec!["a1".to_string()]);
+        assert!(on_a1.iter().all(|t| w.state.task(t).map(|t| t.state) == Some(TaskState::Unreachable)));
+        beat_others(&mut w, 1_200);
+        let d = w.round(1_200);
+        assert_eq!(d.lost_agents, vec!["a1".to_string()]);
+        assert!(on_a1.iter().all(|t| w.state.task(t).map(|t| t.state) == Some(TaskState::Lost)));
+        beat_others(&mut w, 1_300);
+        let d = w.round(1_300);
+        assert_eq!(d.round.create.len(), on_a1.len(), "replaced: a system failure, so right away");
+        assert!(d.round.create.iter().all(|n| n.retries_used == 0 && n.replaces.is_some()));
+        assert!(d.round.place.iter().all(|p| p.agent != "a1"), "not on the unreachable agent");
+    }
+
+    #[test]
+    fn the_breaker_declares_nothing_lost_when_many_agents_go_silent_at_once() {
+        let mut w = World::new(&[("a1", 2.0), ("a2", 2.0), ("a3", 2.0)], spec(""));
+        w.round(10);
+        w.beats.insert("a3".into(), 5_000);
+        let d = w.round(5_000);
+        assert!(d.breaker_open);
+        assert!(d.round.lose.is_empty() && d.lost_agents.is_empty());
+        assert_eq!(w.in_state(TaskState::Lost).len(), 0);
+        // They come back: their tasks carry on.
+        w.beat(5_050);
+        let d = w.round(5_050);
+        assert_eq!(d.round.reachable.len(), 2);
+        assert_eq!(w.in_state(TaskState::Unreachable).len(), 0);
+    }
+
+    #[test]
+    fn the_loss_rate_limit_caps_agents_lost_per_minute() {
+        let mut w = World::new(&[("a1", 1.0), ("a2", 1.0), ("a3", 1.0), ("a4", 1.0)], spec(""));
+        w.config.breaker_fraction = 1.0;
+        w.config.max_lost_agents_per_minute = 1;
+        w.round(10);
+        w.beats.insert("a4".into(), 2_000);
+        let d = w.round(2_000);
+        assert_eq!(d.lost_agents.len(), 1, "three overdue, one allowed");
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_what_it_still_runs_and_loses_the_rest() {
+        let mut w = World::new(&[("a1", 4.0)], spec(""));
+        w.round(10);
+        let tasks = w.in_state(TaskState::Assigned);
+        w.report(&tasks[0], TaskState::Running, None, 20);
+        w.report(&tasks[1], TaskState::Running, None, 20);
+        let epoch = register(&mut w.state, "a1", 4.0, vec![tasks[0].clone()], 30);
+        assert_eq!(epoch, 2);
+        let state = |id: &str| w.state.task(id).map(|t| (t.state, t.lease_epoch, t.reason));
+        assert_eq!(state(&tasks[0]), Some((TaskState::Running, 2, None)), "re-adopted");
+        assert_eq!(state(&tasks[1]), Some((TaskState::Lost, 1, Some(Reason::AgentRestarted))));
+        assert_eq!(state(&tasks[2]), Some((TaskState::Assigned, 2, None)), "not started yet: still to start");
+    }
+
+    #[test]
+    fn a_plan_for_an_old_epoch_or_a_full_agent_is_refused_at_apply() {
+        let mut w = World::new(&[("a1", 1.0)], spec(r#","location":"dc1:2""#));
+        let seen = Observed { now_ms: 10, leader_since_ms: 0, heartbeats: Some(&w.beats), lost_last_minute: 0 };
+        let mut n = 0;
+        let d = reconcile(&w.state, CELL, &seen, &w.config, &mut || {
+            n += 1;
+            format!("x{n}")
+        });
+        assert_eq!(d.round.place.len(), 1, "one cpu: one task");
+        // The agent re-registers between the plan and its commit.
+        register(&mut w.state, "a1", 1.0, vec![], 11);
+        let mut stale = d.round.clone();
+        stale.place.push(Placed { task_id: "x2".into(), agent: "a1".into(), lease_epoch: 2, ports: vec![] });
+        match w.state.apply(&Command::Round { round: Box::new(stale), meta: meta(12) }) {
+            Response::Round(o) => {
+                assert_eq!(o.placed, 1, "the second, fresh-epoch placement of x2 fits");
+                assert_eq!(o.refused.len(), 1);
+                assert!(o.refused[0].1.contains("epoch"), "{:?}", o.refused);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Capacity holds: nothing more fits.
+        let over = Round {
+            place: vec![Placed { task_id: "x1".into(), agent: "a1".into(), lease_epoch: 2, ports: vec![] }],
+            ..Round::default()
+        };
+        match w.state.apply(&Command::Round { round: Box::new(over), meta: meta(13) }) {
+            Response::Round(o) => assert_eq!((o.placed, o.refused.len()), (0, 1)),
+            other => panic!("{other:?}"),
+        }
+    }
+}

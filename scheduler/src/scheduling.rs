@@ -1,0 +1,230 @@
+//! The scheduling loop: on the leader, after every change and at least every `max_round_interval_ms`, run the
+//! reconciler on the applied state and commit its round. The thin async shell around `reconcile`.
+//!
+//! Rounds run one at a time and each waits for its commit, so the next round sees the previous one applied.
+//! Every placement is re-validated by the state machine as it applies; what it refuses is counted as a plan
+//! rejection and retried in a later round.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use titan_api::task::TaskState;
+
+use crate::cell::Cell;
+use crate::reconcile::{self, Observed};
+use crate::state_machine::{Command, Meta, Response};
+
+/// What only the leader knows about scheduling, reset when leadership changes.
+#[derive(Default)]
+pub struct Local {
+    /// Why each Accepted task is not placed, from the latest round.
+    pub pending: Mutex<BTreeMap<String, String>>,
+    /// When agents were declared lost (ms), for the rate limit.
+    lost_at: Mutex<VecDeque<u64>>,
+}
+
+impl Local {
+    pub fn pending(&self, task: &str) -> Option<String> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).get(task).cloned()
+    }
+}
+
+#[derive(Clone)]
+pub struct SchedulingMetrics {
+    pub tasks: IntGaugeVec,
+    rounds: Histogram,
+    placements: IntCounter,
+    plan_rejections: IntCounter,
+    created: IntCounter,
+    stopped: IntCounterVec,
+    lost: IntCounterVec,
+    agents_lost: IntCounter,
+    breaker_open: IntGauge,
+    pending: IntGauge,
+    pub pending_age: IntGauge,
+}
+
+impl SchedulingMetrics {
+    pub fn new(registry: &Registry, cell: &str, node: u64) -> Result<SchedulingMetrics, prometheus::Error> {
+        let labels: HashMap<String, String> =
+            [("cell".to_string(), cell.to_string()), ("node".to_string(), node.to_string())].into();
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_labels(labels.clone());
+        let m = SchedulingMetrics {
+            tasks: IntGaugeVec::new(opts("titan_tasks", "Tasks by state"), &["state"])?,
+            rounds: Histogram::with_opts(
+                HistogramOpts::new("titan_scheduling_round_seconds", "Reconcile and placement time of one round")
+                    .const_labels(labels.clone())
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            )?,
+            placements: IntCounter::with_opts(opts("titan_placements_total", "Tasks placed on agents"))?,
+            plan_rejections: IntCounter::with_opts(opts(
+                "titan_plan_rejections_total",
+                "Placements the state machine refused when re-validating a plan",
+            ))?,
+            created: IntCounter::with_opts(opts("titan_tasks_created_total", "Tasks created (new or replacements)"))?,
+            stopped: IntCounterVec::new(
+                opts("titan_tasks_stopped_total", "Tasks asked to stop, by reason"),
+                &["reason"],
+            )?,
+            lost: IntCounterVec::new(opts("titan_tasks_lost_total", "Tasks declared lost, by reason"), &["reason"])?,
+            agents_lost: IntCounter::with_opts(opts(
+                "titan_agents_lost_total",
+                "Agents whose tasks were declared lost",
+            ))?,
+            breaker_open: IntGauge::with_opts(opts(
+                "titan_agent_loss_breaker_open",
+                "1 while too many agents are silent at once to declare any lost",
+            ))?,
+            pending: IntGauge::with_opts(opts(
+                "titan_tasks_pending",
+                "Accepted tasks the latest round could not place",
+            ))?,
+            pending_age: IntGauge::with_opts(opts(
+                "titan_tasks_pending_oldest_seconds",
+                "Age of the oldest Accepted task",
+            ))?,
+        };
+        registry.register(Box::new(m.tasks.clone()))?;
+        registry.register(Box::new(m.rounds.clone()))?;
+        registry.register(Box::new(m.placements.clone()))?;
+        registry.register(Box::new(m.plan_rejections.clone()))?;
+        registry.register(Box::new(m.created.clone()))?;
+        registry.register(Box::new(m.stopped.clone()))?;
+        registry.register(Box::new(m.lost.clone()))?;
+        registry.register(Box::new(m.agents_lost.clone()))?;
+        registry.register(Box::new(m.breaker_open.clone()))?;
+        registry.register(Box::new(m.pending.clone()))?;
+        registry.register(Box::new(m.pending_age.clone()))?;
+        Ok(m)
+    }
+}
+
+fn reason_label(r: titan_api::task::Reason) -> String {
+    serde_json::to_value(r).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// Runs rounds while this member leads, until the cell is dropped.
+pub(crate) async fn run(cell: Weak<Cell>) {
+    let Some(mut changes) = cell.upgrade().map(|c| c.raft().metrics()) else { return };
+    let mut leader_since: Option<u64> = None;
+    let mut last_round = Instant::now();
+    loop {
+        let (min, max) = match cell.upgrade() {
+            Some(c) => {
+                let s = &c.config().scheduler;
+                (Duration::from_millis(s.min_round_interval_ms), Duration::from_millis(s.max_round_interval_ms))
+            }
+            None => return,
+        };
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(max.saturating_sub(last_round.elapsed())) => {}
+        }
+        tokio::time::sleep(min.saturating_sub(last_round.elapsed())).await;
+        let Some(cell) = cell.upgrade() else { return };
+        last_round = Instant::now();
+        if !cell.is_leader() {
+            if leader_since.take().is_some() {
+                cell.scheduling().pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+            continue;
+        }
+        if leader_since.is_none() {
+            // Act only on a state that includes everything committed before this member took over.
+            if let Err(e) = cell.raft().ensure_linearizable().await {
+                tracing::debug!(error = %e, "not yet able to schedule as leader");
+                continue;
+            }
+            leader_since = Some(crate::cell::now_ms());
+            tracing::info!("scheduling as leader");
+        }
+        round(&cell, leader_since.unwrap_or(0)).await;
+    }
+}
+
+async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
+    let started = Instant::now();
+    let config = cell.config().scheduler.clone();
+    let now_ms = crate::cell::now_ms();
+    let local = cell.scheduling();
+    let lost_last_minute = {
+        let mut lost = local.lost_at.lock().unwrap_or_else(|p| p.into_inner());
+        while lost.front().is_some_and(|t| now_ms.saturating_sub(*t) > 60_000) {
+            lost.pop_front();
+        }
+        lost.len() as u32
+    };
+    let heartbeats = cell.heartbeats();
+    let seen = Observed { now_ms, leader_since_ms, heartbeats: Some(&heartbeats), lost_last_minute };
+    let decision = {
+        let state = cell.state_read();
+        reconcile::reconcile(&state, &cell.config().cell, &seen, &config, &mut || uuid::Uuid::new_v4().to_string())
+    };
+    let metrics = cell.scheduling_metrics();
+    metrics.rounds.observe(started.elapsed().as_secs_f64());
+    metrics.breaker_open.set(i64::from(decision.breaker_open));
+    metrics.pending.set(decision.pending.len() as i64);
+    if decision.breaker_open {
+        tracing::warn!(
+            unreachable = decision.round.unreachable.len(),
+            "too many agents silent at once: none declared lost"
+        );
+    }
+    *local.pending.lock().unwrap_or_else(|p| p.into_inner()) = decision.pending;
+    if decision.round.is_empty() {
+        return;
+    }
+    for agent in &decision.lost_agents {
+        tracing::warn!(agent = %agent, "agent lost: its tasks are declared lost and will be replaced");
+        local.lost_at.lock().unwrap_or_else(|p| p.into_inner()).push_back(now_ms);
+        metrics.agents_lost.inc();
+    }
+    let r = &decision.round;
+    for (_, reason) in &r.stop {
+        metrics.stopped.with_label_values(&[&reason_label(*reason)]).inc();
+    }
+    for (_, reason) in &r.lose {
+        metrics.lost.with_label_values(&[&reason_label(*reason)]).inc();
+    }
+    for a in &r.unreachable {
+        tracing::warn!(agent = %a, "agent unreachable: lease expired");
+    }
+    for a in &r.reachable {
+        tracing::info!(agent = %a, "agent reachable again");
+    }
+    let counts = (r.create.len(), r.place.len(), r.stop.len(), r.lose.len());
+    let meta = Meta { who: "scheduler".into(), why: None, at_ms: now_ms, request: uuid::Uuid::new_v4().to_string() };
+    let cmd = Command::Round { round: Box::new(decision.round), meta };
+    match cell.commit_command(cmd).await {
+        Ok(Response::Round(outcome)) => {
+            metrics.created.inc_by(u64::from(outcome.created));
+            metrics.placements.inc_by(u64::from(outcome.placed));
+            metrics.plan_rejections.inc_by(outcome.refused.len() as u64);
+            for (task, why) in outcome.refused.iter().take(5) {
+                tracing::info!(task = %task, why = %why, "placement refused on re-validation; retried next round");
+            }
+            tracing::debug!(
+                create = counts.0,
+                place = counts.1,
+                stop = counts.2,
+                lose = counts.3,
+                placed = outcome.placed,
+                ms = started.elapsed().as_millis() as u64,
+                "round committed"
+            );
+        }
+        Ok(other) => tracing::error!(answer = ?other, "a round got an unexpected answer"),
+        Err(e) => tracing::warn!(error = %e, "round not committed; the next one decides again"),
+    }
+}
+
+/// Refreshes the task gauges from the state's counts.
+pub(crate) fn observe_tasks(metrics: &SchedulingMetrics, state: &crate::state_machine::CellState, now_ms: u64) {
+    for s in TaskState::ALL {
+        metrics.tasks.with_label_values(&[s.as_str()]).set(state.task_count(s) as i64);
+    }
+    let oldest = state.tasks().filter(|t| t.state == TaskState::Accepted).map(|t| t.created_at_ms).min();
+    metrics.pending_age.set(oldest.map(|t| now_ms.saturating_sub(t) / 1000).unwrap_or(0) as i64);
+}
