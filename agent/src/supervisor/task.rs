@@ -290,10 +290,11 @@ async fn watch_task(
                     Ok(RunState::Running | RunState::Created) => {}
                     Err(e) => tracing::warn!(task = %id, error = %e, "cannot read the task's state"),
                 }
-                if polls % VOLUME_EVERY == 0 {
+                if polls == 0 {
                     measure_volumes(inner, volumes).await;
+                    polls = VOLUME_EVERY;
                 }
-                polls = polls.wrapping_add(1);
+                polls -= 1;
             }
             _ = probe.tick(), if check.is_some() => {
                 let Some(c) = check.as_mut() else { continue };

@@ -1,0 +1,225 @@
+//! An in-process cell for agent tests: the real HTTP surface (`titan_api::router`) over a small `CellApi` that
+//! implements what an agent calls (registration, heartbeats, the assignments long-poll, status reports) and lets
+//! a test set the plan, skew the lease epoch it answers with, and read back what the agent said.
+
+#![allow(dead_code)]
+
+use std::future::IntoFuture;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use titan_api::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
+use titan_api::job::JobSpec;
+use titan_api::router::ApiResult;
+use titan_api::task::{
+    Assignment, Assignments, AssignmentsQuery, StatusAck, StatusReport, TaskList, TaskQuery, TaskStatus, TaskView,
+};
+use titan_api::view::{AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery};
+use titan_api::{Actor, ApiError, CellApi, ErrorCode, HttpMetrics};
+use tokio::sync::watch;
+
+#[derive(Default)]
+pub struct State {
+    pub epoch: u64,
+    /// Added to the epoch in assignments answers: a plan from a stale member (< 0) or one that saw a newer
+    /// registration (> 0).
+    pub skew: i64,
+    pub registrations: Vec<AgentRegistration>,
+    pub tasks: Vec<Assignment>,
+    /// Every status received, with when, in order.
+    pub statuses: Vec<(Instant, TaskStatus)>,
+    /// When the plan last changed.
+    pub planned_at: Option<Instant>,
+    /// Reports answered 503 before any is taken.
+    pub fail_reports: u32,
+}
+
+pub struct FakeCell {
+    state: Mutex<State>,
+    version: watch::Sender<u64>,
+}
+
+fn unsupported<T>() -> Result<T, ApiError> {
+    Err(ApiError::new(ErrorCode::NotFound, "not in the fake cell"))
+}
+
+impl FakeCell {
+    /// Serves a fake cell on a loopback port; returns it and its address.
+    pub async fn start() -> (Arc<FakeCell>, String) {
+        let cell = Arc::new(FakeCell { state: Mutex::new(State::default()), version: watch::Sender::new(1) });
+        let registry = prometheus::Registry::new();
+        let app = titan_api::router(cell.clone(), HttpMetrics::new(&registry).expect("metrics"), axum::Router::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(axum::serve(listener, app).into_future());
+        (cell, addr)
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the plan; long-polls answer at once.
+    pub fn plan(&self, tasks: Vec<Assignment>) {
+        {
+            let mut s = self.state();
+            s.tasks = tasks;
+            s.planned_at = Some(Instant::now());
+        }
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    pub fn skew(&self, skew: i64) {
+        self.state().skew = skew;
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// The statuses received for `task`, oldest first.
+    pub fn statuses(&self, task: &str) -> Vec<TaskStatus> {
+        self.state().statuses.iter().filter(|(_, s)| s.task_id == task).map(|(_, s)| s.clone()).collect()
+    }
+
+    /// Waits for a status of `task` that `pred` accepts; returns it and when it arrived.
+    pub async fn wait_for(
+        &self,
+        task: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&TaskStatus) -> bool,
+    ) -> (TaskStatus, Instant) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.state().statuses.iter().find(|(_, s)| s.task_id == task && pred(s)).cloned();
+            if let Some((at, s)) = found {
+                return (s, at);
+            }
+            if Instant::now() > deadline {
+                panic!("no status of {task} {what} within {timeout:?}; got {:?}", self.statuses(task));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl CellApi for FakeCell {
+    fn submit_job(&self, _: JobSpec, _: Option<String>, _: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async { unsupported() })
+    }
+    fn list_jobs(&self, _: ListQuery) -> ApiResult<'_, JobList> {
+        Box::pin(async { unsupported() })
+    }
+    fn get_job(&self, _: String) -> ApiResult<'_, JobView> {
+        Box::pin(async { unsupported() })
+    }
+    fn job_history(&self, _: String) -> ApiResult<'_, Vec<HistoryEntry>> {
+        Box::pin(async { unsupported() })
+    }
+    fn update_job(&self, _: String, _: JobSpec, _: Option<u64>, _: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async { unsupported() })
+    }
+    fn set_instances(
+        &self,
+        _: String,
+        _: std::collections::BTreeMap<String, u32>,
+        _: Option<u64>,
+        _: Actor,
+    ) -> ApiResult<'_, JobRef> {
+        Box::pin(async { unsupported() })
+    }
+    fn set_enabled(&self, _: String, _: bool, _: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async { unsupported() })
+    }
+    fn kill_job(&self, _: String, _: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async { unsupported() })
+    }
+    fn cluster(&self) -> ApiResult<'_, ClusterView> {
+        Box::pin(async { unsupported() })
+    }
+    fn add_member(&self, _: AddMember) -> ApiResult<'_, ClusterView> {
+        Box::pin(async { unsupported() })
+    }
+    fn remove_member(&self, _: u64) -> ApiResult<'_, ClusterView> {
+        Box::pin(async { unsupported() })
+    }
+    fn ready(&self) -> ApiResult<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn register_agent(&self, registration: AgentRegistration) -> ApiResult<'_, AgentView> {
+        Box::pin(async move {
+            let mut s = self.state();
+            s.epoch += 1;
+            s.registrations.push(registration.clone());
+            let view = AgentView {
+                id: registration.id,
+                cell: "fake".into(),
+                hostname: registration.hostname,
+                addr: registration.addr,
+                resources: registration.resources,
+                attributes: registration.attributes,
+                state: titan_api::agent::AgentState::Active,
+                lease_epoch: s.epoch,
+                registered_at_ms: 0,
+                last_heartbeat_ms: None,
+            };
+            drop(s);
+            self.version.send_modify(|v| *v += 1);
+            Ok(view)
+        })
+    }
+    fn heartbeat(&self, _: String, beat: Heartbeat) -> ApiResult<'_, Lease> {
+        Box::pin(async move {
+            let epoch = self.state().epoch;
+            if beat.lease_epoch != epoch {
+                return Err(ApiError::new(ErrorCode::Conflict, "stale lease epoch").with_field("leaseEpoch"));
+            }
+            Ok(Lease { lease_epoch: epoch, lease_ms: 3_000 })
+        })
+    }
+    fn list_agents(&self) -> ApiResult<'_, Vec<AgentView>> {
+        Box::pin(async { unsupported() })
+    }
+    fn get_agent(&self, _: String) -> ApiResult<'_, AgentView> {
+        Box::pin(async { unsupported() })
+    }
+    fn read_barrier(&self) -> ApiResult<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn list_tasks(&self, _: TaskQuery) -> ApiResult<'_, TaskList> {
+        Box::pin(async { unsupported() })
+    }
+    fn get_task(&self, _: String) -> ApiResult<'_, TaskView> {
+        Box::pin(async { unsupported() })
+    }
+    fn kill_task(&self, _: String, _: Actor) -> ApiResult<'_, TaskView> {
+        Box::pin(async { unsupported() })
+    }
+    fn assignments(&self, _: String, query: AssignmentsQuery) -> ApiResult<'_, Assignments> {
+        Box::pin(async move {
+            let mut rx = self.version.subscribe();
+            if let Some(after) = query.after {
+                let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
+                let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > after)).await;
+            }
+            let version = *rx.borrow();
+            let s = self.state();
+            Ok(Assignments { lease_epoch: (s.epoch as i64 + s.skew).max(0) as u64, version, tasks: s.tasks.clone() })
+        })
+    }
+    fn report_status(&self, _: String, report: StatusReport) -> ApiResult<'_, StatusAck> {
+        Box::pin(async move {
+            report.validate()?;
+            let mut s = self.state();
+            if s.fail_reports > 0 {
+                s.fail_reports -= 1;
+                return Err(ApiError::new(ErrorCode::Unavailable, "the fake cell is down for this report"));
+            }
+            if report.lease_epoch != s.epoch {
+                return Err(ApiError::new(ErrorCode::Conflict, "stale lease epoch").with_field("leaseEpoch"));
+            }
+            let now = Instant::now();
+            let n = report.statuses.len() as u32;
+            s.statuses.extend(report.statuses.into_iter().map(|st| (now, st)));
+            Ok(StatusAck { applied: n, ignored: 0 })
+        })
+    }
+}
