@@ -1,5 +1,5 @@
-//! The client commands: `titan job ...` and `titan cluster ...` over the typed API client, printed as tables for
-//! people or as JSON (`--output json`) for scripts.
+//! The client commands: `titan job ...`, `titan task ...`, `titan node ...` and `titan cluster ...` over the
+//! typed API client, printed as tables for people or as JSON (`--output json`) for scripts.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use titan_api::job::{parse_location, BodyFormat};
+use titan_api::task::{TaskQuery, TaskView};
 use titan_api::view::{AddMember, ClusterView, JobView, ListQuery};
 use titan_api::Client;
 
@@ -273,6 +274,12 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                 vec!["updated".into(), time(j.updated_at_ms)],
             ];
             println!("{}", table(&["FIELD", "VALUE"], &rows));
+            let q = TaskQuery { job: Some(id.clone()), state: Some("active".into()), ..TaskQuery::default() };
+            let tasks = all_tasks(&client, q).await?;
+            println!("\n{}", task_table(&tasks));
+            for t in tasks.iter().filter(|t| t.pending.is_some()) {
+                println!("task {} is pending: {}", t.id, t.pending.as_deref().unwrap_or_default());
+            }
         }
         JobCommand::History { id } => {
             let h = client.job_history(&id).await?;
@@ -305,6 +312,110 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
         JobCommand::Kill { id } => done(json, "killed", client.kill_job(&id).await?)?,
         JobCommand::Enable { id } => done(json, "enabled", client.set_enabled(&id, true).await?)?,
         JobCommand::Disable { id } => done(json, "disabled", client.set_enabled(&id, false).await?)?,
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Lists tasks (every page).
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// A task state, or `active` for every one not ended.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Shows one task, with its transitions and why it is pending.
+    Status { id: String },
+    /// Stops one task; its job starts a replacement.
+    Kill { id: String },
+}
+
+async fn all_tasks(client: &Client, mut q: TaskQuery) -> anyhow::Result<Vec<TaskView>> {
+    let mut tasks = Vec::new();
+    loop {
+        let page = client.list_tasks(&q).await?;
+        tasks.extend(page.tasks);
+        match page.next_page_token {
+            Some(t) => q.page_token = Some(t),
+            None => return Ok(tasks),
+        }
+    }
+}
+
+fn reason(t: &TaskView) -> String {
+    t.reason.and_then(|r| serde_json::to_value(r).ok()).and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn task_table(tasks: &[TaskView]) -> String {
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.job_id.clone(),
+                t.state.as_str().into(),
+                reason(t),
+                t.agent_id.clone().unwrap_or_default(),
+                t.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+                t.attempt.to_string(),
+                time(t.updated_at_ms),
+            ]
+        })
+        .collect();
+    table(&["ID", "JOB", "STATE", "REASON", "AGENT", "PORTS", "ATTEMPT", "UPDATED"], &rows)
+}
+
+pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
+    let client = target.client();
+    let json = target.output == Output::Json;
+    match command {
+        TaskCommand::List { job, agent, state } => {
+            let tasks = all_tasks(&client, TaskQuery { job, agent, state, ..TaskQuery::default() }).await?;
+            if json {
+                return print_json(&tasks);
+            }
+            println!("{}", task_table(&tasks));
+        }
+        TaskCommand::Status { id } => {
+            let t = client.get_task(&id).await?;
+            if json {
+                return print_json(&t);
+            }
+            println!("{}", task_table(std::slice::from_ref(&t)));
+            if let Some(p) = &t.pending {
+                println!("pending: {p}");
+            }
+            if let Some(m) = &t.message {
+                println!("message: {m}");
+            }
+            if let Some(c) = t.exit_code {
+                println!("exit code: {c}");
+            }
+            let rows: Vec<Vec<String>> = t
+                .transitions
+                .iter()
+                .map(|x| {
+                    let r = x.reason.and_then(|r| serde_json::to_value(r).ok());
+                    vec![
+                        time(x.at_ms),
+                        x.state.as_str().into(),
+                        r.and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            println!("\n{}", table(&["WHEN", "STATE", "REASON"], &rows));
+        }
+        TaskCommand::Kill { id } => {
+            let t = client.kill_task(&id).await?;
+            if json {
+                return print_json(&t);
+            }
+            println!("task {} is {}", t.id, t.state.as_str());
+        }
     }
     Ok(())
 }

@@ -43,6 +43,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::JobCommand,
     },
+    /// Lists, inspects and kills tasks.
+    Task {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::TaskCommand,
+    },
     /// Shows and changes the cell's membership.
     Cluster {
         #[command(flatten)]
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
             Command::Agent(a) => server::agent(a).await,
             Command::Node { target, command } => cli::node(&target, command).await,
             Command::Job { target, command } => cli::job(&target, command).await,
+            Command::Task { target, command } => cli::task(&target, command).await,
             Command::Cluster { target, command } => cli::cluster(&target, command).await,
         }
     });

@@ -29,8 +29,8 @@ pub struct SchedulerConfig {
     pub lost_grace_ms: u64,
     /// Most agents declared lost per minute.
     pub max_lost_agents_per_minute: u32,
-    /// When more than this share of the agents are silent at once, nothing is declared lost (a partition until
-    /// proven otherwise).
+    /// When more than this share of the agents (and more than one) are silent at once, nothing is declared lost
+    /// (a partition until proven otherwise).
     pub breaker_fraction: f64,
     pub assigned_timeout_ms: u64,
     pub starting_timeout_ms: u64,
@@ -187,8 +187,9 @@ fn agents(state: &CellState, seen: &Observed<'_>, config: &SchedulerConfig, d: &
             overdue.push((heard, id.clone()));
         }
     }
-    // A few silent agents are failures; many at once are more likely a partition between them and us.
-    d.breaker_open = total >= 3 && silent as f64 > config.breaker_fraction * total as f64;
+    // A few silent agents are failures; many at once are more likely a partition between them and us. One alone
+    // is never a partition.
+    d.breaker_open = silent > 1 && silent as f64 > config.breaker_fraction * total as f64;
     if d.breaker_open {
         return BTreeSet::new();
     }
@@ -199,7 +200,7 @@ fn agents(state: &CellState, seen: &Observed<'_>, config: &SchedulerConfig, d: &
     lost
 }
 
-/// What to do with a task that ended and has not been replaced.
+/// What to do with a task that ended (or is being stopped) and has not been replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum After {
     /// Replace it once `not_before_ms` has passed, with `retries_used` user failures spent.
@@ -226,14 +227,15 @@ fn after(t: &TaskRecord, spec: &JobSpec, config: &SchedulerConfig) -> After {
             After::Done
         }
     };
+    let batch = spec.job_type == JobType::Batch;
     match (t.state, t.reason) {
-        (TaskState::Killed, Some(Reason::ScaledDown)) => After::Gone,
-        (TaskState::Killed, Some(Reason::KilledByUser)) if spec.job_type == JobType::Batch => After::Done,
-        (TaskState::Finished, _) if spec.job_type == JobType::Service && spec.restart_on_success => {
-            retry(t.retries_used)
-        }
+        // A task being stopped, or stopped, on purpose: by reason, whatever its state.
+        (_, Some(Reason::ScaledDown)) => After::Gone,
+        (_, Some(Reason::KilledByUser)) if batch => After::Done,
+        (_, Some(Reason::Unhealthy)) => user_failure(),
+        (TaskState::Finished, _) if !batch && spec.restart_on_success => retry(t.retries_used),
         (TaskState::Finished, _) => After::Done,
-        (TaskState::Failed, _) | (TaskState::Killed, Some(Reason::Unhealthy)) => user_failure(),
+        (TaskState::Failed, _) => user_failure(),
         (_, Some(r)) if r.is_system() || r == Reason::KilledByUser => retry(t.retries_used),
         _ => user_failure(),
     }
@@ -263,13 +265,12 @@ fn job_round(
             held += 1;
             continue;
         }
-        if !t.is_terminal() {
-            if t.desired == Desired::Run {
-                live.push(t);
-            }
+        if t.replaced_by.is_some() {
             continue;
         }
-        if t.replaced_by.is_some() {
+        // A task being stopped for a reason that calls for a replacement gets it now (make before break).
+        if !t.is_terminal() && t.desired == Desired::Run {
+            live.push(t);
             continue;
         }
         match after(t, spec, config) {

@@ -561,7 +561,11 @@ impl CellState {
         let Some(job) = self.jobs.get(&n.job_id).filter(|j| j.state != JobState::Killed) else { return false };
         if let Some(old) = &n.replaces {
             match self.tasks.get(old) {
-                Some(o) if o.is_terminal() && o.replaced_by.is_none() && o.job_id == n.job_id => {}
+                // A task is replaced once it ended, or as soon as it is being stopped.
+                Some(o)
+                    if (o.is_terminal() || o.desired == Desired::Stop)
+                        && o.replaced_by.is_none()
+                        && o.job_id == n.job_id => {}
                 _ => return false,
             }
         }

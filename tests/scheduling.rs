@@ -1,0 +1,190 @@
+//! End to end: a real 3-member cell schedules jobs onto simulated agents that speak the real agent protocol.
+//! Agents die, the leader dies, jobs scale; every task the cell wants runs exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::sim::{self, Record};
+use common::{eventually, Cluster, TEST_CONFIG};
+use titan_api::job::BodyFormat;
+use titan_api::task::{Reason, TaskQuery, TaskState, TaskView};
+use titan_api::Client;
+
+fn config() -> String {
+    format!("{TEST_CONFIG}[scheduler]\nlease_ms = 1000\nlost_grace_ms = 1000\nbackoff_base_ms = 100\n")
+}
+
+async fn tasks(c: &Client, job: &str) -> Vec<TaskView> {
+    let q = TaskQuery { job: Some(job.into()), limit: Some(1000), ..TaskQuery::default() };
+    c.list_tasks(&q).await.map(|l| l.tasks).unwrap_or_default()
+}
+
+fn running(ts: &[TaskView]) -> Vec<&TaskView> {
+    ts.iter().filter(|t| t.state == TaskState::Running).collect()
+}
+
+fn job_spec(count: u32) -> Vec<u8> {
+    format!(r#"{{"name":"web","applicationName":"shop","location":"dc1:{count},dc2:4","cpus":1,"memory":512,"image":"busybox"}}"#)
+        .into_bytes()
+}
+
+/// No task id was started twice, on one agent or on two.
+fn launched_once(record: &Record) {
+    let launches = record.launches.lock().expect("launches");
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (agent, task) in launches.iter() {
+        if let Some(first) = seen.insert(task, agent) {
+            panic!("task {task} launched twice: on {first} and on {agent}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_once_through_agent_loss_scaling_and_leader_loss() {
+    let mut cell = Cluster::start_with(3, &config());
+    let leader = cell.leader(Duration::from_secs(20)).await;
+    let addrs: Vec<String> = cell.members.iter().map(|m| m.addr.to_string()).collect();
+    let record = Arc::new(Record::default());
+    let mut agents: Vec<sim::SimAgent> = (0..3)
+        .map(|i| sim::start(addrs.clone(), sim::registration(&format!("sim-{i}"), 4.0, 8192, "a"), record.clone()))
+        .collect();
+    let client = cell.member(leader).client();
+    eventually(Duration::from_secs(10), "three agents registered", || async {
+        client.list_agents().await.map(|a| a.len() == 3).unwrap_or(false)
+    })
+    .await;
+
+    // Submitted to a follower: six tasks of dc1's count run, two per... wherever fenzo packs them.
+    let follower = cell.members.iter().find(|m| m.id != leader).expect("a follower").client();
+    let job = follower.submit_raw(job_spec(6), BodyFormat::Json, None).await.expect("submitted").id;
+    eventually(Duration::from_secs(15), "six tasks running", || async {
+        running(&tasks(&client, &job).await).len() == 6
+    })
+    .await;
+    let view = client.get_task(&running(&tasks(&client, &job).await)[0].id).await.expect("task");
+    assert_eq!(view.transitions.first().map(|t| t.state), Some(TaskState::Accepted));
+
+    // An agent dies: after the lease and the grace its tasks are lost and replaced elsewhere.
+    let now: Vec<TaskView> = running(&tasks(&client, &job).await).into_iter().cloned().collect();
+    let victim = agents.iter().position(|a| tasks_on(&now, &a.id) > 0).expect("some agent runs tasks");
+    let victim_id = agents[victim].id.clone();
+    agents[victim].stop();
+    eventually(Duration::from_secs(20), "the dead agent's tasks replaced", || async {
+        let ts = tasks(&client, &job).await;
+        let lost = ts.iter().filter(|t| t.state == TaskState::Lost && t.reason == Some(Reason::AgentLost)).count();
+        let run = running(&ts);
+        lost > 0 && run.len() == 6 && run.iter().all(|t| t.agent_id.as_deref() != Some(victim_id.as_str()))
+    })
+    .await;
+    let ts = tasks(&client, &job).await;
+    for lost in ts.iter().filter(|t| t.state == TaskState::Lost) {
+        let by = lost.replaced_by.as_deref().expect("a lost task is replaced");
+        let replacement = ts.iter().find(|t| t.id == by).expect("the replacement exists");
+        assert_eq!((replacement.attempt, replacement.retries_used), (lost.attempt + 1, 0), "system failure: free");
+    }
+
+    // Scale down; the surplus is killed by its agents.
+    client.set_instances(&job, &[("dc1".to_string(), 3)].into(), None).await.expect("scaled");
+    eventually(Duration::from_secs(15), "three running, three killed", || async {
+        let ts = tasks(&client, &job).await;
+        let killed = ts.iter().filter(|t| t.state == TaskState::Killed && t.reason == Some(Reason::ScaledDown));
+        running(&ts).len() == 3 && killed.count() == 3
+    })
+    .await;
+
+    // The leader dies; a new one carries on and scales the job up.
+    cell.member(leader).kill();
+    let leader = cell.leader(Duration::from_secs(20)).await;
+    let client = cell.member(leader).client();
+    client.set_instances(&job, &[("dc1".to_string(), 5)].into(), None).await.expect("scaled up");
+    eventually(Duration::from_secs(20), "five running after the leader change", || async {
+        running(&tasks(&client, &job).await).len() == 5
+    })
+    .await;
+
+    // A user kills one task: it is replaced.
+    let one = running(&tasks(&client, &job).await)[0].id.clone();
+    let killed = client.kill_task(&one).await.expect("kill accepted");
+    assert_eq!(killed.id, one);
+    eventually(Duration::from_secs(15), "the killed task replaced", || async {
+        let ts = tasks(&client, &job).await;
+        let gone = ts.iter().any(|t| t.id == one && t.state == TaskState::Killed);
+        gone && running(&ts).len() == 5 && ts.iter().any(|t| t.replaces.as_deref() == Some(one.as_str()))
+    })
+    .await;
+    let err = client.kill_task(&one).await.expect_err("a killed task cannot be killed again");
+    assert_eq!(err.code(), Some(titan_api::ErrorCode::Conflict));
+    launched_once(&record);
+    assert_eq!(*record.refused.lock().expect("refused"), 0, "no plan carried a wrong epoch");
+
+    // Killing the job stops everything.
+    client.kill_job(&job).await.expect("job killed");
+    eventually(Duration::from_secs(15), "every task ended", || async {
+        let ts = tasks(&client, &job).await;
+        !ts.is_empty() && ts.iter().all(|t| t.state.is_terminal())
+    })
+    .await;
+    launched_once(&record);
+}
+
+fn tasks_on(ts: &[TaskView], agent: &str) -> usize {
+    ts.iter().filter(|t| t.agent_id.as_deref() == Some(agent)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_tasks_say_why_and_bad_task_requests_are_refused() {
+    let cell = Cluster::start_with(1, &config());
+    let client = cell.members[0].client();
+    cell.leader(Duration::from_secs(20)).await;
+    let record = Arc::new(Record::default());
+    let _agent = sim::start(vec![cell.members[0].addr.to_string()], sim::registration("small", 1.0, 1024, "a"), record);
+    eventually(Duration::from_secs(10), "the agent registered", || async {
+        client.list_agents().await.map(|a| a.len() == 1).unwrap_or(false)
+    })
+    .await;
+    let job = client.submit_raw(job_spec(3), BodyFormat::Json, None).await.expect("submitted").id;
+    eventually(Duration::from_secs(10), "one running, two pending with a reason", || async {
+        let ts = tasks(&client, &job).await;
+        let pending: Vec<&TaskView> = ts.iter().filter(|t| t.state == TaskState::Accepted).collect();
+        running(&ts).len() == 1 && pending.len() == 2 && pending.iter().all(|t| t.pending.is_some())
+    })
+    .await;
+    let ts = tasks(&client, &job).await;
+    let why = ts.iter().find_map(|t| t.pending.clone()).unwrap_or_default();
+    assert!(why.contains("cpu"), "{why}");
+
+    // Bad input: each names its field, nothing changes.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", cell.members[0].addr);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (http.get(format!("{base}/v1/tasks?state=sleeping")), 400, "state"),
+        (http.get(format!("{base}/v1/tasks?limit=0")), 400, "limit"),
+        (http.get(format!("{base}/v1/agents/small/assignments?after=1&waitMs=999999")), 400, "waitMs"),
+        (
+            http.post(format!("{base}/v1/agents/small/status"))
+                .header("content-type", "application/json")
+                .body(r#"{"leaseEpoch":1,"statuses":[{"taskId":"x","state":"lost","atMs":1}]}"#),
+            400,
+            "statuses[0].state",
+        ),
+        (
+            http.post(format!("{base}/v1/agents/small/status"))
+                .header("content-type", "application/json")
+                .body(r#"{"leaseEpoch":99,"statuses":[]}"#),
+            409,
+            "leaseEpoch",
+        ),
+    ];
+    for (req, status, field) in cases {
+        let resp = req.send().await.expect("answered");
+        assert_eq!(resp.status().as_u16(), status, "{field}");
+        let body: serde_json::Value = resp.json().await.expect("an error body");
+        assert_eq!(body["field"], field, "{body}");
+    }
+    let missing = client.get_task("no-such-task").await.expect_err("404");
+    assert_eq!(missing.code(), Some(titan_api::ErrorCode::NotFound));
+    assert_eq!(running(&tasks(&client, &job).await).len(), 1, "nothing changed");
+}
