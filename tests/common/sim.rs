@@ -63,10 +63,15 @@ pub fn registration(id: &str, cpus: f64, memory_mib: u64, zone: &str) -> AgentRe
 
 /// Starts an agent that talks to the cell members in `addrs` (trying the next one when one does not answer).
 pub fn start(addrs: Vec<String>, registration: AgentRegistration, record: Arc<Record>) -> SimAgent {
+    let clients: Vec<Client> = addrs.iter().map(|a| Client::new(a)).collect();
+    start_with(clients, registration, record)
+}
+
+/// As `start`, with clients made by the caller (many agents can share one connection pool).
+pub fn start_with(clients: Vec<Client>, registration: AgentRegistration, record: Arc<Record>) -> SimAgent {
     let stop = Arc::new(AtomicBool::new(false));
     let id = registration.id.clone();
     let epoch = Arc::new(Mutex::new(0u64));
-    let clients: Vec<Client> = addrs.iter().map(|a| Client::new(a)).collect();
     let beat = {
         let (clients, stop, epoch, reg) = (clients.clone(), stop.clone(), epoch.clone(), registration.clone());
         tokio::spawn(async move {
@@ -74,6 +79,7 @@ pub fn start(addrs: Vec<String>, registration: AgentRegistration, record: Arc<Re
             while !stop.load(Ordering::SeqCst) {
                 let c = &clients[i % clients.len()];
                 let current = *epoch.lock().expect("epoch");
+                let mut pause = Duration::from_millis(100);
                 let ok = if current == 0 {
                     match c.register_agent(&reg).await {
                         Ok(v) => {
@@ -84,7 +90,10 @@ pub fn start(addrs: Vec<String>, registration: AgentRegistration, record: Arc<Re
                     }
                 } else {
                     match c.heartbeat(&reg.id, current).await {
-                        Ok(_) => true,
+                        Ok(lease) => {
+                            pause = Duration::from_millis(lease.lease_ms / 3);
+                            true
+                        }
                         Err(e) if e.code() == Some(titan_api::ErrorCode::Conflict) => {
                             *epoch.lock().expect("epoch") = 0;
                             true
@@ -95,7 +104,7 @@ pub fn start(addrs: Vec<String>, registration: AgentRegistration, record: Arc<Re
                 if !ok {
                     i += 1;
                 }
-                tokio::time::sleep(Duration::from_millis(if ok && current != 0 { 300 } else { 100 })).await;
+                tokio::time::sleep(pause).await;
             }
         })
     };

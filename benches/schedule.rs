@@ -1,0 +1,142 @@
+//! End-to-end scheduling throughput: tasks per second from submission to Running, against a real 3-member cell on
+//! loopback, with agents simulated in this process (a no-op runtime speaking the real agent protocol: register,
+//! heartbeat, long-poll assignments, batched status reports).
+//!
+//! `cargo bench --bench schedule [-- TASKS AGENTS [TASKS AGENTS ...]]` (default: 100000 1000 and 100000 5000).
+//! For each pair it starts a fresh cell, starts the agents, waits until all are registered, submits
+//! TASKS / 1000 jobs of 1000 instances each (one cpu, 1 GiB), and waits until every task is Running. It prints
+//! one line per pair:
+//! `tasks=100000 agents=1000 running=100000 wall_s=... tasks_per_s=... p50_s=... p99_s=... leader_rss_mib=...`
+//! where p50/p99 are of the time from a task's job submission to its first Running report. Each pair is bounded
+//! by a deadline; the members are killed at the end. Under `cargo test` a smoke run schedules 500 tasks on 20
+//! agents.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::sim::{self, Record};
+use common::{Cluster, BENCH_CONFIG};
+use titan_api::job::BodyFormat;
+use titan_api::Client;
+
+/// Instances per job.
+const PER_JOB: usize = 1000;
+/// No pair runs longer than this.
+const CAP: Duration = Duration::from_secs(600);
+
+fn spec(i: usize, count: usize) -> Vec<u8> {
+    format!(
+        r#"{{"name":"bench-{i}","applicationName":"bench","location":"dc1:{count}","cpus":1,"memory":1024,"image":"registry.local/bench:1"}}"#
+    )
+    .into_bytes()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+async fn pair(tasks: usize, agents: usize) {
+    // Agents beat every lease/3; the bench keeps the default 10 s lease.
+    let config = format!("{BENCH_CONFIG}\n[scheduler]\nmax_lost_agents_per_minute = 0\n");
+    let mut cell = Cluster::start_with(3, &config);
+    let leader = cell.leader(Duration::from_secs(30)).await;
+    let addrs: Vec<String> = cell.members.iter().map(|m| m.addr.to_string()).collect();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(4096).build().expect("http client");
+    let record = Arc::new(Record::default());
+    // Enough room for every task with some to spare: fenzo still has to choose.
+    let cpus = ((tasks as f64 * 1.25) / agents as f64).ceil().max(2.0);
+    let mut sims = Vec::with_capacity(agents);
+    for i in 0..agents {
+        // Each agent talks to one member first (spreading the long-polls), the others as fallbacks.
+        let clients: Vec<Client> =
+            (0..addrs.len()).map(|k| Client::with_http(&addrs[(i + k) % addrs.len()], http.clone())).collect();
+        let zone = ["a", "b", "c"][i % 3];
+        let reg = sim::registration(&format!("sim-{i:05}"), cpus, cpus as u64 * 1024 + 1024, zone);
+        sims.push(sim::start_with(clients, reg, record.clone()));
+    }
+    let client = cell.member(leader).client();
+    let deadline = Instant::now() + CAP;
+    loop {
+        if client.list_agents().await.map(|a| a.len() == agents).unwrap_or(false) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agents did not all register");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader_pid = cell.member(leader).pid().unwrap_or(0);
+    let cpu_before: Vec<f64> = cell.members.iter().map(|m| common::cpu_seconds(m.pid().unwrap_or(0))).collect();
+
+    let start = Instant::now();
+    let jobs = tasks.div_ceil(PER_JOB);
+    let mut submitted_at = Vec::with_capacity(jobs);
+    for j in 0..jobs {
+        let count = PER_JOB.min(tasks - j * PER_JOB);
+        let t = Instant::now();
+        client.submit_raw(spec(j, count), BodyFormat::Json, None).await.expect("job submitted");
+        submitted_at.push(t);
+    }
+    let submit_s = start.elapsed().as_secs_f64();
+    let mut running = 0;
+    while Instant::now() < deadline {
+        running = record.running_at.lock().expect("running_at").len();
+        if running >= tasks {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let leader_rss = common::rss_mib(leader_pid);
+    let cpu: Vec<f64> = cell
+        .members
+        .iter()
+        .zip(&cpu_before)
+        .map(|(m, before)| common::cpu_seconds(m.pid().unwrap_or(0)) - before)
+        .collect();
+    // Latency from the submission of the first job (the bench cannot tell which job a task belongs to cheaply;
+    // all jobs are submitted within `submit_s`).
+    let first = submitted_at.first().copied().unwrap_or(start);
+    let mut lat: Vec<f64> = record
+        .running_at
+        .lock()
+        .expect("running_at")
+        .values()
+        .map(|t| t.saturating_duration_since(first).as_secs_f64())
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let launches = record.launches.lock().expect("launches").len();
+    println!(
+        "tasks={tasks} agents={agents} running={running} launches={launches} wall_s={wall:.2} submit_s={submit_s:.2} \
+         tasks_per_s={:.0} p50_s={:.2} p99_s={:.2} leader_rss_mib={leader_rss} cpu_s_leader={:.1} cpu_s_members={:?}",
+        running as f64 / wall,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        cpu.get(cell.members.iter().position(|m| m.id == leader).unwrap_or(0)).copied().unwrap_or(0.0),
+        cpu.iter().map(|c| (c * 10.0).round() / 10.0).collect::<Vec<_>>(),
+    );
+    drop(sims);
+    for m in cell.members.iter_mut() {
+        m.kill();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let pairs: Vec<(usize, usize)> = if smoke {
+        vec![(500, 20)]
+    } else if args.len() >= 2 {
+        args.chunks(2).filter_map(|c| Some((c[0].parse().ok()?, c.get(1)?.parse().ok()?))).collect()
+    } else {
+        vec![(100_000, 1_000), (100_000, 5_000)]
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    for (tasks, agents) in pairs {
+        runtime.block_on(pair(tasks, agents));
+    }
+}
