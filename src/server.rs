@@ -67,9 +67,19 @@ pub struct AgentArgs {
     /// A member of the cell to register with.
     #[arg(long, env = "TITAN_CELL_ADDR", default_value = DEFAULT_LISTEN)]
     cell_addr: String,
-    /// Where the agent keeps its id (and, later, task state, logs and volumes).
+    /// Where the agent keeps its id, task logs (`logs/`), process working directories (`work/`) and, without
+    /// a ZFS pool, volumes (`volumes/`).
     #[arg(long, env = "TITAN_DATA_DIR")]
     data_dir: PathBuf,
+    /// What runs tasks: `docker` (containers, re-adopted across agent restarts) or `process` (host processes).
+    #[arg(long, env = "TITAN_RUNTIME", default_value = "docker", value_parser = ["docker", "process"])]
+    runtime: String,
+    /// A ZFS dataset to create task volumes under (with quotas); without it volumes are directories.
+    #[arg(long, env = "TITAN_ZFS_PARENT")]
+    zfs_parent: Option<String>,
+    /// The host address containers' ports are published on.
+    #[arg(long, env = "TITAN_PUBLISH_IP", default_value = "0.0.0.0")]
+    publish_ip: std::net::IpAddr,
     /// The address this agent serves on (logs), reported to the cell.
     #[arg(long, env = "TITAN_AGENT_ADDR", default_value = "127.0.0.1:7100")]
     addr: SocketAddr,
@@ -126,13 +136,44 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     registration.validate().map_err(|e| anyhow::anyhow!("this machine's description is not valid: {e}"))?;
     let registry = prometheus::Registry::new();
     let metrics = titan_agent::daemon::LeaseMetrics::new(&registry)?;
+    let logs_dir = args.data_dir.join("logs");
+    let runtime = match args.runtime.as_str() {
+        "process" => titan_agent::runtime::Runtime::Process(titan_agent::runtime::ProcessRuntime::new(
+            args.data_dir.join("work"),
+            logs_dir.clone(),
+            Some("titan".into()),
+        )),
+        _ => {
+            let docker = titan_agent::runtime::DockerRuntime::connect(args.publish_ip.to_string())
+                .context("connecting to the Docker engine")?;
+            // Probes reach published ports where they are bound; an unspecified address is reachable on loopback.
+            let probe_host =
+                if args.publish_ip.is_unspecified() { "127.0.0.1".to_string() } else { args.publish_ip.to_string() };
+            titan_agent::runtime::Runtime::docker(docker, logs_dir.clone(), probe_host)
+        }
+    };
+    let volumes: std::sync::Arc<dyn titan_agent::volume::VolumeDriver> = match &args.zfs_parent {
+        Some(parent) => std::sync::Arc::new(titan_agent::volume::ZfsDriver::new(parent.clone())),
+        None => std::sync::Arc::new(
+            titan_agent::volume::DirDriver::new(args.data_dir.join("volumes"))
+                .map_err(|e| anyhow::anyhow!("volumes in {}: {e}", args.data_dir.display()))?,
+        ),
+    };
+    let settings = titan_agent::supervisor::Settings::new(registration.id.clone(), registration.resources.clone());
+    let supervisor = titan_agent::supervisor::Supervisor::new(
+        settings,
+        runtime,
+        Some(volumes),
+        titan_agent::supervisor::TaskMetrics::new(&registry)?,
+    );
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
-    let app = titan_agent::server::router(registry, args.data_dir.join("logs"));
+    let app = titan_agent::server::router(registry, logs_dir);
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped()).into_future());
-    tracing::info!(agent = %registration.id, cell = %args.cell_addr, addr = %args.addr,
-        resources = ?registration.resources, "agent starting");
-    titan_agent::daemon::run(titan_api::Client::new(&args.cell_addr), registration, metrics, stopped()).await;
+    tracing::info!(agent = %registration.id, cell = %args.cell_addr, addr = %args.addr, runtime = %args.runtime,
+        zfs = ?args.zfs_parent, resources = ?registration.resources, "agent starting");
+    let client = titan_api::Client::new(&args.cell_addr);
+    titan_agent::daemon::run_supervised(client, registration, metrics, supervisor, stopped()).await;
     server.abort();
     Ok(())
 }
