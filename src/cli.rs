@@ -102,11 +102,23 @@ pub enum JobCommand {
 pub enum NodeCommand {
     /// Agents with their state, lease epoch, resources and attributes.
     List,
+    /// Moves an agent's tasks off (within each job's disruption budget) and stops new work going to it.
+    Drain { id: String },
+    /// Puts a drained or draining agent back to work.
+    Enable { id: String },
 }
 
 pub async fn node(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
     let client = target.client();
     match command {
+        NodeCommand::Drain { ref id } | NodeCommand::Enable { ref id } => {
+            let drain = matches!(command, NodeCommand::Drain { .. });
+            let a = client.set_agent_draining(id, drain).await?;
+            if target.output == Output::Json {
+                return print_json(&a);
+            }
+            println!("agent {} is {}", a.id, a.state.as_str());
+        }
         NodeCommand::List => {
             let agents = client.list_agents().await?;
             if target.output == Output::Json {

@@ -188,3 +188,54 @@ async fn pending_tasks_say_why_and_bad_task_requests_are_refused() {
     assert_eq!(missing.code(), Some(titan_api::ErrorCode::NotFound));
     assert_eq!(running(&tasks(&client, &job).await).len(), 1, "nothing changed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_an_agent_moves_its_tasks_within_the_disruption_budget() {
+    let cell = Cluster::start_with(1, &config());
+    let client = cell.members[0].client();
+    cell.leader(Duration::from_secs(20)).await;
+    let record = Arc::new(Record::default());
+    let addr = vec![cell.members[0].addr.to_string()];
+    let _agents: Vec<sim::SimAgent> = (0..3)
+        .map(|i| sim::start(addr.clone(), sim::registration(&format!("d-{i}"), 4.0, 8192, "a"), record.clone()))
+        .collect();
+    eventually(Duration::from_secs(10), "agents registered", || async {
+        client.list_agents().await.map(|a| a.len() == 3).unwrap_or(false)
+    })
+    .await;
+    let body = r#"{"name":"web","applicationName":"shop","location":"dc1:6","cpus":1,"memory":512,"image":"busybox",
+        "disruptionBudget":{"maxUnavailable":1}}"#;
+    let job = client.submit_raw(body.as_bytes().to_vec(), BodyFormat::Json, None).await.expect("submitted").id;
+    eventually(Duration::from_secs(15), "six running", || async { running(&tasks(&client, &job).await).len() == 6 })
+        .await;
+    // The busiest agent (bin packing fills one first) is drained; the other two have room for everything.
+    let ts = tasks(&client, &job).await;
+    let busiest = ["d-0", "d-1", "d-2"].into_iter().max_by_key(|a| tasks_on(&ts, a)).unwrap_or("d-0");
+    assert!(tasks_on(&ts, busiest) >= 2, "{ts:?}");
+    let drained = client.set_agent_draining(busiest, true).await.expect("drain");
+    assert_eq!(drained.state, titan_api::agent::AgentState::Draining);
+    let mut least = 6;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ts = tasks(&client, &job).await;
+        let run = running(&ts);
+        least = least.min(run.len());
+        let on_drained = ts.iter().filter(|t| !t.state.is_terminal() && t.agent_id.as_deref() == Some(busiest));
+        if on_drained.count() == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the drain did not finish: {ts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(least >= 5, "the budget allows one unavailable at a time, saw {least} running");
+    let ts = tasks(&client, &job).await;
+    assert!(ts.iter().any(|t| t.reason == Some(Reason::Drained)));
+    eventually(Duration::from_secs(10), "the agent drained", || async {
+        client.get_agent(busiest).await.map(|a| a.state == titan_api::agent::AgentState::Drained).unwrap_or(false)
+    })
+    .await;
+    assert_eq!(running(&tasks(&client, &job).await).len(), 6);
+    let back = client.set_agent_draining(busiest, false).await.expect("enable");
+    assert_eq!(back.state, titan_api::agent::AgentState::Active);
+    launched_once(&record);
+}

@@ -224,6 +224,12 @@ impl Client {
         self.send(self.request(Method::GET, &format!("/v1/agents/{id}"))).await
     }
 
+    /// Drains an agent (`true`) or puts it back to work.
+    pub async fn set_agent_draining(&self, id: &str, drain: bool) -> Result<AgentView, ClientError> {
+        let verb = if drain { "drain" } else { "enable" };
+        self.send(self.request(Method::POST, &format!("/v1/agents/{id}/{verb}"))).await
+    }
+
     pub async fn list_tasks(&self, q: &TaskQuery) -> Result<TaskList, ClientError> {
         self.send(self.request(Method::GET, "/v1/tasks").query(q)).await
     }

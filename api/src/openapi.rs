@@ -26,6 +26,8 @@ use crate::router::paths::*;
         list_agents,
         get_agent,
         assignments,
+        drain_agent,
+        enable_agent,
         report_status,
         list_tasks,
         get_task,

@@ -76,6 +76,9 @@ pub trait CellApi: Send + Sync + 'static {
     /// Returns once this member has applied everything the leader had committed when it was called: reads after
     /// it are linearizable.
     fn read_barrier(&self) -> ApiResult<'_, ()>;
+    /// Drains an agent (`drain`: its tasks move off within their jobs' disruption budgets and it takes no new
+    /// work) or puts it back to work.
+    fn set_agent_draining(&self, id: String, drain: bool, actor: Actor) -> ApiResult<'_, AgentView>;
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList>;
     fn get_task(&self, id: String) -> ApiResult<'_, TaskView>;
     /// Asks for a task to be stopped; its job's reconciler may start a replacement.
@@ -140,6 +143,8 @@ pub fn router(cell: Cell, metrics: HttpMetrics, internal: Router) -> Router {
         .route("/v1/agents/{id}", get(get_agent))
         .route("/v1/agents/{id}/heartbeat", post(heartbeat))
         .route("/v1/agents/{id}/assignments", get(assignments))
+        .route("/v1/agents/{id}/drain", post(drain_agent))
+        .route("/v1/agents/{id}/enable", post(enable_agent))
         .route("/v1/agents/{id}/status", post(report_status))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
@@ -449,6 +454,26 @@ async fn get_agent(
     Ok(Json(cell.get_agent(id).await?))
 }
 
+#[utoipa::path(post, path = "/v1/agents/{id}/drain", tag = "agents", params(("id" = String, Path)),
+    responses((status = 200, body = AgentView), (status = 404, body = ApiError)))]
+async fn drain_agent(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(cell.set_agent_draining(id, true, actor(&headers)?).await?))
+}
+
+#[utoipa::path(post, path = "/v1/agents/{id}/enable", tag = "agents", params(("id" = String, Path)),
+    responses((status = 200, body = AgentView), (status = 404, body = ApiError)))]
+async fn enable_agent(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(cell.set_agent_draining(id, false, actor(&headers)?).await?))
+}
+
 #[utoipa::path(get, path = "/v1/agents/{id}/assignments", tag = "agents", params(("id" = String, Path), AssignmentsQuery),
     responses((status = 200, body = Assignments), (status = 404, body = ApiError)))]
 async fn assignments(
@@ -520,9 +545,10 @@ async fn kill_task(
 /// The handlers' OpenAPI path items, for `openapi`.
 pub(crate) mod paths {
     pub use super::{
-        __path_add_member, __path_assignments, __path_cluster, __path_disable_job, __path_enable_job, __path_get_agent,
-        __path_get_job, __path_get_task, __path_heartbeat, __path_job_history, __path_kill_job, __path_kill_task,
-        __path_list_agents, __path_list_jobs, __path_list_tasks, __path_ready, __path_register_agent,
-        __path_remove_member, __path_report_status, __path_set_instances, __path_submit_job, __path_update_job,
+        __path_add_member, __path_assignments, __path_cluster, __path_disable_job, __path_drain_agent,
+        __path_enable_agent, __path_enable_job, __path_get_agent, __path_get_job, __path_get_task, __path_heartbeat,
+        __path_job_history, __path_kill_job, __path_kill_task, __path_list_agents, __path_list_jobs, __path_list_tasks,
+        __path_ready, __path_register_agent, __path_remove_member, __path_report_status, __path_set_instances,
+        __path_submit_job, __path_update_job,
     };
 }

@@ -17,7 +17,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
-use titan_api::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
+use titan_api::agent::{AgentRegistration, AgentState, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
 use titan_api::router::{ApiResult, HttpMetrics};
 use titan_api::task::{
@@ -767,7 +767,7 @@ impl CellApi for Cell {
             tracing::info!(agent = %id, lease_epoch, "agent registered");
             // Built from the committed answer, not this member's state, which may not have applied it yet.
             let record = crate::state_machine::AgentRecord {
-                state: self.read().agent(&id).map(|a| a.state).unwrap_or(titan_api::agent::AgentState::Active),
+                state: self.read().agent(&id).map(|a| a.state).unwrap_or(AgentState::Active),
                 registration,
                 lease_epoch,
                 registered_at_ms: at_ms,
@@ -840,6 +840,21 @@ impl CellApi for Cell {
                 .await
                 .map(|_| ())
                 .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("not caught up for a consistent read: {e}")))
+        })
+    }
+
+    fn set_agent_draining(&self, id: String, drain: bool, actor: Actor) -> ApiResult<'_, AgentView> {
+        Box::pin(async move {
+            let state = if drain { AgentState::Draining } else { AgentState::Active };
+            let cmd = Command::SetAgentState { id: id.clone(), state, meta: Cell::meta(actor) };
+            match self.commit(cmd).await? {
+                Response::Agent { .. } => {}
+                Response::Rejected(r) => return Err(rejection(r)),
+                other => return Err(ApiError::internal(format!("an agent state change got the answer {other:?}"))),
+            }
+            tracing::info!(agent = %id, state = state.as_str(), "agent state set");
+            let s = self.read();
+            s.agent(&id).map(|a| self.agent_view(a)).ok_or_else(|| ApiError::not_found("agent", &id))
         })
     }
 

@@ -159,6 +159,12 @@ pub fn reconcile(
         let why = if job.state == JobState::Killed { Reason::KilledByUser } else { Reason::ScaledDown };
         job_round(state, &job.id, &job.spec, target, why, &tasks, &doomed, seen.now_ms, config, new_id, &mut d);
     }
+    for a in state.agents().filter(|a| a.state == titan_api::agent::AgentState::Draining) {
+        let id = &a.registration.id;
+        if state.tasks_on_agent(id).next().is_none() {
+            d.round.drained.push(id.clone());
+        }
+    }
     place(state, config, &mut d);
     d
 }
@@ -280,6 +286,28 @@ fn job_round(
         }
     }
     let wanted = target.saturating_sub(done);
+    // Tasks on draining agents move, as many at a time as the job's disruption budget allows; those not running
+    // yet cost nothing to move.
+    let draining = |t: &TaskRecord| {
+        t.agent.as_ref().and_then(|a| state.agent(a)).is_some_and(|a| a.state == titan_api::agent::AgentState::Draining)
+    };
+    if live.iter().any(|t| draining(t)) {
+        let available = live.iter().filter(|t| t.state == TaskState::Running && t.health != TaskHealth::Unhealthy);
+        let mut allowance = budget(spec, target).saturating_sub(target.saturating_sub(available.count()));
+        let mut moving: Vec<&TaskRecord> = live.iter().copied().filter(|t| draining(t)).collect();
+        moving.sort_by_key(|t| (t.state == TaskState::Running, t.id.clone()));
+        for t in moving {
+            if t.state == TaskState::Running {
+                if allowance == 0 {
+                    break;
+                }
+                allowance -= 1;
+            }
+            d.round.stop.push((t.id.clone(), Reason::Drained));
+            live.retain(|l| l.id != t.id);
+            held += 1;
+        }
+    }
     // Unhealthy running tasks of a service are stopped; their replacement spends a retry.
     if spec.job_type == JobType::Service {
         live.retain(|t| {
@@ -323,6 +351,19 @@ fn job_round(
             replaces: None,
             retries_used: 0,
         });
+    }
+}
+
+/// How many of a job's `target` tasks voluntary disruptions may take down at once: its budget, or one in ten
+/// (at least one) when it has none.
+fn budget(spec: &JobSpec, target: usize) -> usize {
+    match &spec.disruption_budget {
+        Some(b) => match (b.max_unavailable, b.max_unavailable_percent) {
+            (Some(n), _) => n as usize,
+            (None, Some(p)) => (target * p as usize / 100).max(1),
+            (None, None) => 1,
+        },
+        None => (target / 10).max(1),
     }
 }
 

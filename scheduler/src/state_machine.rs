@@ -92,6 +92,12 @@ pub enum Command {
         id: String,
         meta: Meta,
     },
+    /// An operator drains an agent (`Draining`) or puts it back to work (`Active`).
+    SetAgentState {
+        id: String,
+        state: AgentState,
+        meta: Meta,
+    },
 }
 
 /// A task the reconciler wants: a new one (attempt 0) or the replacement of a terminal one.
@@ -127,6 +133,9 @@ pub struct Round {
     pub unreachable: Vec<String>,
     /// Agents heard from again.
     pub reachable: Vec<String>,
+    /// Draining agents with nothing left on them.
+    #[serde(default)]
+    pub drained: Vec<String>,
 }
 
 impl Round {
@@ -137,6 +146,7 @@ impl Round {
             && self.lose.is_empty()
             && self.unreachable.is_empty()
             && self.reachable.is_empty()
+            && self.drained.is_empty()
     }
 }
 
@@ -160,7 +170,8 @@ impl Command {
             | Command::RegisterAgent { meta, .. }
             | Command::Round { meta, .. }
             | Command::TaskStatuses { meta, .. }
-            | Command::KillTask { meta, .. } => Some(meta),
+            | Command::KillTask { meta, .. }
+            | Command::SetAgentState { meta, .. } => Some(meta),
             Command::Batch(_) => None,
         }
     }
@@ -406,7 +417,8 @@ impl CellState {
             | Command::RegisterAgent { .. }
             | Command::Round { .. }
             | Command::TaskStatuses { .. }
-            | Command::KillTask { .. } => return None,
+            | Command::KillTask { .. }
+            | Command::SetAgentState { .. } => return None,
         };
         Some((id.clone(), self.jobs.get(id).map(|j| j.state)))
     }
@@ -679,6 +691,13 @@ impl CellState {
         for a in &round.reachable {
             self.set_reachable(a, true, at_ms);
         }
+        for a in &round.drained {
+            let empty = self.tasks_on_agent(a).next().is_none();
+            if let Some(rec) = self.agents.get_mut(a).filter(|r| r.state == AgentState::Draining && empty) {
+                rec.state = AgentState::Drained;
+                self.bump(a);
+            }
+        }
         out
     }
 
@@ -871,6 +890,16 @@ impl CellState {
             Command::TaskStatuses { agent, lease_epoch, statuses, meta } => {
                 self.apply_statuses(agent, *lease_epoch, statuses, meta.at_ms)
             }
+            Command::SetAgentState { id, state, .. } => match self.agents.get_mut(id) {
+                None => Response::Rejected(Rejection::AgentNotFound { id: id.clone() }),
+                Some(a) => {
+                    a.state = *state;
+                    let (epoch, eligible) = (a.lease_epoch, a.takes_work());
+                    let _ = self.capacity.0.set_eligible(id, eligible);
+                    self.bump(id);
+                    Response::Agent { id: id.clone(), lease_epoch: epoch }
+                }
+            },
             Command::KillTask { id, meta } => match self.tasks.get(id) {
                 None => Response::Rejected(Rejection::TaskNotFound { id: id.clone() }),
                 Some(t) if t.is_terminal() => {
