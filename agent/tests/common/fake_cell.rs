@@ -184,6 +184,9 @@ impl CellApi for FakeCell {
     fn read_barrier(&self) -> ApiResult<'_, ()> {
         Box::pin(async { Ok(()) })
     }
+    fn set_agent_draining(&self, _: String, _: bool, _: Actor) -> ApiResult<'_, AgentView> {
+        Box::pin(async { unsupported() })
+    }
     fn list_tasks(&self, _: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async { unsupported() })
     }
