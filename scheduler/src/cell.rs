@@ -161,6 +161,7 @@ pub struct Cell {
     metrics: CellMetrics,
     scheduling: crate::scheduling::Local,
     scheduling_metrics: crate::scheduling::SchedulingMetrics,
+    watchers: Arc<crate::watch::Watchers>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -181,6 +182,7 @@ impl Cell {
         let encoded = log.encoded_entries();
         let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
         let state = sm.state();
+        let watchers = sm.watchers();
 
         let t = &config.raft;
         let raft_config = openraft::Config {
@@ -229,6 +231,7 @@ impl Cell {
             metrics,
             scheduling: Default::default(),
             scheduling_metrics,
+            watchers,
         });
         tokio::spawn(watch(cell.clone()));
         tokio::spawn(crate::scheduling::run(Arc::downgrade(&cell)));
@@ -889,7 +892,8 @@ impl CellApi for Cell {
 
     fn assignments(&self, agent: String, query: AssignmentsQuery) -> ApiResult<'_, Assignments> {
         Box::pin(async move {
-            let mut changes = self.raft.metrics();
+            // Subscribed before reading, so a change between the read and the wait still wakes it.
+            let mut changes = self.watchers.subscribe(&agent);
             let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
             let deadline = tokio::time::Instant::now() + wait;
             loop {

@@ -17,6 +17,7 @@ pub mod scheduling;
 pub mod state_machine;
 pub mod store;
 pub mod task;
+pub mod watch;
 
 pub use cell::{Cell, CellError};
 pub use config::{parse_peers, CellConfig, RaftTuning};

@@ -325,6 +325,19 @@ pub struct CellState {
     /// What runs where (derived).
     #[serde(skip)]
     capacity: Capacity,
+    /// Agents whose assignments changed since the last `take_touched`, with their new version.
+    #[serde(skip)]
+    touched: Touched,
+}
+
+/// Transient: what the applier hands to long-polls after each batch; not part of the state's value.
+#[derive(Clone, Debug, Default)]
+struct Touched(Vec<(String, u64)>);
+
+impl PartialEq for Touched {
+    fn eq(&self, _: &Touched) -> bool {
+        true
+    }
 }
 
 /// An agent as the cell stores it.
@@ -536,7 +549,17 @@ impl CellState {
         self.seq += 1;
         if let Some(a) = self.agents.get_mut(agent) {
             a.version = self.seq;
+            self.touched.0.push((agent.to_string(), self.seq));
         }
+    }
+
+    /// The agents whose assignments changed since the last call, each with its latest version.
+    pub fn take_touched(&mut self) -> Vec<(String, u64)> {
+        let mut all = std::mem::take(&mut self.touched.0);
+        all.sort();
+        all.reverse();
+        all.dedup_by(|a, b| a.0 == b.0);
+        all
     }
 
     /// Moves a task, keeping counts, indexes and capacity in step; false when the move is not allowed.

@@ -37,6 +37,7 @@ pub struct StateStore {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
     built: u64,
+    watchers: Arc<crate::watch::Watchers>,
 }
 
 fn read_err(e: &(impl std::error::Error + 'static)) -> StorageError {
@@ -84,6 +85,7 @@ impl StateStore {
             last_applied: None,
             membership: StoredMembership::default(),
             built: 0,
+            watchers: Default::default(),
         };
         if let Some((meta, data)) = load(store.engine.as_ref())? {
             *store.write() = decode_state(&data)?;
@@ -95,6 +97,11 @@ impl StateStore {
 
     pub fn state(&self) -> SharedState {
         self.state.clone()
+    }
+
+    /// The long-poll wake-ups this store signals after each applied batch.
+    pub fn watchers(&self) -> Arc<crate::watch::Watchers> {
+        self.watchers.clone()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, CellState> {
@@ -155,6 +162,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 }
             });
         }
+        let touched = state.take_touched();
+        drop(state);
+        self.watchers.notify(touched);
         Ok(out)
     }
 
@@ -185,7 +195,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let data = snapshot.into_inner();
         let state = decode_state(&data)?;
         persist(self.engine.as_ref(), meta, data)?;
+        let versions: Vec<(String, u64)> = state.agents().map(|a| (a.registration.id.clone(), a.version)).collect();
         *self.write() = state;
+        self.watchers.notify(versions);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
