@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use fenzo::{Pending, PlacementConfig, TaskRequest};
 use serde::{Deserialize, Serialize};
 use titan_api::job::{JobSpec, JobType};
-use titan_api::task::{Desired, Reason, TaskHealth, TaskState};
+use titan_api::task::{Reason, TaskHealth, TaskState};
 use titan_api::view::JobState;
 
 use crate::placement;
@@ -132,7 +132,7 @@ pub fn reconcile(
         }
     }
     let mut stuck = Vec::new();
-    for t in state.tasks().filter(|t| !t.is_terminal() && !doomed.contains(&t.id)) {
+    for t in state.transient_tasks().filter(|t| !doomed.contains(&t.id)) {
         let limit = match t.state {
             TaskState::Assigned => config.assigned_timeout_ms,
             TaskState::Starting => config.starting_timeout_ms,
@@ -147,9 +147,10 @@ pub fn reconcile(
         d.round.lose.push((id.clone(), Reason::StuckTimeout));
         doomed.insert(id);
     }
+    let draining = state.agents().any(|a| a.state == titan_api::agent::AgentState::Draining);
     for job in state.jobs() {
-        let tasks: Vec<&TaskRecord> = state.tasks_of_job(&job.id).collect();
-        if tasks.is_empty() && job.state != JobState::Enabled {
+        let sets = state.job_tasks(&job.id);
+        if sets.is_none_or(|s| s.live.is_empty() && s.open.is_empty()) && job.state != JobState::Enabled {
             continue;
         }
         let target = match job.state {
@@ -157,7 +158,10 @@ pub fn reconcile(
             JobState::Disabled | JobState::Killed => 0,
         };
         let why = if job.state == JobState::Killed { Reason::KilledByUser } else { Reason::ScaledDown };
-        job_round(state, &job.id, &job.spec, target, why, &tasks, &doomed, seen.now_ms, config, new_id, &mut d);
+        let empty = crate::state_machine::JobTasks::default();
+        let sets = sets.unwrap_or(&empty);
+        let round = JobRound { state, job_id: &job.id, spec: &job.spec, target, why, sets, doomed: &doomed, draining };
+        round.run(seen.now_ms, config, new_id, &mut d);
     }
     for a in state.agents().filter(|a| a.state == titan_api::agent::AgentState::Draining) {
         let id = &a.registration.id;
@@ -247,110 +251,141 @@ fn after(t: &TaskRecord, spec: &JobSpec, config: &SchedulerConfig) -> After {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn job_round(
-    state: &CellState,
-    job_id: &str,
-    spec: &JobSpec,
+/// One job's part of a round.
+struct JobRound<'a> {
+    state: &'a CellState,
+    job_id: &'a str,
+    spec: &'a JobSpec,
     target: usize,
+    /// Why surplus tasks are stopped (scaled down, or the job killed).
     why: Reason,
-    tasks: &[&TaskRecord],
-    doomed: &BTreeSet<String>,
-    now_ms: u64,
-    config: &SchedulerConfig,
-    new_id: &mut dyn FnMut() -> String,
-    d: &mut Decision,
-) {
-    let mut live: Vec<&TaskRecord> = Vec::new();
-    let mut done = 0usize;
-    let mut retries: Vec<(&TaskRecord, u64, u32)> = Vec::new();
-    // Lost this round: replaced (and linked to) in the next round, so they hold their place until then.
-    let mut held = 0usize;
-    for t in tasks {
-        if doomed.contains(&t.id) {
-            held += 1;
-            continue;
-        }
-        if t.replaced_by.is_some() {
-            continue;
-        }
-        // A task being stopped for a reason that calls for a replacement gets it now (make before break).
-        if !t.is_terminal() && t.desired == Desired::Run {
-            live.push(t);
-            continue;
-        }
-        match after(t, spec, config) {
-            After::Retry { not_before_ms, retries_used } => retries.push((t, not_before_ms, retries_used)),
-            After::Done => done += 1,
-            After::Gone => {}
-        }
+    sets: &'a crate::state_machine::JobTasks,
+    doomed: &'a BTreeSet<String>,
+    /// Whether any agent is draining (only then are live tasks looked at one by one for it).
+    draining: bool,
+}
+
+impl JobRound<'_> {
+    fn task(&self, id: &str) -> Option<&TaskRecord> {
+        self.state.task(id)
     }
-    let wanted = target.saturating_sub(done);
-    // Tasks on draining agents move, as many at a time as the job's disruption budget allows; those not running
-    // yet cost nothing to move.
-    let draining = |t: &TaskRecord| {
-        t.agent.as_ref().and_then(|a| state.agent(a)).is_some_and(|a| a.state == titan_api::agent::AgentState::Draining)
-    };
-    if live.iter().any(|t| draining(t)) {
-        let available = live.iter().filter(|t| t.state == TaskState::Running && t.health != TaskHealth::Unhealthy);
-        let mut allowance = budget(spec, target).saturating_sub(target.saturating_sub(available.count()));
-        let mut moving: Vec<&TaskRecord> = live.iter().copied().filter(|t| draining(t)).collect();
-        moving.sort_by_key(|t| (t.state == TaskState::Running, t.id.clone()));
-        for t in moving {
-            if t.state == TaskState::Running {
-                if allowance == 0 {
-                    break;
+
+    fn run(&self, now_ms: u64, config: &SchedulerConfig, new_id: &mut dyn FnMut() -> String, d: &mut Decision) {
+        let (spec, target) = (self.spec, self.target);
+        let mut done = 0usize;
+        let mut retries: Vec<(&TaskRecord, u64, u32)> = Vec::new();
+        // Lost this round: replaced (and linked to) in the next round, so they hold their place until then.
+        let mut held = 0usize;
+        let mut live = 0usize;
+        for id in &self.sets.live {
+            if self.doomed.contains(id) {
+                held += 1;
+            } else {
+                live += 1;
+            }
+        }
+        for t in self.sets.open.iter().filter_map(|id| self.task(id)) {
+            // A task being stopped for a reason that calls for a replacement gets it now (make before break).
+            match after(t, spec, config) {
+                // Lost this round: its replacement comes next round, linked to it.
+                After::Retry { .. } if self.doomed.contains(&t.id) => held += 1,
+                After::Retry { not_before_ms, retries_used } => retries.push((t, not_before_ms, retries_used)),
+                After::Done => done += 1,
+                After::Gone => {}
+            }
+        }
+        let wanted = target.saturating_sub(done);
+        let stop = |d: &mut Decision, id: &str, reason: Reason, stopped: &mut BTreeSet<String>| {
+            d.round.stop.push((id.to_string(), reason));
+            stopped.insert(id.to_string());
+        };
+        let mut stopped: BTreeSet<String> = BTreeSet::new();
+        // Unhealthy running tasks of a service are stopped; their replacement spends a retry.
+        if spec.job_type == JobType::Service {
+            for t in self.sets.unhealthy.iter().filter_map(|id| self.task(id)) {
+                if t.state == TaskState::Running && !self.doomed.contains(&t.id) {
+                    // Replaced next round (linked, spending a retry): it holds its place until then.
+                    stop(d, &t.id, Reason::Unhealthy, &mut stopped);
+                    live -= 1;
+                    held += 1;
                 }
-                allowance -= 1;
             }
-            d.round.stop.push((t.id.clone(), Reason::Drained));
-            live.retain(|l| l.id != t.id);
-            held += 1;
         }
-    }
-    // Unhealthy running tasks of a service are stopped; their replacement spends a retry.
-    if spec.job_type == JobType::Service {
-        live.retain(|t| {
-            let sick = t.state == TaskState::Running && t.health == TaskHealth::Unhealthy;
-            if sick {
-                d.round.stop.push((t.id.clone(), Reason::Unhealthy));
+        // Tasks on draining agents move, as many at a time as the job's disruption budget allows; those not
+        // running yet cost nothing to move.
+        if self.draining {
+            let on_draining = |t: &TaskRecord| {
+                t.agent
+                    .as_ref()
+                    .and_then(|a| self.state.agent(a))
+                    .is_some_and(|a| a.state == titan_api::agent::AgentState::Draining)
+            };
+            let live_tasks: Vec<&TaskRecord> = self
+                .sets
+                .live
+                .iter()
+                .filter(|id| !self.doomed.contains(*id) && !stopped.contains(*id))
+                .filter_map(|id| self.task(id))
+                .collect();
+            let available = live_tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Running && t.health != TaskHealth::Unhealthy)
+                .count();
+            let mut allowance = budget(spec, target).saturating_sub(target.saturating_sub(available));
+            let mut moving: Vec<&TaskRecord> = live_tasks.into_iter().filter(|t| on_draining(t)).collect();
+            moving.sort_by_key(|t| (t.state == TaskState::Running, t.id.clone()));
+            for t in moving {
+                if t.state == TaskState::Running {
+                    if allowance == 0 {
+                        break;
+                    }
+                    allowance -= 1;
+                }
+                stop(d, &t.id, Reason::Drained, &mut stopped);
+                live -= 1;
+                held += 1;
             }
-            !sick
-        });
-    }
-    if live.len() + held > wanted {
-        let mut victims = live.clone();
-        victims.sort_by_key(|t| victim_rank(state, t));
-        for t in victims.into_iter().take(live.len() + held - wanted) {
-            d.round.stop.push((t.id.clone(), why));
         }
-        return;
-    }
-    let mut missing = wanted - live.len() - held;
-    retries.sort_by_key(|(t, at, _)| (*at, t.id.clone()));
-    for (t, not_before_ms, retries_used) in retries {
-        if missing == 0 {
-            break;
+        if live + held > wanted {
+            let mut victims: Vec<&TaskRecord> = self
+                .sets
+                .live
+                .iter()
+                .filter(|id| !self.doomed.contains(*id) && !stopped.contains(*id))
+                .filter_map(|id| self.task(id))
+                .collect();
+            victims.sort_by_key(|t| victim_rank(self.state, t));
+            for t in victims.into_iter().take(live + held - wanted) {
+                d.round.stop.push((t.id.clone(), self.why));
+            }
+            return;
         }
-        missing -= 1;
-        if now_ms >= not_before_ms {
+        let mut missing = wanted - live - held;
+        retries.sort_by_key(|(t, at, _)| (*at, t.id.clone()));
+        for (t, not_before_ms, retries_used) in retries {
+            if missing == 0 {
+                break;
+            }
+            missing -= 1;
+            if now_ms >= not_before_ms {
+                d.round.create.push(NewTask {
+                    id: new_id(),
+                    job_id: self.job_id.to_string(),
+                    attempt: t.attempt + 1,
+                    replaces: Some(t.id.clone()),
+                    retries_used,
+                });
+            }
+        }
+        for _ in 0..missing {
             d.round.create.push(NewTask {
                 id: new_id(),
-                job_id: job_id.to_string(),
-                attempt: t.attempt + 1,
-                replaces: Some(t.id.clone()),
-                retries_used,
+                job_id: self.job_id.to_string(),
+                attempt: 0,
+                replaces: None,
+                retries_used: 0,
             });
         }
-    }
-    for _ in 0..missing {
-        d.round.create.push(NewTask {
-            id: new_id(),
-            job_id: job_id.to_string(),
-            attempt: 0,
-            replaces: None,
-            retries_used: 0,
-        });
     }
 }
 
@@ -386,7 +421,7 @@ fn victim_rank(state: &CellState, t: &TaskRecord) -> (u8, usize, std::cmp::Rever
 fn place(state: &CellState, config: &SchedulerConfig, d: &mut Decision) {
     let stopping: BTreeSet<&str> = d.round.stop.iter().map(|(id, _)| id.as_str()).collect();
     let mut requests: Vec<TaskRequest> = Vec::new();
-    for t in state.tasks().filter(|t| t.state == TaskState::Accepted && t.desired == Desired::Run) {
+    for t in state.accepted_tasks() {
         if stopping.contains(t.id.as_str()) {
             continue;
         }
@@ -689,5 +724,61 @@ mod tests {
             Response::Round(o) => assert_eq!((o.placed, o.refused.len()), (0, 1)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_unhealthy_service_task_is_replaced_once_spending_a_retry() {
+        let mut w = World::new(&[("a1", 8.0)], spec(r#","location":"dc1:2","numRetries":3"#));
+        w.round(10);
+        let tasks = w.in_state(TaskState::Assigned);
+        w.report(&tasks[0], TaskState::Running, None, 20);
+        w.report(&tasks[1], TaskState::Running, None, 20);
+        let t = w.state.task(&tasks[0]).expect("task").clone();
+        let sick = TaskStatus {
+            task_id: t.id.clone(),
+            state: TaskState::Running,
+            reason: None,
+            message: None,
+            exit_code: None,
+            health: TaskHealth::Unhealthy,
+            at_ms: 30,
+        };
+        let cmd = Command::TaskStatuses { agent: "a1".into(), lease_epoch: 1, statuses: vec![sick], meta: meta(30) };
+        w.state.apply(&cmd);
+        let d = w.round(40);
+        assert_eq!(d.round.stop, vec![(t.id.clone(), Reason::Unhealthy)]);
+        assert!(d.round.create.is_empty(), "no second task while the first is replaced: {:?}", d.round.create);
+        let d = w.round(40 + w.config.backoff_ms(0));
+        assert_eq!(d.round.create.len(), 1);
+        assert_eq!((d.round.create[0].replaces.as_deref(), d.round.create[0].retries_used), (Some(t.id.as_str()), 1));
+        assert!(w.round(1_000_000).round.create.is_empty());
+    }
+
+    #[test]
+    fn a_scaled_down_task_lost_with_its_agent_is_not_replaced() {
+        let mut w = World::new(&[("a1", 1.0), ("a2", 1.0)], spec(r#","location":"dc1:2""#));
+        w.round(10);
+        let scale = Command::SetInstances {
+            id: "j1".into(),
+            instances: BTreeMap::from([(CELL.to_string(), 1)]),
+            if_version: None,
+            meta: meta(20),
+        };
+        w.state.apply(&scale);
+        // Whichever task scale-down picks, its agent dies before it has stopped it.
+        let d = w.round(30);
+        let victim = d.round.stop[0].0.clone();
+        let agent = w.state.task(&victim).and_then(|t| t.agent.clone()).expect("placed");
+        let other = if agent == "a1" { "a2" } else { "a1" };
+        w.beats.insert(other.into(), 2_000);
+        w.round(2_000);
+        assert_eq!(
+            w.state.task(&victim).map(|t| (t.state, t.reason)),
+            Some((TaskState::Lost, Some(Reason::ScaledDown)))
+        );
+        w.beats.insert(other.into(), 2_100);
+        let d = w.round(2_100);
+        assert!(d.round.create.is_empty() && d.round.stop.is_empty(), "{:?}", d.round);
+        assert_eq!(w.state.job_tasks("j1").map(|s| s.live.len()), Some(1));
     }
 }

@@ -322,12 +322,42 @@ pub struct CellState {
     /// Tasks per state (derived).
     #[serde(skip)]
     task_counts: BTreeMap<TaskState, u64>,
+    /// Per job, the sets the reconciler reads every round (derived).
+    #[serde(skip)]
+    job_tasks: HashMap<String, JobTasks>,
+    /// Accepted tasks wanted running: what placement looks at (derived).
+    #[serde(skip)]
+    accepted: BTreeSet<String>,
+    /// Tasks in a state with a timeout (Assigned, Starting, Killing) (derived).
+    #[serde(skip)]
+    transient: BTreeSet<String>,
     /// What runs where (derived).
     #[serde(skip)]
     capacity: Capacity,
     /// Agents whose assignments changed since the last `take_touched`, with their new version.
     #[serde(skip)]
     touched: Touched,
+}
+
+/// One job's tasks as the reconciler needs them, kept as tasks change so a round need not scan them all.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobTasks {
+    /// Not ended, and wanted running.
+    pub live: BTreeSet<String>,
+    /// Ended or being stopped, and not replaced: each may call for a replacement.
+    pub open: BTreeSet<String>,
+    /// Live tasks their agent reports unhealthy.
+    pub unhealthy: BTreeSet<String>,
+}
+
+fn member(set: &mut BTreeSet<String>, id: &str, is: bool) {
+    if is {
+        if !set.contains(id) {
+            set.insert(id.to_string());
+        }
+    } else {
+        set.remove(id);
+    }
 }
 
 /// Transient: what the applier hands to long-polls after each batch; not part of the state's value.
@@ -447,6 +477,13 @@ impl CellState {
         self.by_job.clear();
         self.by_agent.clear();
         self.task_counts.clear();
+        self.job_tasks.clear();
+        self.accepted.clear();
+        self.transient.clear();
+        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        for id in &ids {
+            self.index_task(id);
+        }
         for t in self.tasks.values() {
             self.by_job.entry(t.job_id.clone()).or_default().insert(t.id.clone());
             *self.task_counts.entry(t.state).or_insert(0) += 1;
@@ -478,6 +515,37 @@ impl CellState {
             let _ = cap.set_eligible(&a.registration.id, a.takes_work());
         }
         self.capacity = Capacity(cap);
+    }
+
+    /// Puts a task in the derived sets its current fields call for; called after every change to a task.
+    fn index_task(&mut self, id: &str) {
+        let Some(t) = self.tasks.get(id) else { return };
+        let live = !t.is_terminal() && t.desired == Desired::Run;
+        let open = (t.is_terminal() || t.desired == Desired::Stop) && t.replaced_by.is_none();
+        let unhealthy = live && t.health == titan_api::task::TaskHealth::Unhealthy;
+        let accepted = t.state == TaskState::Accepted && t.desired == Desired::Run;
+        let transient = matches!(t.state, TaskState::Assigned | TaskState::Starting | TaskState::Killing);
+        let job = self.job_tasks.entry(t.job_id.clone()).or_default();
+        member(&mut job.live, id, live);
+        member(&mut job.open, id, open);
+        member(&mut job.unhealthy, id, unhealthy);
+        member(&mut self.accepted, id, accepted);
+        member(&mut self.transient, id, transient);
+    }
+
+    /// The reconciler's sets for a job.
+    pub fn job_tasks(&self, job: &str) -> Option<&JobTasks> {
+        self.job_tasks.get(job)
+    }
+
+    /// Accepted tasks wanted running, in id order.
+    pub fn accepted_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.accepted.iter().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// Tasks in Assigned, Starting or Killing, in id order.
+    pub fn transient_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.transient.iter().filter_map(|id| self.tasks.get(id))
     }
 
     /// Tasks in a state.
@@ -573,6 +641,7 @@ impl CellState {
             t.before_unreachable = None;
         }
         let agent = t.agent.clone();
+        self.index_task(id);
         if let Some(n) = self.task_counts.get_mut(&from) {
             *n = n.saturating_sub(1);
         }
@@ -620,6 +689,10 @@ impl CellState {
         self.tasks.insert(n.id.clone(), record);
         self.by_job.entry(n.job_id.clone()).or_default().insert(n.id.clone());
         *self.task_counts.entry(TaskState::Accepted).or_insert(0) += 1;
+        self.index_task(&n.id);
+        if let Some(old) = &n.replaces {
+            self.index_task(old);
+        }
         true
     }
 
@@ -660,7 +733,9 @@ impl CellState {
         }
         t.desired = Desired::Stop;
         t.before_unreachable = None;
-        self.transition(id, TaskState::Killing, Some(reason), at_ms)
+        let moved = self.transition(id, TaskState::Killing, Some(reason), at_ms);
+        self.index_task(id);
+        moved
     }
 
     fn set_reachable(&mut self, agent: &str, reachable: bool, at_ms: u64) {
@@ -706,7 +781,10 @@ impl CellState {
             self.stop_task(id, *reason, at_ms);
         }
         for (id, reason) in &round.lose {
-            self.transition(id, TaskState::Lost, Some(*reason), at_ms);
+            // A task already being stopped keeps the reason it was stopped for (a scaled-down task lost with its
+            // agent is still not to be replaced).
+            let stopping = self.tasks.get(id).is_some_and(|t| t.desired == Desired::Stop && t.reason.is_some());
+            self.transition(id, TaskState::Lost, if stopping { None } else { Some(*reason) }, at_ms);
         }
         for a in &round.unreachable {
             self.set_reachable(a, false, at_ms);
@@ -781,6 +859,7 @@ impl CellState {
             _ => false,
         };
         if health_changed && !moved {
+            self.index_task(&id);
             self.bump(agent);
         }
         moved || health_changed
