@@ -20,7 +20,7 @@ pub enum Output {
 /// Which cell to talk to and how to print.
 #[derive(Args, Debug)]
 pub struct Target {
-    /// A member of the cell (any member: writes are forwarded to the leader).
+    /// A member of the cell (any member: writes are forwarded to the leader), or several separated by commas.
     #[arg(long, global = true, env = "TITAN_ADDR", default_value = crate::server::DEFAULT_LISTEN)]
     addr: String,
     #[arg(long, short, global = true, value_enum, default_value = "table")]

@@ -64,7 +64,7 @@ pub struct LogArgs {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// A member of the cell to register with.
+    /// A member of the cell to register with, or several separated by commas (tried in turn when one is down).
     #[arg(long, env = "TITAN_CELL_ADDR", default_value = DEFAULT_LISTEN)]
     cell_addr: String,
     /// Where the agent keeps its id, task logs (`logs/`), process working directories (`work/`) and, without
@@ -137,35 +137,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = titan_agent::daemon::LeaseMetrics::new(&registry)?;
     let logs_dir = args.data_dir.join("logs");
-    let runtime = match args.runtime.as_str() {
-        "process" => titan_agent::runtime::Runtime::Process(titan_agent::runtime::ProcessRuntime::new(
-            args.data_dir.join("work"),
-            logs_dir.clone(),
-            Some("titan".into()),
-        )),
-        _ => {
-            let docker = titan_agent::runtime::DockerRuntime::connect(args.publish_ip.to_string())
-                .context("connecting to the Docker engine")?;
-            // Probes reach published ports where they are bound; an unspecified address is reachable on loopback.
-            let probe_host =
-                if args.publish_ip.is_unspecified() { "127.0.0.1".to_string() } else { args.publish_ip.to_string() };
-            titan_agent::runtime::Runtime::docker(docker, logs_dir.clone(), probe_host)
-        }
-    };
-    let volumes: std::sync::Arc<dyn titan_agent::volume::VolumeDriver> = match &args.zfs_parent {
-        Some(parent) => std::sync::Arc::new(titan_agent::volume::ZfsDriver::new(parent.clone())),
-        None => std::sync::Arc::new(
-            titan_agent::volume::DirDriver::new(args.data_dir.join("volumes"))
-                .map_err(|e| anyhow::anyhow!("volumes in {}: {e}", args.data_dir.display()))?,
-        ),
-    };
-    let settings = titan_agent::supervisor::Settings::new(registration.id.clone(), registration.resources.clone());
-    let supervisor = titan_agent::supervisor::Supervisor::new(
-        settings,
-        runtime,
-        Some(volumes),
-        titan_agent::supervisor::TaskMetrics::new(&registry)?,
-    );
+    let runtime = runtime(&args.runtime, &args.data_dir, args.publish_ip)?;
+    let supervisor = supervisor(&registration, runtime, &args.data_dir, args.zfs_parent.clone(), &registry)?;
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     let app = titan_agent::server::router(registry, logs_dir);
@@ -176,6 +149,50 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     titan_agent::daemon::run_supervised(client, registration, metrics, supervisor, stopped()).await;
     server.abort();
     Ok(())
+}
+
+/// The task runtime an agent uses: `docker` (containers through the Docker engine) or `process`.
+fn runtime(kind: &str, data_dir: &Path, publish_ip: std::net::IpAddr) -> anyhow::Result<titan_agent::runtime::Runtime> {
+    let logs_dir = data_dir.join("logs");
+    Ok(match kind {
+        "process" => titan_agent::runtime::Runtime::Process(titan_agent::runtime::ProcessRuntime::new(
+            data_dir.join("work"),
+            logs_dir,
+            Some("titan".into()),
+        )),
+        _ => {
+            let docker = titan_agent::runtime::DockerRuntime::connect(publish_ip.to_string())
+                .context("connecting to the Docker engine")?;
+            // Probes reach published ports where they are bound; an unspecified address is reachable on loopback.
+            let probe_host = if publish_ip.is_unspecified() { "127.0.0.1".to_string() } else { publish_ip.to_string() };
+            titan_agent::runtime::Runtime::docker(docker, logs_dir, probe_host)
+        }
+    })
+}
+
+/// The task supervisor of an agent: its runtime, its volumes (ZFS under `zfs_parent`, else directories in the
+/// data directory) and its metrics.
+fn supervisor(
+    registration: &titan_api::agent::AgentRegistration,
+    runtime: titan_agent::runtime::Runtime,
+    data_dir: &Path,
+    zfs_parent: Option<String>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<titan_agent::supervisor::Supervisor> {
+    let volumes: std::sync::Arc<dyn titan_agent::volume::VolumeDriver> = match zfs_parent {
+        Some(parent) => std::sync::Arc::new(titan_agent::volume::ZfsDriver::new(parent)),
+        None => std::sync::Arc::new(
+            titan_agent::volume::DirDriver::new(data_dir.join("volumes"))
+                .map_err(|e| anyhow::anyhow!("volumes in {}: {e}", data_dir.display()))?,
+        ),
+    };
+    let settings = titan_agent::supervisor::Settings::new(registration.id.clone(), registration.resources.clone());
+    Ok(titan_agent::supervisor::Supervisor::new(
+        settings,
+        runtime,
+        Some(volumes),
+        titan_agent::supervisor::TaskMetrics::new(registry)?,
+    ))
 }
 
 /// The TOML file's shape: every field optional, unknown fields refused.
@@ -270,7 +287,9 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
         let agent_dir = config.data_dir.join("agent");
         let agent_addr = SocketAddr::new(config.listen.ip(), config.listen.port().wrapping_add(1));
         match local_agent(&url, &agent_dir, agent_addr).await {
-            Ok(()) => println!("Local agent on {agent_addr} registers with the cell; see `titan node list`."),
+            Ok(kind) => {
+                println!("Local agent on {agent_addr} runs tasks with the {kind} runtime; see `titan node list`.")
+            }
             Err(e) => eprintln!("titan dev: no local agent: {e:#}"),
         }
         println!("Titan dev cell is ready at {url} (data in {})", config.data_dir.display());
@@ -283,8 +302,9 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the dev cell's agent in this process: its HTTP server and its lease loop, both ending with the process.
-async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+/// Starts the dev cell's agent in this process: its HTTP server and its task supervisor, both ending with the
+/// process. It runs containers when a Docker engine answers, host processes otherwise; returns which.
+async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyhow::Result<&'static str> {
     let id = titan_agent::node::agent_id(data_dir)?;
     let attributes = [("zone".to_string(), "dev".to_string())].into_iter().collect();
     let registration = titan_agent::node::describe(
@@ -297,12 +317,25 @@ async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyho
     registration.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let registry = prometheus::Registry::new();
     let metrics = titan_agent::daemon::LeaseMetrics::new(&registry)?;
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let docker = match titan_agent::runtime::DockerRuntime::connect(loopback.to_string()) {
+        Ok(d) => d.ping().await.is_ok(),
+        Err(_) => false,
+    };
+    let kind = if docker { "docker" } else { "process" };
+    let supervisor = supervisor(&registration, runtime(kind, data_dir, loopback)?, data_dir, None, &registry)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let app = titan_agent::server::router(registry, data_dir.join("logs"));
     tokio::spawn(axum::serve(listener, app).into_future());
     let client = titan_api::Client::new(cell_url);
-    tokio::spawn(titan_agent::daemon::run(client, registration, metrics, std::future::pending::<()>()));
-    Ok(())
+    tokio::spawn(titan_agent::daemon::run_supervised(
+        client,
+        registration,
+        metrics,
+        supervisor,
+        std::future::pending::<()>(),
+    ));
+    Ok(kind)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -37,8 +37,12 @@ impl ClientError {
     }
 }
 
+/// A cell's members, one of them in use: a call that cannot reach it moves on to the next, so the caller's retry
+/// goes elsewhere.
 #[derive(Clone, Debug)]
 pub struct Client {
+    bases: std::sync::Arc<Vec<String>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     base: String,
     http: reqwest::Client,
     user: Option<String>,
@@ -47,7 +51,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// `addr` is `host:port` or a full `http://` URL.
+    /// `addr` is `host:port` or a full `http://` URL, or several of them separated by commas (members of one
+    /// cell, tried in turn when one cannot be reached).
     pub fn new(addr: &str) -> Client {
         let http = reqwest::Client::builder()
             .timeout(DEFAULT_TIMEOUT)
@@ -59,13 +64,51 @@ impl Client {
 
     /// Shares a connection pool with other clients.
     pub fn with_http(addr: &str, http: reqwest::Client) -> Client {
-        let addr = addr.trim_end_matches('/');
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        Client { base, http, user: None, reason: None, consistent: false }
+        let bases: Vec<String> = addr
+            .split(',')
+            .map(|a| a.trim().trim_end_matches('/'))
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                if a.starts_with("http://") || a.starts_with("https://") {
+                    a.to_string()
+                } else {
+                    format!("http://{a}")
+                }
+            })
+            .collect();
+        let base = bases.first().cloned().unwrap_or_else(|| "http://127.0.0.1".into());
+        Client {
+            bases: std::sync::Arc::new(bases),
+            current: Default::default(),
+            base,
+            http,
+            user: None,
+            reason: None,
+            consistent: false,
+        }
+    }
+
+    /// The member calls go to now.
+    fn current(&self) -> &str {
+        let n = self.bases.len();
+        if n <= 1 {
+            return &self.base;
+        }
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % n]
+    }
+
+    /// After a failure to reach `base`, the next call goes to the next member.
+    fn unreachable(&self, base: &str) {
+        let n = self.bases.len();
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        if n > 1 && self.bases[i % n] == base {
+            let _ = self.current.compare_exchange(
+                i,
+                (i + 1) % n,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 
     /// Names who makes changes (recorded in job history).
@@ -87,11 +130,11 @@ impl Client {
     }
 
     pub fn base(&self) -> &str {
-        &self.base
+        self.current()
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut r = self.http.request(method.clone(), format!("{}{path}", self.base));
+        let mut r = self.http.request(method.clone(), format!("{}{path}", self.current()));
         if let Some(u) = &self.user {
             r = r.header(USER_HEADER, u);
         }
@@ -105,16 +148,19 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
-        let resp =
-            req.send().await.map_err(|e| ClientError::Transport { addr: self.base.clone(), message: e.to_string() })?;
+        let base = self.current().to_string();
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                self.unreachable(&base);
+            }
+            ClientError::Transport { addr: base.clone(), message: e.to_string() }
+        })?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport { addr: self.base.clone(), message: e.to_string() })?;
+        let bytes =
+            resp.bytes().await.map_err(|e| ClientError::Transport { addr: base.clone(), message: e.to_string() })?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-                addr: self.base.clone(),
+                addr: base.clone(),
                 status: status.as_u16(),
                 message: e.to_string(),
             });
@@ -122,7 +168,7 @@ impl Client {
         match serde_json::from_slice::<ApiError>(&bytes) {
             Ok(error) => Err(ClientError::Api { status: status.as_u16(), error }),
             Err(_) => Err(ClientError::Decode {
-                addr: self.base.clone(),
+                addr: base.clone(),
                 status: status.as_u16(),
                 message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
             }),

@@ -2,6 +2,7 @@
 //! health checks), stops it when asked, and cleans up after it (container removed, volumes that end with the
 //! task destroyed, logs kept), queueing a status at each step.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +113,13 @@ fn ending_names(a: &Assignment) -> Vec<String> {
 }
 
 fn spec(inner: &Inner, a: &Assignment, volumes: &[Prepared]) -> TaskSpec {
+    // Who the task is, as Titus and Nomad tell theirs; the job's own variables win a clash.
+    let mut env = BTreeMap::from([
+        ("TITAN_TASK_ID".to_string(), a.task_id.clone()),
+        ("TITAN_JOB_ID".to_string(), a.job_id.clone()),
+        ("TITAN_AGENT_ID".to_string(), inner.settings.agent_id.clone()),
+    ]);
+    env.extend(a.env.clone());
     TaskSpec {
         cell: inner.cell(),
         agent_id: inner.settings.agent_id.clone(),
@@ -119,7 +127,7 @@ fn spec(inner: &Inner, a: &Assignment, volumes: &[Prepared]) -> TaskSpec {
         task_id: a.task_id.clone(),
         image: a.image.clone(),
         command: a.command.clone(),
-        env: a.env.clone(),
+        env,
         cpus: a.cpus,
         memory_mib: a.memory_mib,
         ports: a.ports.clone(),

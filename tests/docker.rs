@@ -1,0 +1,267 @@
+//! End to end with real Docker containers: `titan dev` runs a submitted job's containers on its local agent, and
+//! a 3-member cell with three `titan agent` processes runs, replaces and cleans up containers through a dead
+//! agent, its restart, and the loss of the cell leader. (`scripts/deps` starts dockerd and imports the image.)
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use titan_api::job::BodyFormat;
+use titan_api::task::{TaskQuery, TaskState, TaskView};
+use titan_api::Client;
+
+const IMAGE: &str = "titan-test/busybox:latest";
+
+/// A web server on the task's first port, answering with its task id.
+fn web_spec(location: &str, extra: &str) -> Vec<u8> {
+    format!(
+        r#"{{"name":"web","applicationName":"shop","location":"{location}","cpus":0.25,"memory":64,"ports":1,
+        "image":"{IMAGE}","command":["sh","-c","mkdir -p /w && echo $TITAN_TASK_ID > /w/index.html && exec httpd -f -p $PORT_0 -h /w"],
+        "healthCheck":{{"type":"http","path":"/","port":0,"intervalSeconds":2,"timeoutSeconds":1,"gracePeriodSeconds":1}}{extra}}}"#
+    )
+    .into_bytes()
+}
+
+/// Containers (running or not) carrying a label, by docker's own listing.
+fn containers(label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output()
+        .expect("docker ps runs");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+fn running_containers(label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label={label}"), "--filter", "status=running"])
+        .output()
+        .expect("docker ps runs");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+/// The task id label of a container.
+fn task_of(container: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{index .Config.Labels \"titan.task\"}}", container])
+        .output()
+        .expect("docker inspect runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Removes every container of the given agents when the test ends, however it ends.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for agent in &self.0 {
+            for c in containers(&format!("titan.agent={agent}")) {
+                let _ = Command::new("docker").args(["rm", "-f", &c]).output();
+            }
+        }
+    }
+}
+
+async fn tasks(c: &Client, job: &str) -> Vec<TaskView> {
+    let q = TaskQuery { job: Some(job.into()), limit: Some(1000), ..TaskQuery::default() };
+    c.list_tasks(&q).await.map(|l| l.tasks).unwrap_or_default()
+}
+
+fn in_state(ts: &[TaskView], s: TaskState) -> Vec<&TaskView> {
+    ts.iter().filter(|t| t.state == s).collect()
+}
+
+async fn get(port: u16) -> Option<String> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok()?;
+    r.text().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn titan_dev_runs_replaces_scales_and_kills_real_containers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = loop {
+        let p = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("dev.log")).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_titan"))
+        .args(["dev", "--listen", &addr])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("TITAN_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start titan dev");
+    let client = Client::new(&addr);
+    eventually(Duration::from_secs(30), "the dev cell with its agent", || async {
+        client.list_agents().await.is_ok_and(|a| a.len() == 1 && a[0].last_heartbeat_ms.is_some())
+    })
+    .await;
+    let agent = client.list_agents().await.expect("agents")[0].id.clone();
+    let _cleanup = Cleanup(vec![agent.clone()]);
+    let label = format!("titan.agent={agent}");
+
+    let job = client.submit_raw(web_spec("dev:2", ""), BodyFormat::Json, None).await.expect("submitted").id;
+    eventually(Duration::from_secs(60), "two healthy containers serving", || async {
+        let ts = tasks(&client, &job).await;
+        let run = in_state(&ts, TaskState::Running);
+        if run.len() != 2 || run.iter().any(|t| t.health != titan_api::task::TaskHealth::Healthy) {
+            return false;
+        }
+        for t in run {
+            if get(t.ports[0]).await.map(|b| b.trim() == t.id) != Some(true) {
+                return false;
+            }
+        }
+        running_containers(&label).len() == 2
+    })
+    .await;
+
+    // A container dies under the agent: the task fails and is replaced.
+    let victim = running_containers(&label)[0].clone();
+    let victim_task = task_of(&victim);
+    let out = Command::new("docker").args(["kill", &victim]).output().expect("docker kill");
+    assert!(out.status.success());
+    eventually(Duration::from_secs(60), "the killed container's task failed and replaced", || async {
+        let ts = tasks(&client, &job).await;
+        let failed = ts.iter().any(|t| t.id == victim_task && t.state == TaskState::Failed && t.exit_code.is_some());
+        let replaced =
+            ts.iter().any(|t| t.replaces.as_deref() == Some(victim_task.as_str()) && t.state == TaskState::Running);
+        failed && replaced && running_containers(&label).len() == 2
+    })
+    .await;
+
+    // Scale down to one, then kill the job: containers follow.
+    client.set_instances(&job, &[("dev".to_string(), 1)].into(), None).await.expect("scaled");
+    eventually(Duration::from_secs(60), "one container left", || async {
+        in_state(&tasks(&client, &job).await, TaskState::Running).len() == 1 && containers(&label).len() == 1
+    })
+    .await;
+    client.kill_job(&job).await.expect("killed");
+    eventually(Duration::from_secs(60), "no container left", || async {
+        let ts = tasks(&client, &job).await;
+        ts.iter().all(|t| t.state.is_terminal()) && containers(&label).is_empty()
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+struct AgentProcess {
+    child: Option<Child>,
+    dir: std::path::PathBuf,
+    addr: String,
+    ports: String,
+}
+
+impl AgentProcess {
+    fn start(&mut self, cells: &str) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_titan"))
+            .args(["agent", "--cell-addr", cells, "--runtime", "docker", "--publish-ip", "127.0.0.1"])
+            .args(["--addr", &self.addr, "--cpus", "2", "--memory-mib", "2048", "--ports", &self.ports])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .env("TITAN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start titan agent");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_up_after_it() {
+    let config = format!("{TEST_CONFIG}[scheduler]\nlease_ms = 1500\nlost_grace_ms = 1500\n");
+    let mut cell = Cluster::start_with(3, &config);
+    let leader = cell.leader(Duration::from_secs(20)).await;
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut agents: Vec<AgentProcess> = (0..3)
+        .map(|i| AgentProcess {
+            child: None,
+            dir: root.path().join(format!("agent-{i}")),
+            addr: format!("127.0.0.1:{}", free_port()),
+            ports: format!("{}-{}", 33000 + i * 100, 33099 + i * 100),
+        })
+        .collect();
+    // Each agent knows every member and starts with a different one (writes are forwarded to the leader).
+    let addrs: Vec<String> = cell.members.iter().map(|m| m.addr.to_string()).collect();
+    let members_from = |i: usize| (0..3).map(|k| addrs[(i + k) % 3].clone()).collect::<Vec<_>>().join(",");
+    for (i, a) in agents.iter_mut().enumerate() {
+        std::fs::create_dir_all(&a.dir).expect("agent dir");
+        a.start(&members_from(i));
+    }
+    let client = cell.member(leader).client();
+    eventually(Duration::from_secs(30), "three agents", || async {
+        client.list_agents().await.is_ok_and(|a| a.len() == 3)
+    })
+    .await;
+    // In the agents' order: each keeps its id in its data directory.
+    let ids: Vec<String> =
+        agents.iter().map(|a| titan_agent::node::agent_id(&a.dir).expect("the agent's id")).collect();
+    let _cleanup = Cleanup(ids.clone());
+    let count_running = || ids.iter().map(|id| running_containers(&format!("titan.agent={id}")).len()).sum::<usize>();
+
+    let job = client.submit_raw(web_spec("dc1:4", ""), BodyFormat::Json, None).await.expect("submitted").id;
+    eventually(Duration::from_secs(60), "four containers running", || async {
+        in_state(&tasks(&client, &job).await, TaskState::Running).len() == 4 && count_running() == 4
+    })
+    .await;
+
+    // The agent with the most tasks dies (SIGKILL): its containers keep running, unknown to the cell, and its
+    // tasks are lost and replaced on the others.
+    let ts = tasks(&client, &job).await;
+    let victim = (0..3)
+        .max_by_key(|i| ts.iter().filter(|t| t.agent_id.as_deref() == Some(ids[*i].as_str())).count())
+        .expect("an agent");
+    let victim_id = ids[victim].clone();
+    let orphans = running_containers(&format!("titan.agent={victim_id}"));
+    assert!(!orphans.is_empty());
+    agents[victim].kill();
+    // The leader dies too, in the middle of it.
+    cell.member(leader).kill();
+    let leader = cell.leader(Duration::from_secs(20)).await;
+    let client = cell.member(leader).client();
+    eventually(Duration::from_secs(60), "the dead agent's tasks lost and replaced elsewhere", || async {
+        let ts = tasks(&client, &job).await;
+        let run = in_state(&ts, TaskState::Running);
+        run.len() == 4 && run.iter().all(|t| t.agent_id.as_deref() != Some(victim_id.as_str()))
+    })
+    .await;
+
+    // It comes back: it finds its old containers, the cell no longer wants them, and it removes them.
+    agents[victim].start(&members_from(victim));
+    eventually(Duration::from_secs(60), "the orphans removed", || async {
+        containers(&format!("titan.agent={victim_id}")).is_empty()
+    })
+    .await;
+    let ts = tasks(&client, &job).await;
+    let running: BTreeSet<String> = in_state(&ts, TaskState::Running).iter().map(|t| t.id.clone()).collect();
+    let in_docker: BTreeSet<String> =
+        ids.iter().flat_map(|id| running_containers(&format!("titan.agent={id}"))).map(|c| task_of(&c)).collect();
+    assert_eq!(running, in_docker, "every running task has exactly its container, and nothing else runs");
+    assert_eq!(running.len(), 4);
+    client.kill_job(&job).await.expect("killed");
+    eventually(Duration::from_secs(60), "every container removed", || async { count_running() == 0 }).await;
+}
