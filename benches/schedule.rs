@@ -72,6 +72,7 @@ async fn pair(tasks: usize, agents: usize) {
     let leader_pid = cell.member(leader).pid().unwrap_or(0);
     let cpu_before: Vec<f64> = cell.members.iter().map(|m| common::cpu_seconds(m.pid().unwrap_or(0))).collect();
 
+    eprintln!("agents registered; submitting (leader pid {leader_pid})");
     let start = Instant::now();
     let jobs = tasks.div_ceil(PER_JOB);
     let mut submitted_at = Vec::with_capacity(jobs);
