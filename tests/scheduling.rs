@@ -155,6 +155,9 @@ async fn pending_tasks_say_why_and_bad_task_requests_are_refused() {
     let ts = tasks(&client, &job).await;
     let why = ts.iter().find_map(|t| t.pending.clone()).unwrap_or_default();
     assert!(why.contains("cpu"), "{why}");
+    let summary = client.get_job(&job).await.expect("job").tasks.expect("a task summary");
+    assert_eq!((summary.by_state.get("accepted"), summary.by_state.get("running")), (Some(&2), Some(&1)));
+    assert_eq!(summary.pending.len(), 2, "{summary:?}");
 
     // Bad input: each names its field, nothing changes.
     let http = reqwest::Client::new();

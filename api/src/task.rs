@@ -131,6 +131,8 @@ pub enum Reason {
     Unhealthy,
     /// A second copy found after a partition healed; the older placement is kept.
     Duplicate,
+    /// Its container or process disappeared from the runtime without the agent stopping it.
+    Vanished,
 }
 
 impl Reason {
@@ -145,6 +147,7 @@ impl Reason {
                 | Reason::InsufficientResources
                 | Reason::Drained
                 | Reason::Duplicate
+                | Reason::Vanished
         )
     }
 }
@@ -297,7 +300,8 @@ pub struct AssignmentsQuery {
 /// Longest an assignments long-poll waits.
 pub const MAX_WAIT_MS: u64 = 30_000;
 
-/// What the agent observed of one task.
+/// What the agent observed of one task. An agent may send Running without Starting before it (one report covers
+/// both), and Killed for a task it does not have (the cell counts that as ignored).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskStatus {

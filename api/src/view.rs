@@ -57,6 +57,26 @@ pub struct JobView {
     /// Milliseconds since the Unix epoch, as stamped by the cell leader.
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// This cell's tasks of the job (on `GET /v1/jobs/{id}`; not in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TaskSummary>,
+}
+
+/// A job's tasks in one cell: how many are in each state, and why those not placed yet are waiting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSummary {
+    /// Task state name to count.
+    pub by_state: BTreeMap<String, u32>,
+    /// Accepted tasks with the placement engine's reason (from the leader's latest round; empty elsewhere).
+    pub pending: Vec<PendingTask>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingTask {
+    pub task_id: String,
+    pub reason: String,
 }
 
 /// One change to a job: who made it, why, when, and what it was.

@@ -650,7 +650,22 @@ impl CellApi for Cell {
     }
 
     fn get_job(&self, id: String) -> ApiResult<'_, JobView> {
-        Box::pin(async move { self.read().job(&id).map(|j| j.view()).ok_or_else(|| ApiError::not_found("job", &id)) })
+        Box::pin(async move {
+            let s = self.read();
+            let mut view = s.job(&id).map(|j| j.view()).ok_or_else(|| ApiError::not_found("job", &id))?;
+            let mut summary = titan_api::view::TaskSummary::default();
+            for t in s.tasks_of_job(&id) {
+                *summary.by_state.entry(t.state.as_str().to_string()).or_insert(0) += 1;
+                if let Some(reason) = (t.state == titan_api::task::TaskState::Accepted)
+                    .then(|| self.scheduling.pending(&t.id))
+                    .flatten()
+                {
+                    summary.pending.push(titan_api::view::PendingTask { task_id: t.id.clone(), reason });
+                }
+            }
+            view.tasks = Some(summary);
+            Ok(view)
+        })
     }
 
     fn job_history(&self, id: String) -> ApiResult<'_, Vec<HistoryEntry>> {

@@ -245,8 +245,8 @@ fn after(t: &TaskRecord, spec: &JobSpec, config: &SchedulerConfig) -> After {
         (_, Some(Reason::Unhealthy)) => user_failure(),
         (TaskState::Finished, _) if !batch && spec.restart_on_success => retry(t.retries_used),
         (TaskState::Finished, _) => After::Done,
-        (TaskState::Failed, _) => user_failure(),
         (_, Some(r)) if r.is_system() || r == Reason::KilledByUser => retry(t.retries_used),
+        (TaskState::Failed, _) => user_failure(),
         _ => user_failure(),
     }
 }

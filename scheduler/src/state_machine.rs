@@ -261,6 +261,7 @@ impl JobRecord {
             spec: (*self.spec).clone(),
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
+            tasks: None,
         }
     }
 

@@ -360,7 +360,12 @@ async fn finish(inner: &Arc<Inner>, a: &Assignment, ending: Ending, follower: Fo
         }
         Ending::Vanished => {
             tracing::warn!(task = %id, "the task's container disappeared");
-            status(id, TaskState::Failed, None, Some("the task's container disappeared from the runtime".into()))
+            status(
+                id,
+                TaskState::Failed,
+                Some(Reason::Vanished),
+                Some("the task's container disappeared from the runtime".into()),
+            )
         }
     };
     inner.moved(id, s.state.as_str(), true);
