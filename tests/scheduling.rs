@@ -242,3 +242,87 @@ async fn draining_an_agent_moves_its_tasks_within_the_disruption_budget() {
     assert_eq!(back.state, titan_api::agent::AgentState::Active);
     launched_once(&record);
 }
+
+/// Reads server-sent events until `enough` says stop or the time is up; returns (id, event, data) triples.
+async fn read_events(
+    resp: reqwest::Response,
+    within: Duration,
+    enough: impl Fn(&[(u64, String, serde_json::Value)]) -> bool,
+) -> Vec<(u64, String, serde_json::Value)> {
+    let mut resp = resp;
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !enough(&out) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk()).await;
+        let Ok(Ok(Some(bytes))) = chunk else { break };
+        buf.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (0, String::new(), serde_json::Value::Null);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().unwrap_or(0);
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str(v.trim()).unwrap_or(serde_json::Value::Null);
+                }
+            }
+            if id > 0 {
+                out.push((id, event, data));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_job_task_and_agent_changes_and_resume_from_an_index() {
+    let cell = Cluster::start_with(1, &config());
+    cell.leader(Duration::from_secs(20)).await;
+    let client = cell.members[0].client();
+    let base = format!("http://{}", cell.members[0].addr);
+    let http = reqwest::Client::new();
+    let all = http.get(format!("{base}/v1/events?from=0")).send().await.expect("stream opens");
+    assert_eq!(all.status().as_u16(), 200);
+    let record = Arc::new(Record::default());
+    let _agent = sim::start(vec![cell.members[0].addr.to_string()], sim::registration("e-1", 4.0, 8192, "a"), record);
+    eventually(Duration::from_secs(10), "the agent registered", || async {
+        client.list_agents().await.map(|a| a.len() == 1).unwrap_or(false)
+    })
+    .await;
+    let job = client.submit_raw(job_spec(2), BodyFormat::Json, None).await.expect("submitted").id;
+    let running = |es: &[(u64, String, serde_json::Value)]| {
+        es.iter().filter(|(_, topic, d)| topic == "task" && d["kind"] == "running").count()
+    };
+    let seen = read_events(all, Duration::from_secs(15), |es| running(es) == 2).await;
+    assert_eq!(running(&seen), 2, "{seen:?}");
+    let kinds = |topic: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|(_, t, _)| t == topic)
+            .map(|(_, _, d)| d["kind"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(kinds("agent"), vec!["registered"]);
+    assert_eq!(kinds("job"), vec!["created"]);
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "indexes never go back");
+    assert!(seen.iter().filter(|(_, t, _)| t == "task").all(|(_, _, d)| d["jobId"] == job.as_str()));
+
+    // Resume after the job's creation, only this job's task events, through Last-Event-ID.
+    let created = seen.iter().find(|(_, t, _)| t == "job").map(|(id, _, _)| *id).expect("created");
+    let resumed = http
+        .get(format!("{base}/v1/events?topic=task&job={job}"))
+        .header("last-event-id", created.to_string())
+        .send()
+        .await
+        .expect("stream opens");
+    let again = read_events(resumed, Duration::from_secs(10), |es| running(es) == 2).await;
+    assert_eq!(running(&again), 2);
+    assert!(again.iter().all(|(id, t, _)| *id > created && t == "task"));
+
+    let bad = http.get(format!("{base}/v1/events?topic=tasks")).send().await.expect("answered");
+    assert_eq!(bad.status().as_u16(), 400);
+    let body: serde_json::Value = bad.json().await.expect("an error body");
+    assert_eq!(body["field"], "topic");
+}

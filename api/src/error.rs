@@ -34,6 +34,8 @@ pub enum ErrorCode {
     NotLeader,
     /// The cell cannot serve the request right now (no quorum, shutting down).
     Unavailable,
+    /// What was asked for is older than what is kept (an event index before the retained ones).
+    Expired,
     /// A bug or a storage failure on our side.
     Internal,
 }
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
             ErrorCode::Conflict | ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
             ErrorCode::NotLeader | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Expired => StatusCode::GONE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,6 +69,7 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Expired => "expired",
             ErrorCode::Internal => "internal",
         }
     }
@@ -151,6 +155,7 @@ mod tests {
             ErrorCode::QuotaExceeded,
             ErrorCode::NotLeader,
             ErrorCode::Unavailable,
+            ErrorCode::Expired,
             ErrorCode::Internal,
         ] {
             assert_eq!(serde_json::to_value(code).expect("serializable"), code.as_str());

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod client;
 pub mod error;
+pub mod event;
 pub mod job;
 pub mod openapi;
 pub mod router;

@@ -29,6 +29,7 @@ use crate::router::paths::*;
         drain_agent,
         enable_agent,
         report_status,
+        events,
         list_tasks,
         get_task,
         kill_task

@@ -21,6 +21,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use crate::error::{ApiError, ErrorCode};
+use crate::event::{Event, EventQuery};
 use crate::job::{BodyFormat, InstancesRequest, JobSpec};
 use crate::task::{Assignments, AssignmentsQuery, StatusAck, StatusReport, TaskList, TaskQuery, TaskView, MAX_WAIT_MS};
 use crate::view::{
@@ -79,6 +80,8 @@ pub trait CellApi: Send + Sync + 'static {
     /// Drains an agent (`drain`: its tasks move off within their jobs' disruption budgets and it takes no new
     /// work) or puts it back to work.
     fn set_agent_draining(&self, id: String, drain: bool, actor: Actor) -> ApiResult<'_, AgentView>;
+    /// The retained events after `from` and a subscription to those committed from now on.
+    fn events(&self, from: Option<u64>) -> ApiResult<'_, EventFeed>;
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList>;
     fn get_task(&self, id: String) -> ApiResult<'_, TaskView>;
     /// Asks for a task to be stopped; its job's reconciler may start a replacement.
@@ -90,6 +93,13 @@ pub trait CellApi: Send + Sync + 'static {
 }
 
 type Cell = Arc<dyn CellApi>;
+
+/// Events for one subscriber: what was retained after its `from`, then what comes. The two may overlap; events
+/// are told apart by index.
+pub struct EventFeed {
+    pub backlog: Vec<Event>,
+    pub live: tokio::sync::broadcast::Receiver<Event>,
+}
 
 /// Request counts and latencies by route and status, registered in the cell's registry.
 #[derive(Clone)]
@@ -146,6 +156,7 @@ pub fn router(cell: Cell, metrics: HttpMetrics, internal: Router) -> Router {
         .route("/v1/agents/{id}/drain", post(drain_agent))
         .route("/v1/agents/{id}/enable", post(enable_agent))
         .route("/v1/agents/{id}/status", post(report_status))
+        .route("/v1/events", get(events))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/kill", post(kill_task))
@@ -503,6 +514,57 @@ async fn report_status(
     Ok(Json(cell.report_status(id, report).await?))
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this index (as `from`)")),
+    responses((status = 200, description = "text/event-stream of events, each with its index as id and its topic as event",
+        body = Event), (status = 400, body = ApiError), (status = 410, body = ApiError)))]
+async fn events(
+    State(cell): State<Cell>,
+    headers: HeaderMap,
+    query: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let Query(mut q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    let topics = q.topics()?;
+    if q.from.is_none() {
+        if let Some(v) = headers.get("last-event-id") {
+            let id = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidParameter, "Last-Event-ID must be an event index")
+                    .with_field("Last-Event-ID")
+            })?;
+            q.from = Some(id);
+        }
+    }
+    let feed = cell.events(q.from).await?;
+    let to_sse = |e: &Event| {
+        let topic = serde_json::to_value(e.topic).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        SseEvent::default().id(e.index.to_string()).event(topic).json_data(e).ok()
+    };
+    let backlog: Vec<SseEvent> = feed.backlog.iter().filter(|e| q.matches(&topics, e)).filter_map(to_sse).collect();
+    let last = feed.backlog.last().map(|e| e.index).or(q.from).unwrap_or(0);
+    let live =
+        futures_util::stream::unfold((feed.live, last, q, topics), move |(mut rx, last, q, topics)| async move {
+            loop {
+                match rx.recv().await {
+                    // Events of one entry share its index; those of an entry the backlog already had are skipped.
+                    Ok(e) if e.index <= last && last != 0 => continue,
+                    Ok(e) if !q.matches(&topics, &e) => continue,
+                    Ok(e) => {
+                        let sse = to_sse(&e)?;
+                        return Some((Ok::<_, std::convert::Infallible>(sse), (rx, last, q, topics)));
+                    }
+                    // Too slow to keep up: the stream ends and the client resumes from the last id it saw.
+                    Err(_) => return None,
+                }
+            }
+        });
+    let stream = futures_util::StreamExt::chain(
+        futures_util::stream::iter(backlog.into_iter().map(Ok::<_, std::convert::Infallible>)),
+        live,
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(TaskQuery),
     responses((status = 200, body = TaskList), (status = 400, body = ApiError)))]
 async fn list_tasks(
@@ -546,9 +608,9 @@ async fn kill_task(
 pub(crate) mod paths {
     pub use super::{
         __path_add_member, __path_assignments, __path_cluster, __path_disable_job, __path_drain_agent,
-        __path_enable_agent, __path_enable_job, __path_get_agent, __path_get_job, __path_get_task, __path_heartbeat,
-        __path_job_history, __path_kill_job, __path_kill_task, __path_list_agents, __path_list_jobs, __path_list_tasks,
-        __path_ready, __path_register_agent, __path_remove_member, __path_report_status, __path_set_instances,
-        __path_submit_job, __path_update_job,
+        __path_enable_agent, __path_enable_job, __path_events, __path_get_agent, __path_get_job, __path_get_task,
+        __path_heartbeat, __path_job_history, __path_kill_job, __path_kill_task, __path_list_agents, __path_list_jobs,
+        __path_list_tasks, __path_ready, __path_register_agent, __path_remove_member, __path_report_status,
+        __path_set_instances, __path_submit_job, __path_update_job,
     };
 }

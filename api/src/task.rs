@@ -136,6 +136,25 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Exited => "exited",
+            Reason::OomKilled => "oom_killed",
+            Reason::KilledByUser => "killed_by_user",
+            Reason::ScaledDown => "scaled_down",
+            Reason::Drained => "drained",
+            Reason::AgentLost => "agent_lost",
+            Reason::AgentRestarted => "agent_restarted",
+            Reason::StuckTimeout => "stuck_timeout",
+            Reason::LaunchError => "launch_error",
+            Reason::InsufficientResources => "insufficient_resources",
+            Reason::Unhealthy => "unhealthy",
+            Reason::Duplicate => "duplicate",
+            Reason::Vanished => "vanished",
+        }
+    }
+
     /// Whether the failure is the system's, not the user's: those never spend the job's retries.
     pub fn is_system(self) -> bool {
         matches!(
@@ -387,6 +406,28 @@ mod tests {
             assert!(!(s.is_terminal() && s.on_agent()), "{s:?}");
         }
         assert_eq!(TaskState::ALL.iter().filter(|s| s.is_terminal()).count(), 5);
+    }
+
+    #[test]
+    fn reason_names_match_their_serde_names() {
+        use Reason::*;
+        for r in [
+            Exited,
+            OomKilled,
+            KilledByUser,
+            ScaledDown,
+            Drained,
+            AgentLost,
+            AgentRestarted,
+            StuckTimeout,
+            LaunchError,
+            InsufficientResources,
+            Unhealthy,
+            Duplicate,
+            Vanished,
+        ] {
+            assert_eq!(serde_json::to_value(r).expect("serializes"), r.as_str());
+        }
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub struct Cell {
     scheduling: crate::scheduling::Local,
     scheduling_metrics: crate::scheduling::SchedulingMetrics,
     watchers: Arc<crate::watch::Watchers>,
+    events: Arc<crate::watch::EventLog>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -183,6 +184,7 @@ impl Cell {
         let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
         let state = sm.state();
         let watchers = sm.watchers();
+        let events = sm.events();
 
         let t = &config.raft;
         let raft_config = openraft::Config {
@@ -232,6 +234,7 @@ impl Cell {
             scheduling: Default::default(),
             scheduling_metrics,
             watchers,
+            events,
         });
         tokio::spawn(watch(cell.clone()));
         tokio::spawn(crate::scheduling::run(Arc::downgrade(&cell)));
@@ -656,9 +659,8 @@ impl CellApi for Cell {
             let mut summary = titan_api::view::TaskSummary::default();
             for t in s.tasks_of_job(&id) {
                 *summary.by_state.entry(t.state.as_str().to_string()).or_insert(0) += 1;
-                if let Some(reason) = (t.state == titan_api::task::TaskState::Accepted)
-                    .then(|| self.scheduling.pending(&t.id))
-                    .flatten()
+                if let Some(reason) =
+                    (t.state == titan_api::task::TaskState::Accepted).then(|| self.scheduling.pending(&t.id)).flatten()
                 {
                     summary.pending.push(titan_api::view::PendingTask { task_id: t.id.clone(), reason });
                 }
@@ -873,6 +875,22 @@ impl CellApi for Cell {
             tracing::info!(agent = %id, state = state.as_str(), "agent state set");
             let s = self.read();
             s.agent(&id).map(|a| self.agent_view(a)).ok_or_else(|| ApiError::not_found("agent", &id))
+        })
+    }
+
+    fn events(&self, from: Option<u64>) -> ApiResult<'_, titan_api::router::EventFeed> {
+        Box::pin(async move {
+            match self.events.subscribe(from) {
+                Ok((backlog, live)) => Ok(titan_api::router::EventFeed { backlog, live }),
+                Err(oldest) => Err(ApiError::new(
+                    ErrorCode::Expired,
+                    format!(
+                        "events after {} are no longer kept here; resume from {oldest} or re-read the state",
+                        from.unwrap_or(0)
+                    ),
+                )
+                .with_field("from")),
+            }
         })
     }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentState};
+use titan_api::event::{Event, Topic};
 use titan_api::job::JobSpec;
 use titan_api::task::{Desired, Reason, TaskState, TaskStatus};
 
@@ -337,7 +338,10 @@ pub struct CellState {
     capacity: Capacity,
     /// Agents whose assignments changed since the last `take_touched`, with their new version.
     #[serde(skip)]
-    touched: Touched,
+    touched: Transient<Vec<(String, u64)>>,
+    /// Events of the commands applied since the last `take_events`, their index not yet stamped.
+    #[serde(skip)]
+    events: Transient<Vec<Event>>,
 }
 
 /// One job's tasks as the reconciler needs them, kept as tasks change so a round need not scan them all.
@@ -361,12 +365,12 @@ fn member(set: &mut BTreeSet<String>, id: &str, is: bool) {
     }
 }
 
-/// Transient: what the applier hands to long-polls after each batch; not part of the state's value.
+/// What the applier hands on after each batch (to long-polls, to the event stream); not part of the state's value.
 #[derive(Clone, Debug, Default)]
-struct Touched(Vec<(String, u64)>);
+struct Transient<T>(T);
 
-impl PartialEq for Touched {
-    fn eq(&self, _: &Touched) -> bool {
+impl<T> PartialEq for Transient<T> {
+    fn eq(&self, _: &Transient<T>) -> bool {
         true
     }
 }
@@ -434,7 +438,14 @@ impl CellState {
 
     fn apply_counted(&mut self, cmd: &Command) -> Response {
         let before = self.touched(cmd);
+        let version_before = before.as_ref().and_then(|(id, _)| self.jobs.get(id)).map(|j| j.version);
         let response = self.apply_inner(cmd);
+        if let Some((id, _)) = &before {
+            let changed = self.jobs.get(id).filter(|j| Some(j.version) != version_before);
+            if let Some(h) = changed.and_then(|j| j.history.last()).cloned() {
+                self.event(Topic::Job, &h.what, id, Some(id), None, h.why.as_deref(), h.at_ms);
+            }
+        }
         if let Some((id, was)) = before {
             if let Some(now) = self.jobs.get(&id).map(|j| j.state) {
                 if was != Some(now) {
@@ -622,6 +633,34 @@ impl CellState {
         }
     }
 
+    /// The events of the commands applied since the last call, for the applier to stamp with their log index.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events.0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &mut self,
+        topic: Topic,
+        kind: &str,
+        id: &str,
+        job_id: Option<&str>,
+        agent_id: Option<&str>,
+        reason: Option<&str>,
+        at_ms: u64,
+    ) {
+        self.events.0.push(Event {
+            index: 0,
+            topic,
+            kind: kind.to_string(),
+            id: id.to_string(),
+            job_id: job_id.map(String::from),
+            agent_id: agent_id.map(String::from),
+            reason: reason.map(String::from),
+            at_ms,
+        });
+    }
+
     /// The agents whose assignments changed since the last call, each with its latest version.
     pub fn take_touched(&mut self) -> Vec<(String, u64)> {
         let mut all = std::mem::take(&mut self.touched.0);
@@ -642,6 +681,8 @@ impl CellState {
             t.before_unreachable = None;
         }
         let agent = t.agent.clone();
+        let (job, why) = (t.job_id.clone(), t.reason.filter(|_| to.is_terminal() || to == TaskState::Killing));
+        self.event(Topic::Task, to.as_str(), id, Some(&job), agent.as_deref(), why.map(Reason::as_str), at_ms);
         self.index_task(id);
         if let Some(n) = self.task_counts.get_mut(&from) {
             *n = n.saturating_sub(1);
@@ -694,6 +735,7 @@ impl CellState {
         if let Some(old) = &n.replaces {
             self.index_task(old);
         }
+        self.event(Topic::Task, "accepted", &n.id, Some(&n.job_id), None, None, at_ms);
         true
     }
 
@@ -746,6 +788,8 @@ impl CellState {
         }
         a.reachable = reachable;
         let eligible = a.takes_work();
+        let kind = if reachable { "reachable" } else { "unreachable" };
+        self.event(Topic::Agent, kind, agent, None, Some(agent), None, at_ms);
         let _ = self.capacity.0.set_eligible(agent, eligible);
         let ids: Vec<String> = self.by_agent.get(agent).into_iter().flatten().cloned().collect();
         for id in ids {
@@ -798,6 +842,7 @@ impl CellState {
             if let Some(rec) = self.agents.get_mut(a).filter(|r| r.state == AgentState::Draining && empty) {
                 rec.state = AgentState::Drained;
                 self.bump(a);
+                self.event(Topic::Agent, "drained", a, None, Some(a), None, at_ms);
             }
         }
         out
@@ -918,6 +963,7 @@ impl CellState {
                 self.transition(&tid, TaskState::Lost, Some(Reason::AgentRestarted), at_ms);
             }
         }
+        self.event(Topic::Agent, "registered", &id, None, Some(&id), None, at_ms);
         if reshaped {
             self.rebuild_capacity();
         } else if let Some(a) = self.agents.get(&id) {
@@ -993,13 +1039,14 @@ impl CellState {
             Command::TaskStatuses { agent, lease_epoch, statuses, meta } => {
                 self.apply_statuses(agent, *lease_epoch, statuses, meta.at_ms)
             }
-            Command::SetAgentState { id, state, .. } => match self.agents.get_mut(id) {
+            Command::SetAgentState { id, state, meta } => match self.agents.get_mut(id) {
                 None => Response::Rejected(Rejection::AgentNotFound { id: id.clone() }),
                 Some(a) => {
                     a.state = *state;
                     let (epoch, eligible) = (a.lease_epoch, a.takes_work());
                     let _ = self.capacity.0.set_eligible(id, eligible);
                     self.bump(id);
+                    self.event(Topic::Agent, state.as_str(), id, None, Some(id), meta.why.as_deref(), meta.at_ms);
                     Response::Agent { id: id.clone(), lease_epoch: epoch }
                 }
             },

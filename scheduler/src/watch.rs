@@ -1,11 +1,80 @@
-//! Wake-ups for long-polls: an agent's assignments long-poll waits on its own channel, which is signalled only
-//! when a committed change touches that agent, so thousands of waiting agents cost nothing while others' work
-//! is committed.
+//! What the applier hands on after each batch of committed entries: wake-ups for assignments long-polls (each
+//! agent waits on its own channel, signalled only when a change touches it, so thousands of waiting agents cost
+//! nothing while others' work is committed), and the event stream (a bounded log of recent events plus a
+//! broadcast of new ones).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use tokio::sync::watch;
+use titan_api::event::Event;
+use tokio::sync::{broadcast, watch};
+
+/// Events kept for subscribers that resume from an index.
+pub const EVENTS_KEPT: usize = 100_000;
+/// Events a slow subscriber may fall behind before its stream ends (it resumes from its last index).
+pub const EVENTS_BUFFERED: usize = 16_384;
+
+pub struct EventLog {
+    inner: Mutex<Kept>,
+    tx: broadcast::Sender<Event>,
+}
+
+struct Kept {
+    events: VecDeque<Event>,
+    /// Events at or below this index are no longer kept (or were never seen by this member).
+    forgotten: u64,
+}
+
+impl EventLog {
+    /// A log that knows nothing at or before `applied` (the state it starts from).
+    pub fn new(applied: u64) -> EventLog {
+        EventLog {
+            inner: Mutex::new(Kept { events: VecDeque::new(), forgotten: applied }),
+            tx: broadcast::channel(EVENTS_BUFFERED).0,
+        }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut kept = self.kept();
+        for e in events {
+            if kept.events.len() == EVENTS_KEPT {
+                if let Some(old) = kept.events.pop_front() {
+                    kept.forgotten = kept.forgotten.max(old.index);
+                }
+            }
+            // Sent under the lock, so a subscriber never misses one between its backlog and its receiver.
+            let _ = self.tx.send(e.clone());
+            kept.events.push_back(e);
+        }
+    }
+
+    /// After a snapshot replaced the state: what came before it is not kept.
+    pub fn reset(&self, applied: u64) {
+        let mut kept = self.kept();
+        kept.events.clear();
+        kept.forgotten = applied;
+    }
+
+    /// The kept events after `from` and a receiver of new ones; `Err(oldest)` when events after `from` were
+    /// already forgotten (resume from `oldest` or re-read the state).
+    pub fn subscribe(&self, from: Option<u64>) -> Result<(Vec<Event>, broadcast::Receiver<Event>), u64> {
+        let kept = self.kept();
+        let rx = self.tx.subscribe();
+        let Some(from) = from else { return Ok((Vec::new(), rx)) };
+        if from < kept.forgotten {
+            return Err(kept.forgotten);
+        }
+        let start = kept.events.partition_point(|e| e.index <= from);
+        Ok((kept.events.range(start..).cloned().collect(), rx))
+    }
+}
 
 #[derive(Default)]
 pub struct Watchers {
@@ -37,6 +106,32 @@ impl Watchers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(index: u64) -> Event {
+        Event {
+            index,
+            topic: titan_api::event::Topic::Job,
+            kind: "created".into(),
+            id: format!("j{index}"),
+            job_id: None,
+            agent_id: None,
+            reason: None,
+            at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribers_resume_from_an_index_and_get_what_follows() {
+        let log = EventLog::new(10);
+        assert_eq!(log.subscribe(Some(5)).map(|_| ()), Err(10), "before the log's start");
+        log.publish(vec![event(11), event(12), event(12), event(13)]);
+        let (backlog, mut rx) = log.subscribe(Some(11)).expect("kept");
+        assert_eq!(backlog.iter().map(|e| e.index).collect::<Vec<_>>(), vec![12, 12, 13]);
+        log.publish(vec![event(14)]);
+        assert_eq!(rx.recv().await.map(|e| e.index).ok(), Some(14));
+        log.reset(20);
+        assert_eq!(log.subscribe(Some(14)).map(|_| ()), Err(20));
+    }
 
     #[tokio::test]
     async fn only_the_touched_agent_wakes() {

@@ -187,6 +187,9 @@ impl CellApi for FakeCell {
     fn set_agent_draining(&self, _: String, _: bool, _: Actor) -> ApiResult<'_, AgentView> {
         Box::pin(async { unsupported() })
     }
+    fn events(&self, _: Option<u64>) -> ApiResult<'_, titan_api::router::EventFeed> {
+        Box::pin(async { unsupported() })
+    }
     fn list_tasks(&self, _: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async { unsupported() })
     }

@@ -38,6 +38,7 @@ pub struct StateStore {
     membership: StoredMembership<NodeId, BasicNode>,
     built: u64,
     watchers: Arc<crate::watch::Watchers>,
+    events: Arc<crate::watch::EventLog>,
 }
 
 fn read_err(e: &(impl std::error::Error + 'static)) -> StorageError {
@@ -86,17 +87,24 @@ impl StateStore {
             membership: StoredMembership::default(),
             built: 0,
             watchers: Default::default(),
+            events: Arc::new(crate::watch::EventLog::new(0)),
         };
         if let Some((meta, data)) = load(store.engine.as_ref())? {
             *store.write() = decode_state(&data)?;
             store.last_applied = meta.last_log_id;
             store.membership = meta.last_membership;
+            store.events.reset(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         }
         Ok(store)
     }
 
     pub fn state(&self) -> SharedState {
         self.state.clone()
+    }
+
+    /// The event stream this store feeds as it applies.
+    pub fn events(&self) -> Arc<crate::watch::EventLog> {
+        self.events.clone()
     }
 
     /// The long-poll wake-ups this store signals after each applied batch.
@@ -150,12 +158,20 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
+        let mut events = Vec::new();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             self.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(cmd) => state.apply(&cmd),
+                EntryPayload::Normal(cmd) => {
+                    let answer = state.apply(&cmd);
+                    events.extend(state.take_events().into_iter().map(|mut e| {
+                        e.index = entry.log_id.index;
+                        e
+                    }));
+                    answer
+                }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::None
@@ -165,6 +181,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let touched = state.take_touched();
         drop(state);
         self.watchers.notify(touched);
+        self.events.publish(events);
         Ok(out)
     }
 
@@ -198,6 +215,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let versions: Vec<(String, u64)> = state.agents().map(|a| (a.registration.id.clone(), a.version)).collect();
         *self.write() = state;
         self.watchers.notify(versions);
+        self.events.reset(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
