@@ -263,9 +263,12 @@ pub struct JobSpec {
     /// How the agent decides a task is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
-    /// When a batch job runs, as a 5-field cron expression (`*/5 * * * *`).
+    /// When a batch job runs, as a 5-field cron expression (`*/5 * * * *`, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// What a scheduled run does when the previous one is still going: `skip` (the default) or `replace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<OverlapPolicy>,
     /// How many tasks voluntary disruptions (drains, scale-in, evacuation) may take down at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption_budget: Option<DisruptionBudgetSpec>,
@@ -314,6 +317,8 @@ impl JobSpec {
                 return Err(ApiError::field("schedule", "only batch jobs run on a schedule; set `type: batch`"));
             }
             check_cron(schedule).map_err(|m| ApiError::field("schedule", m))?;
+        } else if self.overlap.is_some() {
+            return Err(ApiError::field("overlap", "only a job with a schedule has an overlap policy"));
         }
         if let Some(budget) = &self.disruption_budget {
             budget.validate("disruptionBudget")?;
@@ -659,6 +664,16 @@ impl HealthCheckSpec {
         }
         Ok(())
     }
+}
+
+/// What a scheduled run does when the previous run still has tasks going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlapPolicy {
+    /// The new run is skipped.
+    Skip,
+    /// The previous run's tasks are stopped and the new run starts.
+    Replace,
 }
 
 /// How many of the job's tasks voluntary disruptions may take down at once: a count or a percentage, not both.
@@ -1435,6 +1450,13 @@ disruptionBudget:
         ] {
             rejects(&batch(bad), "schedule");
         }
+        rejects(&with(json!({"type": "batch", "overlap": "skip"})), "overlap");
+        rejects(&with(json!({"type": "batch", "schedule": "* * * * *", "overlap": "sometimes"})), "overlap");
+        let replace = JobSpec::parse(
+            with(json!({"type": "batch", "schedule": "* * * * *", "overlap": "replace"})).as_bytes(),
+            BodyFormat::Json,
+        );
+        assert_eq!(replace.map(|s| s.overlap), Ok(Some(OverlapPolicy::Replace)));
     }
 
     #[test]

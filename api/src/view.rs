@@ -57,6 +57,9 @@ pub struct JobView {
     /// Milliseconds since the Unix epoch, as stamped by the cell leader.
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// For a scheduled job: when its current run was due (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_run_ms: Option<u64>,
     /// This cell's tasks of the job (on `GET /v1/jobs/{id}`; not in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<TaskSummary>,

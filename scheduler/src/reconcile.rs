@@ -160,7 +160,24 @@ pub fn reconcile(
         let why = if job.state == JobState::Killed { Reason::KilledByUser } else { Reason::ScaledDown };
         let empty = crate::state_machine::JobTasks::default();
         let sets = sets.unwrap_or(&empty);
-        let round = JobRound { state, job_id: &job.id, spec: &job.spec, target, why, sets, doomed: &doomed, draining };
+        let scheduled = job.spec.schedule.is_some();
+        if scheduled && job.state == JobState::Enabled && tick(state, job, sets, target, seen.now_ms, new_id, &mut d) {
+            continue;
+        }
+        // A scheduled job has work only between a run's start and its end.
+        let target = if scheduled && job.current_run.is_none() { 0 } else { target };
+        let round = JobRound {
+            state,
+            job_id: &job.id,
+            spec: &job.spec,
+            target,
+            why,
+            sets,
+            doomed: &doomed,
+            draining,
+            run: job.current_run,
+            scheduled,
+        };
         round.run(seen.now_ms, config, new_id, &mut d);
     }
     for a in state.agents().filter(|a| a.state == titan_api::agent::AgentState::Draining) {
@@ -171,6 +188,55 @@ pub fn reconcile(
     }
     place(state, config, &mut d);
     d
+}
+
+/// Most missed ticks a scheduled job catches up on at once: only the latest due one runs.
+const MAX_MISSED_TICKS: usize = 10_000;
+
+/// A scheduled job's tick, when one is due: starts a run of `target` tasks (stopping the previous run's tasks
+/// under `replace`), or records it skipped (`skip`, previous run still going). True when it decided the job's
+/// round.
+fn tick(
+    state: &CellState,
+    job: &crate::state_machine::JobRecord,
+    sets: &crate::state_machine::JobTasks,
+    target: usize,
+    now_ms: u64,
+    new_id: &mut dyn FnMut() -> String,
+    d: &mut Decision,
+) -> bool {
+    let Some(cron) = job.spec.schedule.as_deref().and_then(|s| crate::cron::Cron::parse(s).ok()) else { return false };
+    let since = job.last_tick_ms.unwrap_or(job.created_at_ms);
+    let Some(mut due) = cron.next_after(since).filter(|t| *t <= now_ms) else { return false };
+    // Ticks missed while no leader ran collapse into the latest one.
+    for _ in 0..MAX_MISSED_TICKS {
+        match cron.next_after(due) {
+            Some(next) if next <= now_ms => due = next,
+            _ => break,
+        }
+    }
+    let previous: Vec<&TaskRecord> =
+        sets.live.iter().filter_map(|id| state.task(id)).filter(|t| t.run == job.current_run).collect();
+    let replace = job.spec.overlap == Some(titan_api::job::OverlapPolicy::Replace);
+    if !previous.is_empty() && !replace {
+        d.round.ticks.push(crate::state_machine::Tick { job_id: job.id.clone(), at_ms: due, start: false });
+        return true;
+    }
+    for t in previous {
+        d.round.stop.push((t.id.clone(), Reason::ScaledDown));
+    }
+    d.round.ticks.push(crate::state_machine::Tick { job_id: job.id.clone(), at_ms: due, start: true });
+    for _ in 0..target {
+        d.round.create.push(NewTask {
+            id: new_id(),
+            job_id: job.id.clone(),
+            attempt: 0,
+            replaces: None,
+            retries_used: 0,
+            run: Some(due),
+        });
+    }
+    true
 }
 
 /// Agents that went silent, came back, or are lost now (returned).
@@ -263,11 +329,15 @@ struct JobRound<'a> {
     doomed: &'a BTreeSet<String>,
     /// Whether any agent is draining (only then are live tasks looked at one by one for it).
     draining: bool,
+    /// For a scheduled job, the run whose tasks count (others are ignored).
+    run: Option<u64>,
+    scheduled: bool,
 }
 
 impl JobRound<'_> {
+    /// A task of the job that counts this round: for a scheduled job, one of the current run.
     fn task(&self, id: &str) -> Option<&TaskRecord> {
-        self.state.task(id)
+        self.state.task(id).filter(|t| !self.scheduled || t.run == self.run)
     }
 
     fn run(&self, now_ms: u64, config: &SchedulerConfig, new_id: &mut dyn FnMut() -> String, d: &mut Decision) {
@@ -277,7 +347,7 @@ impl JobRound<'_> {
         // Lost this round: replaced (and linked to) in the next round, so they hold their place until then.
         let mut held = 0usize;
         let mut live = 0usize;
-        for id in &self.sets.live {
+        for id in self.sets.live.iter().filter(|id| !self.scheduled || self.task(id).is_some()) {
             if self.doomed.contains(id) {
                 held += 1;
             } else {
@@ -374,6 +444,7 @@ impl JobRound<'_> {
                     attempt: t.attempt + 1,
                     replaces: Some(t.id.clone()),
                     retries_used,
+                    run: self.run,
                 });
             }
         }
@@ -384,6 +455,7 @@ impl JobRound<'_> {
                 attempt: 0,
                 replaces: None,
                 retries_used: 0,
+                run: self.run,
             });
         }
     }
@@ -780,5 +852,45 @@ mod tests {
         let d = w.round(2_100);
         assert!(d.round.create.is_empty() && d.round.stop.is_empty(), "{:?}", d.round);
         assert_eq!(w.state.job_tasks("j1").map(|s| s.live.len()), Some(1));
+    }
+
+    #[test]
+    fn a_scheduled_job_runs_on_each_tick_and_skips_or_replaces_an_overlapping_run() {
+        let batch =
+            |overlap: &str| spec(&format!(r#","location":"dc1:2","type":"batch","schedule":"* * * * *"{overlap}"#));
+        let mut w = World::new(&[("a1", 8.0)], batch(""));
+        w.beat(1_000_000);
+        assert!(w.round(30_000).round.create.is_empty(), "nothing before the first tick");
+        let d = w.round(60_000);
+        assert_eq!(d.round.ticks.len(), 1);
+        assert_eq!(d.round.create.len(), 2);
+        assert!(d.round.create.iter().all(|n| n.run == Some(60_000)));
+        let run1 = w.in_state(TaskState::Assigned);
+        for t in &run1 {
+            w.report(t, TaskState::Running, None, 61_000);
+        }
+        assert!(w.round(90_000).round.is_empty(), "a running run is left alone");
+        let d = w.round(120_000);
+        assert_eq!((d.round.ticks[0].start, d.round.create.len()), (false, 0), "skip: the previous run still goes");
+        for t in &run1 {
+            w.report(t, TaskState::Finished, Some(0), 130_000);
+        }
+        assert!(w.round(150_000).round.create.is_empty(), "done tasks of the run are not restarted");
+        let d = w.round(185_000);
+        assert_eq!(d.round.create.len(), 2, "the next tick starts a new run");
+        assert!(d.round.create.iter().all(|n| n.run == Some(180_000)));
+
+        let mut w = World::new(&[("a1", 8.0)], batch(r#","overlap":"replace""#));
+        w.beat(1_000_000);
+        w.round(60_000);
+        let run1 = w.in_state(TaskState::Assigned);
+        let d = w.round(125_000);
+        let stopped: Vec<&String> = d.round.stop.iter().map(|(id, _)| id).collect();
+        assert_eq!(stopped.len(), 2, "replace: the old run is stopped");
+        assert!(run1.iter().all(|t| stopped.contains(&t)));
+        assert!(d.round.create.iter().all(|n| n.run == Some(120_000)) && d.round.create.len() == 2);
+        // Missed ticks collapse into the latest.
+        let d = w.round(600_000);
+        assert_eq!(d.round.ticks.iter().map(|t| t.at_ms).collect::<Vec<_>>(), vec![600_000]);
     }
 }

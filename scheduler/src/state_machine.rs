@@ -109,6 +109,17 @@ pub struct NewTask {
     pub attempt: u32,
     pub replaces: Option<String>,
     pub retries_used: u32,
+    /// For a scheduled job: the run (tick, ms) the task belongs to.
+    #[serde(default)]
+    pub run: Option<u64>,
+}
+
+/// A scheduled job's tick: a new run starts, or is skipped because the previous one is still going.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tick {
+    pub job_id: String,
+    pub at_ms: u64,
+    pub start: bool,
 }
 
 /// A placement of an Accepted task on an agent, at the agent's lease epoch, with its ports.
@@ -124,6 +135,9 @@ pub struct Placed {
 /// then agents' reachability.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Round {
+    /// Scheduled jobs' ticks, applied first.
+    #[serde(default)]
+    pub ticks: Vec<Tick>,
     pub create: Vec<NewTask>,
     pub place: Vec<Placed>,
     /// Tasks to stop, and why.
@@ -142,6 +156,7 @@ pub struct Round {
 impl Round {
     pub fn is_empty(&self) -> bool {
         self.create.is_empty()
+            && self.ticks.is_empty()
             && self.place.is_empty()
             && self.stop.is_empty()
             && self.lose.is_empty()
@@ -250,6 +265,11 @@ pub struct JobRecord {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub history: Vec<HistoryEntry>,
+    /// For a scheduled job: the latest tick handled (run or skipped), and the run whose tasks count now.
+    #[serde(default)]
+    pub last_tick_ms: Option<u64>,
+    #[serde(default)]
+    pub current_run: Option<u64>,
 }
 
 impl JobRecord {
@@ -263,6 +283,7 @@ impl JobRecord {
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             tasks: None,
+            current_run_ms: self.current_run,
         }
     }
 
@@ -715,7 +736,7 @@ impl CellState {
                 _ => return false,
             }
         }
-        let record = TaskRecord::accepted(
+        let mut record = TaskRecord::accepted(
             n.id.clone(),
             n.job_id.clone(),
             job.version,
@@ -725,6 +746,7 @@ impl CellState {
             n.retries_used,
             at_ms,
         );
+        record.run = n.run;
         if let Some(old) = n.replaces.as_ref().and_then(|o| self.tasks.get_mut(o)) {
             old.replaced_by = Some(n.id.clone());
         }
@@ -811,6 +833,18 @@ impl CellState {
 
     fn apply_round(&mut self, round: &Round, at_ms: u64) -> RoundOutcome {
         let mut out = RoundOutcome::default();
+        for t in &round.ticks {
+            let Some(job) = self.jobs.get_mut(&t.job_id) else { continue };
+            if job.last_tick_ms.is_some_and(|last| last >= t.at_ms) {
+                continue;
+            }
+            job.last_tick_ms = Some(t.at_ms);
+            if t.start {
+                job.current_run = Some(t.at_ms);
+            }
+            let kind = if t.start { "run started" } else { "run skipped: the previous one is still going" };
+            self.event(Topic::Job, kind, &t.job_id, Some(&t.job_id), None, None, t.at_ms);
+        }
         for n in &round.create {
             if self.create_task(n, at_ms) {
                 out.created += 1;
@@ -1005,6 +1039,8 @@ impl CellState {
                     created_at_ms: meta.at_ms,
                     updated_at_ms: meta.at_ms,
                     history: Vec::new(),
+                    last_tick_ms: None,
+                    current_run: None,
                 };
                 let job = record.change(meta, "created".into());
                 self.jobs.insert(id.clone(), record);

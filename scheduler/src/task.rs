@@ -44,6 +44,9 @@ pub struct TaskRecord {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub transitions: Vec<Transition>,
+    /// For a scheduled job: the tick (ms) of the run this task belongs to.
+    #[serde(default)]
+    pub run: Option<u64>,
 }
 
 impl TaskRecord {
@@ -80,6 +83,7 @@ impl TaskRecord {
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
             transitions: vec![Transition { state: TaskState::Accepted, at_ms, reason: None }],
+            run: None,
         }
     }
 
