@@ -344,6 +344,19 @@ pub enum TaskCommand {
     Status { id: String },
     /// Stops one task; its job starts a replacement.
     Kill { id: String },
+    /// Prints a task's output, read from its agent through the cell.
+    Logs {
+        id: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// Lines from the end to start with.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// The task's standard error instead of its standard output.
+        #[arg(long)]
+        stderr: bool,
+    },
 }
 
 async fn all_tasks(client: &Client, mut q: TaskQuery) -> anyhow::Result<Vec<TaskView>> {
@@ -420,6 +433,26 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             println!("\n{}", table(&["WHEN", "STATE", "REASON"], &rows));
+        }
+        TaskCommand::Logs { id, follow, tail, stderr } => {
+            use std::io::Write;
+            let stream = if stderr { "stderr" } else { "stdout" };
+            let mut resp = client.task_logs(&id, tail, stream, follow).await?;
+            if !follow {
+                let lines: Vec<String> = resp.json().await.context("reading the log lines")?;
+                if json {
+                    return print_json(&lines);
+                }
+                for l in lines {
+                    println!("{l}");
+                }
+                return Ok(());
+            }
+            let mut out = std::io::stdout();
+            while let Some(chunk) = resp.chunk().await.context("reading the log stream")? {
+                out.write_all(&chunk)?;
+                out.flush()?;
+            }
         }
         TaskCommand::Kill { id } => {
             let t = client.kill_task(&id).await?;

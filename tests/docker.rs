@@ -19,7 +19,7 @@ const IMAGE: &str = "titan-test/busybox:latest";
 fn web_spec(location: &str, extra: &str) -> Vec<u8> {
     format!(
         r#"{{"name":"web","applicationName":"shop","location":"{location}","cpus":0.25,"memory":64,"ports":1,
-        "image":"{IMAGE}","command":["sh","-c","mkdir -p /w && echo $TITAN_TASK_ID > /w/index.html && exec httpd -f -p $PORT_0 -h /w"],
+        "image":"{IMAGE}","command":["sh","-c","echo started $TITAN_TASK_ID; mkdir -p /w && echo $TITAN_TASK_ID > /w/index.html && exec httpd -f -p $PORT_0 -h /w"],
         "healthCheck":{{"type":"http","path":"/","port":0,"intervalSeconds":2,"timeoutSeconds":1,"gracePeriodSeconds":1}}{extra}}}"#
     )
     .into_bytes()
@@ -122,6 +122,17 @@ async fn titan_dev_runs_replaces_scales_and_kills_real_containers() {
         running_containers(&label).len() == 2
     })
     .await;
+
+    // Its output, through the cell: a tail, and a followed stream.
+    let one = in_state(&tasks(&client, &job).await, TaskState::Running)[0].id.clone();
+    let lines: Vec<String> =
+        client.task_logs(&one, 10, "stdout", false).await.expect("logs").json().await.expect("json");
+    assert_eq!(lines, vec![format!("started {one}")]);
+    let mut followed = client.task_logs(&one, 5, "stdout", true).await.expect("followed logs");
+    let first = tokio::time::timeout(Duration::from_secs(10), followed.chunk()).await.expect("in time");
+    assert_eq!(first.expect("a chunk").as_deref(), Some(format!("started {one}\n").as_bytes()));
+    let missing = client.task_logs("no-such-task", 10, "stdout", false).await.expect_err("404");
+    assert_eq!(missing.code(), Some(titan_api::ErrorCode::NotFound));
 
     // A container dies under the agent: the task fails and is replaced.
     let victim = running_containers(&label)[0].clone();

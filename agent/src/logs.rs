@@ -111,6 +111,60 @@ pub fn tail(path: &Path, keep: usize, lines: usize) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Follows a log as it grows, from its current end: each call returns what was appended since the last one
+/// (whole lines only), coping with rotation (the file shrinks or is replaced: what follows is read from the new
+/// file's start).
+pub struct Follower {
+    path: PathBuf,
+    pos: u64,
+    id: Option<(u64, u64)>,
+    partial: Vec<u8>,
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Follower {
+    pub fn from_end(path: &Path) -> Follower {
+        let pos = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        Follower { path: path.to_path_buf(), pos, id: identity(path), partial: Vec::new() }
+    }
+
+    /// Whole lines appended since the last call (with their newlines).
+    pub fn poll(&mut self) -> io::Result<Vec<u8>> {
+        let now = identity(&self.path);
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        if now != self.id || len < self.pos {
+            // Rotated: the rest of the old file is in `name.1`, which the writer closed after its last line.
+            if let Some(rest) = self.read_from(&rotated(&self.path, 1), self.pos).ok().filter(|_| now != self.id) {
+                self.partial.extend_from_slice(&rest);
+            }
+            self.pos = 0;
+            self.id = now;
+        }
+        let fresh = self.read_from(&self.path, self.pos)?;
+        self.pos += fresh.len() as u64;
+        self.partial.extend_from_slice(&fresh);
+        let cut = self.partial.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+        Ok(self.partial.drain(..cut).collect())
+    }
+
+    fn read_from(&self, path: &Path, pos: u64) -> io::Result<Vec<u8>> {
+        let mut f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        f.seek(SeekFrom::Start(pos))?;
+        let mut out = Vec::new();
+        // At most a file's worth per poll; the rest comes next time.
+        f.take(DEFAULT_MAX_BYTES).read_to_end(&mut out)?;
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +197,29 @@ mod tests {
         writeln!(again, "after restart").expect("write");
         again.flush().expect("flush");
         assert_eq!(tail(&path, 2, 1).expect("tail"), vec!["after restart".to_string()]);
+    }
+
+    #[test]
+    fn a_follower_sees_whole_new_lines_across_a_rotation() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("stdout.log");
+        let mut log = RotatingLog::open(&path, 60, 2).expect("open");
+        writeln!(log, "before").expect("write");
+        log.flush().expect("flush");
+        let mut f = Follower::from_end(&path);
+        assert!(f.poll().expect("poll").is_empty(), "starts at the end");
+        write!(log, "half").expect("write");
+        log.flush().expect("flush");
+        assert!(f.poll().expect("poll").is_empty(), "no partial line");
+        writeln!(log, " a line").expect("write");
+        log.flush().expect("flush");
+        assert_eq!(f.poll().expect("poll"), b"half a line\n");
+        for i in 0..6 {
+            writeln!(log, "line {i} makes the file rotate").expect("write");
+            log.flush().expect("flush");
+        }
+        let text = String::from_utf8(f.poll().expect("poll")).expect("utf8");
+        assert!(text.ends_with("line 5 makes the file rotate\n"), "{text:?}");
+        assert!(text.contains("line 4"), "{text:?}");
     }
 }

@@ -1,5 +1,6 @@
 //! The agent's own HTTP surface: liveness, its Prometheus metrics, and task logs read from disk
-//! (`GET /v1/tasks/{id}/logs?tail=N&stream=stdout|stderr`).
+//! (`GET /v1/tasks/{id}/logs?tail=N&stream=stdout|stderr`: a JSON array of lines; with `follow=true`, plain text
+//! that goes on streaming new lines until the client goes away).
 
 use std::path::PathBuf;
 
@@ -30,7 +31,12 @@ struct Agent {
 struct LogQuery {
     tail: Option<usize>,
     stream: Option<String>,
+    #[serde(default)]
+    follow: bool,
 }
+
+/// How often a followed log is checked for new lines.
+pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Routes of the agent; task logs live under `logs_dir/<task id>/<stream>.log`.
 pub fn router(registry: Registry, logs_dir: PathBuf) -> Router {
@@ -71,7 +77,29 @@ async fn task_logs(
         return Err(ApiError::not_found("task log", &id));
     }
     let lines = logs::tail(&path, LOG_KEEP, tail).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok((StatusCode::OK, Json(lines)).into_response())
+    if !q.follow {
+        return Ok((StatusCode::OK, Json(lines)).into_response());
+    }
+    let mut first = lines.join("\n").into_bytes();
+    if !first.is_empty() {
+        first.push(b'\n');
+    }
+    let follower = logs::Follower::from_end(&path);
+    let rest = futures_util::stream::unfold(follower, |mut f| async move {
+        loop {
+            tokio::time::sleep(FOLLOW_POLL).await;
+            match f.poll() {
+                Ok(b) if b.is_empty() => continue,
+                Ok(b) => return Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(b)), f)),
+                Err(e) => return Some((Err(e), f)),
+            }
+        }
+    });
+    let body = futures_util::StreamExt::chain(
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(axum::body::Bytes::from(first)) }),
+        rest,
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], axum::body::Body::from_stream(body)).into_response())
 }
 
 #[cfg(test)]
@@ -104,6 +132,18 @@ mod tests {
         assert!(text.contains("titan_agent_lease_epoch 3"), "{text}");
         let lines: Vec<String> = get("/v1/tasks/t1/logs?tail=2").await.expect("answer").json().await.expect("json");
         assert_eq!(lines, vec!["line 3".to_string(), "line 4".to_string()]);
+        // Followed: the tail, then what is written after.
+        let mut followed = get("/v1/tasks/t1/logs?tail=1&follow=true").await.expect("answer");
+        let first = followed.chunk().await.expect("chunk").expect("some");
+        assert_eq!(&first[..], b"line 4\n");
+        writeln!(log, "line 5").expect("write");
+        log.flush().expect("flush");
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), followed.chunk())
+            .await
+            .expect("in time")
+            .expect("chunk")
+            .expect("some");
+        assert_eq!(&next[..], b"line 5\n");
         let missing = get("/v1/tasks/t2/logs").await.expect("answer");
         assert_eq!(missing.status(), 404);
         for bad in [

@@ -284,6 +284,41 @@ impl Client {
         self.send(self.request(Method::GET, &format!("/v1/tasks/{id}"))).await
     }
 
+    /// A task's logs through the cell: the raw response (a JSON array of lines, or with `follow` a text stream
+    /// to read chunk by chunk).
+    pub async fn task_logs(
+        &self,
+        id: &str,
+        tail: u32,
+        stream: &str,
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let base = self.current().to_string();
+        let mut r = self.request(Method::GET, &format!("/v1/tasks/{id}/logs")).query(&[
+            ("tail", tail.to_string()),
+            ("stream", stream.to_string()),
+            ("follow", follow.to_string()),
+        ]);
+        if follow {
+            // A followed log has no end; only connecting is bounded.
+            r = r.timeout(Duration::from_secs(365 * 24 * 3600));
+        }
+        let resp = r.send().await.map_err(|e| ClientError::Transport { addr: base.clone(), message: e.to_string() })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(error) => Err(ClientError::Api { status, error }),
+            Err(_) => Err(ClientError::Decode {
+                addr: base,
+                status,
+                message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            }),
+        }
+    }
+
     pub async fn kill_task(&self, id: &str) -> Result<TaskView, ClientError> {
         self.send(self.request(Method::POST, &format!("/v1/tasks/{id}/kill"))).await
     }

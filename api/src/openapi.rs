@@ -31,6 +31,7 @@ use crate::router::paths::*;
         report_status,
         events,
         list_tasks,
+        task_logs,
         get_task,
         kill_task
     ),

@@ -82,6 +82,8 @@ pub trait CellApi: Send + Sync + 'static {
     fn set_agent_draining(&self, id: String, drain: bool, actor: Actor) -> ApiResult<'_, AgentView>;
     /// The retained events after `from` and a subscription to those committed from now on.
     fn events(&self, from: Option<u64>) -> ApiResult<'_, EventFeed>;
+    /// The address (host:port) of the agent a task is placed on, which serves its logs.
+    fn task_agent_addr(&self, id: String) -> ApiResult<'_, String>;
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList>;
     fn get_task(&self, id: String) -> ApiResult<'_, TaskView>;
     /// Asks for a task to be stopped; its job's reconciler may start a replacement.
@@ -160,6 +162,7 @@ pub fn router(cell: Cell, metrics: HttpMetrics, internal: Router) -> Router {
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/kill", post(kill_task))
+        .route("/v1/tasks/{id}/logs", get(task_logs))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(cell);
@@ -594,6 +597,56 @@ async fn get_task(
     Ok(Json(cell.get_task(id).await?))
 }
 
+/// Query of `GET /v1/tasks/{id}/logs`.
+#[derive(Clone, Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogQuery {
+    /// Lines from the end (1 to 10000; default 100).
+    pub tail: Option<u32>,
+    /// stdout (default) or stderr.
+    pub stream: Option<String>,
+    /// Keep streaming new lines as plain text.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+#[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "tasks", params(("id" = String, Path), LogQuery),
+    responses((status = 200, description = "a JSON array of lines, or with follow=true a text stream", body = [String]),
+        (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+async fn task_logs(
+    State(cell): State<Cell>,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    if q.tail.is_some_and(|t| t == 0 || t > 10_000) {
+        return Err(ApiError::new(ErrorCode::InvalidParameter, "tail is 1..=10000").with_field("tail"));
+    }
+    let stream = q.stream.unwrap_or_else(|| "stdout".into());
+    if stream != "stdout" && stream != "stderr" {
+        return Err(ApiError::new(ErrorCode::InvalidParameter, "stream is stdout or stderr").with_field("stream"));
+    }
+    let addr = cell.task_agent_addr(id.clone()).await?;
+    // The agent serves its tasks' logs from disk; the cell relays them (streaming when following).
+    let url =
+        format!("http://{addr}/v1/tasks/{id}/logs?tail={}&stream={stream}&follow={}", q.tail.unwrap_or(100), q.follow);
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let resp = http.get(url).send().await.map_err(|e| {
+        ApiError::new(ErrorCode::Unavailable, format!("the task's agent at {addr} cannot be reached: {e}"))
+    })?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("application/json"));
+    let body = Body::from_stream(resp.bytes_stream());
+    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
 #[utoipa::path(post, path = "/v1/tasks/{id}/kill", tag = "tasks", params(("id" = String, Path)),
     responses((status = 200, body = TaskView), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn kill_task(
@@ -611,6 +664,6 @@ pub(crate) mod paths {
         __path_enable_agent, __path_enable_job, __path_events, __path_get_agent, __path_get_job, __path_get_task,
         __path_heartbeat, __path_job_history, __path_kill_job, __path_kill_task, __path_list_agents, __path_list_jobs,
         __path_list_tasks, __path_ready, __path_register_agent, __path_remove_member, __path_report_status,
-        __path_set_instances, __path_submit_job, __path_update_job,
+        __path_set_instances, __path_submit_job, __path_task_logs, __path_update_job,
     };
 }

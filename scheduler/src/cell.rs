@@ -894,6 +894,17 @@ impl CellApi for Cell {
         })
     }
 
+    fn task_agent_addr(&self, id: String) -> ApiResult<'_, String> {
+        Box::pin(async move {
+            let s = self.read();
+            let task = s.task(&id).ok_or_else(|| ApiError::not_found("task", &id))?;
+            let agent = task.agent.as_deref().ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, format!("task {id} was never placed on an agent: it has no logs"))
+            })?;
+            s.agent(agent).map(|a| a.registration.addr.clone()).ok_or_else(|| ApiError::not_found("agent", agent))
+        })
+    }
+
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async move {
             let s = self.read();

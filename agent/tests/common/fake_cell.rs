@@ -190,6 +190,9 @@ impl CellApi for FakeCell {
     fn events(&self, _: Option<u64>) -> ApiResult<'_, titan_api::router::EventFeed> {
         Box::pin(async { unsupported() })
     }
+    fn task_agent_addr(&self, _: String) -> ApiResult<'_, String> {
+        Box::pin(async { unsupported() })
+    }
     fn list_tasks(&self, _: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async { unsupported() })
     }
