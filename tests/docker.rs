@@ -276,3 +276,116 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
     client.kill_job(&job).await.expect("killed");
     eventually(Duration::from_secs(60), "every container removed", || async { count_running() == 0 }).await;
 }
+
+/// A ZFS pool on a file (zfs-fuse, started by `scripts/deps`), destroyed at the end.
+struct Pool {
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Pool {
+    fn new() -> Pool {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("pool.img");
+        std::fs::File::create(&file).and_then(|f| f.set_len(256 << 20)).expect("pool file");
+        let name = format!("titane2e{}", std::process::id());
+        let out = Command::new("zpool").args(["create", "-f", &name]).arg(&file).output().expect("zpool runs");
+        assert!(out.status.success(), "zpool create: {}", String::from_utf8_lossy(&out.stderr));
+        Pool { name, _dir: dir }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let done = Command::new("zpool").args(["destroy", "-f", &self.name]).output();
+            if done.is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_zfs_volume_outlives_its_task_and_the_replacement_sees_its_data() {
+    let pool = Pool::new();
+    let cell = Cluster::start_with(1, &format!("{TEST_CONFIG}[scheduler]\nbackoff_base_ms = 100\n"));
+    cell.leader(Duration::from_secs(20)).await;
+    let client = cell.members[0].client();
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut agent = AgentProcess {
+        child: None,
+        dir: root.path().join("agent"),
+        addr: format!("127.0.0.1:{}", free_port()),
+        ports: "33500-33599".into(),
+    };
+    std::fs::create_dir_all(&agent.dir).expect("agent dir");
+    let id = titan_agent::node::agent_id(&agent.dir).expect("agent id");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(agent.dir.join("agent.log")).expect("log");
+    agent.child = Some(
+        Command::new(env!("CARGO_BIN_EXE_titan"))
+            .args(["agent", "--cell-addr", &cell.members[0].addr.to_string(), "--runtime", "docker"])
+            .args(["--publish-ip", "127.0.0.1", "--addr", &agent.addr, "--cpus", "2", "--memory-mib", "2048"])
+            .args(["--ports", &agent.ports, "--zfs-parent", &pool.name])
+            .arg("--data-dir")
+            .arg(&agent.dir)
+            .env("TITAN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start titan agent"),
+    );
+    eventually(Duration::from_secs(30), "the agent", || async {
+        client.list_agents().await.is_ok_and(|a| a.len() == 1)
+    })
+    .await;
+    // Each task says what the previous one left in the volume, then leaves its own id there.
+    let spec = format!(
+        r#"{{"name":"keeper","applicationName":"shop","location":"dc1:1","cpus":0.25,"memory":64,"image":"{IMAGE}",
+        "command":["sh","-c","echo seen $(cat /data/mark 2>/dev/null); echo $TITAN_TASK_ID > /data/mark; exec sleep 600"],
+        "volumes":[{{"name":"data","path":"/data","sizeGib":1,"persistent":true}}]}}"#
+    );
+    let job = client.submit_raw(spec.into_bytes(), BodyFormat::Json, None).await.expect("submitted").id;
+    let running = || async {
+        let ts = tasks(&client, &job).await;
+        in_state(&ts, TaskState::Running).first().map(|t| t.id.clone())
+    };
+    eventually(Duration::from_secs(60), "the first task running", || async { running().await.is_some() }).await;
+    let first = running().await.expect("running");
+    let says = |task: String| {
+        let client = client.clone();
+        async move {
+            let lines: Vec<String> = client.task_logs(&task, 10, "stdout", false).await.ok()?.json().await.ok()?;
+            lines.into_iter().find(|l| l.starts_with("seen"))
+        }
+    };
+    eventually(Duration::from_secs(30), "the first task's output", || async {
+        says(first.clone()).await.as_deref() == Some("seen")
+    })
+    .await;
+    // The dataset exists in the pool, with its quota.
+    let datasets = Command::new("zfs").args(["list", "-H", "-o", "name", "-r", &pool.name]).output().expect("zfs list");
+    let listed = String::from_utf8_lossy(&datasets.stdout).to_string();
+    assert!(listed.lines().count() >= 2, "a dataset under the pool: {listed}");
+
+    client.kill_task(&first).await.expect("killed");
+    eventually(Duration::from_secs(60), "the replacement running", || async {
+        running().await.is_some_and(|t| t != first)
+    })
+    .await;
+    let second = running().await.expect("running");
+    let view = client.get_task(&second).await.expect("task");
+    assert_eq!(view.replaces.as_deref(), Some(first.as_str()));
+    eventually(Duration::from_secs(30), "the replacement saw the first task's data", || async {
+        says(second.clone()).await == Some(format!("seen {first}"))
+    })
+    .await;
+    client.kill_job(&job).await.expect("job killed");
+    eventually(Duration::from_secs(60), "the containers gone", || async {
+        containers(&format!("titan.agent={id}")).is_empty()
+    })
+    .await;
+    agent.kill();
+}

@@ -10,6 +10,9 @@ use titan_api::job::{ConstraintOperator, ConstraintSpec, JobSpec};
 use crate::state_machine::AgentRecord;
 use crate::task::{Ask, TaskRecord};
 
+/// The attribute every agent carries with its own id, so a task can be pinned to one agent.
+pub const AGENT_ATTRIBUTE: &str = "titan.agent";
+
 /// MiB in a GiB: job specs give disk in GiB, agents in MiB.
 pub const MIB_PER_GIB: u64 = 1024;
 
@@ -92,7 +95,7 @@ pub fn agent(a: &AgentRecord, eligible: bool) -> fenzo::Agent {
     for (k, v) in &r.attributes {
         out = out.attr(k.clone(), v.clone());
     }
-    out
+    out.attr(AGENT_ATTRIBUTE, r.id.clone())
 }
 
 /// What runs where, as fenzo sees it.

@@ -488,6 +488,32 @@ fn victim_rank(state: &CellState, t: &TaskRecord) -> (u8, usize, std::cmp::Rever
     (class, neighbours, std::cmp::Reverse(t.created_at_ms))
 }
 
+/// How far back a replacement chain is followed to find where a job's persistent volumes live.
+const MAX_PIN_CHAIN: usize = 16;
+
+/// A replacement of a task with persistent volumes goes where its predecessor ran, since the volumes are there;
+/// unless that agent takes no work any more (lost, draining, gone), where the volume is given up for a fresh one.
+fn pinned(state: &CellState, request: TaskRequest, replaces: Option<&str>, spec: &JobSpec) -> TaskRequest {
+    if !spec.volumes.iter().any(|v| v.persistent) {
+        return request;
+    }
+    let mut at = replaces;
+    for _ in 0..MAX_PIN_CHAIN {
+        let Some(t) = at.and_then(|id| state.task(id)) else { return request };
+        if let Some(agent) = &t.agent {
+            return match state.agent(agent) {
+                Some(a) if a.takes_work() => request.constraint(fenzo::Constraint::AttributeEquals {
+                    name: placement::AGENT_ATTRIBUTE.to_string(),
+                    value: agent.clone(),
+                }),
+                _ => request,
+            };
+        }
+        at = t.replaces.as_deref();
+    }
+    request
+}
+
 /// Places the Accepted tasks (those in the state and those created this round) with fenzo, on the committed
 /// capacity view.
 fn place(state: &CellState, config: &SchedulerConfig, d: &mut Decision) {
@@ -498,12 +524,13 @@ fn place(state: &CellState, config: &SchedulerConfig, d: &mut Decision) {
             continue;
         }
         if let Some(job) = state.job(&t.job_id) {
-            requests.push(placement::request(t, &job.spec));
+            requests.push(pinned(state, placement::request(t, &job.spec), t.replaces.as_deref(), &job.spec));
         }
     }
     for n in &d.round.create {
         if let Some(job) = state.job(&n.job_id) {
-            requests.push(placement::request_for(&n.id, &n.job_id, &placement::ask(&job.spec), &job.spec));
+            let r = placement::request_for(&n.id, &n.job_id, &placement::ask(&job.spec), &job.spec);
+            requests.push(pinned(state, r, n.replaces.as_deref(), &job.spec));
         }
     }
     if requests.is_empty() {
@@ -852,6 +879,24 @@ mod tests {
         let d = w.round(2_100);
         assert!(d.round.create.is_empty() && d.round.stop.is_empty(), "{:?}", d.round);
         assert_eq!(w.state.job_tasks("j1").map(|s| s.live.len()), Some(1));
+    }
+
+    #[test]
+    fn a_replacement_with_a_persistent_volume_goes_back_to_its_agent() {
+        let volume = r#","location":"dc1:1","volumes":[{"name":"data","path":"/data","sizeGib":1,"persistent":true}]"#;
+        let mut w = World::new(&[("a1", 4.0), ("a2", 4.0), ("a3", 4.0)], spec(volume));
+        w.round(10);
+        let first = w.in_state(TaskState::Assigned)[0].clone();
+        let home = w.state.task(&first).and_then(|t| t.agent.clone()).expect("placed");
+        w.report(&first, TaskState::Running, None, 20);
+        for attempt in 0..4 {
+            let current = w.state.tasks().find(|t| !t.is_terminal()).map(|t| t.id.clone()).expect("a live task");
+            w.state.apply(&Command::KillTask { id: current.clone(), meta: meta(30 + attempt) });
+            let d = w.round(40 + attempt);
+            assert_eq!(d.round.place.len(), 1, "{d:?}");
+            assert_eq!(d.round.place[0].agent, home, "attempt {attempt} stays with its volume");
+            w.report(&current, TaskState::Killed, None, 50 + attempt);
+        }
     }
 
     #[test]
