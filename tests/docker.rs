@@ -81,28 +81,8 @@ async fn get(port: u16) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn titan_dev_runs_replaces_scales_and_kills_real_containers() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = loop {
-        let p = free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.path().join("dev.log")).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_titan"))
-        .args(["dev", "--listen", &addr])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("TITAN_LOG", "info,openraft=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start titan dev");
-    let client = Client::new(&addr);
-    eventually(Duration::from_secs(30), "the dev cell with its agent", || async {
-        client.list_agents().await.is_ok_and(|a| a.len() == 1 && a[0].last_heartbeat_ms.is_some())
-    })
-    .await;
+    let dev = Dev::start(dir.path()).await;
+    let client = dev.client();
     let agent = client.list_agents().await.expect("agents")[0].id.clone();
     let _cleanup = Cleanup(vec![agent.clone()]);
     let label = format!("titan.agent={agent}");
@@ -160,8 +140,6 @@ async fn titan_dev_runs_replaces_scales_and_kills_real_containers() {
         ts.iter().all(|t| t.state.is_terminal()) && containers(&label).is_empty()
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 struct AgentProcess {
@@ -169,6 +147,8 @@ struct AgentProcess {
     dir: std::path::PathBuf,
     addr: String,
     ports: String,
+    /// More flags (`--zfs-parent POOL`).
+    extra: Vec<String>,
 }
 
 impl AgentProcess {
@@ -178,6 +158,7 @@ impl AgentProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_titan"))
             .args(["agent", "--cell-addr", cells, "--runtime", "docker", "--publish-ip", "127.0.0.1"])
             .args(["--addr", &self.addr, "--cpus", "2", "--memory-mib", "2048", "--ports", &self.ports])
+            .args(&self.extra)
             .arg("--data-dir")
             .arg(&self.dir)
             .env("TITAN_LOG", "info")
@@ -214,6 +195,7 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
             dir: root.path().join(format!("agent-{i}")),
             addr: format!("127.0.0.1:{}", free_port()),
             ports: format!("{}-{}", 33000 + i * 100, 33099 + i * 100),
+            extra: vec![],
         })
         .collect();
     // Each agent knows every member and starts with a different one (writes are forwarded to the leader).
@@ -319,24 +301,12 @@ async fn a_persistent_zfs_volume_outlives_its_task_and_the_replacement_sees_its_
         dir: root.path().join("agent"),
         addr: format!("127.0.0.1:{}", free_port()),
         ports: "33500-33599".into(),
+        extra: vec!["--zfs-parent".into(), pool.name.clone()],
     };
     std::fs::create_dir_all(&agent.dir).expect("agent dir");
     let id = titan_agent::node::agent_id(&agent.dir).expect("agent id");
     let _cleanup = Cleanup(vec![id.clone()]);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(agent.dir.join("agent.log")).expect("log");
-    agent.child = Some(
-        Command::new(env!("CARGO_BIN_EXE_titan"))
-            .args(["agent", "--cell-addr", &cell.members[0].addr.to_string(), "--runtime", "docker"])
-            .args(["--publish-ip", "127.0.0.1", "--addr", &agent.addr, "--cpus", "2", "--memory-mib", "2048"])
-            .args(["--ports", &agent.ports, "--zfs-parent", &pool.name])
-            .arg("--data-dir")
-            .arg(&agent.dir)
-            .env("TITAN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start titan agent"),
-    );
+    agent.start(&cell.members[0].addr.to_string());
     eventually(Duration::from_secs(30), "the agent", || async {
         client.list_agents().await.is_ok_and(|a| a.len() == 1)
     })

@@ -136,6 +136,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 13] = [
+        Reason::Exited,
+        Reason::OomKilled,
+        Reason::KilledByUser,
+        Reason::ScaledDown,
+        Reason::Drained,
+        Reason::AgentLost,
+        Reason::AgentRestarted,
+        Reason::StuckTimeout,
+        Reason::LaunchError,
+        Reason::InsufficientResources,
+        Reason::Unhealthy,
+        Reason::Duplicate,
+        Reason::Vanished,
+    ];
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -410,22 +426,7 @@ mod tests {
 
     #[test]
     fn reason_names_match_their_serde_names() {
-        use Reason::*;
-        for r in [
-            Exited,
-            OomKilled,
-            KilledByUser,
-            ScaledDown,
-            Drained,
-            AgentLost,
-            AgentRestarted,
-            StuckTimeout,
-            LaunchError,
-            InsufficientResources,
-            Unhealthy,
-            Duplicate,
-            Vanished,
-        ] {
+        for r in Reason::ALL {
             assert_eq!(serde_json::to_value(r).expect("serializes"), r.as_str());
         }
     }

@@ -227,14 +227,7 @@ fn tick(
     }
     d.round.ticks.push(crate::state_machine::Tick { job_id: job.id.clone(), at_ms: due, start: true });
     for _ in 0..target {
-        d.round.create.push(NewTask {
-            id: new_id(),
-            job_id: job.id.clone(),
-            attempt: 0,
-            replaces: None,
-            retries_used: 0,
-            run: Some(due),
-        });
+        d.round.create.push(NewTask::fresh(new_id(), &job.id, Some(due)));
     }
     true
 }
@@ -449,14 +442,7 @@ impl JobRound<'_> {
             }
         }
         for _ in 0..missing {
-            d.round.create.push(NewTask {
-                id: new_id(),
-                job_id: self.job_id.to_string(),
-                attempt: 0,
-                replaces: None,
-                retries_used: 0,
-                run: self.run,
-            });
+            d.round.create.push(NewTask::fresh(new_id(), self.job_id, self.run));
         }
     }
 }

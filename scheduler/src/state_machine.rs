@@ -114,6 +114,13 @@ pub struct NewTask {
     pub run: Option<u64>,
 }
 
+impl NewTask {
+    /// A first task (not a replacement), of run `run` for a scheduled job.
+    pub fn fresh(id: String, job_id: &str, run: Option<u64>) -> NewTask {
+        NewTask { id, job_id: job_id.to_string(), attempt: 0, replaces: None, retries_used: 0, run }
+    }
+}
+
 /// A scheduled job's tick: a new run starts, or is skipped because the previous one is still going.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tick {

@@ -204,6 +204,52 @@ where
     }
 }
 
+/// `titan dev` on free loopback ports (its agent takes the port after the cell's), data and log under `dir`.
+pub struct Dev {
+    pub addr: String,
+    child: Child,
+}
+
+impl Dev {
+    /// Starts it and waits until the cell answers with its local agent heartbeating.
+    pub async fn start(dir: &std::path::Path) -> Dev {
+        let port = loop {
+            let p = free_port();
+            if TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("dev.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_titan"))
+            .args(["dev", "--listen", &addr])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("TITAN_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start titan dev");
+        let client = Client::new(&addr);
+        eventually(Duration::from_secs(30), "the dev cell ready with its agent", || async {
+            client.list_agents().await.is_ok_and(|a| a.len() == 1 && a[0].last_heartbeat_ms.is_some())
+        })
+        .await;
+        Dev { addr, child }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr)
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn spec(name: &str) -> String {
     format!(
         r#"{{"name":"{name}","applicationName":"shop","location":"dc1:3,dc2:2","cpus":0.5,"memory":256,"image":"busybox:latest","env":{{"A":"b"}}}}"#
