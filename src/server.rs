@@ -74,8 +74,9 @@ pub struct AgentArgs {
     /// What runs tasks: `docker` (containers, re-adopted across agent restarts) or `process` (host processes).
     #[arg(long, env = "TITAN_RUNTIME", default_value = "docker", value_parser = ["docker", "process"])]
     runtime: String,
-    /// A ZFS dataset to create task volumes under (with quotas); without it volumes are directories.
-    #[arg(long, env = "TITAN_ZFS_PARENT")]
+    /// A ZFS pool, or a dataset in one, to create task volumes under (with quotas); without it volumes are
+    /// directories in the data directory.
+    #[arg(long, visible_alias = "zfs-pool", env = "TITAN_ZFS_PARENT")]
     zfs_parent: Option<String>,
     /// The host address containers' ports are published on.
     #[arg(long, env = "TITAN_PUBLISH_IP", default_value = "0.0.0.0")]
