@@ -217,10 +217,29 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
     let count_running = || ids.iter().map(|id| running_containers(&format!("titan.agent={id}")).len()).sum::<usize>();
 
     let job = client.submit_raw(web_spec("dc1:4", ""), BodyFormat::Json, None).await.expect("submitted").id;
-    eventually(Duration::from_secs(60), "four containers running", || async {
-        in_state(&tasks(&client, &job).await, TaskState::Running).len() == 4 && count_running() == 4
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !(in_state(&tasks(&client, &job).await, TaskState::Running).len() == 4 && count_running() == 4) {
+        if std::time::Instant::now() > deadline {
+            // Say why before failing: the tasks as the cell sees them, and what the agents logged.
+            let ts = tasks(&client, &job).await;
+            let states: Vec<String> = ts
+                .iter()
+                .map(|t| format!("{} {:?} {:?} {:?} {:?}", t.id, t.state, t.reason, t.agent_id, t.message))
+                .collect();
+            let logs: Vec<String> = agents
+                .iter()
+                .map(|a| std::fs::read_to_string(a.dir.join("agent.log")).unwrap_or_default())
+                .map(|l| l.lines().rev().take(15).collect::<Vec<_>>().join("\n"))
+                .collect();
+            panic!(
+                "four containers not running ({} in docker):\n{}\n{}",
+                count_running(),
+                states.join("\n"),
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The agent with the most tasks dies (SIGKILL): its containers keep running, unknown to the cell, and its
     // tasks are lost and replaced on the others.

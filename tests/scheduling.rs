@@ -193,7 +193,7 @@ async fn pending_tasks_say_why_and_bad_task_requests_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn draining_an_agent_moves_its_tasks_within_the_disruption_budget() {
+async fn draining_and_rolling_updates_move_tasks_within_the_disruption_budget() {
     let cell = Cluster::start_with(1, &config());
     let client = cell.members[0].client();
     cell.leader(Duration::from_secs(20)).await;
@@ -240,6 +240,26 @@ async fn draining_an_agent_moves_its_tasks_within_the_disruption_budget() {
     assert_eq!(running(&tasks(&client, &job).await).len(), 6);
     let back = client.set_agent_draining(busiest, false).await.expect("enable");
     assert_eq!(back.state, titan_api::agent::AgentState::Active);
+
+    // A new version of the spec rolls the tasks over, one unavailable at a time.
+    let mut spec = client.get_job(&job).await.expect("job").spec;
+    spec.env.insert("VERSION".into(), "2".into());
+    let updated = client.update_job(&job, &spec, None).await.expect("updated");
+    let mut least = 6;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ts = tasks(&client, &job).await;
+        let run = running(&ts);
+        least = least.min(run.len());
+        if run.len() == 6 && run.iter().all(|t| t.job_version == updated.version) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rolling update did not finish: {ts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(least >= 5, "the budget allows one unavailable at a time, saw {least} running");
+    let ts = tasks(&client, &job).await;
+    assert!(ts.iter().filter(|t| t.reason == Some(Reason::Superseded)).count() >= 6);
     launched_once(&record);
 }
 

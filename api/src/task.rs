@@ -133,10 +133,12 @@ pub enum Reason {
     Duplicate,
     /// Its container or process disappeared from the runtime without the agent stopping it.
     Vanished,
+    /// Replaced by a task of a newer version of its job's spec (a rolling update).
+    Superseded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Exited,
         Reason::OomKilled,
         Reason::KilledByUser,
@@ -150,6 +152,7 @@ impl Reason {
         Reason::Unhealthy,
         Reason::Duplicate,
         Reason::Vanished,
+        Reason::Superseded,
     ];
 
     /// The wire name.
@@ -168,6 +171,7 @@ impl Reason {
             Reason::Unhealthy => "unhealthy",
             Reason::Duplicate => "duplicate",
             Reason::Vanished => "vanished",
+            Reason::Superseded => "superseded",
         }
     }
 
@@ -183,6 +187,7 @@ impl Reason {
                 | Reason::Drained
                 | Reason::Duplicate
                 | Reason::Vanished
+                | Reason::Superseded
         )
     }
 }

@@ -177,6 +177,7 @@ pub fn reconcile(
             draining,
             run: job.current_run,
             scheduled,
+            spec_version: job.spec_version,
         };
         round.run(seen.now_ms, config, new_id, &mut d);
     }
@@ -285,7 +286,14 @@ fn after(t: &TaskRecord, spec: &JobSpec, config: &SchedulerConfig) -> After {
     // could fail again the same way (a crash, a launch error, a stuck start) waits, longer each attempt.
     let at_once = matches!(
         t.reason,
-        Some(Reason::AgentLost | Reason::AgentRestarted | Reason::Drained | Reason::KilledByUser | Reason::Duplicate)
+        Some(
+            Reason::AgentLost
+                | Reason::AgentRestarted
+                | Reason::Drained
+                | Reason::KilledByUser
+                | Reason::Duplicate
+                | Reason::Superseded
+        )
     );
     let not_before_ms = t.updated_at_ms + if at_once { 0 } else { config.backoff_ms(t.attempt) };
     let retry = |retries_used| After::Retry { not_before_ms, retries_used };
@@ -325,6 +333,8 @@ struct JobRound<'a> {
     /// For a scheduled job, the run whose tasks count (others are ignored).
     run: Option<u64>,
     scheduled: bool,
+    /// Tasks made from an older job version than this are rolled over.
+    spec_version: u64,
 }
 
 impl JobRound<'_> {
@@ -374,6 +384,23 @@ impl JobRound<'_> {
                 }
             }
         }
+        // Voluntary disruptions (drains, rolling updates) share the job's budget: at most that many of its
+        // instances unavailable at once.
+        let mut cached: Option<usize> = None;
+        let mut allowance = |this: &Self, stopped: &BTreeSet<String>| -> usize {
+            *cached.get_or_insert_with(|| {
+                let available = this
+                    .sets
+                    .live
+                    .iter()
+                    .filter(|id| !this.doomed.contains(*id) && !stopped.contains(*id))
+                    .filter_map(|id| this.task(id))
+                    .filter(|t| t.state == TaskState::Running && t.health != TaskHealth::Unhealthy)
+                    .count();
+                budget(spec, target).saturating_sub(target.saturating_sub(available))
+            })
+        };
+        let mut spent = 0usize;
         // Tasks on draining agents move, as many at a time as the job's disruption budget allows; those not
         // running yet cost nothing to move.
         if self.draining {
@@ -383,28 +410,50 @@ impl JobRound<'_> {
                     .and_then(|a| self.state.agent(a))
                     .is_some_and(|a| a.state == titan_api::agent::AgentState::Draining)
             };
-            let live_tasks: Vec<&TaskRecord> = self
+            let allowed = allowance(self, &stopped);
+            let mut moving: Vec<&TaskRecord> = self
                 .sets
                 .live
                 .iter()
                 .filter(|id| !self.doomed.contains(*id) && !stopped.contains(*id))
                 .filter_map(|id| self.task(id))
+                .filter(|t| on_draining(t))
                 .collect();
-            let available = live_tasks
-                .iter()
-                .filter(|t| t.state == TaskState::Running && t.health != TaskHealth::Unhealthy)
-                .count();
-            let mut allowance = budget(spec, target).saturating_sub(target.saturating_sub(available));
-            let mut moving: Vec<&TaskRecord> = live_tasks.into_iter().filter(|t| on_draining(t)).collect();
             moving.sort_by_key(|t| (t.state == TaskState::Running, t.id.clone()));
             for t in moving {
                 if t.state == TaskState::Running {
-                    if allowance == 0 {
+                    if spent == allowed {
                         break;
                     }
-                    allowance -= 1;
+                    spent += 1;
                 }
                 stop(d, &t.id, Reason::Drained, &mut stopped);
+                live -= 1;
+                held += 1;
+            }
+        }
+        // A rolling update: tasks made from an older version of a service's spec are replaced, oldest first,
+        // within the same budget. Batch tasks run to their end on the version they started with.
+        let outdated = |t: &(u64, String)| t.0 < self.spec_version;
+        if spec.job_type == JobType::Service && self.sets.live_by_version.first().is_some_and(outdated) {
+            let allowed = allowance(self, &stopped);
+            let mut rolling: Vec<&TaskRecord> = self
+                .sets
+                .live_by_version
+                .iter()
+                .take_while(|t| outdated(t))
+                .filter(|(_, id)| !self.doomed.contains(id) && !stopped.contains(id))
+                .filter_map(|(_, id)| self.task(id))
+                .collect();
+            rolling.sort_by_key(|t| (t.state == TaskState::Running, t.job_version, t.id.clone()));
+            for t in rolling {
+                if t.state == TaskState::Running {
+                    if spent == allowed {
+                        break;
+                    }
+                    spent += 1;
+                }
+                stop(d, &t.id, Reason::Superseded, &mut stopped);
                 live -= 1;
                 held += 1;
             }
@@ -923,5 +972,46 @@ mod tests {
         // Missed ticks collapse into the latest.
         let d = w.round(600_000);
         assert_eq!(d.round.ticks.iter().map(|t| t.at_ms).collect::<Vec<_>>(), vec![600_000]);
+    }
+
+    #[test]
+    fn a_spec_update_rolls_a_service_over_within_its_budget() {
+        let budget = r#","location":"dc1:4","disruptionBudget":{"maxUnavailable":1}"#;
+        let mut w = World::new(&[("a1", 8.0)], spec(budget));
+        w.beat(1_000_000);
+        w.round(10);
+        for t in w.in_state(TaskState::Assigned) {
+            w.report(&t, TaskState::Running, None, 20);
+        }
+        let old: BTreeSet<String> = w.in_state(TaskState::Running).into_iter().collect();
+        let update = Command::UpdateJob {
+            id: "j1".into(),
+            spec: spec(&format!(r#"{budget},"env":{{"V":"2"}}"#)),
+            if_version: None,
+            meta: meta(30),
+        };
+        w.state.apply(&update);
+        let mut now = 40;
+        for _ in 0..20 {
+            let d = w.round(now);
+            let stops: Vec<&(String, Reason)> = d.round.stop.iter().collect();
+            assert!(stops.len() <= 1, "one unavailable at a time: {stops:?}");
+            assert!(stops.iter().all(|(_, r)| *r == Reason::Superseded));
+            now += 10;
+            // Agents do what they are told: stopped tasks end, new ones run.
+            for t in w.in_state(TaskState::Killing) {
+                w.report(&t, TaskState::Killed, None, now);
+            }
+            for t in w.in_state(TaskState::Assigned) {
+                w.report(&t, TaskState::Running, None, now);
+            }
+            now += 10;
+        }
+        let running: BTreeSet<String> = w.in_state(TaskState::Running).into_iter().collect();
+        assert_eq!(running.len(), 4);
+        assert!(running.is_disjoint(&old), "every task rolled over");
+        let version = w.state.job("j1").map(|j| j.spec_version).unwrap_or(0);
+        assert!(w.state.tasks().filter(|t| t.state == TaskState::Running).all(|t| t.job_version == version));
+        assert!(w.round(now).round.is_empty(), "and then it rests");
     }
 }

@@ -277,6 +277,10 @@ pub struct JobRecord {
     pub last_tick_ms: Option<u64>,
     #[serde(default)]
     pub current_run: Option<u64>,
+    /// The job version at which the spec itself last changed (not counts or state): tasks made from an older
+    /// one are rolled over to it. 0 in records from before rolling updates: nothing rolls.
+    #[serde(default)]
+    pub spec_version: u64,
 }
 
 impl JobRecord {
@@ -381,6 +385,8 @@ pub struct JobTasks {
     pub open: BTreeSet<String>,
     /// Live tasks their agent reports unhealthy.
     pub unhealthy: BTreeSet<String>,
+    /// Live tasks by the job version they were made from, oldest first (a rolling update takes them in order).
+    pub live_by_version: BTreeSet<(u64, String)>,
 }
 
 fn member(set: &mut BTreeSet<String>, id: &str, is: bool) {
@@ -565,7 +571,13 @@ impl CellState {
         let unhealthy = live && t.health == titan_api::task::TaskHealth::Unhealthy;
         let accepted = t.state == TaskState::Accepted && t.desired == Desired::Run;
         let transient = matches!(t.state, TaskState::Assigned | TaskState::Starting | TaskState::Killing);
+        let version = t.job_version;
         let job = self.job_tasks.entry(t.job_id.clone()).or_default();
+        if live {
+            job.live_by_version.insert((version, id.to_string()));
+        } else {
+            job.live_by_version.remove(&(version, id.to_string()));
+        }
         member(&mut job.live, id, live);
         member(&mut job.open, id, open);
         member(&mut job.unhealthy, id, unhealthy);
@@ -1048,6 +1060,7 @@ impl CellState {
                     history: Vec::new(),
                     last_tick_ms: None,
                     current_run: None,
+                    spec_version: 1,
                 };
                 let job = record.change(meta, "created".into());
                 self.jobs.insert(id.clone(), record);
@@ -1060,7 +1073,9 @@ impl CellState {
             }
             Command::UpdateJob { id, spec, if_version, meta } => self.modify(id, *if_version, |job| {
                 job.spec = spec.clone();
-                job.change(meta, "spec updated".into())
+                let r = job.change(meta, "spec updated".into());
+                job.spec_version = job.version;
+                r
             }),
             Command::SetInstances { id, instances, if_version, meta } => self.modify(id, *if_version, |job| {
                 let spec = Arc::make_mut(&mut job.spec);
