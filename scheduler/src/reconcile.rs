@@ -44,6 +44,9 @@ pub struct SchedulerConfig {
     pub min_round_interval_ms: u64,
     /// Longest time between rounds when nothing changes (timeouts and backoffs still need checking).
     pub max_round_interval_ms: u64,
+    /// How long an ended task stays visible (`GET /v1/tasks`) before it is dropped, when nothing needs it (it was
+    /// replaced, scaled away, or its job killed). Ended tasks that still count (a batch job's completed ones) stay.
+    pub task_retention_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -61,6 +64,7 @@ impl Default for SchedulerConfig {
             max_placements_per_round: 20_000,
             min_round_interval_ms: 20,
             max_round_interval_ms: 1_000,
+            task_retention_ms: 3_600_000,
         }
     }
 }
@@ -181,6 +185,7 @@ pub fn reconcile(
         };
         round.run(seen.now_ms, config, new_id, &mut d);
     }
+    forget(state, seen.now_ms, config, &mut d);
     for a in state.agents().filter(|a| a.state == titan_api::agent::AgentState::Draining) {
         let id = &a.registration.id;
         if state.tasks_on_agent(id).next().is_none() {
@@ -189,6 +194,32 @@ pub fn reconcile(
     }
     place(state, config, &mut d);
     d
+}
+
+/// Most ended tasks dropped in one round.
+const MAX_FORGET_PER_ROUND: usize = 10_000;
+
+/// Ended tasks past their retention that nothing needs: replaced ones, scaled-away ones, and any of a killed job.
+/// Those that still count toward their job (completed batch tasks, exhausted retries) are kept.
+fn forget(state: &CellState, now_ms: u64, config: &SchedulerConfig, d: &mut Decision) {
+    let horizon = now_ms.saturating_sub(config.task_retention_ms);
+    for t in state.ended_before(horizon) {
+        if d.round.forget.len() == MAX_FORGET_PER_ROUND {
+            break;
+        }
+        let needed = match state.job(&t.job_id) {
+            None => false,
+            Some(j) if j.state == JobState::Killed => false,
+            Some(_) if t.replaced_by.is_some() => false,
+            Some(j) => {
+                let stale_run = j.spec.schedule.is_some() && t.run != j.current_run;
+                !stale_run && after(t, &j.spec, config) != After::Gone
+            }
+        };
+        if !needed {
+            d.round.forget.push(t.id.clone());
+        }
+    }
 }
 
 /// Most missed ticks a scheduled job catches up on at once: only the latest due one runs.
@@ -972,6 +1003,32 @@ mod tests {
         // Missed ticks collapse into the latest.
         let d = w.round(600_000);
         assert_eq!(d.round.ticks.iter().map(|t| t.at_ms).collect::<Vec<_>>(), vec![600_000]);
+    }
+
+    #[test]
+    fn ended_tasks_are_forgotten_after_their_retention_unless_they_still_count() {
+        let mut w = World::new(&[("a1", 8.0)], spec(r#","location":"dc1:2","type":"batch","numRetries":0"#));
+        w.beat(100_000_000);
+        w.config.task_retention_ms = 1_000;
+        w.round(10);
+        let tasks = w.in_state(TaskState::Assigned);
+        w.report(&tasks[0], TaskState::Finished, Some(0), 20);
+        w.report(&tasks[1], TaskState::Failed, Some(1), 20);
+        // A user kills... nothing; both ended and count (done, retries spent): kept past the retention.
+        let d = w.round(5_000);
+        assert!(d.round.forget.is_empty() && d.round.create.is_empty(), "{:?}", d.round);
+        assert_eq!(w.state.tasks().count(), 2);
+        // Once the job is killed, nothing needs them.
+        w.state.apply(&Command::KillJob { id: "j1".into(), meta: meta(6_000) });
+        let d = w.round(7_000);
+        assert_eq!(d.round.forget.len(), 2);
+        assert_eq!(w.state.tasks().count(), 0);
+        assert_eq!(w.state.task_count(TaskState::Finished), 0);
+        assert!(w.state.job_tasks("j1").is_some_and(|s| s.open.is_empty()));
+        // And they do not come back after a snapshot.
+        let mut back = w.state.clone();
+        back.reindex();
+        assert_eq!(back.tasks().count(), 0);
     }
 
     #[test]

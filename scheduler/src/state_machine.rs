@@ -158,6 +158,9 @@ pub struct Round {
     /// Draining agents with nothing left on them.
     #[serde(default)]
     pub drained: Vec<String>,
+    /// Ended tasks past their retention that nothing needs any more: dropped from the state.
+    #[serde(default)]
+    pub forget: Vec<String>,
 }
 
 impl Round {
@@ -170,6 +173,7 @@ impl Round {
             && self.unreachable.is_empty()
             && self.reachable.is_empty()
             && self.drained.is_empty()
+            && self.forget.is_empty()
     }
 }
 
@@ -365,6 +369,9 @@ pub struct CellState {
     /// Tasks in a state with a timeout (Assigned, Starting, Killing) (derived).
     #[serde(skip)]
     transient: BTreeSet<String>,
+    /// Ended tasks by when they ended, oldest first, for retention (derived).
+    #[serde(skip)]
+    ended: BTreeSet<(u64, String)>,
     /// What runs where (derived).
     #[serde(skip)]
     capacity: Capacity,
@@ -526,6 +533,7 @@ impl CellState {
         self.job_tasks.clear();
         self.accepted.clear();
         self.transient.clear();
+        self.ended.clear();
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
         for id in &ids {
             self.index_task(id);
@@ -583,6 +591,32 @@ impl CellState {
         member(&mut job.unhealthy, id, unhealthy);
         member(&mut self.accepted, id, accepted);
         member(&mut self.transient, id, transient);
+        if t.is_terminal() {
+            self.ended.insert((t.updated_at_ms, id.to_string()));
+        }
+    }
+
+    /// Ended tasks that ended before `before_ms`, oldest first.
+    pub fn ended_before(&self, before_ms: u64) -> impl Iterator<Item = &TaskRecord> {
+        self.ended.iter().take_while(move |(at, _)| *at < before_ms).filter_map(|(_, id)| self.tasks.get(id))
+    }
+
+    /// Drops an ended task from the state (retention); false for a task that is not ended.
+    fn forget_task(&mut self, id: &str) -> bool {
+        let Some(t) = self.tasks.get(id).filter(|t| t.is_terminal()) else { return false };
+        let (job, at, state) = (t.job_id.clone(), t.updated_at_ms, t.state);
+        self.tasks.remove(id);
+        self.ended.remove(&(at, id.to_string()));
+        if let Some(set) = self.by_job.get_mut(&job) {
+            set.remove(id);
+        }
+        if let Some(sets) = self.job_tasks.get_mut(&job) {
+            sets.open.remove(id);
+        }
+        if let Some(n) = self.task_counts.get_mut(&state) {
+            *n = n.saturating_sub(1);
+        }
+        true
     }
 
     /// The reconciler's sets for a job.
@@ -889,6 +923,9 @@ impl CellState {
         }
         for a in &round.reachable {
             self.set_reachable(a, true, at_ms);
+        }
+        for id in &round.forget {
+            self.forget_task(id);
         }
         for a in &round.drained {
             let empty = self.tasks_on_agent(a).next().is_none();
