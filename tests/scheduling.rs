@@ -346,3 +346,26 @@ async fn events_stream_job_task_and_agent_changes_and_resume_from_an_index() {
     let body: serde_json::Value = bad.json().await.expect("an error body");
     assert_eq!(body["field"], "topic");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_batch_job_starts_a_run_at_its_next_tick() {
+    let cell = Cluster::start_with(1, &config());
+    cell.leader(Duration::from_secs(20)).await;
+    let client = cell.members[0].client();
+    let record = Arc::new(Record::default());
+    let _agent = sim::start(vec![cell.members[0].addr.to_string()], sim::registration("c-1", 4.0, 8192, "a"), record);
+    let body = r#"{"name":"nightly","applicationName":"shop","location":"dc1:2","cpus":1,"memory":256,
+        "image":"busybox","type":"batch","schedule":"* * * * *"}"#;
+    let job = client.submit_raw(body.as_bytes().to_vec(), BodyFormat::Json, None).await.expect("submitted").id;
+    assert!(tasks(&client, &job).await.is_empty(), "nothing runs before the first tick");
+    // The next minute boundary starts a run of both instances.
+    eventually(Duration::from_secs(75), "a run started at the tick", || async {
+        running(&tasks(&client, &job).await).len() == 2
+    })
+    .await;
+    let view = client.get_job(&job).await.expect("job");
+    let run = view.current_run_ms.expect("a current run");
+    assert_eq!(run % 60_000, 0, "runs start on the minute");
+    let history = client.job_history(&job).await.expect("history");
+    assert_eq!(history.len(), 1, "a tick is not a change of the job's spec");
+}
