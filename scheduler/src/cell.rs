@@ -34,7 +34,7 @@ use crate::raft::{
     codec, raft_routes, HttpNetwork, LogStore, NodeId, Packed, PeerClient, Raft, SharedState, StateStore,
 };
 use crate::state_machine::{Command, Meta, Rejection, Response};
-use crate::store::{Engine, SledEngine};
+use crate::store::Engine;
 
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +177,7 @@ impl Cell {
         let dir = config.data_dir.join("raft");
         let store_err = |m: String| CellError::Store { dir: dir.display().to_string(), message: m };
         std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
-        let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir).map_err(|e| store_err(e.to_string()))?);
+        let engine = crate::store::open(config.raft.storage, &dir).map_err(|e| store_err(e.to_string()))?;
         let log = LogStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
         let committed = log.committed_index();
         let encoded = log.encoded_entries();

@@ -16,7 +16,7 @@ pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 /// How long a write may wait for a leader and a commit before it is answered 503.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
 
-/// Raft timing and log compaction.
+/// Raft timing, log compaction and the engine under the Raft store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {
@@ -26,6 +26,8 @@ pub struct RaftTuning {
     pub snapshot_every: u64,
     pub keep_logs: u64,
     pub write_timeout_ms: u64,
+    /// `"file"` or `"sled"`; any other value is refused when the configuration is read, naming the two.
+    pub storage: crate::store::StorageKind,
 }
 
 impl Default for RaftTuning {
@@ -37,6 +39,7 @@ impl Default for RaftTuning {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             keep_logs: DEFAULT_KEEP_LOGS,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            storage: crate::store::StorageKind::default(),
         }
     }
 }
@@ -166,6 +169,16 @@ mod tests {
         );
         check(|c| c.raft.election_min_ms = 50, ConfigError::ElectionTimeout { heartbeat: 100, min: 50, max: 800 });
         check(|c| c.raft.snapshot_every = 0, ConfigError::SnapshotEvery);
+    }
+
+    #[test]
+    fn storage_is_file_or_sled() {
+        let parse = |s: &str| serde_json::from_str::<RaftTuning>(&format!(r#"{{"storage":"{s}"}}"#));
+        assert_eq!(parse("file").map(|t| t.storage).ok(), Some(crate::store::StorageKind::File));
+        assert_eq!(parse("sled").map(|t| t.storage).ok(), Some(crate::store::StorageKind::Sled));
+        let err = parse("rocks").expect_err("an unknown engine is refused").to_string();
+        assert!(err.contains("unknown variant `rocks`, expected `file` or `sled`"), "{err}");
+        assert_eq!(RaftTuning::default().storage, crate::store::StorageKind::File);
     }
 
     #[test]

@@ -45,7 +45,7 @@ mod tests {
     use openraft::testing::{StoreBuilder, Suite};
 
     use super::*;
-    use crate::store::{Engine, MemoryEngine, SledEngine};
+    use crate::store::{Engine, FileEngine, MemoryEngine, SledEngine};
 
     struct Builder<F>(F);
 
@@ -71,6 +71,15 @@ mod tests {
         Suite::test_all(Builder(|| {
             let dir = tempfile::tempdir().expect("temp dir");
             let engine = SledEngine::open(dir.path()).expect("open sled");
+            (Some(dir), Arc::new(engine) as Arc<dyn Engine>)
+        }))
+    }
+
+    #[test]
+    fn file_engine_passes_openraft_storage_suite() -> Result<(), StorageError> {
+        Suite::test_all(Builder(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let engine = FileEngine::open(dir.path()).expect("open file engine");
             (Some(dir), Arc::new(engine) as Arc<dyn Engine>)
         }))
     }
