@@ -102,6 +102,9 @@ pub struct Observed<'a> {
     pub heartbeats: Option<&'a HashMap<String, u64>>,
     /// Agents declared lost in the last minute.
     pub lost_last_minute: u32,
+    /// Whether to try again the Accepted tasks that did not fit before (capacity may have changed since); when
+    /// false, only this round's new tasks are placed.
+    pub retry_pending: bool,
 }
 
 /// A round's decisions, and what the loop reports about them.
@@ -116,6 +119,8 @@ pub struct Decision {
     pub pending: BTreeMap<String, String>,
     /// fenzo's statistics for the round's placement.
     pub placement: Option<fenzo::PlacementStats>,
+    /// More tasks waited than one round places: the rest are tried next round whatever happens.
+    pub truncated: bool,
 }
 
 /// Decides one round. `new_id` names new tasks.
@@ -192,7 +197,7 @@ pub fn reconcile(
             d.round.drained.push(id.clone());
         }
     }
-    place(state, config, &mut d);
+    place(state, config, seen.retry_pending, &mut d);
     d
 }
 
@@ -582,10 +587,10 @@ fn pinned(state: &CellState, request: TaskRequest, replaces: Option<&str>, spec:
 
 /// Places the Accepted tasks (those in the state and those created this round) with fenzo, on the committed
 /// capacity view.
-fn place(state: &CellState, config: &SchedulerConfig, d: &mut Decision) {
+fn place(state: &CellState, config: &SchedulerConfig, retry_pending: bool, d: &mut Decision) {
     let stopping: BTreeSet<&str> = d.round.stop.iter().map(|(id, _)| id.as_str()).collect();
     let mut requests: Vec<TaskRequest> = Vec::new();
-    for t in state.accepted_tasks() {
+    for t in state.accepted_tasks().filter(|_| retry_pending) {
         if stopping.contains(t.id.as_str()) {
             continue;
         }
@@ -602,6 +607,7 @@ fn place(state: &CellState, config: &SchedulerConfig, d: &mut Decision) {
     if requests.is_empty() {
         return;
     }
+    d.truncated = requests.len() > config.max_placements_per_round;
     requests.truncate(config.max_placements_per_round);
     let capacity = state.capacity();
     let placed = fenzo::place(capacity, &requests, &PlacementConfig::default());
@@ -680,7 +686,13 @@ mod tests {
 
         /// One round at `now`, applied; returns the decision.
         fn round(&mut self, now_ms: u64) -> Decision {
-            let seen = Observed { now_ms, leader_since_ms: 0, heartbeats: Some(&self.beats), lost_last_minute: 0 };
+            let seen = Observed {
+                now_ms,
+                leader_since_ms: 0,
+                heartbeats: Some(&self.beats),
+                lost_last_minute: 0,
+                retry_pending: true,
+            };
             let mut next = self.next;
             let d = reconcile(&self.state, CELL, &seen, &self.config, &mut || {
                 next += 1;
@@ -861,7 +873,13 @@ mod tests {
     #[test]
     fn a_plan_for_an_old_epoch_or_a_full_agent_is_refused_at_apply() {
         let mut w = World::new(&[("a1", 1.0)], spec(r#","location":"dc1:2""#));
-        let seen = Observed { now_ms: 10, leader_since_ms: 0, heartbeats: Some(&w.beats), lost_last_minute: 0 };
+        let seen = Observed {
+            now_ms: 10,
+            leader_since_ms: 0,
+            heartbeats: Some(&w.beats),
+            lost_last_minute: 0,
+            retry_pending: true,
+        };
         let mut n = 0;
         let d = reconcile(&w.state, CELL, &seen, &w.config, &mut || {
             n += 1;
@@ -1070,5 +1088,30 @@ mod tests {
         let version = w.state.job("j1").map(|j| j.spec_version).unwrap_or(0);
         assert!(w.state.tasks().filter(|t| t.state == TaskState::Running).all(|t| t.job_version == version));
         assert!(w.round(now).round.is_empty(), "and then it rests");
+    }
+
+    #[test]
+    fn pending_tasks_are_tried_again_only_when_capacity_may_have_changed() {
+        let mut w = World::new(&[("a1", 2.0)], spec(""));
+        w.beat(1_000_000);
+        let d = w.round(10);
+        assert_eq!(d.pending.len(), 1, "three one-cpu tasks, two cpus");
+        let seq = w.state.capacity_seq();
+        let seen = Observed {
+            now_ms: 20,
+            leader_since_ms: 0,
+            heartbeats: Some(&w.beats),
+            lost_last_minute: 0,
+            retry_pending: false,
+        };
+        let d = reconcile(&w.state, CELL, &seen, &w.config, &mut || "x".into());
+        assert!(d.round.place.is_empty() && d.pending.is_empty() && d.placement.is_none(), "nothing tried");
+        // Capacity frees up: the sequence moves, which is what makes the leader try again.
+        let running = w.in_state(TaskState::Assigned)[0].clone();
+        w.report(&running, TaskState::Finished, Some(0), 30);
+        assert!(w.state.capacity_seq() > seq);
+        let seq = w.state.capacity_seq();
+        register(&mut w.state, "a2", 1.0, vec![], 40);
+        assert!(w.state.capacity_seq() > seq, "a new agent moves it too");
     }
 }

@@ -23,7 +23,13 @@ pub struct Local {
     pub pending: Mutex<BTreeMap<String, String>>,
     /// When agents were declared lost (ms), for the rate limit.
     lost_at: Mutex<VecDeque<u64>>,
+    /// The state's capacity sequence when pending tasks last failed to fit, and when that was: they are tried
+    /// again once it moves (or a while has passed, as a safety net).
+    unplaced_at: Mutex<Option<(u64, Instant)>>,
 }
+
+/// Pending tasks are tried again at least this often even if nothing seems to have changed.
+const RETRY_PENDING_EVERY: Duration = Duration::from_secs(10);
 
 impl Local {
     pub fn pending(&self, task: &str) -> Option<String> {
@@ -157,22 +163,44 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
         lost.len() as u32
     };
     let heartbeats = cell.heartbeats();
-    let seen = Observed { now_ms, leader_since_ms, heartbeats: Some(&heartbeats), lost_last_minute };
-    let decision = {
+    let unplaced_at = *local.unplaced_at.lock().unwrap_or_else(|p| p.into_inner());
+    let (decision, capacity_seq, retry_pending) = {
         let state = cell.state_read();
-        reconcile::reconcile(&state, &cell.config().cell, &seen, &config, &mut || uuid::Uuid::new_v4().to_string())
+        let seq = state.capacity_seq();
+        // Re-placing tasks that did not fit costs a full placement each round; only worth it when something
+        // changed that could make them fit.
+        let retry_pending = unplaced_at.is_none_or(|(s, at)| s != seq || at.elapsed() >= RETRY_PENDING_EVERY);
+        let seen = Observed { now_ms, leader_since_ms, heartbeats: Some(&heartbeats), lost_last_minute, retry_pending };
+        let ids = &mut || uuid::Uuid::new_v4().to_string();
+        (reconcile::reconcile(&state, &cell.config().cell, &seen, &config, ids), seq, retry_pending)
     };
     let metrics = cell.scheduling_metrics();
     metrics.rounds.observe(started.elapsed().as_secs_f64());
     metrics.breaker_open.set(i64::from(decision.breaker_open));
-    metrics.pending.set(decision.pending.len() as i64);
     if decision.breaker_open {
         tracing::warn!(
             unreachable = decision.round.unreachable.len(),
             "too many agents silent at once: none declared lost"
         );
     }
-    *local.pending.lock().unwrap_or_else(|p| p.into_inner()) = decision.pending;
+    {
+        let mut pending = local.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if retry_pending {
+            *pending = decision.pending.clone();
+            let stays =
+                if pending.is_empty() || decision.truncated { None } else { Some((capacity_seq, Instant::now())) };
+            *local.unplaced_at.lock().unwrap_or_else(|p| p.into_inner()) = stays;
+        } else {
+            // Earlier reasons stand for the tasks not tried again; new tasks add theirs.
+            let state = cell.state_read();
+            pending.retain(|id, _| state.task(id).is_some_and(|t| t.state == TaskState::Accepted));
+            pending.extend(decision.pending.clone());
+            if decision.truncated {
+                *local.unplaced_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+        metrics.pending.set(pending.len() as i64);
+    }
     if decision.round.is_empty() {
         return;
     }

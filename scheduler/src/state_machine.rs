@@ -372,6 +372,11 @@ pub struct CellState {
     /// Ended tasks by when they ended, oldest first, for retention (derived).
     #[serde(skip)]
     ended: BTreeSet<(u64, String)>,
+    /// Raised whenever a task that did not fit might fit now: capacity freed, an agent added, back or put to
+    /// work, a job's spec changed. The leader re-places pending tasks only when it moved (transient: a new
+    /// leader re-places everything once anyway).
+    #[serde(skip)]
+    capacity_seq: Transient<u64>,
     /// What runs where (derived).
     #[serde(skip)]
     capacity: Capacity,
@@ -551,6 +556,7 @@ impl CellState {
     /// Rebuilds fenzo's view from the agents and the tasks on them. Every agent is added eligible first so the
     /// tasks already on a draining or unreachable one are counted, then eligibility is set.
     fn rebuild_capacity(&mut self) {
+        self.capacity_seq.0 += 1;
         let mut cap = fenzo::ClusterSnapshot::new();
         for a in self.agents.values() {
             if let Err(e) = cap.add_agent(placement::agent(a, true)) {
@@ -694,6 +700,11 @@ impl CellState {
         (page, next)
     }
 
+    /// See the `capacity_seq` field.
+    pub fn capacity_seq(&self) -> u64 {
+        self.capacity_seq.0
+    }
+
     /// The counter agents' versions are taken from.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -764,6 +775,7 @@ impl CellState {
         *self.task_counts.entry(to).or_insert(0) += 1;
         if let Some(a) = agent {
             if to.is_terminal() && from.on_agent() {
+                self.capacity_seq.0 += 1;
                 let _ = self.capacity.0.release(id);
                 if let Some(set) = self.by_agent.get_mut(&a) {
                     set.remove(id);
@@ -861,6 +873,7 @@ impl CellState {
         if a.reachable == reachable {
             return;
         }
+        self.capacity_seq.0 += 1;
         a.reachable = reachable;
         let eligible = a.takes_work();
         let kind = if reachable { "reachable" } else { "unreachable" };
@@ -1002,6 +1015,7 @@ impl CellState {
     }
 
     fn register_agent(&mut self, registration: &AgentRegistration, at_ms: u64) -> Response {
+        self.capacity_seq.0 += 1;
         let id = registration.id.clone();
         let previous = self.agents.get(&id);
         let (epoch, state) = match previous {
@@ -1108,12 +1122,15 @@ impl CellState {
                 }
                 Response::Job(job)
             }
-            Command::UpdateJob { id, spec, if_version, meta } => self.modify(id, *if_version, |job| {
-                job.spec = spec.clone();
-                let r = job.change(meta, "spec updated".into());
-                job.spec_version = job.version;
-                r
-            }),
+            Command::UpdateJob { id, spec, if_version, meta } => {
+                self.capacity_seq.0 += 1;
+                self.modify(id, *if_version, |job| {
+                    job.spec = spec.clone();
+                    let r = job.change(meta, "spec updated".into());
+                    job.spec_version = job.version;
+                    r
+                })
+            }
             Command::SetInstances { id, instances, if_version, meta } => self.modify(id, *if_version, |job| {
                 let spec = Arc::make_mut(&mut job.spec);
                 spec.location = None;
@@ -1138,6 +1155,7 @@ impl CellState {
                 None => Response::Rejected(Rejection::AgentNotFound { id: id.clone() }),
                 Some(a) => {
                     a.state = *state;
+                    self.capacity_seq.0 += 1;
                     let (epoch, eligible) = (a.lease_epoch, a.takes_work());
                     let _ = self.capacity.0.set_eligible(id, eligible);
                     self.bump(id);
