@@ -278,6 +278,11 @@ impl Cell {
         self.read()
     }
 
+    /// The jobs changed since the last call (a brief write lock on the state).
+    pub(crate) fn take_dirty_jobs(&self) -> BTreeSet<String> {
+        self.state.write().unwrap_or_else(|p| p.into_inner()).take_dirty_jobs()
+    }
+
     pub fn config(&self) -> &CellConfig {
         &self.config
     }

@@ -105,6 +105,9 @@ pub struct Observed<'a> {
     /// Whether to try again the Accepted tasks that did not fit before (capacity may have changed since); when
     /// false, only this round's new tasks are placed.
     pub retry_pending: bool,
+    /// Only these jobs changed since the last round: the others are left alone. `None`: look at every job
+    /// (timers, backoffs, cron ticks and retention need that now and then).
+    pub jobs: Option<&'a BTreeSet<String>>,
 }
 
 /// A round's decisions, and what the loop reports about them.
@@ -157,13 +160,17 @@ pub fn reconcile(
         doomed.insert(id);
     }
     let draining = state.agents().any(|a| a.state == titan_api::agent::AgentState::Draining);
-    for job in state.jobs() {
+    let every: Box<dyn Iterator<Item = &crate::state_machine::JobRecord>> = match seen.jobs {
+        Some(ids) => Box::new(ids.iter().filter_map(|id| state.job(id))),
+        None => Box::new(state.jobs()),
+    };
+    for job in every {
         let sets = state.job_tasks(&job.id);
         if sets.is_none_or(|s| s.live.is_empty() && s.open.is_empty()) && job.state != JobState::Enabled {
             continue;
         }
         let target = match job.state {
-            JobState::Enabled => job.spec.locations().get(cell).copied().unwrap_or(0) as usize,
+            JobState::Enabled => job.spec.count_in(cell) as usize,
             JobState::Disabled | JobState::Killed => 0,
         };
         let why = if job.state == JobState::Killed { Reason::KilledByUser } else { Reason::ScaledDown };
@@ -190,7 +197,9 @@ pub fn reconcile(
         };
         round.run(seen.now_ms, config, new_id, &mut d);
     }
-    forget(state, seen.now_ms, config, &mut d);
+    if seen.jobs.is_none() {
+        forget(state, seen.now_ms, config, &mut d);
+    }
     for a in state.agents().filter(|a| a.state == titan_api::agent::AgentState::Draining) {
         let id = &a.registration.id;
         if state.tasks_on_agent(id).next().is_none() {
@@ -590,7 +599,8 @@ fn pinned(state: &CellState, request: TaskRequest, replaces: Option<&str>, spec:
 fn place(state: &CellState, config: &SchedulerConfig, retry_pending: bool, d: &mut Decision) {
     let stopping: BTreeSet<&str> = d.round.stop.iter().map(|(id, _)| id.as_str()).collect();
     let mut requests: Vec<TaskRequest> = Vec::new();
-    for t in state.accepted_tasks().filter(|_| retry_pending) {
+    let earlier = if retry_pending { Some(state.accepted_tasks()) } else { None };
+    for t in earlier.into_iter().flatten() {
         if stopping.contains(t.id.as_str()) {
             continue;
         }
@@ -692,6 +702,7 @@ mod tests {
                 heartbeats: Some(&self.beats),
                 lost_last_minute: 0,
                 retry_pending: true,
+                jobs: None,
             };
             let mut next = self.next;
             let d = reconcile(&self.state, CELL, &seen, &self.config, &mut || {
@@ -879,6 +890,7 @@ mod tests {
             heartbeats: Some(&w.beats),
             lost_last_minute: 0,
             retry_pending: true,
+            jobs: None,
         };
         let mut n = 0;
         let d = reconcile(&w.state, CELL, &seen, &w.config, &mut || {
@@ -1103,6 +1115,7 @@ mod tests {
             heartbeats: Some(&w.beats),
             lost_last_minute: 0,
             retry_pending: false,
+            jobs: None,
         };
         let d = reconcile(&w.state, CELL, &seen, &w.config, &mut || "x".into());
         assert!(d.round.place.is_empty() && d.pending.is_empty() && d.placement.is_none(), "nothing tried");

@@ -26,6 +26,8 @@ pub struct Local {
     /// The state's capacity sequence when pending tasks last failed to fit, and when that was: they are tried
     /// again once it moves (or a while has passed, as a safety net).
     unplaced_at: Mutex<Option<(u64, Instant)>>,
+    /// When a round last looked at every job; between those, rounds look at the jobs that changed.
+    full_at: Mutex<Option<Instant>>,
 }
 
 /// Pending tasks are tried again at least this often even if nothing seems to have changed.
@@ -144,6 +146,7 @@ pub(crate) async fn run(cell: Weak<Cell>) {
                 continue;
             }
             leader_since = Some(crate::cell::now_ms());
+            *cell.scheduling().full_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
             tracing::info!("scheduling as leader");
         }
         round(&cell, leader_since.unwrap_or(0)).await;
@@ -164,13 +167,24 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
     };
     let heartbeats = cell.heartbeats();
     let unplaced_at = *local.unplaced_at.lock().unwrap_or_else(|p| p.into_inner());
-    let (decision, capacity_seq, retry_pending) = {
+    let dirty = cell.take_dirty_jobs();
+    let full = {
+        let mut at = local.full_at.lock().unwrap_or_else(|p| p.into_inner());
+        let due = at.is_none_or(|t| t.elapsed() >= Duration::from_millis(config.max_round_interval_ms));
+        if due {
+            *at = Some(Instant::now());
+        }
+        due
+    };
+    let (mut decision, capacity_seq, retry_pending) = {
         let state = cell.state_read();
         let seq = state.capacity_seq();
         // Re-placing tasks that did not fit costs a full placement each round; only worth it when something
         // changed that could make them fit.
         let retry_pending = unplaced_at.is_none_or(|(s, at)| s != seq || at.elapsed() >= RETRY_PENDING_EVERY);
-        let seen = Observed { now_ms, leader_since_ms, heartbeats: Some(&heartbeats), lost_last_minute, retry_pending };
+        let jobs = if full { None } else { Some(&dirty) };
+        let seen =
+            Observed { now_ms, leader_since_ms, heartbeats: Some(&heartbeats), lost_last_minute, retry_pending, jobs };
         let ids = &mut || uuid::Uuid::new_v4().to_string();
         (reconcile::reconcile(&state, &cell.config().cell, &seen, &config, ids), seq, retry_pending)
     };
@@ -185,19 +199,16 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
     }
     {
         let mut pending = local.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = std::mem::take(&mut decision.pending);
         if retry_pending {
-            *pending = decision.pending.clone();
+            *pending = fresh;
             let stays =
                 if pending.is_empty() || decision.truncated { None } else { Some((capacity_seq, Instant::now())) };
             *local.unplaced_at.lock().unwrap_or_else(|p| p.into_inner()) = stays;
         } else {
-            // Earlier reasons stand for the tasks not tried again; new tasks add theirs.
-            let state = cell.state_read();
-            pending.retain(|id, _| state.task(id).is_some_and(|t| t.state == TaskState::Accepted));
-            pending.extend(decision.pending.clone());
-            if decision.truncated {
-                *local.unplaced_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            }
+            // Earlier reasons stand for the tasks not tried again; new tasks add theirs. Entries of tasks placed
+            // since are ignored by readers (only an Accepted task shows one) and go at the next full round.
+            pending.extend(fresh);
         }
         metrics.pending.set(pending.len() as i64);
     }

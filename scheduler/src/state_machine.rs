@@ -377,6 +377,10 @@ pub struct CellState {
     /// leader re-places everything once anyway).
     #[serde(skip)]
     capacity_seq: Transient<u64>,
+    /// Jobs changed (themselves or their tasks) since the leader last took them: a round looks at these, and at
+    /// every job only now and then.
+    #[serde(skip)]
+    dirty_jobs: Transient<BTreeSet<String>>,
     /// What runs where (derived).
     #[serde(skip)]
     capacity: Capacity,
@@ -487,6 +491,7 @@ impl CellState {
         let version_before = before.as_ref().and_then(|(id, _)| self.jobs.get(id)).map(|j| j.version);
         let response = self.apply_inner(cmd);
         if let Some((id, _)) = &before {
+            self.dirty_jobs.0.insert(id.clone());
             let changed = self.jobs.get(id).filter(|j| Some(j.version) != version_before);
             if let Some(h) = changed.and_then(|j| j.history.last()).cloned() {
                 self.event(Topic::Job, &h.what, id, Some(id), None, h.why.as_deref(), h.at_ms);
@@ -580,6 +585,9 @@ impl CellState {
     /// Puts a task in the derived sets its current fields call for; called after every change to a task.
     fn index_task(&mut self, id: &str) {
         let Some(t) = self.tasks.get(id) else { return };
+        if !self.dirty_jobs.0.contains(&t.job_id) {
+            self.dirty_jobs.0.insert(t.job_id.clone());
+        }
         let live = !t.is_terminal() && t.desired == Desired::Run;
         let open = (t.is_terminal() || t.desired == Desired::Stop) && t.replaced_by.is_none();
         let unhealthy = live && t.health == titan_api::task::TaskHealth::Unhealthy;
@@ -698,6 +706,11 @@ impl CellState {
         }
         let next = if more { page.last().map(|t| t.id.clone()) } else { None };
         (page, next)
+    }
+
+    /// The jobs changed since the last call (see the `dirty_jobs` field).
+    pub fn take_dirty_jobs(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty_jobs.0)
     }
 
     /// See the `capacity_seq` field.
@@ -1156,6 +1169,9 @@ impl CellState {
                 Some(a) => {
                     a.state = *state;
                     self.capacity_seq.0 += 1;
+                    let jobs: Vec<String> = self.tasks_on_agent(id).map(|t| t.job_id.clone()).collect();
+                    self.dirty_jobs.0.extend(jobs);
+                    let Some(a) = self.agents.get_mut(id) else { return Response::None };
                     let (epoch, eligible) = (a.lease_epoch, a.takes_work());
                     let _ = self.capacity.0.set_eligible(id, eligible);
                     self.bump(id);
