@@ -1,6 +1,6 @@
 //! Committed job submissions per second over HTTP against a real 3-member cell on loopback.
 //!
-//! `cargo bench --bench submit [-- --target all|leader] [CLIENTS...]` starts three `titan server` processes on free
+//! `cargo bench --bench submit [-- --target all|leader] [--location L] [CLIENTS...]` starts three `titan server` processes on free
 //! loopback ports, then for each concurrency (default 1 16 64 256) runs that many clients, each submitting ~1 KiB
 //! job specs back to back, and prints one line per level:
 //! `clients=16 target=all submitted=4000 errors=0 rate_per_s=... p50_ms=... p99_ms=... wall_s=...`.
@@ -28,11 +28,17 @@ fn requests_for(clients: usize, smoke: bool) -> usize {
 const LEVEL_CAP: Duration = Duration::from_secs(30);
 
 /// A job spec of about 1 KiB.
+/// Where the jobs ask for instances (`--location`). The default gives this cell (dc1) 10 tasks per job to
+/// schedule, pending here since the bench runs no agents; `dc2:10,dc3:5` measures the job store alone.
+static LOCATION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+const DEFAULT_LOCATION: &str = "dc1:10,dc2:10,dc3:5";
+
 fn spec(i: usize) -> Vec<u8> {
+    let location = LOCATION.get().map(String::as_str).unwrap_or(DEFAULT_LOCATION);
     let env: Vec<String> = (0..12).map(|k| format!(r#""VAR_{k}":"value-{k}-{i:08}-padding-padding""#)).collect();
     format!(
-        r#"{{"name":"bench-{i}","applicationName":"bench","owner":"bench@example.com","capacityGroup":"bench","location":"dc1:10,dc2:10,dc3:5","cpus":1.5,"memory":2048,"disk":10,"ports":2,"image":"registry.local/bench/app:1.2.3","command":["/app/server","--port","$PORT_0","--verbose"],"env":{{{}}},"restartOnFailure":true,"numRetries":5}}"#,
-        env.join(",")
+        r#"{{"name":"bench-{i}","applicationName":"bench","owner":"bench@example.com","capacityGroup":"bench","location":"{location}","cpus":1.5,"memory":2048,"disk":10,"ports":2,"image":"registry.local/bench/app:1.2.3","command":["/app/server","--port","$PORT_0","--verbose"],"env":{{{}}},"restartOnFailure":true,"numRetries":5}}"#,
+        env.join(","),
     )
     .into_bytes()
 }
@@ -145,7 +151,10 @@ async fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let leader_only = args.windows(2).any(|w| w[0] == "--target" && w[1] == "leader");
-    let levels: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    if let Some(w) = args.windows(2).find(|w| w[0] == "--location") {
+        let _ = LOCATION.set(w[1].clone());
+    }
+    let levels: Vec<usize> = args.iter().filter(|a| !a.contains(':')).filter_map(|a| a.parse().ok()).collect();
     let levels = match (levels.is_empty(), smoke) {
         (false, _) => levels,
         (true, false) => vec![1, 16, 64, 256],
