@@ -67,6 +67,19 @@ async fn tasks_run_once_through_agent_loss_scaling_and_leader_loss() {
     let view = client.get_task(&running(&tasks(&client, &job).await)[0].id).await.expect("task");
     assert_eq!(view.transitions.first().map(|t| t.state), Some(TaskState::Accepted));
 
+    // A task larger than any agent waits, and a follower says why (it asks the leader, whose rounds know).
+    let huge =
+        r#"{"name":"huge","applicationName":"shop","location":"dc1:1","cpus":64,"memory":512,"image":"busybox"}"#;
+    let big = follower.submit_raw(huge.as_bytes().to_vec(), BodyFormat::Json, None).await.expect("submitted").id;
+    eventually(Duration::from_secs(10), "the follower explains the pending task", || async {
+        let pending = follower.get_job(&big).await.ok().and_then(|j| j.tasks).map(|t| t.pending).unwrap_or_default();
+        pending.len() == 1 && pending[0].reason.contains("cpu")
+    })
+    .await;
+    let waiting = tasks(&follower, &big).await;
+    assert!(waiting[0].pending.as_deref().is_some_and(|p| p.contains("cpu")), "{waiting:?}");
+    follower.kill_job(&big).await.expect("killed");
+
     // An agent dies: after the lease and the grace its tasks are lost and replaced elsewhere.
     let now: Vec<TaskView> = running(&tasks(&client, &job).await).into_iter().cloned().collect();
     let victim = agents.iter().position(|a| tasks_on(&now, &a.id) > 0).expect("some agent runs tasks");

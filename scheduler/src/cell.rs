@@ -256,6 +256,7 @@ impl Cell {
             Router::new()
                 .route("/internal/propose", post(propose_here))
                 .route("/internal/read-index", axum::routing::get(read_index))
+                .route("/internal/pending", post(pending_here))
                 .with_state(self.clone()),
         );
         titan_api::router(api, http, internal)
@@ -308,8 +309,37 @@ impl Cell {
         self.commit(cmd).await
     }
 
-    fn task_view(&self, t: &crate::task::TaskRecord) -> TaskView {
-        t.view(&self.config.cell, self.scheduling.pending(&t.id))
+    fn task_view(&self, t: &crate::task::TaskRecord, pending: &BTreeMap<String, String>) -> TaskView {
+        t.view(&self.config.cell, pending.get(&t.id).cloned())
+    }
+
+    /// Why these Accepted tasks wait, from the leader's latest rounds (asked of the leader by a follower; empty
+    /// when it cannot be reached: the answer is informative, never required).
+    async fn pending_reasons(&self, ids: Vec<String>) -> BTreeMap<String, String> {
+        if ids.is_empty() {
+            return BTreeMap::new();
+        }
+        let leader = match self.leader_client() {
+            Ok(None) => {
+                return ids.into_iter().filter_map(|id| self.scheduling.pending(&id).map(|r| (id, r))).collect()
+            }
+            Ok(Some(leader)) => leader,
+            Err(_) => return BTreeMap::new(),
+        };
+        let Ok(body) = codec::encode(&ids) else { return BTreeMap::new() };
+        let url = format!("{}/internal/pending", leader.base());
+        let request =
+            self.peers.http.post(url).timeout(Duration::from_secs(2)).header("content-type", codec::CONTENT_TYPE);
+        match request.body(body).send().await {
+            Ok(resp) => match resp.bytes().await {
+                Ok(bytes) => codec::decode(&bytes).unwrap_or_default(),
+                Err(_) => BTreeMap::new(),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "pending reasons not fetched from the leader");
+                BTreeMap::new()
+            }
+        }
     }
 
     /// What an agent must run, from this member's applied state.
@@ -588,6 +618,13 @@ async fn propose_here(State(cell): State<Arc<Cell>>, Packed(cmds): Packed<Vec<Co
     Packed(Proposed::Answered(cell.enqueue(cmds).await)).into_response()
 }
 
+/// Why the given Accepted tasks wait, as this member (the leader) last found.
+async fn pending_here(State(cell): State<Arc<Cell>>, Packed(ids): Packed<Vec<String>>) -> HttpResponse {
+    let reasons: BTreeMap<String, String> =
+        ids.into_iter().filter_map(|id| cell.scheduling.pending(&id).map(|r| (id, r))).collect();
+    Packed(reasons).into_response()
+}
+
 /// The leader's read index for a follower's consistent read.
 async fn read_index(State(cell): State<Arc<Cell>>) -> HttpResponse {
     Packed(cell.read_index_here().await).into_response()
@@ -659,16 +696,21 @@ impl CellApi for Cell {
 
     fn get_job(&self, id: String) -> ApiResult<'_, JobView> {
         Box::pin(async move {
-            let s = self.read();
-            let mut view = s.job(&id).map(|j| j.view()).ok_or_else(|| ApiError::not_found("job", &id))?;
-            let mut summary = titan_api::view::TaskSummary::default();
-            for t in s.tasks_of_job(&id) {
-                *summary.by_state.entry(t.state.as_str().to_string()).or_insert(0) += 1;
-                if let Some(reason) =
-                    (t.state == titan_api::task::TaskState::Accepted).then(|| self.scheduling.pending(&t.id)).flatten()
-                {
-                    summary.pending.push(titan_api::view::PendingTask { task_id: t.id.clone(), reason });
+            let (mut view, mut summary, accepted) = {
+                let s = self.read();
+                let view = s.job(&id).map(|j| j.view()).ok_or_else(|| ApiError::not_found("job", &id))?;
+                let mut summary = titan_api::view::TaskSummary::default();
+                let mut accepted = Vec::new();
+                for t in s.tasks_of_job(&id) {
+                    *summary.by_state.entry(t.state.as_str().to_string()).or_insert(0) += 1;
+                    if t.state == titan_api::task::TaskState::Accepted {
+                        accepted.push(t.id.clone());
+                    }
                 }
+                (view, summary, accepted)
+            };
+            for (task_id, reason) in self.pending_reasons(accepted).await {
+                summary.pending.push(titan_api::view::PendingTask { task_id, reason });
             }
             view.tasks = Some(summary);
             Ok(view)
@@ -912,16 +954,24 @@ impl CellApi for Cell {
 
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async move {
-            let s = self.read();
-            let (page, next) = s.list_tasks(&query);
-            Ok(TaskList { tasks: page.into_iter().map(|t| self.task_view(t)).collect(), next_page_token: next })
+            let (page, next): (Vec<crate::task::TaskRecord>, Option<String>) = {
+                let s = self.read();
+                let (page, next) = s.list_tasks(&query);
+                (page.into_iter().cloned().collect(), next)
+            };
+            let accepted =
+                page.iter().filter(|t| t.state == titan_api::task::TaskState::Accepted).map(|t| t.id.clone()).collect();
+            let pending = self.pending_reasons(accepted).await;
+            Ok(TaskList { tasks: page.iter().map(|t| self.task_view(t, &pending)).collect(), next_page_token: next })
         })
     }
 
     fn get_task(&self, id: String) -> ApiResult<'_, TaskView> {
         Box::pin(async move {
-            let s = self.read();
-            s.task(&id).map(|t| self.task_view(t)).ok_or_else(|| ApiError::not_found("task", &id))
+            let task = self.read().task(&id).cloned().ok_or_else(|| ApiError::not_found("task", &id))?;
+            let ids = if task.state == titan_api::task::TaskState::Accepted { vec![id] } else { vec![] };
+            let pending = self.pending_reasons(ids).await;
+            Ok(self.task_view(&task, &pending))
         })
     }
 
@@ -935,7 +985,7 @@ impl CellApi for Cell {
             tracing::info!(task = %id, "task kill requested");
             // A follower may not have applied the kill yet; the leader's answer already confirmed it.
             let s = self.read();
-            s.task(&id).map(|t| self.task_view(t)).ok_or_else(|| ApiError::not_found("task", &id))
+            s.task(&id).map(|t| self.task_view(t, &BTreeMap::new())).ok_or_else(|| ApiError::not_found("task", &id))
         })
     }
 
