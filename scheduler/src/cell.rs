@@ -832,6 +832,18 @@ impl CellApi for Cell {
                 other => return Err(ApiError::internal(format!("a registration got the answer {other:?}"))),
             };
             tracing::info!(agent = %id, lease_epoch, "agent registered");
+            // The agent's next calls (its assignments long-poll) come to this member: answer only once it has
+            // applied the registration, or a lagging follower would call the agent unknown.
+            let mut changes = self.raft.metrics();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms);
+            while self.read().agent(&id).is_none_or(|a| a.lease_epoch < lease_epoch) {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return Err(shutting_down()) },
+                    () = tokio::time::sleep_until(deadline) => {
+                        return Err(ApiError::new(ErrorCode::Unavailable, "the registration is committed but not applied here yet; retry"));
+                    }
+                }
+            }
             // Built from the committed answer, not this member's state, which may not have applied it yet.
             let record = crate::state_machine::AgentRecord {
                 state: self.read().agent(&id).map(|a| a.state).unwrap_or(AgentState::Active),
