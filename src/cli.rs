@@ -372,7 +372,7 @@ async fn all_tasks(client: &Client, mut q: TaskQuery) -> anyhow::Result<Vec<Task
 }
 
 fn reason(t: &TaskView) -> String {
-    t.reason.and_then(|r| serde_json::to_value(r).ok()).and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    t.reason.map(|r| r.as_str().to_string()).unwrap_or_default()
 }
 
 fn task_table(tasks: &[TaskView]) -> String {
@@ -424,11 +424,10 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
                 .transitions
                 .iter()
                 .map(|x| {
-                    let r = x.reason.and_then(|r| serde_json::to_value(r).ok());
                     vec![
                         time(x.at_ms),
                         x.state.as_str().into(),
-                        r.and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                        x.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
                     ]
                 })
                 .collect();

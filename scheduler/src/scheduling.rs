@@ -109,10 +109,6 @@ impl SchedulingMetrics {
     }
 }
 
-fn reason_label(r: titan_api::task::Reason) -> String {
-    serde_json::to_value(r).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-}
-
 /// Runs rounds while this member leads, until the cell is dropped.
 pub(crate) async fn run(cell: Weak<Cell>) {
     let Some(mut changes) = cell.upgrade().map(|c| c.raft().metrics()) else { return };
@@ -222,10 +218,10 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
     }
     let r = &decision.round;
     for (_, reason) in &r.stop {
-        metrics.stopped.with_label_values(&[&reason_label(*reason)]).inc();
+        metrics.stopped.with_label_values(&[reason.as_str()]).inc();
     }
     for (_, reason) in &r.lose {
-        metrics.lost.with_label_values(&[&reason_label(*reason)]).inc();
+        metrics.lost.with_label_values(&[reason.as_str()]).inc();
     }
     for a in &r.unreachable {
         tracing::warn!(agent = %a, "agent unreachable: lease expired");
