@@ -1,9 +1,14 @@
 //! The file adapter: ordered maps in memory, made durable by one append-only write-ahead file.
 //!
-//! Every `write` (and `delete_range`) appends one frame with a single `write` call, then applies it to the maps;
-//! `flush` is one `fdatasync`, which is what makes this engine cheaper than sled for the Raft log. On `open` the file
-//! is replayed into the maps. The data must fit in memory, which holds for the Raft log (bounded by snapshots and
-//! purges), its few metadata records and the latest snapshot.
+//! Every `write` (and `delete_range`) writes one frame after the last with a single `pwrite` call, then applies it
+//! to the maps; `flush` is one `fdatasync`, which is what makes this engine cheaper than sled for the Raft log. On
+//! `open` the file is replayed into the maps. The data must fit in memory, which holds for the Raft log (bounded by
+//! snapshots and purges), its few metadata records and the latest snapshot.
+//!
+//! The file is kept zero-filled (written and synced) `PREALLOC_BYTES` ahead of its data. Frames overwrite blocks the
+//! filesystem has already allocated and recorded, so an `fdatasync` writes data only: a file that grows makes every
+//! sync commit the size change to the filesystem's journal too, which on ext4 costs about 100 µs alone and more when
+//! the three members of a cell on one machine sync at once (445 µs against 300 µs measured here).
 //!
 //! The file, `titan.wal`:
 //!
@@ -18,10 +23,10 @@
 //! bound   0 (unbounded) | 1 key (included) | 2 key (excluded)
 //! ```
 //!
-//! A frame is all or nothing. On replay, a damaged frame that is the last thing in the file (cut short, or followed
-//! only by zeros) is a write that never completed: it is dropped and the file truncated to the last good frame. A
-//! damaged frame with data after it is reported as corruption rather than skipped, since what follows may be
-//! writes that were made durable.
+//! A frame is all or nothing. On replay, zeros where a frame header should be are the preallocated space: the data
+//! ends there. A damaged frame that is the last thing in the file (cut short, or followed only by zeros) is a write
+//! that never completed: it is dropped and the file truncated to the last good frame. A damaged frame with data
+//! after it is reported as corruption rather than skipped, since what follows may be writes that were made durable.
 //!
 //! When the file grows past `COMPACT_MIN_BYTES` and `COMPACT_RATIO` times the live data, it is rewritten: the live
 //! contents go to `titan.wal.compact`, which is synced and renamed over the file, then the directory is synced. A
@@ -29,8 +34,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Bound;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -51,6 +57,9 @@ const FRAME_HEADER: usize = 8;
 pub const COMPACT_MIN_BYTES: u64 = 64 * 1024 * 1024;
 /// ...and this many times the live data.
 pub const COMPACT_RATIO: u64 = 4;
+/// How far ahead of its data the file is kept zero-filled. Extending it costs one write of this many zeros and one
+/// sync, every few thousand writes.
+pub const PREALLOC_BYTES: u64 = 4 * 1024 * 1024;
 /// Compaction writes live pairs in frames of about this size.
 const COMPACT_FRAME_BYTES: usize = 1024 * 1024;
 
@@ -298,7 +307,10 @@ impl Maps {
 /// saw them.
 struct Wal {
     file: Arc<File>,
+    /// The end of the last frame: where the next one goes.
     len: u64,
+    /// The file's length: zeros from `len` to here.
+    allocated: u64,
     /// Set when the file may no longer match the maps (a failed append could not be taken back, or a sync failed
     /// and the kernel may have dropped the dirty pages): every later write and flush fails.
     broken: Option<String>,
@@ -313,13 +325,30 @@ struct Compaction {
     ratio: u64,
 }
 
+/// How the engine keeps its file; tests vary it.
+#[derive(Clone, Copy)]
+struct Settings {
+    compaction: Compaction,
+    /// Zeros kept ahead of the data (0: the file grows with every write).
+    prealloc: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            compaction: Compaction { min_bytes: COMPACT_MIN_BYTES, ratio: COMPACT_RATIO },
+            prealloc: PREALLOC_BYTES,
+        }
+    }
+}
+
 pub struct FileEngine {
     dir: PathBuf,
     maps: RwLock<Maps>,
     wal: Mutex<Wal>,
     /// The file's size, readable without waiting for an append or a compaction.
     size: AtomicU64,
-    compaction: Compaction,
+    settings: Settings,
 }
 
 /// What replay found in the file.
@@ -399,11 +428,31 @@ fn replay(file: &File, path: &Path, file_len: u64) -> Result<Replayed, StoreErro
     }
 }
 
+/// Whether everything in `file` from `pos` on is zero: preallocated space, as opposed to a write cut short.
+fn zeros_from(file: &File, pos: u64) -> io::Result<bool> {
+    let mut r = BufReader::with_capacity(1024 * 1024, file);
+    r.seek(SeekFrom::Start(pos))?;
+    rest_is_zero(&mut r)
+}
+
+/// Writes zeros over `[from, to)`.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    const CHUNK: usize = 256 * 1024;
+    let zeros = vec![0u8; CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Creates the file with just its header, durably (file and directory entry).
 fn create(dir: &Path, path: &Path) -> Result<File, StoreError> {
     let file = OpenOptions::new()
         .read(true)
-        .append(true)
+        .write(true)
         .create(true)
         .truncate(false)
         .open(path)
@@ -420,10 +469,10 @@ fn create(dir: &Path, path: &Path) -> Result<File, StoreError> {
 
 impl FileEngine {
     pub fn open(dir: &Path) -> Result<FileEngine, StoreError> {
-        FileEngine::open_with(dir, Compaction { min_bytes: COMPACT_MIN_BYTES, ratio: COMPACT_RATIO })
+        FileEngine::open_with(dir, Settings::default())
     }
 
-    fn open_with(dir: &Path, compaction: Compaction) -> Result<FileEngine, StoreError> {
+    fn open_with(dir: &Path, settings: Settings) -> Result<FileEngine, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
         // A compaction that did not reach its rename: the file it was replacing is still whole.
         let tmp = dir.join(COMPACT_NAME);
@@ -438,15 +487,15 @@ impl FileEngine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_error("reading", &path, e)),
         };
-        let (file, maps, len) = match existing {
+        let (file, maps, len, allocated) = match existing {
             Some(file_len) if file_len >= HEADER_LEN => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| io_error("opening", &path, e))?;
+                let file =
+                    OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io_error("opening", &path, e))?;
                 let Replayed { maps, good_len } = replay(&file, &path, file_len)?;
-                if good_len < file_len {
+                let preallocated = zeros_from(&file, good_len).map_err(|e| io_error("reading", &path, e))?;
+                if preallocated {
+                    (file, maps, good_len, file_len)
+                } else {
                     tracing::warn!(
                         file = %path.display(),
                         dropped_bytes = file_len - good_len,
@@ -454,19 +503,30 @@ impl FileEngine {
                     );
                     file.set_len(good_len).map_err(|e| io_error("truncating", &path, e))?;
                     file.sync_all().map_err(|e| io_error("syncing", &path, e))?;
+                    (file, maps, good_len, good_len)
                 }
-                (file, maps, good_len)
             }
-            _ => (create(dir, &path)?, Maps::default(), HEADER_LEN),
+            _ => (create(dir, &path)?, Maps::default(), HEADER_LEN, HEADER_LEN),
         };
-        let compact_at = compaction.min_bytes.max(len.saturating_add(1));
+        let compact_at = settings.compaction.min_bytes.max(len.saturating_add(1));
         Ok(FileEngine {
             dir: dir.to_path_buf(),
             maps: RwLock::new(maps),
-            wal: Mutex::new(Wal { file: Arc::new(file), len, broken: None, compact_at }),
+            wal: Mutex::new(Wal { file: Arc::new(file), len, allocated, broken: None, compact_at }),
             size: AtomicU64::new(len),
-            compaction,
+            settings,
         })
+    }
+
+    /// Zero-fills the file `prealloc` bytes past `end` and syncs it, so the frames written there overwrite
+    /// allocated blocks. Zeros are what replay takes for the end of the data, so a crash part-way leaves a good file.
+    fn extend(&self, wal: &mut Wal, end: u64) -> Result<(), StoreError> {
+        let path = self.dir.join(FILE_NAME);
+        let to = end.saturating_add(self.settings.prealloc);
+        write_zeros(&wal.file, wal.allocated, to).map_err(|e| io_error("preallocating", &path, e))?;
+        wal.file.sync_data().map_err(|e| io_error("syncing", &path, e))?;
+        wal.allocated = to;
+        Ok(())
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {
@@ -487,15 +547,22 @@ impl FileEngine {
         if let Some(why) = &wal.broken {
             return Err(StoreError(format!("the write-ahead log failed earlier and takes no more writes: {why}")));
         }
-        if let Err(e) = (&*wal.file).write_all(&frame) {
-            // Take back whatever part of the frame reached the file, so the next frame follows a whole one.
-            let len = wal.len;
-            if let Err(e2) = wal.file.set_len(len) {
+        let end = wal.len + frame.len() as u64;
+        if end > wal.allocated && self.settings.prealloc > 0 {
+            self.extend(&mut wal, end)?;
+        }
+        if let Err(e) = wal.file.write_all_at(&frame, wal.len) {
+            // Take back whatever part of the frame reached the file, so the next frame follows a whole one: zeros
+            // over it in allocated space, a shorter file past it.
+            let (len, allocated) = (wal.len, wal.allocated);
+            let undone = if end <= allocated { write_zeros(&wal.file, len, end) } else { wal.file.set_len(len) };
+            if let Err(e2) = undone {
                 wal.broken = Some(format!("an append failed ({e}) and could not be taken back ({e2})"));
             }
             return Err(io_error("appending to", &self.dir.join(FILE_NAME), e));
         }
-        wal.len += frame.len() as u64;
+        wal.len = end;
+        wal.allocated = wal.allocated.max(end);
         self.size.store(wal.len, Ordering::Relaxed);
         {
             let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
@@ -515,8 +582,9 @@ impl FileEngine {
             return;
         }
         let live = self.read_maps().live;
-        if wal.len < live.saturating_mul(self.compaction.ratio) {
-            wal.compact_at = self.compaction.min_bytes.max(live.saturating_mul(self.compaction.ratio));
+        if wal.len < live.saturating_mul(self.settings.compaction.ratio) {
+            wal.compact_at =
+                self.settings.compaction.min_bytes.max(live.saturating_mul(self.settings.compaction.ratio));
             return;
         }
         let before = wal.len;
@@ -527,7 +595,7 @@ impl FileEngine {
             Err(e) => {
                 // The old file is untouched and still complete; try again once it has grown some more.
                 tracing::warn!(error = %e, "write-ahead log compaction failed");
-                wal.compact_at = wal.len.saturating_add(self.compaction.min_bytes);
+                wal.compact_at = wal.len.saturating_add(self.settings.compaction.min_bytes);
                 let _ = std::fs::remove_file(self.dir.join(COMPACT_NAME));
             }
         }
@@ -543,7 +611,7 @@ impl FileEngine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error("removing", &tmp, e)),
         }
-        let file = OpenOptions::new().read(true).append(true).create_new(true).open(&tmp).map_err(write_err)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&tmp).map_err(write_err)?;
         let mut out = BufWriter::with_capacity(COMPACT_FRAME_BYTES, &file);
         let mut len = HEADER_LEN;
         out.write_all(MAGIC).map_err(write_err)?;
@@ -578,7 +646,8 @@ impl FileEngine {
         }
         wal.file = Arc::new(file);
         wal.len = len;
-        wal.compact_at = self.compaction.min_bytes.max(len.saturating_mul(self.compaction.ratio));
+        wal.allocated = len;
+        wal.compact_at = self.settings.compaction.min_bytes.max(len.saturating_mul(self.settings.compaction.ratio));
         self.size.store(len, Ordering::Relaxed);
         Ok(())
     }
@@ -666,19 +735,76 @@ mod tests {
         f.write_all(bytes).expect("append");
     }
 
+    /// A file that grows with every write and holds nothing past its data, for tests that cut and append to it.
+    fn open_growing(dir: &Path) -> FileEngine {
+        FileEngine::open_with(dir, Settings { prealloc: 0, ..Settings::default() }).expect("open")
+    }
+
     #[test]
     fn passes_the_engine_suite_and_keeps_data_across_reopen() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let before = {
+        let (before, data) = {
             let engine = FileEngine::open(dir.path()).expect("open");
             super::super::conformance::check(&engine);
-            assert_eq!(engine.size_on_disk(), wal_len(dir.path()));
-            contents(&engine)
+            assert!(wal_len(dir.path()) >= engine.size_on_disk() + PREALLOC_BYTES / 2, "zeros are kept ahead");
+            (contents(&engine), engine.size_on_disk())
         };
+        let allocated = wal_len(dir.path());
         let engine = FileEngine::open(dir.path()).expect("reopen");
         assert_eq!(engine.get(Tree::Log, &k(4)).expect("get"), Some(b"again".to_vec()));
         assert_eq!(engine.get(Tree::Meta, b"vote").expect("get"), Some(b"x".to_vec()));
         assert_eq!(contents(&engine), before);
+        assert_eq!(engine.size_on_disk(), data, "the data ends where the zeros begin");
+        assert_eq!(wal_len(dir.path()), allocated, "preallocated space is kept, not taken for a torn write");
+        // New frames go right after the data, and the next reopen finds them.
+        engine.write(Tree::Log, vec![Op::Put(k(100), b"after".to_vec())]).expect("write");
+        engine.flush().expect("flush");
+        drop(engine);
+        let engine = FileEngine::open(dir.path()).expect("reopen");
+        assert_eq!(engine.get(Tree::Log, &k(100)).expect("get"), Some(b"after".to_vec()));
+        assert_eq!(engine.get(Tree::Log, &k(4)).expect("get"), Some(b"again".to_vec()));
+    }
+
+    #[test]
+    fn the_file_is_extended_ahead_of_the_data_as_it_fills() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let small = Settings { prealloc: 4096, ..Settings::default() };
+        let engine = FileEngine::open_with(dir.path(), small).expect("open");
+        for i in 0..100u64 {
+            engine.write(Tree::Log, vec![Op::Put(k(i), vec![i as u8; 300])]).expect("write");
+            let (data, file) = (engine.size_on_disk(), wal_len(dir.path()));
+            assert!(file >= data && file <= data + 4096 + 400, "data {data} bytes, file {file} bytes");
+        }
+        engine.flush().expect("flush");
+        drop(engine);
+        let engine = FileEngine::open_with(dir.path(), small).expect("reopen");
+        assert_eq!(all(&engine, Tree::Log).len(), 100);
+        assert_eq!(engine.get(Tree::Log, &k(99)).expect("get"), Some(vec![99; 300]));
+    }
+
+    #[test]
+    fn a_torn_frame_in_preallocated_space_is_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = {
+            let engine = FileEngine::open(dir.path()).expect("open");
+            engine.write(Tree::Log, vec![Op::Put(k(1), b"one".to_vec())]).expect("write");
+            engine.flush().expect("flush");
+            engine.size_on_disk()
+        };
+        // The start of a frame whose body never landed: a header claiming 50 bytes, then 10 of them, then zeros.
+        let file = OpenOptions::new().write(true).open(dir.path().join(FILE_NAME)).expect("open wal");
+        let mut torn = 50u32.to_le_bytes().to_vec();
+        torn.extend_from_slice(&[0xab; 14]);
+        file.write_all_at(&torn, data).expect("write");
+        drop(file);
+        let engine = FileEngine::open(dir.path()).expect("reopen after a torn frame");
+        assert_eq!(all(&engine, Tree::Log), vec![(k(1), b"one".to_vec())]);
+        assert_eq!(wal_len(dir.path()), data, "cut back to the last whole frame");
+        engine.write(Tree::Log, vec![Op::Put(k(2), b"two".to_vec())]).expect("write");
+        engine.flush().expect("flush");
+        drop(engine);
+        let engine = FileEngine::open(dir.path()).expect("reopen");
+        assert_eq!(all(&engine, Tree::Log).len(), 2);
     }
 
     #[test]
@@ -708,7 +834,7 @@ mod tests {
     fn a_torn_last_frame_is_dropped_and_the_earlier_frames_kept() {
         let dir = tempfile::tempdir().expect("temp dir");
         let good = {
-            let engine = FileEngine::open(dir.path()).expect("open");
+            let engine = open_growing(dir.path());
             engine.write(Tree::Log, vec![Op::Put(k(1), b"one".to_vec())]).expect("write");
             engine.write(Tree::Meta, vec![Op::Put(b"vote".to_vec(), b"v".to_vec())]).expect("write");
             engine.flush().expect("flush");
@@ -724,7 +850,7 @@ mod tests {
         file.set_len(wal_len(dir.path()) - 3).expect("truncate");
         drop(file);
         {
-            let engine = FileEngine::open(dir.path()).expect("reopen after a torn frame");
+            let engine = open_growing(dir.path());
             assert_eq!(wal_len(dir.path()), good, "truncated back to the last whole frame");
             assert_eq!(all(&engine, Tree::Log), vec![(k(1), b"one".to_vec())], "the torn frame is all or nothing");
             assert_eq!(engine.get(Tree::Meta, b"vote").expect("get"), Some(b"v".to_vec()));
@@ -734,13 +860,13 @@ mod tests {
         }
         // Garbage whose length field reaches past the end of the file, and then a bad frame followed by zeros.
         append_raw(dir.path(), &[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7]);
-        let engine = FileEngine::open(dir.path()).expect("reopen after garbage");
+        let engine = open_growing(dir.path());
         assert_eq!(all(&engine, Tree::Log).len(), 2);
         drop(engine);
         let mut bad = vec![5, 0, 0, 0, 1, 2, 3, 4, 0, 9, 9, 9, 9];
         bad.extend_from_slice(&[0; 100]);
         append_raw(dir.path(), &bad);
-        let engine = FileEngine::open(dir.path()).expect("reopen after a bad frame and zeros");
+        let engine = open_growing(dir.path());
         assert_eq!(all(&engine, Tree::Log).iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(), vec![k(1), k(4)]);
     }
 
@@ -750,7 +876,7 @@ mod tests {
         let first_end = {
             let engine = FileEngine::open(dir.path()).expect("open");
             engine.write(Tree::Log, vec![Op::Put(k(1), b"one".to_vec())]).expect("write");
-            let first_end = wal_len(dir.path());
+            let first_end = engine.size_on_disk();
             engine.write(Tree::Log, vec![Op::Put(k(2), b"two".to_vec())]).expect("write");
             engine.flush().expect("flush");
             first_end
@@ -782,7 +908,7 @@ mod tests {
     #[test]
     fn compaction_keeps_everything_and_a_reopen_finds_the_same() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let small = Compaction { min_bytes: 16 * 1024, ratio: 4 };
+        let small = Settings { compaction: Compaction { min_bytes: 16 * 1024, ratio: 4 }, prealloc: 1024 };
         let (before, shrinks) = {
             let engine = FileEngine::open_with(dir.path(), small).expect("open");
             // Compaction runs inside a write, so it shows as a write after which the file is smaller than before.
@@ -804,8 +930,8 @@ mod tests {
             // A purge of the low keys, applied after the last compaction, must survive the reopen too.
             engine.delete_range(Tree::Log, Bound::Unbounded, Bound::Excluded(k(2))).expect("delete");
             engine.flush().expect("flush");
-            assert!(engine.size_on_disk() < small.min_bytes, "{} bytes left", engine.size_on_disk());
-            assert_eq!(engine.size_on_disk(), wal_len(dir.path()));
+            assert!(engine.size_on_disk() < small.compaction.min_bytes, "{} bytes left", engine.size_on_disk());
+            assert!(wal_len(dir.path()) <= engine.size_on_disk() + 2048);
             assert_eq!(engine.get(Tree::Log, &k(5)).expect("get"), Some(b"round 199 key 5".to_vec()));
             assert_eq!(engine.get(Tree::Log, &k(1)).expect("get"), None);
             assert_eq!(engine.get(Tree::Meta, b"committed").expect("get"), Some(k(199)));
@@ -840,6 +966,7 @@ mod tests {
         std::fs::write(dir.path().join(FILE_NAME), &MAGIC[..3]).expect("write partial header");
         let engine = FileEngine::open(dir.path()).expect("open");
         assert_eq!(engine.size_on_disk(), HEADER_LEN);
+        assert_eq!(wal_len(dir.path()), HEADER_LEN, "space is preallocated at the first write");
         assert_eq!(all(&engine, Tree::Log), vec![]);
     }
 

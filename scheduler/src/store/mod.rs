@@ -131,7 +131,7 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
 
-    /// Bytes the engine occupies on disk (0 when in memory).
+    /// Bytes of data the engine holds on disk, not counting space kept ahead of it (0 when in memory).
     fn size_on_disk(&self) -> u64;
 }
 
