@@ -31,7 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CellConfig;
 use crate::raft::{
-    codec, raft_routes, HttpNetwork, LogStore, NodeId, Packed, PeerClient, Raft, SharedState, StateStore,
+    codec, raft_routes, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed, PeerClient, Raft, SharedState,
+    StateStore,
 };
 use crate::state_machine::{Command, Meta, Rejection, Response};
 use crate::store::Engine;
@@ -152,6 +153,7 @@ pub struct Cell {
     /// and hears from every live agent within a lease.
     leases: std::sync::Mutex<HashMap<String, u64>>,
     encoded: crate::raft::EncodedEntries,
+    network_metrics: NetworkMetrics,
     config: CellConfig,
     raft: Raft,
     state: SharedState,
@@ -178,7 +180,14 @@ impl Cell {
         let store_err = |m: String| CellError::Store { dir: dir.display().to_string(), message: m };
         std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
         let engine = crate::store::open(config.raft.storage, &dir).map_err(|e| store_err(e.to_string()))?;
-        let log = LogStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
+        let flush_seconds = Histogram::with_opts(
+            HistogramOpts::new("titan_raft_log_flush_seconds", "Raft log writes made durable, one flush each")
+                .const_label("cell", &config.cell)
+                .const_label("node", config.node_id.to_string())
+                .buckets(vec![0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0]),
+        )?;
+        registry.register(Box::new(flush_seconds.clone()))?;
+        let log = LogStore::open(engine.clone(), flush_seconds).map_err(|e| CellError::Raft(e.to_string()))?;
         let committed = log.committed_index();
         let encoded = log.encoded_entries();
         let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
@@ -201,10 +210,11 @@ impl Cell {
         .validate()
         .map_err(|e| CellError::Raft(e.to_string()))?;
         let peers = PeerClient::new();
-        let raft =
-            Raft::new(config.node_id, Arc::new(raft_config), HttpNetwork::new(peers.clone(), encoded.clone()), log, sm)
-                .await
-                .map_err(|e| CellError::Raft(e.to_string()))?;
+        let network_metrics = NetworkMetrics::new(registry, &config.cell, config.node_id)?;
+        let network = HttpNetwork::new(encoded.clone(), network_metrics.clone());
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| CellError::Raft(e.to_string()))?;
 
         let lowest = config.peers.keys().next().copied();
         if lowest == Some(config.node_id) && !raft.is_initialized().await.map_err(|e| CellError::Raft(e.to_string()))? {
@@ -224,6 +234,7 @@ impl Cell {
             queue,
             leases: Default::default(),
             encoded,
+            network_metrics,
             config,
             raft,
             state,
@@ -252,7 +263,7 @@ impl Cell {
     /// Every route this member serves: the public API, Raft's internal routes and write forwarding.
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
-        let internal = raft_routes(self.raft.clone(), self.encoded.clone()).merge(
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.network_metrics.clone()).merge(
             Router::new()
                 .route("/internal/propose", post(propose_here))
                 .route("/internal/read-index", axum::routing::get(read_index))

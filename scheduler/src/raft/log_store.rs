@@ -53,6 +53,8 @@ type Tail = BTreeMap<u64, Entry<TypeConfig>>;
 
 struct Shared {
     engine: Arc<dyn Engine>,
+    /// How long each flush of the writer takes.
+    flush_seconds: prometheus::Histogram,
     tail: Mutex<Tail>,
     /// The encoded form of the newest entries, as the writer made it for the disk: replication sends these bytes
     /// instead of encoding every entry again for every follower.
@@ -186,7 +188,9 @@ fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Write>) {
             }
         }
         if result.is_ok() {
+            let start = std::time::Instant::now();
             result = shared.engine.flush();
+            shared.flush_seconds.observe(start.elapsed().as_secs_f64());
         }
         if let (Ok(()), Some(d)) = (&result, durable) {
             let mut tail = shared.tail();
@@ -234,10 +238,15 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn open(engine: Arc<dyn Engine>) -> Result<LogStore, StorageError> {
+    /// Opens the log on `engine`; `flush_seconds` observes every flush of the log writer.
+    pub fn open(engine: Arc<dyn Engine>, flush_seconds: prometheus::Histogram) -> Result<LogStore, StorageError> {
         let last_purged = meta(engine.as_ref(), PURGED)?;
-        let shared =
-            Arc::new(Shared { engine, tail: Mutex::new(BTreeMap::new()), encoded: Mutex::new(BTreeMap::new()) });
+        let shared = Arc::new(Shared {
+            engine,
+            flush_seconds,
+            tail: Mutex::new(BTreeMap::new()),
+            encoded: Mutex::new(BTreeMap::new()),
+        });
         let (tx, rx) = mpsc::channel();
         let s = shared.clone();
         std::thread::Builder::new()

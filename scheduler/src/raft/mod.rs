@@ -9,7 +9,7 @@ mod state_store;
 use std::io::Cursor;
 
 pub use log_store::{EncodedEntries, LogStore};
-pub use network::{raft_routes, HttpNetwork, Packed, PeerClient};
+pub use network::{raft_routes, HttpNetwork, NetworkMetrics, Packed, PeerClient};
 pub use state_store::{SharedState, StateStore};
 
 use crate::state_machine::{Command, Response};
@@ -55,7 +55,9 @@ mod tests {
     {
         async fn build(&self) -> Result<(Option<tempfile::TempDir>, LogStore, StateStore), StorageError> {
             let (dir, engine) = (self.0)();
-            let log = LogStore::open(engine.clone())?;
+            let flush = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("flush", "flush"))
+                .expect("a histogram with a name");
+            let log = LogStore::open(engine.clone(), flush)?;
             let sm = StateStore::open(engine)?;
             Ok((dir, log, sm))
         }
