@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
@@ -59,6 +59,8 @@ struct Shared {
     /// The encoded form of the newest entries, as the writer made it for the disk: replication sends these bytes
     /// instead of encoding every entry again for every follower.
     encoded: Mutex<BTreeMap<u64, (LogId<NodeId>, Bytes)>>,
+    /// Writes sent to the writer thread and not yet answered.
+    queued: AtomicUsize,
 }
 
 /// Entries in their `codec` encoding, reused where the log store already made it.
@@ -177,11 +179,20 @@ fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Write>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        let n = batch.len();
+        persist(&shared, batch);
+        shared.queued.fetch_sub(n, Ordering::Release);
+    }
+}
+
+/// Writes a batch, flushes once, trims what memory keeps of the log, then answers every waiter.
+fn persist(shared: &Shared, batch: Vec<Write>) {
+    {
         let mut result = Ok(());
         let mut durable = None;
         for w in &batch {
             if result.is_ok() {
-                result = write_one(&shared, w);
+                result = write_one(shared, w);
             }
             if let Write::Append(entries, _) = w {
                 durable = entries.last().map(|e| e.log_id.index).or(durable);
@@ -214,6 +225,11 @@ fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Write>) {
     }
 }
 
+/// Whether `vote` makes `me` the leader.
+fn leads(vote: Option<&Vote<NodeId>>, me: NodeId) -> bool {
+    vote.is_some_and(|v| v.is_committed() && v.leader_id().voted_for() == Some(me))
+}
+
 /// Reads log entries; cheap to clone, one per replication stream.
 #[derive(Clone)]
 pub struct LogReader {
@@ -232,20 +248,32 @@ impl RaftLogReader<TypeConfig> for LogReader {
 /// The log store: entries in `Tree::Log`, vote, committed and purge marker in `Tree::Meta`.
 pub struct LogStore {
     shared: Arc<Shared>,
+    /// This member's id, to tell from the vote whether it leads.
+    me: NodeId,
+    /// Whether the last vote saved or read makes this member the leader: a leader's appends go to the writer thread
+    /// so replication to followers runs while its disk syncs; a follower has nothing to do until its own append is
+    /// durable, so it writes and syncs at once, sparing the trip to the writer thread and back.
+    leading: AtomicBool,
     writes: mpsc::Sender<Write>,
     last_purged: Option<LogId<NodeId>>,
     committed: Arc<AtomicU64>,
 }
 
 impl LogStore {
-    /// Opens the log on `engine`; `flush_seconds` observes every flush of the log writer.
-    pub fn open(engine: Arc<dyn Engine>, flush_seconds: prometheus::Histogram) -> Result<LogStore, StorageError> {
+    /// Opens member `me`'s log on `engine`; `flush_seconds` observes every flush.
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        me: NodeId,
+        flush_seconds: prometheus::Histogram,
+    ) -> Result<LogStore, StorageError> {
         let last_purged = meta(engine.as_ref(), PURGED)?;
+        let vote: Option<Vote<NodeId>> = meta(engine.as_ref(), VOTE)?;
         let shared = Arc::new(Shared {
             engine,
             flush_seconds,
             tail: Mutex::new(BTreeMap::new()),
             encoded: Mutex::new(BTreeMap::new()),
+            queued: AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let s = shared.clone();
@@ -253,7 +281,14 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || writer(s, rx))
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
-        Ok(LogStore { shared, writes: tx, last_purged, committed: Arc::new(AtomicU64::new(0)) })
+        Ok(LogStore {
+            shared,
+            me,
+            leading: AtomicBool::new(leads(vote.as_ref(), me)),
+            writes: tx,
+            last_purged,
+            committed: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// The encodings replication can reuse.
@@ -275,7 +310,11 @@ impl LogStore {
     }
 
     fn send(&self, w: Write, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
-        self.writes.send(w).map_err(|e| io_err(subject, ErrorVerb::Write, &e))
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        self.writes.send(w).map_err(|e| {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            io_err(subject, ErrorVerb::Write, &e)
+        })
     }
 
     async fn wait(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StorageError> {
@@ -319,6 +358,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.leading.store(leads(Some(vote), self.me), Ordering::Relaxed);
         self.write_meta(VOTE, vote)?;
         self.shared.engine.flush().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))
     }
@@ -350,6 +390,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for e in &entries {
                 tail.insert(e.log_id.index, e.clone());
             }
+        }
+        // In place only with nothing queued before it, so the disk still sees every change in Raft's order.
+        if !self.leading.load(Ordering::Relaxed) && self.shared.queued.load(Ordering::Acquire) == 0 {
+            persist(&self.shared, vec![Write::Append(entries, callback)]);
+            return Ok(());
         }
         self.send(Write::Append(entries, callback), ErrorSubject::Logs)
     }
