@@ -13,19 +13,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (libmimalloc-sys names only some options).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-/// How long freed memory stays with the process before mimalloc returns it to the system. mimalloc's default
-/// (one second) hands back and faults in again, zeroed by the kernel, the pages a member's steady churn of
-/// request and log buffers reuses: under load that zeroing took a fifth of a member's CPU. Ten seconds keeps them
-/// while the load lasts and still gives memory back to an idle member.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
-
-fn tune_allocator() {
-    // SAFETY: options are set once, first thing in `main`, before any other thread exists.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
-}
-
 /// Titan: a multi-region container scheduler.
 #[derive(Parser, Debug)]
 #[command(name = "titan", version, about)]
@@ -73,7 +60,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     let args = Titan::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -104,17 +90,3 @@ fn main() -> ExitCode {
 
 /// Where `titan dev` keeps its data unless told otherwise.
 pub const DEV_DATA_DIR: &str = ".titan-dev";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_purge_delay_option_is_mimalloc_3s() {
-        // The option number is mimalloc 3's; version 2 numbers its options differently and ends them at 38.
-        assert_eq!(libmimalloc_sys::_mi_option_last, 47);
-        tune_allocator();
-        // SAFETY: reading an option is always allowed.
-        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, PURGE_DELAY_MS);
-    }
-}
