@@ -1,9 +1,11 @@
 //! The Raft log and vote on the storage seam.
 //!
-//! Appends never wait on the disk in Raft's own task: entries go into an in-memory tail of the log at once (which
-//! is also where replication reads recent entries from), and a writer thread writes them to the engine and makes
-//! them durable with one flush for everything that queued up meanwhile (group commit), then tells Raft. Truncate
-//! and purge travel the same queue, so the disk sees every change in the order Raft made it.
+//! A leader's appends never wait on the disk in Raft's own task: entries go into an in-memory tail of the log at
+//! once (which is also where replication reads recent entries from), and a writer thread writes them to the engine
+//! and makes them durable with one flush for everything that queued up meanwhile (group commit), then tells Raft,
+//! so replication to followers runs while the leader's disk syncs. Truncate and purge travel the same queue, so the
+//! disk sees every change in the order Raft made it. A follower answers its leader only once an append is durable,
+//! so it writes and syncs in place when nothing is queued, sparing the trip to the writer thread and back.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -187,39 +189,37 @@ fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Write>) {
 
 /// Writes a batch, flushes once, trims what memory keeps of the log, then answers every waiter.
 fn persist(shared: &Shared, batch: Vec<Write>) {
-    {
-        let mut result = Ok(());
-        let mut durable = None;
-        for w in &batch {
-            if result.is_ok() {
-                result = write_one(shared, w);
-            }
-            if let Write::Append(entries, _) = w {
-                durable = entries.last().map(|e| e.log_id.index).or(durable);
-            }
-        }
+    let mut result = Ok(());
+    let mut durable = None;
+    for w in &batch {
         if result.is_ok() {
-            let start = std::time::Instant::now();
-            result = shared.engine.flush();
-            shared.flush_seconds.observe(start.elapsed().as_secs_f64());
+            result = write_one(shared, w);
         }
-        if let (Ok(()), Some(d)) = (&result, durable) {
-            let mut tail = shared.tail();
-            let keep_from = d.saturating_sub(TAIL_KEEP);
-            while tail.first_key_value().is_some_and(|(i, _)| *i < keep_from) {
-                tail.pop_first();
-            }
-            drop(tail);
-            let mut encoded = shared.encoded.lock().unwrap_or_else(|p| p.into_inner());
-            *encoded = encoded.split_off(&keep_from);
+        if let Write::Append(entries, _) = w {
+            durable = entries.last().map(|e| e.log_id.index).or(durable);
         }
-        for w in batch {
-            let r = result.clone();
-            match w {
-                Write::Append(_, cb) => cb.log_io_completed(r.map_err(|e| std::io::Error::other(e.0))),
-                Write::Truncate(_, tx) | Write::Purge(_, tx) => {
-                    let _ = tx.send(r);
-                }
+    }
+    if result.is_ok() {
+        let start = std::time::Instant::now();
+        result = shared.engine.flush();
+        shared.flush_seconds.observe(start.elapsed().as_secs_f64());
+    }
+    if let (Ok(()), Some(d)) = (&result, durable) {
+        let mut tail = shared.tail();
+        let keep_from = d.saturating_sub(TAIL_KEEP);
+        while tail.first_key_value().is_some_and(|(i, _)| *i < keep_from) {
+            tail.pop_first();
+        }
+        drop(tail);
+        let mut encoded = shared.encoded.lock().unwrap_or_else(|p| p.into_inner());
+        *encoded = encoded.split_off(&keep_from);
+    }
+    for w in batch {
+        let r = result.clone();
+        match w {
+            Write::Append(_, cb) => cb.log_io_completed(r.map_err(|e| std::io::Error::other(e.0))),
+            Write::Truncate(_, tx) | Write::Purge(_, tx) => {
+                let _ = tx.send(r);
             }
         }
     }
