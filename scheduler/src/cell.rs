@@ -1,10 +1,12 @@
-//! A cell member: Raft over the sled store, the state machine, and the job API implemented on top of them.
+//! A cell member: Raft over the storage seam, the state machine, and the job API implemented on top of them.
 //!
 //! Writes become `Command`s stamped with who, why and when, and are answered only once committed. A member that
-//! is not the leader forwards the command to the leader over an internal route and relays the answer, so clients
-//! may talk to any member. Reads are served from the member's own applied state.
+//! is not the leader forwards the command to the leader over its kept Raft stream connection and relays the
+//! answer, so clients may talk to any member. Reads are served from the member's own applied state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CellConfig;
 use crate::raft::{
-    codec, raft_routes, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed, PeerClient, Raft, SharedState,
-    StateStore,
+    codec, raft_routes, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed, PeerClient, Raft,
+    SharedState, StateStore, Streams, PROPOSE,
 };
 use crate::state_machine::{Command, Meta, Rejection, Response};
 use crate::store::Engine;
@@ -156,6 +158,8 @@ pub struct Cell {
     leases: std::sync::Mutex<HashMap<String, u64>>,
     encoded: crate::raft::EncodedEntries,
     network_metrics: NetworkMetrics,
+    /// Kept connections to the other members, shared with Raft: write forwarding goes over them too.
+    streams: Streams,
     config: CellConfig,
     raft: Raft,
     state: SharedState,
@@ -214,7 +218,8 @@ impl Cell {
         .map_err(|e| CellError::Raft(e.to_string()))?;
         let peers = PeerClient::new();
         let network_metrics = NetworkMetrics::new(registry, &config.cell, config.node_id)?;
-        let network = HttpNetwork::new(encoded.clone(), network_metrics.clone());
+        let streams = Streams::new(network_metrics.clone());
+        let network = HttpNetwork::new(encoded.clone(), streams.clone());
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| CellError::Raft(e.to_string()))?;
@@ -239,6 +244,7 @@ impl Cell {
             leases: Default::default(),
             encoded,
             network_metrics,
+            streams,
             config,
             raft,
             state,
@@ -267,13 +273,14 @@ impl Cell {
     /// Every route this member serves: the public API, Raft's internal routes and write forwarding.
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
-        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.network_metrics.clone()).merge(
-            Router::new()
-                .route("/internal/propose", post(propose_here))
-                .route("/internal/read-index", axum::routing::get(read_index))
-                .route("/internal/pending", post(pending_here))
-                .with_state(self.clone()),
-        );
+        let forwarding = Arc::new(ProposeHere(self.clone()));
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.network_metrics.clone(), forwarding)
+            .merge(
+                Router::new()
+                    .route("/internal/read-index", axum::routing::get(read_index))
+                    .route("/internal/pending", post(pending_here))
+                    .with_state(self.clone()),
+            );
         titan_api::router(api, http, internal)
     }
 
@@ -444,7 +451,8 @@ impl Cell {
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(node) = f.leader_node.filter(|_| f.leader_id != Some(self.config.node_id)) {
                         self.metrics.forwarded.inc_by(n as u64);
-                        match self.forward(&node.addr, &cmds).await {
+                        let leader = f.leader_id.map(|l| l.to_string()).unwrap_or_default();
+                        match self.forward(&leader, &node.addr, &cmds).await {
                             Forwarded::Answered(a) if a.len() == n => return Ok(a),
                             Forwarded::Answered(a) => {
                                 return Err(ApiError::internal(format!("{} answers for {n} commands", a.len())))
@@ -471,21 +479,16 @@ impl Cell {
         }
     }
 
-    async fn forward(&self, addr: &str, cmds: &[Command]) -> Forwarded {
-        let url = format!("http://{addr}/internal/propose");
+    /// Sends `cmds` to the leader (member `leader` at `addr`) over a kept stream connection.
+    async fn forward(&self, leader: &str, addr: &str, cmds: &[Command]) -> Forwarded {
         let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
         let body = match codec::encode(cmds) {
             Ok(b) => b,
             Err(e) => return Forwarded::Unknown(e.to_string()),
         };
-        let request = self.peers.http.post(url).timeout(timeout).header("content-type", codec::CONTENT_TYPE);
-        let resp = match request.body(body).send().await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => return Forwarded::Retry,
-            Err(e) => return Forwarded::Unknown(e.to_string()),
-        };
-        let bytes = match resp.bytes().await {
+        let bytes = match self.streams.call(leader, addr, PROPOSE, &body, timeout).await {
             Ok(b) => b,
+            Err(e) if e.never_sent() => return Forwarded::Retry,
             Err(e) => return Forwarded::Unknown(e.to_string()),
         };
         match codec::decode::<Proposed>(&bytes) {
@@ -649,16 +652,28 @@ fn unbatch(r: Response, n: usize) -> Result<Answers, ApiError> {
     }
 }
 
-/// Takes commands a follower forwarded, when this member leads: they join this member's own queue, so they are
-/// committed in the same entries as its local writes rather than one entry per forwarded batch.
-async fn propose_here(State(cell): State<Arc<Cell>>, Packed(cmds): Packed<Vec<Command>>) -> HttpResponse {
-    let m = cell.raft.metrics().borrow().clone();
-    if m.current_leader != Some(cell.config.node_id) {
-        let leader =
-            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-        return Packed(Proposed::NotLeader(leader)).into_response();
+/// Takes the commands followers forward over the Raft stream.
+struct ProposeHere(Arc<Cell>);
+
+impl Forwarding for ProposeHere {
+    /// When this member leads, forwarded commands join its own queue, so they are committed in the same entries as
+    /// its local writes rather than one entry per forwarded batch.
+    fn propose(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + 'static>> {
+        let cell = self.0.clone();
+        Box::pin(async move {
+            let cmds: Vec<Command> = codec::decode(&body).map_err(std::io::Error::other)?;
+            let m = cell.raft.metrics().borrow().clone();
+            let answer = if m.current_leader == Some(cell.config.node_id) {
+                Proposed::Answered(cell.enqueue(cmds).await)
+            } else {
+                let leader = m
+                    .current_leader
+                    .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+                Proposed::NotLeader(leader)
+            };
+            codec::encode(&answer).map_err(std::io::Error::other)
+        })
     }
-    Packed(Proposed::Answered(cell.enqueue(cmds).await)).into_response()
 }
 
 /// Why the given Accepted tasks wait, as this member (the leader) last found.

@@ -7,7 +7,8 @@
 //! checkout. Idle connections are kept per peer and reused by whichever replication stream or vote needs one.
 //!
 //! ```text
-//! request   length (u32 LE) | kind (u8) | body     kind: 1 append entries, 2 vote, 3 install snapshot
+//! request   length (u32 LE) | kind (u8) | body     kind: 1 append entries, 2 vote, 3 install snapshot,
+//!                                                        4 writes a follower forwards to the leader
 //! answer    length (u32 LE) | body                 length counts what follows it
 //! ```
 //!
@@ -16,6 +17,8 @@
 //! the middle of a call is dropped, never reused.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -47,24 +50,28 @@ pub const MAX_INTERNAL_BODY: usize = 64 * 1024 * 1024;
 pub const STREAM_PATH: &str = "/internal/raft/stream";
 /// The protocol named in the `Upgrade` header.
 const PROTOCOL: &str = "titan-raft";
-/// Idle connections kept per peer: one per replication stream, plus a few for votes and leadership checks.
+/// Idle connections kept per peer: one per replication stream, plus a few for votes, leadership checks and
+/// forwarded writes (two proposers and one direct proposal at most).
 const IDLE_PER_PEER: usize = 4;
 
 const APPEND: u8 = 1;
 const VOTE: u8 = 2;
 const SNAPSHOT: u8 = 3;
+/// Writes a follower forwards to the leader; the body and answer are the cell's (`Forwarding`).
+pub const PROPOSE: u8 = 4;
 
 fn rpc_name(kind: u8) -> &'static str {
     match kind {
         APPEND => "append",
         VOTE => "vote",
         SNAPSHOT => "snapshot",
+        PROPOSE => "propose",
         _ => "unknown",
     }
 }
 
-/// An HTTP client for the member-to-member calls that are still plain requests (write forwarding, reads from the
-/// leader); Raft itself goes over `HttpNetwork`'s streams.
+/// An HTTP client for the member-to-member calls that are plain requests (reads from the leader); Raft and write
+/// forwarding go over `Streams`.
 #[derive(Clone)]
 pub struct PeerClient {
     pub(crate) http: reqwest::Client,
@@ -159,15 +166,87 @@ impl Pool {
     }
 }
 
+/// Kept stream connections to peers, shared by Raft's replication streams, its votes and write forwarding.
+#[derive(Clone)]
+pub struct Streams {
+    pool: Arc<Pool>,
+    metrics: NetworkMetrics,
+}
+
+impl Streams {
+    pub fn new(metrics: NetworkMetrics) -> Streams {
+        Streams { pool: Arc::default(), metrics }
+    }
+
+    /// One call of `kind` to the member at `addr`: a connection from the pool (or a new one), the request frame,
+    /// the answer frame. The connection goes back to the pool only when the call completed, so one dropped in the
+    /// middle (timeout, or the caller gave up) is closed instead of carrying a stale answer to the next call.
+    async fn exchange(&self, target: &str, addr: &str, kind: u8, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        let mut conn = match self.pool.take(addr) {
+            Some(c) => c,
+            None => {
+                let c = connect(addr).await?;
+                self.metrics.connects.with_label_values(&[target]).inc();
+                c
+            }
+        };
+        write_frame(conn.io.get_mut(), Some(kind), body).await.map_err(CallError::Io)?;
+        let answer = read_frame(&mut conn.io).await.map_err(CallError::Io)?;
+        self.pool.put(addr, conn);
+        Ok(answer)
+    }
+
+    /// Calls `kind` on the member at `addr` within `timeout`, counting it in the metrics under `target`.
+    pub(crate) async fn call(
+        &self,
+        target: &str,
+        addr: &str,
+        kind: u8,
+        body: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let start = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.exchange(target, addr, kind, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer in {timeout:?}"),
+            ))),
+        };
+        match &result {
+            Ok(_) => {
+                self.metrics.rpc_seconds.with_label_values(&[rpc_name(kind)]).observe(start.elapsed().as_secs_f64())
+            }
+            Err(_) => self.metrics.failures.with_label_values(&[target, rpc_name(kind)]).inc(),
+        }
+        result
+    }
+}
+
 /// Why a call got no answer.
-enum CallError {
+#[derive(Debug)]
+pub(crate) enum CallError {
     /// The peer could not be reached at all.
     Connect(std::io::Error),
     /// The connection broke, timed out or carried something unreadable.
     Io(std::io::Error),
 }
 
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Connect(e) => write!(f, "cannot connect: {e}"),
+            CallError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 impl CallError {
+    /// Whether the call certainly never reached the peer.
+    pub(crate) fn never_sent(&self) -> bool {
+        matches!(self, CallError::Connect(_))
+    }
+
     fn into_rpc<E: std::error::Error>(self) -> RPCError<NodeId, BasicNode, E> {
         match self {
             CallError::Connect(e) => RPCError::Unreachable(Unreachable::new(&e)),
@@ -179,13 +258,12 @@ impl CallError {
 /// Makes a `Peer` for each member Raft talks to.
 pub struct HttpNetwork {
     encoded: EncodedEntries,
-    pool: Arc<Pool>,
-    metrics: NetworkMetrics,
+    streams: Streams,
 }
 
 impl HttpNetwork {
-    pub fn new(encoded: EncodedEntries, metrics: NetworkMetrics) -> HttpNetwork {
-        HttpNetwork { encoded, pool: Arc::default(), metrics }
+    pub fn new(encoded: EncodedEntries, streams: Streams) -> HttpNetwork {
+        HttpNetwork { encoded, streams }
     }
 }
 
@@ -204,13 +282,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer {
-            target,
-            addr: node.addr.clone(),
-            encoded: self.encoded.clone(),
-            pool: self.pool.clone(),
-            metrics: self.metrics.clone(),
-        }
+        Peer { target, addr: node.addr.clone(), encoded: self.encoded.clone(), streams: self.streams.clone() }
     }
 }
 
@@ -218,8 +290,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     encoded: EncodedEntries,
-    pool: Arc<Pool>,
-    metrics: NetworkMetrics,
+    streams: Streams,
 }
 
 /// Opens a connection to `addr` and upgrades it to a Raft stream.
@@ -273,24 +344,6 @@ async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, prefix: Option<u8>, body
 }
 
 impl Peer {
-    /// One call: a connection from the pool (or a new one), the request frame, the answer frame. The connection
-    /// goes back to the pool only when the call completed, so one dropped in the middle (timeout, or the caller
-    /// gave up) is closed instead of carrying a stale answer to the next call.
-    async fn exchange(&self, kind: u8, body: &[u8]) -> Result<Vec<u8>, CallError> {
-        let mut conn = match self.pool.take(&self.addr) {
-            Some(c) => c,
-            None => {
-                let c = connect(&self.addr).await?;
-                self.metrics.connects.with_label_values(&[&self.target.to_string()]).inc();
-                c
-            }
-        };
-        write_frame(conn.io.get_mut(), Some(kind), body).await.map_err(CallError::Io)?;
-        let answer = read_frame(&mut conn.io).await.map_err(CallError::Io)?;
-        self.pool.put(&self.addr, conn);
-        Ok(answer)
-    }
-
     async fn call<Req, Resp, E>(
         &self,
         kind: u8,
@@ -302,22 +355,13 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let start = Instant::now();
         let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer = match tokio::time::timeout(option.hard_ttl(), self.exchange(kind, &body)).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                self.metrics.failures.with_label_values(&[&self.target.to_string(), rpc_name(kind)]).inc();
-                return Err(e.into_rpc());
-            }
-            Err(_) => {
-                self.metrics.failures.with_label_values(&[&self.target.to_string(), rpc_name(kind)]).inc();
-                let e =
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer in {:?}", option.hard_ttl()));
-                return Err(RPCError::Network(NetworkError::new(&e)));
-            }
-        };
-        self.metrics.rpc_seconds.with_label_values(&[rpc_name(kind)]).observe(start.elapsed().as_secs_f64());
+        let target = self.target.to_string();
+        let answer = self
+            .streams
+            .call(&target, &self.addr, kind, &body, option.hard_ttl())
+            .await
+            .map_err(CallError::into_rpc)?;
         let answer: Result<Resp, E> = codec::decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -384,12 +428,19 @@ impl<T: Serialize> IntoResponse for Packed<T> {
     }
 }
 
-/// What the stream needs: Raft, and the log's encodings to keep what followers receive.
+/// Takes the writes a follower forwards (`PROPOSE`): the cell decodes, commits and encodes the answer.
+pub trait Forwarding: Send + Sync + 'static {
+    fn propose(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + 'static>>;
+}
+
+/// What the stream needs: Raft, the log's encodings to keep what followers receive, and the cell for forwarded
+/// writes.
 #[derive(Clone)]
 struct Routes {
     raft: Raft,
     encoded: EncodedEntries,
     metrics: NetworkMetrics,
+    forwarding: Arc<dyn Forwarding>,
 }
 
 fn packed<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
@@ -429,6 +480,7 @@ impl Routes {
             APPEND => self.append(body).await,
             VOTE => packed(&self.raft.vote(unpacked(body)?).await),
             SNAPSHOT => packed(&self.raft.install_snapshot(unpacked(body)?).await),
+            PROPOSE => self.forwarding.propose(body.to_vec()).await,
             other => Err(std::io::Error::other(format!("unknown Raft call {other}"))),
         }
     }
@@ -483,8 +535,13 @@ async fn stream(State(routes): State<Routes>, mut req: Request) -> Response {
 }
 
 /// The internal route Raft peers call.
-pub fn raft_routes(raft: Raft, encoded: EncodedEntries, metrics: NetworkMetrics) -> Router {
-    Router::new().route(STREAM_PATH, get(stream)).with_state(Routes { raft, encoded, metrics })
+pub fn raft_routes(
+    raft: Raft,
+    encoded: EncodedEntries,
+    metrics: NetworkMetrics,
+    forwarding: Arc<dyn Forwarding>,
+) -> Router {
+    Router::new().route(STREAM_PATH, get(stream)).with_state(Routes { raft, encoded, metrics, forwarding })
 }
 
 #[cfg(test)]
