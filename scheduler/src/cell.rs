@@ -193,8 +193,7 @@ impl Cell {
                 .buckets(vec![0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0]),
         )?;
         registry.register(Box::new(flush_seconds.clone()))?;
-        let log = LogStore::open(engine.clone(), config.node_id, flush_seconds)
-            .map_err(|e| CellError::Raft(e.to_string()))?;
+        let log = LogStore::open(engine.clone(), flush_seconds).map_err(|e| CellError::Raft(e.to_string()))?;
         let committed = log.committed_index();
         let encoded = log.encoded_entries();
         let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;

@@ -1,24 +1,22 @@
 //! The Raft log and vote on the storage seam.
 //!
-//! A leader's appends never wait on the disk in Raft's own task: entries go into an in-memory tail of the log at
-//! once (which is also where replication reads recent entries from), and a writer thread writes them to the engine
-//! and makes them durable with one flush for everything that queued up meanwhile (group commit), then tells Raft,
-//! so replication to followers runs while the leader's disk syncs. Truncate and purge travel the same queue, so the
-//! disk sees every change in the order Raft made it. A follower answers its leader only once an append is durable,
-//! so it writes and syncs in place when nothing is queued, sparing the trip to the writer thread and back.
+//! Every change is written and made durable in place, in Raft's own task, before the call returns: openraft 0.9
+//! waits for each append to be flushed before it does anything else (replication included), so handing the write
+//! to another thread would only add two thread wake-ups to every commit. Each append is one engine write and one
+//! flush, and a batch of up to `cell::MAX_BATCH` commands travels as one entry, so heavy load still shares a flush
+//! among many writes. The newest entries are also kept in memory (the tail), where replication reads them.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
 use super::{codec, io_err, NodeId, StorageError, TypeConfig};
 use crate::store::{Engine, Op, StoreError, Tree};
@@ -55,14 +53,12 @@ type Tail = BTreeMap<u64, Entry<TypeConfig>>;
 
 struct Shared {
     engine: Arc<dyn Engine>,
-    /// How long each flush of the writer takes.
+    /// How long each flush takes.
     flush_seconds: prometheus::Histogram,
     tail: Mutex<Tail>,
-    /// The encoded form of the newest entries, as the writer made it for the disk: replication sends these bytes
+    /// The encoded form of the newest entries, as the log store made it for the disk: replication sends these bytes
     /// instead of encoding every entry again for every follower.
     encoded: Mutex<BTreeMap<u64, (LogId<NodeId>, Bytes)>>,
-    /// Writes sent to the writer thread and not yet answered.
-    queued: AtomicUsize,
 }
 
 /// Entries in their `codec` encoding, reused where the log store already made it.
@@ -80,7 +76,7 @@ impl EncodedEntries {
         }
     }
 
-    /// Keeps the encodings a follower received with the entries, so its log writer stores them as they came.
+    /// Keeps the encodings a follower received with the entries, so its log store writes them as they came.
     pub fn remember(&self, received: impl IntoIterator<Item = (LogId<NodeId>, Bytes)>) {
         let mut encoded = self.shared.encoded.lock().unwrap_or_else(|p| p.into_inner());
         encoded.extend(received.into_iter().map(|(id, b)| (id.index, (id, b))));
@@ -138,96 +134,50 @@ impl Shared {
     }
 }
 
-/// Work for the writer thread, in Raft's order.
-enum Write {
-    Append(Vec<Entry<TypeConfig>>, LogFlushed<TypeConfig>),
-    Truncate(u64, oneshot::Sender<Result<(), StoreError>>),
-    Purge(LogId<NodeId>, oneshot::Sender<Result<(), StoreError>>),
-}
-
-fn write_one(shared: &Shared, w: &Write) -> Result<(), StoreError> {
-    let engine = shared.engine.as_ref();
-    match w {
-        Write::Append(entries, _) => {
-            let mut ops = Vec::with_capacity(entries.len());
-            let mut made = Vec::with_capacity(entries.len());
-            for e in entries {
-                // A follower already has the bytes the leader sent; a leader encodes once, here.
-                let bytes = match shared.cached(e) {
-                    Some(b) => b.to_vec(),
-                    None => {
-                        let bytes = codec::encode(e).map_err(|err| StoreError(err.to_string()))?;
-                        made.push((e.log_id.index, (e.log_id, Bytes::copy_from_slice(&bytes))));
-                        bytes
-                    }
-                };
-                ops.push(Op::Put(key(e.log_id.index), bytes));
-            }
-            shared.encoded.lock().unwrap_or_else(|p| p.into_inner()).extend(made);
-            engine.write(Tree::Log, ops)
+impl Shared {
+    /// Writes `entries` to the engine, reusing the encodings already made (a follower's from its leader).
+    fn write_entries(&self, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
+        let mut ops = Vec::with_capacity(entries.len());
+        let mut made = Vec::with_capacity(entries.len());
+        for e in entries {
+            // A follower already has the bytes the leader sent; a leader encodes once, here.
+            let bytes = match self.cached(e) {
+                Some(b) => b.to_vec(),
+                None => {
+                    let bytes = codec::encode(e).map_err(|err| StoreError(err.to_string()))?;
+                    made.push((e.log_id.index, (e.log_id, Bytes::copy_from_slice(&bytes))));
+                    bytes
+                }
+            };
+            ops.push(Op::Put(key(e.log_id.index), bytes));
         }
-        Write::Truncate(index, _) => engine.delete_range(Tree::Log, Bound::Included(key(*index)), Bound::Unbounded),
-        Write::Purge(log_id, _) => {
-            // The marker first: a crash between the two leaves extra entries, which is harmless.
-            let marker = codec::encode(log_id).map_err(|err| StoreError(err.to_string()))?;
-            engine.write(Tree::Meta, vec![Op::Put(PURGED.to_vec(), marker)])?;
-            engine.delete_range(Tree::Log, Bound::Unbounded, Bound::Included(key(log_id.index)))
-        }
+        self.encoded.lock().unwrap_or_else(|p| p.into_inner()).extend(made);
+        self.engine.write(Tree::Log, ops)
     }
-}
 
-/// The writer thread: each round writes everything queued, flushes once, then answers every waiter.
-fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Write>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        let n = batch.len();
-        persist(&shared, batch);
-        shared.queued.fetch_sub(n, Ordering::Release);
-    }
-}
-
-/// Writes a batch, flushes once, trims what memory keeps of the log, then answers every waiter.
-fn persist(shared: &Shared, batch: Vec<Write>) {
-    let mut result = Ok(());
-    let mut durable = None;
-    for w in &batch {
-        if result.is_ok() {
-            result = write_one(shared, w);
-        }
-        if let Write::Append(entries, _) = w {
-            durable = entries.last().map(|e| e.log_id.index).or(durable);
-        }
-    }
-    if result.is_ok() {
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), StoreError> {
         let start = std::time::Instant::now();
-        result = shared.engine.flush();
-        shared.flush_seconds.observe(start.elapsed().as_secs_f64());
+        let result = self.engine.flush();
+        self.flush_seconds.observe(start.elapsed().as_secs_f64());
+        result
     }
-    if let (Ok(()), Some(d)) = (&result, durable) {
-        let mut tail = shared.tail();
-        let keep_from = d.saturating_sub(TAIL_KEEP);
+
+    /// Drops from memory what is durable and more than `TAIL_KEEP` entries behind `durable`.
+    fn trim(&self, durable: u64) {
+        let keep_from = durable.saturating_sub(TAIL_KEEP);
+        let mut tail = self.tail();
         while tail.first_key_value().is_some_and(|(i, _)| *i < keep_from) {
             tail.pop_first();
         }
         drop(tail);
-        let mut encoded = shared.encoded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut encoded = self.encoded.lock().unwrap_or_else(|p| p.into_inner());
         *encoded = encoded.split_off(&keep_from);
-    }
-    for w in batch {
-        let r = result.clone();
-        match w {
-            Write::Append(_, cb) => cb.log_io_completed(r.map_err(|e| std::io::Error::other(e.0))),
-            Write::Truncate(_, tx) | Write::Purge(_, tx) => {
-                let _ = tx.send(r);
-            }
-        }
     }
 }
 
-/// Whether `vote` makes `me` the leader.
-fn leads(vote: Option<&Vote<NodeId>>, me: NodeId) -> bool {
-    vote.is_some_and(|v| v.is_committed() && v.leader_id().voted_for() == Some(me))
+fn log_err(verb: ErrorVerb, e: StoreError) -> StorageError {
+    io_err(ErrorSubject::Logs, verb, &e)
 }
 
 /// Reads log entries; cheap to clone, one per replication stream.
@@ -248,47 +198,21 @@ impl RaftLogReader<TypeConfig> for LogReader {
 /// The log store: entries in `Tree::Log`, vote, committed and purge marker in `Tree::Meta`.
 pub struct LogStore {
     shared: Arc<Shared>,
-    /// This member's id, to tell from the vote whether it leads.
-    me: NodeId,
-    /// Whether the last vote saved or read makes this member the leader: a leader's appends go to the writer thread
-    /// so replication to followers runs while its disk syncs; a follower has nothing to do until its own append is
-    /// durable, so it writes and syncs at once, sparing the trip to the writer thread and back.
-    leading: AtomicBool,
-    writes: mpsc::Sender<Write>,
     last_purged: Option<LogId<NodeId>>,
     committed: Arc<AtomicU64>,
 }
 
 impl LogStore {
-    /// Opens member `me`'s log on `engine`; `flush_seconds` observes every flush.
-    pub fn open(
-        engine: Arc<dyn Engine>,
-        me: NodeId,
-        flush_seconds: prometheus::Histogram,
-    ) -> Result<LogStore, StorageError> {
+    /// Opens the log on `engine`; `flush_seconds` observes every flush.
+    pub fn open(engine: Arc<dyn Engine>, flush_seconds: prometheus::Histogram) -> Result<LogStore, StorageError> {
         let last_purged = meta(engine.as_ref(), PURGED)?;
-        let vote: Option<Vote<NodeId>> = meta(engine.as_ref(), VOTE)?;
         let shared = Arc::new(Shared {
             engine,
             flush_seconds,
             tail: Mutex::new(BTreeMap::new()),
             encoded: Mutex::new(BTreeMap::new()),
-            queued: AtomicUsize::new(0),
         });
-        let (tx, rx) = mpsc::channel();
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || writer(s, rx))
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
-        Ok(LogStore {
-            shared,
-            me,
-            leading: AtomicBool::new(leads(vote.as_ref(), me)),
-            writes: tx,
-            last_purged,
-            committed: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(LogStore { shared, last_purged, committed: Arc::new(AtomicU64::new(0)) })
     }
 
     /// The encodings replication can reuse.
@@ -307,21 +231,6 @@ impl LogStore {
             .engine
             .write(Tree::Meta, vec![Op::Put(k.to_vec(), b)])
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))
-    }
-
-    fn send(&self, w: Write, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
-        self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        self.writes.send(w).map_err(|e| {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            io_err(subject, ErrorVerb::Write, &e)
-        })
-    }
-
-    async fn wait(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StorageError> {
-        match rx.await {
-            Ok(r) => r.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e)),
-            Err(e) => Err(io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e)),
-        }
     }
 }
 
@@ -358,7 +267,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.leading.store(leads(Some(vote), self.me), Ordering::Relaxed);
         self.write_meta(VOTE, vote)?;
         self.shared.engine.flush().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))
     }
@@ -391,19 +299,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 tail.insert(e.log_id.index, e.clone());
             }
         }
-        // In place only with nothing queued before it, so the disk still sees every change in Raft's order.
-        if !self.leading.load(Ordering::Relaxed) && self.shared.queued.load(Ordering::Acquire) == 0 {
-            persist(&self.shared, vec![Write::Append(entries, callback)]);
-            return Ok(());
+        let written = self.shared.write_entries(&entries).and_then(|()| self.shared.flush());
+        if written.is_ok() {
+            if let Some(last) = entries.last() {
+                self.shared.trim(last.log_id.index);
+            }
         }
-        self.send(Write::Append(entries, callback), ErrorSubject::Logs)
+        callback.log_io_completed(written.map_err(|e| std::io::Error::other(e.0)));
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
         self.shared.tail().split_off(&log_id.index);
-        let (tx, rx) = oneshot::channel();
-        self.send(Write::Truncate(log_id.index, tx), ErrorSubject::Logs)?;
-        LogStore::wait(rx).await
+        let engine = self.shared.engine.as_ref();
+        engine
+            .delete_range(Tree::Log, Bound::Included(key(log_id.index)), Bound::Unbounded)
+            .map_err(|e| log_err(ErrorVerb::Delete, e))?;
+        self.shared.flush().map_err(|e| log_err(ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
@@ -414,8 +326,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         self.last_purged = Some(log_id);
-        let (tx, rx) = oneshot::channel();
-        self.send(Write::Purge(log_id, tx), ErrorSubject::Logs)?;
-        LogStore::wait(rx).await
+        // The marker first: a crash between the two leaves extra entries, which is harmless.
+        self.write_meta(PURGED, &log_id)?;
+        let engine = self.shared.engine.as_ref();
+        engine
+            .delete_range(Tree::Log, Bound::Unbounded, Bound::Included(key(log_id.index)))
+            .map_err(|e| log_err(ErrorVerb::Delete, e))?;
+        self.shared.flush().map_err(|e| log_err(ErrorVerb::Delete, e))
     }
 }

@@ -57,7 +57,7 @@ mod tests {
             let (dir, engine) = (self.0)();
             let flush = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("flush", "flush"))
                 .expect("a histogram with a name");
-            let log = LogStore::open(engine.clone(), 1, flush)?;
+            let log = LogStore::open(engine.clone(), flush)?;
             let sm = StateStore::open(engine)?;
             Ok((dir, log, sm))
         }
