@@ -132,9 +132,7 @@ impl Shared {
         out.extend(from_tail);
         Ok(out)
     }
-}
 
-impl Shared {
     /// Writes `entries` to the engine, reusing the encodings already made (a follower's from its leader).
     fn write_entries(&self, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
         let mut ops = Vec::with_capacity(entries.len());
