@@ -152,9 +152,31 @@ struct Pool {
     idle: Mutex<HashMap<String, Vec<Conn>>>,
 }
 
+impl Conn {
+    /// Whether the peer still holds its end: between calls nothing may be waiting to be read, so anything readable
+    /// (end of stream, an error, stray bytes) means the connection is of no further use. A peer that restarted has
+    /// closed every connection to its old process, and a call on one would fail after it was sent, when the caller
+    /// can no longer tell whether it arrived.
+    fn is_live(&self) -> bool {
+        if !self.io.buffer().is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.io.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 impl Pool {
+    /// An idle connection to `addr` that is still open, dropping any the peer has closed.
     fn take(&self, addr: &str) -> Option<Conn> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).get_mut(addr).and_then(Vec::pop)
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.get_mut(addr)?;
+        while let Some(conn) = conns.pop() {
+            if conn.is_live() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     fn put(&self, addr: &str, conn: Conn) {
@@ -558,6 +580,30 @@ mod tests {
         a.write_all(&(MAX_INTERNAL_BODY as u32 + 1).to_le_bytes()).await.expect("write");
         let err = read_frame(&mut b).await.expect_err("too big");
         assert!(err.to_string().contains("is over the"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connections_the_peer_closed_are_not_taken_from_the_pool() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let pool = Pool::default();
+        let mut server_ends = Vec::new();
+        for _ in 0..2 {
+            let client = TcpStream::connect(&addr).await.expect("connect");
+            server_ends.push(listener.accept().await.expect("accept").0);
+            pool.put(&addr, Conn { io: BufReader::new(client) });
+        }
+        // The peer closes one of them (the last put, so the first taken).
+        drop(server_ends.pop());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let conn = pool.take(&addr).expect("the open connection is still there");
+        assert!(conn.is_live());
+        assert!(pool.take(&addr).is_none(), "the closed one was dropped, not handed out");
+        // Bytes the peer sent between calls make a connection unusable too.
+        server_ends[0].write_all(b"x").await.expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        pool.put(&addr, conn);
+        assert!(pool.take(&addr).is_none());
     }
 
     #[tokio::test]
