@@ -157,7 +157,6 @@ pub struct Cell {
     /// and hears from every live agent within a lease.
     leases: std::sync::Mutex<HashMap<String, u64>>,
     encoded: crate::raft::EncodedEntries,
-    network_metrics: NetworkMetrics,
     /// Kept connections to the other members, shared with Raft: write forwarding goes over them too.
     streams: Streams,
     config: CellConfig,
@@ -217,7 +216,7 @@ impl Cell {
         .map_err(|e| CellError::Raft(e.to_string()))?;
         let peers = PeerClient::new();
         let network_metrics = NetworkMetrics::new(registry, &config.cell, config.node_id)?;
-        let streams = Streams::new(network_metrics.clone());
+        let streams = Streams::new(network_metrics);
         let network = HttpNetwork::new(encoded.clone(), streams.clone());
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
@@ -242,7 +241,6 @@ impl Cell {
             proposing: Arc::default(),
             leases: Default::default(),
             encoded,
-            network_metrics,
             streams,
             config,
             raft,
@@ -273,7 +271,7 @@ impl Cell {
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
         let forwarding = Arc::new(ProposeHere(self.clone()));
-        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.network_metrics.clone(), forwarding)
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.metrics().clone(), forwarding)
             .merge(
                 Router::new()
                     .route("/internal/read-index", axum::routing::get(read_index))

@@ -105,32 +105,19 @@ pub struct NetworkMetrics {
 
 impl NetworkMetrics {
     pub fn new(registry: &Registry, cell: &str, node: u64) -> Result<NetworkMetrics, prometheus::Error> {
-        let labels = || {
-            let mut l = HashMap::new();
-            l.insert("cell".to_string(), cell.to_string());
-            l.insert("node".to_string(), node.to_string());
-            l
+        let labels = |o: Opts| o.const_label("cell", cell).const_label("node", node.to_string());
+        let seconds = |name: &str, help: &str| {
+            let buckets = vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+            HistogramVec::new(HistogramOpts::from(labels(Opts::new(name, help))).buckets(buckets), &["rpc"])
         };
-        let rpc_seconds = HistogramVec::new(
-            HistogramOpts::new("titan_raft_rpc_seconds", "Raft calls to peers, from sending to the answer")
-                .const_labels(labels())
-                .buckets(vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
-            &["rpc"],
-        )?;
-        let answer_seconds = HistogramVec::new(
-            HistogramOpts::new("titan_raft_answer_seconds", "Raft calls from peers, from reading to answering")
-                .const_labels(labels())
-                .buckets(vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
-            &["rpc"],
-        )?;
+        let rpc_seconds = seconds("titan_raft_rpc_seconds", "Raft calls to peers, from sending to the answer")?;
+        let answer_seconds = seconds("titan_raft_answer_seconds", "Raft calls from peers, from reading to answering")?;
         let connects = IntCounterVec::new(
-            Opts::new("titan_raft_peer_connects_total", "Raft stream connections opened to a peer")
-                .const_labels(labels()),
+            labels(Opts::new("titan_raft_peer_connects_total", "Raft stream connections opened to a peer")),
             &["peer"],
         )?;
         let failures = IntCounterVec::new(
-            Opts::new("titan_raft_rpc_failures_total", "Raft calls to a peer that got no answer")
-                .const_labels(labels()),
+            labels(Opts::new("titan_raft_rpc_failures_total", "Raft calls to a peer that got no answer")),
             &["peer", "rpc"],
         )?;
         registry.register(Box::new(rpc_seconds.clone()))?;
@@ -198,6 +185,10 @@ pub struct Streams {
 impl Streams {
     pub fn new(metrics: NetworkMetrics) -> Streams {
         Streams { pool: Arc::default(), metrics }
+    }
+
+    pub fn metrics(&self) -> &NetworkMetrics {
+        &self.metrics
     }
 
     /// One call of `kind` to the member at `addr`: a connection from the pool (or a new one), the request frame,
@@ -304,12 +295,20 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { target, addr: node.addr.clone(), encoded: self.encoded.clone(), streams: self.streams.clone() }
+        Peer {
+            target,
+            label: target.to_string(),
+            addr: node.addr.clone(),
+            encoded: self.encoded.clone(),
+            streams: self.streams.clone(),
+        }
     }
 }
 
 pub struct Peer {
     target: NodeId,
+    /// `target` as the metrics' `peer` label.
+    label: String,
     addr: String,
     encoded: EncodedEntries,
     streams: Streams,
@@ -378,10 +377,9 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let target = self.target.to_string();
         let answer = self
             .streams
-            .call(&target, &self.addr, kind, &body, option.hard_ttl())
+            .call(&self.label, &self.addr, kind, &body, option.hard_ttl())
             .await
             .map_err(CallError::into_rpc)?;
         let answer: Result<Resp, E> = codec::decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
