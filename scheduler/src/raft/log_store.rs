@@ -29,6 +29,11 @@ const PURGED: &[u8] = b"last_purged";
 /// Entries are batches of up to `MAX_BATCH` commands, so this stays small.
 const TAIL_KEEP: u64 = 64;
 
+/// The committed marker is written once this many entries have committed since it was last written. It only saves
+/// re-applying at start-up what a leader would commit again anyway, so writing it on every commit (a write per
+/// member per commit) bought nothing.
+const COMMITTED_EVERY: u64 = 64;
+
 fn key(index: u64) -> Vec<u8> {
     index.to_be_bytes().to_vec()
 }
@@ -198,6 +203,10 @@ pub struct LogStore {
     shared: Arc<Shared>,
     last_purged: Option<LogId<NodeId>>,
     committed: Arc<AtomicU64>,
+    /// The index the committed marker on disk holds.
+    committed_written: u64,
+    /// A committed id newer than the marker on disk, not yet written.
+    committed_unwritten: Option<LogId<NodeId>>,
 }
 
 impl LogStore {
@@ -210,7 +219,15 @@ impl LogStore {
             tail: Mutex::new(BTreeMap::new()),
             encoded: Mutex::new(BTreeMap::new()),
         });
-        Ok(LogStore { shared, last_purged, committed: Arc::new(AtomicU64::new(0)) })
+        let committed_written =
+            meta::<Option<LogId<NodeId>>>(shared.engine.as_ref(), COMMITTED)?.flatten().map_or(0, |c| c.index);
+        Ok(LogStore {
+            shared,
+            last_purged,
+            committed: Arc::new(AtomicU64::new(0)),
+            committed_written,
+            committed_unwritten: None,
+        })
     }
 
     /// The encodings replication can reuse.
@@ -274,14 +291,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
-        if let Some(c) = committed {
-            self.committed.fetch_max(c.index, Ordering::Relaxed);
+        let Some(c) = committed else { return Ok(()) };
+        self.committed.fetch_max(c.index, Ordering::Relaxed);
+        if c.index < self.committed_written.saturating_add(COMMITTED_EVERY) {
+            self.committed_unwritten = Some(c);
+            return Ok(());
         }
-        // Not flushed: a lost committed marker only means re-applying less at start-up, never applying wrongly.
-        self.write_meta(COMMITTED, &committed)
+        // Not flushed: a lost or older committed marker only means re-applying less at start-up, never applying
+        // wrongly.
+        self.write_meta(COMMITTED, &committed)?;
+        self.committed_written = c.index;
+        self.committed_unwritten = None;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        if let Some(c) = self.committed_unwritten {
+            return Ok(Some(c));
+        }
         Ok(meta::<Option<LogId<NodeId>>>(self.shared.engine.as_ref(), COMMITTED)?.flatten())
     }
 

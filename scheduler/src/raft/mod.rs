@@ -85,4 +85,29 @@ mod tests {
             (Some(dir), Arc::new(engine) as Arc<dyn Engine>)
         }))
     }
+
+    fn log_id(index: u64) -> openraft::LogId<NodeId> {
+        openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    #[tokio::test]
+    async fn the_committed_marker_is_written_every_so_many_entries_and_read_back_at_once() {
+        use openraft::storage::RaftLogStorage;
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let flush = || prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("f", "f")).expect("histogram");
+        let mut log = LogStore::open(engine.clone(), flush()).expect("open");
+        log.save_committed(Some(log_id(70))).await.expect("save");
+        log.save_committed(Some(log_id(71))).await.expect("save");
+        // This store answers with the newest; the disk holds the one written at 70, the first past 64.
+        assert_eq!(log.read_committed().await.expect("read"), Some(log_id(71)));
+        let mut reopened = LogStore::open(engine.clone(), flush()).expect("reopen");
+        assert_eq!(reopened.read_committed().await.expect("read"), Some(log_id(70)));
+        // Written again only 64 entries on.
+        reopened.save_committed(Some(log_id(133))).await.expect("save");
+        let mut again = LogStore::open(engine.clone(), flush()).expect("reopen");
+        assert_eq!(again.read_committed().await.expect("read"), Some(log_id(70)));
+        reopened.save_committed(Some(log_id(134))).await.expect("save");
+        let mut again = LogStore::open(engine, flush()).expect("reopen");
+        assert_eq!(again.read_committed().await.expect("read"), Some(log_id(134)));
+    }
 }
