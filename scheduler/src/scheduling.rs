@@ -260,6 +260,6 @@ pub(crate) fn observe_tasks(metrics: &SchedulingMetrics, state: &crate::state_ma
     for s in TaskState::ALL {
         metrics.tasks.with_label_values(&[s.as_str()]).set(state.task_count(s) as i64);
     }
-    let oldest = state.accepted_tasks().map(|t| t.created_at_ms).min();
+    let oldest = state.oldest_accepted_ms();
     metrics.pending_age.set(oldest.map(|t| now_ms.saturating_sub(t) / 1000).unwrap_or(0) as i64);
 }

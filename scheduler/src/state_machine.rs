@@ -363,9 +363,9 @@ pub struct CellState {
     /// Per job, the sets the reconciler reads every round (derived).
     #[serde(skip)]
     job_tasks: HashMap<String, JobTasks>,
-    /// Accepted tasks wanted running: what placement looks at (derived).
+    /// Accepted tasks wanted running, oldest first: what placement looks at, in the order it takes them (derived).
     #[serde(skip)]
-    accepted: BTreeSet<String>,
+    accepted: BTreeSet<(u64, String)>,
     /// Tasks in a state with a timeout (Assigned, Starting, Killing) (derived).
     #[serde(skip)]
     transient: BTreeSet<String>,
@@ -594,6 +594,7 @@ impl CellState {
         let accepted = t.state == TaskState::Accepted && t.desired == Desired::Run;
         let transient = matches!(t.state, TaskState::Assigned | TaskState::Starting | TaskState::Killing);
         let version = t.job_version;
+        let created = t.created_at_ms;
         let job = self.job_tasks.entry(t.job_id.clone()).or_default();
         if live {
             job.live_by_version.insert((version, id.to_string()));
@@ -603,7 +604,11 @@ impl CellState {
         member(&mut job.live, id, live);
         member(&mut job.open, id, open);
         member(&mut job.unhealthy, id, unhealthy);
-        member(&mut self.accepted, id, accepted);
+        if accepted {
+            self.accepted.insert((created, id.to_string()));
+        } else {
+            self.accepted.remove(&(created, id.to_string()));
+        }
         member(&mut self.transient, id, transient);
         if t.is_terminal() {
             self.ended.insert((t.updated_at_ms, id.to_string()));
@@ -638,9 +643,14 @@ impl CellState {
         self.job_tasks.get(job)
     }
 
-    /// Accepted tasks wanted running, in id order.
+    /// Accepted tasks wanted running, oldest first (ties in id order).
     pub fn accepted_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.accepted.iter().filter_map(|id| self.tasks.get(id))
+        self.accepted.iter().filter_map(|(_, id)| self.tasks.get(id))
+    }
+
+    /// When the oldest Accepted task wanted running was created.
+    pub fn oldest_accepted_ms(&self) -> Option<u64> {
+        self.accepted.first().map(|(at, _)| *at)
     }
 
     /// Tasks in Assigned, Starting or Killing, in id order.
@@ -1304,6 +1314,31 @@ mod tests {
 
     fn job(id: &str, version: u64) -> Response {
         Response::Job(JobRef { id: id.into(), version })
+    }
+
+    #[test]
+    fn accepted_tasks_come_oldest_first_and_the_oldest_is_known_without_a_scan() {
+        let mut state = CellState::default();
+        state.apply(&put("j1", None, 1));
+        let round = |ids: &[&str]| {
+            Box::new(Round {
+                create: ids.iter().map(|id| NewTask::fresh(id.to_string(), "j1", None)).collect(),
+                ..Round::default()
+            })
+        };
+        // Ids sort the other way round from their ages.
+        state.apply(&Command::Round { round: round(&["t-z"]), meta: meta(100) });
+        state.apply(&Command::Round { round: round(&["t-m", "t-a"]), meta: meta(200) });
+        let order: Vec<&str> = state.accepted_tasks().map(|t| t.id.as_str()).collect();
+        assert_eq!(order, ["t-z", "t-a", "t-m"], "oldest first, ties by id");
+        assert_eq!(state.oldest_accepted_ms(), Some(100));
+        state.apply(&Command::Round {
+            round: Box::new(Round { stop: vec![("t-z".into(), Reason::ScaledDown)], ..Round::default() }),
+            meta: meta(300),
+        });
+        assert_eq!(state.oldest_accepted_ms(), Some(200), "a stopped task is no longer pending");
+        state.reindex();
+        assert_eq!(state.accepted_tasks().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t-a", "t-m"]);
     }
 
     #[test]
