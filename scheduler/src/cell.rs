@@ -436,11 +436,18 @@ impl Cell {
     async fn propose(&self, cmds: Vec<Command>) -> Result<Answers, ApiError> {
         let n = cmds.len();
         let deadline = Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms);
+        // Made once and shared: a retry, or a forward to the leader, copies nothing.
+        let proposal = Arc::new(match <[Command; 1]>::try_from(cmds) {
+            Ok([one]) => one,
+            Err(cmds) => Command::Batch(cmds),
+        });
+        let cmds = match proposal.as_ref() {
+            Command::Batch(cmds) => cmds.as_slice(),
+            one => std::slice::from_ref(one),
+        };
         loop {
             let start = Instant::now();
-            // Specs are shared (`Arc`), so keeping the commands for a retry copies no spec.
-            let proposal = if n == 1 { cmds[0].clone() } else { Command::Batch(cmds.clone()) };
-            match self.raft.client_write(proposal).await {
+            match self.raft.client_write(proposal.clone()).await {
                 Ok(r) => {
                     self.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
                     return unbatch(r.data, n);
@@ -449,7 +456,7 @@ impl Cell {
                     if let Some(node) = f.leader_node.filter(|_| f.leader_id != Some(self.config.node_id)) {
                         self.metrics.forwarded.inc_by(n as u64);
                         let leader = f.leader_id.map(|l| l.to_string()).unwrap_or_default();
-                        match self.forward(&leader, &node.addr, &cmds).await {
+                        match self.forward(&leader, &node.addr, cmds).await {
                             Forwarded::Answered(a) if a.len() == n => return Ok(a),
                             Forwarded::Answered(a) => {
                                 return Err(ApiError::internal(format!("{} answers for {n} commands", a.len())))

@@ -16,8 +16,10 @@ use crate::state_machine::{Command, Response};
 
 openraft::declare_raft_types!(
     /// The cell's Raft types: commands in, responses out, members named by number and reached at an address.
+    /// Commands are shared (`Arc`, encoded as the command itself): openraft clones entries to keep them in memory
+    /// and to hand them to each replication stream, and a batch of 512 commands was deep-copied every time.
     pub TypeConfig:
-        D = Command,
+        D = std::sync::Arc<Command>,
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,
