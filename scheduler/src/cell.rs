@@ -447,40 +447,55 @@ impl Cell {
         };
         loop {
             let start = Instant::now();
-            match self.raft.client_write(proposal.clone()).await {
-                Ok(r) => {
-                    self.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
-                    return unbatch(r.data, n);
-                }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(node) = f.leader_node.filter(|_| f.leader_id != Some(self.config.node_id)) {
-                        self.metrics.forwarded.inc_by(n as u64);
-                        let leader = f.leader_id.map(|l| l.to_string()).unwrap_or_default();
-                        match self.forward(&leader, &node.addr, cmds).await {
-                            Forwarded::Answered(a) if a.len() == n => return Ok(a),
-                            Forwarded::Answered(a) => {
-                                return Err(ApiError::internal(format!("{} answers for {n} commands", a.len())))
-                            }
-                            Forwarded::Retry => {}
-                            Forwarded::Unknown(e) => {
-                                return Err(ApiError::new(
-                                    ErrorCode::Unavailable,
-                                    format!("the leader did not answer, the change may or may not be applied: {e}"),
-                                ))
-                            }
-                        }
+            // A member that knows another leads sends the commands straight there: its own Raft would only answer
+            // that it does not lead (a round trip to its Raft task for every forwarded batch).
+            let leader = match self.leader_elsewhere() {
+                Some(leader) => Some(leader),
+                None => match self.raft.client_write(proposal.clone()).await {
+                    Ok(r) => {
+                        self.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
+                        return unbatch(r.data, n);
+                    }
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f
+                        .leader_node
+                        .filter(|_| f.leader_id != Some(self.config.node_id))
+                        .map(|node| (f.leader_id.map(|l| l.to_string()).unwrap_or_default(), node.addr)),
+                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                        return Err(ApiError::internal(e.to_string()))
+                    }
+                    Err(RaftError::Fatal(e)) => return Err(ApiError::new(ErrorCode::Unavailable, e.to_string())),
+                },
+            };
+            if let Some((leader, addr)) = leader {
+                self.metrics.forwarded.inc_by(n as u64);
+                match self.forward(&leader, &addr, cmds).await {
+                    Forwarded::Answered(a) if a.len() == n => return Ok(a),
+                    Forwarded::Answered(a) => {
+                        return Err(ApiError::internal(format!("{} answers for {n} commands", a.len())))
+                    }
+                    Forwarded::Retry => {}
+                    Forwarded::Unknown(e) => {
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("the leader did not answer, the change may or may not be applied: {e}"),
+                        ))
                     }
                 }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(ApiError::internal(e.to_string()))
-                }
-                Err(RaftError::Fatal(e)) => return Err(ApiError::new(ErrorCode::Unavailable, e.to_string())),
             }
             if Instant::now() >= deadline {
                 return Err(ApiError::new(ErrorCode::NotLeader, "no leader could commit the change in time"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The leader and its address, when Raft here knows that another member leads.
+    fn leader_elsewhere(&self) -> Option<(String, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader.filter(|l| *l != self.config.node_id)?;
+        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader.to_string(), addr))
     }
 
     /// Sends `cmds` to the leader (member `leader` at `addr`) over a kept stream connection.
@@ -666,14 +681,11 @@ impl Forwarding for ProposeHere {
         let cell = self.0.clone();
         Box::pin(async move {
             let cmds: Vec<Command> = codec::decode(&body).map_err(std::io::Error::other)?;
-            let m = cell.raft.metrics().borrow().clone();
-            let answer = if m.current_leader == Some(cell.config.node_id) {
+            let leads = cell.raft.metrics().borrow().current_leader == Some(cell.config.node_id);
+            let answer = if leads {
                 Proposed::Answered(cell.enqueue(cmds).await)
             } else {
-                let leader = m
-                    .current_leader
-                    .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-                Proposed::NotLeader(leader)
+                Proposed::NotLeader(cell.leader_elsewhere().map(|(_, addr)| addr))
             };
             codec::encode(&answer).map_err(std::io::Error::other)
         })
