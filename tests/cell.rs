@@ -36,6 +36,34 @@ async fn all_members_have(cluster: &Cluster, want: &BTreeSet<String>) {
     }
 }
 
+/// A member alone cannot elect a leader in a 3-member cell: it answers 503 with the error body (and logs no failure,
+/// a probe asks until the answer changes) until its peers start and one leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_a_leader() {
+    let mut cluster = Cluster::configure(3, TEST_CONFIG);
+    cluster.restart(1);
+    let url = format!("http://{}/readyz", cluster.members[0].addr);
+    let http = reqwest::Client::new();
+    let mut answered = 0;
+    // Several election timeouts (300-600 ms here), so a member that could elect itself would have.
+    for _ in 0..15 {
+        if let Ok(r) = http.get(&url).send().await {
+            assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+            let body: serde_json::Value = r.json().await.expect("an error body");
+            assert_eq!(body["code"], "unavailable", "{body}");
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered >= 5, "the lone member answered {answered} of 15 probes");
+    let log = std::fs::read_to_string(cluster.members[0].dir.join("member.log")).unwrap_or_default();
+    assert!(!log.contains("request failed"), "a not-ready answer was logged as a failure:\n{log}");
+    cluster.restart(2);
+    cluster.restart(3);
+    cluster.leader(LEADER_WAIT).await;
+    eventually(LEADER_WAIT, "member 1 ready", || async { cluster.members[0].client().ready().await }).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_jobs_survive_killing_the_leader_mid_stream() {
     let mut cluster = Cluster::start(3);

@@ -406,8 +406,15 @@ async fn remove_member(State(cell): State<Cell>, Path(id): Path<String>) -> Resu
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200), (status = 503, body = ApiError)))]
-async fn ready(State(cell): State<Cell>) -> Result<&'static str, ApiError> {
-    cell.ready().await.map(|()| "ready")
+async fn ready(State(cell): State<Cell>) -> Response {
+    match cell.ready().await {
+        Ok(()) => "ready".into_response(),
+        // "Not ready" is an answer, not a failure: probes ask until it changes, so it is not logged as one.
+        Err(e) => {
+            tracing::debug!(code = e.code.as_str(), message = %e.message, "not ready");
+            (e.status(), Json(e)).into_response()
+        }
+    }
 }
 
 type ReadParams = Result<Query<ReadQuery>, QueryRejection>;

@@ -102,6 +102,15 @@ impl Cluster {
     }
 
     pub fn start_with(n: u64, config: &str) -> Cluster {
+        let mut c = Cluster::configure(n, config);
+        for id in 1..=n {
+            c.restart(id);
+        }
+        c
+    }
+
+    /// A cell of `n` members on free ports, none of them started yet (`restart` starts one).
+    pub fn configure(n: u64, config: &str) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (1..=n)
             .map(|id| Member {
@@ -112,12 +121,7 @@ impl Cluster {
             })
             .collect();
         let peers = members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",");
-        let mut c = Cluster { members, peers, config: config.to_string(), _root: root };
-        for i in 0..c.members.len() {
-            let peers = c.peers.clone();
-            c.members[i].start(&peers, config);
-        }
-        c
+        Cluster { members, peers, config: config.to_string(), _root: root }
     }
 
     pub fn member(&mut self, id: u64) -> &mut Member {
