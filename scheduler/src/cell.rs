@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CellConfig;
 use crate::raft::{
-    codec, raft_routes, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed, PeerClient, Raft,
-    SharedState, StateStore, Streams, PROPOSE,
+    codec, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed,
+    PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
 };
 use crate::state_machine::{Command, Meta, Rejection, Response};
 use crate::store::Engine;
@@ -192,7 +192,7 @@ impl Cell {
                 .buckets(vec![0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0]),
         )?;
         registry.register(Box::new(flush_seconds.clone()))?;
-        let log = LogStore::open(engine.clone(), flush_seconds).map_err(|e| CellError::Raft(e.to_string()))?;
+        let mut log = LogStore::open(engine.clone(), flush_seconds).map_err(|e| CellError::Raft(e.to_string()))?;
         let committed = log.committed_index();
         let encoded = log.encoded_entries();
         let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
@@ -218,9 +218,21 @@ impl Cell {
         let network_metrics = NetworkMetrics::new(registry, &config.cell, config.node_id)?;
         let streams = Streams::new(network_metrics);
         let network = HttpNetwork::new(encoded.clone(), streams.clone());
+        let raft_cell = Arc::new(std::sync::OnceLock::new());
+        let proposing: Arc<AtomicUsize> = Arc::default();
+        if config.raft.early_append {
+            log.replicate_early(EarlyReplication::new(
+                config.node_id,
+                raft_cell.clone(),
+                streams.clone(),
+                encoded.clone(),
+                proposing.clone(),
+            ));
+        }
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| CellError::Raft(e.to_string()))?;
+        let _ = raft_cell.set(raft.clone());
 
         let lowest = config.peers.keys().next().copied();
         if lowest == Some(config.node_id) && !raft.is_initialized().await.map_err(|e| CellError::Raft(e.to_string()))? {
@@ -238,7 +250,7 @@ impl Cell {
         let (queue, rx) = mpsc::channel(MAX_BATCH * PROPOSERS * 4);
         let cell = Arc::new(Cell {
             queue,
-            proposing: Arc::default(),
+            proposing,
             leases: Default::default(),
             encoded,
             streams,

@@ -28,6 +28,9 @@ pub struct RaftTuning {
     pub write_timeout_ms: u64,
     /// `"file"` or `"sled"`; any other value is refused when the configuration is read, naming the two.
     pub storage: crate::store::StorageKind,
+    /// A leader sends new entries to its followers while it syncs them itself, when no other proposal is in flight
+    /// (`raft::EarlyReplication`); off, a commit waits for the leader's sync and then a follower's.
+    pub early_append: bool,
 }
 
 impl Default for RaftTuning {
@@ -40,6 +43,7 @@ impl Default for RaftTuning {
             keep_logs: DEFAULT_KEEP_LOGS,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             storage: crate::store::StorageKind::default(),
+            early_append: true,
         }
     }
 }

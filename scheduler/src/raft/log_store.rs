@@ -18,6 +18,7 @@ use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::network::EarlyReplication;
 use super::{codec, io_err, NodeId, StorageError, TypeConfig};
 use crate::store::{Engine, Op, StoreError, Tree};
 
@@ -207,6 +208,10 @@ pub struct LogStore {
     committed_written: u64,
     /// A committed id newer than the marker on disk, not yet written.
     committed_unwritten: Option<LogId<NodeId>>,
+    /// The vote last saved.
+    vote: Option<Vote<NodeId>>,
+    /// Sends a leader's entries to its followers before its own sync.
+    early: Option<EarlyReplication>,
 }
 
 impl LogStore {
@@ -221,13 +226,21 @@ impl LogStore {
         });
         let committed_written =
             meta::<Option<LogId<NodeId>>>(shared.engine.as_ref(), COMMITTED)?.flatten().map_or(0, |c| c.index);
+        let vote = meta(shared.engine.as_ref(), VOTE)?;
         Ok(LogStore {
             shared,
             last_purged,
             committed: Arc::new(AtomicU64::new(0)),
             committed_written,
             committed_unwritten: None,
+            vote,
+            early: None,
         })
+    }
+
+    /// Has a leader send its new entries to its followers before it syncs them (see `EarlyReplication`).
+    pub fn replicate_early(&mut self, early: EarlyReplication) {
+        self.early = Some(early);
     }
 
     /// The encodings replication can reuse.
@@ -283,7 +296,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_meta(VOTE, vote)?;
-        self.shared.engine.flush().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))
+        self.shared.engine.flush().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))?;
+        self.vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -324,7 +339,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 tail.insert(e.log_id.index, e.clone());
             }
         }
-        let written = self.shared.write_entries(&entries).and_then(|()| self.shared.flush());
+        let written = self.shared.write_entries(&entries);
+        if let (Ok(()), Some(early), Some(vote), Some(first)) = (&written, &self.early, &self.vote, entries.first()) {
+            let prev = match first.log_id.index.checked_sub(1) {
+                None => None,
+                Some(i) => self.shared.read(i..=i).ok().and_then(|e| e.first().map(|e| e.log_id)),
+            };
+            if prev.is_some() || first.log_id.index == 0 {
+                early.send(vote, prev, &entries).await;
+            }
+        }
+        let written = written.and_then(|()| self.shared.flush());
         if written.is_ok() {
             if let Some(last) = entries.last() {
                 self.shared.trim(last.log_id.index);

@@ -9,7 +9,9 @@ mod state_store;
 use std::io::Cursor;
 
 pub use log_store::{EncodedEntries, LogStore};
-pub use network::{raft_routes, Forwarding, HttpNetwork, NetworkMetrics, Packed, PeerClient, Streams, PROPOSE};
+pub use network::{
+    raft_routes, EarlyReplication, Forwarding, HttpNetwork, NetworkMetrics, Packed, PeerClient, Streams, PROPOSE,
+};
 pub use state_store::{SharedState, StateStore};
 
 use crate::state_machine::{Command, Response};

@@ -101,6 +101,7 @@ pub struct NetworkMetrics {
     answer_seconds: HistogramVec,
     connects: IntCounterVec,
     failures: IntCounterVec,
+    early: IntCounterVec,
 }
 
 impl NetworkMetrics {
@@ -123,8 +124,16 @@ impl NetworkMetrics {
         registry.register(Box::new(rpc_seconds.clone()))?;
         registry.register(Box::new(answer_seconds.clone()))?;
         registry.register(Box::new(connects.clone()))?;
+        let early = IntCounterVec::new(
+            labels(Opts::new(
+                "titan_raft_early_appends_total",
+                "Appends a leader sent its followers before its own sync, by outcome (sent, no_idle_connection, busy)",
+            )),
+            &["outcome"],
+        )?;
         registry.register(Box::new(failures.clone()))?;
-        Ok(NetworkMetrics { rpc_seconds, answer_seconds, connects, failures })
+        registry.register(Box::new(early.clone()))?;
+        Ok(NetworkMetrics { rpc_seconds, answer_seconds, connects, failures, early })
     }
 }
 
@@ -209,6 +218,24 @@ impl Streams {
         Ok(answer)
     }
 
+    /// Sends a request frame at once on an idle connection already open, and reads its answer in a task of its own,
+    /// for a message whose answer nobody waits for. Never connects or waits for a connection: false when none was
+    /// idle or the frame could not be written.
+    pub(crate) async fn post(&self, addr: &str, kind: u8, body: Vec<u8>, timeout: std::time::Duration) -> bool {
+        let Some(mut conn) = self.pool.take(addr) else { return false };
+        match tokio::time::timeout(timeout, write_frame(conn.io.get_mut(), Some(kind), &body)).await {
+            Ok(Ok(())) => {}
+            _ => return false,
+        }
+        let (pool, addr) = (self.pool.clone(), addr.to_string());
+        tokio::spawn(async move {
+            if let Ok(Ok(_)) = tokio::time::timeout(timeout, read_frame(&mut conn.io)).await {
+                pool.put(&addr, conn);
+            }
+        });
+        true
+    }
+
     /// Calls `kind` on the member at `addr` within `timeout`, counting it in the metrics under `target`.
     pub(crate) async fn call(
         &self,
@@ -290,6 +317,81 @@ struct AppendWire<E> {
     leader_commit: Option<openraft::LogId<NodeId>>,
     entries: Vec<E>,
 }
+
+/// Sends a leader's new entries to its followers while it syncs them to its own log.
+///
+/// openraft 0.9 replicates an entry only after the leader's own sync of it returns, so a commit waited for the
+/// leader's sync and then a follower's, one after the other. This sends the same append openraft will send (the
+/// leader's vote, the entry before them, the entries) as soon as they are written, before the sync. A follower
+/// takes it like any append from its leader; when openraft's own append arrives it finds the entries already there
+/// and answers once they are durable. Commit still counts the leader only after its own sync (Raft thesis §10.2.1).
+#[derive(Clone)]
+pub struct EarlyReplication {
+    node_id: NodeId,
+    raft: Arc<std::sync::OnceLock<Raft>>,
+    streams: Streams,
+    encoded: EncodedEntries,
+    proposals: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EarlyReplication {
+    /// `raft` is filled once the member's Raft exists; until then nothing is sent. `proposals` counts the proposals
+    /// in flight: with more than one, replication is busy anyway and sending every entry twice would only cost CPU.
+    pub fn new(
+        node_id: NodeId,
+        raft: Arc<std::sync::OnceLock<Raft>>,
+        streams: Streams,
+        encoded: EncodedEntries,
+        proposals: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> EarlyReplication {
+        EarlyReplication { node_id, raft, streams, encoded, proposals }
+    }
+
+    /// Sends `entries` (following `prev`) to every other member, when this member leads under `vote` and proposed
+    /// them itself in that term. Answers are read but not waited for.
+    pub async fn send(
+        &self,
+        vote: &openraft::Vote<NodeId>,
+        prev: Option<openraft::LogId<NodeId>>,
+        entries: &[openraft::Entry<TypeConfig>],
+    ) {
+        let leads = vote.committed && vote.leader_id.node_id == self.node_id;
+        if !leads || entries.is_empty() || entries.iter().any(|e| e.log_id.leader_id != vote.leader_id) {
+            return;
+        }
+        if self.proposals.load(std::sync::atomic::Ordering::Acquire) > 1 {
+            self.streams.metrics.early.with_label_values(&["busy"]).inc();
+            return;
+        }
+        let Some(raft) = self.raft.get() else { return };
+        let peers: Vec<String> = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let members = m.membership_config.membership();
+            members.nodes().filter(|(id, _)| **id != self.node_id).map(|(_, n)| n.addr.clone()).collect()
+        };
+        if peers.is_empty() {
+            return;
+        }
+        let Ok(encoded) = entries.iter().map(|e| self.encoded.get(e)).collect::<Result<Vec<Bytes>, _>>() else {
+            return;
+        };
+        let wire = AppendWire {
+            vote: *vote,
+            prev_log_id: prev,
+            leader_commit: None,
+            entries: encoded.iter().map(|b| serde_bytes::Bytes::new(b)).collect(),
+        };
+        let Ok(body) = codec::encode(&wire) else { return };
+        for addr in peers {
+            let sent = self.streams.post(&addr, APPEND, body.clone(), EARLY_TIMEOUT).await;
+            self.streams.metrics.early.with_label_values(&[if sent { "sent" } else { "no_idle_connection" }]).inc();
+        }
+    }
+}
+
+/// How long an early append may take to be written and answered before its connection is dropped.
+const EARLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = Peer;
