@@ -1,6 +1,6 @@
 //! Committed job submissions per second over HTTP against a real 3-member cell on loopback.
 //!
-//! `cargo bench --bench submit [-- --target all|leader] [--location L] [--api-client] [--no-early-append] [CLIENTS...]`
+//! `cargo bench --bench submit [-- --target all|leader] [--location L] [--api-client] [--early-append] [CLIENTS...]`
 //! starts three `titan server` processes on free loopback ports, then for each concurrency (default 1 16 64 256)
 //! runs that many clients, each submitting ~1 KiB job specs back to back on its own HTTP/1.1 connection (or through
 //! Titan's API client with `--api-client`), and prints one line per level:
@@ -25,8 +25,8 @@ fn requests_for(clients: usize, smoke: bool) -> usize {
     }
 }
 
-/// The members' settings under `--no-early-append`: production defaults otherwise.
-const LATE_CONFIG: &str = "[raft]\nearly_append = false\n";
+/// The members' settings under `--early-append`: production defaults otherwise.
+const EARLY_CONFIG: &str = "[raft]\nearly_append = true\n";
 
 /// No level runs longer than this.
 const LEVEL_CAP: Duration = Duration::from_secs(30);
@@ -211,8 +211,8 @@ async fn main() {
     let leader_only = args.windows(2).any(|w| w[0] == "--target" && w[1] == "leader");
     // `--api-client`: submit with Titan's own client (reqwest) instead of a bare HTTP/1.1 connection per client.
     let api_client = args.iter().any(|a| a == "--api-client");
-    // `--no-early-append`: the leader replicates only after its own sync (`raft.early_append = false`).
-    let early = !args.iter().any(|a| a == "--no-early-append");
+    // `--early-append`: the leader sends new entries before its own sync (`raft.early_append = true`).
+    let early = args.iter().any(|a| a == "--early-append");
     if let Some(w) = args.windows(2).find(|w| w[0] == "--location") {
         let _ = LOCATION.set(w[1].clone());
     }
@@ -230,7 +230,7 @@ async fn main() {
     let mut errors = 0;
     // Each level gets a fresh, empty cell, so no level pays for the jobs an earlier one left behind.
     for clients in levels {
-        let cluster = common::Cluster::start_with(members, if early { common::BENCH_CONFIG } else { LATE_CONFIG });
+        let cluster = common::Cluster::start_with(members, if early { EARLY_CONFIG } else { common::BENCH_CONFIG });
         let leader = cluster.leader(Duration::from_secs(20)).await;
         let http = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build().expect("client");
         let targets: Vec<Target> = cluster

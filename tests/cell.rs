@@ -40,7 +40,7 @@ async fn all_members_have(cluster: &Cluster, want: &BTreeSet<String>) {
 /// itself, counts those early appends, and every acknowledged job is on every member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_sends_new_entries_before_its_own_sync() {
-    let cluster = Cluster::start(3);
+    let cluster = Cluster::start_with(3, &format!("{TEST_CONFIG}early_append = true\n"));
     let leader = cluster.leader(LEADER_WAIT).await;
     let member = cluster.running().find(|m| m.id == leader).expect("the leader runs");
     let client = member.client();

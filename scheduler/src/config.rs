@@ -29,7 +29,9 @@ pub struct RaftTuning {
     /// `"file"` or `"sled"`; any other value is refused when the configuration is read, naming the two.
     pub storage: crate::store::StorageKind,
     /// A leader sends new entries to its followers while it syncs them itself, when no other proposal is in flight
-    /// (`raft::EarlyReplication`); off, a commit waits for the leader's sync and then a follower's.
+    /// (`raft::EarlyReplication`); off, a commit waits for the leader's sync and then a follower's. Off by default:
+    /// with it on, a test that kills the leader and an agent at once missed its 60 s deadline for replacing the
+    /// agent's tasks in 3 of ~25 runs (0 of 8 with it off), not yet explained.
     pub early_append: bool,
 }
 
@@ -43,7 +45,7 @@ impl Default for RaftTuning {
             keep_logs: DEFAULT_KEEP_LOGS,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             storage: crate::store::StorageKind::default(),
-            early_append: true,
+            early_append: false,
         }
     }
 }

@@ -347,8 +347,8 @@ impl EarlyReplication {
         EarlyReplication { node_id, raft, streams, encoded, proposals }
     }
 
-    /// Sends `entries` (following `prev`) to every other member, when this member leads under `vote` and proposed
-    /// them itself in that term. Answers are read but not waited for.
+    /// Sends `entries` (following `prev`) to every follower whose log Raft knows to end at `prev`, when this member
+    /// leads under `vote` and proposed them itself in that term. Answers are read but not waited for.
     pub async fn send(
         &self,
         vote: &openraft::Vote<NodeId>,
@@ -364,11 +364,18 @@ impl EarlyReplication {
             return;
         }
         let Some(raft) = self.raft.get() else { return };
+        // Only to followers Raft knows have everything before these entries: one behind, restarting or being
+        // probed is left to openraft's own replication.
         let peers: Vec<String> = {
             let m = raft.metrics();
             let m = m.borrow();
+            let Some(matched) = &m.replication else { return };
             let members = m.membership_config.membership();
-            members.nodes().filter(|(id, _)| **id != self.node_id).map(|(_, n)| n.addr.clone()).collect()
+            members
+                .nodes()
+                .filter(|(id, _)| **id != self.node_id && matched.get(*id).is_some_and(|l| *l == prev))
+                .map(|(_, n)| n.addr.clone())
+                .collect()
         };
         if peers.is_empty() {
             return;
