@@ -31,8 +31,8 @@ pub struct RaftTuning {
     /// A leader sends new entries to its followers while it syncs them itself, when no other proposal is in flight
     /// (`raft::EarlyReplication`); off, a commit waits for the leader's sync and then a follower's. Off by default:
     /// with it on, the docker test that kills the leader and an agent at once ran slow (60-96 s instead of ~27) in 5
-    /// of ~33 runs and failed a deadline in 3 of them, once before anything was killed; with it off, 12 of 12 runs
-    /// were normal. Not yet explained.
+    /// of ~41 runs, in bursts, and failed a deadline in 3 of them, once before anything was killed; with it off, 12
+    /// of 12 runs were normal. Neither shown to be the cause nor cleared.
     pub early_append: bool,
 }
 
