@@ -380,16 +380,7 @@ impl EarlyReplication {
         if peers.is_empty() {
             return;
         }
-        let Ok(encoded) = entries.iter().map(|e| self.encoded.get(e)).collect::<Result<Vec<Bytes>, _>>() else {
-            return;
-        };
-        let wire = AppendWire {
-            vote: *vote,
-            prev_log_id: prev,
-            leader_commit: None,
-            entries: encoded.iter().map(|b| serde_bytes::Bytes::new(b)).collect(),
-        };
-        let Ok(body) = codec::encode(&wire) else { return };
+        let Ok(body) = append_body(&self.encoded, *vote, prev, None, entries) else { return };
         for addr in peers {
             let sent = self.streams.post(&addr, APPEND, body.clone(), EARLY_TIMEOUT).await;
             self.streams.metrics.early.with_label_values(&[if sent { "sent" } else { "no_idle_connection" }]).inc();
@@ -399,6 +390,19 @@ impl EarlyReplication {
 
 /// How long an early append may take to be written and answered before its connection is dropped.
 const EARLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An append as `AppendWire`, its entries as the log store's own encoding of them.
+fn append_body(
+    encoded: &EncodedEntries,
+    vote: openraft::Vote<NodeId>,
+    prev_log_id: Option<openraft::LogId<NodeId>>,
+    leader_commit: Option<openraft::LogId<NodeId>>,
+    entries: &[openraft::Entry<TypeConfig>],
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let bytes = entries.iter().map(|e| encoded.get(e)).collect::<Result<Vec<Bytes>, _>>()?;
+    let entries = bytes.iter().map(|b| serde_bytes::Bytes::new(b)).collect();
+    codec::encode(&AppendWire { vote, prev_log_id, leader_commit, entries })
+}
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = Peer;
@@ -486,9 +490,23 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call_body(kind, &body, option).await
+    }
+
+    /// `call` with the request already encoded.
+    async fn call_body<Resp, E>(
+        &self,
+        kind: u8,
+        body: &[u8],
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let answer = self
             .streams
-            .call(&self.label, &self.addr, kind, &body, option.hard_ttl())
+            .call(&self.label, &self.addr, kind, body, option.hard_ttl())
             .await
             .map_err(CallError::into_rpc)?;
         let answer: Result<Resp, E> = codec::decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -502,19 +520,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let encoded = rpc
-            .entries
-            .iter()
-            .map(|e| self.encoded.get(e))
-            .collect::<Result<Vec<Bytes>, _>>()
+        let body = append_body(&self.encoded, rpc.vote, rpc.prev_log_id, rpc.leader_commit, &rpc.entries)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let wire = AppendWire {
-            vote: rpc.vote,
-            prev_log_id: rpc.prev_log_id,
-            leader_commit: rpc.leader_commit,
-            entries: encoded.iter().map(|b| serde_bytes::Bytes::new(b)).collect(),
-        };
-        self.call(APPEND, &wire, &option).await
+        self.call_body(APPEND, &body, &option).await
     }
 
     async fn install_snapshot(
