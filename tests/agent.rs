@@ -88,6 +88,8 @@ async fn an_agent_registers_keeps_its_lease_and_comes_back_with_a_new_epoch() {
     let metrics = reqwest::get(format!("http://{agent_addr}/metrics")).await.expect("agent answers");
     let text = metrics.text().await.expect("body");
     assert!(text.contains("titan_agent_lease_epoch 2"), "{text}");
+    // Its default task ports (31000-31999) lie below the kernel's ephemeral range: none can be a source port.
+    assert!(text.contains("titan_agent_ports_in_ephemeral_range 0"), "{text}");
 
     // `titan node list` shows it.
     let out = Command::new(env!("CARGO_BIN_EXE_titan"))

@@ -51,7 +51,8 @@ fn task_of(container: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Removes every container of the given agents when the test ends, however it ends.
+/// Removes every container of the given agents when the test ends, however it ends. Declare it before the agents:
+/// locals drop in reverse order, so it then runs once no agent is left to start another container.
 struct Cleanup(Vec<String>);
 
 impl Drop for Cleanup {
@@ -81,10 +82,13 @@ async fn get(port: u16) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn titan_dev_runs_replaces_scales_and_kills_real_containers() {
     let dir = tempfile::tempdir().expect("temp dir");
+    // The agent's id is made before `titan dev` starts (its agent keeps the id it finds), so the clean-up is
+    // declared before the process and dropped after it: no agent is left to start a container once it has run.
+    let agent = titan_agent::node::agent_id(&dir.path().join("data").join("agent")).expect("agent id");
+    let _cleanup = Cleanup(vec![agent.clone()]);
     let dev = Dev::start(dir.path()).await;
     let client = dev.client();
-    let agent = client.list_agents().await.expect("agents")[0].id.clone();
-    let _cleanup = Cleanup(vec![agent.clone()]);
+    assert_eq!(client.list_agents().await.expect("agents")[0].id, agent);
     let label = format!("titan.agent={agent}");
 
     let job = client.submit_raw(web_spec("dev:2", ""), BodyFormat::Json, None).await.expect("submitted").id;
@@ -146,6 +150,8 @@ struct AgentProcess {
     child: Option<Child>,
     dir: std::path::PathBuf,
     addr: String,
+    /// Host ports for tasks: below the kernel's ephemeral range (32768-60999 by default), as the agent's default
+    /// is, so that no connection's source port can hold one when a container publishes it.
     ports: String,
     /// More flags (`--zfs-parent POOL`).
     extra: Vec<String>,
@@ -189,12 +195,19 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
     let mut cell = Cluster::start_with(3, &config);
     let leader = cell.leader(Duration::from_secs(20)).await;
     let root = tempfile::tempdir().expect("temp dir");
-    let mut agents: Vec<AgentProcess> = (0..3)
-        .map(|i| AgentProcess {
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("agent-{i}"))).collect();
+    // In the agents' order: each keeps its id in its data directory. Made before the agents start, so the
+    // clean-up is declared before them and dropped after them: no agent is left to start a container once it ran.
+    let ids: Vec<String> = dirs.iter().map(|d| titan_agent::node::agent_id(d).expect("an agent id")).collect();
+    let _cleanup = Cleanup(ids.clone());
+    let mut agents: Vec<AgentProcess> = dirs
+        .into_iter()
+        .enumerate()
+        .map(|(i, dir)| AgentProcess {
             child: None,
-            dir: root.path().join(format!("agent-{i}")),
+            dir,
             addr: format!("127.0.0.1:{}", free_port()),
-            ports: format!("{}-{}", 33000 + i * 100, 33099 + i * 100),
+            ports: format!("{}-{}", 21000 + i * 100, 21099 + i * 100),
             extra: vec![],
         })
         .collect();
@@ -202,7 +215,6 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
     let addrs: Vec<String> = cell.members.iter().map(|m| m.addr.to_string()).collect();
     let members_from = |i: usize| (0..3).map(|k| addrs[(i + k) % 3].clone()).collect::<Vec<_>>().join(",");
     for (i, a) in agents.iter_mut().enumerate() {
-        std::fs::create_dir_all(&a.dir).expect("agent dir");
         a.start(&members_from(i));
     }
     let client = cell.member(leader).client();
@@ -210,10 +222,6 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
         client.list_agents().await.is_ok_and(|a| a.len() == 3)
     })
     .await;
-    // In the agents' order: each keeps its id in its data directory.
-    let ids: Vec<String> =
-        agents.iter().map(|a| titan_agent::node::agent_id(&a.dir).expect("the agent's id")).collect();
-    let _cleanup = Cleanup(ids.clone());
     let count_running = || ids.iter().map(|id| running_containers(&format!("titan.agent={id}")).len()).sum::<usize>();
 
     let job = client.submit_raw(web_spec("dc1:4", ""), BodyFormat::Json, None).await.expect("submitted").id;
@@ -315,16 +323,16 @@ async fn a_persistent_zfs_volume_outlives_its_task_and_the_replacement_sees_its_
     cell.leader(Duration::from_secs(20)).await;
     let client = cell.members[0].client();
     let root = tempfile::tempdir().expect("temp dir");
+    // Declared before the agent, so dropped after it.
+    let id = titan_agent::node::agent_id(&root.path().join("agent")).expect("agent id");
+    let _cleanup = Cleanup(vec![id.clone()]);
     let mut agent = AgentProcess {
         child: None,
         dir: root.path().join("agent"),
         addr: format!("127.0.0.1:{}", free_port()),
-        ports: "33500-33599".into(),
+        ports: "21500-21599".into(),
         extra: vec!["--zfs-parent".into(), pool.name.clone()],
     };
-    std::fs::create_dir_all(&agent.dir).expect("agent dir");
-    let id = titan_agent::node::agent_id(&agent.dir).expect("agent id");
-    let _cleanup = Cleanup(vec![id.clone()]);
     agent.start(&cell.members[0].addr.to_string());
     eventually(Duration::from_secs(30), "the agent", || async {
         client.list_agents().await.is_ok_and(|a| a.len() == 1)

@@ -32,6 +32,7 @@ pub struct LeaseMetrics {
     pub registrations: IntCounter,
     pub heartbeat_failures: IntCounter,
     pub lease_epoch: IntGauge,
+    pub ports_in_ephemeral_range: IntGauge,
 }
 
 impl LeaseMetrics {
@@ -42,8 +43,13 @@ impl LeaseMetrics {
         let lease_epoch = IntGauge::new("titan_agent_lease_epoch", "The lease epoch this agent holds (0: none)")?;
         registry.register(Box::new(registrations.clone()))?;
         registry.register(Box::new(heartbeat_failures.clone()))?;
+        let ports_in_ephemeral_range = IntGauge::new(
+            "titan_agent_ports_in_ephemeral_range",
+            "Task host ports the kernel may give connections as source ports (a launch publishing one can fail)",
+        )?;
         registry.register(Box::new(lease_epoch.clone()))?;
-        Ok(LeaseMetrics { registrations, heartbeat_failures, lease_epoch })
+        registry.register(Box::new(ports_in_ephemeral_range.clone()))?;
+        Ok(LeaseMetrics { registrations, heartbeat_failures, lease_epoch, ports_in_ephemeral_range })
     }
 }
 
@@ -142,6 +148,9 @@ async fn serve(
 ) {
     tokio::pin!(stop);
     let id = registration.id.clone();
+    if supervisor.is_some() {
+        check_ports(&registration, &metrics);
+    }
     if let Some(s) = &supervisor {
         // What a previous run left behind must be known before registering: the cell keeps only those listed.
         let mut backoff = Backoff::new();
@@ -180,6 +189,20 @@ async fn serve(
     }
     if let Some(s) = &supervisor {
         s.shutdown().await;
+    }
+}
+
+/// Warns when task host ports lie in the kernel's ephemeral range: any connection on this machine may take one
+/// as its source port, and a task publishing it then fails to launch ("address already in use").
+fn check_ports(registration: &AgentRegistration, metrics: &LeaseMetrics) {
+    let Some(kernel) = crate::node::Ephemeral::of_this_machine() else { return };
+    let ranges = &registration.resources.port_ranges;
+    let overlap: u32 = ranges.iter().map(|&r| kernel.overlap(r)).sum();
+    metrics.ports_in_ephemeral_range.set(i64::from(overlap));
+    if overlap > 0 {
+        tracing::warn!(agent = %registration.id, ports = ?ranges, ephemeral = ?kernel.range, overlap,
+            "task host ports overlap the kernel's ephemeral range; launches can fail when a connection holds one: \
+             choose --ports outside it or reserve them in net.ipv4.ip_local_reserved_ports");
     }
 }
 

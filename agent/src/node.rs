@@ -84,9 +84,63 @@ pub fn describe(
     }
 }
 
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`, "32768\t60999") and reserved ports
+/// (`net.ipv4.ip_local_reserved_ports`, "8080,9000-9010"), from which it picks connections' source ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ephemeral {
+    pub range: (u16, u16),
+    pub reserved: Vec<(u16, u16)>,
+}
+
+impl Ephemeral {
+    /// Reads both from `/proc/sys/net/ipv4`; `None` where they cannot be read (not Linux).
+    pub fn of_this_machine() -> Option<Ephemeral> {
+        let dir = Path::new("/proc/sys/net/ipv4");
+        let range = std::fs::read_to_string(dir.join("ip_local_port_range")).ok()?;
+        let reserved = std::fs::read_to_string(dir.join("ip_local_reserved_ports")).unwrap_or_default();
+        Ephemeral::parse(&range, &reserved)
+    }
+
+    pub fn parse(range: &str, reserved: &str) -> Option<Ephemeral> {
+        let mut bounds = range.split_whitespace().map(str::parse::<u16>);
+        let range = (bounds.next()?.ok()?, bounds.next()?.ok()?);
+        let reserved = reserved
+            .trim()
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| match p.split_once('-') {
+                Some((lo, hi)) => Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)),
+                None => p.trim().parse().ok().map(|port| (port, port)),
+            })
+            .collect();
+        Some(Ephemeral { range, reserved })
+    }
+
+    /// How many ports of `ports` the kernel may give a connection as its source port. A task's host port held
+    /// that way cannot be published (Docker: "bind: address already in use"), so the agent warns about them.
+    pub fn overlap(&self, ports: (u16, u16)) -> u32 {
+        let (lo, hi) = (ports.0.max(self.range.0), ports.1.min(self.range.1));
+        (lo..=hi).filter(|p| !self.reserved.iter().any(|&(a, b)| (a..=b).contains(p))).count() as u32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_ports_the_kernel_may_hand_to_connections_are_counted() {
+        let linux = Ephemeral::parse("32768\t60999\n", "\n").expect("parsed");
+        assert_eq!(linux, Ephemeral { range: (32768, 60999), reserved: vec![] });
+        assert_eq!(linux.overlap(DEFAULT_PORTS), 0, "the default range is below Linux's ephemeral range");
+        assert_eq!(linux.overlap((32000, 32999)), 232);
+        assert_eq!(linux.overlap((33000, 33099)), 100);
+        let reserving = Ephemeral::parse("32768 60999", "33000-33049,33099\n").expect("parsed");
+        assert_eq!(reserving.reserved, vec![(33000, 33049), (33099, 33099)]);
+        assert_eq!(reserving.overlap((33000, 33099)), 49, "reserved ports are never handed out");
+        assert_eq!(Ephemeral::parse("garbage", ""), None);
+        assert!(Ephemeral::of_this_machine().is_some(), "Linux has both files");
+    }
 
     #[test]
     fn memory_comes_from_memtotal() {
