@@ -124,6 +124,16 @@ pub struct Decision {
     pub placement: Option<fenzo::PlacementStats>,
     /// More tasks waited than one round places: the rest are tried next round whatever happens.
     pub truncated: bool,
+    /// Replacements of tasks that failed on an agent, placed this round.
+    pub retries_placed: RetriesPlaced,
+}
+
+/// Where replacements of tasks that failed on an agent went: elsewhere, or back to an agent where one failed
+/// (nothing else fitted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetriesPlaced {
+    pub elsewhere: u32,
+    pub where_failed: u32,
 }
 
 /// Decides one round. `new_id` names new tasks.
@@ -594,24 +604,85 @@ fn pinned(state: &CellState, request: TaskRequest, replaces: Option<&str>, spec:
     request
 }
 
+/// How much an agent where a task's predecessor failed loses from its score for the replacement: as much as the
+/// best fit earns, so any other agent that fits is taken first (Nomad's reschedule node penalty).
+const FAILED_HERE_PENALTY: f64 = 1.0;
+
+/// Whether a task ended in a way that could repeat on the same agent: it failed there (exit, OOM, health) or the
+/// agent could not start or keep it (a port held by something else, a missing image, a stuck start).
+fn failed_on_its_agent(t: &TaskRecord) -> bool {
+    matches!(t.state, TaskState::Failed | TaskState::Rejected)
+        || matches!(
+            t.reason,
+            Some(
+                Reason::LaunchError
+                    | Reason::InsufficientResources
+                    | Reason::StuckTimeout
+                    | Reason::Unhealthy
+                    | Reason::OomKilled
+                    | Reason::Vanished
+            )
+        )
+}
+
+/// The agents where a task's predecessors failed (`replaces` and its own predecessors, newest first).
+fn failed_agents<'a>(state: &'a CellState, replaces: Option<&'a str>) -> Vec<&'a str> {
+    let mut agents: Vec<&str> = Vec::new();
+    let mut at = replaces;
+    for _ in 0..MAX_PIN_CHAIN {
+        let Some(t) = at.and_then(|id| state.task(id)) else { break };
+        if let Some(agent) = t.agent.as_deref().filter(|a| failed_on_its_agent(t) && !agents.contains(a)) {
+            agents.push(agent);
+        }
+        at = t.replaces.as_deref();
+    }
+    agents
+}
+
+/// A replacement's request: where its volumes are, and preferring agents other than those where its predecessors
+/// failed, so that a cause tied to one agent (a host port held outside Titan, a broken runtime) does not fail every
+/// retry the same way. A preference, not a rule: when only such agents fit, the task still goes to one of them.
+fn replacement(
+    state: &CellState,
+    mut request: TaskRequest,
+    replaces: Option<&str>,
+    spec: &JobSpec,
+    avoiding: &mut HashMap<String, Vec<String>>,
+) -> TaskRequest {
+    let failed = failed_agents(state, replaces);
+    for agent in &failed {
+        let not_there = fenzo::Constraint::AttributeNotEquals {
+            name: placement::AGENT_ATTRIBUTE.to_string(),
+            value: agent.to_string(),
+        };
+        request = request.prefer(not_there, FAILED_HERE_PENALTY);
+    }
+    if !failed.is_empty() {
+        avoiding.insert(request.id.clone(), failed.iter().map(|a| a.to_string()).collect());
+    }
+    pinned(state, request, replaces, spec)
+}
+
 /// Places the Accepted tasks (those in the state and those created this round) with fenzo, on the committed
 /// capacity view.
 fn place(state: &CellState, config: &SchedulerConfig, retry_pending: bool, d: &mut Decision) {
     let stopping: BTreeSet<&str> = d.round.stop.iter().map(|(id, _)| id.as_str()).collect();
     let mut requests: Vec<TaskRequest> = Vec::new();
+    let mut avoiding: HashMap<String, Vec<String>> = HashMap::new();
     let earlier = if retry_pending { Some(state.accepted_tasks()) } else { None };
     for t in earlier.into_iter().flatten() {
         if stopping.contains(t.id.as_str()) {
             continue;
         }
         if let Some(job) = state.job(&t.job_id) {
-            requests.push(pinned(state, placement::request(t, &job.spec), t.replaces.as_deref(), &job.spec));
+            let r = placement::request(t, &job.spec);
+            requests.push(replacement(state, r, t.replaces.as_deref(), &job.spec, &mut avoiding));
         }
     }
     for n in &d.round.create {
         if let Some(job) = state.job(&n.job_id) {
             let r = placement::request_for(&n.id, &n.job_id, &placement::ask(&job.spec), &job.spec);
-            requests.push(pinned(state, r, n.replaces.as_deref(), &job.spec));
+            requests.push(replacement(state, r, n.replaces.as_deref(), &job.spec, &mut avoiding));
         }
     }
     if requests.is_empty() {
@@ -623,6 +694,13 @@ fn place(state: &CellState, config: &SchedulerConfig, retry_pending: bool, d: &m
     let placed = fenzo::place(capacity, &requests, &PlacementConfig::default());
     for a in placed.assignments {
         let epoch = state.agent(&a.agent_id).map(|r| r.lease_epoch).unwrap_or(0);
+        if let Some(failed) = avoiding.get(&a.task_id) {
+            if failed.contains(&a.agent_id) {
+                d.retries_placed.where_failed += 1;
+            } else {
+                d.retries_placed.elsewhere += 1;
+            }
+        }
         d.round.place.push(Placed { task_id: a.task_id, agent: a.agent_id, lease_epoch: epoch, ports: a.ports });
     }
     for u in placed.unplaced {
@@ -792,6 +870,62 @@ mod tests {
         assert_eq!(d.round.stop.len(), 2);
         assert_eq!(w.in_state(TaskState::Killing).len(), 2, "placed tasks are killed by their agent");
         assert!(w.round(60).round.is_empty(), "killing tasks are not stopped twice");
+    }
+
+    /// The agent rejects a task (as Docker does when a host port is held by a process outside Titan).
+    fn reject(w: &mut World, task: &str, at: u64) {
+        let agent = w.state.task(task).and_then(|t| t.agent.clone()).expect("placed");
+        let epoch = w.state.agent(&agent).map(|a| a.lease_epoch).unwrap_or(0);
+        let status = TaskStatus {
+            task_id: task.into(),
+            state: TaskState::Rejected,
+            reason: Some(Reason::LaunchError),
+            message: Some("Bind for 127.0.0.1:31000 failed: port is already allocated".into()),
+            exit_code: None,
+            health: TaskHealth::Unknown,
+            at_ms: at,
+        };
+        let cmd = Command::TaskStatuses { agent, lease_epoch: epoch, statuses: vec![status], meta: meta(at) };
+        assert_eq!(w.state.apply(&cmd), Response::Statuses { applied: 1, ignored: 0 });
+    }
+
+    #[test]
+    fn a_replacement_goes_to_another_agent_than_where_its_predecessors_failed_while_one_fits() {
+        let mut w = World::new(&[("a1", 2.0), ("a2", 2.0), ("a3", 2.0)], spec(r#","location":"dc1:1""#));
+        w.round(10);
+        let first = w.in_state(TaskState::Assigned)[0].clone();
+        let first_agent = w.state.task(&first).and_then(|t| t.agent.clone()).expect("placed");
+        reject(&mut w, &first, 20);
+        let mut at = 20 + w.config.backoff_ms(0);
+        w.beat(at);
+        let d = w.round(at);
+        let second = &d.round.create[0].id;
+        let second_agent = d.round.place.iter().find(|p| &p.task_id == second).map(|p| p.agent.clone());
+        assert!(second_agent.is_some() && second_agent.as_ref() != Some(&first_agent), "{second_agent:?}");
+        assert_eq!(d.retries_placed, RetriesPlaced { elsewhere: 1, where_failed: 0 });
+        // Failing on the second agent too: the third goes to the one left.
+        reject(&mut w, &second.clone(), at + 10);
+        at += 10 + w.config.backoff_ms(1);
+        w.beat(at);
+        let d = w.round(at);
+        let third = &d.round.create[0].id;
+        let third_agent = d.round.place.iter().find(|p| &p.task_id == third).map(|p| p.agent.clone());
+        let failed = [Some(first_agent.clone()), second_agent.clone()];
+        assert!(third_agent.is_some() && !failed.contains(&third_agent), "{third_agent:?} after {failed:?}");
+    }
+
+    #[test]
+    fn a_replacement_still_goes_where_its_predecessor_failed_when_nothing_else_fits() {
+        let mut w = World::new(&[("a1", 2.0)], spec(r#","location":"dc1:1""#));
+        w.round(10);
+        let first = w.in_state(TaskState::Assigned)[0].clone();
+        reject(&mut w, &first, 20);
+        let at = 20 + w.config.backoff_ms(0);
+        w.beat(at);
+        let d = w.round(at);
+        assert_eq!(d.round.place.len(), 1, "a preference, not a rule: {:?}", d.pending);
+        assert_eq!(d.round.place[0].agent, "a1");
+        assert_eq!(d.retries_placed, RetriesPlaced { elsewhere: 0, where_failed: 1 });
     }
 
     #[test]

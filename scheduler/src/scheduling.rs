@@ -45,6 +45,7 @@ pub struct SchedulingMetrics {
     rounds: Histogram,
     placements: IntCounter,
     plan_rejections: IntCounter,
+    retries_placed: IntCounterVec,
     created: IntCounter,
     stopped: IntCounterVec,
     lost: IntCounterVec,
@@ -71,6 +72,14 @@ impl SchedulingMetrics {
                 "titan_plan_rejections_total",
                 "Placements the state machine refused when re-validating a plan",
             ))?,
+            retries_placed: IntCounterVec::new(
+                opts(
+                    "titan_retries_placed_total",
+                    "Replacements of tasks that failed on an agent, by where they went: elsewhere, or where_failed \
+                     when no other agent fitted",
+                ),
+                &["agent"],
+            )?,
             created: IntCounter::with_opts(opts("titan_tasks_created_total", "Tasks created (new or replacements)"))?,
             stopped: IntCounterVec::new(
                 opts("titan_tasks_stopped_total", "Tasks asked to stop, by reason"),
@@ -98,6 +107,7 @@ impl SchedulingMetrics {
         registry.register(Box::new(m.rounds.clone()))?;
         registry.register(Box::new(m.placements.clone()))?;
         registry.register(Box::new(m.plan_rejections.clone()))?;
+        registry.register(Box::new(m.retries_placed.clone()))?;
         registry.register(Box::new(m.created.clone()))?;
         registry.register(Box::new(m.stopped.clone()))?;
         registry.register(Box::new(m.lost.clone()))?;
@@ -229,6 +239,7 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
     for a in &r.reachable {
         tracing::info!(agent = %a, "agent reachable again");
     }
+    let retries = decision.retries_placed;
     let counts = (r.create.len(), r.place.len(), r.stop.len(), r.lose.len());
     let meta = Meta { who: "scheduler".into(), why: None, at_ms: now_ms, request: uuid::Uuid::new_v4().to_string() };
     let cmd = Command::Round { round: Box::new(decision.round), meta };
@@ -237,6 +248,9 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
             metrics.created.inc_by(u64::from(outcome.created));
             metrics.placements.inc_by(u64::from(outcome.placed));
             metrics.plan_rejections.inc_by(outcome.refused.len() as u64);
+            // Counted as decided: a placement refused on re-validation is decided again next round.
+            metrics.retries_placed.with_label_values(&["elsewhere"]).inc_by(u64::from(retries.elsewhere));
+            metrics.retries_placed.with_label_values(&["where_failed"]).inc_by(u64::from(retries.where_failed));
             for (task, why) in outcome.refused.iter().take(5) {
                 tracing::info!(task = %task, why = %why, "placement refused on re-validation; retried next round");
             }
