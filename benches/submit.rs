@@ -1,6 +1,6 @@
 //! Committed job submissions per second over HTTP against a real 3-member cell on loopback.
 //!
-//! `cargo bench --bench submit [-- --target all|leader] [--location L] [--api-client] [--early-append] [CLIENTS...]`
+//! `cargo bench --bench submit [-- --target all|leader] [--location L] [--api-client] [--no-early-append] [CLIENTS...]`
 //! starts three `titan server` processes on free loopback ports, then for each concurrency (default 1 16 64 256)
 //! runs that many clients, each submitting ~1 KiB job specs back to back on its own HTTP/1.1 connection (or through
 //! Titan's API client with `--api-client`), and prints one line per level:
@@ -25,8 +25,8 @@ fn requests_for(clients: usize, smoke: bool) -> usize {
     }
 }
 
-/// The members' settings under `--early-append`: production defaults otherwise.
-const EARLY_CONFIG: &str = "[raft]\nearly_append = true\n";
+/// The members' settings under `--no-early-append`: production defaults otherwise.
+const NO_EARLY_CONFIG: &str = "[raft]\nearly_append = false\n";
 
 /// No level runs longer than this.
 const LEVEL_CAP: Duration = Duration::from_secs(30);
@@ -195,12 +195,44 @@ async fn proposal_stats(http: &reqwest::Client, addr: &str) -> String {
             .unwrap_or(0.0)
     };
     let mean = |base: &str| value(&format!("{base}_sum")) / value(&format!("{base}_count")).max(1.0);
+    let early = |outcome: &str| -> f64 {
+        let label = format!(r#"outcome="{outcome}""#);
+        text.lines()
+            .find(|l| l.starts_with("titan_raft_early_appends_total") && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
     format!(
-        "proposals={} mean_batch={:.1} mean_commit_ms={:.2}",
+        "proposals={} mean_batch={:.1} mean_commit_ms={:.2} early_appends_sent={} early_answers_used={}",
         value("titan_raft_proposal_batch_size_count"),
         mean("titan_raft_proposal_batch_size"),
         mean("titan_raft_commit_latency_seconds") * 1000.0,
+        early("sent"),
+        early("answer_used"),
     )
+}
+
+/// Mean log sync time and mean time to answer an append (as a follower) on a member, from its `/metrics`.
+async fn member_stats(http: &reqwest::Client, addr: &str) -> String {
+    let text = match http.get(format!("http://{addr}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => return format!("metrics unavailable: {e}"),
+    };
+    let value = |name: &str, label: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mean_ms = |base: &str, label: &str| {
+        let count = value(&format!("{base}_count"), label);
+        (value(&format!("{base}_sum"), label) / count.max(1.0) * 1000.0, count)
+    };
+    let (flush, flushes) = mean_ms("titan_raft_log_flush_seconds", "");
+    let (answer, answers) = mean_ms("titan_raft_answer_seconds", r#"rpc="append""#);
+    format!("log_flushes={flushes} mean_flush_ms={flush:.3} appends_answered={answers} mean_answer_ms={answer:.3}")
 }
 
 #[tokio::main]
@@ -211,8 +243,8 @@ async fn main() {
     let leader_only = args.windows(2).any(|w| w[0] == "--target" && w[1] == "leader");
     // `--api-client`: submit with Titan's own client (reqwest) instead of a bare HTTP/1.1 connection per client.
     let api_client = args.iter().any(|a| a == "--api-client");
-    // `--early-append`: the leader sends new entries before its own sync (`raft.early_append = true`).
-    let early = args.iter().any(|a| a == "--early-append");
+    // `--no-early-append`: the leader replicates only after its own sync (`raft.early_append = false`).
+    let no_early = args.iter().any(|a| a == "--no-early-append");
     if let Some(w) = args.windows(2).find(|w| w[0] == "--location") {
         let _ = LOCATION.set(w[1].clone());
     }
@@ -230,7 +262,8 @@ async fn main() {
     let mut errors = 0;
     // Each level gets a fresh, empty cell, so no level pays for the jobs an earlier one left behind.
     for clients in levels {
-        let cluster = common::Cluster::start_with(members, if early { EARLY_CONFIG } else { common::BENCH_CONFIG });
+        let cluster =
+            common::Cluster::start_with(members, if no_early { NO_EARLY_CONFIG } else { common::BENCH_CONFIG });
         let leader = cluster.leader(Duration::from_secs(20)).await;
         let http = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build().expect("client");
         let targets: Vec<Target> = cluster
@@ -244,6 +277,9 @@ async fn main() {
         let leader_addr = cluster.running().find(|m| m.id == leader).map(|m| m.addr.to_string());
         if let Some(addr) = leader_addr {
             println!("  leader m{leader}: {}", proposal_stats(&http, &addr).await);
+        }
+        for m in cluster.running() {
+            println!("  m{}: {}", m.id, member_stats(&http, &m.addr.to_string()).await);
         }
     }
     assert!(!smoke || errors == 0, "the smoke run saw {errors} failed submissions");

@@ -29,10 +29,7 @@ pub struct RaftTuning {
     /// `"file"` or `"sled"`; any other value is refused when the configuration is read, naming the two.
     pub storage: crate::store::StorageKind,
     /// A leader sends new entries to its followers while it syncs them itself, when no other proposal is in flight
-    /// (`raft::EarlyReplication`); off, a commit waits for the leader's sync and then a follower's. Off by default:
-    /// with it on, the docker test that kills the leader and an agent at once ran slow (60-96 s instead of ~27) in 5
-    /// of ~41 runs, in bursts, and failed a deadline in 3 of them, once before anything was killed; with it off, 12
-    /// of 12 runs were normal. Neither shown to be the cause nor cleared.
+    /// (`raft::EarlyReplication`); off, a commit waits for the leader's sync and then a follower's.
     pub early_append: bool,
 }
 
@@ -46,7 +43,7 @@ impl Default for RaftTuning {
             keep_logs: DEFAULT_KEEP_LOGS,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             storage: crate::store::StorageKind::default(),
-            early_append: false,
+            early_append: true,
         }
     }
 }

@@ -127,7 +127,8 @@ impl NetworkMetrics {
         let early = IntCounterVec::new(
             labels(Opts::new(
                 "titan_raft_early_appends_total",
-                "Appends a leader sent its followers before its own sync, by outcome (sent, no_idle_connection, busy)",
+                "Appends a leader sent its followers before its own sync, by outcome (sent, no_idle_connection, busy), and \
+                 answers to them that stood for Raft's own append of the same bytes (answer_used)",
             )),
             &["outcome"],
         )?;
@@ -188,12 +189,20 @@ impl Pool {
 #[derive(Clone)]
 pub struct Streams {
     pool: Arc<Pool>,
+    /// The latest early append to each peer address, and its answer once read.
+    early: Arc<Mutex<HashMap<String, EarlyAppend>>>,
     metrics: NetworkMetrics,
+}
+
+/// An append sent early (`EarlyReplication`): its bytes, and the answer the peer gives them.
+struct EarlyAppend {
+    body: Vec<u8>,
+    answer: tokio::sync::oneshot::Receiver<Vec<u8>>,
 }
 
 impl Streams {
     pub fn new(metrics: NetworkMetrics) -> Streams {
-        Streams { pool: Arc::default(), metrics }
+        Streams { pool: Arc::default(), early: Arc::default(), metrics }
     }
 
     pub fn metrics(&self) -> &NetworkMetrics {
@@ -218,22 +227,41 @@ impl Streams {
         Ok(answer)
     }
 
-    /// Sends a request frame at once on an idle connection already open, and reads its answer in a task of its own,
-    /// for a message whose answer nobody waits for. Never connects or waits for a connection: false when none was
-    /// idle or the frame could not be written.
-    pub(crate) async fn post(&self, addr: &str, kind: u8, body: Vec<u8>, timeout: std::time::Duration) -> bool {
+    /// Sends an append at once on an idle connection already open, and reads its answer in a task of its own, kept
+    /// for `answered_early`. Never connects or waits for a connection: false when none was idle or the frame could
+    /// not be written.
+    pub(crate) async fn post_append(&self, addr: &str, body: Vec<u8>, timeout: std::time::Duration) -> bool {
         let Some(mut conn) = self.pool.take(addr) else { return false };
-        match tokio::time::timeout(timeout, write_frame(conn.io.get_mut(), Some(kind), &body)).await {
+        match tokio::time::timeout(timeout, write_frame(conn.io.get_mut(), Some(APPEND), &body)).await {
             Ok(Ok(())) => {}
             _ => return false,
         }
+        let (tx, answer) = tokio::sync::oneshot::channel();
+        self.early.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), EarlyAppend { body, answer });
         let (pool, addr) = (self.pool.clone(), addr.to_string());
         tokio::spawn(async move {
-            if let Ok(Ok(_)) = tokio::time::timeout(timeout, read_frame(&mut conn.io)).await {
+            if let Ok(Ok(answer)) = tokio::time::timeout(timeout, read_frame(&mut conn.io)).await {
                 pool.put(&addr, conn);
+                let _ = tx.send(answer);
             }
         });
         true
+    }
+
+    /// The answer to an early append of exactly `body` to `addr`, once the peer gives it; `None` when there was no
+    /// such append or it got no answer. Identical bytes are an identical request (vote, entries, commit), so its
+    /// answer is the answer to `body`: sending `body` again would only make the peer check entries it already has.
+    async fn answered_early(&self, addr: &str, body: &[u8], timeout: std::time::Duration) -> Option<Vec<u8>> {
+        let early = {
+            let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+            match early.get(addr) {
+                Some(e) if e.body == body => early.remove(addr),
+                _ => None,
+            }
+        }?;
+        let answer = tokio::time::timeout(timeout, early.answer).await.ok()?.ok()?;
+        self.metrics.early.with_label_values(&["answer_used"]).inc();
+        Some(answer)
     }
 
     /// Calls `kind` on the member at `addr` within `timeout`, counting it in the metrics under `target`.
@@ -366,23 +394,26 @@ impl EarlyReplication {
         let Some(raft) = self.raft.get() else { return };
         // Only to followers Raft knows have everything before these entries: one behind, restarting or being
         // probed is left to openraft's own replication.
-        let peers: Vec<String> = {
+        // The commit index it carries is the last applied entry's: committed, and with one proposal at a time the
+        // one openraft's own append will carry, so that append finds these exact bytes already answered.
+        let (peers, applied): (Vec<String>, _) = {
             let m = raft.metrics();
             let m = m.borrow();
             let Some(matched) = &m.replication else { return };
             let members = m.membership_config.membership();
-            members
+            let peers = members
                 .nodes()
                 .filter(|(id, _)| **id != self.node_id && matched.get(*id).is_some_and(|l| *l == prev))
                 .map(|(_, n)| n.addr.clone())
-                .collect()
+                .collect();
+            (peers, m.last_applied)
         };
         if peers.is_empty() {
             return;
         }
-        let Ok(body) = append_body(&self.encoded, *vote, prev, None, entries) else { return };
+        let Ok(body) = append_body(&self.encoded, *vote, prev, applied, entries) else { return };
         for addr in peers {
-            let sent = self.streams.post(&addr, APPEND, body.clone(), EARLY_TIMEOUT).await;
+            let sent = self.streams.post_append(&addr, body.clone(), EARLY_TIMEOUT).await;
             self.streams.metrics.early.with_label_values(&[if sent { "sent" } else { "no_idle_connection" }]).inc();
         }
     }
@@ -509,7 +540,16 @@ impl Peer {
             .call(&self.label, &self.addr, kind, body, option.hard_ttl())
             .await
             .map_err(CallError::into_rpc)?;
-        let answer: Result<Resp, E> = codec::decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.answer(&answer)
+    }
+
+    /// A peer's answer frame: its result, or the error it gave.
+    fn answer<Resp, E>(&self, answer: &[u8]) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Resp, E> = codec::decode(answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -522,6 +562,11 @@ impl RaftNetwork<TypeConfig> for Peer {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let body = append_body(&self.encoded, rpc.vote, rpc.prev_log_id, rpc.leader_commit, &rpc.entries)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if !rpc.entries.is_empty() {
+            if let Some(answer) = self.streams.answered_early(&self.addr, &body, option.hard_ttl()).await {
+                return self.answer(&answer);
+            }
+        }
         self.call_body(APPEND, &body, &option).await
     }
 
