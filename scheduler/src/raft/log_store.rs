@@ -140,11 +140,12 @@ impl Shared {
     }
 
     /// Writes `entries` to the engine, reusing the encodings already made (a follower's from its leader).
-    fn write_entries(&self, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
+    /// The writes that store `entries`, their encodings kept for replication: a follower already has the bytes the
+    /// leader sent; a leader encodes once, here.
+    fn encode_entries(&self, entries: &[Entry<TypeConfig>]) -> Result<Vec<Op>, StoreError> {
         let mut ops = Vec::with_capacity(entries.len());
         let mut made = Vec::with_capacity(entries.len());
         for e in entries {
-            // A follower already has the bytes the leader sent; a leader encodes once, here.
             let bytes = match self.cached(e) {
                 Some(b) => b.to_vec(),
                 None => {
@@ -156,7 +157,7 @@ impl Shared {
             ops.push(Op::Put(key(e.log_id.index), bytes));
         }
         self.encoded.lock().unwrap_or_else(|p| p.into_inner()).extend(made);
-        self.engine.write(Tree::Log, ops)
+        Ok(ops)
     }
 
     /// Makes every write so far durable.
@@ -339,8 +340,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 tail.insert(e.log_id.index, e.clone());
             }
         }
-        let written = self.shared.write_entries(&entries);
-        if let (Ok(()), Some(early), Some(vote), Some(first)) = (&written, &self.early, &self.vote, entries.first()) {
+        let ops = self.shared.encode_entries(&entries);
+        // Early appends go out first: a follower's sync then starts before the leader's own write, not after it.
+        if let (Ok(_), Some(early), Some(vote), Some(first)) = (&ops, &self.early, &self.vote, entries.first()) {
             let prev = match first.log_id.index.checked_sub(1) {
                 None => None,
                 Some(i) => self.shared.read(i..=i).ok().and_then(|e| e.first().map(|e| e.log_id)),
@@ -349,6 +351,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 early.send(vote, prev, &entries).await;
             }
         }
+        let written = ops.and_then(|ops| self.shared.engine.write(Tree::Log, ops));
         let written = written.and_then(|()| self.shared.flush());
         if written.is_ok() {
             if let Some(last) = entries.last() {

@@ -350,9 +350,10 @@ struct AppendWire<E> {
 ///
 /// openraft 0.9 replicates an entry only after the leader's own sync of it returns, so a commit waited for the
 /// leader's sync and then a follower's, one after the other. This sends the same append openraft will send (the
-/// leader's vote, the entry before them, the entries) as soon as they are written, before the sync. A follower
-/// takes it like any append from its leader; when openraft's own append arrives it finds the entries already there
-/// and answers once they are durable. Commit still counts the leader only after its own sync (Raft thesis §10.2.1).
+/// leader's vote, the entry before them, the entries, the commit index) as soon as the leader's log store has them,
+/// before it writes and syncs them. A follower takes it like any append from its leader and answers once the entries
+/// are durable; openraft's own append of the same bytes then takes that answer (`Streams::answered_early`) instead of
+/// going out again. Commit still counts the leader only after its own sync (Raft thesis §10.2.1).
 #[derive(Clone)]
 pub struct EarlyReplication {
     node_id: NodeId,
