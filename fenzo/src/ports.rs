@@ -1,5 +1,19 @@
 //! Concrete port numbers: an agent's port ranges and which of them are taken.
 
+/// Where a task's search for free ports starts: a hash of its id (FNV-1a, then MurmurHash3's finalizer, since
+/// ids that differ in their last character would otherwise start next to each other). Tasks spread over an agent's range
+/// instead of all taking its lowest free ports, as Nomad picks dynamic ports at random, so a replacement (a new
+/// id) rarely gets the port its predecessor had: one a process outside Titan may hold, or that clients of the old
+/// task may still call. Placement stays a pure function of its inputs.
+pub fn search_start(task_id: &str) -> u64 {
+    let mut h = task_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// The ports of one agent: its ranges and a bit per port saying whether it is allocated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortSet {
@@ -66,31 +80,40 @@ impl PortSet {
         self.slot(port).is_some_and(|s| self.taken[s / 64] & (1 << (s % 64)) != 0)
     }
 
-    /// Takes the `n` lowest free ports, or nothing when fewer than `n` are free.
-    pub fn allocate(&mut self, n: u32) -> Option<Vec<u16>> {
+    /// Takes `n` free ports, the first ones free at or after slot `from` (counted across the ranges, wrapping
+    /// around), or nothing when fewer than `n` are free.
+    pub fn allocate(&mut self, n: u32, from: u64) -> Option<Vec<u16>> {
         if n > self.free {
             return None;
         }
         let count = self.count as usize;
+        let start = if count == 0 { 0 } else { (from % count as u64) as usize };
         let mut out = Vec::with_capacity(n as usize);
-        'words: for (w, word) in self.taken.iter_mut().enumerate() {
-            while out.len() < n as usize {
-                let zeros = !*word;
-                if zeros == 0 {
-                    continue 'words;
-                }
-                let bit = zeros.trailing_zeros() as usize;
-                let slot = w * 64 + bit;
-                if slot >= count {
-                    break 'words;
-                }
-                *word |= 1 << bit;
-                out.push(slot);
-            }
-            break;
-        }
+        self.take(start, count, n as usize, &mut out);
+        self.take(0, start, n as usize, &mut out);
         self.free -= n;
         Some(out.into_iter().map(|s| self.port_at(s)).collect())
+    }
+
+    /// Takes free slots in `lo..hi`, lowest first, until `out` holds `n`.
+    fn take(&mut self, lo: usize, hi: usize, n: usize, out: &mut Vec<usize>) {
+        let mut slot = lo;
+        while slot < hi && out.len() < n {
+            let w = slot / 64;
+            let word_end = (w + 1) * 64;
+            let mut free = !self.taken[w] & (!0u64 << (slot % 64));
+            if hi < word_end {
+                free &= (1u64 << (hi % 64)) - 1;
+            }
+            if free == 0 {
+                slot = word_end;
+                continue;
+            }
+            let bit = free.trailing_zeros() as usize;
+            self.taken[w] |= 1 << bit;
+            out.push(w * 64 + bit);
+            slot = w * 64 + bit + 1;
+        }
     }
 
     /// Marks given ports taken (a task that already runs). Ports outside the ranges or already taken are
@@ -126,16 +149,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allocates_lowest_free_ports_across_ranges() {
+    fn allocates_free_ports_from_a_slot_across_ranges() {
         let mut p = PortSet::new(&[(200, 201), (100, 101), (101, 102)]);
         assert_eq!(p.ranges(), &[(100, 102), (200, 201)]);
         assert_eq!(p.total(), 5);
-        assert_eq!(p.allocate(2), Some(vec![100, 101]));
-        assert_eq!(p.allocate(2), Some(vec![102, 200]));
-        assert_eq!(p.allocate(2), None);
+        assert_eq!(p.allocate(2, 0), Some(vec![100, 101]));
+        assert_eq!(p.allocate(2, 0), Some(vec![102, 200]));
+        assert_eq!(p.allocate(2, 0), None);
         p.release(&[101]);
         assert_eq!(p.free(), 2);
-        assert_eq!(p.allocate(2), Some(vec![101, 201]));
+        assert_eq!(p.allocate(2, 0), Some(vec![101, 201]));
+        assert_eq!(p.free(), 0);
+        // From slot 3 (port 200), wrapping around past the end; a slot past the count wraps too.
+        let mut p = PortSet::new(&[(100, 102), (200, 201)]);
+        assert_eq!(p.allocate(3, 3), Some(vec![200, 201, 100]));
+        assert_eq!(p.allocate(1, 5 + 1), Some(vec![101]));
+        assert_eq!(p.allocate(1, 1), Some(vec![102]));
         assert_eq!(p.free(), 0);
     }
 
@@ -145,16 +174,25 @@ mod tests {
         assert_eq!(p.reserve(&[31000, 31000, 80]), vec![31000, 80]);
         assert_eq!(p.free(), 999);
         assert!(p.is_taken(31000));
-        assert_eq!(p.allocate(1), Some(vec![31001]));
+        assert_eq!(p.allocate(1, 0), Some(vec![31001]));
     }
 
     #[test]
-    fn allocation_spans_many_words() {
+    fn allocation_spans_many_words_and_wraps_within_them() {
         let mut p = PortSet::new(&[(1, 200)]);
-        let got = p.allocate(130).expect("130 of 200 fit");
+        let got = p.allocate(130, 0).expect("130 of 200 fit");
         assert_eq!(got.first(), Some(&1));
         assert_eq!(got.last(), Some(&130));
-        assert_eq!(p.allocate(71), None);
-        assert_eq!(p.allocate(70).map(|v| v.len()), Some(70));
+        assert_eq!(p.allocate(71, 0), None);
+        assert_eq!(p.allocate(70, 0).map(|v| v.len()), Some(70));
+        // Starting inside a word, ending inside another, and wrapping back to the start of the first.
+        let mut p = PortSet::new(&[(1, 200)]);
+        let got = p.allocate(200, 150).expect("all fit");
+        assert_eq!((got[0], got[49], got[50], got[199]), (151, 200, 1, 150));
+        assert_eq!(p.free(), 0);
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 200, "each port once");
     }
 }

@@ -249,7 +249,7 @@ impl State {
             }
             None => usage
                 .ports
-                .allocate(task.resources.ports)
+                .allocate(task.resources.ports, crate::ports::search_start(&task.id))
                 .expect("the port count was checked by the filter before recording"),
         };
         self.jobs.entry(task.job.clone()).or_default().add(idx, info);
