@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use titan_api::job::BodyFormat;
-use titan_api::task::{TaskQuery, TaskState, TaskView};
+use titan_api::task::{Reason, TaskQuery, TaskState, TaskView};
 use titan_api::Client;
 
 const IMAGE: &str = "titan-test/busybox:latest";
@@ -284,6 +284,58 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
     assert_eq!(running.len(), 4);
     client.kill_job(&job).await.expect("killed");
     eventually(Duration::from_secs(60), "every container removed", || async { count_running() == 0 }).await;
+}
+
+/// Host ports in the agent's range held by a process outside Titan: a task given one is rejected at launch with the
+/// reason, and its replacements (other ids, so other ports) keep coming until one gets the port that came free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_ports_held_outside_titan_do_not_keep_a_task_from_running() {
+    let cell =
+        Cluster::start_with(1, &format!("{TEST_CONFIG}[scheduler]\nbackoff_base_ms = 50\nbackoff_max_ms = 1000\n"));
+    cell.leader(Duration::from_secs(20)).await;
+    let client = cell.members[0].client();
+    let root = tempfile::tempdir().expect("temp dir");
+    // Declared before the agent, so dropped after it.
+    let id = titan_agent::node::agent_id(&root.path().join("agent")).expect("agent id");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    // Both of the agent's ports are taken, on the address Docker publishes on.
+    let hold = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).expect("a port free to hold");
+    let _low = hold(21700);
+    let high = hold(21701);
+    let mut agent = AgentProcess {
+        child: None,
+        dir: root.path().join("agent"),
+        addr: format!("127.0.0.1:{}", free_port()),
+        ports: "21700-21701".into(),
+        extra: vec![],
+    };
+    agent.start(&cell.members[0].addr.to_string());
+    eventually(Duration::from_secs(30), "the agent", || async {
+        client.list_agents().await.is_ok_and(|a| a.len() == 1)
+    })
+    .await;
+    let job = client.submit_raw(web_spec("dc1:1", ""), BodyFormat::Json, None).await.expect("submitted").id;
+    eventually(Duration::from_secs(30), "a task refused at launch", || async {
+        in_state(&tasks(&client, &job).await, TaskState::Rejected).len() >= 2
+    })
+    .await;
+    drop(high);
+    eventually(Duration::from_secs(60), "a task running on the port that came free, serving", || async {
+        let ts = tasks(&client, &job).await;
+        match in_state(&ts, TaskState::Running).as_slice() {
+            [t] if t.ports == [21701] => get(21701).await.is_some_and(|b| b.trim() == t.id),
+            _ => false,
+        }
+    })
+    .await;
+    // Every task refused was refused at launch, saying which port and why.
+    let ts = tasks(&client, &job).await;
+    for t in in_state(&ts, TaskState::Rejected) {
+        assert_eq!(t.reason, Some(Reason::LaunchError), "{t:?}");
+        let message = t.message.as_deref().unwrap_or_default();
+        let port = t.ports.first().map(|p| p.to_string()).unwrap_or_default();
+        assert!(message.contains(&port) && message.contains("in use"), "{message}");
+    }
 }
 
 /// A ZFS pool on a file (zfs-fuse, started by `scripts/deps`), destroyed at the end.
