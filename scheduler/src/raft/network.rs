@@ -744,6 +744,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_early_answer_stands_only_for_the_same_bytes_and_only_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let streams = Streams::new(NetworkMetrics::new(&Registry::new(), "dc1", 1).expect("metrics"));
+        assert!(!streams.post_append(&addr, b"entries".to_vec(), std::time::Duration::from_secs(5)).await, "no conn");
+        let client = TcpStream::connect(&addr).await.expect("connect");
+        let (mut peer, _) = listener.accept().await.expect("accept");
+        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
+        assert!(streams.post_append(&addr, b"entries".to_vec(), std::time::Duration::from_secs(5)).await);
+        // The peer reads the append as sent and answers it.
+        let frame = read_frame(&mut peer).await.expect("the append");
+        assert_eq!(frame, [&[APPEND][..], b"entries"].concat());
+        write_frame(&mut peer, None, b"answer").await.expect("answer");
+        let wait = std::time::Duration::from_secs(5);
+        assert_eq!(streams.answered_early(&addr, b"other entries", wait).await, None, "other bytes: no answer");
+        assert_eq!(streams.answered_early(&addr, b"entries", wait).await, Some(b"answer".to_vec()));
+        assert_eq!(streams.answered_early(&addr, b"entries", wait).await, None, "an answer stands once");
+        // The connection went back to the pool once the answer was read.
+        assert!(streams.pool.take(&addr).is_some());
+        // An early append that gets no answer (the peer closes) stands for nothing.
+        let client = TcpStream::connect(&addr).await.expect("connect");
+        let (peer, _) = listener.accept().await.expect("accept");
+        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
+        assert!(streams.post_append(&addr, b"more".to_vec(), wait).await);
+        drop(peer);
+        assert_eq!(streams.answered_early(&addr, b"more", wait).await, None);
+    }
+
+    #[tokio::test]
     async fn connections_the_peer_closed_are_not_taken_from_the_pool() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
