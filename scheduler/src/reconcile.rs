@@ -800,9 +800,6 @@ mod tests {
         }
 
         fn report(&mut self, task: &str, state: TaskState, exit_code: Option<i64>, at: u64) {
-            let t = self.state.task(task).expect("task").clone();
-            let agent = t.agent.expect("placed");
-            let epoch = self.state.agent(&agent).map(|a| a.lease_epoch).unwrap_or(0);
             let status = TaskStatus {
                 task_id: task.into(),
                 state,
@@ -812,6 +809,14 @@ mod tests {
                 health: TaskHealth::Unknown,
                 at_ms: at,
             };
+            self.apply_status(status);
+        }
+
+        /// The task's agent reports `status` under its current epoch.
+        fn apply_status(&mut self, status: TaskStatus) {
+            let agent = self.state.task(&status.task_id).and_then(|t| t.agent.clone()).expect("placed");
+            let epoch = self.state.agent(&agent).map(|a| a.lease_epoch).unwrap_or(0);
+            let at = status.at_ms;
             let cmd = Command::TaskStatuses { agent, lease_epoch: epoch, statuses: vec![status], meta: meta(at) };
             assert_eq!(self.state.apply(&cmd), Response::Statuses { applied: 1, ignored: 0 });
         }
@@ -874,9 +879,7 @@ mod tests {
 
     /// The agent rejects a task (as Docker does when a host port is held by a process outside Titan).
     fn reject(w: &mut World, task: &str, at: u64) {
-        let agent = w.state.task(task).and_then(|t| t.agent.clone()).expect("placed");
-        let epoch = w.state.agent(&agent).map(|a| a.lease_epoch).unwrap_or(0);
-        let status = TaskStatus {
+        w.apply_status(TaskStatus {
             task_id: task.into(),
             state: TaskState::Rejected,
             reason: Some(Reason::LaunchError),
@@ -884,9 +887,7 @@ mod tests {
             exit_code: None,
             health: TaskHealth::Unknown,
             at_ms: at,
-        };
-        let cmd = Command::TaskStatuses { agent, lease_epoch: epoch, statuses: vec![status], meta: meta(at) };
-        assert_eq!(w.state.apply(&cmd), Response::Statuses { applied: 1, ignored: 0 });
+        });
     }
 
     #[test]
