@@ -209,7 +209,7 @@ async fn proposal_stats(http: &reqwest::Client, addr: &str) -> String {
         mean("titan_raft_proposal_batch_size"),
         mean("titan_raft_commit_latency_seconds") * 1000.0,
         early("sent"),
-        early("answer_used"),
+        value("titan_raft_early_answers_used_total"),
     )
 }
 
