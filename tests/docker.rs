@@ -146,6 +146,16 @@ async fn titan_dev_runs_replaces_scales_and_kills_real_containers() {
     .await;
 }
 
+/// The last lines each agent logged, for a failure message.
+fn agent_logs(agents: &[AgentProcess]) -> String {
+    let logs: Vec<String> = agents
+        .iter()
+        .map(|a| std::fs::read_to_string(a.dir.join("agent.log")).unwrap_or_default())
+        .map(|l| l.lines().rev().take(15).collect::<Vec<_>>().join("\n"))
+        .collect();
+    logs.join("\n---\n")
+}
+
 struct AgentProcess {
     child: Option<Child>,
     dir: std::path::PathBuf,
@@ -218,10 +228,12 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
         a.start(&members_from(i));
     }
     let client = cell.member(leader).client();
-    eventually(Duration::from_secs(30), "three agents", || async {
-        client.list_agents().await.is_ok_and(|a| a.len() == 3)
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !client.list_agents().await.is_ok_and(|a| a.len() == 3) {
+        // Say why before failing: what each agent logged.
+        assert!(std::time::Instant::now() < deadline, "three agents did not register:\n{}", agent_logs(&agents));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let count_running = || ids.iter().map(|id| running_containers(&format!("titan.agent={id}")).len()).sum::<usize>();
 
     let job = client.submit_raw(web_spec("dc1:4", ""), BodyFormat::Json, None).await.expect("submitted").id;
@@ -234,16 +246,11 @@ async fn a_cell_with_three_agents_replaces_a_dead_agents_containers_and_cleans_u
                 .iter()
                 .map(|t| format!("{} {:?} {:?} {:?} {:?}", t.id, t.state, t.reason, t.agent_id, t.message))
                 .collect();
-            let logs: Vec<String> = agents
-                .iter()
-                .map(|a| std::fs::read_to_string(a.dir.join("agent.log")).unwrap_or_default())
-                .map(|l| l.lines().rev().take(15).collect::<Vec<_>>().join("\n"))
-                .collect();
             panic!(
                 "four containers not running ({} in docker):\n{}\n{}",
                 count_running(),
                 states.join("\n"),
-                logs.join("\n---\n")
+                agent_logs(&agents)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

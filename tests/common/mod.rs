@@ -8,14 +8,36 @@ pub mod sim;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use titan_api::view::ListQuery;
 use titan_api::Client;
 
-/// A loopback port nothing listens on right now.
+/// Where test processes listen: below the kernel's ephemeral range (32768-60999 on Linux), so that no connection
+/// takes one of these ports as its source port between the check here and the process listening on it; and apart
+/// from the task host ports tests give agents (21000-21999) and the agent's default range (31000-31999).
+const LISTEN_PORTS: std::ops::Range<u32> = 23_000..30_000;
+
+/// `n` consecutive loopback ports nothing listens on right now, none handed out before by this process (each test
+/// binary starts at its own place in the range), and returns the first.
+pub fn free_ports(n: u32) -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = LISTEN_PORTS.end - LISTEN_PORTS.start;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let first = (start + NEXT.fetch_add(n, Ordering::Relaxed)) % (span - n);
+        let ports: Vec<u16> = (0..n).map(|i| (LISTEN_PORTS.start + first + i) as u16).collect();
+        if ports.iter().all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
+            return ports[0];
+        }
+    }
+    panic!("no {n} free loopback ports in {LISTEN_PORTS:?}");
+}
+
+/// A loopback port nothing listens on right now (see `free_ports`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    free_ports(1)
 }
 
 pub struct Member {
@@ -217,12 +239,7 @@ pub struct Dev {
 impl Dev {
     /// Starts it and waits until the cell answers with its local agent heartbeating.
     pub async fn start(dir: &std::path::Path) -> Dev {
-        let port = loop {
-            let p = free_port();
-            if TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-                break p;
-            }
-        };
+        let port = free_ports(2);
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("dev.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_titan"))

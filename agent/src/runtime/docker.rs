@@ -331,7 +331,11 @@ mod tests {
         rt.ping().await.expect("dockerd answers");
 
         // A server on its allocated port, reachable on loopback from the host.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        // Below the kernel's ephemeral range, so no connection takes it as a source port before Docker publishes it.
+        let port = (0..100u16)
+            .map(|i| 21_800 + (std::process::id() as u16).wrapping_add(i) % 100)
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port in 21800-21899");
         let mut web = spec(&task("web"), &["sh", "-c", "echo $GREETING > /index.html; exec httpd -f -p $PORT_0 -h /"]);
         web.ports = vec![port];
         rt.start(&web).await.expect("started");
