@@ -143,6 +143,10 @@ pub(crate) async fn run(cell: Weak<Cell>) {
             if leader_since.take().is_some() {
                 cell.scheduling().pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
             }
+            // Nothing here reads the changed jobs: let them go, or the set would grow to every job changed while
+            // following and make each apply's insert into it slower. A member that takes over starts with a full
+            // round anyway.
+            cell.take_dirty_jobs();
             continue;
         }
         if leader_since.is_none() {

@@ -7,7 +7,7 @@
 //! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
 //! change), snapshots carry `SnapshotV1` behind a format number.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -342,9 +342,9 @@ pub struct CellState {
     #[serde(default)]
     agents: BTreeMap<String, AgentRecord>,
     /// Answers of recently applied requests by id, with when they were applied, and the same ids by time for
-    /// expiry (derived).
+    /// expiry (derived). Only ever looked up by id, so hashed: every command checks and records its request id.
     #[serde(default)]
-    applied: BTreeMap<String, (u64, Response)>,
+    applied: HashMap<String, (u64, Response)>,
     #[serde(skip)]
     applied_by_time: BTreeMap<(u64, String), ()>,
     #[serde(default)]
@@ -488,7 +488,8 @@ impl CellState {
 
     fn apply_counted(&mut self, cmd: &Command) -> Response {
         let before = self.touched(cmd);
-        let version_before = before.as_ref().and_then(|(id, _)| self.jobs.get(id)).map(|j| j.version);
+        let version_before = before.as_ref().and_then(|(_, job)| job.map(|(_, version)| version));
+        let before = before.map(|(id, job)| (id, job.map(|(state, _)| state)));
         let response = self.apply_inner(cmd);
         if let Some((id, _)) = &before {
             self.dirty_jobs.0.insert(id.clone());
@@ -511,8 +512,8 @@ impl CellState {
         response
     }
 
-    /// The job a (non-batch) command touches, and its state before.
-    fn touched(&self, cmd: &Command) -> Option<(String, Option<JobState>)> {
+    /// The job a (non-batch) command touches, and its state and version before.
+    fn touched(&self, cmd: &Command) -> Option<(String, Option<(JobState, u64)>)> {
         let id = match cmd {
             Command::PutJob { id, .. }
             | Command::UpdateJob { id, .. }
@@ -526,7 +527,7 @@ impl CellState {
             | Command::KillTask { .. }
             | Command::SetAgentState { .. } => return None,
         };
-        Some((id.clone(), self.jobs.get(id).map(|j| j.state)))
+        Some((id.clone(), self.jobs.get(id).map(|j| (j.state, j.version))))
     }
 
     /// Rebuilds what is derived (counts, time indexes); called after a snapshot is loaded.
@@ -1110,9 +1111,12 @@ impl CellState {
             Command::PutJob { id, spec, idempotency_key, meta } => {
                 self.forget_expired(meta.at_ms);
                 // A proposal retried after an ambiguous failure carries the same id: it must not create twice.
-                if let Some(existing) = self.jobs.get(id) {
-                    return Response::Job(JobRef { id: id.clone(), version: existing.version });
-                }
+                let slot = match self.jobs.entry(id.clone()) {
+                    btree_map::Entry::Occupied(existing) => {
+                        return Response::Job(JobRef { id: id.clone(), version: existing.get().version })
+                    }
+                    btree_map::Entry::Vacant(slot) => slot,
+                };
                 // Only keyed submissions pay for the fingerprint (a serialization of the whole spec).
                 let print = idempotency_key.as_ref().map(|_| fingerprint(spec)).unwrap_or(0);
                 if let Some(key) = idempotency_key {
@@ -1137,7 +1141,7 @@ impl CellState {
                     spec_version: 1,
                 };
                 let job = record.change(meta, "created".into());
-                self.jobs.insert(id.clone(), record);
+                slot.insert(record);
                 if let Some(key) = idempotency_key {
                     self.idempotency
                         .insert(key.clone(), Remembered { job: job.clone(), fingerprint: print, at_ms: meta.at_ms });
