@@ -187,22 +187,10 @@ async fn proposal_stats(http: &reqwest::Client, addr: &str) -> String {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(e) => return format!("metrics unavailable: {e}"),
     };
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |name: &str| common::metric(&text, name, "");
     let mean = |base: &str| value(&format!("{base}_sum")) / value(&format!("{base}_count")).max(1.0);
-    let early = |outcome: &str| -> f64 {
-        let label = format!(r#"outcome="{outcome}""#);
-        text.lines()
-            .find(|l| l.starts_with("titan_raft_early_appends_total") && l.contains(&label))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let early =
+        |outcome: &str| common::metric(&text, "titan_raft_early_appends_total", &format!(r#"outcome="{outcome}""#));
     format!(
         "proposals={} mean_batch={:.1} mean_commit_ms={:.2} early_appends_sent={} early_answers_used={}",
         value("titan_raft_proposal_batch_size_count"),
@@ -219,13 +207,7 @@ async fn member_stats(http: &reqwest::Client, addr: &str) -> String {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(e) => return format!("metrics unavailable: {e}"),
     };
-    let value = |name: &str, label: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name) && l.contains(label))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |name: &str, label: &str| common::metric(&text, name, label);
     let mean_ms = |base: &str, label: &str| {
         let count = value(&format!("{base}_count"), label);
         (value(&format!("{base}_sum"), label) / count.max(1.0) * 1000.0, count)

@@ -55,24 +55,12 @@ async fn a_leader_sends_new_entries_before_its_own_sync() {
         .text()
         .await
         .expect("metrics text");
-    let early = |outcome: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with("titan_raft_early_appends_total") && l.contains(&format!(r#"outcome="{outcome}""#)))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let early = |outcome: &str| metric(&metrics, "titan_raft_early_appends_total", &format!(r#"outcome="{outcome}""#));
     // Two per entry (one per follower) when nothing else was in flight; the scheduler's own proposals make some busy.
     let sent = early("sent");
     assert!(sent >= 10.0, "early appends sent: {sent}\n{metrics}");
     // One write at a time: Raft's own append of those entries is the same bytes, answered by the early one's answer.
-    let used: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("titan_raft_early_answers_used_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let used = metric(&metrics, "titan_raft_early_answers_used_total", "");
     assert!(used >= 10.0 && used <= sent, "early answers used: {used} of {sent}\n{metrics}");
 }
 

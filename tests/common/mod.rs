@@ -35,6 +35,17 @@ pub fn free_ports(n: u32) -> u16 {
     panic!("no {n} free loopback ports in {LISTEN_PORTS:?}");
 }
 
+/// The value of the first sample of `name` in a Prometheus text page whose labels contain `label` ("" for any), or
+/// 0 when there is none.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .find(|l| l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A loopback port nothing listens on right now (see `free_ports`).
 pub fn free_port() -> u16 {
     free_ports(1)
