@@ -488,26 +488,24 @@ impl CellState {
 
     fn apply_counted(&mut self, cmd: &Command) -> Response {
         let before = self.touched(cmd);
-        let version_before = before.as_ref().and_then(|(_, job)| job.map(|(_, version)| version));
-        let before = before.map(|(id, job)| (id, job.map(|(state, _)| state)));
         let response = self.apply_inner(cmd);
-        if let Some((id, _)) = &before {
-            self.dirty_jobs.0.insert(id.clone());
-            let changed = self.jobs.get(id).filter(|j| Some(j.version) != version_before);
-            if let Some(h) = changed.and_then(|j| j.history.last()).cloned() {
-                self.event(Topic::Job, &h.what, id, Some(id), None, h.why.as_deref(), h.at_ms);
-            }
+        let Some((id, was)) = before else { return response };
+        self.dirty_jobs.0.insert(id.clone());
+        // One look at the job after the command: its new history entry, if its version moved, and its state.
+        let Some(job) = self.jobs.get(&id) else { return response };
+        let now = job.state;
+        let changed =
+            if Some(job.version) != was.map(|(_, version)| version) { job.history.last().cloned() } else { None };
+        if let Some(h) = changed {
+            self.event(Topic::Job, &h.what, &id, Some(&id), None, h.why.as_deref(), h.at_ms);
         }
-        if let Some((id, was)) = before {
-            if let Some(now) = self.jobs.get(&id).map(|j| j.state) {
-                if was != Some(now) {
-                    if let Some(n) = was.and_then(|w| self.by_state.get_mut(&w)) {
-                        *n = n.saturating_sub(1);
-                    }
-                    self.by_state.retain(|_, n| *n > 0);
-                    *self.by_state.entry(now).or_insert(0) += 1;
-                }
+        let was = was.map(|(state, _)| state);
+        if was != Some(now) {
+            if let Some(n) = was.and_then(|w| self.by_state.get_mut(&w)) {
+                *n = n.saturating_sub(1);
             }
+            self.by_state.retain(|_, n| *n > 0);
+            *self.by_state.entry(now).or_insert(0) += 1;
         }
         response
     }
