@@ -6,6 +6,10 @@
 //! Titan's API client with `--api-client`), and prints one line per level:
 //! `clients=16 target=all client=bare submitted=4000 errors=0 rate_per_s=... p50_ms=... p99_ms=... wall_s=...`.
 //! Every level is bounded in requests and in time, and the members are killed at the end.
+//!
+//! The members keep their data under the temporary directory (`TMPDIR`, else `/tmp`); the first line says where and
+//! on which filesystem, since a sync costs nothing on tmpfs (`TMPDIR=/dev/shm`) and a few hundred µs on a disk.
+//! `scripts/bench-etcd` measures etcd the same way, for a comparison made side by side.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -217,6 +221,22 @@ async fn member_stats(http: &reqwest::Client, addr: &str) -> String {
     format!("log_flushes={flushes} mean_flush_ms={flush:.3} appends_answered={answers} mean_answer_ms={answer:.3}")
 }
 
+/// The type of the filesystem `path` lies on (`ext4`, `tmpfs`, ...): the mount in `/proc/mounts` with the longest
+/// mount point that holds it.
+fn filesystem_of(path: &std::path::Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(' ');
+            let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(point).then(|| (point.len(), kind.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; `cargo test` runs this as a smoke test with no arguments.
@@ -241,6 +261,8 @@ async fn main() {
     let members = std::env::var("TITAN_BENCH_MEMBERS").ok().and_then(|m| m.parse().ok()).unwrap_or(3);
     let label =
         format!("{} client={}", if leader_only { "leader" } else { "all" }, if api_client { "api" } else { "bare" });
+    let tmp = std::env::temp_dir();
+    println!("data under {} ({})", tmp.display(), filesystem_of(&tmp).unwrap_or_else(|| "filesystem unknown".into()));
     let mut errors = 0;
     // Each level gets a fresh, empty cell, so no level pays for the jobs an earlier one left behind.
     for clients in levels {
