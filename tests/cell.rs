@@ -181,6 +181,18 @@ async fn a_wiped_member_is_re_added_and_catches_up_from_a_snapshot() {
     all_members_have(&cluster, &acked).await;
     let status = cluster.member(victim).client().cluster().await.expect("status");
     assert!(status.snapshot_index.is_some(), "the wiped member started from a snapshot: {status:?}");
+    // The snapshot it installed is one file of its own, whose size its metrics give.
+    let snapshots = cluster.member(victim).dir.join("data/raft/snapshots");
+    let files: Vec<_> = std::fs::read_dir(&snapshots).expect("snapshot dir").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(files.len(), 1, "one snapshot file: {files:?}");
+    let size = std::fs::metadata(snapshots.join(&files[0])).expect("snapshot file").len();
+    let addr = cluster.member(victim).addr;
+    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.expect("text");
+    assert_eq!(metric(&metrics, "titan_raft_snapshot_bytes", "") as u64, size, "{metrics}");
+    // And it starts again from that file.
+    cluster.member(victim).kill();
+    cluster.member(victim).start("", TEST_CONFIG);
+    all_members_have(&cluster, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,7 +195,9 @@ impl Cell {
         let mut log = LogStore::open(engine.clone(), flush_seconds).map_err(|e| CellError::Raft(e.to_string()))?;
         let committed = log.committed_index();
         let encoded = log.encoded_entries();
-        let sm = StateStore::open(engine.clone()).map_err(|e| CellError::Raft(e.to_string()))?;
+        let snapshot_metrics = crate::raft::SnapshotMetrics::new(registry, &config.cell, config.node_id)?;
+        let sm = StateStore::open(engine.clone(), &dir.join("snapshots"), snapshot_metrics)
+            .map_err(|e| CellError::Raft(e.to_string()))?;
         let state = sm.state();
         let watchers = sm.watchers();
         let events = sm.events();

@@ -6,13 +6,11 @@ mod log_store;
 mod network;
 mod state_store;
 
-use std::io::Cursor;
-
 pub use log_store::{EncodedEntries, LogStore};
 pub use network::{
     raft_routes, EarlyReplication, Forwarding, HttpNetwork, NetworkMetrics, Packed, PeerClient, Streams, PROPOSE,
 };
-pub use state_store::{SharedState, StateStore};
+pub use state_store::{SharedState, SnapshotMetrics, StateStore};
 
 use crate::state_machine::{Command, Response};
 
@@ -26,7 +24,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -53,17 +51,21 @@ mod tests {
 
     struct Builder<F>(F);
 
-    impl<F> StoreBuilder<TypeConfig, LogStore, StateStore, Option<tempfile::TempDir>> for Builder<F>
+    /// The engine's directory (if it has one) and the snapshot files' directory, removed when the suite is done.
+    type Dirs = (Option<tempfile::TempDir>, tempfile::TempDir);
+
+    impl<F> StoreBuilder<TypeConfig, LogStore, StateStore, Dirs> for Builder<F>
     where
         F: Fn() -> (Option<tempfile::TempDir>, Arc<dyn Engine>) + Send + Sync,
     {
-        async fn build(&self) -> Result<(Option<tempfile::TempDir>, LogStore, StateStore), StorageError> {
+        async fn build(&self) -> Result<(Dirs, LogStore, StateStore), StorageError> {
             let (dir, engine) = (self.0)();
+            let snapshots = tempfile::tempdir().expect("temp dir");
             let flush = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("flush", "flush"))
                 .expect("a histogram with a name");
             let log = LogStore::open(engine.clone(), flush)?;
-            let sm = StateStore::open(engine)?;
-            Ok((dir, log, sm))
+            let sm = StateStore::open(engine, snapshots.path(), SnapshotMetrics::unregistered())?;
+            Ok(((dir, snapshots), log, sm))
         }
     }
 

@@ -1,15 +1,28 @@
-//! The state machine side of Raft: committed entries applied to `CellState`, and snapshots of it kept on the
-//! storage seam so a restarted member starts from its last snapshot and re-applies the log after it.
+//! The state machine side of Raft: committed entries applied to `CellState`, and snapshots of it kept as files so a
+//! restarted member starts from its last snapshot and re-applies the log after it.
+//!
+//! A snapshot is one file, `<id>.snap` (JSON: the format version and the state), in the member's `snapshots`
+//! directory. It is written whole under a temporary name, synced, renamed into place and the directory synced; only
+//! then does the storage seam's `Snapshot` tree name it (its meta), and only then are older files removed. A crash at
+//! any step leaves the named snapshot whole; files nothing names are removed on open. Snapshots are kept out of the
+//! storage engine because a snapshot is as big as the whole state: in the file engine it would be held in memory
+//! and appended to the write-ahead file every time (at 100,000 tasks that doubled a leader's memory).
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
     StoredMembership,
 };
+use prometheus::{Histogram, HistogramOpts, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{io_err, NodeId, StorageError, TypeConfig};
 use crate::state_machine::{CellState, Response, SnapshotV1};
@@ -20,25 +33,73 @@ pub type SharedState = Arc<RwLock<CellState>>;
 
 type Meta = SnapshotMeta<NodeId, BasicNode>;
 
+/// The key of the current snapshot's meta in the `Snapshot` tree.
 const META: &[u8] = b"meta";
-const DATA: &[u8] = b"data";
+/// Where stores written before snapshot files kept the snapshot itself; read once on open, then moved to a file.
+const LEGACY_DATA: &[u8] = b"data";
 /// The snapshot format this build writes.
 const SNAPSHOT_FORMAT: u32 = 1;
+const SUFFIX: &str = ".snap";
+const TEMP_SUFFIX: &str = ".snap.tmp";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotFile {
     format: u32,
     body: SnapshotV1,
 }
 
-pub struct StateStore {
-    engine: Arc<dyn Engine>,
-    state: SharedState,
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
-    built: u64,
-    watchers: Arc<crate::watch::Watchers>,
-    events: Arc<crate::watch::EventLog>,
+/// `SnapshotFile` as written: the state borrowed, so a snapshot is serialized straight from it.
+#[derive(Serialize)]
+struct SnapshotFileRef<'a> {
+    format: u32,
+    body: SnapshotBodyRef<'a>,
+}
+
+#[derive(Serialize)]
+struct SnapshotBodyRef<'a> {
+    state: &'a CellState,
+}
+
+/// What a Grafana panel plots of snapshots: the current one's size and how long building one takes.
+#[derive(Clone)]
+pub struct SnapshotMetrics {
+    bytes: IntGauge,
+    build_seconds: Histogram,
+}
+
+impl SnapshotMetrics {
+    pub fn new(registry: &Registry, cell: &str, node: NodeId) -> Result<SnapshotMetrics, prometheus::Error> {
+        let m = SnapshotMetrics::with(
+            Opts::new("titan_raft_snapshot_bytes", "Size of the current snapshot file")
+                .const_label("cell", cell)
+                .const_label("node", node.to_string()),
+            HistogramOpts::new("titan_raft_snapshot_build_seconds", "Time to build and write a snapshot")
+                .const_label("cell", cell)
+                .const_label("node", node.to_string()),
+        )?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.build_seconds.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics no registry shows, for tests.
+    pub fn unregistered() -> SnapshotMetrics {
+        SnapshotMetrics::with(Opts::new("snapshot_bytes", "-"), HistogramOpts::new("snapshot_build_seconds", "-"))
+            .expect("metrics with valid names")
+    }
+
+    fn with(bytes: Opts, build: HistogramOpts) -> Result<SnapshotMetrics, prometheus::Error> {
+        let build = build.buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        Ok(SnapshotMetrics { bytes: IntGauge::with_opts(bytes)?, build_seconds: Histogram::with_opts(build)? })
+    }
+}
+
+/// The directory of a member's snapshot files.
+#[derive(Clone)]
+struct SnapshotDir {
+    dir: PathBuf,
+    /// Names anonymous files for snapshots being received.
+    received: Arc<AtomicU64>,
 }
 
 fn read_err(e: &(impl std::error::Error + 'static)) -> StorageError {
@@ -49,39 +110,129 @@ fn write_err(e: &(impl std::error::Error + 'static)) -> StorageError {
     io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
 }
 
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+impl SnapshotDir {
+    fn open(dir: &Path) -> std::io::Result<SnapshotDir> {
+        std::fs::create_dir_all(dir)?;
+        Ok(SnapshotDir { dir: dir.to_path_buf(), received: Arc::default() })
+    }
+
+    /// The file of snapshot `id`. Ids become file names, so only letters, digits, `-` and `_` are taken (ours are
+    /// `term-index-count`); a snapshot from a leader with any other id is refused.
+    fn path(&self, id: &str) -> std::io::Result<PathBuf> {
+        let fits = !id.is_empty()
+            && id.len() <= 128
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !fits {
+            return Err(invalid(format!("snapshot id {id:?} cannot name a file")));
+        }
+        Ok(self.dir.join(format!("{id}{SUFFIX}")))
+    }
+
+    /// Writes snapshot `id` with `write`, whole or not at all, and returns its size. Blocking.
+    fn write(
+        &self,
+        id: &str,
+        write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let path = self.path(id)?;
+        let temp = self.dir.join(format!("{id}{TEMP_SUFFIX}"));
+        let file = File::create(&temp)?;
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        write(&mut out)?;
+        out.flush()?;
+        drop(out);
+        file.sync_all()?;
+        let size = file.metadata()?.len();
+        std::fs::rename(&temp, &path)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(size)
+    }
+
+    /// Removes every snapshot file but `keep`'s, temporary ones included.
+    fn remove_all_but(&self, keep: Option<&str>) {
+        let keep = keep.map(|id| format!("{id}{SUFFIX}"));
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name.ends_with(SUFFIX) || name.ends_with(TEMP_SUFFIX);
+            if ours && Some(&name) != keep.as_ref() {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove an old snapshot file");
+                }
+            }
+        }
+    }
+
+    /// An empty file with no name, for a snapshot being received: nothing is left behind if it never completes.
+    fn anonymous(&self) -> std::io::Result<File> {
+        let n = self.received.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("receiving-{}-{n}{TEMP_SUFFIX}", std::process::id()));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(file)
+    }
+}
+
 fn decode_state(data: &[u8]) -> Result<CellState, StorageError> {
     let file: SnapshotFile = serde_json::from_slice(data).map_err(|e| read_err(&e))?;
     if file.format != SNAPSHOT_FORMAT {
-        let e = std::io::Error::other(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", file.format));
-        return Err(read_err(&e));
+        return Err(read_err(&invalid(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", file.format))));
     }
     let mut state = file.body.state;
     state.reindex();
     Ok(state)
 }
 
-fn persist(engine: &dyn Engine, meta: &SnapshotMeta<NodeId, BasicNode>, data: Vec<u8>) -> Result<(), StorageError> {
+/// Names `meta`'s snapshot as the current one (its file is already in place), and drops a legacy in-store copy.
+fn name_current(engine: &dyn Engine, meta: &Meta) -> Result<(), StorageError> {
     let m = serde_json::to_vec(meta).map_err(|e| write_err(&e))?;
     engine
-        .write(Tree::Snapshot, vec![Op::Put(DATA.to_vec(), data), Op::Put(META.to_vec(), m)])
+        .write(Tree::Snapshot, vec![Op::Put(META.to_vec(), m), Op::Delete(LEGACY_DATA.to_vec())])
         .map_err(|e| write_err(&e))?;
     engine.flush().map_err(|e| write_err(&e))
 }
 
-fn load(engine: &dyn Engine) -> Result<Option<(Meta, Vec<u8>)>, StorageError> {
-    let meta = engine.get(Tree::Snapshot, META).map_err(|e| read_err(&e))?;
-    let data = engine.get(Tree::Snapshot, DATA).map_err(|e| read_err(&e))?;
-    match (meta, data) {
-        (Some(m), Some(d)) => Ok(Some((serde_json::from_slice(&m).map_err(|e| read_err(&e))?, d))),
-        _ => Ok(None),
+fn current_meta(engine: &dyn Engine) -> Result<Option<Meta>, StorageError> {
+    match engine.get(Tree::Snapshot, META).map_err(|e| read_err(&e))? {
+        Some(m) => Ok(Some(serde_json::from_slice(&m).map_err(|e| read_err(&e))?)),
+        None => Ok(None),
     }
 }
 
+/// Runs blocking snapshot file work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
+}
+
+pub struct StateStore {
+    engine: Arc<dyn Engine>,
+    snapshots: SnapshotDir,
+    metrics: SnapshotMetrics,
+    state: SharedState,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    built: u64,
+    watchers: Arc<crate::watch::Watchers>,
+    events: Arc<crate::watch::EventLog>,
+}
+
 impl StateStore {
-    /// Opens the state machine at its last snapshot (empty when there is none).
-    pub fn open(engine: Arc<dyn Engine>) -> Result<StateStore, StorageError> {
+    /// Opens the state machine at its last snapshot (empty when there is none), with snapshot files in
+    /// `snapshot_dir`. A store written before snapshot files has its snapshot moved out to one.
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        snapshot_dir: &Path,
+        metrics: SnapshotMetrics,
+    ) -> Result<StateStore, StorageError> {
+        let snapshots = SnapshotDir::open(snapshot_dir).map_err(|e| write_err(&e))?;
         let mut store = StateStore {
             engine,
+            snapshots,
+            metrics,
             state: SharedState::default(),
             last_applied: None,
             membership: StoredMembership::default(),
@@ -89,12 +240,27 @@ impl StateStore {
             watchers: Default::default(),
             events: Arc::new(crate::watch::EventLog::new(0)),
         };
-        if let Some((meta, data)) = load(store.engine.as_ref())? {
+        let meta = current_meta(store.engine.as_ref())?;
+        if let Some(meta) = &meta {
+            let path = store.snapshots.path(&meta.snapshot_id).map_err(|e| read_err(&e))?;
+            let data = match store.engine.get(Tree::Snapshot, LEGACY_DATA).map_err(|e| read_err(&e))? {
+                Some(data) => {
+                    store.snapshots.write(&meta.snapshot_id, |w| w.write_all(&data)).map_err(|e| write_err(&e))?;
+                    name_current(store.engine.as_ref(), meta)?;
+                    tracing::info!(snapshot = %meta.snapshot_id, "snapshot moved out of the store to its own file");
+                    data
+                }
+                None => std::fs::read(&path).map_err(|e| {
+                    read_err(&std::io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display())))
+                })?,
+            };
             *store.write() = decode_state(&data)?;
+            store.metrics.bytes.set(data.len() as i64);
             store.last_applied = meta.last_log_id;
-            store.membership = meta.last_membership;
+            store.membership = meta.last_membership.clone();
             store.events.reset(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         }
+        store.snapshots.remove_all_but(meta.as_ref().map(|m| m.snapshot_id.as_str()));
         Ok(store)
     }
 
@@ -118,9 +284,22 @@ impl StateStore {
     }
 }
 
+/// Opens snapshot `id`'s file for reading (and for openraft's `SnapshotData` bounds).
+async fn open_file(snapshots: &SnapshotDir, id: &str) -> Result<tokio::fs::File, StorageError> {
+    let path = snapshots.path(id).map_err(|e| read_err(&e))?;
+    tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .await
+        .map_err(|e| read_err(&std::io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display()))))
+}
+
 /// Builds a snapshot of the state as it was when the builder was taken.
 pub struct Builder {
     engine: Arc<dyn Engine>,
+    snapshots: SnapshotDir,
+    metrics: SnapshotMetrics,
     state: CellState,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
@@ -129,17 +308,31 @@ pub struct Builder {
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let file =
-            SnapshotFile { format: SNAPSHOT_FORMAT, body: SnapshotV1 { state: std::mem::take(&mut self.state) } };
-        let data = serde_json::to_vec(&file).map_err(|e| write_err(&e))?;
+        let start = Instant::now();
+        let state = std::mem::take(&mut self.state);
+        let (snapshots, id) = (self.snapshots.clone(), self.id.clone());
+        // Serialized straight into the file, and the copy of the state dropped there too: neither waits on, nor
+        // holds up, the async threads.
+        let bytes = blocking(move || {
+            snapshots.write(&id, |w| {
+                let file = SnapshotFileRef { format: SNAPSHOT_FORMAT, body: SnapshotBodyRef { state: &state } };
+                serde_json::to_writer(w, &file).map_err(std::io::Error::from)
+            })
+        })
+        .await
+        .map_err(|e| write_err(&e))?;
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
             snapshot_id: self.id.clone(),
         };
-        persist(self.engine.as_ref(), &meta, data.clone())?;
-        tracing::info!(snapshot = %self.id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        name_current(self.engine.as_ref(), &meta)?;
+        self.snapshots.remove_all_but(Some(&self.id));
+        self.metrics.bytes.set(bytes as i64);
+        self.metrics.build_seconds.observe(start.elapsed().as_secs_f64());
+        tracing::info!(snapshot = %self.id, bytes, seconds = start.elapsed().as_secs_f64(), "snapshot built");
+        let file = open_file(&self.snapshots, &self.id).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
@@ -193,6 +386,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         };
         Builder {
             engine: self.engine.clone(),
+            snapshots: self.snapshots.clone(),
+            metrics: self.metrics.clone(),
             state: self.state.read().unwrap_or_else(|p| p.into_inner()).clone(),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -200,29 +395,182 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file = self.snapshots.anonymous().map_err(|e| write_err(&e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+    async fn install_snapshot(&mut self, meta: &Meta, mut snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        // Whatever file it came in (the one `begin_receiving_snapshot` gave, or another), it is read whole and
+        // written under its own id, so the named file is always one this store wrote and synced.
+        let mut data = Vec::new();
+        snapshot.flush().await.map_err(|e| write_err(&e))?;
+        snapshot.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| read_err(&e))?;
+        snapshot.read_to_end(&mut data).await.map_err(|e| read_err(&e))?;
+        drop(snapshot);
         let state = decode_state(&data)?;
-        persist(self.engine.as_ref(), meta, data)?;
+        let (snapshots, id) = (self.snapshots.clone(), meta.snapshot_id.clone());
+        let bytes = blocking(move || snapshots.write(&id, |w| w.write_all(&data))).await.map_err(|e| write_err(&e))?;
+        name_current(self.engine.as_ref(), meta)?;
+        self.snapshots.remove_all_but(Some(&meta.snapshot_id));
+        self.metrics.bytes.set(bytes as i64);
         let versions: Vec<(String, u64)> = state.agents().map(|a| (a.registration.id.clone(), a.version)).collect();
         *self.write() = state;
         self.watchers.notify(versions);
         self.events.reset(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(load(self.engine.as_ref())?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let Some(meta) = current_meta(self.engine.as_ref())? else { return Ok(None) };
+        let file = open_file(&self.snapshots, &meta.snapshot_id).await?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use titan_api::job::{BodyFormat, JobSpec};
+
+    use super::*;
+    use crate::state_machine::{Command, Meta as RequestMeta};
+    use crate::store::{FileEngine, MemoryEngine};
+
+    fn put_job(index: u64, id: &str) -> Entry<TypeConfig> {
+        let body =
+            r#"{"name":"web","applicationName":"shop","location":"dc1:2","cpus":1,"memory":512,"image":"busybox"}"#;
+        let spec = Arc::new(JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec"));
+        let meta = RequestMeta { who: "alice".into(), why: None, at_ms: 1, request: format!("r{index}") };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Arc::new(Command::PutJob {
+                id: id.into(),
+                spec,
+                idempotency_key: None,
+                meta,
+            })),
+        }
+    }
+
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn open(engine: &Arc<dyn Engine>, dir: &Path) -> StateStore {
+        StateStore::open(engine.clone(), dir, SnapshotMetrics::unregistered()).expect("open")
+    }
+
+    fn job_ids(store: &StateStore) -> Vec<String> {
+        store.state().read().expect("state").jobs().map(|j| j.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_a_file_the_store_only_names_and_the_state_comes_back_from_it() {
+        let (raft, snaps) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let engine: Arc<dyn Engine> = Arc::new(FileEngine::open(raft.path()).expect("engine"));
+        let mut store = open(&engine, snaps.path());
+        store.apply(vec![put_job(1, "j1")]).await.expect("apply");
+        let first = store.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        store.apply(vec![put_job(2, "j2")]).await.expect("apply");
+        let second = store.get_snapshot_builder().await.build_snapshot().await.expect("build");
+
+        // One file, the newest; the store holds its meta and no copy of it.
+        assert_eq!(snapshot_files(snaps.path()), vec![format!("{}.snap", second.meta.snapshot_id)]);
+        assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+        assert_eq!(engine.get(Tree::Snapshot, LEGACY_DATA).expect("get"), None);
+        assert!(engine.size_on_disk() < 64 * 1024, "the store holds only the meta");
+
+        // A snapshot built at index 2 holds both jobs, on reopening and when read back as openraft sends it.
+        drop(store);
+        let mut reopened = open(&engine, snaps.path());
+        assert_eq!(job_ids(&reopened), vec!["j1", "j2"]);
+        assert_eq!(reopened.applied_state().await.expect("applied").0.map(|l| l.index), Some(2));
+        let mut current = reopened.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(current.meta, second.meta);
+        let mut sent = Vec::new();
+        current.snapshot.read_to_end(&mut sent).await.expect("read");
+        let sent_state = decode_state(&sent).expect("decodes");
+        assert_eq!(sent_state.jobs().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn installing_a_snapshot_writes_it_under_its_id_and_a_bad_id_is_refused_without_a_trace() {
+        let (a, b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let leader_engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let mut leader = open(&leader_engine, a.path());
+        leader.apply(vec![put_job(1, "j1")]).await.expect("apply");
+        let built = leader.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        let mut bytes = Vec::new();
+        let mut sent = leader.get_current_snapshot().await.expect("current").expect("a snapshot");
+        sent.snapshot.read_to_end(&mut bytes).await.expect("read");
+
+        let follower_engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let mut follower = open(&follower_engine, b.path());
+        // As openraft delivers it: chunks written into the file `begin_receiving_snapshot` gave.
+        let mut receiving = follower.begin_receiving_snapshot().await.expect("begin");
+        for chunk in bytes.chunks(7) {
+            receiving.write_all(chunk).await.expect("write");
+        }
+        let mut bad = built.meta.clone();
+        bad.snapshot_id = "../../etc/x".into();
+        let err = follower.install_snapshot(&bad, receiving).await.expect_err("a path is not an id");
+        assert!(err.to_string().contains("cannot name a file"), "{err}");
+        assert!(snapshot_files(b.path()).is_empty(), "nothing written: {:?}", snapshot_files(b.path()));
+        assert!(job_ids(&follower).is_empty());
+
+        let mut receiving = follower.begin_receiving_snapshot().await.expect("begin");
+        receiving.write_all(&bytes).await.expect("write");
+        follower.install_snapshot(&built.meta, receiving).await.expect("install");
+        assert_eq!(job_ids(&follower), vec!["j1"]);
+        assert_eq!(snapshot_files(b.path()), vec![format!("{}.snap", built.meta.snapshot_id)]);
+        drop(follower);
+        assert_eq!(job_ids(&open(&follower_engine, b.path())), vec!["j1"]);
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_snapshot_files_has_its_snapshot_moved_out_and_leftovers_are_removed() {
+        let (raft, snaps) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let engine: Arc<dyn Engine> = Arc::new(FileEngine::open(raft.path()).expect("engine"));
+        let mut store = open(&engine, snaps.path());
+        store.apply(vec![put_job(1, "j1")]).await.expect("apply");
+        let built = store.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        drop(store);
+        // The layout before: the snapshot's bytes in the store beside its meta, no file.
+        let id = built.meta.snapshot_id.clone();
+        let data = std::fs::read(snaps.path().join(format!("{id}.snap"))).expect("file");
+        engine.write(Tree::Snapshot, vec![Op::Put(LEGACY_DATA.to_vec(), data)]).expect("write");
+        engine.flush().expect("flush");
+        std::fs::remove_file(snaps.path().join(format!("{id}.snap"))).expect("remove");
+        // Leftovers of a crash: a temporary file and a snapshot the store never named.
+        std::fs::write(snaps.path().join("9-9-9.snap.tmp"), b"half").expect("write");
+        std::fs::write(snaps.path().join("1-0-1.snap"), b"{}").expect("write");
+        std::fs::write(snaps.path().join("notes.txt"), b"not ours").expect("write");
+
+        let reopened = open(&engine, snaps.path());
+        assert_eq!(job_ids(&reopened), vec!["j1"]);
+        assert_eq!(engine.get(Tree::Snapshot, LEGACY_DATA).expect("get"), None, "the in-store copy is dropped");
+        assert_eq!(snapshot_files(snaps.path()), vec![format!("{id}.snap"), "notes.txt".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_named_snapshot_file_that_is_missing_is_an_error_naming_it() {
+        let (raft, snaps) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let engine: Arc<dyn Engine> = Arc::new(FileEngine::open(raft.path()).expect("engine"));
+        let mut store = open(&engine, snaps.path());
+        store.apply(vec![put_job(1, "j1")]).await.expect("apply");
+        let built = store.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        drop(store);
+        std::fs::remove_file(snaps.path().join(format!("{}.snap", built.meta.snapshot_id))).expect("remove");
+        let err = StateStore::open(engine, snaps.path(), SnapshotMetrics::unregistered()).err().expect("an error");
+        assert!(err.to_string().contains(&format!("{}.snap", built.meta.snapshot_id)), "{err}");
     }
 }
