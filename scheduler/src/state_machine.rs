@@ -348,7 +348,7 @@ pub struct CellState {
     #[serde(skip)]
     applied_by_time: BTreeMap<(u64, String), ()>,
     #[serde(default)]
-    tasks: BTreeMap<String, TaskRecord>,
+    tasks: BTreeMap<String, Arc<TaskRecord>>,
     /// Counts changes agents must see; an agent's `version` is its value at the agent's latest change.
     #[serde(default)]
     seq: u64,
@@ -654,7 +654,10 @@ impl CellState {
 
     /// Ended tasks that ended before `before_ms`, oldest first.
     pub fn ended_before(&self, before_ms: u64) -> impl Iterator<Item = &TaskRecord> {
-        self.ended.iter().take_while(move |(at, _)| *at < before_ms).filter_map(|(_, id)| self.tasks.get(id))
+        self.ended
+            .iter()
+            .take_while(move |(at, _)| *at < before_ms)
+            .filter_map(|(_, id)| self.tasks.get(id).map(Arc::as_ref))
     }
 
     /// Drops an ended task from the state (retention); false for a task that is not ended.
@@ -682,7 +685,7 @@ impl CellState {
 
     /// Accepted tasks wanted running, oldest first (ties in id order).
     pub fn accepted_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.accepted.iter().filter_map(|(_, id)| self.tasks.get(id))
+        self.accepted.iter().filter_map(|(_, id)| self.tasks.get(id).map(Arc::as_ref))
     }
 
     /// When the oldest Accepted task wanted running was created.
@@ -692,7 +695,7 @@ impl CellState {
 
     /// Tasks in Assigned, Starting or Killing, in id order.
     pub fn transient_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.transient.iter().filter_map(|id| self.tasks.get(id))
+        self.transient.iter().filter_map(|id| self.tasks.get(id).map(Arc::as_ref))
     }
 
     /// Tasks in a state.
@@ -701,21 +704,21 @@ impl CellState {
     }
 
     pub fn task(&self, id: &str) -> Option<&TaskRecord> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(Arc::as_ref)
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.tasks.values()
+        self.tasks.values().map(Arc::as_ref)
     }
 
     /// Every task of a job, terminal ones included, in id order.
     pub fn tasks_of_job<'a>(&'a self, job: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
-        self.by_job.get(job).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.by_job.get(job).into_iter().flatten().filter_map(|id| self.tasks.get(id).map(Arc::as_ref))
     }
 
     /// The non-terminal tasks placed on an agent, in id order.
     pub fn tasks_on_agent<'a>(&'a self, agent: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
-        self.by_agent.get(agent).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.by_agent.get(agent).into_iter().flatten().filter_map(|id| self.tasks.get(id).map(Arc::as_ref))
     }
 
     /// fenzo's view of the cell: agents, what runs on them, and which take new work.
@@ -740,7 +743,7 @@ impl CellState {
         let candidates: Box<dyn Iterator<Item = &TaskRecord>> = match (&q.job, &q.agent) {
             (Some(j), _) => Box::new(self.tasks_of_job(j)),
             (None, Some(a)) => Box::new(self.tasks_on_agent(a)),
-            (None, None) => Box::new(self.tasks.values()),
+            (None, None) => Box::new(self.tasks.values().map(Arc::as_ref)),
         };
         let mut page: Vec<&TaskRecord> = Vec::new();
         let mut more = false;
@@ -817,7 +820,7 @@ impl CellState {
 
     /// Moves a task, keeping counts, indexes and capacity in step; false when the move is not allowed.
     fn transition(&mut self, id: &str, to: TaskState, reason: Option<Reason>, at_ms: u64) -> bool {
-        let Some(t) = self.tasks.get_mut(id) else { return false };
+        let Some(t) = self.tasks.get_mut(id).map(Arc::make_mut) else { return false };
         let from = t.state;
         if !t.move_to(to, reason, at_ms) {
             return false;
@@ -872,10 +875,10 @@ impl CellState {
             at_ms,
         );
         record.run = n.run;
-        if let Some(old) = n.replaces.as_ref().and_then(|o| self.tasks.get_mut(o)) {
+        if let Some(old) = n.replaces.as_ref().and_then(|o| self.tasks.get_mut(o).map(Arc::make_mut)) {
             old.replaced_by = Some(n.id.clone());
         }
-        self.tasks.insert(n.id.clone(), record);
+        self.tasks.insert(n.id.clone(), Arc::new(record));
         self.by_job.entry(n.job_id.clone()).or_default().insert(n.id.clone());
         *self.task_counts.entry(TaskState::Accepted).or_insert(0) += 1;
         self.index_task(&n.id);
@@ -901,7 +904,7 @@ impl CellState {
         let job = self.jobs.get(&task.job_id).ok_or("no such job")?;
         let request = placement::request(task, &job.spec);
         self.capacity.0.assign(&request, &p.agent, Some(&p.ports)).map_err(|e| e.to_string())?;
-        if let Some(t) = self.tasks.get_mut(&p.task_id) {
+        if let Some(t) = self.tasks.get_mut(&p.task_id).map(Arc::make_mut) {
             t.agent = Some(p.agent.clone());
             t.ports = p.ports.clone();
             t.lease_epoch = p.lease_epoch;
@@ -913,7 +916,7 @@ impl CellState {
 
     /// Asks for a task to stop: an unplaced one is killed at once, a placed one is killed by its agent.
     fn stop_task(&mut self, id: &str, reason: Reason, at_ms: u64) -> bool {
-        let Some(t) = self.tasks.get_mut(id) else { return false };
+        let Some(t) = self.tasks.get_mut(id).map(Arc::make_mut) else { return false };
         if t.is_terminal() || t.desired == Desired::Stop {
             return false;
         }
@@ -941,7 +944,7 @@ impl CellState {
         let _ = self.capacity.0.set_eligible(agent, eligible);
         let ids: Vec<String> = self.by_agent.get(agent).into_iter().flatten().cloned().collect();
         for id in ids {
-            let Some(t) = self.tasks.get_mut(&id) else { continue };
+            let Some(t) = self.tasks.get_mut(&id).map(Arc::make_mut) else { continue };
             if !reachable && t.state != TaskState::Unreachable {
                 t.before_unreachable = Some(t.state);
                 self.transition(&id, TaskState::Unreachable, None, at_ms);
@@ -1034,7 +1037,7 @@ impl CellState {
     }
 
     fn apply_status(&mut self, agent: &str, s: &TaskStatus, at_ms: u64) -> bool {
-        let Some(t) = self.tasks.get_mut(&s.task_id) else { return false };
+        let Some(t) = self.tasks.get_mut(&s.task_id).map(Arc::make_mut) else { return false };
         if t.agent.as_deref() != Some(agent) || t.is_terminal() {
             return false;
         }
@@ -1109,7 +1112,7 @@ impl CellState {
         let running: BTreeSet<&String> = registration.running.iter().collect();
         let ids: Vec<String> = self.by_agent.get(&id).into_iter().flatten().cloned().collect();
         for tid in ids {
-            let Some(t) = self.tasks.get_mut(&tid) else { continue };
+            let Some(t) = self.tasks.get_mut(&tid).map(Arc::make_mut) else { continue };
             let before = t.before_unreachable.take();
             if running.contains(&tid) || t.state == TaskState::Assigned || before == Some(TaskState::Assigned) {
                 t.lease_epoch = epoch;
