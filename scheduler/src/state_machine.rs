@@ -330,7 +330,7 @@ struct Remembered {
 /// Everything the cell replicates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CellState {
-    jobs: BTreeMap<String, JobRecord>,
+    jobs: BTreeMap<String, Arc<JobRecord>>,
     idempotency: BTreeMap<String, Remembered>,
     /// (time, key) in order, to forget expired keys without scanning. Derived (JSON maps need string keys).
     #[serde(skip)]
@@ -963,7 +963,7 @@ impl CellState {
     fn apply_round(&mut self, round: &Round, at_ms: u64) -> RoundOutcome {
         let mut out = RoundOutcome::default();
         for t in &round.ticks {
-            let Some(job) = self.jobs.get_mut(&t.job_id) else { continue };
+            let Some(job) = self.jobs.get_mut(&t.job_id).map(Arc::make_mut) else { continue };
             if job.last_tick_ms.is_some_and(|last| last >= t.at_ms) {
                 continue;
             }
@@ -1180,7 +1180,7 @@ impl CellState {
                     spec_version: 1,
                 };
                 let job = record.change(meta, "created".into());
-                slot.insert(record);
+                slot.insert(Arc::new(record));
                 if let Some(key) = idempotency_key {
                     self.idempotency
                         .insert(key.clone(), Remembered { job: job.clone(), fingerprint: print, at_ms: meta.at_ms });
@@ -1246,7 +1246,7 @@ impl CellState {
     }
 
     fn modify(&mut self, id: &str, if_version: Option<u64>, f: impl FnOnce(&mut JobRecord) -> JobRef) -> Response {
-        let Some(job) = self.jobs.get_mut(id) else {
+        let Some(job) = self.jobs.get_mut(id).map(Arc::make_mut) else {
             return Response::Rejected(Rejection::NotFound { id: id.to_string() });
         };
         if job.state == JobState::Killed {
@@ -1277,7 +1277,7 @@ impl CellState {
     }
 
     pub fn job(&self, id: &str) -> Option<&JobRecord> {
-        self.jobs.get(id)
+        self.jobs.get(id).map(Arc::as_ref)
     }
 
     pub fn job_count(&self) -> usize {
@@ -1285,7 +1285,7 @@ impl CellState {
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
-        self.jobs.values()
+        self.jobs.values().map(Arc::as_ref)
     }
 
     pub fn agent(&self, id: &str) -> Option<&AgentRecord> {
