@@ -330,6 +330,8 @@ struct Remembered {
 /// Everything the cell replicates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CellState {
+    /// Jobs and tasks (below) are shared with snapshot copies (`replicated_copy`) and changed through
+    /// `Arc::make_mut`, so a record is copied only when it changes while a snapshot of it is being written.
     jobs: BTreeMap<String, Arc<JobRecord>>,
     idempotency: BTreeMap<String, Remembered>,
     /// (time, key) in order, to forget expired keys without scanning. Derived (JSON maps need string keys).

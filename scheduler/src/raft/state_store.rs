@@ -6,7 +6,7 @@
 //! then does the storage seam's `Snapshot` tree name it (its meta), and only then are older files removed. A crash at
 //! any step leaves the named snapshot whole; files nothing names are removed on open. Snapshots are kept out of the
 //! storage engine because a snapshot is as big as the whole state: in the file engine it would be held in memory
-//! and appended to the write-ahead file every time (at 100,000 tasks that doubled a leader's memory).
+//! as a second copy of the state, and appended to the write-ahead file every time.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -285,13 +285,10 @@ impl StateStore {
     }
 }
 
-/// Opens snapshot `id`'s file for reading (and for openraft's `SnapshotData` bounds).
+/// Opens snapshot `id`'s file, read-only: a written snapshot never changes.
 async fn open_file(snapshots: &SnapshotDir, id: &str) -> Result<tokio::fs::File, StorageError> {
     let path = snapshots.path(id).map_err(|e| read_err(&e))?;
-    tokio::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
+    tokio::fs::File::open(&path)
         .await
         .map_err(|e| read_err(&std::io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display()))))
 }
