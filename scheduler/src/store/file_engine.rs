@@ -3,7 +3,8 @@
 //! Every `write` (and `delete_range`) writes one frame after the last with a single `pwrite` call, then applies it
 //! to the maps; `flush` is one `fdatasync`, which is what makes this engine cheaper than sled for the Raft log. On
 //! `open` the file is replayed into the maps. The data must fit in memory, which holds for the Raft log (bounded by
-//! snapshots and purges), its few metadata records and the latest snapshot.
+//! snapshots and purges) and its few metadata records (snapshots themselves are files of their own, see
+//! `raft::state_store`).
 //!
 //! The file is kept zero-filled (written and synced) `PREALLOC_BYTES` ahead of its data. Frames overwrite blocks the
 //! filesystem has already allocated and recorded, so an `fdatasync` writes data only: a file that grows makes every

@@ -1,4 +1,4 @@
-//! The storage seam: the few key-value operations the Raft log, vote and snapshots need, behind one trait.
+//! The storage seam: the few key-value operations the Raft log, vote and snapshot meta need, behind one trait.
 //!
 //! `FileEngine` (an append-only write-ahead file behind in-memory maps) and `SledEngine` are the production
 //! adapters, chosen by `raft.storage`; `MemoryEngine` serves tests. All three pass the same suite (`conformance`,
@@ -76,7 +76,7 @@ pub enum Tree {
     Log,
     /// Small records: vote, committed, last purged log id.
     Meta,
-    /// The latest state machine snapshot.
+    /// Which state machine snapshot is current (its meta); the snapshot itself is a file (`raft::state_store`).
     Snapshot,
 }
 
