@@ -189,6 +189,13 @@ async fn a_wiped_member_is_re_added_and_catches_up_from_a_snapshot() {
     let addr = cluster.member(victim).addr;
     let metrics = reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.expect("text");
     assert_eq!(metric(&metrics, "titan_raft_snapshot_bytes", "") as u64, size, "{metrics}");
+    // It came in pieces of at most `snapshot_chunk_kib` (16 KiB here), one call each.
+    assert!(size > 4 * 16 * 1024, "a snapshot of several pieces: {size} bytes");
+    let leader_addr = cluster.member(leader).addr;
+    let leader_metrics =
+        reqwest::get(format!("http://{leader_addr}/metrics")).await.expect("metrics").text().await.expect("text");
+    let calls = metric(&leader_metrics, "titan_raft_rpc_seconds_count", r#"rpc="snapshot""#) as u64;
+    assert!(calls >= size.div_ceil(16 * 1024), "{calls} snapshot calls for {size} bytes");
     // And it starts again from that file.
     cluster.member(victim).kill();
     cluster.member(victim).start("", TEST_CONFIG);

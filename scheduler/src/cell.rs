@@ -211,7 +211,7 @@ impl Cell {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
             max_in_snapshot_log_to_keep: t.keep_logs,
             max_payload_entries: 1_000,
-            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            snapshot_max_chunk_size: t.snapshot_chunk_kib * 1024,
             ..Default::default()
         }
         .validate()

@@ -13,6 +13,10 @@ pub const DEFAULT_ELECTION_MAX_MS: u64 = 800;
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// Entries kept in the log behind a snapshot, so a slightly lagging member catches up without one.
 pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
+/// The largest piece of a snapshot sent to a member in one call, in KiB.
+pub const DEFAULT_SNAPSHOT_CHUNK_KIB: u64 = 4096;
+/// A chunk travels in one frame (`raft::network::MAX_INTERNAL_BODY`, 64 MiB), encoded at up to twice its size.
+pub const MAX_SNAPSHOT_CHUNK_KIB: u64 = 16 * 1024;
 /// How long a write may wait for a leader and a commit before it is answered 503.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
 
@@ -25,6 +29,8 @@ pub struct RaftTuning {
     pub election_max_ms: u64,
     pub snapshot_every: u64,
     pub keep_logs: u64,
+    /// The largest piece of a snapshot sent to a member that needs one, in KiB.
+    pub snapshot_chunk_kib: u64,
     pub write_timeout_ms: u64,
     /// `"file"` or `"sled"`; any other value is refused when the configuration is read, naming the two.
     pub storage: crate::store::StorageKind,
@@ -41,6 +47,7 @@ impl Default for RaftTuning {
             election_max_ms: DEFAULT_ELECTION_MAX_MS,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             keep_logs: DEFAULT_KEEP_LOGS,
+            snapshot_chunk_kib: DEFAULT_SNAPSHOT_CHUNK_KIB,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             storage: crate::store::StorageKind::default(),
             early_append: true,
@@ -81,6 +88,8 @@ pub enum ConfigError {
     ElectionTimeout { heartbeat: u64, min: u64, max: u64 },
     #[error("snapshot_every must be at least 1")]
     SnapshotEvery,
+    #[error("snapshot_chunk_kib must be 1 to {MAX_SNAPSHOT_CHUNK_KIB} (a chunk travels in one frame), got {0}")]
+    SnapshotChunk(u64),
     #[error("{0}")]
     Scheduler(String),
 }
@@ -114,6 +123,9 @@ impl CellConfig {
         }
         if r.snapshot_every == 0 {
             return Err(ConfigError::SnapshotEvery);
+        }
+        if !(1..=MAX_SNAPSHOT_CHUNK_KIB).contains(&r.snapshot_chunk_kib) {
+            return Err(ConfigError::SnapshotChunk(r.snapshot_chunk_kib));
         }
         self.scheduler.validate().map_err(ConfigError::Scheduler)?;
         Ok(())
@@ -173,6 +185,8 @@ mod tests {
         );
         check(|c| c.raft.election_min_ms = 50, ConfigError::ElectionTimeout { heartbeat: 100, min: 50, max: 800 });
         check(|c| c.raft.snapshot_every = 0, ConfigError::SnapshotEvery);
+        check(|c| c.raft.snapshot_chunk_kib = 0, ConfigError::SnapshotChunk(0));
+        check(|c| c.raft.snapshot_chunk_kib = MAX_SNAPSHOT_CHUNK_KIB + 1, ConfigError::SnapshotChunk(16_385));
     }
 
     #[test]

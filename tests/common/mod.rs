@@ -115,9 +115,11 @@ impl Drop for Member {
     }
 }
 
-/// Raft settings for tests: quick elections, small snapshots so catching up from one is exercised.
+/// Raft settings for tests: quick elections, small snapshots sent in small pieces, so catching up from one, in
+/// several calls, is exercised.
 pub const TEST_CONFIG: &str =
-    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nsnapshot_every = 100\nkeep_logs = 20\n";
+    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nsnapshot_every = 100\nkeep_logs = 20\n\
+     snapshot_chunk_kib = 16\n";
 
 pub struct Cluster {
     pub members: Vec<Member>,
