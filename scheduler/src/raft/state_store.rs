@@ -209,10 +209,41 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
     tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
 }
 
-pub struct StateStore {
+/// Where a member's snapshots are kept: their files, the seam that names the current one, and their metrics.
+#[derive(Clone)]
+struct Snapshots {
     engine: Arc<dyn Engine>,
-    snapshots: SnapshotDir,
+    dir: SnapshotDir,
     metrics: SnapshotMetrics,
+}
+
+impl Snapshots {
+    /// Writes the snapshot `meta` describes with `write` (in a blocking thread), names it the current one and
+    /// removes the others; returns its size.
+    async fn keep(
+        &self,
+        meta: &Meta,
+        write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<u64, StorageError> {
+        let (dir, id) = (self.dir.clone(), meta.snapshot_id.clone());
+        let bytes = blocking(move || dir.write(&id, write)).await.map_err(|e| write_err(&e))?;
+        name_current(self.engine.as_ref(), meta)?;
+        self.dir.remove_all_but(Some(&meta.snapshot_id));
+        self.metrics.bytes.set(bytes as i64);
+        Ok(bytes)
+    }
+
+    /// The current snapshot's file, read-only: a written snapshot never changes.
+    async fn open(&self, id: &str) -> Result<tokio::fs::File, StorageError> {
+        let path = self.dir.path(id).map_err(|e| read_err(&e))?;
+        tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| read_err(&std::io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display()))))
+    }
+}
+
+pub struct StateStore {
+    snapshots: Snapshots,
     state: SharedState,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
@@ -229,11 +260,9 @@ impl StateStore {
         snapshot_dir: &Path,
         metrics: SnapshotMetrics,
     ) -> Result<StateStore, StorageError> {
-        let snapshots = SnapshotDir::open(snapshot_dir).map_err(|e| write_err(&e))?;
+        let dir = SnapshotDir::open(snapshot_dir).map_err(|e| write_err(&e))?;
         let mut store = StateStore {
-            engine,
-            snapshots,
-            metrics,
+            snapshots: Snapshots { engine, dir, metrics },
             state: SharedState::default(),
             last_applied: None,
             membership: StoredMembership::default(),
@@ -241,13 +270,14 @@ impl StateStore {
             watchers: Default::default(),
             events: Arc::new(crate::watch::EventLog::new(0)),
         };
-        let meta = current_meta(store.engine.as_ref())?;
+        let Snapshots { engine, dir, metrics } = store.snapshots.clone();
+        let meta = current_meta(engine.as_ref())?;
         if let Some(meta) = &meta {
-            let path = store.snapshots.path(&meta.snapshot_id).map_err(|e| read_err(&e))?;
-            let data = match store.engine.get(Tree::Snapshot, LEGACY_DATA).map_err(|e| read_err(&e))? {
+            let path = dir.path(&meta.snapshot_id).map_err(|e| read_err(&e))?;
+            let data = match engine.get(Tree::Snapshot, LEGACY_DATA).map_err(|e| read_err(&e))? {
                 Some(data) => {
-                    store.snapshots.write(&meta.snapshot_id, |w| w.write_all(&data)).map_err(|e| write_err(&e))?;
-                    name_current(store.engine.as_ref(), meta)?;
+                    dir.write(&meta.snapshot_id, |w| w.write_all(&data)).map_err(|e| write_err(&e))?;
+                    name_current(engine.as_ref(), meta)?;
                     tracing::info!(snapshot = %meta.snapshot_id, "snapshot moved out of the store to its own file");
                     data
                 }
@@ -256,12 +286,12 @@ impl StateStore {
                 })?,
             };
             *store.write() = decode_state(&data)?;
-            store.metrics.bytes.set(data.len() as i64);
+            metrics.bytes.set(data.len() as i64);
             store.last_applied = meta.last_log_id;
             store.membership = meta.last_membership.clone();
             store.events.reset(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         }
-        store.snapshots.remove_all_but(meta.as_ref().map(|m| m.snapshot_id.as_str()));
+        dir.remove_all_but(meta.as_ref().map(|m| m.snapshot_id.as_str()));
         Ok(store)
     }
 
@@ -285,19 +315,9 @@ impl StateStore {
     }
 }
 
-/// Opens snapshot `id`'s file, read-only: a written snapshot never changes.
-async fn open_file(snapshots: &SnapshotDir, id: &str) -> Result<tokio::fs::File, StorageError> {
-    let path = snapshots.path(id).map_err(|e| read_err(&e))?;
-    tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| read_err(&std::io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display()))))
-}
-
 /// Builds a snapshot of the state as it was when the builder was taken.
 pub struct Builder {
-    engine: Arc<dyn Engine>,
-    snapshots: SnapshotDir,
-    metrics: SnapshotMetrics,
+    snapshots: Snapshots,
     state: CellState,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
@@ -310,29 +330,24 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let start = Instant::now();
         let state = std::mem::take(&mut self.state);
-        let (snapshots, id) = (self.snapshots.clone(), self.id.clone());
-        // Serialized straight into the file, and the copy of the state dropped there too: neither waits on, nor
-        // holds up, the async threads.
-        let bytes = blocking(move || {
-            snapshots.write(&id, |w| {
-                let file = SnapshotFileRef { format: SNAPSHOT_FORMAT, body: SnapshotBodyRef { state: &state } };
-                serde_json::to_writer(w, &file).map_err(std::io::Error::from)
-            })
-        })
-        .await
-        .map_err(|e| write_err(&e))?;
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
             snapshot_id: self.id.clone(),
         };
-        name_current(self.engine.as_ref(), &meta)?;
-        self.snapshots.remove_all_but(Some(&self.id));
-        self.metrics.bytes.set(bytes as i64);
+        // Serialized straight into the file, and the copy of the state dropped there too: neither waits on, nor
+        // holds up, the async threads.
+        let bytes = self
+            .snapshots
+            .keep(&meta, move |w| {
+                let file = SnapshotFileRef { format: SNAPSHOT_FORMAT, body: SnapshotBodyRef { state: &state } };
+                serde_json::to_writer(w, &file).map_err(std::io::Error::from)
+            })
+            .await?;
         let seconds = start.elapsed().as_secs_f64();
-        self.metrics.seconds.with_label_values(&["write"]).observe(seconds);
+        self.snapshots.metrics.seconds.with_label_values(&["write"]).observe(seconds);
         tracing::info!(snapshot = %self.id, bytes, copy_seconds = self.copy_seconds, seconds, "snapshot built");
-        let file = open_file(&self.snapshots, &self.id).await?;
+        let file = self.snapshots.open(&self.id).await?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
@@ -388,11 +403,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let start = Instant::now();
         let state = self.state.read().unwrap_or_else(|p| p.into_inner()).replicated_copy();
         let copy_seconds = start.elapsed().as_secs_f64();
-        self.metrics.seconds.with_label_values(&["copy"]).observe(copy_seconds);
+        self.snapshots.metrics.seconds.with_label_values(&["copy"]).observe(copy_seconds);
         Builder {
-            engine: self.engine.clone(),
             snapshots: self.snapshots.clone(),
-            metrics: self.metrics.clone(),
             state,
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -402,7 +415,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = self.snapshots.anonymous().map_err(|e| write_err(&e))?;
+        let file = self.snapshots.dir.anonymous().map_err(|e| write_err(&e))?;
         Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
@@ -415,11 +428,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         snapshot.read_to_end(&mut data).await.map_err(|e| read_err(&e))?;
         drop(snapshot);
         let state = decode_state(&data)?;
-        let (snapshots, id) = (self.snapshots.clone(), meta.snapshot_id.clone());
-        let bytes = blocking(move || snapshots.write(&id, |w| w.write_all(&data))).await.map_err(|e| write_err(&e))?;
-        name_current(self.engine.as_ref(), meta)?;
-        self.snapshots.remove_all_but(Some(&meta.snapshot_id));
-        self.metrics.bytes.set(bytes as i64);
+        let bytes = self.snapshots.keep(meta, move |w| w.write_all(&data)).await?;
         let versions: Vec<(String, u64)> = state.agents().map(|a| (a.registration.id.clone(), a.version)).collect();
         *self.write() = state;
         self.watchers.notify(versions);
@@ -431,8 +440,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(meta) = current_meta(self.engine.as_ref())? else { return Ok(None) };
-        let file = open_file(&self.snapshots, &meta.snapshot_id).await?;
+        let Some(meta) = current_meta(self.snapshots.engine.as_ref())? else { return Ok(None) };
+        let file = self.snapshots.open(&meta.snapshot_id).await?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 }
