@@ -484,6 +484,16 @@ mod tests {
         StateStore::open(engine.clone(), dir, SnapshotMetrics::unregistered()).expect("open")
     }
 
+    /// A file engine and a snapshot directory whose store applied one job and built a snapshot, then closed.
+    async fn one_snapshot() -> (tempfile::TempDir, tempfile::TempDir, Arc<dyn Engine>, Snapshot<TypeConfig>) {
+        let (raft, snaps) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let engine: Arc<dyn Engine> = Arc::new(FileEngine::open(raft.path()).expect("engine"));
+        let mut store = open(&engine, snaps.path());
+        store.apply(vec![put_job(1, "j1")]).await.expect("apply");
+        let built = store.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        (raft, snaps, engine, built)
+    }
+
     fn job_ids(store: &StateStore) -> Vec<String> {
         store.state().read().expect("state").jobs().map(|j| j.id.clone()).collect()
     }
@@ -553,12 +563,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_from_before_snapshot_files_has_its_snapshot_moved_out_and_leftovers_are_removed() {
-        let (raft, snaps) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
-        let engine: Arc<dyn Engine> = Arc::new(FileEngine::open(raft.path()).expect("engine"));
-        let mut store = open(&engine, snaps.path());
-        store.apply(vec![put_job(1, "j1")]).await.expect("apply");
-        let built = store.get_snapshot_builder().await.build_snapshot().await.expect("build");
-        drop(store);
+        let (_raft, snaps, engine, built) = one_snapshot().await;
         // The layout before: the snapshot's bytes in the store beside its meta, no file.
         let id = built.meta.snapshot_id.clone();
         let data = std::fs::read(snaps.path().join(format!("{id}.snap"))).expect("file");
@@ -578,12 +583,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_named_snapshot_file_that_is_missing_is_an_error_naming_it() {
-        let (raft, snaps) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
-        let engine: Arc<dyn Engine> = Arc::new(FileEngine::open(raft.path()).expect("engine"));
-        let mut store = open(&engine, snaps.path());
-        store.apply(vec![put_job(1, "j1")]).await.expect("apply");
-        let built = store.get_snapshot_builder().await.build_snapshot().await.expect("build");
-        drop(store);
+        let (_raft, snaps, engine, built) = one_snapshot().await;
         std::fs::remove_file(snaps.path().join(format!("{}.snap", built.meta.snapshot_id))).expect("remove");
         let err = StateStore::open(engine, snaps.path(), SnapshotMetrics::unregistered()).err().expect("an error");
         assert!(err.to_string().contains(&format!("{}.snap", built.meta.snapshot_id)), "{err}");
