@@ -111,6 +111,11 @@ fn write_err(e: &(impl std::error::Error + 'static)) -> StorageError {
     io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
 }
 
+/// A snapshot file that cannot be read, named in the error.
+fn unreadable(path: &Path, e: std::io::Error) -> StorageError {
+    read_err(&std::io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display())))
+}
+
 fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
@@ -236,9 +241,7 @@ impl Snapshots {
     /// The current snapshot's file, read-only: a written snapshot never changes.
     async fn open(&self, id: &str) -> Result<tokio::fs::File, StorageError> {
         let path = self.dir.path(id).map_err(|e| read_err(&e))?;
-        tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| read_err(&std::io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display()))))
+        tokio::fs::File::open(&path).await.map_err(|e| unreadable(&path, e))
     }
 }
 
@@ -281,9 +284,7 @@ impl StateStore {
                     tracing::info!(snapshot = %meta.snapshot_id, "snapshot moved out of the store to its own file");
                     data
                 }
-                None => std::fs::read(&path).map_err(|e| {
-                    read_err(&std::io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display())))
-                })?,
+                None => std::fs::read(&path).map_err(|e| unreadable(&path, e))?,
             };
             *store.write() = decode_state(&data)?;
             metrics.bytes.set(data.len() as i64);
