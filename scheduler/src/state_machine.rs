@@ -656,10 +656,7 @@ impl CellState {
 
     /// Ended tasks that ended before `before_ms`, oldest first.
     pub fn ended_before(&self, before_ms: u64) -> impl Iterator<Item = &TaskRecord> {
-        self.ended
-            .iter()
-            .take_while(move |(at, _)| *at < before_ms)
-            .filter_map(|(_, id)| self.tasks.get(id).map(Arc::as_ref))
+        self.ended.iter().take_while(move |(at, _)| *at < before_ms).filter_map(|(_, id)| self.task(id))
     }
 
     /// Drops an ended task from the state (retention); false for a task that is not ended.
@@ -687,7 +684,7 @@ impl CellState {
 
     /// Accepted tasks wanted running, oldest first (ties in id order).
     pub fn accepted_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.accepted.iter().filter_map(|(_, id)| self.tasks.get(id).map(Arc::as_ref))
+        self.accepted.iter().filter_map(|(_, id)| self.task(id))
     }
 
     /// When the oldest Accepted task wanted running was created.
@@ -697,7 +694,7 @@ impl CellState {
 
     /// Tasks in Assigned, Starting or Killing, in id order.
     pub fn transient_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.transient.iter().filter_map(|id| self.tasks.get(id).map(Arc::as_ref))
+        self.transient.iter().filter_map(|id| self.task(id))
     }
 
     /// Tasks in a state.
@@ -715,12 +712,12 @@ impl CellState {
 
     /// Every task of a job, terminal ones included, in id order.
     pub fn tasks_of_job<'a>(&'a self, job: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
-        self.by_job.get(job).into_iter().flatten().filter_map(|id| self.tasks.get(id).map(Arc::as_ref))
+        self.by_job.get(job).into_iter().flatten().filter_map(|id| self.task(id))
     }
 
     /// The non-terminal tasks placed on an agent, in id order.
     pub fn tasks_on_agent<'a>(&'a self, agent: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
-        self.by_agent.get(agent).into_iter().flatten().filter_map(|id| self.tasks.get(id).map(Arc::as_ref))
+        self.by_agent.get(agent).into_iter().flatten().filter_map(|id| self.task(id))
     }
 
     /// fenzo's view of the cell: agents, what runs on them, and which take new work.

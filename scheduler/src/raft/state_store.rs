@@ -238,7 +238,7 @@ impl Snapshots {
         Ok(bytes)
     }
 
-    /// The current snapshot's file, read-only: a written snapshot never changes.
+    /// Snapshot `id`'s file, read-only: a written snapshot never changes.
     async fn open(&self, id: &str) -> Result<tokio::fs::File, StorageError> {
         let path = self.dir.path(id).map_err(|e| read_err(&e))?;
         tokio::fs::File::open(&path).await.map_err(|e| unreadable(&path, e))
