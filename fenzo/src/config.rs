@@ -97,6 +97,7 @@ pub const DEFAULT_ZONE_ATTRIBUTE: &str = "zone";
 /// Default cap on phantom agents tried per group in one round.
 pub const DEFAULT_MAX_NEW_AGENTS: u32 = 1_000;
 
+/// Which agent attributes name an agent's instance group and zone, and how far one group may grow in a round.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AutoscaleConfig {
     pub group_attribute: String,
