@@ -90,9 +90,10 @@ async fn an_unreachable_member_is_left_a_learner_and_the_cell_still_tolerates_a_
     cluster.member(follower).kill();
     let alive = cluster.running().map(|m| m.client()).collect::<Vec<_>>();
     write(&alive[0], "with-one-down").await.expect("two of three voters commit");
-    // The same change with a member down would leave {leader, other, 4} voting with one of them unreachable... and
-    // removing the live follower would leave {leader, killed}: no reachable majority, refused at once.
+    // Removing the live follower now would leave {leader, killed}: no reachable majority, refused at once.
     let leader = cluster.leader(LEADER_WAIT).await;
+    // Long enough for the leader to have tried the killed member (heartbeats every 50 ms here).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let other = cluster.running().map(|m| m.id).find(|id| *id != leader).expect("a live follower");
     let err = cluster.member(leader).client().remove_member(other).await.expect_err("no reachable quorum after");
     assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");

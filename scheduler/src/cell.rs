@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CellConfig;
 use crate::raft::{
-    codec, membership, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed,
-    PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
+    codec, membership, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId,
+    Packed, PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
 };
 use crate::state_machine::{Command, Meta, Rejection, Response};
 use crate::store::Engine;
@@ -296,13 +296,12 @@ impl Cell {
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
         let forwarding = Arc::new(ProposeHere(self.clone()));
-        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.clone(), forwarding)
-            .merge(
-                Router::new()
-                    .route("/internal/read-index", axum::routing::get(read_index))
-                    .route("/internal/pending", post(pending_here))
-                    .with_state(self.clone()),
-            );
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.clone(), forwarding).merge(
+            Router::new()
+                .route("/internal/read-index", axum::routing::get(read_index))
+                .route("/internal/pending", post(pending_here))
+                .with_state(self.clone()),
+        );
         titan_api::router(api, http, internal)
     }
 
@@ -608,8 +607,20 @@ impl Cell {
         self.quorum_after(&voters, &after)?;
         tracing::info!(id, "the new member caught up; it becomes a voter");
         self.metrics_membership_change("promote");
-        self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(membership_error)?;
-        Ok(())
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+    }
+
+    /// Commits a membership change within `raft.write_timeout_ms`: a voter lost during it would otherwise leave the
+    /// request waiting for a commit that may never come.
+    async fn change_membership(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), ApiError> {
+        let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
+        match tokio::time::timeout(wait, self.raft.change_membership(change, false)).await {
+            Ok(r) => r.map(|_| ()).map_err(membership_error),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("the membership change was not committed within {wait:?}; it may still be applied"),
+            )),
+        }
     }
 
     /// Refuses a change from `before` to `after` voters that a majority of either could not commit: a voter answers
@@ -958,7 +969,10 @@ impl CellApi for Cell {
                 if *addr != member.addr {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
-                        format!("member {} is already at {addr}; remove it before adding it at another address", member.id),
+                        format!(
+                            "member {} is already at {addr}; remove it before adding it at another address",
+                            member.id
+                        ),
                     )
                     .with_field("addr"));
                 }
@@ -1003,7 +1017,7 @@ impl CellApi for Cell {
             } else {
                 ChangeMembers::RemoveNodes(BTreeSet::from([id]))
             };
-            self.raft.change_membership(change, false).await.map_err(membership_error)?;
+            self.change_membership(change).await?;
             self.cluster().await
         })
     }

@@ -47,6 +47,11 @@ impl FailureLog {
         }
     }
 
+    /// Calls failed since the peer last answered.
+    pub fn streak(&self) -> u64 {
+        self.streak
+    }
+
     /// The peer answered: the failed calls since its last answer (worth a line when there were any).
     pub fn answered(&mut self) -> u64 {
         self.suppressed = 0;
@@ -92,6 +97,17 @@ pub fn quorum_after_change(
         }
     }
     Ok(())
+}
+
+/// Whether a member refuses a vote request from a candidate that is no voter in its membership (as of `ours`): only
+/// when it has one and the candidate's log ends before it. A member with no membership yet (a fresh cell before its
+/// first leader) refuses nobody, and a candidate holding that membership entry would know its own place in it.
+pub fn refuses_vote(
+    candidate_is_voter: bool,
+    candidate_last_log: Option<LogId<NodeId>>,
+    ours: Option<LogId<NodeId>>,
+) -> bool {
+    !candidate_is_voter && ours.is_some() && candidate_last_log < ours
 }
 
 /// Whether a member stands down when a peer whose membership (as of `theirs`) leaves it out refuses its vote request:
@@ -168,6 +184,14 @@ mod tests {
         check(&[1, 2, 3], &[1], &[1], false);
         let err = quorum_after_change(&ids(&[1, 2]), &ids(&[1, 2]), &ids(&[1])).expect_err("1 of 2");
         assert!(err.to_string().contains("no reachable quorum"), "{err}");
+    }
+
+    #[test]
+    fn only_a_candidate_missing_the_membership_that_left_it_out_is_refused() {
+        assert!(refuses_vote(false, log(1, 3), log(1, 5)), "removed while away");
+        assert!(!refuses_vote(true, log(1, 3), log(1, 5)), "a voter");
+        assert!(!refuses_vote(false, None, None), "a fresh cell: nobody has a membership yet");
+        assert!(!refuses_vote(false, log(1, 5), log(1, 5)), "it holds the entry, so it knows its place");
     }
 
     #[test]

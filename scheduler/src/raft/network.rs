@@ -35,12 +35,12 @@ use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::Backoff;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::network::Backoff;
 use openraft::BasicNode;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use serde::de::DeserializeOwned;
@@ -279,12 +279,12 @@ impl Streams {
         let _ = self.stand_down.raft.set(raft);
     }
 
-    /// The peers (by id) that answered a call from this member within `within`.
+    /// The peers (by id) that answered a call from this member within `within` and failed none since.
     pub fn answered_within(&self, within: std::time::Duration) -> std::collections::BTreeSet<NodeId> {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers
             .iter()
-            .filter(|(_, h)| h.answered.is_some_and(|at| at.elapsed() <= within))
+            .filter(|(_, h)| h.failures.streak() == 0 && h.answered.is_some_and(|at| at.elapsed() <= within))
             .filter_map(|(id, _)| id.parse().ok())
             .collect()
     }
@@ -725,7 +725,9 @@ enum VoteAnswer {
     Ok(VoteResponse<NodeId>),
     Err(RaftError<NodeId>),
     /// The candidate is no voter in the membership (as of this log id) this member knows.
-    NotAMember { membership: Option<openraft::LogId<NodeId>> },
+    NotAMember {
+        membership: Option<openraft::LogId<NodeId>>,
+    },
 }
 
 /// A request or answer body in `codec`, for the internal routes that are plain HTTP requests.
@@ -803,8 +805,9 @@ impl Routes {
         let refused = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            let member = m.membership_config.membership().voter_ids().any(|v| v == candidate);
-            (!member).then(|| *m.membership_config.log_id())
+            let voter = m.membership_config.membership().voter_ids().any(|v| v == candidate);
+            let ours = *m.membership_config.log_id();
+            membership::refuses_vote(voter, req.last_log_id, ours).then_some(ours)
         };
         if let Some(membership) = refused {
             tracing::info!(candidate, ?membership, "refused a vote request from a member not in the cell");
@@ -852,7 +855,11 @@ impl Routes {
                 return;
             }
             let kind = frame.first().copied().unwrap_or(0);
-            self.streams.metrics.answer_seconds.with_label_values(&[rpc_name(kind)]).observe(start.elapsed().as_secs_f64());
+            self.streams
+                .metrics
+                .answer_seconds
+                .with_label_values(&[rpc_name(kind)])
+                .observe(start.elapsed().as_secs_f64());
         }
     }
 }
