@@ -897,11 +897,11 @@ mod tests {
         let vote = openraft::Vote::new(3, 2);
         let plain: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse::new(vote, None, true));
         let read: VoteAnswer = codec::decode(&codec::encode(&plain).expect("encode")).expect("decode");
-        assert!(matches!(read, VoteAnswer::Ok(r) if r.vote_granted && r.vote == vote), "{read:?}");
+        assert!(matches!(&read, VoteAnswer::Ok(r) if r.vote_granted && r.vote == vote), "{read:?}");
         let answer = VoteAnswer::Ok(VoteResponse::new(vote, None, false));
         let read: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
             codec::decode(&codec::encode(&answer).expect("encode")).expect("decode");
-        assert!(matches!(read, Ok(r) if !r.vote_granted), "{read:?}");
+        assert!(matches!(&read, Ok(r) if !r.vote_granted), "{read:?}");
         let refused = VoteAnswer::NotAMember { membership: None };
         let read: VoteAnswer = codec::decode(&codec::encode(&refused).expect("encode")).expect("decode");
         assert!(matches!(read, VoteAnswer::NotAMember { membership: None }), "{read:?}");
