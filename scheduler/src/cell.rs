@@ -17,7 +17,7 @@ use axum::routing::post;
 use axum::Router;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentState, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CellConfig;
 use crate::raft::{
-    codec, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed,
-    PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
+    codec, membership, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId,
+    Packed, PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
 };
 use crate::state_machine::{Command, Meta, Rejection, Response};
 use crate::store::Engine;
@@ -69,6 +69,7 @@ struct CellMetrics {
     jobs: IntGaugeVec,
     batch_size: Histogram,
     forwarded: IntCounter,
+    membership_changes: IntCounterVec,
 }
 
 impl CellMetrics {
@@ -100,6 +101,14 @@ impl CellMetrics {
         )?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
+        let membership_changes = IntCounterVec::new(
+            labels(Opts::new(
+                "titan_membership_changes_total",
+                "Membership requests by outcome (add_learner, promote, left_learner, remove, refused)",
+            )),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(membership_changes.clone()))?;
         Ok(CellMetrics {
             term: gauge("titan_raft_term", "Current Raft term")?,
             is_leader: gauge("titan_raft_is_leader", "1 on the leader")?,
@@ -115,6 +124,7 @@ impl CellMetrics {
             jobs,
             batch_size,
             forwarded: counter("titan_raft_forwarded_writes_total", "Writes forwarded to the leader")?,
+            membership_changes,
         })
     }
 }
@@ -235,6 +245,7 @@ impl Cell {
             .await
             .map_err(|e| CellError::Raft(e.to_string()))?;
         let _ = raft_cell.set(raft.clone());
+        streams.attach(raft.clone());
 
         let lowest = config.peers.keys().next().copied();
         if lowest == Some(config.node_id) && !raft.is_initialized().await.map_err(|e| CellError::Raft(e.to_string()))? {
@@ -285,13 +296,12 @@ impl Cell {
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
         let forwarding = Arc::new(ProposeHere(self.clone()));
-        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.metrics().clone(), forwarding)
-            .merge(
-                Router::new()
-                    .route("/internal/read-index", axum::routing::get(read_index))
-                    .route("/internal/pending", post(pending_here))
-                    .with_state(self.clone()),
-            );
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.clone(), forwarding).merge(
+            Router::new()
+                .route("/internal/read-index", axum::routing::get(read_index))
+                .route("/internal/pending", post(pending_here))
+                .with_state(self.clone()),
+        );
         titan_api::router(api, http, internal)
     }
 
@@ -548,6 +558,85 @@ impl Cell {
             answers.push(answer);
         }
         answers
+    }
+
+    /// Makes learner `id` a voter once it has answered and holds the log up to `target` (bounded by
+    /// `raft.member_catch_up_ms`), and only when a majority of the voters before and after answer.
+    async fn promote(&self, id: NodeId, addr: &str, target: u64) -> Result<(), ApiError> {
+        let wait = Duration::from_millis(self.config.raft.member_catch_up_ms);
+        let caught_up = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| match &m.replication {
+                    // This member no longer leads: the wait is over either way.
+                    None => true,
+                    Some(r) => membership::caught_up(r.get(&id).copied().flatten().map(|l| l.index), target),
+                },
+                "the new learner to catch up",
+            )
+            .await;
+        let matched = match caught_up {
+            Ok(m) => m.replication.as_ref().and_then(|r| r.get(&id).copied()).flatten().map(|l| l.index),
+            Err(_) => {
+                let m = self.raft.metrics().borrow().clone();
+                m.replication.as_ref().and_then(|r| r.get(&id).copied()).flatten().map(|l| l.index)
+            }
+        };
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(ApiError::new(ErrorCode::NotLeader, "leadership moved while the member caught up; retry"));
+        }
+        if !membership::caught_up(matched, target) {
+            self.metrics_membership_change("left_learner");
+            let how = match matched {
+                None => format!("it has not answered at {addr}"),
+                Some(m) => format!("it holds the log to {m} of {target}"),
+            };
+            tracing::warn!(id, addr, ?matched, target, "a new member did not catch up; it stays a learner");
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "member {id} was added but stays a learner, without a vote: {how} within {wait:?}; \
+                     add it again once it runs and has caught up, or remove it"
+                ),
+            ));
+        }
+        let (voters, _) = self.members();
+        let mut after = voters.clone();
+        after.insert(id);
+        self.quorum_after(&voters, &after)?;
+        tracing::info!(id, "the new member caught up; it becomes a voter");
+        self.metrics_membership_change("promote");
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+    }
+
+    /// Commits a membership change within `raft.write_timeout_ms`: a voter lost during it would otherwise leave the
+    /// request waiting for a commit that may never come.
+    async fn change_membership(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), ApiError> {
+        let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
+        match tokio::time::timeout(wait, self.raft.change_membership(change, false)).await {
+            Ok(r) => r.map(|_| ()).map_err(membership_error),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("the membership change was not committed within {wait:?}; it may still be applied"),
+            )),
+        }
+    }
+
+    /// Refuses a change from `before` to `after` voters that a majority of either could not commit: a voter answers
+    /// when this member (the leader) heard from it within a few election timeouts.
+    fn quorum_after(&self, before: &BTreeSet<NodeId>, after: &BTreeSet<NodeId>) -> Result<(), ApiError> {
+        let recent = Duration::from_millis(3 * self.config.raft.election_max_ms);
+        let mut answering = self.streams.answered_within(recent);
+        answering.insert(self.config.node_id);
+        membership::quorum_after_change(before, after, &answering).map_err(|e| {
+            self.metrics_membership_change("refused");
+            ApiError::new(ErrorCode::Conflict, e.to_string())
+        })
+    }
+
+    fn metrics_membership_change(&self, outcome: &str) {
+        self.metrics.membership_changes.with_label_values(&[outcome]).inc();
     }
 
     fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, String>) {
@@ -875,13 +964,32 @@ impl CellApi for Cell {
             if let Some(leader) = self.leader_client()? {
                 return leader.add_member(&member).await.map_err(forwarded_error);
             }
-            tracing::info!(id = member.id, addr = %member.addr, "adding member");
+            let (voters, nodes) = self.members();
+            if let Some(addr) = nodes.get(&member.id) {
+                if *addr != member.addr {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "member {} is already at {addr}; remove it before adding it at another address",
+                            member.id
+                        ),
+                    )
+                    .with_field("addr"));
+                }
+                if voters.contains(&member.id) {
+                    return self.cluster().await;
+                }
+            } else if let Some((other, _)) = nodes.iter().find(|(_, a)| **a == member.addr) {
+                return Err(ApiError::new(ErrorCode::Conflict, format!("{} is member {other}'s address", member.addr))
+                    .with_field("addr"));
+            }
+            tracing::info!(id = member.id, addr = %member.addr, "adding member as a learner");
+            self.metrics_membership_change("add_learner");
             let node = BasicNode::new(member.addr.clone());
-            // Blocking: the new member is a learner until it has caught up (from a snapshot if need be).
-            self.raft.add_learner(member.id, node, true).await.map_err(membership_error)?;
-            let (mut voters, _) = self.members();
-            voters.insert(member.id);
-            self.raft.change_membership(ChangeMembers::AddVoterIds(voters), false).await.map_err(membership_error)?;
+            // Not blocking: openraft's blocking add returns at once for a learner that never answered (a lag under
+            // `replication_lag_threshold`, 5000 entries, counts as up to date even with nothing matched).
+            let added = self.raft.add_learner(member.id, node, false).await.map_err(membership_error)?;
+            self.promote(member.id, &member.addr, added.log_id.index).await?;
             self.cluster().await
         })
     }
@@ -898,13 +1006,18 @@ impl CellApi for Cell {
             if voters.contains(&id) && voters.len() == 1 {
                 return Err(ApiError::new(ErrorCode::Conflict, "cannot remove the last member"));
             }
+            if voters.contains(&id) {
+                let after = voters.iter().copied().filter(|v| *v != id).collect();
+                self.quorum_after(&voters, &after)?;
+            }
             tracing::info!(id, "removing member");
+            self.metrics_membership_change("remove");
             let change = if voters.contains(&id) {
                 ChangeMembers::RemoveVoters(BTreeSet::from([id]))
             } else {
                 ChangeMembers::RemoveNodes(BTreeSet::from([id]))
             };
-            self.raft.change_membership(change, false).await.map_err(membership_error)?;
+            self.change_membership(change).await?;
             self.cluster().await
         })
     }
