@@ -357,3 +357,17 @@ async fn consistent_reads_on_a_follower_see_every_acknowledged_write() {
     let url = format!("{}/v1/jobs/x?consistent=maybe", followers[0].base());
     assert_eq!(http.get(url).send().await.expect("answer").status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_at_an_address_no_member_answers_at_is_refused_and_the_cell_keeps_writing() {
+    let cluster = Cluster::start(1);
+    cluster.leader(LEADER_WAIT).await;
+    let client = cluster.members[0].client();
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let err = client.add_member(&AddMember { id: 7, addr: nobody }).await.expect_err("nothing answers there");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidParameter), "{err}");
+    let view = client.cluster().await.expect("status");
+    assert_eq!(view.members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1], "{view:?}");
+    // The lone member still commits on its own: nothing it cannot reach joined its quorum.
+    assert!(submit(&client, "after").await.is_some(), "a write after the refused addition");
+}

@@ -557,6 +557,32 @@ impl Cell {
         (voters, nodes)
     }
 
+    /// On the leader: waits until learner `id` has acknowledged the log up to `index`, for at most a write's
+    /// timeout.
+    async fn learner_holds(&self, id: NodeId, index: u64) -> Result<(), ApiError> {
+        let limit = Duration::from_millis(self.config.raft.write_timeout_ms);
+        let held = self
+            .raft
+            .wait(Some(limit))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .is_some_and(|r| r.get(&id).is_some_and(|l| l.is_some_and(|l| l.index >= index)))
+                },
+                "new member holds the entry that added it",
+            )
+            .await;
+        held.map(|_| ()).map_err(|e| {
+            // The caller named an address no member answers at: its mistake to correct, so not a 5xx.
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("no member answered the leader at this address within {limit:?} ({e}); check it and that the member runs"),
+            )
+            .with_field("addr")
+        })
+    }
+
     /// On the leader: the log index a linearizable read must see.
     async fn read_index_here(&self) -> Result<u64, ApiError> {
         match self.raft.ensure_linearizable().await {
@@ -878,7 +904,17 @@ impl CellApi for Cell {
             tracing::info!(id = member.id, addr = %member.addr, "adding member");
             let node = BasicNode::new(member.addr.clone());
             // Blocking: the new member is a learner until it has caught up (from a snapshot if need be).
-            self.raft.add_learner(member.id, node, true).await.map_err(membership_error)?;
+            let added = self.raft.add_learner(member.id, node, true).await.map_err(membership_error)?;
+            // openraft counts a learner within `replication_lag_threshold` entries as caught up even when it never
+            // answered, so a mistyped address would become a voter no one can reach: a lone member would then
+            // need it for every commit, its removal included, and the cell would be stuck for good. It becomes a
+            // voter only once it holds the entry that added it.
+            if let Err(e) = self.learner_holds(member.id, added.log_id.index).await {
+                tracing::warn!(id = member.id, addr = %member.addr, error = %e.message, "new member did not catch up; removing it");
+                let gone = ChangeMembers::RemoveNodes(BTreeSet::from([member.id]));
+                self.raft.change_membership(gone, false).await.map_err(membership_error)?;
+                return Err(e);
+            }
             let (mut voters, _) = self.members();
             voters.insert(member.id);
             self.raft.change_membership(ChangeMembers::AddVoterIds(voters), false).await.map_err(membership_error)?;
