@@ -901,6 +901,11 @@ impl CellApi for Cell {
             if let Some(leader) = self.leader_client()? {
                 return leader.add_member(&member).await.map_err(forwarded_error);
             }
+            let (_, nodes) = self.members();
+            if let Some((other, _)) = nodes.iter().find(|(id, addr)| **id != member.id && **addr == member.addr) {
+                return Err(ApiError::new(ErrorCode::Conflict, format!("member {other} already has this address"))
+                    .with_field("addr"));
+            }
             tracing::info!(id = member.id, addr = %member.addr, "adding member");
             let node = BasicNode::new(member.addr.clone());
             // Blocking: the new member is a learner until it has caught up (from a snapshot if need be).
