@@ -375,3 +375,25 @@ async fn a_member_added_at_an_address_no_new_member_answers_at_is_refused_and_th
     // The lone member still commits on its own: nothing it cannot reach joined its quorum.
     assert!(submit(&client, "after").await.is_some(), "a write after the refused additions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_asked_to_end_after_a_while_ends_and_a_bad_bound_is_refused() {
+    let cluster = Cluster::start(1);
+    cluster.leader(LEADER_WAIT).await;
+    let client = cluster.members[0].client();
+    submit(&client, "seen").await.expect("accepted");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let url = |query: &str| format!("http://{}/v1/events?{query}", cluster.members[0].addr);
+    let resp = http.get(url("from=0&timeoutSeconds=1")).send().await.expect("answered");
+    assert_eq!(resp.status(), 200);
+    // The whole body arrives: the stream ended by itself, well before the client's own timeout.
+    let body = resp.text().await.expect("the stream ends");
+    assert!(body.contains("event: job"), "the backlog came first: {body}");
+    for bad in ["timeoutSeconds=0", "timeoutSeconds=86401", "timeoutSeconds=x"] {
+        let resp = http.get(url(bad)).send().await.expect("answered");
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+    let err: serde_json::Value =
+        http.get(url("timeoutSeconds=0")).send().await.expect("answered").json().await.expect("json");
+    assert_eq!(err["field"], "timeoutSeconds", "{err}");
+}
