@@ -357,3 +357,38 @@ async fn consistent_reads_on_a_follower_see_every_acknowledged_write() {
     let url = format!("{}/v1/jobs/x?consistent=maybe", followers[0].base());
     assert_eq!(http.get(url).send().await.expect("answer").status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_at_an_existing_members_address_is_refused_and_the_cell_keeps_writing() {
+    let cluster = Cluster::start(1);
+    cluster.leader(LEADER_WAIT).await;
+    let client = cluster.members[0].client();
+    // (An address nothing answers at is tests/membership.rs's.) Its own address under a second id: the member would have answered Raft calls to itself (openraft panics).
+    let own = cluster.members[0].addr.to_string();
+    let err = client.add_member(&AddMember { id: 8, addr: own }).await.expect_err("the address is member 1's");
+    assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");
+    // The lone member still commits on its own: nothing it cannot reach joined its quorum.
+    assert!(submit(&client, "after").await.is_some(), "a write after the refused additions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_asked_to_end_after_a_while_ends_and_a_bad_bound_is_refused() {
+    let cluster = Cluster::start(1);
+    cluster.leader(LEADER_WAIT).await;
+    let client = cluster.members[0].client();
+    submit(&client, "seen").await.expect("accepted");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let url = |query: &str| format!("http://{}/v1/events?{query}", cluster.members[0].addr);
+    let resp = http.get(url("from=0&timeoutSeconds=1")).send().await.expect("answered");
+    assert_eq!(resp.status(), 200);
+    // The whole body arrives: the stream ended by itself, well before the client's own timeout.
+    let body = resp.text().await.expect("the stream ends");
+    assert!(body.contains("event: job"), "the backlog came first: {body}");
+    for bad in ["timeoutSeconds=0", "timeoutSeconds=86401", "timeoutSeconds=x"] {
+        let resp = http.get(url(bad)).send().await.expect("answered");
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+    let err: serde_json::Value =
+        http.get(url("timeoutSeconds=0")).send().await.expect("answered").json().await.expect("json");
+    assert_eq!(err["field"], "timeoutSeconds", "{err}");
+}

@@ -56,6 +56,9 @@ pub struct EventQuery {
     pub topic: Option<String>,
     /// Only events of this job (its own and its tasks').
     pub job: Option<String>,
+    /// End the stream after this many seconds (1 to `MAX_STREAM_SECONDS`), as Kubernetes' watch `timeoutSeconds`
+    /// does; absent: it stays open. A client that reads only for a while says so, and the server lets go then.
+    pub timeout_seconds: Option<u64>,
 }
 
 impl EventQuery {

@@ -36,6 +36,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub const USER_HEADER: &str = "x-titan-user";
 /// Header saying why (recorded in history).
 pub const REASON_HEADER: &str = "x-titan-reason";
+/// The longest a stream may be asked to last with `timeoutSeconds` (a day).
+pub const MAX_STREAM_SECONDS: u64 = 86_400;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type ApiResult<'a, T> = BoxFuture<'a, Result<T, ApiError>>;
@@ -536,6 +538,7 @@ async fn events(
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     let Query(mut q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
     let topics = q.topics()?;
+    let limit = stream_limit(q.timeout_seconds)?;
     if q.from.is_none() {
         if let Some(v) = headers.get("last-event-id") {
             let id = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
@@ -572,7 +575,31 @@ async fn events(
         futures_util::stream::iter(backlog.into_iter().map(Ok::<_, std::convert::Infallible>)),
         live,
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(ending_after(stream, limit)).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// How long a stream asked to end after `timeout_seconds` may last: `None` for as long as the client reads.
+fn stream_limit(timeout_seconds: Option<u64>) -> Result<Option<std::time::Duration>, ApiError> {
+    match timeout_seconds {
+        None => Ok(None),
+        Some(s) if (1..=MAX_STREAM_SECONDS).contains(&s) => Ok(Some(std::time::Duration::from_secs(s))),
+        Some(_) => {
+            Err(ApiError::new(ErrorCode::InvalidParameter, format!("timeoutSeconds must be 1..={MAX_STREAM_SECONDS}"))
+                .with_field("timeoutSeconds"))
+        }
+    }
+}
+
+/// `stream`, ended once `limit` has passed when there is one: the response then completes like any other.
+fn ending_after<S>(stream: S, limit: Option<std::time::Duration>) -> futures_util::stream::BoxStream<'static, S::Item>
+where
+    S: futures_util::Stream + Send + 'static,
+{
+    use futures_util::StreamExt;
+    match limit {
+        Some(limit) => stream.take_until(tokio::time::sleep(limit)).boxed(),
+        None => stream.boxed(),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(TaskQuery),
@@ -615,6 +642,9 @@ pub struct LogQuery {
     /// Keep streaming new lines as plain text.
     #[serde(default)]
     pub follow: bool,
+    /// End the stream after this many seconds (1 to `MAX_STREAM_SECONDS`); absent: it follows for as long as the
+    /// client reads.
+    pub timeout_seconds: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "tasks", params(("id" = String, Path), LogQuery),
@@ -633,6 +663,7 @@ async fn task_logs(
     if stream != "stdout" && stream != "stderr" {
         return Err(ApiError::new(ErrorCode::InvalidParameter, "stream is stdout or stderr").with_field("stream"));
     }
+    let limit = stream_limit(q.timeout_seconds)?;
     let addr = cell.task_agent_addr(id.clone()).await?;
     // The agent serves its tasks' logs from disk; the cell relays them (streaming when following).
     let url =
@@ -650,7 +681,7 @@ async fn task_logs(
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
-    let body = Body::from_stream(resp.bytes_stream());
+    let body = Body::from_stream(ending_after(resp.bytes_stream(), limit));
     Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 

@@ -54,6 +54,10 @@ use super::{codec, membership, EncodedEntries, NodeId, Raft, TypeConfig};
 pub const MAX_INTERNAL_BODY: usize = 64 * 1024 * 1024;
 /// The route a member upgrades to a Raft stream.
 pub const STREAM_PATH: &str = "/internal/raft/stream";
+/// The header naming the member a Raft stream is for. A member refuses a stream meant for another id, which is
+/// what a member added under a second id at an address that already serves one would get: taking it would have
+/// the member answer Raft calls to itself (openraft panics on that) or vote twice.
+const NODE_HEADER: &str = "x-titan-raft-node";
 /// The protocol named in the `Upgrade` header.
 const PROTOCOL: &str = "titan-raft";
 /// Idle connections kept per peer: one per replication stream, plus a few for votes, leadership checks and
@@ -323,7 +327,7 @@ impl Streams {
         let mut conn = match self.pool.take(addr) {
             Some(c) => c,
             None => {
-                let c = connect(addr).await?;
+                let c = connect(target, addr).await?;
                 self.metrics.connects.with_label_values(&[target]).inc();
                 c
             }
@@ -567,15 +571,15 @@ pub struct Peer {
     streams: Streams,
 }
 
-/// Opens a connection to `addr` and upgrades it to a Raft stream. Every failure here comes before any call was
-/// sent, so it is `Connect`: the peer is unreachable, whether nothing listens there or something that does not speak
-/// this protocol (an agent, answering 404) does.
-async fn connect(addr: &str) -> Result<Conn, CallError> {
+/// Opens a connection to member `target` at `addr` and upgrades it to a Raft stream. Every failure here comes
+/// before any call was sent, so it is `Connect`: the peer is unreachable, whether nothing listens there or something
+/// that does not speak this protocol (an agent, answering 404) does.
+async fn connect(target: &str, addr: &str) -> Result<Conn, CallError> {
     let tcp = TcpStream::connect(addr).await.map_err(CallError::Connect)?;
     tcp.set_nodelay(true).map_err(CallError::Connect)?;
     let mut io = BufReader::new(tcp);
     let hello =
-        format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n\r\n");
+        format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n{NODE_HEADER}: {target}\r\n\r\n");
     io.get_mut().write_all(hello.as_bytes()).await.map_err(CallError::Connect)?;
     let mut status = String::new();
     io.read_line(&mut status).await.map_err(CallError::Connect)?;
@@ -870,6 +874,14 @@ async fn stream(State(routes): State<Routes>, mut req: Request) -> Response {
     if !asked.is_some_and(|p| p.eq_ignore_ascii_case(PROTOCOL)) {
         return (StatusCode::UPGRADE_REQUIRED, format!("this route speaks only `Upgrade: {PROTOCOL}`")).into_response();
     }
+    let me = routes.raft.metrics().borrow().id;
+    // A caller from before the header names no member and is taken as before.
+    if let Some(asked) = req.headers().get(NODE_HEADER) {
+        if asked.to_str().ok().and_then(|v| v.trim().parse::<NodeId>().ok()) != Some(me) {
+            tracing::warn!(asked = ?asked, me, "refusing a Raft stream meant for another member");
+            return (StatusCode::MISDIRECTED_REQUEST, format!("this is member {me}, not {asked:?}")).into_response();
+        }
+    }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
@@ -1007,7 +1019,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         let app = Router::new().route(STREAM_PATH, get(|| async { "no upgrade here" }));
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        let err = match connect(&addr).await {
+        let err = match connect("2", &addr).await {
             // Nothing was sent: what listens there is no member, so to Raft the peer is unreachable (and backed off).
             Err(CallError::Connect(e)) => e.to_string(),
             Err(CallError::Io(e)) => panic!("no call was sent, so this is no broken call: {e}"),
@@ -1018,6 +1030,6 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gone = closed.local_addr().expect("addr").to_string();
         drop(closed);
-        assert!(matches!(connect(&gone).await, Err(CallError::Connect(_))), "nothing listens there");
+        assert!(matches!(connect("2", &gone).await, Err(CallError::Connect(_))), "nothing listens there");
     }
 }
