@@ -34,6 +34,9 @@ pub enum ErrorCode {
     NotLeader,
     /// The cell cannot serve the request right now (no quorum, shutting down).
     Unavailable,
+    /// A write was not confirmed within the cell's write deadline. It may still commit; retrying it with the same
+    /// `Idempotency-Key` is safe.
+    Timeout,
     /// What was asked for is older than what is kept (an event index before the retained ones).
     Expired,
     /// A bug or a storage failure on our side.
@@ -50,7 +53,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
             ErrorCode::Conflict | ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
-            ErrorCode::NotLeader | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Expired => StatusCode::GONE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Expired => "expired",
             ErrorCode::Internal => "internal",
         }
@@ -155,6 +159,7 @@ mod tests {
             ErrorCode::QuotaExceeded,
             ErrorCode::NotLeader,
             ErrorCode::Unavailable,
+            ErrorCode::Timeout,
             ErrorCode::Expired,
             ErrorCode::Internal,
         ] {
