@@ -45,6 +45,22 @@ fn assert_timed_out(answer: Result<JobRef, ClientError>, what: &str) {
     }
 }
 
+/// `titan job run` against a member without quorum fails saying plainly what happened and that the same command
+/// is a safe retry.
+fn assert_cli_says_timed_out(m: &Member) {
+    let file = m.dir.join("cli-job.json");
+    std::fs::write(&file, spec("from-cli")).expect("write the spec");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_titan"))
+        .args(["job", "run", "--idempotency-key", "from-cli", "--addr", &m.addr.to_string()])
+        .arg(&file)
+        .output()
+        .expect("run titan job run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("may still be created"), "{stderr}");
+    assert!(stderr.contains("same --idempotency-key from-cli) is safe"), "{stderr}");
+}
+
 async fn metrics(m: &Member) -> String {
     let url = format!("http://{}/metrics", m.addr);
     reqwest::get(url).await.expect("metrics").text().await.expect("metrics text")
@@ -106,9 +122,10 @@ async fn a_write_without_quorum_times_out_and_its_retry_makes_nothing_new() {
         assert_timed_out(answer.await.expect("the request task"), key);
     }
     let leader_member = cluster.running().find(|m| m.id == leader).expect("the leader runs");
+    assert_cli_says_timed_out(leader_member);
     let text = metrics(leader_member).await;
     let timed_out = metric(&text, "titan_writes_timed_out_total", r#"kind="put_job""#);
-    assert!(timed_out >= 4.0, "writes timed out: {timed_out}\n{text}");
+    assert!(timed_out >= 5.0, "writes timed out: {timed_out}\n{text}");
     // The scheduler proposes too; once its write times out as well, nothing is left in flight.
     eventually(Duration::from_secs(10), "no proposal left in flight", || async {
         metric(&metrics(leader_member).await, "titan_raft_proposals_in_flight", "") == 0.0
@@ -121,7 +138,7 @@ async fn a_write_without_quorum_times_out_and_its_retry_makes_nothing_new() {
     let leader = cluster.leader(LEADER_WAIT).await;
     let client = impatient(cluster.member(leader));
     let mut ids = vec![retried(&client, "warm-up", "warm-up").await];
-    for key in &keys {
+    for key in keys.iter().chain([&"from-cli".to_string()]) {
         let id = retried(&client, key, key).await;
         assert_eq!(retried(&client, key, key).await, id, "a second retry of {key} names the same job");
         ids.push(id);

@@ -81,7 +81,7 @@ impl ErrorCode {
 
 /// The error body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
-#[error("{code:?}: {message}{}", field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+#[error("{}: {message}{}", code.as_str(), field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
@@ -143,6 +143,20 @@ mod tests {
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let v = serde_json::to_value(ApiError::not_found("job", "j1")).expect("serializable");
         assert_eq!(v, serde_json::json!({"code": "not_found", "message": "no job j1"}));
+    }
+
+    #[test]
+    fn an_error_prints_its_stable_code() {
+        let e = ApiError::new(ErrorCode::Timeout, "not committed in time");
+        assert_eq!(e.to_string(), "timeout: not committed in time");
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_code() {
+        let doc = serde_json::to_value(crate::openapi::document()).expect("serializable");
+        let codes = &doc["components"]["schemas"]["ErrorCode"];
+        assert!(codes.to_string().contains("\"timeout\""), "{codes}");
     }
 
     #[test]

@@ -1317,4 +1317,59 @@ mod tests {
         drop((batch, another));
         assert!(Proposing::first(&count).is_some(), "a dropped proposal no longer counts");
     }
+
+    /// A waiter for task kill `id` whose caller gives up `after_ms` from `now`, and the end its caller holds.
+    fn waiter(
+        id: &str,
+        now: tokio::time::Instant,
+        after_ms: u64,
+    ) -> (Waiter, oneshot::Receiver<Result<Response, ApiError>>) {
+        let meta = Meta { who: "test".into(), why: None, at_ms: 0, request: id.into() };
+        let (answer, rx) = oneshot::channel();
+        (
+            Waiter {
+                cmd: Command::KillTask { id: id.into(), meta },
+                answer,
+                deadline: now + Duration::from_millis(after_ms),
+            },
+            rx,
+        )
+    }
+
+    fn ids(cmds: &[Command]) -> Vec<&str> {
+        cmds.iter()
+            .map(|c| match c {
+                Command::KillTask { id, .. } => id.as_str(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_leaves_out_waiters_that_gave_up_and_waits_as_long_as_the_latest_one() {
+        let now = tokio::time::Instant::now();
+        let (a, _a) = waiter("a", now, 100);
+        let (b, b_rx) = waiter("b", now, 900);
+        let (c, _c) = waiter("c", now, 300);
+        drop(b_rx);
+        let batch = live(vec![a, b, c]).expect("two still wait");
+        assert_eq!(ids(&batch.cmds), ["a", "c"]);
+        assert_eq!(batch.answers.len(), 2);
+        assert_eq!(batch.deadline, now + Duration::from_millis(300), "b's later deadline no longer counts");
+        assert_eq!(batch.abandoned, 1);
+
+        let (d, d_rx) = waiter("d", now, 100);
+        drop(d_rx);
+        assert!(live(vec![d]).is_none(), "nothing to propose when every waiter gave up");
+        assert!(live(vec![]).is_none());
+    }
+
+    #[test]
+    fn a_timed_out_write_is_a_503_that_says_it_may_still_commit_and_how_to_retry() {
+        let e = timed_out(1_500);
+        assert_eq!((e.code, e.status().as_u16()), (ErrorCode::Timeout, 503));
+        assert!(e.message.contains("within 1500 ms"), "{}", e.message);
+        assert!(e.message.contains("may still commit"), "{}", e.message);
+        assert!(e.message.contains("same Idempotency-Key"), "{}", e.message);
+    }
 }
