@@ -9,7 +9,7 @@ use serde::Serialize;
 use titan_api::job::{parse_location, BodyFormat};
 use titan_api::task::{TaskQuery, TaskView};
 use titan_api::view::{AddMember, ClusterView, JobView, ListQuery};
-use titan_api::Client;
+use titan_api::{Client, ClientError, ErrorCode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -219,7 +219,10 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             let is_json = file.extension().is_some_and(|e| e == "json")
                 || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
             let format = if is_json { BodyFormat::Json } else { BodyFormat::Yaml };
-            let job = client.submit_raw(body, format, idempotency_key.as_deref()).await?;
+            let job = client
+                .submit_raw(body, format, idempotency_key.as_deref())
+                .await
+                .map_err(|e| submit_error(e, idempotency_key.as_deref()))?;
             if json {
                 print_json(&job)?;
             } else {
@@ -464,6 +467,23 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A failed submission as the user should read it: one that timed out may still create the job, and whether
+/// running the command again is safe depends on the key.
+fn submit_error(e: ClientError, idempotency_key: Option<&str>) -> anyhow::Error {
+    if e.code() != Some(ErrorCode::Timeout) {
+        return e.into();
+    }
+    let retry = match idempotency_key {
+        Some(key) => format!(
+            "running the same command again (same --idempotency-key {key}) is safe: it cannot create a second job"
+        ),
+        None => {
+            "check `titan job list` before submitting again, or pass --idempotency-key so that a retry is safe".into()
+        }
+    };
+    anyhow::anyhow!("the cell did not confirm the job in time (code timeout): it may still be created; {retry}")
+}
+
 fn done(json: bool, what: &str, job: titan_api::view::JobRef) -> anyhow::Result<()> {
     if json {
         print_json(&job)
@@ -508,11 +528,24 @@ pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use titan_api::ApiError;
 
     #[test]
     fn tables_align_columns() {
         let t = table(&["ID", "NAME"], &[vec!["1".into(), "web".into()], vec!["22".into(), "x".into()]]);
         assert_eq!(t, "ID  NAME\n1   web\n22  x");
+    }
+
+    #[test]
+    fn a_timed_out_submission_says_it_may_still_create_the_job_and_how_to_retry() {
+        let timeout = || ClientError::Api { status: 503, error: ApiError::new(ErrorCode::Timeout, "not committed") };
+        let with_key = submit_error(timeout(), Some("k1")).to_string();
+        assert!(with_key.contains("may still be created"), "{with_key}");
+        assert!(with_key.contains("same --idempotency-key k1) is safe"), "{with_key}");
+        let without = submit_error(timeout(), None).to_string();
+        assert!(without.contains("check `titan job list`"), "{without}");
+        let other = ClientError::Api { status: 400, error: ApiError::field("memory", "must be positive") };
+        assert_eq!(submit_error(other, Some("k1")).to_string(), "400: invalid_spec: must be positive (field memory)");
     }
 
     #[test]

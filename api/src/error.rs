@@ -34,6 +34,9 @@ pub enum ErrorCode {
     NotLeader,
     /// The cell cannot serve the request right now (no quorum, shutting down).
     Unavailable,
+    /// A write was not confirmed within the cell's write deadline. It may still commit; retrying it with the same
+    /// `Idempotency-Key` is safe.
+    Timeout,
     /// What was asked for is older than what is kept (an event index before the retained ones).
     Expired,
     /// A bug or a storage failure on our side.
@@ -50,7 +53,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
             ErrorCode::Conflict | ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
-            ErrorCode::NotLeader | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Expired => StatusCode::GONE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Expired => "expired",
             ErrorCode::Internal => "internal",
         }
@@ -77,7 +81,7 @@ impl ErrorCode {
 
 /// The error body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
-#[error("{code:?}: {message}{}", field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+#[error("{}: {message}{}", code.as_str(), field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
@@ -142,6 +146,20 @@ mod tests {
     }
 
     #[test]
+    fn an_error_prints_its_stable_code() {
+        let e = ApiError::new(ErrorCode::Timeout, "not committed in time");
+        assert_eq!(e.to_string(), "timeout: not committed in time");
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_code() {
+        let doc = serde_json::to_value(crate::openapi::document()).expect("serializable");
+        let codes = &doc["components"]["schemas"]["ErrorCode"];
+        assert!(codes.to_string().contains("\"timeout\""), "{codes}");
+    }
+
+    #[test]
     fn code_strings_match_their_serde_names() {
         for code in [
             ErrorCode::MalformedBody,
@@ -155,6 +173,7 @@ mod tests {
             ErrorCode::QuotaExceeded,
             ErrorCode::NotLeader,
             ErrorCode::Unavailable,
+            ErrorCode::Timeout,
             ErrorCode::Expired,
             ErrorCode::Internal,
         ] {
