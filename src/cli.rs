@@ -335,6 +335,9 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             for t in tasks.iter().filter(|t| t.pending.is_some()) {
                 say!("task {} is pending: {}", t.id, t.pending.as_deref().unwrap_or_default());
             }
+            for f in j.tasks.iter().flat_map(|s| &s.failures) {
+                say!("{}: {} (task {}, {})", f.location, f.sentence(), f.last.task_id, time(f.last.at_ms));
+            }
         }
         JobCommand::History { id } => {
             let h = client.job_history(&id).await?;

@@ -608,6 +608,19 @@ fn rejection(r: Rejection) -> ApiError {
     }
 }
 
+/// A task's failed attempt as the job view shows it, when the task ended failed, lost or rejected.
+fn failure_of(t: &crate::task::TaskRecord) -> Option<titan_api::view::Failure> {
+    use titan_api::task::TaskState;
+    matches!(t.state, TaskState::Failed | TaskState::Lost | TaskState::Rejected).then(|| titan_api::view::Failure {
+        task_id: t.id.clone(),
+        state: t.state.as_str().to_string(),
+        reason: t.reason.map(|r| r.as_str().to_string()),
+        message: t.message.clone(),
+        exit_code: t.exit_code,
+        at_ms: t.updated_at_ms,
+    })
+}
+
 fn forwarded_error(e: titan_api::ClientError) -> ApiError {
     match e {
         titan_api::ClientError::Api { error, .. } => error,
@@ -793,6 +806,9 @@ impl CellApi for Cell {
                     *summary.by_state.entry(t.state.as_str().to_string()).or_insert(0) += 1;
                     if t.state == titan_api::task::TaskState::Accepted {
                         accepted.push(t.id.clone());
+                    }
+                    if let Some(failure) = failure_of(t) {
+                        titan_api::view::LocationFailures::record(&mut summary.failures, &self.config.cell, failure);
                     }
                 }
                 (view, summary, accepted)
