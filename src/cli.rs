@@ -299,10 +299,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            say!(
-                "{}",
-                table(&["ID", "NAME", "APPLICATION", "STATE", "VERSION", "INSTANCES", "CPUS", "MEMORY"], &rows)
-            );
+            say!("{}", table(&["ID", "NAME", "APPLICATION", "STATE", "VERSION", "INSTANCES", "CPUS", "MEMORY"], &rows));
         }
         JobCommand::Status { id } => {
             let j = client.get_job(&id).await?;

@@ -12,7 +12,8 @@ use common::*;
 
 /// A 1-member cell (member 1) plus member 2 started without peers: it waits to be added and knows no leader, so
 /// it answers `not_leader` (a write after its 1 s write timeout).
-const WAITING_CONFIG: &str = "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_timeout_ms = 1000\n";
+const WAITING_CONFIG: &str =
+    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\nwrite_timeout_ms = 1000\n";
 
 async fn cell_and_a_waiting_member() -> Cluster {
     let mut c = Cluster::configure(2, WAITING_CONFIG);
@@ -21,7 +22,8 @@ async fn cell_and_a_waiting_member() -> Cluster {
     c.member(2).start("", WAITING_CONFIG);
     c.leader(Duration::from_secs(20)).await;
     let waiting = c.member(2).client();
-    eventually(Duration::from_secs(20), "the waiting member answers", || async { waiting.cluster().await.is_ok() }).await;
+    eventually(Duration::from_secs(20), "the waiting member answers", || async { waiting.cluster().await.is_ok() })
+        .await;
     c
 }
 
@@ -183,31 +185,47 @@ async fn job_status_says_why_every_attempt_failed() {
     assert!(stdout.contains("dev: ") && stdout.contains(&said), "{}", text(&out));
 }
 
+/// Removes a job's containers when the test ends, however it ends.
+struct RemoveContainers(String);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        let out =
+            Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=titan.job={}", self.0)]).output();
+        for c in out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default().split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn titan_dev_exits_on_sigterm_and_leaves_its_containers_running() {
+async fn titan_dev_exits_on_sigterm_with_a_log_followed_and_leaves_its_containers_running() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut dev = Dev::start(dir.path()).await;
     let client = dev.client();
-    let sleeper = spec("sleeper", "dev:1", "titan-test/busybox:latest", r#"["sleep","600"]"#);
-    let job = client
-        .submit_raw(sleeper.into_bytes(), titan_api::job::BodyFormat::Json, None)
-        .await
-        .expect("submitted");
+    let sleeper = spec("sleeper", "dev:1", "titan-test/busybox:latest", r#"["sh","-c","echo up; exec sleep 600"]"#);
+    let job = client.submit_raw(sleeper.into_bytes(), titan_api::job::BodyFormat::Json, None).await.expect("submitted");
+    let _cleanup = RemoveContainers(job.id.clone());
     eventually(Duration::from_secs(60), "its container running", || async { running_containers(&job.id).len() == 1 })
         .await;
     let container = running_containers(&job.id);
-    // Its local agent is in the middle of an assignments long-poll now, which graceful shutdown used to wait for.
+    let q = titan_api::task::TaskQuery { job: Some(job.id.clone()), ..Default::default() };
+    let task = client.list_tasks(&q).await.expect("tasks").tasks[0].id.clone();
+    // A followed log never ends by itself, and the local agent is in the middle of an assignments long-poll: a
+    // graceful shutdown that waits for requests in flight would wait for ever.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_titan"))
+        .args(["task", "logs", &task, "-f", "--addr", &dev.addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start titan task logs");
+    let mut first = [0u8; 3];
+    std::io::Read::read_exact(follower.stdout.as_mut().expect("stdout"), &mut first).expect("the log streams");
+    assert_eq!(&first, b"up\n");
     let (status, took) = dev.terminate(Duration::from_secs(60));
     eprintln!("titan dev exited {took:?} after SIGTERM");
-    let cleanup = || {
-        for c in &container {
-            let _ = Command::new("docker").args(["rm", "-f", c]).output();
-        }
-    };
-    let still = running_containers(&job.id);
-    cleanup();
+    let _ = follower.kill();
+    let _ = follower.wait();
     assert!(status.success(), "{status:?}");
-    assert_eq!(still, container, "the task keeps running after titan dev exits");
-    let log = std::fs::read_to_string(dir.path().join("dev.log")).expect("dev log");
-    assert!(log.contains("stopped"), "{log}");
+    assert_eq!(running_containers(&job.id), container, "the task keeps running after titan dev exits");
 }

@@ -89,12 +89,8 @@ impl Client {
 
     /// Shares a connection pool with other clients.
     pub fn with_http(addr: &str, http: reqwest::Client) -> Client {
-        let bases: Vec<String> = addr
-            .split(',')
-            .map(|a| a.trim().trim_end_matches('/'))
-            .filter(|a| !a.is_empty())
-            .map(base_url)
-            .collect();
+        let bases: Vec<String> =
+            addr.split(',').map(|a| a.trim().trim_end_matches('/')).filter(|a| !a.is_empty()).map(base_url).collect();
         let base = bases.first().cloned().unwrap_or_else(|| "http://127.0.0.1".into());
         Client {
             bases: std::sync::Arc::new(bases),
@@ -235,11 +231,10 @@ impl Client {
         req: reqwest::Request,
         base: &str,
     ) -> Result<T, (ClientError, bool)> {
-        let resp = self
-            .http
-            .execute(req)
-            .await
-            .map_err(|e| (ClientError::Transport { addr: base.to_string(), message: e.to_string() }, e.is_connect()))?;
+        let resp =
+            self.http.execute(req).await.map_err(|e| {
+                (ClientError::Transport { addr: base.to_string(), message: e.to_string() }, e.is_connect())
+            })?;
         self.answer(resp, base).await.map_err(|e| (e, false))
     }
 

@@ -257,12 +257,21 @@ mod tests {
         LocationFailures::record(&mut all, "dc1", failure("t2", 20, Some("image x is not present")));
         LocationFailures::record(&mut all, "dc1", failure("t1", 10, Some("older")));
         LocationFailures::record(&mut all, "dc2", failure("t3", 5, None));
-        LocationFailures::record(&mut all, "dc1", failure("t4", 30, Some("image x is not present and could not be pulled")));
+        LocationFailures::record(
+            &mut all,
+            "dc1",
+            failure("t4", 30, Some("image x is not present and could not be pulled")),
+        );
         assert_eq!(all.len(), 2);
         assert_eq!((all[0].attempts, all[0].last.task_id.as_str()), (3, "t4"));
         assert_eq!(all[0].sentence(), "3 attempts failed: image x is not present and could not be pulled");
         assert_eq!(all[1].sentence(), "1 attempt failed: launch_error");
-        let exited = Failure { state: "failed".into(), reason: Some("exited".into()), exit_code: Some(3), ..failure("t", 1, None) };
+        let exited = Failure {
+            state: "failed".into(),
+            reason: Some("exited".into()),
+            exit_code: Some(3),
+            ..failure("t", 1, None)
+        };
         assert_eq!(exited.why(), "exited (exit code 3)");
     }
 }
