@@ -11,6 +11,15 @@ use titan_api::task::{TaskQuery, TaskView};
 use titan_api::view::{AddMember, ClusterView, JobView, ListQuery};
 use titan_api::{Client, ClientError, ErrorCode};
 
+/// `println!` that returns the write's error instead of panicking: a reader that closed the pipe early
+/// (`titan cluster status | head -1`) ends the command quietly (see `main`), not with a backtrace.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -34,9 +43,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// The member address(es) given.
+    #[cfg(test)]
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     fn client(&self) -> Client {
         let mut c = Client::new(&self.addr);
-        if let Some(u) = self.user.clone().or_else(|| std::env::var("USER").ok()) {
+        if let Some(u) = self.user.clone().or_else(login_name) {
             c = c.user(u);
         }
         if let Some(r) = &self.reason {
@@ -44,6 +59,29 @@ impl Target {
         }
         c
     }
+}
+
+/// Who runs this command: `$USER`, else the name of the effective uid in `/etc/passwd` (a cron job, a container or
+/// `sudo -u` may run without `$USER`, and history should still say who it was).
+fn login_name() -> Option<String> {
+    if let Some(u) = std::env::var("USER").ok().filter(|u| !u.is_empty()) {
+        return Some(u);
+    }
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective uid (proc(5)), which spares an unsafe libc call.
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    Some(user_of(&passwd, uid).unwrap_or_else(|| format!("uid:{uid}")))
+}
+
+/// The name of `uid` in the text of an `/etc/passwd` file (`name:password:uid:gid:...` lines).
+fn user_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,7 +155,7 @@ pub async fn node(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
             if target.output == Output::Json {
                 return print_json(&a);
             }
-            println!("agent {} is {}", a.id, a.state.as_str());
+            say!("agent {} is {}", a.id, a.state.as_str());
         }
         NodeCommand::List => {
             let agents = client.list_agents().await?;
@@ -140,7 +178,7 @@ pub async fn node(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!(
+            say!(
                 "{}",
                 table(&["ID", "HOSTNAME", "STATE", "EPOCH", "CPUS", "MEMORY", "LAST HEARTBEAT", "ATTRIBUTES"], &rows)
             );
@@ -154,13 +192,18 @@ pub enum ClusterCommand {
     /// Members, leader, term and indexes.
     Status,
     /// Adds a member (it catches up as a learner first).
-    Add { id: u64, addr: String },
+    Add {
+        id: u64,
+        /// The new member's host:port. Not named `addr`: that would hide the global `--addr` in this command.
+        #[arg(value_name = "ADDR")]
+        member_addr: String,
+    },
     /// Removes a member.
     Remove { id: u64 },
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    say!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -226,7 +269,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&job)?;
             } else {
-                println!("job {} submitted (version {})", job.id, job.version);
+                say!("job {} submitted (version {})", job.id, job.version);
             }
         }
         JobCommand::List { application, owner, capacity_group, state, limit } => {
@@ -259,10 +302,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!(
-                "{}",
-                table(&["ID", "NAME", "APPLICATION", "STATE", "VERSION", "INSTANCES", "CPUS", "MEMORY"], &rows)
-            );
+            say!("{}", table(&["ID", "NAME", "APPLICATION", "STATE", "VERSION", "INSTANCES", "CPUS", "MEMORY"], &rows));
         }
         JobCommand::Status { id } => {
             let j = client.get_job(&id).await?;
@@ -288,12 +328,15 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                 vec!["created".into(), time(j.created_at_ms)],
                 vec!["updated".into(), time(j.updated_at_ms)],
             ];
-            println!("{}", table(&["FIELD", "VALUE"], &rows));
+            say!("{}", table(&["FIELD", "VALUE"], &rows));
             let q = TaskQuery { job: Some(id.clone()), state: Some("active".into()), ..TaskQuery::default() };
             let tasks = all_tasks(&client, q).await?;
-            println!("\n{}", task_table(&tasks));
+            say!("\n{}", task_table(&tasks));
             for t in tasks.iter().filter(|t| t.pending.is_some()) {
-                println!("task {} is pending: {}", t.id, t.pending.as_deref().unwrap_or_default());
+                say!("task {} is pending: {}", t.id, t.pending.as_deref().unwrap_or_default());
+            }
+            for f in j.tasks.iter().flat_map(|s| &s.failures) {
+                say!("{}: {} (task {}, {})", f.location, f.sentence(), f.last.task_id, time(f.last.at_ms));
             }
         }
         JobCommand::History { id } => {
@@ -313,7 +356,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!("{}", table(&["VERSION", "WHEN", "WHO", "WHAT", "WHY"], &rows));
+            say!("{}", table(&["VERSION", "WHEN", "WHO", "WHAT", "WHY"], &rows));
         }
         JobCommand::Scale { id, counts, if_match } => {
             let counts = parse_location(&counts).map_err(|e| anyhow::anyhow!("counts: {e}"))?;
@@ -321,7 +364,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&job)?;
             } else {
-                println!("job {} scaled (version {})", job.id, job.version);
+                say!("job {} scaled (version {})", job.id, job.version);
             }
         }
         JobCommand::Kill { id } => done(json, "killed", client.kill_job(&id).await?)?,
@@ -406,22 +449,22 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&tasks);
             }
-            println!("{}", task_table(&tasks));
+            say!("{}", task_table(&tasks));
         }
         TaskCommand::Status { id } => {
             let t = client.get_task(&id).await?;
             if json {
                 return print_json(&t);
             }
-            println!("{}", task_table(std::slice::from_ref(&t)));
+            say!("{}", task_table(std::slice::from_ref(&t)));
             if let Some(p) = &t.pending {
-                println!("pending: {p}");
+                say!("pending: {p}");
             }
             if let Some(m) = &t.message {
-                println!("message: {m}");
+                say!("message: {m}");
             }
             if let Some(c) = t.exit_code {
-                println!("exit code: {c}");
+                say!("exit code: {c}");
             }
             let rows: Vec<Vec<String>> = t
                 .transitions
@@ -434,7 +477,7 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!("\n{}", table(&["WHEN", "STATE", "REASON"], &rows));
+            say!("\n{}", table(&["WHEN", "STATE", "REASON"], &rows));
         }
         TaskCommand::Logs { id, follow, tail, stderr } => {
             use std::io::Write;
@@ -446,7 +489,7 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
                     return print_json(&lines);
                 }
                 for l in lines {
-                    println!("{l}");
+                    say!("{l}");
                 }
                 return Ok(());
             }
@@ -461,7 +504,7 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&t);
             }
-            println!("task {} is {}", t.id, t.state.as_str());
+            say!("task {} is {}", t.id, t.state.as_str());
         }
     }
     Ok(())
@@ -488,7 +531,7 @@ fn done(json: bool, what: &str, job: titan_api::view::JobRef) -> anyhow::Result<
     if json {
         print_json(&job)
     } else {
-        println!("job {} {what} (version {})", job.id, job.version);
+        say!("job {} {what} (version {})", job.id, job.version);
         Ok(())
     }
 }
@@ -497,7 +540,7 @@ fn print_cluster(json: bool, c: &ClusterView) -> anyhow::Result<()> {
     if json {
         return print_json(c);
     }
-    println!(
+    say!(
         "cell {}  member {}  leader {}  term {}  last log {}  committed {}  applied {}  snapshot {}",
         c.cell,
         c.node_id,
@@ -510,7 +553,7 @@ fn print_cluster(json: bool, c: &ClusterView) -> anyhow::Result<()> {
     );
     let rows: Vec<Vec<String>> =
         c.members.iter().map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()]).collect();
-    println!("{}", table(&["ID", "ADDRESS", "ROLE"], &rows));
+    say!("{}", table(&["ID", "ADDRESS", "ROLE"], &rows));
     Ok(())
 }
 
@@ -519,7 +562,7 @@ pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result
     let json = target.output == Output::Json;
     let view = match command {
         ClusterCommand::Status => client.cluster().await?,
-        ClusterCommand::Add { id, addr } => client.add_member(&AddMember { id, addr }).await?,
+        ClusterCommand::Add { id, member_addr } => client.add_member(&AddMember { id, addr: member_addr }).await?,
         ClusterCommand::Remove { id } => client.remove_member(id).await?,
     };
     print_cluster(json, &view)
@@ -546,6 +589,14 @@ mod tests {
         assert!(without.contains("check `titan job list`"), "{without}");
         let other = ClientError::Api { status: 400, error: ApiError::field("memory", "must be positive") };
         assert_eq!(submit_error(other, Some("k1")).to_string(), "400: invalid_spec: must be positive (field memory)");
+    }
+
+    #[test]
+    fn users_are_found_by_uid_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# a comment\nbroken\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(user_of(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_of(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(user_of(passwd, 7), None);
     }
 
     #[test]

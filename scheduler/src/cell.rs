@@ -584,11 +584,13 @@ impl Cell {
                     }
                 }
             }
-            // Every attempt so far was refused before anything was proposed, so nothing can commit later.
+            // Every attempt so far was refused before anything was proposed, so nothing can commit later: checked
+            // after the pause too, so that the last try is not one made with no time left (which would answer
+            // `timeout`, as if something might still commit).
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))).await;
             if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::new(ErrorCode::NotLeader, "no leader could commit the change in time"));
             }
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))).await;
         }
     }
 
@@ -785,6 +787,19 @@ fn rejection(r: Rejection) -> ApiError {
         )
         .with_field("leaseEpoch"),
     }
+}
+
+/// A task's failed attempt as the job view shows it, when the task ended failed, lost or rejected.
+fn failure_of(t: &crate::task::TaskRecord) -> Option<titan_api::view::Failure> {
+    use titan_api::task::TaskState;
+    matches!(t.state, TaskState::Failed | TaskState::Lost | TaskState::Rejected).then(|| titan_api::view::Failure {
+        task_id: t.id.clone(),
+        state: t.state.as_str().to_string(),
+        reason: t.reason.map(|r| r.as_str().to_string()),
+        message: t.message.clone(),
+        exit_code: t.exit_code,
+        at_ms: t.updated_at_ms,
+    })
 }
 
 fn forwarded_error(e: titan_api::ClientError) -> ApiError {
@@ -1034,6 +1049,9 @@ impl CellApi for Cell {
                     *summary.by_state.entry(t.state.as_str().to_string()).or_insert(0) += 1;
                     if t.state == titan_api::task::TaskState::Accepted {
                         accepted.push(t.id.clone());
+                    }
+                    if let Some(failure) = failure_of(t) {
+                        titan_api::view::LocationFailures::record(&mut summary.failures, &self.config.cell, failure);
                     }
                 }
                 (view, summary, accepted)
