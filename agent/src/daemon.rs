@@ -6,6 +6,11 @@
 //! (each answer handed to the supervisor, which acts only on the epoch held), and the status reporter (batches
 //! of the latest status per task, retried until acknowledged). Any of them that hears the lease is stale drops
 //! it, and the lease loop registers again, listing the tasks still running.
+//!
+//! A fourth loop, `disconnect`, watches the time since the lease was last renewed (counted from when the
+//! renewing request was sent, which is no later than when the cell heard it) and stops the tasks whose job asked
+//! to be stopped after that long (`disconnect.stopAfterSeconds`); the cell replaces them only after a longer
+//! grace, so an original and its replacement never run at once. Their statuses wait until the cell answers.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +30,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub const ASSIGNMENTS_WAIT: Duration = Duration::from_secs(10);
 /// How long statuses gather after the first is queued, so one report carries several.
 pub const REPORT_BATCH: Duration = Duration::from_millis(50);
+/// How often the time since the last lease renewal is checked against the tasks' stop-after; the cell's
+/// `scheduler.disconnect_margin_ms` (5 s by default) must exceed it.
+pub const DISCONNECT_CHECK: Duration = Duration::from_millis(250);
 
 /// What the loop reports on the agent's `/metrics`.
 #[derive(Clone)]
@@ -33,6 +41,7 @@ pub struct LeaseMetrics {
     pub heartbeat_failures: IntCounter,
     pub lease_epoch: IntGauge,
     pub ports_in_ephemeral_range: IntGauge,
+    pub since_renewal_seconds: prometheus::Gauge,
 }
 
 impl LeaseMetrics {
@@ -49,18 +58,39 @@ impl LeaseMetrics {
         )?;
         registry.register(Box::new(lease_epoch.clone()))?;
         registry.register(Box::new(ports_in_ephemeral_range.clone()))?;
-        Ok(LeaseMetrics { registrations, heartbeat_failures, lease_epoch, ports_in_ephemeral_range })
+        let since_renewal_seconds = prometheus::Gauge::new(
+            "titan_agent_seconds_since_lease_renewal",
+            "Seconds since the last lease renewal the cell answered (from when it was sent)",
+        )?;
+        registry.register(Box::new(since_renewal_seconds.clone()))?;
+        Ok(LeaseMetrics { registrations, heartbeat_failures, lease_epoch, ports_in_ephemeral_range, since_renewal_seconds })
     }
 }
 
 /// The lease epoch held (`None`: not registered), shared by the loops.
-#[derive(Clone)]
 struct Lease {
     epoch: watch::Sender<Option<u64>>,
+    /// When the latest request the cell answered as a renewal (a registration or a heartbeat) was sent; `None`
+    /// before the first.
+    renewed: std::sync::Mutex<Option<Instant>>,
     metrics: LeaseMetrics,
 }
 
 impl Lease {
+    /// The cell renewed the lease in answer to a request sent at `sent`.
+    fn renewed(&self, sent: Instant) {
+        let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+        // Requests may be answered out of order; the latest sent counts.
+        if renewed.is_none_or(|r| r < sent) {
+            *renewed = Some(sent);
+        }
+    }
+
+    /// How long since the lease was last renewed; `None` before the first renewal.
+    fn since_renewal(&self) -> Option<Duration> {
+        self.renewed.lock().unwrap_or_else(|p| p.into_inner()).map(|r| r.elapsed())
+    }
+
     fn held(&self) -> Option<u64> {
         *self.epoch.borrow()
     }
@@ -170,7 +200,7 @@ async fn serve(
             }
         }
     }
-    let lease = Lease { epoch: watch::Sender::new(None), metrics };
+    let lease = Lease { epoch: watch::Sender::new(None), renewed: std::sync::Mutex::new(None), metrics };
     let work = async {
         match &supervisor {
             Some(s) => {
@@ -178,6 +208,7 @@ async fn serve(
                     keep_lease(&client, &registration, &lease, Some(s)),
                     pull(&client, &id, &lease, s),
                     report(&client, &id, &lease, s),
+                    disconnect(&lease, s),
                 );
             }
             None => keep_lease(&client, &registration, &lease, None).await,
@@ -218,8 +249,10 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                 if let Some(s) = supervisor {
                     r.running = s.running();
                 }
+                let sent = Instant::now();
                 match client.register_agent(&r).await {
                     Ok(view) => {
+                        lease.renewed(sent);
                         tracing::info!(agent = %id, epoch = view.lease_epoch, cell = %view.cell,
                             running = r.running.len(), "registered");
                         if let Some(s) = supervisor {
@@ -242,8 +275,12 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                     () = tokio::time::sleep(interval) => {}
                     _ = changes.changed() => continue,
                 }
+                let sent = Instant::now();
                 match client.heartbeat(id, current).await {
-                    Ok(l) => interval = Duration::from_millis(l.lease_ms / 3),
+                    Ok(l) => {
+                        lease.renewed(sent);
+                        interval = Duration::from_millis(l.lease_ms / 3);
+                    }
                     Err(e) if lease_refused(&e) => {
                         tracing::warn!(agent = %id, error = %e, "lease lost; registering again");
                         lease.metrics.heartbeat_failures.inc();
@@ -257,6 +294,16 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                 }
             }
         }
+    }
+}
+
+/// Stops the tasks whose job asked to be stopped once the lease has gone unrenewed longer than it allows.
+async fn disconnect(lease: &Lease, supervisor: &Supervisor) {
+    loop {
+        tokio::time::sleep(DISCONNECT_CHECK).await;
+        let Some(since) = lease.since_renewal() else { continue };
+        lease.metrics.since_renewal_seconds.set(since.as_secs_f64());
+        supervisor.stop_disconnected(since);
     }
 }
 

@@ -355,8 +355,18 @@ async fn finish(inner: &Arc<Inner>, a: &Assignment, ending: Ending, follower: Fo
         }
         Ending::Stopped(why) => {
             tracing::info!(task = %id, why = ?why, "task killed and removed");
-            let message = (why == StopWhy::Unlisted).then(|| "stopped: the cell does not list it".to_string());
-            status(id, TaskState::Killed, None, message)
+            match why {
+                StopWhy::Requested => status(id, TaskState::Killed, None, None),
+                StopWhy::Unlisted => {
+                    status(id, TaskState::Killed, None, Some("stopped: the cell does not list it".to_string()))
+                }
+                StopWhy::Disconnected => status(
+                    id,
+                    TaskState::Killed,
+                    Some(Reason::Disconnected),
+                    Some("stopped: the agent could not renew its lease for the job's disconnect.stopAfterSeconds".into()),
+                ),
+            }
         }
         Ending::Vanished => {
             tracing::warn!(task = %id, "the task's container disappeared");
