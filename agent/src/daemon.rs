@@ -63,7 +63,13 @@ impl LeaseMetrics {
             "Seconds since the last lease renewal the cell answered (from when it was sent)",
         )?;
         registry.register(Box::new(since_renewal_seconds.clone()))?;
-        Ok(LeaseMetrics { registrations, heartbeat_failures, lease_epoch, ports_in_ephemeral_range, since_renewal_seconds })
+        Ok(LeaseMetrics {
+            registrations,
+            heartbeat_failures,
+            lease_epoch,
+            ports_in_ephemeral_range,
+            since_renewal_seconds,
+        })
     }
 }
 

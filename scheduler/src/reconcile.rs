@@ -337,12 +337,7 @@ pub fn may_run_beside(state: &CellState, t: &TaskRecord) -> Option<String> {
 
 /// Agents that went silent, came back, or have tasks to be declared lost now (returned, with how long each has
 /// been silent).
-fn agents(
-    state: &CellState,
-    seen: &Observed<'_>,
-    config: &SchedulerConfig,
-    d: &mut Decision,
-) -> BTreeMap<String, u64> {
+fn agents(state: &CellState, seen: &Observed<'_>, config: &SchedulerConfig, d: &mut Decision) -> BTreeMap<String, u64> {
     let mut silent = 0usize;
     let mut total = 0usize;
     let mut due: Vec<(u64, String, u64)> = Vec::new();

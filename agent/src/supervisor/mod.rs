@@ -252,8 +252,7 @@ impl Supervisor {
     pub fn apply(&self, held: Option<u64>, answer: &Assignments, fetched: Instant) -> Applied {
         let inner = &self.inner;
         let mut table = lock(&inner.table);
-        let view: BTreeMap<String, Local> =
-            table.iter().map(|(id, e)| (id.clone(), e.local())).collect();
+        let view: BTreeMap<String, Local> = table.iter().map(|(id, e)| (id.clone(), e.local())).collect();
         let actions = plan::plan(held, answer, &view, inner.settings.default_kill_grace);
         for action in actions {
             match action {

@@ -364,7 +364,9 @@ async fn finish(inner: &Arc<Inner>, a: &Assignment, ending: Ending, follower: Fo
                     id,
                     TaskState::Killed,
                     Some(Reason::Disconnected),
-                    Some("stopped: the agent could not renew its lease for the job's disconnect.stopAfterSeconds".into()),
+                    Some(
+                        "stopped: the agent could not renew its lease for the job's disconnect.stopAfterSeconds".into(),
+                    ),
                 ),
             }
         }
