@@ -30,6 +30,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub const ASSIGNMENTS_WAIT: Duration = Duration::from_secs(10);
 /// How long statuses gather after the first is queued, so one report carries several.
 pub const REPORT_BATCH: Duration = Duration::from_millis(50);
+/// The file in the agent's data directory holding when the last lease renewal was sent (Unix milliseconds).
+pub const LEASE_FILE: &str = "lease-renewed";
 /// How often the time since the last lease renewal is checked against the tasks' stop-after; the cell's
 /// `scheduler.disconnect_margin_ms` (5 s by default) must exceed it.
 pub const DISCONNECT_CHECK: Duration = Duration::from_millis(250);
@@ -76,25 +78,53 @@ impl LeaseMetrics {
 /// The lease epoch held (`None`: not registered), shared by the loops.
 struct Lease {
     epoch: watch::Sender<Option<u64>>,
-    /// When the latest request the cell answered as a renewal (a registration or a heartbeat) was sent; `None`
-    /// before the first.
-    renewed: std::sync::Mutex<Option<Instant>>,
+    /// When the latest request the cell answered as a renewal (a registration or a heartbeat) was sent, as an
+    /// instant and how long before it (a renewal made by a previous run of the agent); `None` before the first.
+    renewed: std::sync::Mutex<Option<(Instant, Duration)>>,
+    /// Where renewals are kept across restarts.
+    file: Option<std::path::PathBuf>,
     metrics: LeaseMetrics,
 }
 
 impl Lease {
-    /// The cell renewed the lease in answer to a request sent at `sent`.
-    fn renewed(&self, sent: Instant) {
-        let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
-        // Requests may be answered out of order; the latest sent counts.
-        if renewed.is_none_or(|r| r < sent) {
-            *renewed = Some(sent);
+    /// The lease as a previous run of the agent left it: renewed as long ago as its file says.
+    fn load(file: Option<std::path::PathBuf>, metrics: LeaseMetrics) -> Lease {
+        let before =
+            file.as_deref().and_then(read_renewal).map(|at_ms| Duration::from_millis(now_ms().saturating_sub(at_ms)));
+        if let Some(before) = before {
+            tracing::info!(
+                since_renewal_ms = before.as_millis() as u64,
+                "the lease was last renewed by a previous run"
+            );
+        }
+        Lease {
+            epoch: watch::Sender::new(None),
+            renewed: std::sync::Mutex::new(before.map(|b| (Instant::now(), b))),
+            file,
+            metrics,
+        }
+    }
+
+    /// The cell renewed the lease in answer to a request sent at `sent` (`sent_ms` on the wall clock).
+    async fn renewed(&self, sent: Instant, sent_ms: u64) {
+        {
+            let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+            // Requests may be answered out of order; the latest sent counts.
+            if renewed.is_some_and(|(at, before)| before.is_zero() && at >= sent) {
+                return;
+            }
+            *renewed = Some((sent, Duration::ZERO));
+        }
+        if let Some(file) = &self.file {
+            if let Err(e) = write_renewal(file, sent_ms).await {
+                tracing::warn!(file = %file.display(), error = %e, "cannot keep the lease renewal time");
+            }
         }
     }
 
     /// How long since the lease was last renewed; `None` before the first renewal.
     fn since_renewal(&self) -> Option<Duration> {
-        self.renewed.lock().unwrap_or_else(|p| p.into_inner()).map(|r| r.elapsed())
+        self.renewed.lock().unwrap_or_else(|p| p.into_inner()).map(|(at, before)| at.elapsed() + before)
     }
 
     fn held(&self) -> Option<u64> {
@@ -128,6 +158,23 @@ impl Lease {
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When the last renewal was sent, from the lease file; `None` when there is none or it cannot be read.
+fn read_renewal(file: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Keeps `at_ms` in the lease file: written beside it and renamed over it, so a crash leaves the old or the new
+/// time, never a torn one.
+async fn write_renewal(file: &std::path::Path, at_ms: u64) -> std::io::Result<()> {
+    let temporary = file.with_extension("tmp");
+    tokio::fs::write(&temporary, at_ms.to_string()).await?;
+    tokio::fs::rename(&temporary, file).await
 }
 
 /// Doubling waits between retries, from `RETRY / 4` up to `MAX_BACKOFF`.
@@ -206,7 +253,7 @@ async fn serve(
             }
         }
     }
-    let lease = Lease { epoch: watch::Sender::new(None), renewed: std::sync::Mutex::new(None), metrics };
+    let lease = Lease::load(supervisor.as_ref().and_then(|s| s.lease_file().map(|f| f.to_path_buf())), metrics);
     let work = async {
         match &supervisor {
             Some(s) => {
@@ -255,10 +302,10 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                 if let Some(s) = supervisor {
                     r.running = s.running();
                 }
-                let sent = Instant::now();
+                let (sent, sent_ms) = (Instant::now(), now_ms());
                 match client.register_agent(&r).await {
                     Ok(view) => {
-                        lease.renewed(sent);
+                        lease.renewed(sent, sent_ms).await;
                         tracing::info!(agent = %id, epoch = view.lease_epoch, cell = %view.cell,
                             running = r.running.len(), "registered");
                         if let Some(s) = supervisor {
@@ -281,10 +328,10 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                     () = tokio::time::sleep(interval) => {}
                     _ = changes.changed() => continue,
                 }
-                let sent = Instant::now();
+                let (sent, sent_ms) = (Instant::now(), now_ms());
                 match client.heartbeat(id, current).await {
                     Ok(l) => {
-                        lease.renewed(sent);
+                        lease.renewed(sent, sent_ms).await;
                         interval = Duration::from_millis(l.lease_ms / 3);
                     }
                     Err(e) if lease_refused(&e) => {
@@ -385,5 +432,36 @@ async fn report(client: &Client, id: &str, lease: &Lease, supervisor: &Superviso
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> LeaseMetrics {
+        LeaseMetrics::new(&Registry::new()).expect("metrics")
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_counts_the_time_since_the_renewal_its_previous_run_made() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join(LEASE_FILE);
+        assert_eq!(Lease::load(Some(file.clone()), metrics()).since_renewal(), None, "never renewed");
+        let lease = Lease::load(Some(file.clone()), metrics());
+        lease.renewed(Instant::now(), now_ms() - 30_000).await;
+        assert!(lease.since_renewal().is_some_and(|d| d < Duration::from_secs(1)), "renewed just now");
+        assert!(read_renewal(&file).is_some(), "kept in the file");
+        // A new run reads the wall-clock time of the last renewal: 30 s ago, and counting.
+        let next = Lease::load(Some(file.clone()), metrics());
+        let since = next.since_renewal().expect("known");
+        assert!(since >= Duration::from_secs(30) && since < Duration::from_secs(31), "{since:?}");
+        // An older answer arriving late does not move the renewal back; a newer one does.
+        let earlier = Instant::now() - Duration::from_secs(5);
+        lease.renewed(earlier, now_ms() - 5_000).await;
+        assert!(lease.since_renewal().is_some_and(|d| d < Duration::from_secs(1)));
+        // A torn or foreign file reads as none.
+        std::fs::write(&file, "not a time").expect("write");
+        assert_eq!(Lease::load(Some(file), metrics()).since_renewal(), None);
     }
 }

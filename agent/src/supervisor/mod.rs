@@ -38,11 +38,20 @@ pub struct Settings {
     pub capacity: AgentResources,
     pub poll: Duration,
     pub default_kill_grace: Duration,
+    /// Where the wall-clock time of the last lease renewal is kept, so that an agent restarted while its cell is
+    /// unreachable knows how long the lease has gone unrenewed; `None` keeps it in memory only.
+    pub lease_file: Option<std::path::PathBuf>,
 }
 
 impl Settings {
     pub fn new(agent_id: impl Into<String>, capacity: AgentResources) -> Settings {
-        Settings { agent_id: agent_id.into(), capacity, poll: DEFAULT_POLL, default_kill_grace: DEFAULT_KILL_GRACE }
+        Settings {
+            agent_id: agent_id.into(),
+            capacity,
+            poll: DEFAULT_POLL,
+            default_kill_grace: DEFAULT_KILL_GRACE,
+            lease_file: None,
+        }
     }
 }
 
@@ -212,6 +221,10 @@ impl Supervisor {
         &self.inner.settings.agent_id
     }
 
+    pub fn lease_file(&self) -> Option<&std::path::Path> {
+        self.inner.settings.lease_file.as_deref()
+    }
+
     /// Containers get the cell's name as a label; it is known once the agent registered.
     pub fn set_cell(&self, cell: &str) {
         *lock(&self.inner.cell) = cell.to_string();
@@ -229,7 +242,7 @@ impl Supervisor {
                 state: "found",
                 held: Held::default(),
                 kill_grace: self.inner.settings.default_kill_grace,
-                stop_after: None,
+                stop_after: f.stop_after,
                 want: None,
                 worker: None,
             });
@@ -433,7 +446,7 @@ impl Inner {
                 let _ = want.send(Want::Stop { grace, why });
             }
             None => {
-                entry.worker = Some(tokio::spawn(task::stop_found(self.clone(), task_id, assignment, grace)));
+                entry.worker = Some(tokio::spawn(task::stop_found(self.clone(), task_id, assignment, grace, why)));
             }
         }
     }

@@ -126,13 +126,14 @@ pub fn plan(
     out
 }
 
-/// The tasks to stop because the lease has gone `since_renewal` without a renewal: the running ones whose job
-/// asked to stop after less than that. Tasks found after a restart are not known to have asked (the cell's
-/// answer says so), and ones already stopping or ended need nothing.
+/// The tasks to stop because the lease has gone `since_renewal` without a renewal: the running ones, and those
+/// found after a restart (their container keeps the stop-after), whose job asked to stop after less than that.
+/// Ones already stopping or ended need nothing.
 pub fn disconnected(local: &BTreeMap<String, Local>, since_renewal: Duration) -> Vec<Action> {
     local
         .iter()
-        .filter(|(_, l)| l.phase == Phase::Active && l.stop_after.is_some_and(|after| since_renewal > after))
+        .filter(|(_, l)| matches!(l.phase, Phase::Active | Phase::Found))
+        .filter(|(_, l)| l.stop_after.is_some_and(|after| since_renewal > after))
         .map(|(id, l)| Action::Stop {
             task_id: id.clone(),
             grace: l.kill_grace,
@@ -320,6 +321,7 @@ mod tests {
             ("late", Phase::Active, after(60)),
             ("rides-out", Phase::Active, None),
             ("found", Phase::Found, None),
+            ("found-asked", Phase::Found, after(5)),
             ("stopping", Phase::Stopping, after(5)),
             ("ended", Phase::Ended, after(5)),
         ]
@@ -339,8 +341,8 @@ mod tests {
                 .collect()
         };
         assert!(stopped(5).is_empty(), "exactly the stop-after is not past it");
-        assert_eq!(stopped(6), vec!["soon".to_string()]);
-        assert_eq!(stopped(3600), vec!["late".to_string(), "soon".to_string()]);
+        assert_eq!(stopped(6), vec!["found-asked".to_string(), "soon".to_string()]);
+        assert_eq!(stopped(3600), vec!["found-asked".to_string(), "late".to_string(), "soon".to_string()]);
     }
 
     /// Plans `answer` for an agent holding epoch 7 and `held` tasks; compares the actions' short forms.
