@@ -1,7 +1,8 @@
 //! A job may ask its tasks to stop when their agent is disconnected: a real `titan agent` reaches a real cell
 //! through a proxy the test cuts; the task of a job that asked is stopped by its agent before the cell starts its
 //! replacement on another agent, so two copies never run at once, while a job that did not ask runs through the
-//! partition and its replacement's status says it may run beside the unreachable original.
+//! partition and its replacement's status says it may run beside the unreachable original. With Docker, an agent
+//! killed and restarted while still cut off finds its container and stops it in time all the same.
 
 mod common;
 
@@ -73,10 +74,15 @@ impl Drop for Agent {
 }
 
 fn start_agent(cell: &str, dir: &std::path::Path, ports: &str) -> Agent {
+    start_agent_with(cell, dir, ports, &["--runtime", "process"])
+}
+
+fn start_agent_with(cell: &str, dir: &std::path::Path, ports: &str, runtime: &[&str]) -> Agent {
     std::fs::create_dir_all(dir).expect("agent dir");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log file");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_titan"))
-        .args(["agent", "--cell-addr", cell, "--runtime", "process", "--cpus", "2", "--memory-mib", "1024"])
+        .args(["agent", "--cell-addr", cell, "--cpus", "2", "--memory-mib", "1024"])
+        .args(runtime)
         .args(["--addr", &format!("127.0.0.1:{}", free_port()), "--ports", ports])
         .arg("--data-dir")
         .arg(dir)
@@ -189,4 +195,96 @@ async fn a_job_that_stops_on_disconnect_never_runs_twice_across_a_partition() {
         async move { tasks(&c, &plain_id).await.iter().all(|t| t.may_run_beside.is_none()) }
     })
     .await;
+}
+
+const IMAGE: &str = "titan-test/busybox:latest";
+
+/// Running containers of a job, by docker's own listing.
+fn running_containers(job: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=titan.job={job}"), "--filter", "status=running"])
+        .output()
+        .expect("docker ps runs");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+/// Removes every container of the given agents when the test ends, however it ends. Declared before the agents,
+/// so it runs once no agent is left to start another.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for agent in &self.0 {
+            let out = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label=titan.agent={agent}")])
+                .output()
+                .expect("docker ps runs");
+            for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", c]).output();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_while_cut_off_still_stops_its_container_before_the_replacement_runs() {
+    let config =
+        format!("{TEST_CONFIG}[scheduler]\nlease_ms = 1000\nlost_grace_ms = 1000\ndisconnect_margin_ms = 1000\n");
+    let cell = Cluster::start_with(1, &config);
+    let leader = cell.leader(Duration::from_secs(20)).await;
+    let member = cell.members.iter().find(|m| m.id == leader).expect("the leader");
+    let client = member.client();
+    let proxy = Proxy::start(member.addr).await;
+    let root = tempfile::tempdir().expect("temp dir");
+    let (far_dir, near_dir) = (root.path().join("far"), root.path().join("near"));
+    let far = titan_agent::node::agent_id(&far_dir).expect("an agent id");
+    let near = titan_agent::node::agent_id(&near_dir).expect("an agent id");
+    let _containers = Containers(vec![far.clone(), near.clone()]);
+    let docker = ["--runtime", "docker", "--publish-ip", "127.0.0.1"];
+
+    let mut far_agent = start_agent_with(&proxy.addr.to_string(), &far_dir, "21200-21299", &docker);
+    eventually(Duration::from_secs(20), "the far agent registered", || async {
+        client.list_agents().await.is_ok_and(|a| a.len() == 1 && a[0].last_heartbeat_ms.is_some())
+    })
+    .await;
+    // Long enough for the agent to be killed and started again before it passes.
+    let stop_after = 4;
+    let body = format!(
+        r#"{{"name":"once","applicationName":"shop","location":"dc1:1","cpus":0.25,"memory":64,"image":"{IMAGE}",
+            "command":["sleep","3600"],"disconnect":{{"stopAfterSeconds":{stop_after}}}}}"#
+    );
+    let job = client.submit_raw(body.into_bytes(), BodyFormat::Json, None).await.expect("submitted").id;
+    eventually(Duration::from_secs(60), "the job's container running on the far agent", || async {
+        running_on(&tasks(&client, &job).await, &far).is_some() && running_containers(&job).len() == 1
+    })
+    .await;
+    let _near_agent = start_agent_with(&member.addr.to_string(), &near_dir, "21300-21399", &docker);
+    eventually(Duration::from_secs(20), "the near agent registered", || async {
+        client.list_agents().await.is_ok_and(|a| a.len() == 2 && a.iter().all(|a| a.last_heartbeat_ms.is_some()))
+    })
+    .await;
+
+    // Cut off, then killed outright and started again, still cut off: only what it kept (the container's label
+    // and the renewal time on disk) tells the new process to stop the container, and when.
+    proxy.cut();
+    let cut_at = Instant::now();
+    drop(far_agent);
+    far_agent = start_agent_with(&proxy.addr.to_string(), &far_dir, "21200-21299", &docker);
+    let deadline = cut_at + Duration::from_secs(90);
+    let mut stopped_after = None;
+    loop {
+        let running = running_containers(&job).len();
+        assert!(running <= 1, "{running} containers of the job run at once");
+        if running == 0 && stopped_after.is_none() {
+            stopped_after = Some(cut_at.elapsed());
+        }
+        if running == 1 && running_on(&tasks(&client, &job).await, &near).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replacement on the near agent within 90 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = stopped_after.expect("the original stopped before the replacement ran");
+    assert!(stopped >= Duration::from_secs(stop_after) - Duration::from_millis(400), "stopped at {stopped:?}");
+    drop(far_agent);
 }
