@@ -460,6 +460,9 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
             if let Some(p) = &t.pending {
                 say!("pending: {p}");
             }
+            if let Some(original) = &t.may_run_beside {
+                println!("may run beside: {original} (lost with an unreachable agent, which may still run it)");
+            }
             if let Some(m) = &t.message {
                 say!("message: {m}");
             }

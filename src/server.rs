@@ -187,7 +187,8 @@ fn supervisor(
                 .map_err(|e| anyhow::anyhow!("volumes in {}: {e}", data_dir.display()))?,
         ),
     };
-    let settings = titan_agent::supervisor::Settings::new(registration.id.clone(), registration.resources.clone());
+    let mut settings = titan_agent::supervisor::Settings::new(registration.id.clone(), registration.resources.clone());
+    settings.lease_file = Some(data_dir.join(titan_agent::daemon::LEASE_FILE));
     Ok(titan_agent::supervisor::Supervisor::new(
         settings,
         runtime,

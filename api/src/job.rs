@@ -272,6 +272,9 @@ pub struct JobSpec {
     /// How many tasks voluntary disruptions (drains, scale-in, evacuation) may take down at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption_budget: Option<DisruptionBudgetSpec>,
+    /// What happens to the job's tasks while their agent cannot reach the cell; absent, they keep running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<DisconnectSpec>,
 }
 
 impl JobSpec {
@@ -322,6 +325,9 @@ impl JobSpec {
         }
         if let Some(budget) = &self.disruption_budget {
             budget.validate("disruptionBudget")?;
+        }
+        if let Some(disconnect) = &self.disconnect {
+            disconnect.validate("disconnect")?;
         }
         Ok(())
     }
@@ -689,6 +695,37 @@ pub enum OverlapPolicy {
     Skip,
     /// The previous run's tasks are stopped and the new run starts.
     Replace,
+}
+
+/// Longest `disconnect.stopAfterSeconds`: a day. Past it the choice is hardly a choice, and the cell's replacement
+/// grace grows with it.
+pub const MAX_DISCONNECT_STOP_AFTER_SECONDS: u64 = 86_400;
+
+/// A job's choice for a disconnect, as Nomad's `disconnect.stop_on_client_after`: its tasks are stopped by their
+/// agent once it has not renewed its lease for `stopAfterSeconds`, and the cell replaces them only after a longer
+/// grace, so an original and its replacement never run at once. Without it, tasks ride out a disconnect and a
+/// replacement may run beside an unreachable original.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DisconnectSpec {
+    /// Seconds without a lease renewal after which the agent stops the job's tasks; 1 to 86400.
+    pub stop_after_seconds: u64,
+}
+
+impl DisconnectSpec {
+    fn validate(&self, at: &str) -> Result<(), ApiError> {
+        if !(1..=MAX_DISCONNECT_STOP_AFTER_SECONDS).contains(&self.stop_after_seconds) {
+            return Err(ApiError::field(
+                join(at, "stopAfterSeconds"),
+                format!("must be 1 to {MAX_DISCONNECT_STOP_AFTER_SECONDS} seconds"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn stop_after_ms(&self) -> u64 {
+        self.stop_after_seconds.saturating_mul(1000)
+    }
 }
 
 /// How many of the job's tasks voluntary disruptions may take down at once: a count or a percentage, not both.
@@ -1615,6 +1652,23 @@ disruptionBudget:
         rejects(&budget(json!({"maxUnavailablePercent": 0})), "disruptionBudget.maxUnavailablePercent");
         rejects(&budget(json!({"maxUnavailablePercent": 101})), "disruptionBudget.maxUnavailablePercent");
         rejects(&budget(json!({"maxUnavailable": -1})), "disruptionBudget.maxUnavailable");
+    }
+
+    #[test]
+    fn a_disconnect_stop_after_is_positive_and_bounded() {
+        let disconnect = |d: Value| with(json!({ "disconnect": d }));
+        let spec = accepts(&disconnect(json!({"stopAfterSeconds": 30})));
+        assert_eq!(spec.disconnect.map(|d| d.stop_after_ms()), Some(30_000));
+        assert_eq!(accepts(&with(json!({}))).disconnect, None, "absent: tasks ride out a disconnect");
+        accepts(&disconnect(json!({"stopAfterSeconds": MAX_DISCONNECT_STOP_AFTER_SECONDS})));
+        let e = rejects(&disconnect(json!({"stopAfterSeconds": 0})), "disconnect.stopAfterSeconds");
+        assert!(e.message.contains("1 to 86400"), "{e}");
+        rejects(
+            &disconnect(json!({"stopAfterSeconds": MAX_DISCONNECT_STOP_AFTER_SECONDS + 1})),
+            "disconnect.stopAfterSeconds",
+        );
+        rejects(&disconnect(json!({"stopAfterSeconds": -5})), "disconnect.stopAfterSeconds");
+        rejects(&disconnect(json!({"stopAfterSeconds": 10, "lostAfter": 3})), "disconnect.lostAfter");
     }
 
     #[test]

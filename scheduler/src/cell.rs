@@ -414,8 +414,17 @@ impl Cell {
         }
     }
 
-    fn task_view(&self, t: &crate::task::TaskRecord, pending: &BTreeMap<String, String>) -> TaskView {
-        t.view(&self.config.cell, pending.get(&t.id).cloned())
+    /// `beside`: the unreachable original this task may run beside (`reconcile::may_run_beside`), decided while
+    /// the state was read.
+    fn task_view(
+        &self,
+        t: &crate::task::TaskRecord,
+        pending: &BTreeMap<String, String>,
+        beside: Option<String>,
+    ) -> TaskView {
+        let mut view = t.view(&self.config.cell, pending.get(&t.id).cloned());
+        view.may_run_beside = beside;
+        view
     }
 
     /// Why these Accepted tasks wait, from the leader's latest rounds (asked of the leader by a follower; empty
@@ -469,6 +478,7 @@ impl Cell {
                 volumes: spec.volumes.clone(),
                 health_check: spec.health_check.clone(),
                 kill_grace_ms: KILL_GRACE_MS,
+                stop_after_ms: spec.disconnect.as_ref().map(|d| d.stop_after_ms()),
             });
         }
         Ok((a.version, Assignments { lease_epoch: a.lease_epoch, version: a.version, tasks }))
@@ -1337,24 +1347,34 @@ impl CellApi for Cell {
 
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async move {
-            let (page, next): (Vec<crate::task::TaskRecord>, Option<String>) = {
+            type Page = Vec<(crate::task::TaskRecord, Option<String>)>;
+            let (page, next): (Page, Option<String>) = {
                 let s = self.read();
                 let (page, next) = s.list_tasks(&query);
-                (page.into_iter().cloned().collect(), next)
+                (page.into_iter().map(|t| (t.clone(), crate::reconcile::may_run_beside(&s, t))).collect(), next)
             };
-            let accepted =
-                page.iter().filter(|t| t.state == titan_api::task::TaskState::Accepted).map(|t| t.id.clone()).collect();
+            let accepted = page
+                .iter()
+                .filter(|(t, _)| t.state == titan_api::task::TaskState::Accepted)
+                .map(|(t, _)| t.id.clone())
+                .collect();
             let pending = self.pending_reasons(accepted).await;
-            Ok(TaskList { tasks: page.iter().map(|t| self.task_view(t, &pending)).collect(), next_page_token: next })
+            let tasks = page.into_iter().map(|(t, beside)| self.task_view(&t, &pending, beside)).collect();
+            Ok(TaskList { tasks, next_page_token: next })
         })
     }
 
     fn get_task(&self, id: String) -> ApiResult<'_, TaskView> {
         Box::pin(async move {
-            let task = self.read().task(&id).cloned().ok_or_else(|| ApiError::not_found("task", &id))?;
+            let (task, beside) = {
+                let s = self.read();
+                let task = s.task(&id).cloned().ok_or_else(|| ApiError::not_found("task", &id))?;
+                let beside = crate::reconcile::may_run_beside(&s, &task);
+                (task, beside)
+            };
             let ids = if task.state == titan_api::task::TaskState::Accepted { vec![id] } else { vec![] };
             let pending = self.pending_reasons(ids).await;
-            Ok(self.task_view(&task, &pending))
+            Ok(self.task_view(&task, &pending, beside))
         })
     }
 
@@ -1368,7 +1388,9 @@ impl CellApi for Cell {
             tracing::info!(task = %id, "task kill requested");
             // A follower may not have applied the kill yet; the leader's answer already confirmed it.
             let s = self.read();
-            s.task(&id).map(|t| self.task_view(t, &BTreeMap::new())).ok_or_else(|| ApiError::not_found("task", &id))
+            s.task(&id)
+                .map(|t| self.task_view(t, &BTreeMap::new(), crate::reconcile::may_run_beside(&s, t)))
+                .ok_or_else(|| ApiError::not_found("task", &id))
         })
     }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod sim;
 
 use std::net::{SocketAddr, TcpListener};
