@@ -97,7 +97,7 @@ pub trait CellApi: Send + Sync + 'static {
 type Cell = Arc<dyn CellApi>;
 
 /// Events for one subscriber: what was retained after its `from`, then what comes. The two may overlap; events
-/// are told apart by index.
+/// are told apart by their id.
 pub struct EventFeed {
     pub backlog: Vec<Event>,
     pub live: tokio::sync::broadcast::Receiver<Event>,
@@ -525,8 +525,10 @@ async fn report_status(
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "resume after this index (as `from`)")),
-    responses((status = 200, description = "text/event-stream of events, each with its index as id and its topic as event",
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (as `from`)")),
+    responses((status = 200, description = "text/event-stream of events, each with its own event id (`eventId`: \
+        strictly increasing, the same on every member and after restarts) as id and its topic as event; resuming \
+        from an id gives exactly the events after it",
         body = Event), (status = 400, body = ApiError), (status = 410, body = ApiError)))]
 async fn events(
     State(cell): State<Cell>,
@@ -539,7 +541,7 @@ async fn events(
     if q.from.is_none() {
         if let Some(v) = headers.get("last-event-id") {
             let id = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidParameter, "Last-Event-ID must be an event index")
+                ApiError::new(ErrorCode::InvalidParameter, "Last-Event-ID must be an event id")
                     .with_field("Last-Event-ID")
             })?;
             q.from = Some(id);
@@ -548,16 +550,16 @@ async fn events(
     let feed = cell.events(q.from).await?;
     let to_sse = |e: &Event| {
         let topic = serde_json::to_value(e.topic).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        SseEvent::default().id(e.index.to_string()).event(topic).json_data(e).ok()
+        SseEvent::default().id(e.event_id.to_string()).event(topic).json_data(e).ok()
     };
     let backlog: Vec<SseEvent> = feed.backlog.iter().filter(|e| q.matches(&topics, e)).filter_map(to_sse).collect();
-    let last = feed.backlog.last().map(|e| e.index).or(q.from).unwrap_or(0);
+    let last = feed.backlog.last().map(|e| e.event_id).or(q.from).unwrap_or(0);
     let live =
         futures_util::stream::unfold((feed.live, last, q, topics), move |(mut rx, last, q, topics)| async move {
             loop {
                 match rx.recv().await {
-                    // Events of one entry share its index; those of an entry the backlog already had are skipped.
-                    Ok(e) if e.index <= last && last != 0 => continue,
+                    // Events the backlog already had are skipped.
+                    Ok(e) if e.event_id <= last => continue,
                     Ok(e) if !q.matches(&topics, &e) => continue,
                     Ok(e) => {
                         let sse = to_sse(&e)?;
