@@ -105,7 +105,7 @@ pub enum BodyFormat {
 }
 
 impl BodyFormat {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BodyFormat::Json => "JSON",
             BodyFormat::Yaml => "YAML",
@@ -120,6 +120,7 @@ impl BodyFormat {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::new(ErrorCode::MalformedBody, "the body is empty"));
         }
+        crate::body::check(body, self)?;
         // The common case is a good body: decode it directly, and pay for path tracking only to explain a bad one.
         if let BodyFormat::Json = self {
             if let Ok(value) = serde_json::from_slice::<T>(body) {
@@ -1283,6 +1284,18 @@ disruptionBudget:
         assert!(e.message.contains("line"), "{e}");
         malformed("name: web\n---\nname: other\n", BodyFormat::Yaml);
         malformed("{name: web", BodyFormat::Yaml);
+    }
+
+    #[test]
+    fn deep_bodies_are_refused_before_parsing_in_both_formats() {
+        let brackets = "[".repeat(1 << 20);
+        for format in [BodyFormat::Json, BodyFormat::Yaml] {
+            let e = check(&brackets, format).expect_err("too deep");
+            assert_eq!((e.code, e.field.as_deref()), (ErrorCode::BodyTooComplex, Some("body")), "{format:?}");
+            let e = InstancesRequest::parse(brackets.as_bytes(), format).expect_err("too deep");
+            assert_eq!(e.code, ErrorCode::BodyTooComplex, "{format:?}");
+        }
+        check(FULL_YAML, BodyFormat::Yaml).expect("a full spec is well within the bounds");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Architecture invariant: api knows nothing of Raft, sled or the placement engine's internals.
 
 pub mod agent;
+pub mod body;
 pub mod client;
 pub mod error;
 pub mod event;
