@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod body;
 pub mod client;
+pub mod cron;
 pub mod error;
 pub mod event;
 pub mod job;

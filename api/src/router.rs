@@ -224,12 +224,24 @@ fn actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
     Ok(Actor { who: text(USER_HEADER)?.unwrap_or_else(|| "anonymous".into()), why: text(REASON_HEADER)? })
 }
 
+/// The job version `If-Match` names. If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never matches,
+/// so it fails the precondition rather than being read as the version it wraps. `*` matches any current version.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let s = v.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
-    s.parse::<u64>().map(Some).map_err(|_| {
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    if s.starts_with("W/") {
+        return Err(ApiError::new(
+            ErrorCode::VersionMismatch,
+            format!("If-Match {s} is a weak tag, and If-Match compares strongly: a weak tag never matches"),
+        )
+        .with_field("If-Match"));
+    }
+    s.trim_matches('"').parse::<u64>().map(Some).map_err(|_| {
         ApiError::new(ErrorCode::InvalidParameter, "If-Match must be a job version number").with_field("If-Match")
     })
 }
@@ -675,4 +687,30 @@ pub(crate) mod paths {
         __path_list_tasks, __path_ready, __path_register_agent, __path_remove_member, __path_report_status,
         __path_set_instances, __path_submit_job, __path_task_logs, __path_update_job,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `If-Match: value` read as a version, or the error's code.
+    fn check_if_match(value: &str, expected: Result<Option<u64>, ErrorCode>) {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, HeaderValue::from_str(value).expect("a header value"));
+        let got = if_match(&headers);
+        if let Err(e) = &got {
+            assert_eq!(e.field.as_deref(), Some("If-Match"), "{value}");
+        }
+        assert_eq!(got.map_err(|e| e.code), expected, "{value}");
+    }
+
+    #[test]
+    fn if_match_compares_strongly() {
+        check_if_match("\"1\"", Ok(Some(1)));
+        check_if_match("7", Ok(Some(7)));
+        check_if_match("*", Ok(None));
+        check_if_match("W/\"1\"", Err(ErrorCode::VersionMismatch));
+        check_if_match("W/1", Err(ErrorCode::VersionMismatch));
+        check_if_match("\"one\"", Err(ErrorCode::InvalidParameter));
+    }
 }

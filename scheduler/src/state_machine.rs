@@ -1211,9 +1211,7 @@ impl CellState {
                 })
             }
             Command::SetInstances { id, instances, if_version, meta } => self.modify(id, *if_version, |job| {
-                let spec = Arc::make_mut(&mut job.spec);
-                spec.location = None;
-                spec.locations = Some(instances.clone());
+                Arc::make_mut(&mut job.spec).set_locations(instances);
                 job.change(meta, format!("instances {}", describe(instances)))
             }),
             Command::SetEnabled { id, enabled, meta } => self.modify(id, None, |job| {
@@ -1414,6 +1412,8 @@ mod tests {
             Response::Rejected(Rejection::VersionMismatch { id: "j1".into(), expected: 1, current: 2 })
         );
         assert_eq!(s.job("j1").map(|j| j.view().instances), Some(BTreeMap::from([("dc1".to_string(), 5)])));
+        let form = s.job("j1").map(|j| (j.spec.location.clone(), j.spec.locations.clone()));
+        assert_eq!(form, Some((Some("dc1:5".to_string()), None)), "the shorthand the job was written with stays");
         let off = Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(3) };
         assert_eq!(s.apply(&off), job("j1", 3));
         assert_eq!(s.apply(&Command::KillJob { id: "j1".into(), meta: meta(4) }), job("j1", 4));
