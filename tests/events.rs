@@ -66,15 +66,12 @@ async fn resuming_inside_one_entrys_events_loses_and_repeats_nothing_on_any_memb
     assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ids strictly increase: {all:#?}");
     assert!(all.iter().all(|(id, _, d)| d["eventId"] == *id), "the SSE id is the event's id");
     // A cut after an event whose successor came from the same Raft entry.
-    let cut = all
-        .windows(2)
-        .position(|w| w[0].2["index"] == w[1].2["index"])
-        .expect("one entry made several events");
+    let cut = all.windows(2).position(|w| w[0].2["index"] == w[1].2["index"]).expect("one entry made several events");
     let rest = &all[cut + 1..];
 
     let other = (1..=3).find(|id| *id != leader).expect("a follower");
-    let resumed = read_events(stream(&http, &addr(&cell, other), all[cut].0).await, Duration::from_secs(10), rest.len())
-        .await;
+    let resumed =
+        read_events(stream(&http, &addr(&cell, other), all[cut].0).await, Duration::from_secs(10), rest.len()).await;
     assert_eq!(resumed, rest, "resumed on member {other} after event {}", all[cut].0);
 
     cell.member(other).kill();

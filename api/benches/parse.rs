@@ -36,10 +36,15 @@ fn bodies() -> Vec<(&'static str, BodyFormat, String)> {
         ("nested-at-limit", BodyFormat::Json, at_limit.clone()),
         ("nested-at-limit", BodyFormat::Yaml, at_limit),
         ("flat-sequence", BodyFormat::Json, fill("[", "1", ",", "]", MIB)),
+        ("flat-sequence", BodyFormat::Yaml, fill("[", "1", ",", "]", MIB)),
         ("anchor-and-all-aliases", BodyFormat::Yaml, format!("{anchored}{aliases}")),
         ("open-brackets", BodyFormat::Json, "[".repeat(MIB)),
         ("open-brackets", BodyFormat::Yaml, "[".repeat(MIB)),
-        ("one-alias-too-many", BodyFormat::Yaml, format!("a: &x [1]\nb: [{}]\n", vec!["*x"; MAX_ALIASES + 1].join(", "))),
+        (
+            "one-alias-too-many",
+            BodyFormat::Yaml,
+            format!("a: &x [1]\nb: [{}]\n", vec!["*x"; MAX_ALIASES + 1].join(", ")),
+        ),
     ]
 }
 
