@@ -270,7 +270,8 @@ fn etag(version: u64) -> [(header::HeaderName, HeaderValue); 1] {
 }
 
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
-    request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec"),
+    request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec: at \
+        most 1 MiB, nested at most 32 deep, at most 64 YAML aliases (else 400 `body_too_complex`, field `body`)"),
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
     responses((status = 201, body = JobRef), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
 async fn submit_job(State(cell): State<Cell>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -345,7 +346,8 @@ async fn update_job(
 }
 
 #[utoipa::path(put, path = "/v1/jobs/{id}/instances", tag = "jobs", params(("id" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "compare-and-set on the job version")),
+        ("If-Match" = Option<String>, Header, description = "compare-and-set on the job version, \"N\"; a weak \
+            tag (W/\"N\") never matches")),
     request_body(content = InstancesRequest, content_type = "application/json"),
     responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
 async fn set_instances(
