@@ -37,7 +37,7 @@ pub enum ErrorCode {
     NotLeader,
     /// The cell cannot serve the request right now (no quorum, shutting down).
     Unavailable,
-    /// What was asked for is older than what is kept (an event index before the retained ones).
+    /// What was asked for is older than what is kept (an event id before the retained ones).
     Expired,
     /// A bug or a storage failure on our side.
     Internal,
