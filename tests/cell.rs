@@ -286,6 +286,23 @@ async fn malformed_requests_are_refused_with_the_field_and_write_nothing() {
             Some("healthCheck.bogus"),
         ),
         ("broken json", json, b"{\"name\": ".to_vec(), 400, "malformed_body", None),
+        ("nested too deep", json, "[".repeat(1 << 19).into_bytes(), 400, "body_too_complex", Some("body")),
+        (
+            "nested too deep",
+            Some("application/yaml"),
+            "[".repeat(1 << 20).into_bytes(),
+            400,
+            "body_too_complex",
+            Some("body"),
+        ),
+        (
+            "a schedule that never fires",
+            json,
+            with(r#""cpus""#, r#""type":"batch","schedule":"0 0 31 2 *","cpus""#),
+            400,
+            "invalid_spec",
+            Some("schedule"),
+        ),
         (
             "wrong content type",
             Some("text/plain"),
@@ -323,6 +340,16 @@ async fn malformed_requests_are_refused_with_the_field_and_write_nothing() {
     )
     .await;
     assert_eq!(got, (400, Some("invalid_parameter".into()), Some("If-Match".into())), "bad If-Match");
+    let got = raw(
+        &http,
+        Method::PUT,
+        format!("{jobs}/nope/instances"),
+        json,
+        &[("if-match", "W/\"1\"")],
+        br#"{"location":"dc1:1"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(got, (412, Some("version_mismatch".into()), Some("If-Match".into())), "a weak If-Match never matches");
     let got = raw(&http, Method::GET, format!("{base}/v2/everything"), None, &[], vec![]).await;
     assert_eq!((got.0, got.1.as_deref()), (404, Some("not_found")), "unknown route");
 

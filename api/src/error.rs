@@ -22,6 +22,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The body is larger than the limit.
     PayloadTooLarge,
+    /// The body nests deeper than 32 levels, or holds more than 64 YAML aliases (field `body`): refused before
+    /// it is parsed, since parsing it would cost more than any job spec needs.
+    BodyTooComplex,
     /// No such object.
     NotFound,
     /// `If-Match` named a version that is no longer current.
@@ -37,7 +40,7 @@ pub enum ErrorCode {
     /// A write was not confirmed within the cell's write deadline. It may still commit; retrying it with the same
     /// `Idempotency-Key` is safe.
     Timeout,
-    /// What was asked for is older than what is kept (an event index before the retained ones).
+    /// What was asked for is older than what is kept (an event id before the retained ones).
     Expired,
     /// A bug or a storage failure on our side.
     Internal,
@@ -47,7 +50,10 @@ impl ErrorCode {
     /// The status each condition maps to: this match is the only place statuses are chosen for errors.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::MalformedBody | ErrorCode::InvalidSpec | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedBody
+            | ErrorCode::BodyTooComplex
+            | ErrorCode::InvalidSpec
+            | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -66,6 +72,7 @@ impl ErrorCode {
             ErrorCode::InvalidParameter => "invalid_parameter",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::BodyTooComplex => "body_too_complex",
             ErrorCode::NotFound => "not_found",
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::Conflict => "conflict",
@@ -167,6 +174,7 @@ mod tests {
             ErrorCode::InvalidParameter,
             ErrorCode::UnsupportedMediaType,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::BodyTooComplex,
             ErrorCode::NotFound,
             ErrorCode::VersionMismatch,
             ErrorCode::Conflict,

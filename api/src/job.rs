@@ -105,7 +105,7 @@ pub enum BodyFormat {
 }
 
 impl BodyFormat {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BodyFormat::Json => "JSON",
             BodyFormat::Yaml => "YAML",
@@ -120,6 +120,7 @@ impl BodyFormat {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::new(ErrorCode::MalformedBody, "the body is empty"));
         }
+        crate::body::check(body, self)?;
         // The common case is a good body: decode it directly, and pay for path tracking only to explain a bad one.
         if let BodyFormat::Json = self {
             if let Ok(value) = serde_json::from_slice::<T>(body) {
@@ -319,7 +320,7 @@ impl JobSpec {
             if self.job_type != JobType::Batch {
                 return Err(ApiError::field("schedule", "only batch jobs run on a schedule; set `type: batch`"));
             }
-            check_cron(schedule).map_err(|m| ApiError::field("schedule", m))?;
+            crate::cron::Cron::parse(schedule).map_err(|m| ApiError::field("schedule", m))?;
         } else if self.overlap.is_some() {
             return Err(ApiError::field("overlap", "only a job with a schedule has an overlap policy"));
         }
@@ -338,6 +339,18 @@ impl JobSpec {
     /// schedules nothing, rather than a panic.
     pub fn locations(&self) -> BTreeMap<String, u32> {
         resolve_locations(self.location.as_deref(), self.locations.as_ref()).unwrap_or_default()
+    }
+
+    /// Replaces the counts per location, in the form the spec already uses: a spec written with the `location`
+    /// shorthand keeps it (`dc1:5,dc2:4`, in name order), so that what the user reads back is what they wrote.
+    pub fn set_locations(&mut self, counts: &BTreeMap<String, u32>) {
+        if self.location.is_some() && self.locations.is_none() {
+            let shorthand = counts.iter().map(|(name, n)| format!("{name}:{n}")).collect::<Vec<_>>().join(",");
+            self.location = Some(shorthand);
+        } else {
+            self.location = None;
+            self.locations = Some(counts.clone());
+        }
     }
 
     /// Instances in one location (0 when it is not named), without building the whole map: the scheduler asks
@@ -970,71 +983,6 @@ fn check_mount_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The five fields of a cron expression, in order, with their ranges (day of week 7 is Sunday, like 0).
-const CRON_FIELDS: [(&str, u32, u32); 5] =
-    [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7)];
-
-/// Checks a 5-field cron expression: each field a comma list of `*`, `N`, `A-B`, `*/S` or `A-B/S`.
-fn check_cron(expr: &str) -> Result<(), String> {
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    if fields.len() != CRON_FIELDS.len() {
-        return Err(format!(
-            "`{expr}` has {} fields; a schedule has 5: minute hour day-of-month month day-of-week",
-            fields.len()
-        ));
-    }
-    for (text, (name, lo, hi)) in fields.into_iter().zip(CRON_FIELDS) {
-        for item in text.split(',') {
-            check_cron_item(item, lo, hi).map_err(|why| format!("{name} field `{text}`: {why}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_cron_item(item: &str, lo: u32, hi: u32) -> Result<(), String> {
-    if item.is_empty() {
-        return Err("empty item in the list".to_owned());
-    }
-    let (range, step) = match item.split_once('/') {
-        Some((range, step)) => (range, Some(cron_number(step)?)),
-        None => (item, None),
-    };
-    if let Some(step) = step {
-        let span = hi - lo + 1;
-        if step == 0 || step > span {
-            return Err(format!("step {step} must be 1 to {span}"));
-        }
-    }
-    if range == "*" {
-        return Ok(());
-    }
-    let (first, last) = match range.split_once('-') {
-        Some((first, last)) => (cron_number(first)?, cron_number(last)?),
-        // `5/10` is accepted by some crons and means different things in others; we take only the forms above.
-        None if step.is_some() => return Err(format!("`{item}`: a step follows `*` or a range A-B")),
-        None => {
-            let n = cron_number(range)?;
-            (n, n)
-        }
-    };
-    for n in [first, last] {
-        if !(lo..=hi).contains(&n) {
-            return Err(format!("{n} is outside {lo}-{hi}"));
-        }
-    }
-    if first > last {
-        return Err(format!("the range {first}-{last} runs backwards"));
-    }
-    Ok(())
-}
-
-fn cron_number(text: &str) -> Result<u32, String> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("`{text}` is not a number"));
-    }
-    text.parse().map_err(|_| format!("{text} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1323,6 +1271,30 @@ disruptionBudget:
     }
 
     #[test]
+    fn new_counts_keep_the_form_the_spec_was_written_in() {
+        let counts = BTreeMap::from([("dc1".to_string(), 5), ("dc9".to_string(), 0)]);
+        let mut short = accepts(&with(json!({"location": "dc2:4, dc1:2"})));
+        short.set_locations(&counts);
+        assert_eq!((short.location.as_deref(), short.locations.as_ref()), (Some("dc1:5,dc9:0"), None));
+        assert_eq!(short.locations(), counts, "the shorthand reads back as the counts");
+        let mut map = accepts(&with(json!({"location": null, "locations": {"dc2": 4}})));
+        map.set_locations(&counts);
+        assert_eq!((map.location.as_deref(), map.locations.as_ref()), (None, Some(&counts)));
+    }
+
+    #[test]
+    fn deep_bodies_are_refused_before_parsing_in_both_formats() {
+        let brackets = "[".repeat(1 << 20);
+        for format in [BodyFormat::Json, BodyFormat::Yaml] {
+            let e = check(&brackets, format).expect_err("too deep");
+            assert_eq!((e.code, e.field.as_deref()), (ErrorCode::BodyTooComplex, Some("body")), "{format:?}");
+            let e = InstancesRequest::parse(brackets.as_bytes(), format).expect_err("too deep");
+            assert_eq!(e.code, ErrorCode::BodyTooComplex, "{format:?}");
+        }
+        check(FULL_YAML, BodyFormat::Yaml).expect("a full spec is well within the bounds");
+    }
+
+    #[test]
     fn names_follow_their_charsets() {
         accepts(&with(json!({"name": "a"})));
         accepts(&with(json!({"name": "web-2"})));
@@ -1499,6 +1471,7 @@ disruptionBudget:
             "** * * * *",
             "* * * JAN *",
             "99999999999 * * * *",
+            "0 0 31 2 *",
         ] {
             rejects(&batch(bad), "schedule");
         }

@@ -99,7 +99,7 @@ pub trait CellApi: Send + Sync + 'static {
 type Cell = Arc<dyn CellApi>;
 
 /// Events for one subscriber: what was retained after its `from`, then what comes. The two may overlap; events
-/// are told apart by index.
+/// are told apart by their id.
 pub struct EventFeed {
     pub backlog: Vec<Event>,
     pub live: tokio::sync::broadcast::Receiver<Event>,
@@ -226,12 +226,24 @@ fn actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
     Ok(Actor { who: text(USER_HEADER)?.unwrap_or_else(|| "anonymous".into()), why: text(REASON_HEADER)? })
 }
 
+/// The job version `If-Match` names. If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never matches,
+/// so it fails the precondition rather than being read as the version it wraps. `*` matches any current version.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let s = v.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
-    s.parse::<u64>().map(Some).map_err(|_| {
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    if s.starts_with("W/") {
+        return Err(ApiError::new(
+            ErrorCode::VersionMismatch,
+            format!("If-Match {s} is a weak tag, and If-Match compares strongly: a weak tag never matches"),
+        )
+        .with_field("If-Match"));
+    }
+    s.trim_matches('"').parse::<u64>().map(Some).map_err(|_| {
         ApiError::new(ErrorCode::InvalidParameter, "If-Match must be a job version number").with_field("If-Match")
     })
 }
@@ -260,7 +272,8 @@ fn etag(version: u64) -> [(header::HeaderName, HeaderValue); 1] {
 }
 
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
-    request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec"),
+    request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec: at \
+        most 1 MiB, nested at most 32 deep, at most 64 YAML aliases (else 400 `body_too_complex`, field `body`)"),
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
     responses((status = 201, body = JobRef), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
 async fn submit_job(State(cell): State<Cell>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -335,7 +348,8 @@ async fn update_job(
 }
 
 #[utoipa::path(put, path = "/v1/jobs/{id}/instances", tag = "jobs", params(("id" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "compare-and-set on the job version")),
+        ("If-Match" = Option<String>, Header, description = "compare-and-set on the job version, \"N\"; a weak \
+            tag (W/\"N\") never matches")),
     request_body(content = InstancesRequest, content_type = "application/json"),
     responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
 async fn set_instances(
@@ -527,8 +541,10 @@ async fn report_status(
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "resume after this index (as `from`)")),
-    responses((status = 200, description = "text/event-stream of events, each with its index as id and its topic as event",
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (as `from`)")),
+    responses((status = 200, description = "text/event-stream of events, each with its own event id (`eventId`: \
+        strictly increasing, the same on every member and after restarts) as id and its topic as event; resuming \
+        from an id gives exactly the events after it",
         body = Event), (status = 400, body = ApiError), (status = 410, body = ApiError)))]
 async fn events(
     State(cell): State<Cell>,
@@ -542,7 +558,7 @@ async fn events(
     if q.from.is_none() {
         if let Some(v) = headers.get("last-event-id") {
             let id = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidParameter, "Last-Event-ID must be an event index")
+                ApiError::new(ErrorCode::InvalidParameter, "Last-Event-ID must be an event id")
                     .with_field("Last-Event-ID")
             })?;
             q.from = Some(id);
@@ -551,16 +567,16 @@ async fn events(
     let feed = cell.events(q.from).await?;
     let to_sse = |e: &Event| {
         let topic = serde_json::to_value(e.topic).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        SseEvent::default().id(e.index.to_string()).event(topic).json_data(e).ok()
+        SseEvent::default().id(e.event_id.to_string()).event(topic).json_data(e).ok()
     };
     let backlog: Vec<SseEvent> = feed.backlog.iter().filter(|e| q.matches(&topics, e)).filter_map(to_sse).collect();
-    let last = feed.backlog.last().map(|e| e.index).or(q.from).unwrap_or(0);
+    let last = feed.backlog.last().map(|e| e.event_id).or(q.from).unwrap_or(0);
     let live =
         futures_util::stream::unfold((feed.live, last, q, topics), move |(mut rx, last, q, topics)| async move {
             loop {
                 match rx.recv().await {
-                    // Events of one entry share its index; those of an entry the backlog already had are skipped.
-                    Ok(e) if e.index <= last && last != 0 => continue,
+                    // Events the backlog already had are skipped.
+                    Ok(e) if e.event_id <= last => continue,
                     Ok(e) if !q.matches(&topics, &e) => continue,
                     Ok(e) => {
                         let sse = to_sse(&e)?;
@@ -704,4 +720,30 @@ pub(crate) mod paths {
         __path_list_tasks, __path_ready, __path_register_agent, __path_remove_member, __path_report_status,
         __path_set_instances, __path_submit_job, __path_task_logs, __path_update_job,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `If-Match: value` read as a version, or the error's code.
+    fn check_if_match(value: &str, expected: Result<Option<u64>, ErrorCode>) {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, HeaderValue::from_str(value).expect("a header value"));
+        let got = if_match(&headers);
+        if let Err(e) = &got {
+            assert_eq!(e.field.as_deref(), Some("If-Match"), "{value}");
+        }
+        assert_eq!(got.map_err(|e| e.code), expected, "{value}");
+    }
+
+    #[test]
+    fn if_match_compares_strongly() {
+        check_if_match("\"1\"", Ok(Some(1)));
+        check_if_match("7", Ok(Some(7)));
+        check_if_match("*", Ok(None));
+        check_if_match("W/\"1\"", Err(ErrorCode::VersionMismatch));
+        check_if_match("W/1", Err(ErrorCode::VersionMismatch));
+        check_if_match("\"one\"", Err(ErrorCode::InvalidParameter));
+    }
 }

@@ -688,18 +688,29 @@ impl Cell {
         if self.raft.metrics().borrow().state != ServerState::Leader {
             return Err(ApiError::new(ErrorCode::NotLeader, "leadership moved while the member caught up; retry"));
         }
+        let Some(m) = matched else {
+            // Nothing ever answered there: a mistyped address, or a member not started. The caller's mistake, so a
+            // 4xx, and undone, so that the refused request leaves nothing behind (not even a learner to retry).
+            tracing::warn!(id, addr, "a new member never answered; it is removed again");
+            self.metrics_membership_change("refused");
+            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "no member answered at {addr} within {wait:?}, so member {id} was not added: check the address \
+                     and that `titan server` runs there with an empty data directory"
+                ),
+            )
+            .with_field("addr"));
+        };
         if !membership::caught_up(matched, target) {
             self.metrics_membership_change("left_learner");
-            let how = match matched {
-                None => format!("it has not answered at {addr}"),
-                Some(m) => format!("it holds the log to {m} of {target}"),
-            };
-            tracing::warn!(id, addr, ?matched, target, "a new member did not catch up; it stays a learner");
+            tracing::warn!(id, addr, matched = m, target, "a new member did not catch up; it stays a learner");
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "member {id} was added but stays a learner, without a vote: {how} within {wait:?}; \
-                     add it again once it runs and has caught up, or remove it"
+                    "member {id} answers but holds the log to {m} of {target} after {wait:?}: it stays a learner, \
+                     without a vote, and goes on catching up; add it again to give it its vote once it has"
                 ),
             ));
         }

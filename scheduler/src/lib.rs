@@ -7,7 +7,6 @@
 
 pub mod cell;
 pub mod config;
-pub mod cron;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only
 // move the conversion elsewhere.
 pub mod placement;

@@ -285,7 +285,9 @@ fn tick(
     new_id: &mut dyn FnMut() -> String,
     d: &mut Decision,
 ) -> bool {
-    let Some(cron) = job.spec.schedule.as_deref().and_then(|s| crate::cron::Cron::parse(s).ok()) else { return false };
+    let Some(cron) = job.spec.schedule.as_deref().and_then(|s| titan_api::cron::Cron::parse(s).ok()) else {
+        return false;
+    };
     let since = job.last_tick_ms.unwrap_or(job.created_at_ms);
     let Some(mut due) = cron.next_after(since).filter(|t| *t <= now_ms) else { return false };
     // Ticks missed while no leader ran collapse into the latest one.

@@ -354,6 +354,11 @@ pub struct CellState {
     /// Counts changes agents must see; an agent's `version` is its value at the agent's latest change.
     #[serde(default)]
     seq: u64,
+    /// Events made so far, the last one's id: counted here, in the replicated state, so that an event has the
+    /// same id on every member and after a restart, one of its own even when one entry makes many. Defaulted so
+    /// snapshots written before event ids still load.
+    #[serde(default)]
+    events_made: u64,
     /// Task ids by job, and non-terminal task ids by agent (derived).
     #[serde(skip)]
     by_job: HashMap<String, BTreeSet<String>>,
@@ -541,6 +546,7 @@ impl CellState {
             applied,
             tasks,
             seq,
+            events_made,
             idempotency_by_time: _,
             by_state: _,
             applied_by_time: _,
@@ -564,6 +570,7 @@ impl CellState {
             applied: applied.clone(),
             tasks: tasks.clone(),
             seq: *seq,
+            events_made: *events_made,
             ..CellState::default()
         }
     }
@@ -785,6 +792,11 @@ impl CellState {
         std::mem::take(&mut self.events.0)
     }
 
+    /// The id of the last event made: events up to it came before this state.
+    pub fn events_made(&self) -> u64 {
+        self.events_made
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn event(
         &mut self,
@@ -796,7 +808,9 @@ impl CellState {
         reason: Option<&str>,
         at_ms: u64,
     ) {
+        self.events_made += 1;
         self.events.0.push(Event {
+            event_id: self.events_made,
             index: 0,
             topic,
             kind: kind.to_string(),
@@ -1197,9 +1211,7 @@ impl CellState {
                 })
             }
             Command::SetInstances { id, instances, if_version, meta } => self.modify(id, *if_version, |job| {
-                let spec = Arc::make_mut(&mut job.spec);
-                spec.location = None;
-                spec.locations = Some(instances.clone());
+                Arc::make_mut(&mut job.spec).set_locations(instances);
                 job.change(meta, format!("instances {}", describe(instances)))
             }),
             Command::SetEnabled { id, enabled, meta } => self.modify(id, None, |job| {
@@ -1400,6 +1412,8 @@ mod tests {
             Response::Rejected(Rejection::VersionMismatch { id: "j1".into(), expected: 1, current: 2 })
         );
         assert_eq!(s.job("j1").map(|j| j.view().instances), Some(BTreeMap::from([("dc1".to_string(), 5)])));
+        let form = s.job("j1").map(|j| (j.spec.location.clone(), j.spec.locations.clone()));
+        assert_eq!(form, Some((Some("dc1:5".to_string()), None)), "the shorthand the job was written with stays");
         let off = Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(3) };
         assert_eq!(s.apply(&off), job("j1", 3));
         assert_eq!(s.apply(&Command::KillJob { id: "j1".into(), meta: meta(4) }), job("j1", 4));
@@ -1454,6 +1468,23 @@ mod tests {
                 Response::Rejected(Rejection::Killed { id: "j1".into() })
             ])
         );
+    }
+
+    #[test]
+    fn every_event_of_a_batch_has_its_own_id_and_a_snapshot_goes_on_counting() {
+        let mut s = CellState::default();
+        let round = Box::new(Round {
+            create: ["t1", "t2", "t3"].iter().map(|id| NewTask::fresh(id.to_string(), "j1", None)).collect(),
+            ..Round::default()
+        });
+        s.apply(&Command::Batch(vec![put("j1", None, 1), Command::Round { round, meta: meta(2) }]));
+        let ids: Vec<u64> = s.take_events().iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4], "one entry, four events, four ids");
+        let copy = serde_json::to_vec(&SnapshotV1 { state: s.replicated_copy() }).expect("serializes");
+        let mut back = serde_json::from_slice::<SnapshotV1>(&copy).expect("deserializes").state;
+        assert_eq!(back.events_made(), 4);
+        back.apply(&Command::KillJob { id: "j1".into(), meta: meta(3) });
+        assert_eq!(back.take_events().first().map(|e| e.event_id), Some(5), "the count is replicated");
     }
 
     #[test]
