@@ -151,15 +151,6 @@ async fn history_names_the_uids_user_without_user_and_logs_to_a_file_carry_no_co
     assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
 }
 
-/// Containers of a job, by docker's own listing.
-fn running_containers(job: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("label=titan.job={job}"), "--filter", "status=running"])
-        .output()
-        .expect("docker ps runs");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_status_says_why_every_attempt_failed() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -206,9 +197,11 @@ async fn titan_dev_exits_on_sigterm_with_a_log_followed_and_leaves_its_container
     let sleeper = spec("sleeper", "dev:1", "titan-test/busybox:latest", r#"["sh","-c","echo up; exec sleep 600"]"#);
     let job = client.submit_raw(sleeper.into_bytes(), titan_api::job::BodyFormat::Json, None).await.expect("submitted");
     let _cleanup = RemoveContainers(job.id.clone());
-    eventually(Duration::from_secs(60), "its container running", || async { running_containers(&job.id).len() == 1 })
-        .await;
-    let container = running_containers(&job.id);
+    eventually(Duration::from_secs(60), "its container running", || async {
+        running_containers(&format!("titan.job={}", job.id)).len() == 1
+    })
+    .await;
+    let container = running_containers(&format!("titan.job={}", job.id));
     let q = titan_api::task::TaskQuery { job: Some(job.id.clone()), ..Default::default() };
     let task = client.list_tasks(&q).await.expect("tasks").tasks[0].id.clone();
     // A followed log never ends by itself, and the local agent is in the middle of an assignments long-poll: a
@@ -227,5 +220,9 @@ async fn titan_dev_exits_on_sigterm_with_a_log_followed_and_leaves_its_container
     let _ = follower.kill();
     let _ = follower.wait();
     assert!(status.success(), "{status:?}");
-    assert_eq!(running_containers(&job.id), container, "the task keeps running after titan dev exits");
+    assert_eq!(
+        running_containers(&format!("titan.job={}", job.id)),
+        container,
+        "the task keeps running after titan dev exits"
+    );
 }

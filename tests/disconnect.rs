@@ -99,19 +99,24 @@ async fn tasks(c: &Client, job: &str) -> Vec<TaskView> {
     c.list_tasks(&q).await.map(|l| l.tasks).unwrap_or_default()
 }
 
+/// A one-member cell with short leases, its address, and a proxy to it that a test can cut.
+async fn cell_behind_a_proxy() -> (Cluster, String, Client, Proxy) {
+    let config =
+        format!("{TEST_CONFIG}[scheduler]\nlease_ms = 1000\nlost_grace_ms = 1000\ndisconnect_margin_ms = 1000\n");
+    let cell = Cluster::start_with(1, &config);
+    let leader = cell.leader(Duration::from_secs(20)).await;
+    let member = cell.members.iter().find(|m| m.id == leader).expect("the leader");
+    let (addr, client, proxy) = (member.addr.to_string(), member.client(), Proxy::start(member.addr).await);
+    (cell, addr, client, proxy)
+}
+
 fn running_on<'a>(ts: &'a [TaskView], agent: &str) -> Option<&'a TaskView> {
     ts.iter().find(|t| t.state == TaskState::Running && t.agent_id.as_deref() == Some(agent))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_stops_on_disconnect_never_runs_twice_across_a_partition() {
-    let config =
-        format!("{TEST_CONFIG}[scheduler]\nlease_ms = 1000\nlost_grace_ms = 1000\ndisconnect_margin_ms = 1000\n");
-    let cell = Cluster::start_with(1, &config);
-    let leader = cell.leader(Duration::from_secs(20)).await;
-    let member = cell.members.iter().find(|m| m.id == leader).expect("the leader");
-    let client = member.client();
-    let proxy = Proxy::start(member.addr).await;
+    let (_cell, cell_addr, client, proxy) = cell_behind_a_proxy().await;
     let root = tempfile::tempdir().expect("temp dir");
     let (once_mark, plain_mark) = (mark("once"), mark("plain"));
     let _marked = Marked(vec![once_mark.clone(), plain_mark.clone()]);
@@ -137,7 +142,7 @@ async fn a_job_that_stops_on_disconnect_never_runs_twice_across_a_partition() {
     let original = running_on(&tasks(&client, &once).await, &far).map(|t| t.id.clone()).expect("running");
     let near_dir = root.path().join("near");
     let near = titan_agent::node::agent_id(&near_dir).expect("an agent id");
-    let _near_agent = start_agent(&member.addr.to_string(), &near_dir, "21100-21199");
+    let _near_agent = start_agent(&cell_addr, &near_dir, "21100-21199");
     eventually(Duration::from_secs(20), "the near agent registered", || async {
         client.list_agents().await.is_ok_and(|a| a.len() == 2 && a.iter().all(|a| a.last_heartbeat_ms.is_some()))
     })
@@ -199,15 +204,6 @@ async fn a_job_that_stops_on_disconnect_never_runs_twice_across_a_partition() {
 
 const IMAGE: &str = "titan-test/busybox:latest";
 
-/// Running containers of a job, by docker's own listing.
-fn running_containers(job: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("label=titan.job={job}"), "--filter", "status=running"])
-        .output()
-        .expect("docker ps runs");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
-}
-
 /// Removes every container of the given agents when the test ends, however it ends. Declared before the agents,
 /// so it runs once no agent is left to start another.
 struct Containers(Vec<String>);
@@ -228,13 +224,7 @@ impl Drop for Containers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restarted_while_cut_off_still_stops_its_container_before_the_replacement_runs() {
-    let config =
-        format!("{TEST_CONFIG}[scheduler]\nlease_ms = 1000\nlost_grace_ms = 1000\ndisconnect_margin_ms = 1000\n");
-    let cell = Cluster::start_with(1, &config);
-    let leader = cell.leader(Duration::from_secs(20)).await;
-    let member = cell.members.iter().find(|m| m.id == leader).expect("the leader");
-    let client = member.client();
-    let proxy = Proxy::start(member.addr).await;
+    let (_cell, cell_addr, client, proxy) = cell_behind_a_proxy().await;
     let root = tempfile::tempdir().expect("temp dir");
     let (far_dir, near_dir) = (root.path().join("far"), root.path().join("near"));
     let far = titan_agent::node::agent_id(&far_dir).expect("an agent id");
@@ -255,10 +245,11 @@ async fn an_agent_restarted_while_cut_off_still_stops_its_container_before_the_r
     );
     let job = client.submit_raw(body.into_bytes(), BodyFormat::Json, None).await.expect("submitted").id;
     eventually(Duration::from_secs(60), "the job's container running on the far agent", || async {
-        running_on(&tasks(&client, &job).await, &far).is_some() && running_containers(&job).len() == 1
+        running_on(&tasks(&client, &job).await, &far).is_some()
+            && running_containers(&format!("titan.job={job}")).len() == 1
     })
     .await;
-    let _near_agent = start_agent_with(&member.addr.to_string(), &near_dir, "21300-21399", &docker);
+    let _near_agent = start_agent_with(&cell_addr, &near_dir, "21300-21399", &docker);
     eventually(Duration::from_secs(20), "the near agent registered", || async {
         client.list_agents().await.is_ok_and(|a| a.len() == 2 && a.iter().all(|a| a.last_heartbeat_ms.is_some()))
     })
@@ -273,7 +264,7 @@ async fn an_agent_restarted_while_cut_off_still_stops_its_container_before_the_r
     let deadline = cut_at + Duration::from_secs(90);
     let mut stopped_after = None;
     loop {
-        let running = running_containers(&job).len();
+        let running = running_containers(&format!("titan.job={job}")).len();
         assert!(running <= 1, "{running} containers of the job run at once");
         if running == 0 && stopped_after.is_none() {
             stopped_after = Some(cut_at.elapsed());

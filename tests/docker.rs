@@ -34,14 +34,6 @@ fn containers(label: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
 }
 
-fn running_containers(label: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("label={label}"), "--filter", "status=running"])
-        .output()
-        .expect("docker ps runs");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
-}
-
 /// The task id label of a container.
 fn task_of(container: &str) -> String {
     let out = Command::new("docker")

@@ -305,3 +305,12 @@ pub fn spec(name: &str) -> String {
         r#"{{"name":"{name}","applicationName":"shop","location":"dc1:3,dc2:2","cpus":0.5,"memory":256,"image":"busybox:latest","env":{{"A":"b"}}}}"#
     )
 }
+
+/// Running containers carrying a label (`titan.job=ID`, `titan.agent=ID`), by docker's own listing.
+pub fn running_containers(label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label={label}"), "--filter", "status=running"])
+        .output()
+        .expect("docker ps runs");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
