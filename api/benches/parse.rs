@@ -1,4 +1,5 @@
-//! What parsing a 1 MiB body costs at the bounds of `titan_api::body`: the worst bodies accepted and refused.
+//! What parsing a body costs at the bounds of `titan_api::body`: the worst bodies accepted and refused, each as
+//! large as its format may be (JSON 1 MiB, YAML `MAX_YAML_BYTES`).
 //!
 //! `cargo bench -p titan-api --bench parse` prints one line per body and format:
 //! `body=nested-at-limit format=YAML bytes=1048576 outcome=invalid_spec median_ms=... max_ms=...`.
@@ -9,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use titan_api::body::{MAX_ALIASES, MAX_DEPTH};
+use titan_api::body::{MAX_ALIASES, MAX_DEPTH, MAX_YAML_BYTES};
 use titan_api::job::{BodyFormat, JobSpec};
 
 const MIB: usize = 1 << 20;
@@ -25,21 +26,23 @@ fn nested(depth: usize) -> String {
     format!("{}{}", "[".repeat(depth), "]".repeat(depth))
 }
 
-/// The bodies, each about 1 MiB: (name, format, body).
+/// The bodies, each about as large as its format may be: (name, format, body).
 fn bodies() -> Vec<(&'static str, BodyFormat, String)> {
+    let yaml = MAX_YAML_BYTES;
     // A top-level sequence of sequences nested to the limit, as many as fit.
-    let at_limit = fill("[", &nested(MAX_DEPTH - 1), ",", "]", MIB);
+    let at_limit = |size| fill("[", &nested(MAX_DEPTH - 1), ",", "]", size);
     // An anchor as large as the body allows, replayed by every alias allowed.
     let aliases = format!("b: [{}]\n", vec!["*x"; MAX_ALIASES].join(", "));
-    let anchored = fill("a: &x [", "1", ", ", "]\n", MIB - aliases.len());
+    let anchored = fill("a: &x [", "1", ", ", "]\n", yaml - aliases.len());
     vec![
-        ("nested-at-limit", BodyFormat::Json, at_limit.clone()),
-        ("nested-at-limit", BodyFormat::Yaml, at_limit),
+        ("nested-at-limit", BodyFormat::Json, at_limit(MIB)),
+        ("nested-at-limit", BodyFormat::Yaml, at_limit(yaml)),
         ("flat-sequence", BodyFormat::Json, fill("[", "1", ",", "]", MIB)),
-        ("flat-sequence", BodyFormat::Yaml, fill("[", "1", ",", "]", MIB)),
+        ("flat-sequence", BodyFormat::Yaml, fill("[", "1", ",", "]", yaml)),
         ("anchor-and-all-aliases", BodyFormat::Yaml, format!("{anchored}{aliases}")),
         ("open-brackets", BodyFormat::Json, "[".repeat(MIB)),
         ("open-brackets", BodyFormat::Yaml, "[".repeat(MIB)),
+        ("flat-sequence-too-large", BodyFormat::Yaml, fill("[", "1", ",", "]", MIB)),
         (
             "one-alias-too-many",
             BodyFormat::Yaml,
