@@ -334,21 +334,6 @@ impl JobSpec {
         resolve_locations(self.location.as_deref(), self.locations.as_ref()).unwrap_or_default()
     }
 
-    /// Instances in one location (0 when it is not named), without building the whole map: the scheduler asks
-    /// this of every job in every round.
-    pub fn count_in(&self, location: &str) -> u32 {
-        if let Some(map) = &self.locations {
-            return map.get(location).copied().unwrap_or(0);
-        }
-        let Some(shorthand) = &self.location else { return 0 };
-        shorthand
-            .split(',')
-            .filter_map(|part| part.trim().split_once(':'))
-            .find(|(name, _)| name.trim() == location)
-            .and_then(|(_, n)| n.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
     fn validate_resources(&self) -> Result<(), ApiError> {
         // NaN fails every comparison, so finiteness is checked first and on its own.
         if !self.cpus.is_finite() {
@@ -812,6 +797,11 @@ pub fn parse_location(s: &str) -> Result<BTreeMap<String, u32>, String> {
         return Err(format!("at most {MAX_LOCATIONS} locations"));
     }
     Ok(counts)
+}
+
+/// Writes counts in the shorthand `parse_location` reads (`"dc1:20,dc2:40"`), locations in name order.
+pub fn format_location(counts: &BTreeMap<String, u32>) -> String {
+    counts.iter().map(|(name, n)| format!("{name}:{n}")).collect::<Vec<_>>().join(",")
 }
 
 fn check_count(location: &str, count: u32) -> Result<(), String> {
@@ -1466,15 +1456,6 @@ disruptionBudget:
             rejects(&batch(bad), "schedule");
         }
         rejects(&with(json!({"type": "batch", "overlap": "skip"})), "overlap");
-        // `count_in` reads the same counts as `locations`, without building the map.
-        for body in
-            [json!({"location": " dc1:3, dc2 : 5"}), json!({"location": null, "locations": {"dc1": 3, "dc2": 5}})]
-        {
-            let spec = JobSpec::parse(with(body).as_bytes(), BodyFormat::Json).expect("valid");
-            for l in ["dc1", "dc2", "dc3"] {
-                assert_eq!(spec.count_in(l), spec.locations().get(l).copied().unwrap_or(0), "{l}");
-            }
-        }
         rejects(&with(json!({"type": "batch", "schedule": "* * * * *", "overlap": "sometimes"})), "overlap");
         let replace = JobSpec::parse(
             with(json!({"type": "batch", "schedule": "* * * * *", "overlap": "replace"})).as_bytes(),
