@@ -9,7 +9,16 @@ use serde::Serialize;
 use titan_api::job::{parse_location, BodyFormat};
 use titan_api::task::{TaskQuery, TaskView};
 use titan_api::view::{AddMember, ClusterView, JobView, ListQuery};
-use titan_api::Client;
+use titan_api::{Client, ClientError, ErrorCode};
+
+/// `println!` that returns the write's error instead of panicking: a reader that closed the pipe early
+/// (`titan cluster status | head -1`) ends the command quietly (see `main`), not with a backtrace.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -34,9 +43,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// The member address(es) given.
+    #[cfg(test)]
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     fn client(&self) -> Client {
         let mut c = Client::new(&self.addr);
-        if let Some(u) = self.user.clone().or_else(|| std::env::var("USER").ok()) {
+        if let Some(u) = self.user.clone().or_else(login_name) {
             c = c.user(u);
         }
         if let Some(r) = &self.reason {
@@ -44,6 +59,29 @@ impl Target {
         }
         c
     }
+}
+
+/// Who runs this command: `$USER`, else the name of the effective uid in `/etc/passwd` (a cron job, a container or
+/// `sudo -u` may run without `$USER`, and history should still say who it was).
+fn login_name() -> Option<String> {
+    if let Some(u) = std::env::var("USER").ok().filter(|u| !u.is_empty()) {
+        return Some(u);
+    }
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective uid (proc(5)), which spares an unsafe libc call.
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    Some(user_of(&passwd, uid).unwrap_or_else(|| format!("uid:{uid}")))
+}
+
+/// The name of `uid` in the text of an `/etc/passwd` file (`name:password:uid:gid:...` lines).
+fn user_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,7 +155,7 @@ pub async fn node(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
             if target.output == Output::Json {
                 return print_json(&a);
             }
-            println!("agent {} is {}", a.id, a.state.as_str());
+            say!("agent {} is {}", a.id, a.state.as_str());
         }
         NodeCommand::List => {
             let agents = client.list_agents().await?;
@@ -140,7 +178,7 @@ pub async fn node(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!(
+            say!(
                 "{}",
                 table(&["ID", "HOSTNAME", "STATE", "EPOCH", "CPUS", "MEMORY", "LAST HEARTBEAT", "ATTRIBUTES"], &rows)
             );
@@ -154,13 +192,18 @@ pub enum ClusterCommand {
     /// Members, leader, term and indexes.
     Status,
     /// Adds a member (it catches up as a learner first).
-    Add { id: u64, addr: String },
+    Add {
+        id: u64,
+        /// The new member's host:port. Not named `addr`: that would hide the global `--addr` in this command.
+        #[arg(value_name = "ADDR")]
+        member_addr: String,
+    },
     /// Removes a member.
     Remove { id: u64 },
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    say!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -219,11 +262,14 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             let is_json = file.extension().is_some_and(|e| e == "json")
                 || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
             let format = if is_json { BodyFormat::Json } else { BodyFormat::Yaml };
-            let job = client.submit_raw(body, format, idempotency_key.as_deref()).await?;
+            let job = client
+                .submit_raw(body, format, idempotency_key.as_deref())
+                .await
+                .map_err(|e| submit_error(e, idempotency_key.as_deref()))?;
             if json {
                 print_json(&job)?;
             } else {
-                println!("job {} submitted (version {})", job.id, job.version);
+                say!("job {} submitted (version {})", job.id, job.version);
             }
         }
         JobCommand::List { application, owner, capacity_group, state, limit } => {
@@ -256,10 +302,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!(
-                "{}",
-                table(&["ID", "NAME", "APPLICATION", "STATE", "VERSION", "INSTANCES", "CPUS", "MEMORY"], &rows)
-            );
+            say!("{}", table(&["ID", "NAME", "APPLICATION", "STATE", "VERSION", "INSTANCES", "CPUS", "MEMORY"], &rows));
         }
         JobCommand::Status { id } => {
             let j = client.get_job(&id).await?;
@@ -285,12 +328,15 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                 vec!["created".into(), time(j.created_at_ms)],
                 vec!["updated".into(), time(j.updated_at_ms)],
             ];
-            println!("{}", table(&["FIELD", "VALUE"], &rows));
+            say!("{}", table(&["FIELD", "VALUE"], &rows));
             let q = TaskQuery { job: Some(id.clone()), state: Some("active".into()), ..TaskQuery::default() };
             let tasks = all_tasks(&client, q).await?;
-            println!("\n{}", task_table(&tasks));
+            say!("\n{}", task_table(&tasks));
             for t in tasks.iter().filter(|t| t.pending.is_some()) {
-                println!("task {} is pending: {}", t.id, t.pending.as_deref().unwrap_or_default());
+                say!("task {} is pending: {}", t.id, t.pending.as_deref().unwrap_or_default());
+            }
+            for f in j.tasks.iter().flat_map(|s| &s.failures) {
+                say!("{}: {} (task {}, {})", f.location, f.sentence(), f.last.task_id, time(f.last.at_ms));
             }
         }
         JobCommand::History { id } => {
@@ -310,7 +356,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!("{}", table(&["VERSION", "WHEN", "WHO", "WHAT", "WHY"], &rows));
+            say!("{}", table(&["VERSION", "WHEN", "WHO", "WHAT", "WHY"], &rows));
         }
         JobCommand::Scale { id, counts, if_match } => {
             let counts = parse_location(&counts).map_err(|e| anyhow::anyhow!("counts: {e}"))?;
@@ -318,7 +364,7 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&job)?;
             } else {
-                println!("job {} scaled (version {})", job.id, job.version);
+                say!("job {} scaled (version {})", job.id, job.version);
             }
         }
         JobCommand::Kill { id } => done(json, "killed", client.kill_job(&id).await?)?,
@@ -403,22 +449,25 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&tasks);
             }
-            println!("{}", task_table(&tasks));
+            say!("{}", task_table(&tasks));
         }
         TaskCommand::Status { id } => {
             let t = client.get_task(&id).await?;
             if json {
                 return print_json(&t);
             }
-            println!("{}", task_table(std::slice::from_ref(&t)));
+            say!("{}", task_table(std::slice::from_ref(&t)));
             if let Some(p) = &t.pending {
-                println!("pending: {p}");
+                say!("pending: {p}");
+            }
+            if let Some(original) = &t.may_run_beside {
+                println!("may run beside: {original} (lost with an unreachable agent, which may still run it)");
             }
             if let Some(m) = &t.message {
-                println!("message: {m}");
+                say!("message: {m}");
             }
             if let Some(c) = t.exit_code {
-                println!("exit code: {c}");
+                say!("exit code: {c}");
             }
             let rows: Vec<Vec<String>> = t
                 .transitions
@@ -431,7 +480,7 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!("\n{}", table(&["WHEN", "STATE", "REASON"], &rows));
+            say!("\n{}", table(&["WHEN", "STATE", "REASON"], &rows));
         }
         TaskCommand::Logs { id, follow, tail, stderr } => {
             use std::io::Write;
@@ -443,7 +492,7 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
                     return print_json(&lines);
                 }
                 for l in lines {
-                    println!("{l}");
+                    say!("{l}");
                 }
                 return Ok(());
             }
@@ -458,17 +507,34 @@ pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&t);
             }
-            println!("task {} is {}", t.id, t.state.as_str());
+            say!("task {} is {}", t.id, t.state.as_str());
         }
     }
     Ok(())
+}
+
+/// A failed submission as the user should read it: one that timed out may still create the job, and whether
+/// running the command again is safe depends on the key.
+fn submit_error(e: ClientError, idempotency_key: Option<&str>) -> anyhow::Error {
+    if e.code() != Some(ErrorCode::Timeout) {
+        return e.into();
+    }
+    let retry = match idempotency_key {
+        Some(key) => format!(
+            "running the same command again (same --idempotency-key {key}) is safe: it cannot create a second job"
+        ),
+        None => {
+            "check `titan job list` before submitting again, or pass --idempotency-key so that a retry is safe".into()
+        }
+    };
+    anyhow::anyhow!("the cell did not confirm the job in time (code timeout): it may still be created; {retry}")
 }
 
 fn done(json: bool, what: &str, job: titan_api::view::JobRef) -> anyhow::Result<()> {
     if json {
         print_json(&job)
     } else {
-        println!("job {} {what} (version {})", job.id, job.version);
+        say!("job {} {what} (version {})", job.id, job.version);
         Ok(())
     }
 }
@@ -477,7 +543,7 @@ fn print_cluster(json: bool, c: &ClusterView) -> anyhow::Result<()> {
     if json {
         return print_json(c);
     }
-    println!(
+    say!(
         "cell {}  member {}  leader {}  term {}  last log {}  committed {}  applied {}  snapshot {}",
         c.cell,
         c.node_id,
@@ -490,7 +556,7 @@ fn print_cluster(json: bool, c: &ClusterView) -> anyhow::Result<()> {
     );
     let rows: Vec<Vec<String>> =
         c.members.iter().map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()]).collect();
-    println!("{}", table(&["ID", "ADDRESS", "ROLE"], &rows));
+    say!("{}", table(&["ID", "ADDRESS", "ROLE"], &rows));
     Ok(())
 }
 
@@ -499,7 +565,7 @@ pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result
     let json = target.output == Output::Json;
     let view = match command {
         ClusterCommand::Status => client.cluster().await?,
-        ClusterCommand::Add { id, addr } => client.add_member(&AddMember { id, addr }).await?,
+        ClusterCommand::Add { id, member_addr } => client.add_member(&AddMember { id, addr: member_addr }).await?,
         ClusterCommand::Remove { id } => client.remove_member(id).await?,
     };
     print_cluster(json, &view)
@@ -508,11 +574,32 @@ pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use titan_api::ApiError;
 
     #[test]
     fn tables_align_columns() {
         let t = table(&["ID", "NAME"], &[vec!["1".into(), "web".into()], vec!["22".into(), "x".into()]]);
         assert_eq!(t, "ID  NAME\n1   web\n22  x");
+    }
+
+    #[test]
+    fn a_timed_out_submission_says_it_may_still_create_the_job_and_how_to_retry() {
+        let timeout = || ClientError::Api { status: 503, error: ApiError::new(ErrorCode::Timeout, "not committed") };
+        let with_key = submit_error(timeout(), Some("k1")).to_string();
+        assert!(with_key.contains("may still be created"), "{with_key}");
+        assert!(with_key.contains("same --idempotency-key k1) is safe"), "{with_key}");
+        let without = submit_error(timeout(), None).to_string();
+        assert!(without.contains("check `titan job list`"), "{without}");
+        let other = ClientError::Api { status: 400, error: ApiError::field("memory", "must be positive") };
+        assert_eq!(submit_error(other, Some("k1")).to_string(), "400: invalid_spec: must be positive (field memory)");
+    }
+
+    #[test]
+    fn users_are_found_by_uid_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# a comment\nbroken\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(user_of(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_of(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(user_of(passwd, 7), None);
     }
 
     #[test]

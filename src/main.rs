@@ -81,6 +81,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`titan job list | head -1`): it has what it wanted, as with any Unix filter.
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("titan: {e:#}");
             ExitCode::FAILURE
@@ -88,5 +90,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether the error is a write to a pipe whose reader has closed it.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 /// Where `titan dev` keeps its data unless told otherwise.
 pub const DEV_DATA_DIR: &str = ".titan-dev";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parses(args: &str) -> Result<Titan, clap::Error> {
+        Titan::try_parse_from(std::iter::once("titan").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn global_options_work_before_and_after_the_subcommand() {
+        for args in [
+            "cluster add 3 127.0.0.1:7003 --addr 127.0.0.1:7001",
+            "cluster --addr 127.0.0.1:7001 add 3 127.0.0.1:7003",
+            "cluster remove 3 --addr 127.0.0.1:7001 -o json",
+            "job list --addr 127.0.0.1:7001 --user u --reason r",
+            "job status ID -o json --addr 127.0.0.1:7001",
+            "task list --addr 127.0.0.1:7001",
+            "node list --addr 127.0.0.1:7001",
+        ] {
+            let parsed = parses(args).unwrap_or_else(|e| panic!("{args}: {e}"));
+            let target = match parsed.command {
+                Command::Node { target, .. }
+                | Command::Job { target, .. }
+                | Command::Task { target, .. }
+                | Command::Cluster { target, .. } => target,
+                other => panic!("{args}: parsed as {other:?}"),
+            };
+            assert_eq!(target.addr(), "127.0.0.1:7001", "{args}");
+        }
+        match parses("cluster add 3 127.0.0.1:7003 --addr 127.0.0.1:7001").map(|t| t.command) {
+            Ok(Command::Cluster { command: cli::ClusterCommand::Add { id, member_addr }, .. }) => {
+                assert_eq!((id, member_addr.as_str()), (3, "127.0.0.1:7003"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_is_not_a_failure() {
+        let closed = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(closed_pipe(&closed.context("printing")));
+        assert!(!closed_pipe(&anyhow::anyhow!("cannot reach 127.0.0.1:7070")));
+    }
+}

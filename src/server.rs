@@ -187,7 +187,8 @@ fn supervisor(
                 .map_err(|e| anyhow::anyhow!("volumes in {}: {e}", data_dir.display()))?,
         ),
     };
-    let settings = titan_agent::supervisor::Settings::new(registration.id.clone(), registration.resources.clone());
+    let mut settings = titan_agent::supervisor::Settings::new(registration.id.clone(), registration.resources.clone());
+    settings.lease_file = Some(data_dir.join(titan_agent::daemon::LEASE_FILE));
     Ok(titan_agent::supervisor::Supervisor::new(
         settings,
         runtime,
@@ -212,7 +213,11 @@ struct FileConfig {
 fn init_logging(log: &LogArgs) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(&log.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only help a person at a terminal; in a file or a collector's pipe they are noise.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if log.log_json {
         builder.json().init();
     } else {
@@ -277,7 +282,8 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "TCP_NODELAY");
         }
     });
-    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped()).into_future());
+    let stop = Stop::on_signal();
+    let mut server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stop.wait()).into_future());
     if dev {
         let url = format!("http://{}", config.listen);
         let client = titan_api::Client::new(&url);
@@ -297,10 +303,53 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
         println!("Try:  titan job run examples/hello.yaml && titan job list");
         println!("  or: curl -s {url}/v1/jobs -H 'content-type: application/yaml' --data-binary @examples/hello.yaml");
     }
-    server.await.context("server task")??;
+    tokio::select! {
+        served = &mut server => served.context("server task")??,
+        () = stop.wait() => {
+            // Graceful shutdown waits for requests in flight, and some never end by themselves: an agent's
+            // assignments long-poll lasts up to 10 s, a followed log or event stream has no end. Those are
+            // cut after a short drain; their clients retry elsewhere or later, as after any lost connection.
+            tracing::info!("stopping: draining requests in flight");
+            match tokio::time::timeout(DRAIN, &mut server).await {
+                Ok(served) => served.context("server task")??,
+                Err(_) => {
+                    tracing::info!(drain_ms = DRAIN.as_millis() as u64, "requests still in flight are cut");
+                    server.abort();
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     cell.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// How long requests in flight may take to finish once a member is told to stop.
+const DRAIN: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The stop signal (SIGINT or SIGTERM), heard once and handed to everything that must end with the process.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn on_signal() -> Stop {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stopped().await;
+            let _ = tx.send(true);
+        });
+        Stop(rx)
+    }
+
+    /// Resolves once the signal came.
+    fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error means the sender is gone, which only happens once the runtime is ending.
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
 }
 
 /// Starts the dev cell's agent in this process: its HTTP server and its task supervisor, both ending with the
@@ -329,6 +378,8 @@ async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyho
     let app = titan_agent::server::router(registry, data_dir.join("logs"));
     tokio::spawn(axum::serve(listener, app).into_future());
     let client = titan_api::Client::new(cell_url);
+    // It is never told to stop: it ends with the process, leaving its tasks running (the supervisor's shutdown
+    // would stop host processes), to be re-adopted at the next start.
     tokio::spawn(titan_agent::daemon::run_supervised(
         client,
         registration,

@@ -286,6 +286,23 @@ async fn malformed_requests_are_refused_with_the_field_and_write_nothing() {
             Some("healthCheck.bogus"),
         ),
         ("broken json", json, b"{\"name\": ".to_vec(), 400, "malformed_body", None),
+        ("nested too deep", json, "[".repeat(1 << 19).into_bytes(), 400, "body_too_complex", Some("body")),
+        (
+            "nested too deep",
+            Some("application/yaml"),
+            "[".repeat(1 << 20).into_bytes(),
+            400,
+            "body_too_complex",
+            Some("body"),
+        ),
+        (
+            "a schedule that never fires",
+            json,
+            with(r#""cpus""#, r#""type":"batch","schedule":"0 0 31 2 *","cpus""#),
+            400,
+            "invalid_spec",
+            Some("schedule"),
+        ),
         (
             "wrong content type",
             Some("text/plain"),
@@ -323,6 +340,16 @@ async fn malformed_requests_are_refused_with_the_field_and_write_nothing() {
     )
     .await;
     assert_eq!(got, (400, Some("invalid_parameter".into()), Some("If-Match".into())), "bad If-Match");
+    let got = raw(
+        &http,
+        Method::PUT,
+        format!("{jobs}/nope/instances"),
+        json,
+        &[("if-match", "W/\"1\"")],
+        br#"{"location":"dc1:1"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(got, (412, Some("version_mismatch".into()), Some("If-Match".into())), "a weak If-Match never matches");
     let got = raw(&http, Method::GET, format!("{base}/v2/everything"), None, &[], vec![]).await;
     assert_eq!((got.0, got.1.as_deref()), (404, Some("not_found")), "unknown route");
 
@@ -356,4 +383,39 @@ async fn consistent_reads_on_a_follower_see_every_acknowledged_write() {
     let http = reqwest::Client::new();
     let url = format!("{}/v1/jobs/x?consistent=maybe", followers[0].base());
     assert_eq!(http.get(url).send().await.expect("answer").status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_at_an_existing_members_address_is_refused_and_the_cell_keeps_writing() {
+    let cluster = Cluster::start(1);
+    cluster.leader(LEADER_WAIT).await;
+    let client = cluster.members[0].client();
+    // (An address nothing answers at is tests/membership.rs's.) Its own address under a second id: the member would have answered Raft calls to itself (openraft panics).
+    let own = cluster.members[0].addr.to_string();
+    let err = client.add_member(&AddMember { id: 8, addr: own }).await.expect_err("the address is member 1's");
+    assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");
+    // The lone member still commits on its own: nothing it cannot reach joined its quorum.
+    assert!(submit(&client, "after").await.is_some(), "a write after the refused additions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_asked_to_end_after_a_while_ends_and_a_bad_bound_is_refused() {
+    let cluster = Cluster::start(1);
+    cluster.leader(LEADER_WAIT).await;
+    let client = cluster.members[0].client();
+    submit(&client, "seen").await.expect("accepted");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let url = |query: &str| format!("http://{}/v1/events?{query}", cluster.members[0].addr);
+    let resp = http.get(url("from=0&timeoutSeconds=1")).send().await.expect("answered");
+    assert_eq!(resp.status(), 200);
+    // The whole body arrives: the stream ended by itself, well before the client's own timeout.
+    let body = resp.text().await.expect("the stream ends");
+    assert!(body.contains("event: job"), "the backlog came first: {body}");
+    for bad in ["timeoutSeconds=0", "timeoutSeconds=86401", "timeoutSeconds=x"] {
+        let resp = http.get(url(bad)).send().await.expect("answered");
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+    let err: serde_json::Value =
+        http.get(url("timeoutSeconds=0")).send().await.expect("answered").json().await.expect("json");
+    assert_eq!(err["field"], "timeoutSeconds", "{err}");
 }

@@ -6,6 +6,11 @@
 //! (each answer handed to the supervisor, which acts only on the epoch held), and the status reporter (batches
 //! of the latest status per task, retried until acknowledged). Any of them that hears the lease is stale drops
 //! it, and the lease loop registers again, listing the tasks still running.
+//!
+//! A fourth loop, `disconnect`, watches the time since the lease was last renewed (counted from when the
+//! renewing request was sent, which is no later than when the cell heard it) and stops the tasks whose job asked
+//! to be stopped after that long (`disconnect.stopAfterSeconds`); the cell replaces them only after a longer
+//! grace, so an original and its replacement never run at once. Their statuses wait until the cell answers.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +30,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub const ASSIGNMENTS_WAIT: Duration = Duration::from_secs(10);
 /// How long statuses gather after the first is queued, so one report carries several.
 pub const REPORT_BATCH: Duration = Duration::from_millis(50);
+/// The file in the agent's data directory holding when the last lease renewal was sent (Unix milliseconds).
+pub const LEASE_FILE: &str = "lease-renewed";
+/// How often the time since the last lease renewal is checked against the tasks' stop-after; the cell's
+/// `scheduler.disconnect_margin_ms` (5 s by default) must exceed it.
+pub const DISCONNECT_CHECK: Duration = Duration::from_millis(250);
 
 /// What the loop reports on the agent's `/metrics`.
 #[derive(Clone)]
@@ -33,6 +43,7 @@ pub struct LeaseMetrics {
     pub heartbeat_failures: IntCounter,
     pub lease_epoch: IntGauge,
     pub ports_in_ephemeral_range: IntGauge,
+    pub since_renewal_seconds: prometheus::Gauge,
 }
 
 impl LeaseMetrics {
@@ -49,18 +60,73 @@ impl LeaseMetrics {
         )?;
         registry.register(Box::new(lease_epoch.clone()))?;
         registry.register(Box::new(ports_in_ephemeral_range.clone()))?;
-        Ok(LeaseMetrics { registrations, heartbeat_failures, lease_epoch, ports_in_ephemeral_range })
+        let since_renewal_seconds = prometheus::Gauge::new(
+            "titan_agent_seconds_since_lease_renewal",
+            "Seconds since the last lease renewal the cell answered (from when it was sent)",
+        )?;
+        registry.register(Box::new(since_renewal_seconds.clone()))?;
+        Ok(LeaseMetrics {
+            registrations,
+            heartbeat_failures,
+            lease_epoch,
+            ports_in_ephemeral_range,
+            since_renewal_seconds,
+        })
     }
 }
 
 /// The lease epoch held (`None`: not registered), shared by the loops.
-#[derive(Clone)]
 struct Lease {
     epoch: watch::Sender<Option<u64>>,
+    /// When the latest request the cell answered as a renewal (a registration or a heartbeat) was sent, as an
+    /// instant and how long before it (a renewal made by a previous run of the agent); `None` before the first.
+    renewed: std::sync::Mutex<Option<(Instant, Duration)>>,
+    /// Where renewals are kept across restarts.
+    file: Option<std::path::PathBuf>,
     metrics: LeaseMetrics,
 }
 
 impl Lease {
+    /// The lease as a previous run of the agent left it: renewed as long ago as its file says.
+    fn load(file: Option<std::path::PathBuf>, metrics: LeaseMetrics) -> Lease {
+        let before =
+            file.as_deref().and_then(read_renewal).map(|at_ms| Duration::from_millis(now_ms().saturating_sub(at_ms)));
+        if let Some(before) = before {
+            tracing::info!(
+                since_renewal_ms = before.as_millis() as u64,
+                "the lease was last renewed by a previous run"
+            );
+        }
+        Lease {
+            epoch: watch::Sender::new(None),
+            renewed: std::sync::Mutex::new(before.map(|b| (Instant::now(), b))),
+            file,
+            metrics,
+        }
+    }
+
+    /// The cell renewed the lease in answer to a request sent at `sent` (`sent_ms` on the wall clock).
+    async fn renewed(&self, sent: Instant, sent_ms: u64) {
+        {
+            let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+            // Requests may be answered out of order; the latest sent counts.
+            if renewed.is_some_and(|(at, before)| before.is_zero() && at >= sent) {
+                return;
+            }
+            *renewed = Some((sent, Duration::ZERO));
+        }
+        if let Some(file) = &self.file {
+            if let Err(e) = write_renewal(file, sent_ms).await {
+                tracing::warn!(file = %file.display(), error = %e, "cannot keep the lease renewal time");
+            }
+        }
+    }
+
+    /// How long since the lease was last renewed; `None` before the first renewal.
+    fn since_renewal(&self) -> Option<Duration> {
+        self.renewed.lock().unwrap_or_else(|p| p.into_inner()).map(|(at, before)| at.elapsed() + before)
+    }
+
     fn held(&self) -> Option<u64> {
         *self.epoch.borrow()
     }
@@ -92,6 +158,23 @@ impl Lease {
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When the last renewal was sent, from the lease file; `None` when there is none or it cannot be read.
+fn read_renewal(file: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Keeps `at_ms` in the lease file: written beside it and renamed over it, so a crash leaves the old or the new
+/// time, never a torn one.
+async fn write_renewal(file: &std::path::Path, at_ms: u64) -> std::io::Result<()> {
+    let temporary = file.with_extension("tmp");
+    tokio::fs::write(&temporary, at_ms.to_string()).await?;
+    tokio::fs::rename(&temporary, file).await
 }
 
 /// Doubling waits between retries, from `RETRY / 4` up to `MAX_BACKOFF`.
@@ -170,7 +253,7 @@ async fn serve(
             }
         }
     }
-    let lease = Lease { epoch: watch::Sender::new(None), metrics };
+    let lease = Lease::load(supervisor.as_ref().and_then(|s| s.lease_file().map(|f| f.to_path_buf())), metrics);
     let work = async {
         match &supervisor {
             Some(s) => {
@@ -178,6 +261,7 @@ async fn serve(
                     keep_lease(&client, &registration, &lease, Some(s)),
                     pull(&client, &id, &lease, s),
                     report(&client, &id, &lease, s),
+                    disconnect(&lease, s),
                 );
             }
             None => keep_lease(&client, &registration, &lease, None).await,
@@ -218,8 +302,10 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                 if let Some(s) = supervisor {
                     r.running = s.running();
                 }
+                let (sent, sent_ms) = (Instant::now(), now_ms());
                 match client.register_agent(&r).await {
                     Ok(view) => {
+                        lease.renewed(sent, sent_ms).await;
                         tracing::info!(agent = %id, epoch = view.lease_epoch, cell = %view.cell,
                             running = r.running.len(), "registered");
                         if let Some(s) = supervisor {
@@ -242,8 +328,12 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                     () = tokio::time::sleep(interval) => {}
                     _ = changes.changed() => continue,
                 }
+                let (sent, sent_ms) = (Instant::now(), now_ms());
                 match client.heartbeat(id, current).await {
-                    Ok(l) => interval = Duration::from_millis(l.lease_ms / 3),
+                    Ok(l) => {
+                        lease.renewed(sent, sent_ms).await;
+                        interval = Duration::from_millis(l.lease_ms / 3);
+                    }
                     Err(e) if lease_refused(&e) => {
                         tracing::warn!(agent = %id, error = %e, "lease lost; registering again");
                         lease.metrics.heartbeat_failures.inc();
@@ -257,6 +347,16 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                 }
             }
         }
+    }
+}
+
+/// Stops the tasks whose job asked to be stopped once the lease has gone unrenewed longer than it allows.
+async fn disconnect(lease: &Lease, supervisor: &Supervisor) {
+    loop {
+        tokio::time::sleep(DISCONNECT_CHECK).await;
+        let Some(since) = lease.since_renewal() else { continue };
+        lease.metrics.since_renewal_seconds.set(since.as_secs_f64());
+        supervisor.stop_disconnected(since);
     }
 }
 
@@ -332,5 +432,36 @@ async fn report(client: &Client, id: &str, lease: &Lease, supervisor: &Superviso
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> LeaseMetrics {
+        LeaseMetrics::new(&Registry::new()).expect("metrics")
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_counts_the_time_since_the_renewal_its_previous_run_made() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join(LEASE_FILE);
+        assert_eq!(Lease::load(Some(file.clone()), metrics()).since_renewal(), None, "never renewed");
+        let lease = Lease::load(Some(file.clone()), metrics());
+        lease.renewed(Instant::now(), now_ms() - 30_000).await;
+        assert!(lease.since_renewal().is_some_and(|d| d < Duration::from_secs(1)), "renewed just now");
+        assert!(read_renewal(&file).is_some(), "kept in the file");
+        // A new run reads the wall-clock time of the last renewal: 30 s ago, and counting.
+        let next = Lease::load(Some(file.clone()), metrics());
+        let since = next.since_renewal().expect("known");
+        assert!(since >= Duration::from_secs(30) && since < Duration::from_secs(31), "{since:?}");
+        // An older answer arriving late does not move the renewal back; a newer one does.
+        let earlier = Instant::now() - Duration::from_secs(5);
+        lease.renewed(earlier, now_ms() - 5_000).await;
+        assert!(lease.since_renewal().is_some_and(|d| d < Duration::from_secs(1)));
+        // A torn or foreign file reads as none.
+        std::fs::write(&file, "not a time").expect("write");
+        assert_eq!(Lease::load(Some(file), metrics()).since_renewal(), None);
     }
 }

@@ -39,6 +39,7 @@ fn assignment(task: &str, command: &[&str]) -> Assignment {
         volumes: vec![],
         health_check: None,
         kill_grace_ms: 1_000,
+        stop_after_ms: None,
     }
 }
 

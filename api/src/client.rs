@@ -37,6 +37,31 @@ impl ClientError {
     }
 }
 
+/// `req` sent to the member at `base` instead (same path and query).
+fn at_base(mut req: reqwest::Request, base: &str) -> Option<reqwest::Request> {
+    let url = req.url();
+    let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+    *req.url_mut() = reqwest::Url::parse(&format!("{base}{}{query}", url.path())).ok()?;
+    Some(req)
+}
+
+/// The base URL of the leader a cluster view names, when it names one and knows its address.
+pub fn leader_base(view: &ClusterView) -> Option<String> {
+    let leader = view.leader?;
+    let member = view.members.iter().find(|m| m.id == leader)?;
+    Some(base_url(&member.addr))
+}
+
+/// `host:port` or a URL as a base URL: with a scheme, without a trailing slash.
+fn base_url(addr: &str) -> String {
+    let a = addr.trim().trim_end_matches('/');
+    if a.starts_with("http://") || a.starts_with("https://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}
+
 /// A cell's members, one of them in use: a call that cannot reach it moves on to the next, so the caller's retry
 /// goes elsewhere.
 #[derive(Clone, Debug)]
@@ -64,18 +89,8 @@ impl Client {
 
     /// Shares a connection pool with other clients.
     pub fn with_http(addr: &str, http: reqwest::Client) -> Client {
-        let bases: Vec<String> = addr
-            .split(',')
-            .map(|a| a.trim().trim_end_matches('/'))
-            .filter(|a| !a.is_empty())
-            .map(|a| {
-                if a.starts_with("http://") || a.starts_with("https://") {
-                    a.to_string()
-                } else {
-                    format!("http://{a}")
-                }
-            })
-            .collect();
+        let bases: Vec<String> =
+            addr.split(',').map(|a| a.trim().trim_end_matches('/')).filter(|a| !a.is_empty()).map(base_url).collect();
         let base = bases.first().cloned().unwrap_or_else(|| "http://127.0.0.1".into());
         Client {
             bases: std::sync::Arc::new(bases),
@@ -147,14 +162,84 @@ impl Client {
         r
     }
 
+    /// Sends a request and decodes its answer, going on to another member when one cannot serve it: to the next
+    /// address when a member cannot be reached (or, for a read, does not answer in time), and to the leader a
+    /// member names when it answers `not_leader` (else to the next address). Each address is tried at most once
+    /// and each leader hop taken once, so a call ends after a bounded number of attempts.
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
-        let base = self.current().to_string();
-        let resp = req.send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                self.unreachable(&base);
+        let first = self.current().to_string();
+        let req = req.build().map_err(|e| ClientError::Transport { addr: first.clone(), message: e.to_string() })?;
+        let rereadable = req.method() == Method::GET;
+        let mut tried: Vec<String> = Vec::new();
+        let mut next = Some(first);
+        let mut last = None;
+        while let Some(base) = next.take() {
+            tried.push(base.clone());
+            let Some(attempt) = req.try_clone().and_then(|r| at_base(r, &base)) else {
+                // A streamed body cannot be sent twice; only the first attempt is possible.
+                return self.send_once(req, &base).await.map_err(|(e, _)| e);
+            };
+            let (err, never_sent) = match self.send_once(attempt, &base).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let move_on = match &err {
+                ClientError::Transport { .. } => {
+                    self.unreachable(&base);
+                    // A connection refused was never sent; a timed-out write may have been, so only reads go on.
+                    never_sent || rereadable
+                }
+                ClientError::Api { error, .. } if error.code == ErrorCode::NotLeader => {
+                    // `not_leader` means the change was not made: any member may be asked again.
+                    if let Some(leader) = self.leader_named_by(&base).await.filter(|l| !tried.contains(l)) {
+                        tracing::debug!(member = %base, leader = %leader, "following not_leader to the leader");
+                        next = Some(leader);
+                        last = Some(err);
+                        continue;
+                    }
+                    self.unreachable(&base);
+                    true
+                }
+                _ => false,
+            };
+            if !move_on {
+                return Err(err);
             }
-            ClientError::Transport { addr: base.clone(), message: e.to_string() }
-        })?;
+            next = self.current_untried(&tried);
+            last = Some(err);
+        }
+        Err(last.unwrap_or_else(|| ClientError::Transport { addr: self.current().into(), message: "no member".into() }))
+    }
+
+    /// The member calls go to now, unless it was tried already; then the next one in the list not tried.
+    fn current_untried(&self, tried: &[String]) -> Option<String> {
+        let n = self.bases.len();
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        (0..n).map(|i| &self.bases[(start + i) % n]).find(|b| !tried.contains(b)).cloned()
+    }
+
+    /// The leader's base URL as the member at `base` knows it, when it knows one other than itself.
+    async fn leader_named_by(&self, base: &str) -> Option<String> {
+        let resp = self.http.get(format!("{base}/v1/cluster")).send().await.ok()?;
+        let view: ClusterView = resp.json().await.ok()?;
+        leader_base(&view).filter(|l| l != base)
+    }
+
+    /// One attempt at one member; a failure says whether the request certainly never reached it.
+    async fn send_once<T: DeserializeOwned>(
+        &self,
+        req: reqwest::Request,
+        base: &str,
+    ) -> Result<T, (ClientError, bool)> {
+        let resp =
+            self.http.execute(req).await.map_err(|e| {
+                (ClientError::Transport { addr: base.to_string(), message: e.to_string() }, e.is_connect())
+            })?;
+        self.answer(resp, base).await.map_err(|e| (e, false))
+    }
+
+    async fn answer<T: DeserializeOwned>(&self, resp: reqwest::Response, base: &str) -> Result<T, ClientError> {
+        let base = base.to_string();
         let status = resp.status();
         let bytes =
             resp.bytes().await.map_err(|e| ClientError::Transport { addr: base.clone(), message: e.to_string() })?;
@@ -345,5 +430,44 @@ impl Client {
     /// Whether `/readyz` answers 200.
     pub async fn ready(&self) -> bool {
         matches!(self.request(Method::GET, "/readyz").send().await, Ok(r) if r.status() == StatusCode::OK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::MemberView;
+
+    fn view(leader: Option<u64>) -> ClusterView {
+        let member = |id: u64, role: &str| MemberView { id, addr: format!("127.0.0.1:700{id}"), role: role.into() };
+        ClusterView {
+            cell: "dc1".into(),
+            node_id: 2,
+            leader,
+            term: 3,
+            members: vec![member(1, "leader"), member(2, "follower")],
+            last_log_index: 9,
+            commit_index: 9,
+            applied_index: 9,
+            snapshot_index: None,
+        }
+    }
+
+    #[test]
+    fn the_leader_is_found_in_a_cluster_view() {
+        assert_eq!(leader_base(&view(Some(1))).as_deref(), Some("http://127.0.0.1:7001"));
+        assert_eq!(leader_base(&view(None)), None, "no leader elected");
+        assert_eq!(leader_base(&view(Some(5))), None, "a leader whose address is unknown");
+    }
+
+    #[test]
+    fn a_request_moves_to_another_member_with_its_path_and_query() {
+        let client = Client::new("127.0.0.1:7001, http://127.0.0.1:7002/");
+        assert_eq!(*client.bases, ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]);
+        let req = client.request(Method::GET, "/v1/jobs").query(&[("state", "killed")]).build().expect("a request");
+        let moved = at_base(req, "http://127.0.0.1:7002").expect("a valid base");
+        assert_eq!(moved.url().as_str(), "http://127.0.0.1:7002/v1/jobs?state=killed");
+        assert_eq!(client.current_untried(&["http://127.0.0.1:7001".into()]).as_deref(), Some("http://127.0.0.1:7002"));
+        assert_eq!(client.current_untried(&client.bases.to_vec()), None, "every member tried: the call ends");
     }
 }

@@ -22,6 +22,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The body is larger than the limit.
     PayloadTooLarge,
+    /// The body nests deeper than 32 levels, or holds more than 64 YAML aliases (field `body`): refused before
+    /// it is parsed, since parsing it would cost more than any job spec needs.
+    BodyTooComplex,
     /// No such object.
     NotFound,
     /// `If-Match` named a version that is no longer current.
@@ -34,7 +37,10 @@ pub enum ErrorCode {
     NotLeader,
     /// The cell cannot serve the request right now (no quorum, shutting down).
     Unavailable,
-    /// What was asked for is older than what is kept (an event index before the retained ones).
+    /// A write was not confirmed within the cell's write deadline. It may still commit; retrying it with the same
+    /// `Idempotency-Key` is safe.
+    Timeout,
+    /// What was asked for is older than what is kept (an event id before the retained ones).
     Expired,
     /// A bug or a storage failure on our side.
     Internal,
@@ -44,13 +50,16 @@ impl ErrorCode {
     /// The status each condition maps to: this match is the only place statuses are chosen for errors.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::MalformedBody | ErrorCode::InvalidSpec | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedBody
+            | ErrorCode::BodyTooComplex
+            | ErrorCode::InvalidSpec
+            | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
             ErrorCode::Conflict | ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
-            ErrorCode::NotLeader | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Expired => StatusCode::GONE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -63,12 +72,14 @@ impl ErrorCode {
             ErrorCode::InvalidParameter => "invalid_parameter",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::BodyTooComplex => "body_too_complex",
             ErrorCode::NotFound => "not_found",
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::Conflict => "conflict",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Expired => "expired",
             ErrorCode::Internal => "internal",
         }
@@ -77,7 +88,7 @@ impl ErrorCode {
 
 /// The error body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
-#[error("{code:?}: {message}{}", field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+#[error("{}: {message}{}", code.as_str(), field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
@@ -142,6 +153,20 @@ mod tests {
     }
 
     #[test]
+    fn an_error_prints_its_stable_code() {
+        let e = ApiError::new(ErrorCode::Timeout, "not committed in time");
+        assert_eq!(e.to_string(), "timeout: not committed in time");
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_code() {
+        let doc = serde_json::to_value(crate::openapi::document()).expect("serializable");
+        let codes = &doc["components"]["schemas"]["ErrorCode"];
+        assert!(codes.to_string().contains("\"timeout\""), "{codes}");
+    }
+
+    #[test]
     fn code_strings_match_their_serde_names() {
         for code in [
             ErrorCode::MalformedBody,
@@ -149,12 +174,14 @@ mod tests {
             ErrorCode::InvalidParameter,
             ErrorCode::UnsupportedMediaType,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::BodyTooComplex,
             ErrorCode::NotFound,
             ErrorCode::VersionMismatch,
             ErrorCode::Conflict,
             ErrorCode::QuotaExceeded,
             ErrorCode::NotLeader,
             ErrorCode::Unavailable,
+            ErrorCode::Timeout,
             ErrorCode::Expired,
             ErrorCode::Internal,
         ] {

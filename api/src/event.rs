@@ -1,5 +1,5 @@
 //! The event stream: job, task and agent changes as the cell commits them, served as server-sent events by
-//! `GET /v1/events`, resumable from an index and filterable by topic and job.
+//! `GET /v1/events`, resumable from an event's id and filterable by topic and job.
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -30,7 +30,11 @@ impl Topic {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
-    /// The Raft log index of the change: the same on every member, and what `from` resumes after.
+    /// This event's own id: counted by the replicated state as it applies commands, so it is the same on every
+    /// member and after a restart, and strictly increasing with no gaps within what a member keeps. It is the SSE
+    /// `id` and what `from` and `Last-Event-ID` resume after.
+    pub event_id: u64,
+    /// The Raft log index of the change. One entry carries a batch of commands, so several events may share it.
     pub index: u64,
     pub topic: Topic,
     /// What happened: `created`, `instances dc1=5`, a task state such as `running`, `registered`, ...
@@ -50,12 +54,16 @@ pub struct Event {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventQuery {
-    /// Only events after this index (the `id` of the last event received); absent: only new events.
+    /// Only events after this event id (the SSE `id`, `eventId`, of the last event received); absent: only new
+    /// events.
     pub from: Option<u64>,
     /// Comma-separated topics: job, task, agent. Absent: all.
     pub topic: Option<String>,
     /// Only events of this job (its own and its tasks').
     pub job: Option<String>,
+    /// End the stream after this many seconds (1 to `MAX_STREAM_SECONDS`), as Kubernetes' watch `timeoutSeconds`
+    /// does; absent: it stays open. A client that reads only for a while says so, and the server lets go then.
+    pub timeout_seconds: Option<u64>,
 }
 
 impl EventQuery {
@@ -90,6 +98,7 @@ mod tests {
         let q = EventQuery { topic: Some("task,job".into()), job: Some("j1".into()), ..EventQuery::default() };
         let topics = q.topics().expect("valid");
         let e = |topic, id: &str, job: Option<&str>| Event {
+            event_id: 1,
             index: 1,
             topic,
             kind: "running".into(),

@@ -105,7 +105,7 @@ pub enum BodyFormat {
 }
 
 impl BodyFormat {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BodyFormat::Json => "JSON",
             BodyFormat::Yaml => "YAML",
@@ -120,6 +120,7 @@ impl BodyFormat {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::new(ErrorCode::MalformedBody, "the body is empty"));
         }
+        crate::body::check(body, self)?;
         // The common case is a good body: decode it directly, and pay for path tracking only to explain a bad one.
         if let BodyFormat::Json = self {
             if let Ok(value) = serde_json::from_slice::<T>(body) {
@@ -272,6 +273,9 @@ pub struct JobSpec {
     /// How many tasks voluntary disruptions (drains, scale-in, evacuation) may take down at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption_budget: Option<DisruptionBudgetSpec>,
+    /// What happens to the job's tasks while their agent cannot reach the cell; absent, they keep running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<DisconnectSpec>,
 }
 
 impl JobSpec {
@@ -316,12 +320,15 @@ impl JobSpec {
             if self.job_type != JobType::Batch {
                 return Err(ApiError::field("schedule", "only batch jobs run on a schedule; set `type: batch`"));
             }
-            check_cron(schedule).map_err(|m| ApiError::field("schedule", m))?;
+            crate::cron::Cron::parse(schedule).map_err(|m| ApiError::field("schedule", m))?;
         } else if self.overlap.is_some() {
             return Err(ApiError::field("overlap", "only a job with a schedule has an overlap policy"));
         }
         if let Some(budget) = &self.disruption_budget {
             budget.validate("disruptionBudget")?;
+        }
+        if let Some(disconnect) = &self.disconnect {
+            disconnect.validate("disconnect")?;
         }
         Ok(())
     }
@@ -676,6 +683,37 @@ pub enum OverlapPolicy {
     Replace,
 }
 
+/// Longest `disconnect.stopAfterSeconds`: a day. Past it the choice is hardly a choice, and the cell's replacement
+/// grace grows with it.
+pub const MAX_DISCONNECT_STOP_AFTER_SECONDS: u64 = 86_400;
+
+/// A job's choice for a disconnect, as Nomad's `disconnect.stop_on_client_after`: its tasks are stopped by their
+/// agent once it has not renewed its lease for `stopAfterSeconds`, and the cell replaces them only after a longer
+/// grace, so an original and its replacement never run at once. Without it, tasks ride out a disconnect and a
+/// replacement may run beside an unreachable original.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DisconnectSpec {
+    /// Seconds without a lease renewal after which the agent stops the job's tasks; 1 to 86400.
+    pub stop_after_seconds: u64,
+}
+
+impl DisconnectSpec {
+    fn validate(&self, at: &str) -> Result<(), ApiError> {
+        if !(1..=MAX_DISCONNECT_STOP_AFTER_SECONDS).contains(&self.stop_after_seconds) {
+            return Err(ApiError::field(
+                join(at, "stopAfterSeconds"),
+                format!("must be 1 to {MAX_DISCONNECT_STOP_AFTER_SECONDS} seconds"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn stop_after_ms(&self) -> u64 {
+        self.stop_after_seconds.saturating_mul(1000)
+    }
+}
+
 /// How many of the job's tasks voluntary disruptions may take down at once: a count or a percentage, not both.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -921,71 +959,6 @@ fn check_mount_path(path: &str) -> Result<(), String> {
         return Err("cannot be the container's root".to_owned());
     }
     Ok(())
-}
-
-/// The five fields of a cron expression, in order, with their ranges (day of week 7 is Sunday, like 0).
-const CRON_FIELDS: [(&str, u32, u32); 5] =
-    [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7)];
-
-/// Checks a 5-field cron expression: each field a comma list of `*`, `N`, `A-B`, `*/S` or `A-B/S`.
-fn check_cron(expr: &str) -> Result<(), String> {
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    if fields.len() != CRON_FIELDS.len() {
-        return Err(format!(
-            "`{expr}` has {} fields; a schedule has 5: minute hour day-of-month month day-of-week",
-            fields.len()
-        ));
-    }
-    for (text, (name, lo, hi)) in fields.into_iter().zip(CRON_FIELDS) {
-        for item in text.split(',') {
-            check_cron_item(item, lo, hi).map_err(|why| format!("{name} field `{text}`: {why}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_cron_item(item: &str, lo: u32, hi: u32) -> Result<(), String> {
-    if item.is_empty() {
-        return Err("empty item in the list".to_owned());
-    }
-    let (range, step) = match item.split_once('/') {
-        Some((range, step)) => (range, Some(cron_number(step)?)),
-        None => (item, None),
-    };
-    if let Some(step) = step {
-        let span = hi - lo + 1;
-        if step == 0 || step > span {
-            return Err(format!("step {step} must be 1 to {span}"));
-        }
-    }
-    if range == "*" {
-        return Ok(());
-    }
-    let (first, last) = match range.split_once('-') {
-        Some((first, last)) => (cron_number(first)?, cron_number(last)?),
-        // `5/10` is accepted by some crons and means different things in others; we take only the forms above.
-        None if step.is_some() => return Err(format!("`{item}`: a step follows `*` or a range A-B")),
-        None => {
-            let n = cron_number(range)?;
-            (n, n)
-        }
-    };
-    for n in [first, last] {
-        if !(lo..=hi).contains(&n) {
-            return Err(format!("{n} is outside {lo}-{hi}"));
-        }
-    }
-    if first > last {
-        return Err(format!("the range {first}-{last} runs backwards"));
-    }
-    Ok(())
-}
-
-fn cron_number(text: &str) -> Result<u32, String> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("`{text}` is not a number"));
-    }
-    text.parse().map_err(|_| format!("{text} is too large"))
 }
 
 #[cfg(test)]
@@ -1276,6 +1249,25 @@ disruptionBudget:
     }
 
     #[test]
+    fn the_shorthand_is_written_as_it_is_read() {
+        let counts = BTreeMap::from([("dc1".to_string(), 5), ("dc9".to_string(), 0), ("dc2".to_string(), 4)]);
+        assert_eq!(format_location(&counts), "dc1:5,dc2:4,dc9:0");
+        assert_eq!(parse_location(&format_location(&counts)), Ok(counts));
+    }
+
+    #[test]
+    fn deep_bodies_are_refused_before_parsing_in_both_formats() {
+        let brackets = "[".repeat(1 << 20);
+        for format in [BodyFormat::Json, BodyFormat::Yaml] {
+            let e = check(&brackets, format).expect_err("too deep");
+            assert_eq!((e.code, e.field.as_deref()), (ErrorCode::BodyTooComplex, Some("body")), "{format:?}");
+            let e = InstancesRequest::parse(brackets.as_bytes(), format).expect_err("too deep");
+            assert_eq!(e.code, ErrorCode::BodyTooComplex, "{format:?}");
+        }
+        check(FULL_YAML, BodyFormat::Yaml).expect("a full spec is well within the bounds");
+    }
+
+    #[test]
     fn names_follow_their_charsets() {
         accepts(&with(json!({"name": "a"})));
         accepts(&with(json!({"name": "web-2"})));
@@ -1452,6 +1444,7 @@ disruptionBudget:
             "** * * * *",
             "* * * JAN *",
             "99999999999 * * * *",
+            "0 0 31 2 *",
         ] {
             rejects(&batch(bad), "schedule");
         }
@@ -1596,6 +1589,23 @@ disruptionBudget:
         rejects(&budget(json!({"maxUnavailablePercent": 0})), "disruptionBudget.maxUnavailablePercent");
         rejects(&budget(json!({"maxUnavailablePercent": 101})), "disruptionBudget.maxUnavailablePercent");
         rejects(&budget(json!({"maxUnavailable": -1})), "disruptionBudget.maxUnavailable");
+    }
+
+    #[test]
+    fn a_disconnect_stop_after_is_positive_and_bounded() {
+        let disconnect = |d: Value| with(json!({ "disconnect": d }));
+        let spec = accepts(&disconnect(json!({"stopAfterSeconds": 30})));
+        assert_eq!(spec.disconnect.map(|d| d.stop_after_ms()), Some(30_000));
+        assert_eq!(accepts(&with(json!({}))).disconnect, None, "absent: tasks ride out a disconnect");
+        accepts(&disconnect(json!({"stopAfterSeconds": MAX_DISCONNECT_STOP_AFTER_SECONDS})));
+        let e = rejects(&disconnect(json!({"stopAfterSeconds": 0})), "disconnect.stopAfterSeconds");
+        assert!(e.message.contains("1 to 86400"), "{e}");
+        rejects(
+            &disconnect(json!({"stopAfterSeconds": MAX_DISCONNECT_STOP_AFTER_SECONDS + 1})),
+            "disconnect.stopAfterSeconds",
+        );
+        rejects(&disconnect(json!({"stopAfterSeconds": -5})), "disconnect.stopAfterSeconds");
+        rejects(&disconnect(json!({"stopAfterSeconds": 10, "lostAfter": 3})), "disconnect.lostAfter");
     }
 
     #[test]

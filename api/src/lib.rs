@@ -4,7 +4,9 @@
 //! Architecture invariant: api knows nothing of Raft, sled or the placement engine's internals.
 
 pub mod agent;
+pub mod body;
 pub mod client;
+pub mod cron;
 pub mod error;
 pub mod event;
 pub mod job;

@@ -36,6 +36,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub const USER_HEADER: &str = "x-titan-user";
 /// Header saying why (recorded in history).
 pub const REASON_HEADER: &str = "x-titan-reason";
+/// The longest a stream may be asked to last with `timeoutSeconds` (a day).
+pub const MAX_STREAM_SECONDS: u64 = 86_400;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type ApiResult<'a, T> = BoxFuture<'a, Result<T, ApiError>>;
@@ -97,7 +99,7 @@ pub trait CellApi: Send + Sync + 'static {
 type Cell = Arc<dyn CellApi>;
 
 /// Events for one subscriber: what was retained after its `from`, then what comes. The two may overlap; events
-/// are told apart by index.
+/// are told apart by their id.
 pub struct EventFeed {
     pub backlog: Vec<Event>,
     pub live: tokio::sync::broadcast::Receiver<Event>,
@@ -224,12 +226,24 @@ fn actor(headers: &HeaderMap) -> Result<Actor, ApiError> {
     Ok(Actor { who: text(USER_HEADER)?.unwrap_or_else(|| "anonymous".into()), why: text(REASON_HEADER)? })
 }
 
+/// The job version `If-Match` names. If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never matches,
+/// so it fails the precondition rather than being read as the version it wraps. `*` matches any current version.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let s = v.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
-    s.parse::<u64>().map(Some).map_err(|_| {
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    if s.starts_with("W/") {
+        return Err(ApiError::new(
+            ErrorCode::VersionMismatch,
+            format!("If-Match {s} is a weak tag, and If-Match compares strongly: a weak tag never matches"),
+        )
+        .with_field("If-Match"));
+    }
+    s.trim_matches('"').parse::<u64>().map(Some).map_err(|_| {
         ApiError::new(ErrorCode::InvalidParameter, "If-Match must be a job version number").with_field("If-Match")
     })
 }
@@ -258,7 +272,8 @@ fn etag(version: u64) -> [(header::HeaderName, HeaderValue); 1] {
 }
 
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
-    request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec"),
+    request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec: at \
+        most 1 MiB, nested at most 32 deep, at most 64 YAML aliases (else 400 `body_too_complex`, field `body`)"),
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
     responses((status = 201, body = JobRef), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
 async fn submit_job(State(cell): State<Cell>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -333,7 +348,8 @@ async fn update_job(
 }
 
 #[utoipa::path(put, path = "/v1/jobs/{id}/instances", tag = "jobs", params(("id" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "compare-and-set on the job version")),
+        ("If-Match" = Option<String>, Header, description = "compare-and-set on the job version, \"N\"; a weak \
+            tag (W/\"N\") never matches")),
     request_body(content = InstancesRequest, content_type = "application/json"),
     responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
 async fn set_instances(
@@ -525,8 +541,10 @@ async fn report_status(
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "resume after this index (as `from`)")),
-    responses((status = 200, description = "text/event-stream of events, each with its index as id and its topic as event",
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (as `from`)")),
+    responses((status = 200, description = "text/event-stream of events, each with its own event id (`eventId`: \
+        strictly increasing, the same on every member and after restarts) as id and its topic as event; resuming \
+        from an id gives exactly the events after it",
         body = Event), (status = 400, body = ApiError), (status = 410, body = ApiError)))]
 async fn events(
     State(cell): State<Cell>,
@@ -536,10 +554,11 @@ async fn events(
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     let Query(mut q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
     let topics = q.topics()?;
+    let limit = stream_limit(q.timeout_seconds)?;
     if q.from.is_none() {
         if let Some(v) = headers.get("last-event-id") {
             let id = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidParameter, "Last-Event-ID must be an event index")
+                ApiError::new(ErrorCode::InvalidParameter, "Last-Event-ID must be an event id")
                     .with_field("Last-Event-ID")
             })?;
             q.from = Some(id);
@@ -548,16 +567,16 @@ async fn events(
     let feed = cell.events(q.from).await?;
     let to_sse = |e: &Event| {
         let topic = serde_json::to_value(e.topic).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        SseEvent::default().id(e.index.to_string()).event(topic).json_data(e).ok()
+        SseEvent::default().id(e.event_id.to_string()).event(topic).json_data(e).ok()
     };
     let backlog: Vec<SseEvent> = feed.backlog.iter().filter(|e| q.matches(&topics, e)).filter_map(to_sse).collect();
-    let last = feed.backlog.last().map(|e| e.index).or(q.from).unwrap_or(0);
+    let last = feed.backlog.last().map(|e| e.event_id).or(q.from).unwrap_or(0);
     let live =
         futures_util::stream::unfold((feed.live, last, q, topics), move |(mut rx, last, q, topics)| async move {
             loop {
                 match rx.recv().await {
-                    // Events of one entry share its index; those of an entry the backlog already had are skipped.
-                    Ok(e) if e.index <= last && last != 0 => continue,
+                    // Events the backlog already had are skipped.
+                    Ok(e) if e.event_id <= last => continue,
                     Ok(e) if !q.matches(&topics, &e) => continue,
                     Ok(e) => {
                         let sse = to_sse(&e)?;
@@ -572,7 +591,31 @@ async fn events(
         futures_util::stream::iter(backlog.into_iter().map(Ok::<_, std::convert::Infallible>)),
         live,
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(ending_after(stream, limit)).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// How long a stream asked to end after `timeout_seconds` may last: `None` for as long as the client reads.
+fn stream_limit(timeout_seconds: Option<u64>) -> Result<Option<std::time::Duration>, ApiError> {
+    match timeout_seconds {
+        None => Ok(None),
+        Some(s) if (1..=MAX_STREAM_SECONDS).contains(&s) => Ok(Some(std::time::Duration::from_secs(s))),
+        Some(_) => {
+            Err(ApiError::new(ErrorCode::InvalidParameter, format!("timeoutSeconds must be 1..={MAX_STREAM_SECONDS}"))
+                .with_field("timeoutSeconds"))
+        }
+    }
+}
+
+/// `stream`, ended once `limit` has passed when there is one: the response then completes like any other.
+fn ending_after<S>(stream: S, limit: Option<std::time::Duration>) -> futures_util::stream::BoxStream<'static, S::Item>
+where
+    S: futures_util::Stream + Send + 'static,
+{
+    use futures_util::StreamExt;
+    match limit {
+        Some(limit) => stream.take_until(tokio::time::sleep(limit)).boxed(),
+        None => stream.boxed(),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(TaskQuery),
@@ -615,6 +658,9 @@ pub struct LogQuery {
     /// Keep streaming new lines as plain text.
     #[serde(default)]
     pub follow: bool,
+    /// End the stream after this many seconds (1 to `MAX_STREAM_SECONDS`); absent: it follows for as long as the
+    /// client reads.
+    pub timeout_seconds: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "tasks", params(("id" = String, Path), LogQuery),
@@ -633,6 +679,7 @@ async fn task_logs(
     if stream != "stdout" && stream != "stderr" {
         return Err(ApiError::new(ErrorCode::InvalidParameter, "stream is stdout or stderr").with_field("stream"));
     }
+    let limit = stream_limit(q.timeout_seconds)?;
     let addr = cell.task_agent_addr(id.clone()).await?;
     // The agent serves its tasks' logs from disk; the cell relays them (streaming when following).
     let url =
@@ -650,7 +697,7 @@ async fn task_logs(
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
-    let body = Body::from_stream(resp.bytes_stream());
+    let body = Body::from_stream(ending_after(resp.bytes_stream(), limit));
     Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
@@ -673,4 +720,30 @@ pub(crate) mod paths {
         __path_list_tasks, __path_ready, __path_register_agent, __path_remove_member, __path_report_status,
         __path_set_instances, __path_submit_job, __path_task_logs, __path_update_job,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `If-Match: value` read as a version, or the error's code.
+    fn check_if_match(value: &str, expected: Result<Option<u64>, ErrorCode>) {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, HeaderValue::from_str(value).expect("a header value"));
+        let got = if_match(&headers);
+        if let Err(e) = &got {
+            assert_eq!(e.field.as_deref(), Some("If-Match"), "{value}");
+        }
+        assert_eq!(got.map_err(|e| e.code), expected, "{value}");
+    }
+
+    #[test]
+    fn if_match_compares_strongly() {
+        check_if_match("\"1\"", Ok(Some(1)));
+        check_if_match("7", Ok(Some(7)));
+        check_if_match("*", Ok(None));
+        check_if_match("W/\"1\"", Err(ErrorCode::VersionMismatch));
+        check_if_match("W/1", Err(ErrorCode::VersionMismatch));
+        check_if_match("\"one\"", Err(ErrorCode::InvalidParameter));
+    }
 }

@@ -135,10 +135,12 @@ pub enum Reason {
     Vanished,
     /// Replaced by a task of a newer version of its job's spec (a rolling update).
     Superseded,
+    /// Stopped by its agent, which had not renewed its lease for the job's `disconnect.stopAfterSeconds`.
+    Disconnected,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Exited,
         Reason::OomKilled,
         Reason::KilledByUser,
@@ -153,6 +155,7 @@ impl Reason {
         Reason::Duplicate,
         Reason::Vanished,
         Reason::Superseded,
+        Reason::Disconnected,
     ];
 
     /// The wire name.
@@ -172,6 +175,7 @@ impl Reason {
             Reason::Duplicate => "duplicate",
             Reason::Vanished => "vanished",
             Reason::Superseded => "superseded",
+            Reason::Disconnected => "disconnected",
         }
     }
 
@@ -188,6 +192,7 @@ impl Reason {
                 | Reason::Duplicate
                 | Reason::Vanished
                 | Reason::Superseded
+                | Reason::Disconnected
         )
     }
 }
@@ -239,6 +244,11 @@ pub struct TaskView {
     /// Why an Accepted task is not placed yet, from the leader's latest placement round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// The task this one replaces, when that one was lost with an agent that is still unreachable and its job
+    /// does not stop tasks on a disconnect (`disconnect.stopAfterSeconds`): a replacement may run beside an
+    /// unreachable original, until its agent is back and stops what the cell no longer lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_run_beside: Option<String>,
     /// Every state it went through, with when.
     pub transitions: Vec<Transition>,
 }
@@ -315,6 +325,10 @@ pub struct Assignment {
     pub health_check: Option<HealthCheckSpec>,
     /// Between SIGTERM and SIGKILL.
     pub kill_grace_ms: u64,
+    /// Stop the task once the agent has not renewed its lease for this long (the job's
+    /// `disconnect.stopAfterSeconds`); absent, it keeps running through a disconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_ms: Option<u64>,
 }
 
 /// Answer to `GET /v1/agents/{id}/assignments`: every task the cell places on the agent that is not terminal.

@@ -73,6 +73,71 @@ pub struct TaskSummary {
     pub by_state: BTreeMap<String, u32>,
     /// Accepted tasks with the placement engine's reason (from the leader's latest round; empty elsewhere).
     pub pending: Vec<PendingTask>,
+    /// Per location, the attempts that failed and the last failure: a job whose every attempt failed has no task
+    /// running or pending, and this says why.
+    #[serde(default)]
+    pub failures: Vec<LocationFailures>,
+}
+
+/// The failed attempts of a job's tasks in one location (tasks that ended failed, lost or rejected).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationFailures {
+    pub location: String,
+    /// How many attempts failed (among the tasks the cell still keeps).
+    pub attempts: u32,
+    /// The newest failure.
+    pub last: Failure,
+}
+
+/// One failed attempt: which task, its reason code, the agent's or cell's message, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub task_id: String,
+    /// The task's end state: failed, lost or rejected.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl LocationFailures {
+    /// Counts one more failed attempt in `location`, keeping the newest as `last` (ties go to the later call).
+    pub fn record(all: &mut Vec<LocationFailures>, location: &str, failure: Failure) {
+        match all.iter_mut().find(|f| f.location == location) {
+            Some(f) => {
+                f.attempts += 1;
+                if failure.at_ms >= f.last.at_ms {
+                    f.last = failure;
+                }
+            }
+            None => all.push(LocationFailures { location: location.to_string(), attempts: 1, last: failure }),
+        }
+    }
+
+    /// For people: `3 attempts failed: <the last one's message>`.
+    pub fn sentence(&self) -> String {
+        let s = if self.attempts == 1 { "" } else { "s" };
+        format!("{} attempt{s} failed: {}", self.attempts, self.last.why())
+    }
+}
+
+impl Failure {
+    /// The message when there is one, else the reason code and exit code, else the end state.
+    pub fn why(&self) -> String {
+        let exit = self.exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
+        match (&self.message, &self.reason) {
+            (Some(m), _) if !m.is_empty() => format!("{m}{exit}"),
+            (_, Some(r)) => format!("{r}{exit}"),
+            _ => format!("{}{exit}", self.state),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -169,4 +234,44 @@ pub struct AddMember {
     pub id: u64,
     /// host:port of the member's listener.
     pub addr: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(task: &str, at_ms: u64, message: Option<&str>) -> Failure {
+        Failure {
+            task_id: task.into(),
+            state: "rejected".into(),
+            reason: Some("launch_error".into()),
+            message: message.map(String::from),
+            exit_code: None,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_per_location_with_the_newest_kept() {
+        let mut all = Vec::new();
+        LocationFailures::record(&mut all, "dc1", failure("t2", 20, Some("image x is not present")));
+        LocationFailures::record(&mut all, "dc1", failure("t1", 10, Some("older")));
+        LocationFailures::record(&mut all, "dc2", failure("t3", 5, None));
+        LocationFailures::record(
+            &mut all,
+            "dc1",
+            failure("t4", 30, Some("image x is not present and could not be pulled")),
+        );
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].attempts, all[0].last.task_id.as_str()), (3, "t4"));
+        assert_eq!(all[0].sentence(), "3 attempts failed: image x is not present and could not be pulled");
+        assert_eq!(all[1].sentence(), "1 attempt failed: launch_error");
+        let exited = Failure {
+            state: "failed".into(),
+            reason: Some("exited".into()),
+            exit_code: Some(3),
+            ..failure("t", 1, None)
+        };
+        assert_eq!(exited.why(), "exited (exit code 3)");
+    }
 }

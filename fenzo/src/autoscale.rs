@@ -5,54 +5,24 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::pipeline::{place, Mode, PlacementConfig, Work};
+use crate::agent::Agent;
+use crate::config::{AutoscaleConfig, Mode, PlacementConfig};
+use crate::placement::{GroupHint, Placement};
 use crate::request::TaskRequest;
-use crate::snapshot::{Agent, AgentIdx, ClusterSnapshot};
+use crate::snapshot::ClusterSnapshot;
+use crate::state::AgentIdx;
+use crate::work::Work;
 
-/// Default agent attribute naming an agent's instance group.
-pub const DEFAULT_GROUP_ATTRIBUTE: &str = "instance_group";
-/// Default agent attribute naming an agent's zone.
-pub const DEFAULT_ZONE_ATTRIBUTE: &str = "zone";
-/// Default cap on phantom agents tried per group in one round.
-pub const DEFAULT_MAX_NEW_AGENTS: u32 = 1_000;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AutoscaleConfig {
-    pub group_attribute: String,
-    pub zone_attribute: String,
-    /// No group is told to grow by more than this in one round.
-    pub max_new_agents: u32,
-}
-
-impl Default for AutoscaleConfig {
-    fn default() -> Self {
-        AutoscaleConfig {
-            group_attribute: DEFAULT_GROUP_ATTRIBUTE.to_string(),
-            zone_attribute: DEFAULT_ZONE_ATTRIBUTE.to_string(),
-            max_new_agents: DEFAULT_MAX_NEW_AGENTS,
-        }
-    }
-}
-
-/// What one instance group should do.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GroupHint {
-    pub group: String,
-    /// Eligible agents in the group.
-    pub agents: u32,
-    /// Idle eligible agents, in the order to release them.
-    pub idle: Vec<String>,
-    /// More agents of this group's shape the pending tasks need.
-    pub shortfall: u32,
-    /// Pending tasks that those new agents would take.
-    pub pending_tasks: u32,
-}
+/// A whole placement round: the trial placement of the pending tasks runs the pipeline again, and gets it as an
+/// argument so that this stage, which the pipeline calls, does not call back into it by name.
+pub(crate) type Place = fn(&ClusterSnapshot, &[TaskRequest], &PlacementConfig) -> Placement;
 
 pub(crate) fn hints(
     work: &Work<'_>,
     pending: &[&TaskRequest],
     ac: &AutoscaleConfig,
     config: &PlacementConfig,
+    place: Place,
 ) -> Vec<GroupHint> {
     let agents = &work.snap.agents;
     let mut groups: BTreeMap<&str, Vec<AgentIdx>> = BTreeMap::new();
@@ -93,7 +63,7 @@ pub(crate) fn hints(
             idle.push(agents[z.1.remove(0) as usize].spec.id.clone());
         }
 
-        let (shortfall, covered) = trial(work, &members, &remaining, ac, config, group);
+        let (shortfall, covered) = trial(work, &members, &remaining, ac, config, group, place);
         remaining.retain(|r| !covered.contains(&r.id));
         out.push(GroupHint {
             group: group.to_string(),
@@ -115,6 +85,7 @@ fn trial(
     ac: &AutoscaleConfig,
     config: &PlacementConfig,
     group: &str,
+    place: Place,
 ) -> (u32, HashSet<String>) {
     let Some(&first) = members.first() else {
         return (0, HashSet::new());

@@ -7,8 +7,8 @@ use std::fmt;
 
 use crate::constraint::Constraint;
 use crate::filter::{self, CompiledTask, Rejection};
-use crate::pipeline::Work;
 use crate::resources::{ResourceKind, Resources};
+use crate::state::{AgentInfo, State};
 
 /// A pending task's answer to "why".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,14 +40,16 @@ impl fmt::Display for Explanation {
 
 type Signature = (String, Resources, Vec<Constraint>);
 
-pub(crate) struct Explainer<'w, 's> {
-    work: &'w Work<'s>,
+/// Explains tasks against the agents and the state a round ended with.
+pub(crate) struct Explainer<'w> {
+    agents: &'w [AgentInfo],
+    state: &'w State,
     seen: HashMap<Signature, Explanation>,
 }
 
-impl<'w, 's> Explainer<'w, 's> {
-    pub(crate) fn new(work: &'w Work<'s>) -> Self {
-        Explainer { work, seen: HashMap::new() }
+impl<'w> Explainer<'w> {
+    pub(crate) fn new(agents: &'w [AgentInfo], state: &'w State) -> Self {
+        Explainer { agents, state, seen: HashMap::new() }
     }
 
     pub(crate) fn explain(&mut self, task: &CompiledTask<'_>) -> Explanation {
@@ -56,11 +58,11 @@ impl<'w, 's> Explainer<'w, 's> {
         if let Some(e) = self.seen.get(&key) {
             return e.clone();
         }
-        let agents = &self.work.snap.agents;
+        let agents = self.agents;
         let mut e = Explanation { agents: agents.len() as u32, ..Explanation::default() };
         let mut too_big: BTreeMap<ResourceKind, u32> = BTreeMap::new();
         for idx in 0..agents.len() as u32 {
-            if let Err(why) = filter::check(agents, &self.work.state, idx, task) {
+            if let Err(why) = filter::check(agents, self.state, idx, task) {
                 *e.rejected.entry(why).or_insert(0) += 1;
             }
             if let Some(kind) = Resources::exceeds(&agents[idx as usize].total, &r.resources) {

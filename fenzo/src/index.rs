@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::pipeline::PlacementStats;
+use crate::placement::PlacementStats;
 use crate::resources::Resources;
 use crate::score::Direction;
-use crate::snapshot::{AgentIdx, AgentInfo, State};
+use crate::state::{AgentIdx, AgentInfo, State};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct BucketKey {

@@ -10,32 +10,38 @@
 //! Architecture invariant: fenzo knows nothing of tokio, sled, bollard, HTTP or AWS, and depends on no other
 //! Titan crate.
 
+mod agent;
 mod autoscale;
+mod config;
 mod constraint;
 mod explain;
 mod filter;
 mod index;
 mod pack;
 mod pipeline;
+mod placement;
 mod ports;
 mod queue;
 mod request;
 mod resources;
 mod score;
 mod snapshot;
+mod state;
 mod verify;
+mod work;
 
-pub use autoscale::{AutoscaleConfig, GroupHint};
+pub use agent::Agent;
+pub use config::{AutoscaleConfig, ConfigError, Mode, PlacementConfig, DEFAULT_GOOD_ENOUGH};
 pub use constraint::{By, Constraint, Preference, Scope};
 pub use explain::Explanation;
 pub use filter::Rejection;
-pub use pipeline::{
-    fnv1a, place, Assignment, ConfigError, Mode, Pending, Placement, PlacementConfig, PlacementStats, Unplaced,
-    DEFAULT_GOOD_ENOUGH,
-};
+pub use pipeline::place;
+pub use placement::{Assignment, GroupHint, Pending, Placement, PlacementStats, Unplaced};
 pub use queue::CapacityGroup;
 pub use request::TaskRequest;
 pub use resources::{cpus_to_milli, ResourceKind, Resources, Scalars, MILLI};
 pub use score::Fitness;
-pub use snapshot::{Agent, AgentIdx, ClusterSnapshot, GroupUsage, SnapshotError};
+pub use snapshot::{ClusterSnapshot, SnapshotError};
+pub use state::{AgentIdx, GroupUsage};
 pub use verify::{verify, Violation};
+pub use work::fnv1a;

@@ -13,11 +13,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::config::PlacementConfig;
 use crate::constraint::Constraint;
 use crate::filter::CompiledTask;
-use crate::pipeline::{Placed, PlacementConfig, Work};
 use crate::score::Fitness;
-use crate::snapshot::AgentIdx;
+use crate::state::AgentIdx;
+use crate::work::{Placed, Work};
 
 /// How far (as a share of the agent's memory) a task's memory may miss the balanced target and still be taken
 /// before a smaller task is preferred.

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::request::TaskRequest;
 use crate::resources::{ResourceKind, Resources};
-use crate::snapshot::{ClusterSnapshot, GroupUsage};
+use crate::snapshot::ClusterSnapshot;
+use crate::state::GroupUsage;
 
 /// Fair-share guarantee and limits of one capacity group.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -116,7 +117,7 @@ pub(crate) fn order(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::Agent;
+    use crate::agent::Agent;
 
     fn cluster() -> ClusterSnapshot {
         ClusterSnapshot::with_agents((0..4).map(|i| Agent::new(format!("a{i}")).cpus(10.0).mem_mib(10_000)))

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::constraint::{By, Constraint, Scope};
-use crate::pipeline::Placement;
+use crate::placement::Placement;
 use crate::request::TaskRequest;
 use crate::resources::Resources;
 use crate::snapshot::ClusterSnapshot;

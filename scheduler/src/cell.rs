@@ -17,7 +17,7 @@ use axum::routing::post;
 use axum::Router;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentState, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::command::{Command, Meta, Rejection, Response};
 use crate::config::CellConfig;
 use crate::raft::{
-    codec, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed,
-    PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
+    codec, membership, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId,
+    Packed, PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
 };
 use crate::spec::Spec;
 use crate::store::Engine;
@@ -70,6 +70,9 @@ struct CellMetrics {
     jobs: IntGaugeVec,
     batch_size: Histogram,
     forwarded: IntCounter,
+    membership_changes: IntCounterVec,
+    timed_out: IntCounterVec,
+    in_flight: IntGauge,
 }
 
 impl CellMetrics {
@@ -101,6 +104,19 @@ impl CellMetrics {
         )?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
+        let membership_changes = IntCounterVec::new(
+            labels(Opts::new(
+                "titan_membership_changes_total",
+                "Membership requests by outcome (add_learner, promote, left_learner, remove, refused)",
+            )),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(membership_changes.clone()))?;
+        let timed_out = IntCounterVec::new(
+            labels(Opts::new("titan_writes_timed_out_total", "Writes answered `timeout`: not committed in time")),
+            &["kind"],
+        )?;
+        registry.register(Box::new(timed_out.clone()))?;
         Ok(CellMetrics {
             term: gauge("titan_raft_term", "Current Raft term")?,
             is_leader: gauge("titan_raft_is_leader", "1 on the leader")?,
@@ -116,6 +132,9 @@ impl CellMetrics {
             jobs,
             batch_size,
             forwarded: counter("titan_raft_forwarded_writes_total", "Writes forwarded to the leader")?,
+            membership_changes,
+            timed_out,
+            in_flight: gauge("titan_raft_proposals_in_flight", "Proposals this member is waiting on")?,
         })
     }
 }
@@ -138,6 +157,8 @@ enum Forwarded {
     Retry,
     /// Delivered but unanswered: it may or may not be committed.
     Unknown(String),
+    /// Unanswered when the write's deadline came: it may still commit.
+    TimedOut,
 }
 
 /// Most commands in one proposal.
@@ -145,7 +166,16 @@ pub const MAX_BATCH: usize = 512;
 /// Proposals in flight at once from one member.
 const PROPOSERS: usize = 2;
 
-type Waiter = (Command, oneshot::Sender<Result<Response, ApiError>>);
+/// Where one command's answer goes.
+type Answer = oneshot::Sender<Result<Response, ApiError>>;
+
+/// A command queued for this member's proposers.
+struct Waiter {
+    cmd: Command,
+    answer: Answer,
+    /// When whoever waits for the answer gives up (the write's deadline).
+    deadline: tokio::time::Instant,
+}
 
 /// Between SIGTERM and SIGKILL when a task is stopped (Docker's default).
 pub const KILL_GRACE_MS: u64 = 10_000;
@@ -236,6 +266,7 @@ impl Cell {
             .await
             .map_err(|e| CellError::Raft(e.to_string()))?;
         let _ = raft_cell.set(raft.clone());
+        streams.attach(raft.clone());
 
         let lowest = config.peers.keys().next().copied();
         if lowest == Some(config.node_id) && !raft.is_initialized().await.map_err(|e| CellError::Raft(e.to_string()))? {
@@ -286,13 +317,12 @@ impl Cell {
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
         let forwarding = Arc::new(ProposeHere(self.clone()));
-        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.metrics().clone(), forwarding)
-            .merge(
-                Router::new()
-                    .route("/internal/read-index", axum::routing::get(read_index))
-                    .route("/internal/pending", post(pending_here))
-                    .with_state(self.clone()),
-            );
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.clone(), forwarding).merge(
+            Router::new()
+                .route("/internal/read-index", axum::routing::get(read_index))
+                .route("/internal/pending", post(pending_here))
+                .with_state(self.clone()),
+        );
         titan_api::router(api, http, internal)
     }
 
@@ -339,12 +369,63 @@ impl Cell {
         self.leases().clone()
     }
 
+    /// Commits the scheduler's own commands. A round that timed out may still commit, and the next round, decided
+    /// on a state without it, would create the same tasks again under new ids: so after a timeout this waits until
+    /// the member has applied every entry it holds or no longer leads (the entry is then committed or gone) before
+    /// the scheduler may decide again.
     pub(crate) async fn commit_command(&self, cmd: Command) -> Result<Response, ApiError> {
-        self.commit(cmd).await
+        let answer = self.commit(cmd).await;
+        if matches!(&answer, Err(e) if e.code == ErrorCode::Timeout) {
+            self.settle().await;
+        }
+        answer
     }
 
-    fn task_view(&self, t: &crate::task::TaskRecord, pending: &BTreeMap<String, String>) -> TaskView {
-        t.view(&self.config.cell, pending.get(&t.id).cloned())
+    /// Waits until this member has applied its whole log, or does not lead, or shuts down.
+    async fn settle(&self) {
+        let mut changes = self.raft.metrics();
+        let held = changes.borrow().last_log_index;
+        tracing::info!(last_log_index = ?held, "a scheduler write timed out; waiting for it to settle");
+        loop {
+            {
+                let m = changes.borrow_and_update();
+                let applied = m.last_applied.map(|l| l.index);
+                if applied >= held || m.current_leader != Some(self.config.node_id) {
+                    return;
+                }
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// When a write that starts now must be answered.
+    fn write_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms)
+    }
+
+    /// Counts the commands answered `timeout`, by kind.
+    fn count_timeouts<'a>(&self, answered: impl IntoIterator<Item = (&'static str, &'a Result<Response, ApiError>)>) {
+        for (kind, answer) in answered {
+            if matches!(answer, Err(e) if e.code == ErrorCode::Timeout) {
+                self.metrics.timed_out.with_label_values(&[kind]).inc();
+                tracing::warn!(kind, timeout_ms = self.config.raft.write_timeout_ms, "a write timed out");
+            }
+        }
+    }
+
+    /// `beside`: the unreachable original this task may run beside (`reconcile::may_run_beside`), decided while
+    /// the state was read.
+    fn task_view(
+        &self,
+        t: &crate::task::TaskRecord,
+        pending: &BTreeMap<String, String>,
+        beside: Option<String>,
+    ) -> TaskView {
+        let mut view = t.view(&self.config.cell, pending.get(&t.id).cloned());
+        view.may_run_beside = beside;
+        view
     }
 
     /// Why these Accepted tasks wait, from the leader's latest rounds (asked of the leader by a follower; empty
@@ -400,6 +481,7 @@ impl Cell {
                 volumes: spec.volumes.iter().map(Into::into).collect(),
                 health_check: spec.health_check.as_ref().map(Into::into),
                 kill_grace_ms: KILL_GRACE_MS,
+                stop_after_ms: spec.disconnect.as_ref().map(|d| d.stop_after_ms()),
             });
         }
         Ok((a.version, Assignments { lease_epoch: a.lease_epoch, version: a.version, tasks }))
@@ -409,15 +491,24 @@ impl Cell {
         Meta { who: actor.who, why: actor.why, at_ms: now_ms(), request: uuid::Uuid::new_v4().to_string() }
     }
 
-    /// Commits a command, batched with whatever else is waiting and through the leader wherever it is. With no
-    /// proposal in flight nothing would join it in a batch, so it is proposed right here, sparing the hand-off to a
-    /// proposer task and back (two task wake-ups, each a thread wake-up on an idle machine).
+    /// Commits a command, batched with whatever else is waiting and through the leader wherever it is, and answers
+    /// within `raft.write_timeout_ms` (`timeout` when it could not tell). With no proposal in flight nothing would
+    /// join it in a batch, so it is proposed right here, sparing the hand-off to a proposer task and back (two task
+    /// wake-ups, each a thread wake-up on an idle machine).
     async fn commit(&self, cmd: Command) -> Result<Response, ApiError> {
-        if let Some(_proposing) = Proposing::first(&self.proposing) {
-            self.metrics.batch_size.observe(1.0);
-            return self.propose(vec![cmd]).await?.pop().unwrap_or_else(|| Err(shutting_down()));
-        }
-        self.enqueue(vec![cmd]).await.pop().unwrap_or_else(|| Err(shutting_down()))
+        let kind = command_kind(&cmd);
+        let deadline = self.write_deadline();
+        let answer = match Proposing::first(&self.proposing) {
+            Some(_proposing) => {
+                self.metrics.batch_size.observe(1.0);
+                self.propose(vec![cmd], deadline)
+                    .await
+                    .and_then(|mut a| a.pop().unwrap_or_else(|| Err(shutting_down())))
+            }
+            None => self.enqueue(vec![cmd], deadline).await.pop().unwrap_or_else(|| Err(shutting_down())),
+        };
+        self.count_timeouts([(kind, &answer)]);
+        answer
     }
 
     /// Commits a job command and maps the state machine's answer.
@@ -449,10 +540,11 @@ impl Cell {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits `cmds` as one entry, here when this member leads and through the leader otherwise, and answers each.
-    async fn propose(&self, cmds: Vec<Command>) -> Result<Answers, ApiError> {
+    /// Commits `cmds` as one entry, here when this member leads and through the leader otherwise, and answers each
+    /// by `deadline`: Raft here, or the leader, may wait for a quorum forever, and nobody waits for the answer after
+    /// it.
+    async fn propose(&self, cmds: Vec<Command>, deadline: tokio::time::Instant) -> Result<Answers, ApiError> {
         let n = cmds.len();
-        let deadline = Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms);
         // Made once and shared: a retry, or a forward to the leader, copies nothing.
         let proposal = Arc::new(match <[Command; 1]>::try_from(cmds) {
             Ok([one]) => one,
@@ -468,7 +560,12 @@ impl Cell {
             // that it does not lead (a round trip to its Raft task for every forwarded batch).
             let leader = match self.leader_elsewhere() {
                 Some(leader) => Some(leader),
-                None => match self.raft.client_write(proposal.clone()).await {
+                // Dropping the write on timeout only drops its answer: Raft here keeps the entry, which commits
+                // once a quorum is back (or is replaced by a new leader's log).
+                None => match tokio::time::timeout_at(deadline, self.raft.client_write(proposal.clone()))
+                    .await
+                    .map_err(|_| timed_out(self.config.raft.write_timeout_ms))?
+                {
                     Ok(r) => {
                         self.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
                         return unbatch(r.data, n);
@@ -485,12 +582,13 @@ impl Cell {
             };
             if let Some((leader, addr)) = leader {
                 self.metrics.forwarded.inc_by(n as u64);
-                match self.forward(&leader, &addr, cmds).await {
+                match self.forward(&leader, &addr, cmds, deadline).await {
                     Forwarded::Answered(a) if a.len() == n => return Ok(a),
                     Forwarded::Answered(a) => {
                         return Err(ApiError::internal(format!("{} answers for {n} commands", a.len())))
                     }
                     Forwarded::Retry => {}
+                    Forwarded::TimedOut => return Err(timed_out(self.config.raft.write_timeout_ms)),
                     Forwarded::Unknown(e) => {
                         return Err(ApiError::new(
                             ErrorCode::Unavailable,
@@ -499,10 +597,13 @@ impl Cell {
                     }
                 }
             }
-            if Instant::now() >= deadline {
+            // Every attempt so far was refused before anything was proposed, so nothing can commit later: checked
+            // after the pause too, so that the last try is not one made with no time left (which would answer
+            // `timeout`, as if something might still commit).
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))).await;
+            if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::new(ErrorCode::NotLeader, "no leader could commit the change in time"));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -515,16 +616,18 @@ impl Cell {
         Some((leader.to_string(), addr))
     }
 
-    /// Sends `cmds` to the leader (member `leader` at `addr`) over a kept stream connection.
-    async fn forward(&self, leader: &str, addr: &str, cmds: &[Command]) -> Forwarded {
-        let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
+    /// Sends `cmds` to the leader (member `leader` at `addr`) over a kept stream connection, waiting for its
+    /// answer until `deadline`.
+    async fn forward(&self, leader: &str, addr: &str, cmds: &[Command], deadline: tokio::time::Instant) -> Forwarded {
         let body = match codec::encode(cmds) {
             Ok(b) => b,
             Err(e) => return Forwarded::Unknown(e.to_string()),
         };
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let bytes = match self.streams.call(leader, addr, PROPOSE, &body, timeout).await {
             Ok(b) => b,
             Err(e) if e.never_sent() => return Forwarded::Retry,
+            Err(_) if tokio::time::Instant::now() >= deadline => return Forwarded::TimedOut,
             Err(e) => return Forwarded::Unknown(e.to_string()),
         };
         match codec::decode::<Proposed>(&bytes) {
@@ -534,23 +637,122 @@ impl Cell {
         }
     }
 
-    /// Queues commands for this member's proposers and waits for each answer.
-    async fn enqueue(&self, cmds: Vec<Command>) -> Answers {
-        let mut waiting = Vec::with_capacity(cmds.len());
-        for cmd in cmds {
-            let (tx, rx) = oneshot::channel();
-            let queued = self.queue.send((cmd, tx)).await.is_ok();
-            waiting.push(queued.then_some(rx));
-        }
-        let mut answers = Vec::with_capacity(waiting.len());
-        for rx in waiting {
-            let answer = match rx {
-                Some(rx) => rx.await.unwrap_or_else(|_| Err(shutting_down())),
-                None => Err(shutting_down()),
-            };
-            answers.push(answer);
+    /// Queues commands for this member's proposers and waits for each answer until `deadline`; those unanswered
+    /// then are answered `timeout` (a proposer still holding one finds its answer unwanted and moves on).
+    async fn enqueue(&self, cmds: Vec<Command>, deadline: tokio::time::Instant) -> Answers {
+        let n = cmds.len();
+        let mut answers = Vec::with_capacity(n);
+        let waited = tokio::time::timeout_at(deadline, async {
+            let mut waiting = Vec::with_capacity(n);
+            for cmd in cmds {
+                let (answer, rx) = oneshot::channel();
+                // A full queue waits here, under the same deadline.
+                let queued = self.queue.send(Waiter { cmd, answer, deadline }).await.is_ok();
+                waiting.push(queued.then_some(rx));
+            }
+            for rx in waiting {
+                let answer = match rx {
+                    Some(rx) => rx.await.unwrap_or_else(|_| Err(shutting_down())),
+                    None => Err(shutting_down()),
+                };
+                answers.push(answer);
+            }
+        })
+        .await;
+        if waited.is_err() {
+            answers.resize_with(n, || Err(timed_out(self.config.raft.write_timeout_ms)));
         }
         answers
+    }
+
+    /// Makes learner `id` a voter once it has answered and holds the log up to `target` (bounded by
+    /// `raft.member_catch_up_ms`), and only when a majority of the voters before and after answer.
+    async fn promote(&self, id: NodeId, addr: &str, target: u64) -> Result<(), ApiError> {
+        let wait = Duration::from_millis(self.config.raft.member_catch_up_ms);
+        let caught_up = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| match &m.replication {
+                    // This member no longer leads: the wait is over either way.
+                    None => true,
+                    Some(r) => membership::caught_up(r.get(&id).copied().flatten().map(|l| l.index), target),
+                },
+                "the new learner to catch up",
+            )
+            .await;
+        let matched = match caught_up {
+            Ok(m) => m.replication.as_ref().and_then(|r| r.get(&id).copied()).flatten().map(|l| l.index),
+            Err(_) => {
+                let m = self.raft.metrics().borrow().clone();
+                m.replication.as_ref().and_then(|r| r.get(&id).copied()).flatten().map(|l| l.index)
+            }
+        };
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(ApiError::new(ErrorCode::NotLeader, "leadership moved while the member caught up; retry"));
+        }
+        let Some(m) = matched else {
+            // Nothing ever answered there: a mistyped address, or a member not started. The caller's mistake, so a
+            // 4xx, and undone, so that the refused request leaves nothing behind (not even a learner to retry).
+            tracing::warn!(id, addr, "a new member never answered; it is removed again");
+            self.metrics_membership_change("refused");
+            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "no member answered at {addr} within {wait:?}, so member {id} was not added: check the address \
+                     and that `titan server` runs there with an empty data directory"
+                ),
+            )
+            .with_field("addr"));
+        };
+        if !membership::caught_up(matched, target) {
+            self.metrics_membership_change("left_learner");
+            tracing::warn!(id, addr, matched = m, target, "a new member did not catch up; it stays a learner");
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "member {id} answers but holds the log to {m} of {target} after {wait:?}: it stays a learner, \
+                     without a vote, and goes on catching up; add it again to give it its vote once it has"
+                ),
+            ));
+        }
+        let (voters, _) = self.members();
+        let mut after = voters.clone();
+        after.insert(id);
+        self.quorum_after(&voters, &after)?;
+        tracing::info!(id, "the new member caught up; it becomes a voter");
+        self.metrics_membership_change("promote");
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+    }
+
+    /// Commits a membership change within `raft.write_timeout_ms`: a voter lost during it would otherwise leave the
+    /// request waiting for a commit that may never come.
+    async fn change_membership(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), ApiError> {
+        let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
+        match tokio::time::timeout(wait, self.raft.change_membership(change, false)).await {
+            Ok(r) => r.map(|_| ()).map_err(membership_error),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("the membership change was not committed within {wait:?}; it may still be applied"),
+            )),
+        }
+    }
+
+    /// Refuses a change from `before` to `after` voters that a majority of either could not commit: a voter answers
+    /// when this member (the leader) heard from it within a few election timeouts.
+    fn quorum_after(&self, before: &BTreeSet<NodeId>, after: &BTreeSet<NodeId>) -> Result<(), ApiError> {
+        let recent = Duration::from_millis(3 * self.config.raft.election_max_ms);
+        let mut answering = self.streams.answered_within(recent);
+        answering.insert(self.config.node_id);
+        membership::quorum_after_change(before, after, &answering).map_err(|e| {
+            self.metrics_membership_change("refused");
+            ApiError::new(ErrorCode::Conflict, e.to_string())
+        })
+    }
+
+    fn metrics_membership_change(&self, outcome: &str) {
+        self.metrics.membership_changes.with_label_values(&[outcome]).inc();
     }
 
     fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, String>) {
@@ -611,6 +813,19 @@ fn rejection(r: Rejection) -> ApiError {
     }
 }
 
+/// A task's failed attempt as the job view shows it, when the task ended failed, lost or rejected.
+fn failure_of(t: &crate::task::TaskRecord) -> Option<titan_api::view::Failure> {
+    use titan_api::task::TaskState;
+    matches!(t.state, TaskState::Failed | TaskState::Lost | TaskState::Rejected).then(|| titan_api::view::Failure {
+        task_id: t.id.clone(),
+        state: t.state.as_str().to_string(),
+        reason: t.reason.map(|r| r.as_str().to_string()),
+        message: t.message.clone(),
+        exit_code: t.exit_code,
+        at_ms: t.updated_at_ms,
+    })
+}
+
 fn forwarded_error(e: titan_api::ClientError) -> ApiError {
     match e {
         titan_api::ClientError::Api { error, .. } => error,
@@ -657,21 +872,77 @@ async fn propose_batches(cell: std::sync::Weak<Cell>, rx: Arc<tokio::sync::Mutex
             }
         }
         let Some(cell) = cell.upgrade() else { return };
+        let Some(Live { cmds, answers, deadline, abandoned }) = live(batch) else {
+            tracing::debug!("every queued write of a batch timed out before it was proposed");
+            continue;
+        };
+        if abandoned > 0 {
+            tracing::debug!(abandoned, "queued writes timed out before they were proposed");
+        }
         let _proposing = Proposing::new(&cell.proposing);
-        cell.metrics.batch_size.observe(batch.len() as f64);
-        let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-        match cell.propose(cmds).await {
-            Ok(answers) => {
-                for (tx, a) in waiters.into_iter().zip(answers) {
+        cell.metrics.batch_size.observe(cmds.len() as f64);
+        // An answer nobody waits for any more (its request timed out or went away) is dropped, never an error.
+        match cell.propose(cmds, deadline).await {
+            Ok(results) => {
+                for (tx, a) in answers.into_iter().zip(results) {
                     let _ = tx.send(a);
                 }
             }
             Err(e) => {
-                for tx in waiters {
+                for tx in answers {
                     let _ = tx.send(Err(e.clone()));
                 }
             }
         }
+    }
+}
+
+/// What a proposer commits of the waiters it took.
+struct Live {
+    cmds: Vec<Command>,
+    answers: Vec<Answer>,
+    /// The latest of their deadlines: past it nobody waits for the proposal.
+    deadline: tokio::time::Instant,
+    /// Waiters left out because they had given up.
+    abandoned: usize,
+}
+
+/// The waiters of a batch still waiting; `None` when none is. One that gave up was answered `timeout` (or its
+/// request went away), so proposing it would only commit a change late that its caller may already be retrying.
+fn live(batch: Vec<Waiter>) -> Option<Live> {
+    let taken = batch.len();
+    let waiting: Vec<Waiter> = batch.into_iter().filter(|w| !w.answer.is_closed()).collect();
+    let deadline = waiting.iter().map(|w| w.deadline).max()?;
+    let abandoned = taken - waiting.len();
+    let (cmds, answers) = waiting.into_iter().map(|w| (w.cmd, w.answer)).unzip();
+    Some(Live { cmds, answers, deadline, abandoned })
+}
+
+/// The answer to a write not confirmed by its deadline.
+fn timed_out(timeout_ms: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::Timeout,
+        format!(
+            "the write was not committed within {timeout_ms} ms (no quorum?); it may still commit, so retry it with \
+             the same Idempotency-Key, which is safe: it cannot make a second job"
+        ),
+    )
+}
+
+/// A command's kind, for metrics and logs.
+fn command_kind(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::PutJob { .. } => "put_job",
+        Command::UpdateJob { .. } => "update_job",
+        Command::SetInstances { .. } => "set_instances",
+        Command::SetEnabled { .. } => "set_enabled",
+        Command::KillJob { .. } => "kill_job",
+        Command::Batch(_) => "batch",
+        Command::RegisterAgent { .. } => "register_agent",
+        Command::Round { .. } => "round",
+        Command::TaskStatuses { .. } => "task_statuses",
+        Command::KillTask { .. } => "kill_task",
+        Command::SetAgentState { .. } => "set_agent_state",
     }
 }
 
@@ -700,7 +971,12 @@ impl Forwarding for ProposeHere {
             let cmds: Vec<Command> = codec::decode(&body).map_err(std::io::Error::other)?;
             let leads = cell.raft.metrics().borrow().current_leader == Some(cell.config.node_id);
             let answer = if leads {
-                Proposed::Answered(cell.enqueue(cmds).await)
+                // The follower gives up at its own deadline, which came first; this one frees the stream (it
+                // answers nothing else until then) and the queue's waiters.
+                let kinds: Vec<&'static str> = cmds.iter().map(command_kind).collect();
+                let answers = cell.enqueue(cmds, cell.write_deadline()).await;
+                cell.count_timeouts(kinds.into_iter().zip(&answers));
+                Proposed::Answered(answers)
             } else {
                 Proposed::NotLeader(cell.leader_elsewhere().map(|(_, addr)| addr))
             };
@@ -742,6 +1018,7 @@ async fn watch(cell: Arc<Cell>) {
         }
         let m = rx.borrow().clone();
         let metrics = &cell.metrics;
+        metrics.in_flight.set(cell.proposing.load(Ordering::Acquire) as i64);
         metrics.term.set(m.current_term as i64);
         metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
         if m.current_leader != leader {
@@ -802,6 +1079,9 @@ impl CellApi for Cell {
                     *summary.by_state.entry(t.state.as_str().to_string()).or_insert(0) += 1;
                     if t.state == titan_api::task::TaskState::Accepted {
                         accepted.push(t.id.clone());
+                    }
+                    if let Some(failure) = failure_of(t) {
+                        titan_api::view::LocationFailures::record(&mut summary.failures, &self.config.cell, failure);
                     }
                 }
                 (view, summary, accepted)
@@ -889,13 +1169,32 @@ impl CellApi for Cell {
             if let Some(leader) = self.leader_client()? {
                 return leader.add_member(&member).await.map_err(forwarded_error);
             }
-            tracing::info!(id = member.id, addr = %member.addr, "adding member");
+            let (voters, nodes) = self.members();
+            if let Some(addr) = nodes.get(&member.id) {
+                if *addr != member.addr {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "member {} is already at {addr}; remove it before adding it at another address",
+                            member.id
+                        ),
+                    )
+                    .with_field("addr"));
+                }
+                if voters.contains(&member.id) {
+                    return self.cluster().await;
+                }
+            } else if let Some((other, _)) = nodes.iter().find(|(_, a)| **a == member.addr) {
+                return Err(ApiError::new(ErrorCode::Conflict, format!("{} is member {other}'s address", member.addr))
+                    .with_field("addr"));
+            }
+            tracing::info!(id = member.id, addr = %member.addr, "adding member as a learner");
+            self.metrics_membership_change("add_learner");
             let node = BasicNode::new(member.addr.clone());
-            // Blocking: the new member is a learner until it has caught up (from a snapshot if need be).
-            self.raft.add_learner(member.id, node, true).await.map_err(membership_error)?;
-            let (mut voters, _) = self.members();
-            voters.insert(member.id);
-            self.raft.change_membership(ChangeMembers::AddVoterIds(voters), false).await.map_err(membership_error)?;
+            // Not blocking: openraft's blocking add returns at once for a learner that never answered (a lag under
+            // `replication_lag_threshold`, 5000 entries, counts as up to date even with nothing matched).
+            let added = self.raft.add_learner(member.id, node, false).await.map_err(membership_error)?;
+            self.promote(member.id, &member.addr, added.log_id.index).await?;
             self.cluster().await
         })
     }
@@ -912,13 +1211,18 @@ impl CellApi for Cell {
             if voters.contains(&id) && voters.len() == 1 {
                 return Err(ApiError::new(ErrorCode::Conflict, "cannot remove the last member"));
             }
+            if voters.contains(&id) {
+                let after = voters.iter().copied().filter(|v| *v != id).collect();
+                self.quorum_after(&voters, &after)?;
+            }
             tracing::info!(id, "removing member");
+            self.metrics_membership_change("remove");
             let change = if voters.contains(&id) {
                 ChangeMembers::RemoveVoters(BTreeSet::from([id]))
             } else {
                 ChangeMembers::RemoveNodes(BTreeSet::from([id]))
             };
-            self.raft.change_membership(change, false).await.map_err(membership_error)?;
+            self.change_membership(change).await?;
             self.cluster().await
         })
     }
@@ -1068,24 +1372,34 @@ impl CellApi for Cell {
 
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async move {
-            let (page, next): (Vec<crate::task::TaskRecord>, Option<String>) = {
+            type Page = Vec<(crate::task::TaskRecord, Option<String>)>;
+            let (page, next): (Page, Option<String>) = {
                 let s = self.read();
                 let (page, next) = s.list_tasks(&query);
-                (page.into_iter().cloned().collect(), next)
+                (page.into_iter().map(|t| (t.clone(), crate::reconcile::may_run_beside(&s, t))).collect(), next)
             };
-            let accepted =
-                page.iter().filter(|t| t.state == titan_api::task::TaskState::Accepted).map(|t| t.id.clone()).collect();
+            let accepted = page
+                .iter()
+                .filter(|(t, _)| t.state == titan_api::task::TaskState::Accepted)
+                .map(|(t, _)| t.id.clone())
+                .collect();
             let pending = self.pending_reasons(accepted).await;
-            Ok(TaskList { tasks: page.iter().map(|t| self.task_view(t, &pending)).collect(), next_page_token: next })
+            let tasks = page.into_iter().map(|(t, beside)| self.task_view(&t, &pending, beside)).collect();
+            Ok(TaskList { tasks, next_page_token: next })
         })
     }
 
     fn get_task(&self, id: String) -> ApiResult<'_, TaskView> {
         Box::pin(async move {
-            let task = self.read().task(&id).cloned().ok_or_else(|| ApiError::not_found("task", &id))?;
+            let (task, beside) = {
+                let s = self.read();
+                let task = s.task(&id).cloned().ok_or_else(|| ApiError::not_found("task", &id))?;
+                let beside = crate::reconcile::may_run_beside(&s, &task);
+                (task, beside)
+            };
             let ids = if task.state == titan_api::task::TaskState::Accepted { vec![id] } else { vec![] };
             let pending = self.pending_reasons(ids).await;
-            Ok(self.task_view(&task, &pending))
+            Ok(self.task_view(&task, &pending, beside))
         })
     }
 
@@ -1099,7 +1413,9 @@ impl CellApi for Cell {
             tracing::info!(task = %id, "task kill requested");
             // A follower may not have applied the kill yet; the leader's answer already confirmed it.
             let s = self.read();
-            s.task(&id).map(|t| self.task_view(t, &BTreeMap::new())).ok_or_else(|| ApiError::not_found("task", &id))
+            s.task(&id)
+                .map(|t| self.task_view(t, &BTreeMap::new(), crate::reconcile::may_run_beside(&s, t)))
+                .ok_or_else(|| ApiError::not_found("task", &id))
         })
     }
 
@@ -1178,5 +1494,60 @@ mod tests {
         assert_eq!(count.load(Ordering::Acquire), 2);
         drop((batch, another));
         assert!(Proposing::first(&count).is_some(), "a dropped proposal no longer counts");
+    }
+
+    /// A waiter for task kill `id` whose caller gives up `after_ms` from `now`, and the end its caller holds.
+    fn waiter(
+        id: &str,
+        now: tokio::time::Instant,
+        after_ms: u64,
+    ) -> (Waiter, oneshot::Receiver<Result<Response, ApiError>>) {
+        let meta = Meta { who: "test".into(), why: None, at_ms: 0, request: id.into() };
+        let (answer, rx) = oneshot::channel();
+        (
+            Waiter {
+                cmd: Command::KillTask { id: id.into(), meta },
+                answer,
+                deadline: now + Duration::from_millis(after_ms),
+            },
+            rx,
+        )
+    }
+
+    fn ids(cmds: &[Command]) -> Vec<&str> {
+        cmds.iter()
+            .map(|c| match c {
+                Command::KillTask { id, .. } => id.as_str(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_leaves_out_waiters_that_gave_up_and_waits_as_long_as_the_latest_one() {
+        let now = tokio::time::Instant::now();
+        let (a, _a) = waiter("a", now, 100);
+        let (b, b_rx) = waiter("b", now, 900);
+        let (c, _c) = waiter("c", now, 300);
+        drop(b_rx);
+        let batch = live(vec![a, b, c]).expect("two still wait");
+        assert_eq!(ids(&batch.cmds), ["a", "c"]);
+        assert_eq!(batch.answers.len(), 2);
+        assert_eq!(batch.deadline, now + Duration::from_millis(300), "b's later deadline no longer counts");
+        assert_eq!(batch.abandoned, 1);
+
+        let (d, d_rx) = waiter("d", now, 100);
+        drop(d_rx);
+        assert!(live(vec![d]).is_none(), "nothing to propose when every waiter gave up");
+        assert!(live(vec![]).is_none());
+    }
+
+    #[test]
+    fn a_timed_out_write_is_a_503_that_says_it_may_still_commit_and_how_to_retry() {
+        let e = timed_out(1_500);
+        assert_eq!((e.code, e.status().as_u16()), (ErrorCode::Timeout, 503));
+        assert!(e.message.contains("within 1500 ms"), "{}", e.message);
+        assert!(e.message.contains("may still commit"), "{}", e.message);
+        assert!(e.message.contains("same Idempotency-Key"), "{}", e.message);
     }
 }

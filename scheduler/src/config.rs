@@ -19,6 +19,8 @@ pub const DEFAULT_SNAPSHOT_CHUNK_KIB: u64 = 4096;
 pub const MAX_SNAPSHOT_CHUNK_KIB: u64 = 16 * 1024;
 /// How long a write may wait for a leader and a commit before it is answered 503.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
+/// How long adding a member waits for it, as a learner, to answer and catch up before it is left a learner.
+pub const DEFAULT_MEMBER_CATCH_UP_MS: u64 = 10_000;
 
 /// Raft timing, log compaction and the engine under the Raft store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +34,9 @@ pub struct RaftTuning {
     /// The largest piece of a snapshot sent to a member that needs one, in KiB.
     pub snapshot_chunk_kib: u64,
     pub write_timeout_ms: u64,
+    /// How long adding a member waits for the new learner to answer and reach the leader's log before it votes;
+    /// past it the member is left a learner and the request answered 503.
+    pub member_catch_up_ms: u64,
     /// `"file"` or `"sled"`; any other value is refused when the configuration is read, naming the two.
     pub storage: crate::store::StorageKind,
     /// A leader sends new entries to its followers while it syncs them itself, when no other proposal is in flight
@@ -49,6 +54,7 @@ impl Default for RaftTuning {
             keep_logs: DEFAULT_KEEP_LOGS,
             snapshot_chunk_kib: DEFAULT_SNAPSHOT_CHUNK_KIB,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            member_catch_up_ms: DEFAULT_MEMBER_CATCH_UP_MS,
             storage: crate::store::StorageKind::default(),
             early_append: true,
         }
@@ -90,6 +96,8 @@ pub enum ConfigError {
     SnapshotEvery,
     #[error("snapshot_chunk_kib must be 1 to {MAX_SNAPSHOT_CHUNK_KIB} (a chunk travels in one frame), got {0}")]
     SnapshotChunk(u64),
+    #[error("member_catch_up_ms must be at least 1")]
+    MemberCatchUp,
     #[error("{0}")]
     Scheduler(String),
 }
@@ -126,6 +134,9 @@ impl CellConfig {
         }
         if !(1..=MAX_SNAPSHOT_CHUNK_KIB).contains(&r.snapshot_chunk_kib) {
             return Err(ConfigError::SnapshotChunk(r.snapshot_chunk_kib));
+        }
+        if r.member_catch_up_ms == 0 {
+            return Err(ConfigError::MemberCatchUp);
         }
         self.scheduler.validate().map_err(ConfigError::Scheduler)?;
         Ok(())
@@ -186,6 +197,7 @@ mod tests {
         check(|c| c.raft.election_min_ms = 50, ConfigError::ElectionTimeout { heartbeat: 100, min: 50, max: 800 });
         check(|c| c.raft.snapshot_every = 0, ConfigError::SnapshotEvery);
         check(|c| c.raft.snapshot_chunk_kib = 0, ConfigError::SnapshotChunk(0));
+        check(|c| c.raft.member_catch_up_ms = 0, ConfigError::MemberCatchUp);
         check(|c| c.raft.snapshot_chunk_kib = MAX_SNAPSHOT_CHUNK_KIB + 1, ConfigError::SnapshotChunk(16_385));
     }
 

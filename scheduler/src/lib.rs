@@ -8,7 +8,6 @@
 pub mod cell;
 pub mod command;
 pub mod config;
-pub mod cron;
 pub mod desired;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only
 // move the conversion elsewhere.

@@ -28,6 +28,10 @@ pub struct SchedulerConfig {
     pub lease_ms: u64,
     /// How long an unreachable agent's tasks wait before they are declared lost and replaced.
     pub lost_grace_ms: u64,
+    /// Added to the grace of a job that stops its tasks on a disconnect (`disconnect.stopAfterSeconds`), beyond
+    /// the lease, the stop-after and the kill grace: slack for the agent's check interval and timers, so the
+    /// replacement starts strictly after the agent has stopped the original (see `lose_after_ms`).
+    pub disconnect_margin_ms: u64,
     /// Most agents declared lost per minute.
     pub max_lost_agents_per_minute: u32,
     /// When more than this share of the agents (and more than one) are silent at once, nothing is declared lost
@@ -55,6 +59,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             lease_ms: 10_000,
             lost_grace_ms: 60_000,
+            disconnect_margin_ms: 5_000,
             max_lost_agents_per_minute: 20,
             breaker_fraction: 0.3,
             assigned_timeout_ms: 120_000,
@@ -85,6 +90,25 @@ impl SchedulerConfig {
             return Err("scheduler: need 0 <= min_round_interval_ms <= max_round_interval_ms, max above 0".into());
         }
         Ok(())
+    }
+
+    /// How long an agent may stay silent (since the last heartbeat the leader heard) before a task of a job with
+    /// `spec` is declared lost. A job without `disconnect` waits the lease and the loss grace. A job with one
+    /// waits at least the lease, its stop-after, the kill grace and the margin: its agent counts the stop-after
+    /// from when it *sent* its last answered heartbeat, which is no later than when the leader heard it, and
+    /// stops the task within the kill grace after that; the lease and the margin come on top, so the
+    /// replacement is created strictly after the original stopped (clock rates, not clocks, must agree).
+    pub fn lose_after_ms(&self, spec: Option<&Spec>) -> u64 {
+        let plain = self.lease_ms.saturating_add(self.lost_grace_ms);
+        match spec.and_then(|s| s.disconnect.as_ref()) {
+            None => plain,
+            Some(d) => plain.max(
+                self.lease_ms
+                    .saturating_add(d.stop_after_ms())
+                    .saturating_add(crate::cell::KILL_GRACE_MS)
+                    .saturating_add(self.disconnect_margin_ms),
+            ),
+        }
     }
 
     /// How long before the replacement of a task that ended at its `attempt`.
@@ -146,10 +170,10 @@ pub fn reconcile(
     new_id: &mut dyn FnMut() -> String,
 ) -> Decision {
     let mut d = Decision::default();
-    let lost: BTreeSet<String> = agents(state, seen, config, &mut d);
+    let lost: BTreeMap<String, u64> = agents(state, seen, config, &mut d);
     let mut doomed: BTreeSet<String> = BTreeSet::new();
-    for agent in &lost {
-        for t in state.tasks_on_agent(agent) {
+    for (agent, &quiet) in &lost {
+        for t in state.tasks_on_agent(agent).filter(|t| overdue(state, t, quiet, config)) {
             d.round.lose.push((t.id.clone(), Reason::AgentLost));
             doomed.insert(t.id.clone());
         }
@@ -259,7 +283,9 @@ fn tick(
     new_id: &mut dyn FnMut() -> String,
     d: &mut Decision,
 ) -> bool {
-    let Some(cron) = job.spec.schedule.as_deref().and_then(|s| crate::cron::Cron::parse(s).ok()) else { return false };
+    let Some(cron) = job.spec.schedule.as_deref().and_then(|s| titan_api::cron::Cron::parse(s).ok()) else {
+        return false;
+    };
     let since = job.last_tick_ms.unwrap_or(job.created_at_ms);
     let Some(mut due) = cron.next_after(since).filter(|t| *t <= now_ms) else { return false };
     // Ticks missed while no leader ran collapse into the latest one.
@@ -286,11 +312,35 @@ fn tick(
     true
 }
 
-/// Agents that went silent, came back, or are lost now (returned).
-fn agents(state: &CellState, seen: &Observed<'_>, config: &SchedulerConfig, d: &mut Decision) -> BTreeSet<String> {
+/// Whether a task on an agent silent for `quiet` ms is to be declared lost: its job's grace has passed.
+fn overdue(state: &CellState, t: &TaskRecord, quiet: u64, config: &SchedulerConfig) -> bool {
+    quiet > config.lose_after_ms(state.job(&t.job_id).map(|j| &*j.spec))
+}
+
+/// The unreachable original a live replacement `t` may run beside: its predecessor, lost with an agent that is
+/// still unreachable, of a job that does not stop its tasks on a disconnect. That agent, once back, stops what
+/// the cell no longer lists; until then both may run.
+pub fn may_run_beside(state: &CellState, t: &TaskRecord) -> Option<String> {
+    if t.is_terminal() {
+        return None;
+    }
+    let original = state.task(t.replaces.as_deref()?)?;
+    if original.state != TaskState::Lost || original.reason != Some(Reason::AgentLost) {
+        return None;
+    }
+    if state.job(&t.job_id).is_some_and(|j| j.spec.disconnect.is_some()) {
+        return None;
+    }
+    let agent = state.agent(original.agent.as_deref()?)?;
+    (!agent.reachable).then(|| original.id.clone())
+}
+
+/// Agents that went silent, came back, or have tasks to be declared lost now (returned, with how long each has
+/// been silent).
+fn agents(state: &CellState, seen: &Observed<'_>, config: &SchedulerConfig, d: &mut Decision) -> BTreeMap<String, u64> {
     let mut silent = 0usize;
     let mut total = 0usize;
-    let mut overdue: Vec<(u64, String)> = Vec::new();
+    let mut due: Vec<(u64, String, u64)> = Vec::new();
     for a in state.agents() {
         let id = &a.registration.id;
         total += 1;
@@ -306,20 +356,22 @@ fn agents(state: &CellState, seen: &Observed<'_>, config: &SchedulerConfig, d: &
         if a.reachable {
             d.round.unreachable.push(id.clone());
         }
-        if quiet > config.lease_ms + config.lost_grace_ms && state.tasks_on_agent(id).next().is_some() {
-            overdue.push((heard, id.clone()));
+        if quiet > config.lease_ms + config.lost_grace_ms
+            && state.tasks_on_agent(id).any(|t| overdue(state, t, quiet, config))
+        {
+            due.push((heard, id.clone(), quiet));
         }
     }
     // A few silent agents are failures; many at once are more likely a partition between them and us. One alone
     // is never a partition.
     d.breaker_open = silent > 1 && silent as f64 > config.breaker_fraction * total as f64;
     if d.breaker_open {
-        return BTreeSet::new();
+        return BTreeMap::new();
     }
-    overdue.sort();
+    due.sort();
     let allowed = config.max_lost_agents_per_minute.saturating_sub(seen.lost_last_minute) as usize;
-    let lost: BTreeSet<String> = overdue.into_iter().take(allowed).map(|(_, id)| id).collect();
-    d.lost_agents = lost.iter().cloned().collect();
+    let lost: BTreeMap<String, u64> = due.into_iter().take(allowed).map(|(_, id, quiet)| (id, quiet)).collect();
+    d.lost_agents = lost.keys().cloned().collect();
     lost
 }
 
@@ -346,6 +398,7 @@ fn after(t: &TaskRecord, spec: &Spec, config: &SchedulerConfig) -> After {
                 | Reason::KilledByUser
                 | Reason::Duplicate
                 | Reason::Superseded
+                | Reason::Disconnected
         )
     );
     let not_before_ms = t.updated_at_ms + if at_once { 0 } else { config.backoff_ms(t.attempt) };
@@ -984,6 +1037,82 @@ mod tests {
         assert_eq!(d.round.create.len(), on_a1.len(), "replaced: a system failure, so right away");
         assert!(d.round.create.iter().all(|n| n.retries_used == 0 && n.replaces.is_some()));
         assert!(d.round.place.iter().all(|p| p.agent != "a1"), "not on the unreachable agent");
+    }
+
+    #[test]
+    fn a_job_that_stops_on_disconnect_is_replaced_only_after_its_agent_stopped_it() {
+        let stopping = spec(r#","location":"dc1:1","disconnect":{"stopAfterSeconds":5}"#);
+        let mut w = World::new(&[("a1", 2.0)], stopping.clone());
+        let plain = spec(r#","location":"dc1:1""#);
+        w.state.apply(&Command::PutJob { id: "j2".into(), spec: plain, idempotency_key: None, meta: meta(0) });
+        w.round(10);
+        let task_of = |w: &World, job: &str| {
+            w.state.tasks().find(|t| t.job_id == job && t.replaces.is_none()).map(|t| t.id.clone()).expect("created")
+        };
+        let (waits, plain_task) = (task_of(&w, "j1"), task_of(&w, "j2"));
+        assert_eq!(w.state.task(&waits).and_then(|t| t.agent.clone()).as_deref(), Some("a1"));
+        assert_eq!(w.state.task(&plain_task).and_then(|t| t.agent.clone()).as_deref(), Some("a1"));
+        // Others join, where the replacements can go (three, so one silent agent is not a partition).
+        for a in ["a2", "a3", "a4"] {
+            register(&mut w.state, a, 2.0, vec![], 20);
+        }
+        let beat_others = |w: &mut World, now| {
+            for a in ["a2", "a3", "a4"] {
+                w.beats.insert(a.into(), now);
+            }
+        };
+        // a1 last heard at 0. The plain job's task goes after lease + loss grace, and its replacement may run
+        // beside it while a1 stays unreachable.
+        let state = |w: &World, id: &str| w.state.task(id).map(|t| t.state);
+        let plain_after = w.config.lease_ms + w.config.lost_grace_ms;
+        beat_others(&mut w, plain_after + 1);
+        w.round(plain_after + 1);
+        assert_eq!(state(&w, &plain_task), Some(TaskState::Lost));
+        assert_eq!(state(&w, &waits), Some(TaskState::Unreachable), "its agent has not stopped it yet");
+        beat_others(&mut w, plain_after + 2);
+        w.round(plain_after + 2);
+        let replacement = w.state.task(&plain_task).and_then(|t| t.replaced_by.clone()).expect("replaced");
+        let replacement = w.state.task(&replacement).expect("exists");
+        assert_eq!(may_run_beside(&w.state, replacement), Some(plain_task.clone()));
+        // The job that asked waits for lease + stop-after + kill grace + margin: not a millisecond less.
+        let deadline = w.config.lease_ms + 5_000 + crate::cell::KILL_GRACE_MS + w.config.disconnect_margin_ms;
+        assert_eq!(w.config.lose_after_ms(Some(&stopping)), deadline);
+        beat_others(&mut w, deadline);
+        let d = w.round(deadline);
+        assert!(d.round.lose.is_empty() && d.round.create.is_empty(), "{:?}", d.round);
+        assert_eq!(state(&w, &waits), Some(TaskState::Unreachable));
+        beat_others(&mut w, deadline + 1);
+        let d = w.round(deadline + 1);
+        assert_eq!(d.round.lose, vec![(waits.clone(), Reason::AgentLost)]);
+        beat_others(&mut w, deadline + 2);
+        let d = w.round(deadline + 2);
+        assert_eq!(d.round.create.len(), 1, "replaced once the original is surely stopped");
+        let replacement = w.state.task(&d.round.create[0].id).expect("exists");
+        assert_eq!(may_run_beside(&w.state, replacement), None, "its original was stopped by its agent");
+        // The grace never falls below the loss grace.
+        w.config.lost_grace_ms = 60_000;
+        assert_eq!(w.config.lose_after_ms(Some(&stopping)), 60_100);
+    }
+
+    #[test]
+    fn a_task_its_agent_stopped_on_disconnect_is_replaced_at_once() {
+        let mut w = World::new(&[("a1", 2.0)], spec(r#","location":"dc1:1","disconnect":{"stopAfterSeconds":5}"#));
+        w.round(10);
+        let first = w.in_state(TaskState::Assigned)[0].clone();
+        w.apply_status(TaskStatus {
+            task_id: first.clone(),
+            state: TaskState::Killed,
+            reason: Some(Reason::Disconnected),
+            message: None,
+            exit_code: None,
+            health: TaskHealth::Unknown,
+            at_ms: 20,
+        });
+        assert_eq!(w.state.task(&first).and_then(|t| t.reason), Some(Reason::Disconnected));
+        w.beat(21);
+        let d = w.round(21);
+        assert_eq!(d.round.create.len(), 1, "a system failure: no backoff, no retry spent");
+        assert_eq!(d.round.create[0].retries_used, 0);
     }
 
     #[test]

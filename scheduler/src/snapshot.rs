@@ -32,6 +32,8 @@ pub struct SnapshotV2 {
     pub applied: HashMap<String, (u64, Response)>,
     pub tasks: BTreeMap<String, Arc<TaskRecord>>,
     pub seq: u64,
+    /// The id of the last event made (event ids are counted in the replicated state).
+    pub events_made: u64,
 }
 
 /// Why a snapshot file could not be read.
@@ -126,6 +128,7 @@ fn v1_to_v2(body: Value) -> Result<Value, String> {
     v2.insert("applied".into(), Value::Object(take_map(&mut state, "applied")?));
     v2.insert("tasks".into(), Value::Object(tasks));
     v2.insert("seq".into(), state.remove("seq").unwrap_or(Value::from(0u64)));
+    v2.insert("events_made".into(), state.remove("events_made").unwrap_or(Value::from(0u64)));
     Ok(Value::Object(v2))
 }
 
@@ -172,7 +175,7 @@ mod tests {
         assert_eq!(api.counts, BTreeMap::from([("dc1".into(), 1)]));
         assert_eq!((api.spec_version, api.last_tick_ms), (0, None));
         assert_eq!(s.tasks["t1"].spec_version, 2, "a task runs as its job's spec did when it was written");
-        assert_eq!((s.seq, s.agents.len()), (7, 0));
+        assert_eq!((s.seq, s.agents.len(), s.events_made), (7, 0, 0), "events were not counted before format 2");
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Spec {
     pub overlap: Option<Overlap>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption_budget: Option<DisruptionBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<Disconnect>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +151,19 @@ pub struct DisruptionBudget {
     pub max_unavailable_percent: Option<u32>,
 }
 
+/// Stop the job's tasks once their agent has not renewed its lease for this long (`disconnect.stopAfterSeconds`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disconnect {
+    pub stop_after_seconds: u64,
+}
+
+impl Disconnect {
+    pub fn stop_after_ms(&self) -> u64 {
+        self.stop_after_seconds.saturating_mul(1000)
+    }
+}
+
 impl Spec {
     /// The instance counts per location the user's form names (empty when it names none usable, which an
     /// admitted spec never is): the one place the shorthand is read, through the contract's own parser.
@@ -197,6 +212,7 @@ impl From<&wire::JobSpec> for Spec {
             schedule,
             overlap,
             disruption_budget,
+            disconnect,
         } = s;
         Spec {
             name: name.clone(),
@@ -232,6 +248,7 @@ impl From<&wire::JobSpec> for Spec {
                 max_unavailable: b.max_unavailable,
                 max_unavailable_percent: b.max_unavailable_percent,
             }),
+            disconnect: disconnect.as_ref().map(|d| Disconnect { stop_after_seconds: d.stop_after_seconds }),
         }
     }
 }
@@ -263,6 +280,7 @@ impl From<&Spec> for wire::JobSpec {
             schedule,
             overlap,
             disruption_budget,
+            disconnect,
         } = s;
         wire::JobSpec {
             name: name.clone(),
@@ -298,6 +316,7 @@ impl From<&Spec> for wire::JobSpec {
                 max_unavailable: b.max_unavailable,
                 max_unavailable_percent: b.max_unavailable_percent,
             }),
+            disconnect: disconnect.as_ref().map(|d| wire::DisconnectSpec { stop_after_seconds: d.stop_after_seconds }),
         }
     }
 }
@@ -459,7 +478,8 @@ mod tests {
         {"operator":"exclusive"},{"attribute":"rack","operator":"maxPer","max":2,"soft":true,"weight":0.5}],
         "volumes":[{"name":"data","path":"/data","sizeGib":1,"persistent":true}],
         "healthCheck":{"type":"http","path":"/","port":1,"intervalSeconds":5,"timeoutSeconds":2},
-        "schedule":"*/5 * * * *","overlap":"replace","disruptionBudget":{"maxUnavailablePercent":20}}"#;
+        "schedule":"*/5 * * * *","overlap":"replace","disruptionBudget":{"maxUnavailablePercent":20},
+        "disconnect":{"stopAfterSeconds":30}}"#;
 
     fn wire(body: &str) -> JobSpec {
         JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec")

@@ -123,6 +123,9 @@ pub struct CellState {
     tasks: BTreeMap<String, Arc<TaskRecord>>,
     /// Counts changes agents must see; an agent's `version` is its value at the agent's latest change.
     seq: u64,
+    /// Events made so far, the last one's id: counted here, in the replicated state, so that an event has the
+    /// same id on every member and after a restart, one of its own even when one entry makes many.
+    events_made: u64,
     /// Task ids by job, and non-terminal task ids by agent (derived).
     by_job: HashMap<String, BTreeSet<String>>,
     by_agent: HashMap<String, BTreeSet<String>>,
@@ -301,6 +304,7 @@ impl CellState {
             applied,
             tasks,
             seq,
+            events_made,
             idempotency_by_time: _,
             by_state: _,
             applied_by_time: _,
@@ -324,13 +328,15 @@ impl CellState {
             applied: applied.clone(),
             tasks: tasks.clone(),
             seq: *seq,
+            events_made: *events_made,
         }
     }
 
     /// The state a snapshot holds, with everything derived rebuilt.
     pub fn from_snapshot(s: SnapshotV2) -> CellState {
-        let SnapshotV2 { jobs, idempotency, agents, applied, tasks, seq } = s;
-        let mut state = CellState { jobs, idempotency, agents, applied, tasks, seq, ..CellState::default() };
+        let SnapshotV2 { jobs, idempotency, agents, applied, tasks, seq, events_made } = s;
+        let mut state =
+            CellState { jobs, idempotency, agents, applied, tasks, seq, events_made, ..CellState::default() };
         state.reindex();
         state
     }
@@ -558,6 +564,11 @@ impl CellState {
         std::mem::take(&mut self.events.0)
     }
 
+    /// The id of the last event made: events up to it came before this state.
+    pub fn events_made(&self) -> u64 {
+        self.events_made
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn event(
         &mut self,
@@ -569,7 +580,9 @@ impl CellState {
         reason: Option<&str>,
         at_ms: u64,
     ) {
+        self.events_made += 1;
         self.events.0.push(Event {
+            event_id: self.events_made,
             index: 0,
             topic,
             kind: kind.to_string(),
@@ -1233,6 +1246,8 @@ mod tests {
             Response::Rejected(Rejection::VersionMismatch { id: "j1".into(), expected: 1, current: 2 })
         );
         assert_eq!(s.job("j1").map(|j| j.view().instances), Some(BTreeMap::from([("dc1".to_string(), 5)])));
+        let form = s.job("j1").map(|j| (j.spec.location.clone(), j.spec.locations.clone()));
+        assert_eq!(form, Some((Some("dc1:5".to_string()), None)), "the shorthand the job was written with stays");
         let off = Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(3) };
         assert_eq!(s.apply(&off), job("j1", 3));
         assert_eq!(s.apply(&Command::KillJob { id: "j1".into(), meta: meta(4) }), job("j1", 4));
@@ -1287,6 +1302,24 @@ mod tests {
                 Response::Rejected(Rejection::Killed { id: "j1".into() })
             ])
         );
+    }
+
+    #[test]
+    fn every_event_of_a_batch_has_its_own_id_and_a_snapshot_goes_on_counting() {
+        let mut s = CellState::default();
+        let round = Box::new(Round {
+            create: ["t1", "t2", "t3"].iter().map(|id| NewTask::fresh(id.to_string(), "j1", None)).collect(),
+            ..Round::default()
+        });
+        s.apply(&Command::Batch(vec![put("j1", None, 1), Command::Round { round, meta: meta(2) }]));
+        let ids: Vec<u64> = s.take_events().iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4], "one entry, four events, four ids");
+        let mut copy = Vec::new();
+        crate::snapshot::write(&mut copy, &s.snapshot()).expect("serializes");
+        let mut back = CellState::from_snapshot(crate::snapshot::read(&copy).expect("deserializes"));
+        assert_eq!(back.events_made(), 4);
+        back.apply(&Command::KillJob { id: "j1".into(), meta: meta(3) });
+        assert_eq!(back.take_events().first().map(|e| e.event_id), Some(5), "the count is replicated");
     }
 
     #[test]

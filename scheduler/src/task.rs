@@ -134,6 +134,7 @@ impl TaskRecord {
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             pending: pending.filter(|_| self.state == TaskState::Accepted),
+            may_run_beside: None,
             transitions: self.transitions.clone(),
         }
     }

@@ -9,9 +9,9 @@ use std::sync::Mutex;
 use titan_api::event::Event;
 use tokio::sync::{broadcast, watch};
 
-/// Events kept for subscribers that resume from an index.
+/// Events kept for subscribers that resume from an event id.
 pub const EVENTS_KEPT: usize = 100_000;
-/// Events a slow subscriber may fall behind before its stream ends (it resumes from its last index).
+/// Events a slow subscriber may fall behind before its stream ends (it resumes from its last event id).
 pub const EVENTS_BUFFERED: usize = 16_384;
 
 pub struct EventLog {
@@ -21,15 +21,15 @@ pub struct EventLog {
 
 struct Kept {
     events: VecDeque<Event>,
-    /// Events at or below this index are no longer kept (or were never seen by this member).
+    /// Events with this id or a lower one are no longer kept (or were never seen by this member).
     forgotten: u64,
 }
 
 impl EventLog {
-    /// A log that knows nothing at or before `applied` (the state it starts from).
-    pub fn new(applied: u64) -> EventLog {
+    /// A log that knows no event up to `made`, the last event id of the state it starts from.
+    pub fn new(made: u64) -> EventLog {
         EventLog {
-            inner: Mutex::new(Kept { events: VecDeque::new(), forgotten: applied }),
+            inner: Mutex::new(Kept { events: VecDeque::new(), forgotten: made }),
             tx: broadcast::channel(EVENTS_BUFFERED).0,
         }
     }
@@ -46,7 +46,7 @@ impl EventLog {
         for e in events {
             if kept.events.len() == EVENTS_KEPT {
                 if let Some(old) = kept.events.pop_front() {
-                    kept.forgotten = kept.forgotten.max(old.index);
+                    kept.forgotten = kept.forgotten.max(old.event_id);
                 }
             }
             // Sent under the lock, so a subscriber never misses one between its backlog and its receiver.
@@ -55,15 +55,15 @@ impl EventLog {
         }
     }
 
-    /// After a snapshot replaced the state: what came before it is not kept.
-    pub fn reset(&self, applied: u64) {
+    /// After a snapshot replaced the state: the events up to its last one, `made`, are not kept.
+    pub fn reset(&self, made: u64) {
         let mut kept = self.kept();
         kept.events.clear();
-        kept.forgotten = applied;
+        kept.forgotten = made;
     }
 
-    /// The kept events after `from` and a receiver of new ones; `Err(oldest)` when events after `from` were
-    /// already forgotten (resume from `oldest` or re-read the state).
+    /// The kept events after event id `from` and a receiver of new ones; `Err(oldest)` when events after `from`
+    /// were already forgotten (resume from `oldest` or re-read the state).
     pub fn subscribe(&self, from: Option<u64>) -> Result<(Vec<Event>, broadcast::Receiver<Event>), u64> {
         let kept = self.kept();
         let rx = self.tx.subscribe();
@@ -71,7 +71,7 @@ impl EventLog {
         if from < kept.forgotten {
             return Err(kept.forgotten);
         }
-        let start = kept.events.partition_point(|e| e.index <= from);
+        let start = kept.events.partition_point(|e| e.event_id <= from);
         Ok((kept.events.range(start..).cloned().collect(), rx))
     }
 }
@@ -107,12 +107,14 @@ impl Watchers {
 mod tests {
     use super::*;
 
-    fn event(index: u64) -> Event {
+    /// Event `event_id`, made by Raft entry `index`.
+    fn event(event_id: u64, index: u64) -> Event {
         Event {
+            event_id,
             index,
             topic: titan_api::event::Topic::Job,
             kind: "created".into(),
-            id: format!("j{index}"),
+            id: format!("j{event_id}"),
             job_id: None,
             agent_id: None,
             reason: None,
@@ -120,17 +122,32 @@ mod tests {
         }
     }
 
+    fn ids(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|e| e.event_id).collect()
+    }
+
     #[tokio::test]
-    async fn subscribers_resume_from_an_index_and_get_what_follows() {
+    async fn subscribers_resume_from_an_event_id_and_get_what_follows() {
         let log = EventLog::new(10);
         assert_eq!(log.subscribe(Some(5)).map(|_| ()), Err(10), "before the log's start");
-        log.publish(vec![event(11), event(12), event(12), event(13)]);
+        log.publish(vec![event(11, 3), event(12, 4), event(13, 4), event(14, 5)]);
         let (backlog, mut rx) = log.subscribe(Some(11)).expect("kept");
-        assert_eq!(backlog.iter().map(|e| e.index).collect::<Vec<_>>(), vec![12, 12, 13]);
-        log.publish(vec![event(14)]);
-        assert_eq!(rx.recv().await.map(|e| e.index).ok(), Some(14));
+        assert_eq!(ids(&backlog), vec![12, 13, 14]);
+        log.publish(vec![event(15, 6)]);
+        assert_eq!(rx.recv().await.map(|e| e.event_id).ok(), Some(15));
         log.reset(20);
         assert_eq!(log.subscribe(Some(14)).map(|_| ()), Err(20));
+    }
+
+    #[test]
+    fn resuming_inside_one_entrys_events_gets_the_rest_of_them() {
+        let log = EventLog::new(0);
+        // One Raft entry (index 4) made four events, as a batch of commands does.
+        log.publish(vec![event(1, 2), event(2, 4), event(3, 4), event(4, 4), event(5, 4), event(6, 7)]);
+        for from in 0..=6 {
+            let (backlog, _) = log.subscribe(Some(from)).expect("kept");
+            assert_eq!(ids(&backlog), (from + 1..=6).collect::<Vec<_>>(), "from {from}");
+        }
     }
 
     #[tokio::test]

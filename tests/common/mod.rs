@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod sim;
 
 use std::net::{SocketAddr, TcpListener};
@@ -274,6 +275,21 @@ impl Dev {
 
     pub fn client(&self) -> Client {
         Client::new(&self.addr)
+    }
+
+    /// SIGTERM, as a service manager stops it, then waits (bounded by `within`) for it to exit; returns how it
+    /// exited and how long that took.
+    pub fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait on titan dev") {
+                return (status, start.elapsed());
+            }
+            assert!(start.elapsed() < within, "titan dev still runs {within:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -17,7 +17,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::{Found, RuntimeError, TaskSpec, TaskState, LABEL_AGENT, LABEL_CELL, LABEL_JOB, LABEL_TASK};
+use super::{
+    Found, RuntimeError, TaskSpec, TaskState, LABEL_AGENT, LABEL_CELL, LABEL_JOB, LABEL_STOP_AFTER, LABEL_TASK,
+};
 
 pub struct DockerRuntime {
     docker: Docker,
@@ -48,12 +50,15 @@ pub(crate) fn container_config(spec: &TaskSpec, bind_ip: &str) -> ContainerCreat
             (format!("{p}/tcp"), Some(vec![binding]))
         })
         .collect();
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_CELL.to_string(), spec.cell.clone()),
         (LABEL_JOB.to_string(), spec.job_id.clone()),
         (LABEL_TASK.to_string(), spec.task_id.clone()),
         (LABEL_AGENT.to_string(), spec.agent_id.clone()),
     ]);
+    if let Some(after) = spec.stop_after {
+        labels.insert(LABEL_STOP_AFTER.to_string(), after.as_millis().to_string());
+    }
     let memory = (spec.memory_mib * 1024 * 1024) as i64;
     ContainerCreateBody {
         image: Some(spec.image.clone()),
@@ -239,6 +244,7 @@ impl DockerRuntime {
                     task_id: labels.get(LABEL_TASK)?.clone(),
                     job_id: labels.get(LABEL_JOB).cloned().unwrap_or_default(),
                     container_id: c.id?,
+                    stop_after: labels.get(LABEL_STOP_AFTER).and_then(|ms| ms.parse().ok()).map(Duration::from_millis),
                 })
             })
             .collect())
@@ -269,6 +275,7 @@ mod tests {
             ports: Vec::new(),
             mounts: Vec::new(),
             kill_grace: Duration::from_secs(2),
+            stop_after: None,
         }
     }
 
@@ -293,7 +300,11 @@ mod tests {
         assert_eq!(host.binds, Some(vec!["/pool/v1:/data".to_string()]));
         let binding = host.port_bindings.unwrap_or_default()["31001/tcp"].clone().unwrap_or_default();
         assert_eq!(binding[0].host_ip.as_deref(), Some("127.0.0.1"));
-        assert_eq!(c.labels.unwrap_or_default()[LABEL_TASK], "t1");
+        assert_eq!(c.labels.clone().unwrap_or_default()[LABEL_TASK], "t1");
+        assert!(!c.labels.unwrap_or_default().contains_key(LABEL_STOP_AFTER), "only for a job that set it");
+        s.stop_after = Some(Duration::from_secs(30));
+        let labels = container_config(&s, "127.0.0.1").labels.unwrap_or_default();
+        assert_eq!(labels[LABEL_STOP_AFTER], "30000");
     }
 
     async fn wait_exit(rt: &DockerRuntime, task: &str) -> TaskState {

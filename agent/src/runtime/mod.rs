@@ -17,6 +17,9 @@ pub const LABEL_CELL: &str = "titan.cell";
 pub const LABEL_JOB: &str = "titan.job";
 pub const LABEL_TASK: &str = "titan.task";
 pub const LABEL_AGENT: &str = "titan.agent";
+/// The job's `disconnect.stopAfterSeconds` in milliseconds, on the containers of a job that set it: an agent
+/// restarted while its cell is unreachable still knows which containers to stop, and when.
+pub const LABEL_STOP_AFTER: &str = "titan.stop-after-ms";
 
 /// A volume mounted into the task.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +47,8 @@ pub struct TaskSpec {
     pub mounts: Vec<Mount>,
     /// Between SIGTERM and SIGKILL when the task is stopped.
     pub kill_grace: Duration,
+    /// The job's `disconnect.stopAfterSeconds`, kept with the task (`LABEL_STOP_AFTER`).
+    pub stop_after: Option<Duration>,
 }
 
 /// What a task's process is doing.
@@ -65,6 +70,8 @@ pub struct Found {
     pub task_id: String,
     pub job_id: String,
     pub container_id: String,
+    /// From `LABEL_STOP_AFTER`, when its job set one.
+    pub stop_after: Option<Duration>,
 }
 
 /// Why the runtime could not do what was asked.

@@ -215,6 +215,7 @@ mod tests {
             ports: vec![31_007],
             mounts: Vec::new(),
             kill_grace: Duration::from_secs(1),
+            stop_after: None,
         }
     }
 

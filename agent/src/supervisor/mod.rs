@@ -38,11 +38,20 @@ pub struct Settings {
     pub capacity: AgentResources,
     pub poll: Duration,
     pub default_kill_grace: Duration,
+    /// Where the wall-clock time of the last lease renewal is kept, so that an agent restarted while its cell is
+    /// unreachable knows how long the lease has gone unrenewed; `None` keeps it in memory only.
+    pub lease_file: Option<std::path::PathBuf>,
 }
 
 impl Settings {
     pub fn new(agent_id: impl Into<String>, capacity: AgentResources) -> Settings {
-        Settings { agent_id: agent_id.into(), capacity, poll: DEFAULT_POLL, default_kill_grace: DEFAULT_KILL_GRACE }
+        Settings {
+            agent_id: agent_id.into(),
+            capacity,
+            poll: DEFAULT_POLL,
+            default_kill_grace: DEFAULT_KILL_GRACE,
+            lease_file: None,
+        }
     }
 }
 
@@ -55,6 +64,7 @@ pub struct TaskMetrics {
     pub status_report_failures: IntCounter,
     pub plans_refused: IntCounter,
     pub pending_statuses: IntGauge,
+    pub disconnect_stops: IntCounter,
 }
 
 /// Every `state` label of `titan_agent_tasks`, so a state with no task reads 0 rather than vanishing.
@@ -86,7 +96,12 @@ impl TaskMetrics {
         registry.register(Box::new(volume_used_bytes.clone()))?;
         registry.register(Box::new(status_report_failures.clone()))?;
         registry.register(Box::new(plans_refused.clone()))?;
+        let disconnect_stops = IntCounter::new(
+            "titan_agent_disconnect_stops_total",
+            "Tasks stopped because the lease went unrenewed past their job's disconnect.stopAfterSeconds",
+        )?;
         registry.register(Box::new(pending_statuses.clone()))?;
+        registry.register(Box::new(disconnect_stops.clone()))?;
         for s in STATE_LABELS {
             tasks.with_label_values(&[s]).set(0);
         }
@@ -97,6 +112,7 @@ impl TaskMetrics {
             status_report_failures,
             plans_refused,
             pending_statuses,
+            disconnect_stops,
         })
     }
 }
@@ -115,6 +131,8 @@ struct Entry {
     state: &'static str,
     held: Held,
     kill_grace: Duration,
+    /// The job's `disconnect.stopAfterSeconds`, from its assignment (unknown for a task found after a restart).
+    stop_after: Option<Duration>,
     want: Option<watch::Sender<Want>>,
     worker: Option<tokio::task::JoinHandle<()>>,
 }
@@ -203,6 +221,10 @@ impl Supervisor {
         &self.inner.settings.agent_id
     }
 
+    pub fn lease_file(&self) -> Option<&std::path::Path> {
+        self.inner.settings.lease_file.as_deref()
+    }
+
     /// Containers get the cell's name as a label; it is known once the agent registered.
     pub fn set_cell(&self, cell: &str) {
         *lock(&self.inner.cell) = cell.to_string();
@@ -220,6 +242,7 @@ impl Supervisor {
                 state: "found",
                 held: Held::default(),
                 kill_grace: self.inner.settings.default_kill_grace,
+                stop_after: f.stop_after,
                 want: None,
                 worker: None,
             });
@@ -242,8 +265,7 @@ impl Supervisor {
     pub fn apply(&self, held: Option<u64>, answer: &Assignments, fetched: Instant) -> Applied {
         let inner = &self.inner;
         let mut table = lock(&inner.table);
-        let view: BTreeMap<String, Local> =
-            table.iter().map(|(id, e)| (id.clone(), Local { phase: e.phase, kill_grace: e.kill_grace })).collect();
+        let view: BTreeMap<String, Local> = table.iter().map(|(id, e)| (id.clone(), e.local())).collect();
         let actions = plan::plan(held, answer, &view, inner.settings.default_kill_grace);
         for action in actions {
             match action {
@@ -265,25 +287,14 @@ impl Supervisor {
                             state: "running",
                             held: Held::of(&a),
                             kill_grace: Duration::from_millis(a.kill_grace_ms),
+                            stop_after: stop_after(&a),
                             want: Some(tx),
                             worker: Some(worker),
                         },
                     );
                 }
                 Action::Stop { task_id, grace, why, assignment } => {
-                    let Some(entry) = table.get_mut(&task_id) else { continue };
-                    tracing::info!(task = %task_id, why = ?why, grace_ms = grace.as_millis() as u64, "stopping");
-                    entry.phase = Phase::Stopping;
-                    entry.state = "killing";
-                    match &entry.want {
-                        Some(want) => {
-                            let _ = want.send(Want::Stop { grace, why });
-                        }
-                        None => {
-                            entry.worker =
-                                Some(tokio::spawn(task::stop_found(inner.clone(), task_id, assignment, grace)));
-                        }
-                    }
+                    inner.stop(&mut table, task_id, grace, why, assignment);
                 }
                 Action::ReportGone { task_id } => {
                     tracing::info!(task = %task_id, "asked to stop a task this agent does not have");
@@ -307,6 +318,7 @@ impl Supervisor {
             state: "rejected",
             held: Held::of(&a),
             kill_grace: Duration::from_millis(a.kill_grace_ms),
+            stop_after: stop_after(&a),
             want: None,
             worker: None,
         };
@@ -327,6 +339,28 @@ impl Supervisor {
             }
         }
         table.insert(a.task_id.clone(), entry);
+    }
+
+    /// The lease has gone `since_renewal` without a renewal: stops the running tasks whose job asked to stop after
+    /// less than that (`disconnect.stopAfterSeconds`), with their normal stop. Returns how many it stopped.
+    pub fn stop_disconnected(&self, since_renewal: Duration) -> usize {
+        let inner = &self.inner;
+        let mut table = lock(&inner.table);
+        let view: BTreeMap<String, Local> = table.iter().map(|(id, e)| (id.clone(), e.local())).collect();
+        let actions = plan::disconnected(&view, since_renewal);
+        let stopped = actions.len();
+        for action in actions {
+            if let Action::Stop { task_id, grace, why, assignment } = action {
+                tracing::warn!(task = %task_id, since_renewal_ms = since_renewal.as_millis() as u64,
+                    "the lease has not been renewed for longer than the job's disconnect.stopAfterSeconds; stopping");
+                inner.metrics.disconnect_stops.inc();
+                inner.stop(&mut table, task_id, grace, why, assignment);
+            }
+        }
+        if stopped > 0 {
+            inner.show(&table);
+        }
+        stopped
     }
 
     /// Takes the next batch of statuses to report (empty when none are waiting).
@@ -382,7 +416,41 @@ impl Supervisor {
     }
 }
 
+/// The stop-after an assignment carries.
+fn stop_after(a: &Assignment) -> Option<Duration> {
+    a.stop_after_ms.map(Duration::from_millis)
+}
+
+impl Entry {
+    fn local(&self) -> Local {
+        Local { phase: self.phase, kill_grace: self.kill_grace, stop_after: self.stop_after }
+    }
+}
+
 impl Inner {
+    /// Tells a task's worker to stop it (or starts one to stop a task found after a restart).
+    fn stop(
+        self: &Arc<Self>,
+        table: &mut BTreeMap<String, Entry>,
+        task_id: String,
+        grace: Duration,
+        why: StopWhy,
+        assignment: Option<Assignment>,
+    ) {
+        let Some(entry) = table.get_mut(&task_id) else { return };
+        tracing::info!(task = %task_id, why = ?why, grace_ms = grace.as_millis() as u64, "stopping");
+        entry.phase = Phase::Stopping;
+        entry.state = "killing";
+        match &entry.want {
+            Some(want) => {
+                let _ = want.send(Want::Stop { grace, why });
+            }
+            None => {
+                entry.worker = Some(tokio::spawn(task::stop_found(self.clone(), task_id, assignment, grace, why)));
+            }
+        }
+    }
+
     fn report(&self, status: TaskStatus) {
         let mut q = lock(&self.statuses);
         q.push(status);

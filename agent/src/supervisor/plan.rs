@@ -31,6 +31,8 @@ pub struct Local {
     pub phase: Phase,
     /// Between SIGTERM and SIGKILL when it is stopped.
     pub kill_grace: Duration,
+    /// Its job's `disconnect.stopAfterSeconds`: stop it once the lease has gone this long without a renewal.
+    pub stop_after: Option<Duration>,
 }
 
 /// Why a task is being stopped.
@@ -40,6 +42,8 @@ pub enum StopWhy {
     Requested,
     /// The cell does not list it: it does not know it, and nothing may run that the cell does not know about.
     Unlisted,
+    /// Its job asked to stop it once the agent had not renewed its lease for a while, and that time has passed.
+    Disconnected,
 }
 
 /// What the shell does next.
@@ -120,6 +124,23 @@ pub fn plan(
     out.extend(adopts);
     out.extend(starts);
     out
+}
+
+/// The tasks to stop because the lease has gone `since_renewal` without a renewal: the running ones, and those
+/// found after a restart (their container keeps the stop-after), whose job asked to stop after less than that.
+/// Ones already stopping or ended need nothing.
+pub fn disconnected(local: &BTreeMap<String, Local>, since_renewal: Duration) -> Vec<Action> {
+    local
+        .iter()
+        .filter(|(_, l)| matches!(l.phase, Phase::Active | Phase::Found))
+        .filter(|(_, l)| l.stop_after.is_some_and(|after| since_renewal > after))
+        .map(|(id, l)| Action::Stop {
+            task_id: id.clone(),
+            grace: l.kill_grace,
+            why: StopWhy::Disconnected,
+            assignment: None,
+        })
+        .collect()
 }
 
 /// What a local task holds of the agent's capacity.
@@ -277,6 +298,7 @@ mod tests {
             volumes: vec![],
             health_check: None,
             kill_grace_ms: 2_000,
+            stop_after_ms: None,
         }
     }
 
@@ -285,7 +307,42 @@ mod tests {
     }
 
     fn local(entries: &[(&str, Phase)]) -> BTreeMap<String, Local> {
-        entries.iter().map(|(id, phase)| (id.to_string(), Local { phase: *phase, kill_grace: GRACE })).collect()
+        entries
+            .iter()
+            .map(|(id, phase)| (id.to_string(), Local { phase: *phase, kill_grace: GRACE, stop_after: None }))
+            .collect()
+    }
+
+    #[test]
+    fn a_disconnect_stops_the_running_tasks_whose_job_asked_once_their_time_has_passed() {
+        let after = |secs| Some(Duration::from_secs(secs));
+        let local: BTreeMap<String, Local> = [
+            ("soon", Phase::Active, after(5)),
+            ("late", Phase::Active, after(60)),
+            ("rides-out", Phase::Active, None),
+            ("found", Phase::Found, None),
+            ("found-asked", Phase::Found, after(5)),
+            ("stopping", Phase::Stopping, after(5)),
+            ("ended", Phase::Ended, after(5)),
+        ]
+        .into_iter()
+        .map(|(id, phase, stop_after)| (id.to_string(), Local { phase, kill_grace: GRACE, stop_after }))
+        .collect();
+        let stopped = |since| -> Vec<String> {
+            disconnected(&local, Duration::from_secs(since))
+                .into_iter()
+                .map(|a| match a {
+                    Action::Stop { task_id, why: StopWhy::Disconnected, grace, assignment: None } => {
+                        assert_eq!(grace, GRACE, "the normal stop: SIGTERM, then SIGKILL after the grace");
+                        task_id
+                    }
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert!(stopped(5).is_empty(), "exactly the stop-after is not past it");
+        assert_eq!(stopped(6), vec!["found-asked".to_string(), "soon".to_string()]);
+        assert_eq!(stopped(3600), vec!["found-asked".to_string(), "late".to_string(), "soon".to_string()]);
     }
 
     /// Plans `answer` for an agent holding epoch 7 and `held` tasks; compares the actions' short forms.

@@ -136,6 +136,7 @@ fn spec(inner: &Inner, a: &Assignment, volumes: &[Prepared]) -> TaskSpec {
             .map(|p| Mount { host_path: p.volume.path.clone(), container_path: p.container_path.clone() })
             .collect(),
         kill_grace: Duration::from_millis(a.kill_grace_ms),
+        stop_after: a.stop_after_ms.map(Duration::from_millis),
     }
 }
 
@@ -186,16 +187,38 @@ pub(super) async fn adopt(inner: Arc<Inner>, a: Assignment, want: watch::Receive
 
 /// Stops and removes a task found after a restart without adopting it: the cell asked to stop it, or does not
 /// know it.
-pub(super) async fn stop_found(inner: Arc<Inner>, task_id: String, a: Option<Assignment>, grace: Duration) {
+pub(super) async fn stop_found(
+    inner: Arc<Inner>,
+    task_id: String,
+    a: Option<Assignment>,
+    grace: Duration,
+    why: StopWhy,
+) {
     let code = stop_and_remove(&inner, &task_id, grace).await;
     if let Some(a) = &a {
         destroy_volumes(&inner, &task_id, ending_names(a)).await;
     }
-    tracing::info!(task = %task_id, listed = a.is_some(), "found task stopped and removed");
-    let mut s = status(&task_id, TaskState::Killed, None, None);
+    tracing::info!(task = %task_id, listed = a.is_some(), why = ?why, "found task stopped and removed");
+    let mut s = stopped(&task_id, why);
     s.exit_code = code;
     inner.moved(&task_id, "killed", true);
     inner.report(s);
+}
+
+/// The status of a task stopped for `why`.
+fn stopped(id: &str, why: StopWhy) -> titan_api::task::TaskStatus {
+    match why {
+        StopWhy::Requested => status(id, TaskState::Killed, None, None),
+        StopWhy::Unlisted => {
+            status(id, TaskState::Killed, None, Some("stopped: the cell does not list it".to_string()))
+        }
+        StopWhy::Disconnected => status(
+            id,
+            TaskState::Killed,
+            Some(Reason::Disconnected),
+            Some("stopped: the agent could not renew its lease for the job's disconnect.stopAfterSeconds".into()),
+        ),
+    }
 }
 
 async fn reject(inner: &Arc<Inner>, a: &Assignment, message: String) {
@@ -355,8 +378,7 @@ async fn finish(inner: &Arc<Inner>, a: &Assignment, ending: Ending, follower: Fo
         }
         Ending::Stopped(why) => {
             tracing::info!(task = %id, why = ?why, "task killed and removed");
-            let message = (why == StopWhy::Unlisted).then(|| "stopped: the cell does not list it".to_string());
-            status(id, TaskState::Killed, None, message)
+            stopped(id, why)
         }
         Ending::Vanished => {
             tracing::warn!(task = %id, "the task's container disappeared");

@@ -3,6 +3,7 @@
 
 pub mod codec;
 mod log_store;
+pub mod membership;
 mod network;
 mod state_store;
 

@@ -15,6 +15,11 @@
 //! Bodies are `codec` (MessagePack). A remote Raft error travels back inside the answer, so the caller can tell
 //! "the peer said no" from "the peer could not be reached". A connection that fails, times out or is abandoned in
 //! the middle of a call is dropped, never reused.
+//!
+//! A peer that cannot be reached (nothing listens, or what listens does not speak this protocol) is `Unreachable`
+//! to openraft, which then waits `membership::backoff()` between calls; failures are counted per peer and warned
+//! about at most once per peer per `membership::WARN_EVERY`. A vote request from a member that is not a voter in
+//! this member's membership is refused as `NotAMember`, and the candidate stands down (`StandDown`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +35,7 @@ use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::Backoff;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -42,12 +48,16 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{codec, EncodedEntries, NodeId, Raft, TypeConfig};
+use super::{codec, membership, EncodedEntries, NodeId, Raft, TypeConfig};
 
 /// The largest frame: a batch of log entries or one snapshot chunk.
 pub const MAX_INTERNAL_BODY: usize = 64 * 1024 * 1024;
 /// The route a member upgrades to a Raft stream.
 pub const STREAM_PATH: &str = "/internal/raft/stream";
+/// The header naming the member a Raft stream is for. A member refuses a stream meant for another id, which is
+/// what a member added under a second id at an address that already serves one would get: taking it would have
+/// the member answer Raft calls to itself (openraft panics on that) or vote twice.
+const NODE_HEADER: &str = "x-titan-raft-node";
 /// The protocol named in the `Upgrade` header.
 const PROTOCOL: &str = "titan-raft";
 /// Idle connections kept per peer: one per replication stream, plus a few for votes, leadership checks and
@@ -196,7 +206,59 @@ pub struct Streams {
     pool: Arc<Pool>,
     /// The latest early append to each peer address, and its answer once read.
     early: Arc<Mutex<HashMap<String, EarlyAppend>>>,
+    /// What each peer (by id, as the metrics label it) last did: when it last answered, and its failed calls.
+    peers: Arc<Mutex<HashMap<String, PeerHealth>>>,
+    stand_down: Arc<StandDown>,
     metrics: NetworkMetrics,
+}
+
+/// One peer as this member's calls found it.
+#[derive(Default)]
+struct PeerHealth {
+    answered: Option<Instant>,
+    failures: membership::FailureLog,
+}
+
+/// This member's Raft, once it exists, and the membership (its log id) in which a peer told this member it is no
+/// member of the cell: from then until a newer membership lists it as a voter again, it does not campaign.
+#[derive(Default)]
+struct StandDown {
+    raft: std::sync::OnceLock<Raft>,
+    at: Mutex<Option<Option<openraft::LogId<NodeId>>>>,
+}
+
+impl StandDown {
+    /// A peer whose membership as of `theirs` has no place for this member refused its vote request.
+    fn told_not_a_member(&self, by: NodeId, theirs: Option<openraft::LogId<NodeId>>) {
+        let Some(raft) = self.raft.get() else { return };
+        let ours = *raft.metrics().borrow().membership_config.log_id();
+        if !membership::stands_down(ours, theirs) {
+            return;
+        }
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        if at.is_none() {
+            tracing::warn!(peer = by, membership = ?theirs, "member {by} says this member is not in the cell's \
+                membership; it stands down and no longer campaigns until it is added again");
+        }
+        *at = Some(ours);
+        raft.runtime_config().elect(false);
+    }
+
+    /// After an append from a leader: campaigns again when a newer membership lists this member as a voter.
+    fn check_rejoined(&self) {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(stood_down), Some(raft)) = (*at, self.raft.get()) else { return };
+        let (now, is_voter) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (*m.membership_config.log_id(), m.membership_config.membership().voter_ids().any(|v| v == m.id))
+        };
+        if membership::rejoins(stood_down, now, is_voter) {
+            tracing::info!(membership = ?now, "this member is a voter again; it campaigns when the leader is lost");
+            *at = None;
+            raft.runtime_config().elect(true);
+        }
+    }
 }
 
 /// An append sent early (`EarlyReplication`): its bytes, and the answer the peer gives them.
@@ -207,7 +269,51 @@ struct EarlyAppend {
 
 impl Streams {
     pub fn new(metrics: NetworkMetrics) -> Streams {
-        Streams { pool: Arc::default(), early: Arc::default(), metrics }
+        Streams {
+            pool: Arc::default(),
+            early: Arc::default(),
+            peers: Arc::default(),
+            stand_down: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Gives the network this member's Raft, once it exists, so a member told it was removed can stand down.
+    pub fn attach(&self, raft: Raft) {
+        let _ = self.stand_down.raft.set(raft);
+    }
+
+    /// The peers (by id) that answered a call from this member within `within` and failed none since.
+    pub fn answered_within(&self, within: std::time::Duration) -> std::collections::BTreeSet<NodeId> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .iter()
+            .filter(|(_, h)| h.failures.streak() == 0 && h.answered.is_some_and(|at| at.elapsed() <= within))
+            .filter_map(|(id, _)| id.parse().ok())
+            .collect()
+    }
+
+    /// Notes how a call to `target` at `addr` ended: when it last answered, and a warning for failures, at most one
+    /// per `membership::WARN_EVERY` with a count of those not reported.
+    fn note(&self, target: &str, addr: &str, kind: u8, result: &Result<Vec<u8>, CallError>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let health = peers.entry(target.to_string()).or_default();
+        match result {
+            Ok(_) => {
+                health.answered = Some(Instant::now());
+                let failed = health.failures.answered();
+                if failed > 0 {
+                    tracing::info!(peer = target, addr, failed, "peer answers again");
+                }
+            }
+            Err(e) => {
+                if let Some(suppressed) = health.failures.failed(Instant::now()) {
+                    tracing::warn!(peer = target, addr, rpc = rpc_name(kind), error = %e, suppressed,
+                        "peer did not answer (further failures are reported at most every {:?})",
+                        membership::WARN_EVERY);
+                }
+            }
+        }
     }
 
     pub fn metrics(&self) -> &NetworkMetrics {
@@ -221,7 +327,7 @@ impl Streams {
         let mut conn = match self.pool.take(addr) {
             Some(c) => c,
             None => {
-                let c = connect(addr).await?;
+                let c = connect(target, addr).await?;
                 self.metrics.connects.with_label_values(&[target]).inc();
                 c
             }
@@ -292,6 +398,7 @@ impl Streams {
             }
             Err(_) => self.metrics.failures.with_label_values(&[target, rpc_name(kind)]).inc(),
         }
+        self.note(target, addr, kind, &result);
         result
     }
 }
@@ -464,18 +571,20 @@ pub struct Peer {
     streams: Streams,
 }
 
-/// Opens a connection to `addr` and upgrades it to a Raft stream.
-async fn connect(addr: &str) -> Result<Conn, CallError> {
+/// Opens a connection to member `target` at `addr` and upgrades it to a Raft stream. Every failure here comes
+/// before any call was sent, so it is `Connect`: the peer is unreachable, whether nothing listens there or something
+/// that does not speak this protocol (an agent, answering 404) does.
+async fn connect(target: &str, addr: &str) -> Result<Conn, CallError> {
     let tcp = TcpStream::connect(addr).await.map_err(CallError::Connect)?;
     tcp.set_nodelay(true).map_err(CallError::Connect)?;
     let mut io = BufReader::new(tcp);
     let hello =
-        format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n\r\n");
-    io.get_mut().write_all(hello.as_bytes()).await.map_err(CallError::Io)?;
+        format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n{NODE_HEADER}: {target}\r\n\r\n");
+    io.get_mut().write_all(hello.as_bytes()).await.map_err(CallError::Connect)?;
     let mut status = String::new();
-    io.read_line(&mut status).await.map_err(CallError::Io)?;
+    io.read_line(&mut status).await.map_err(CallError::Connect)?;
     if !status.starts_with("HTTP/1.1 101") {
-        return Err(CallError::Io(std::io::Error::other(format!(
+        return Err(CallError::Connect(std::io::Error::other(format!(
             "{addr} refused the Raft stream: {}",
             status.trim_end()
         ))));
@@ -483,8 +592,8 @@ async fn connect(addr: &str) -> Result<Conn, CallError> {
     // The rest of the answer's head, up to its blank line; frames follow only once this side sends one.
     loop {
         let mut line = String::new();
-        if io.read_line(&mut line).await.map_err(CallError::Io)? == 0 {
-            return Err(CallError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        if io.read_line(&mut line).await.map_err(CallError::Connect)? == 0 {
+            return Err(CallError::Connect(std::io::ErrorKind::UnexpectedEof.into()));
         }
         if line == "\r\n" {
             return Ok(Conn { io });
@@ -590,8 +699,39 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(VOTE, &rpc, &option).await
+        let body = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer = self
+            .streams
+            .call(&self.label, &self.addr, VOTE, &body, option.hard_ttl())
+            .await
+            .map_err(CallError::into_rpc)?;
+        match codec::decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))? {
+            VoteAnswer::Ok(resp) => Ok(resp),
+            VoteAnswer::Err(e) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            VoteAnswer::NotAMember { membership } => {
+                self.streams.stand_down.told_not_a_member(self.target, membership);
+                // A refusal at the candidate's own vote: it counts for nothing and changes nothing.
+                Ok(VoteResponse::new(rpc.vote, None, false))
+            }
+        }
     }
+
+    /// Exponential and capped: a peer that stays unreachable costs a call every few seconds, not one per tick.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(membership::backoff())
+    }
+}
+
+/// The answer to a vote request. `Ok` and `Err` encode as `Result` does, so members that answer with a plain
+/// `Result` are understood.
+#[derive(Debug, Serialize, Deserialize)]
+enum VoteAnswer {
+    Ok(VoteResponse<NodeId>),
+    Err(RaftError<NodeId>),
+    /// The candidate is no voter in the membership (as of this log id) this member knows.
+    NotAMember {
+        membership: Option<openraft::LogId<NodeId>>,
+    },
 }
 
 /// A request or answer body in `codec`, for the internal routes that are plain HTTP requests.
@@ -627,7 +767,7 @@ pub trait Forwarding: Send + Sync + 'static {
 struct Routes {
     raft: Raft,
     encoded: EncodedEntries,
-    metrics: NetworkMetrics,
+    streams: Streams,
     forwarding: Arc<dyn Forwarding>,
 }
 
@@ -656,7 +796,28 @@ impl Routes {
             entries,
             leader_commit: wire.leader_commit,
         };
-        packed(&self.raft.append_entries(req).await)
+        let answer = self.raft.append_entries(req).await;
+        self.streams.stand_down.check_rejoined();
+        packed(&answer)
+    }
+
+    /// A vote request, unless the candidate is no voter in this member's membership (the newest it has, committed
+    /// or not): a member removed while it was away never saw its removal and would campaign against the cell.
+    async fn vote(&self, body: &[u8]) -> std::io::Result<Vec<u8>> {
+        let req: VoteRequest<NodeId> = unpacked(body)?;
+        let candidate = req.vote.leader_id.node_id;
+        let refused = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voter = m.membership_config.membership().voter_ids().any(|v| v == candidate);
+            let ours = *m.membership_config.log_id();
+            membership::refuses_vote(voter, req.last_log_id, ours).then_some(ours)
+        };
+        if let Some(membership) = refused {
+            tracing::info!(candidate, ?membership, "refused a vote request from a member not in the cell");
+            return packed(&VoteAnswer::NotAMember { membership });
+        }
+        packed(&self.raft.vote(req).await)
     }
 
     /// Answers one request frame; an error closes the connection.
@@ -666,7 +827,7 @@ impl Routes {
         };
         match kind {
             APPEND => self.append(body).await,
-            VOTE => packed(&self.raft.vote(unpacked(body)?).await),
+            VOTE => self.vote(body).await,
             SNAPSHOT => packed(&self.raft.install_snapshot(unpacked(body)?).await),
             PROPOSE => self.forwarding.propose(body.to_vec()).await,
             other => Err(std::io::Error::other(format!("unknown Raft call {other}"))),
@@ -698,7 +859,11 @@ impl Routes {
                 return;
             }
             let kind = frame.first().copied().unwrap_or(0);
-            self.metrics.answer_seconds.with_label_values(&[rpc_name(kind)]).observe(start.elapsed().as_secs_f64());
+            self.streams
+                .metrics
+                .answer_seconds
+                .with_label_values(&[rpc_name(kind)])
+                .observe(start.elapsed().as_secs_f64());
         }
     }
 }
@@ -708,6 +873,14 @@ async fn stream(State(routes): State<Routes>, mut req: Request) -> Response {
     let asked = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
     if !asked.is_some_and(|p| p.eq_ignore_ascii_case(PROTOCOL)) {
         return (StatusCode::UPGRADE_REQUIRED, format!("this route speaks only `Upgrade: {PROTOCOL}`")).into_response();
+    }
+    let me = routes.raft.metrics().borrow().id;
+    // A caller from before the header names no member and is taken as before.
+    if let Some(asked) = req.headers().get(NODE_HEADER) {
+        if asked.to_str().ok().and_then(|v| v.trim().parse::<NodeId>().ok()) != Some(me) {
+            tracing::warn!(asked = ?asked, me, "refusing a Raft stream meant for another member");
+            return (StatusCode::MISDIRECTED_REQUEST, format!("this is member {me}, not {asked:?}")).into_response();
+        }
     }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -723,18 +896,57 @@ async fn stream(State(routes): State<Routes>, mut req: Request) -> Response {
 }
 
 /// The internal route Raft peers call.
-pub fn raft_routes(
-    raft: Raft,
-    encoded: EncodedEntries,
-    metrics: NetworkMetrics,
-    forwarding: Arc<dyn Forwarding>,
-) -> Router {
-    Router::new().route(STREAM_PATH, get(stream)).with_state(Routes { raft, encoded, metrics, forwarding })
+pub fn raft_routes(raft: Raft, encoded: EncodedEntries, streams: Streams, forwarding: Arc<dyn Forwarding>) -> Router {
+    Router::new().route(STREAM_PATH, get(stream)).with_state(Routes { raft, encoded, streams, forwarding })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vote_answers_are_read_as_plain_results_and_plain_results_as_vote_answers() {
+        let vote = openraft::Vote::new(3, 2);
+        let plain: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse::new(vote, None, true));
+        let read: VoteAnswer = codec::decode(&codec::encode(&plain).expect("encode")).expect("decode");
+        assert!(matches!(&read, VoteAnswer::Ok(r) if r.vote_granted && r.vote == vote), "{read:?}");
+        let answer = VoteAnswer::Ok(VoteResponse::new(vote, None, false));
+        let read: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+            codec::decode(&codec::encode(&answer).expect("encode")).expect("decode");
+        assert!(matches!(&read, Ok(r) if !r.vote_granted), "{read:?}");
+        let refused = VoteAnswer::NotAMember { membership: None };
+        let read: VoteAnswer = codec::decode(&codec::encode(&refused).expect("encode")).expect("decode");
+        assert!(matches!(read, VoteAnswer::NotAMember { membership: None }), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn failed_calls_are_counted_and_answers_noted_per_peer() {
+        let streams = Streams::new(NetworkMetrics::new(&Registry::new(), "dc1", 1).expect("metrics"));
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gone = closed.local_addr().expect("addr").to_string();
+        drop(closed);
+        let wait = std::time::Duration::from_secs(5);
+        for _ in 0..3 {
+            let err = streams.call("7", &gone, VOTE, b"", wait).await.expect_err("nothing listens");
+            assert!(err.never_sent(), "{err}");
+        }
+        assert_eq!(streams.metrics.failures.with_label_values(&["7", "vote"]).get(), 3);
+        assert!(streams.answered_within(wait).is_empty(), "peer 7 never answered");
+        // A peer that answers is noted as answering.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let client = TcpStream::connect(&addr).await.expect("connect");
+        let (mut peer, _) = listener.accept().await.expect("accept");
+        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
+        let answering = tokio::spawn(async move {
+            read_frame(&mut peer).await.expect("the call");
+            write_frame(&mut peer, None, b"ok").await.expect("answer");
+            peer
+        });
+        assert_eq!(streams.call("8", &addr, VOTE, b"", wait).await.expect("answered"), b"ok");
+        let _peer = answering.await.expect("peer task");
+        assert_eq!(streams.answered_within(wait), std::collections::BTreeSet::from([8]));
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_oversized_ones_are_refused() {
@@ -807,9 +1019,10 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         let app = Router::new().route(STREAM_PATH, get(|| async { "no upgrade here" }));
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        let err = match connect(&addr).await {
-            Err(CallError::Io(e)) => e.to_string(),
-            Err(CallError::Connect(e)) => panic!("the server was reachable: {e}"),
+        let err = match connect("2", &addr).await {
+            // Nothing was sent: what listens there is no member, so to Raft the peer is unreachable (and backed off).
+            Err(CallError::Connect(e)) => e.to_string(),
+            Err(CallError::Io(e)) => panic!("no call was sent, so this is no broken call: {e}"),
             Ok(_) => panic!("a plain answer is not an upgrade"),
         };
         assert!(err.contains("refused the Raft stream: HTTP/1.1 200"), "{err}");
@@ -817,6 +1030,6 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gone = closed.local_addr().expect("addr").to_string();
         drop(closed);
-        assert!(matches!(connect(&gone).await, Err(CallError::Connect(_))), "nothing listens there");
+        assert!(matches!(connect("2", &gone).await, Err(CallError::Connect(_))), "nothing listens there");
     }
 }

@@ -262,11 +262,12 @@ impl StateStore {
                 }
                 None => std::fs::read(&path).map_err(|e| unreadable(&path, e))?,
             };
-            *store.write() = decode_state(&data)?;
+            let state = decode_state(&data)?;
+            store.events.reset(state.events_made());
+            *store.write() = state;
             metrics.bytes.set(data.len() as i64);
             store.last_applied = meta.last_log_id;
             store.membership = meta.last_membership.clone();
-            store.events.reset(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         }
         dir.remove_all_but(meta.as_ref().map(|m| m.snapshot_id.as_str()));
         Ok(store)
@@ -402,9 +403,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let state = decode_state(&data)?;
         let bytes = self.snapshots.keep(meta, move |w| w.write_all(&data)).await?;
         let versions: Vec<(String, u64)> = state.agents().map(|a| (a.registration.id.clone(), a.version)).collect();
+        self.events.reset(state.events_made());
         *self.write() = state;
         self.watchers.notify(versions);
-        self.events.reset(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         tracing::info!(snapshot = %meta.snapshot_id, bytes, "snapshot installed");

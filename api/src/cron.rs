@@ -1,5 +1,8 @@
 //! Cron schedules: a validated 5-field expression (minute hour day-of-month month day-of-week, UTC) and the next
 //! minute it fires after a given time. Pure arithmetic on days since the Unix epoch; no clock, no time zones.
+//!
+//! The one cron grammar: a job spec's `schedule` is validated by the same parser the scheduler ticks with, so
+//! what is accepted is what runs.
 
 /// Which values of each field fire, as bit sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,30 +17,19 @@ pub struct Cron {
 }
 
 const MINUTE_MS: u64 = 60_000;
-/// How far ahead `next_after` looks (a schedule like `0 0 30 2 *` never fires).
+/// How far ahead `next_after` looks: five years hold a 29 February, so a schedule that fires at all fires within
+/// them (`parse` refuses one that does not, such as `0 0 30 2 *`).
 const HORIZON_DAYS: i64 = 366 * 5;
 
+/// The five fields of a cron expression, in order, with their ranges (day of week 7 is Sunday, like 0).
+const FIELDS: [(&str, u32, u32); 5] =
+    [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7)];
+
+/// One field: a comma list of `*`, `N`, `A-B`, `*/S` or `A-B/S`, as a bit set of the values that fire.
 fn field(text: &str, lo: u32, hi: u32) -> Result<u64, String> {
     let mut bits = 0u64;
     for item in text.split(',') {
-        let (range, step) = match item.split_once('/') {
-            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| format!("bad step in `{item}`"))?),
-            None => (item, 1),
-        };
-        let (first, last) = if range == "*" {
-            (lo, hi)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (
-                a.parse().map_err(|_| format!("bad range `{range}`"))?,
-                b.parse().map_err(|_| format!("bad range `{range}`"))?,
-            )
-        } else {
-            let n: u32 = range.parse().map_err(|_| format!("bad value `{range}`"))?;
-            (n, n)
-        };
-        if step == 0 || first < lo || last > hi || first > last {
-            return Err(format!("`{item}` is outside {lo}-{hi}"));
-        }
+        let (first, last, step) = item_range(item, lo, hi)?;
         let mut v = first;
         while v <= last {
             bits |= 1 << v;
@@ -47,24 +39,74 @@ fn field(text: &str, lo: u32, hi: u32) -> Result<u64, String> {
     Ok(bits)
 }
 
+fn item_range(item: &str, lo: u32, hi: u32) -> Result<(u32, u32, u32), String> {
+    if item.is_empty() {
+        return Err("empty item in the list".to_owned());
+    }
+    let (range, step) = match item.split_once('/') {
+        Some((range, step)) => (range, Some(number(step)?)),
+        None => (item, None),
+    };
+    if let Some(step) = step {
+        let span = hi - lo + 1;
+        if step == 0 || step > span {
+            return Err(format!("step {step} must be 1 to {span}"));
+        }
+    }
+    if range == "*" {
+        return Ok((lo, hi, step.unwrap_or(1)));
+    }
+    let (first, last) = match range.split_once('-') {
+        Some((first, last)) => (number(first)?, number(last)?),
+        // `5/10` is accepted by some crons and means different things in others; we take only the forms above.
+        None if step.is_some() => return Err(format!("`{item}`: a step follows `*` or a range A-B")),
+        None => {
+            let n = number(range)?;
+            (n, n)
+        }
+    };
+    for n in [first, last] {
+        if !(lo..=hi).contains(&n) {
+            return Err(format!("{n} is outside {lo}-{hi}"));
+        }
+    }
+    if first > last {
+        return Err(format!("the range {first}-{last} runs backwards"));
+    }
+    Ok((first, last, step.unwrap_or(1)))
+}
+
+fn number(text: &str) -> Result<u32, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{text}` is not a number"));
+    }
+    text.parse().map_err(|_| format!("{text} is too large"))
+}
+
 impl Cron {
+    /// Parses an expression, refusing one that never fires (`0 0 31 2 *`): the message names the field at fault.
     pub fn parse(expr: &str) -> Result<Cron, String> {
         let f: Vec<&str> = expr.split_whitespace().collect();
-        if f.len() != 5 {
-            return Err(format!("`{expr}` does not have 5 fields"));
+        if f.len() != FIELDS.len() {
+            return Err(format!(
+                "`{expr}` has {} fields; a schedule has 5: minute hour day-of-month month day-of-week",
+                f.len()
+            ));
         }
-        let mut weekdays = field(f[4], 0, 7)?;
+        let mut bits = [0u64; 5];
+        for (i, (text, (name, lo, hi))) in f.iter().zip(FIELDS).enumerate() {
+            bits[i] = field(text, lo, hi).map_err(|why| format!("{name} field `{text}`: {why}"))?;
+        }
+        let [minutes, hours, days, months, mut weekdays] = bits;
         if weekdays & (1 << 7) != 0 {
             weekdays |= 1;
         }
-        Ok(Cron {
-            minutes: field(f[0], 0, 59)?,
-            hours: field(f[1], 0, 23)?,
-            days: field(f[2], 1, 31)?,
-            months: field(f[3], 1, 12)?,
-            weekdays,
-            either_day: f[2] != "*" && f[4] != "*",
-        })
+        let cron = Cron { minutes, hours, days, months, weekdays, either_day: f[2] != "*" && f[4] != "*" };
+        // Every schedule that fires at all fires within any window of HORIZON_DAYS (a 29 February included).
+        if cron.next_after(0).is_none() {
+            return Err(format!("`{expr}` never fires: no month named has the day of month named"));
+        }
+        Ok(cron)
     }
 
     fn day_matches(&self, day: i64) -> bool {
@@ -139,6 +181,28 @@ mod tests {
     }
 
     #[test]
+    fn schedules_that_never_fire_are_refused() {
+        for never in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 30-31 2 *"] {
+            let e = Cron::parse(never).expect_err(never);
+            assert!(e.contains("never fires"), "{never}: {e}");
+        }
+        // A day of the week as well fires on that weekday (either matches); 29 February fires in leap years.
+        for fires in ["0 0 31 2 1", "0 0 29 2 *", "0 0 31 1-2 *"] {
+            assert!(Cron::parse(fires).is_ok(), "{fires}");
+        }
+    }
+
+    #[test]
+    fn the_grammar_is_the_strict_one() {
+        for bad in ["5/10 * * * *", "*/0 * * * *", "*/61 * * * *", "30-10 * * * *", "1,,2 * * * *", "@daily"] {
+            assert!(Cron::parse(bad).is_err(), "{bad}");
+        }
+        let steps = Cron::parse("0-30/10 */2 1-15/7 * *").expect("valid");
+        assert_eq!(steps.minutes, 1 | 1 << 10 | 1 << 20 | 1 << 30);
+        assert_eq!(steps.days, 1 << 1 | 1 << 8 | 1 << 15);
+    }
+
+    #[test]
     fn civil_dates_round_trip() {
         assert_eq!(civil(0), (1970, 1, 1));
         assert_eq!(civil(19_723), (2024, 1, 1));
@@ -163,7 +227,6 @@ mod tests {
         // Both day fields restricted: either matches (the 1st, or any Monday).
         let either = Cron::parse("0 0 1 * 1").expect("valid");
         assert_eq!(either.next_after(at(2026, 11, 22, 0, 0)), Some(at(2026, 11, 23, 0, 0)));
-        assert_eq!(Cron::parse("0 0 31 2 *").expect("valid").next_after(0), None, "never fires");
         assert!(Cron::parse("* * *").is_err());
     }
 }

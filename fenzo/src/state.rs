@@ -1,0 +1,222 @@
+//! What placement reads and changes about the cluster: agents' fixed facts with interned attributes, what runs on
+//! each, and the co-task counts that constraints read. A `ClusterSnapshot` owns one `State`; a placement works
+//! on a copy of it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::agent::Agent;
+use crate::constraint::{Constraint, Scope};
+use crate::ports::{self, PortSet};
+use crate::request::TaskRequest;
+use crate::resources::Resources;
+
+/// An agent's position in the snapshot; stable for the snapshot's life.
+pub type AgentIdx = u32;
+pub(crate) type AttrId = u32;
+pub(crate) type ValueId = u32;
+
+/// Attribute names and values as small integers, so constraint checks compare numbers.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Interner {
+    attrs: HashMap<String, AttrId>,
+    values: HashMap<(AttrId, String), ValueId>,
+}
+
+impl Interner {
+    pub(crate) fn attr(&self, name: &str) -> Option<AttrId> {
+        self.attrs.get(name).copied()
+    }
+
+    pub(crate) fn value(&self, attr: AttrId, value: &str) -> Option<ValueId> {
+        self.values.get(&(attr, value.to_string())).copied()
+    }
+
+    pub(crate) fn intern(&mut self, name: &str, value: &str) -> (AttrId, ValueId) {
+        let next = self.attrs.len() as AttrId;
+        let a = *self.attrs.entry(name.to_string()).or_insert(next);
+        let next = self.values.len() as ValueId;
+        let v = *self.values.entry((a, value.to_string())).or_insert(next);
+        (a, v)
+    }
+}
+
+/// The fixed part of an agent: what it is, not what runs on it.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentInfo {
+    pub(crate) spec: Agent,
+    /// Totals with the port count taken from the ranges.
+    pub(crate) total: Resources,
+    pub(crate) attrs: Vec<(AttrId, ValueId)>,
+}
+
+impl AgentInfo {
+    pub(crate) fn attr(&self, a: AttrId) -> Option<ValueId> {
+        self.attrs.iter().find(|(x, _)| *x == a).map(|(_, v)| *v)
+    }
+
+    pub(crate) fn attrs(&self) -> &[(AttrId, ValueId)] {
+        &self.attrs
+    }
+}
+
+/// The changing part of an agent.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentUsage {
+    pub(crate) used: Resources,
+    pub(crate) ports: PortSet,
+    pub(crate) tasks: u32,
+    /// An exclusive-host task runs here: nothing else may join.
+    pub(crate) exclusive: bool,
+    pub(crate) eligible: bool,
+}
+
+/// How many tasks of one scope run on each agent and on each attribute value.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GroupCounts {
+    per_agent: HashMap<AgentIdx, u32>,
+    per_value: HashMap<(AttrId, ValueId), u32>,
+}
+
+impl GroupCounts {
+    pub(crate) fn on_agent(&self, idx: AgentIdx) -> u32 {
+        self.per_agent.get(&idx).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn with_value(&self, a: AttrId, v: ValueId) -> u32 {
+        self.per_value.get(&(a, v)).copied().unwrap_or(0)
+    }
+
+    /// Counts of the values of attribute `a` that hold at least one task.
+    pub(crate) fn values_of(&self, a: AttrId) -> impl Iterator<Item = u32> + '_ {
+        self.per_value.iter().filter(move |((x, _), n)| *x == a && **n > 0).map(|(_, n)| *n)
+    }
+
+    fn add(&mut self, idx: AgentIdx, info: &AgentInfo) {
+        *self.per_agent.entry(idx).or_insert(0) += 1;
+        for &(a, v) in info.attrs() {
+            *self.per_value.entry((a, v)).or_insert(0) += 1;
+        }
+    }
+
+    fn remove(&mut self, idx: AgentIdx, info: &AgentInfo) {
+        if let Some(n) = self.per_agent.get_mut(&idx) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_agent.remove(&idx);
+            }
+        }
+        for &(a, v) in info.attrs() {
+            if let Some(n) = self.per_value.get_mut(&(a, v)) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_value.remove(&(a, v));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.per_agent.is_empty()
+    }
+}
+
+/// What one capacity group has running.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupUsage {
+    pub resources: Resources,
+    pub tasks: u32,
+}
+
+/// Everything a placement changes; `place` works on a copy of it and leaves the snapshot untouched.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct State {
+    pub(crate) usage: Vec<AgentUsage>,
+    jobs: HashMap<String, GroupCounts>,
+    named: HashMap<String, GroupCounts>,
+    /// Resources in use per capacity group ("" for tasks without one).
+    pub(crate) capacity: BTreeMap<String, GroupUsage>,
+}
+
+impl State {
+    pub(crate) fn group(&self, scope: &Scope) -> Option<&GroupCounts> {
+        match scope {
+            Scope::Job(j) => self.jobs.get(j),
+            Scope::Group(g) => self.named.get(g),
+        }
+    }
+
+    /// Records a task on an agent whose fit was already checked; allocates its ports unless given.
+    pub(crate) fn record(
+        &mut self,
+        agents: &[AgentInfo],
+        idx: AgentIdx,
+        task: &TaskRequest,
+        ports: Option<&[u16]>,
+    ) -> Vec<u16> {
+        let info = &agents[idx as usize];
+        let usage = &mut self.usage[idx as usize];
+        usage.used.add(&task.resources);
+        usage.tasks += 1;
+        if task.constraints.iter().any(|c| matches!(c, Constraint::ExclusiveHost)) {
+            usage.exclusive = true;
+        }
+        let ports = match ports {
+            Some(p) => {
+                usage.ports.reserve(p);
+                p.to_vec()
+            }
+            None => usage
+                .ports
+                .allocate(task.resources.ports, ports::search_start(&task.id))
+                .expect("the port count was checked by the filter before recording"),
+        };
+        self.jobs.entry(task.job.clone()).or_default().add(idx, info);
+        for g in &task.groups {
+            self.named.entry(g.clone()).or_default().add(idx, info);
+        }
+        let cg = task.capacity_group.clone().unwrap_or_default();
+        let group = self.capacity.entry(cg).or_default();
+        group.resources.add(&task.resources);
+        group.tasks += 1;
+        ports
+    }
+
+    pub(crate) fn unrecord(&mut self, agents: &[AgentInfo], record: &TaskRecord) {
+        let idx = record.agent;
+        let info = &agents[idx as usize];
+        let usage = &mut self.usage[idx as usize];
+        usage.used.sub(&record.task.resources);
+        usage.tasks -= 1;
+        if record.task.constraints.iter().any(|c| matches!(c, Constraint::ExclusiveHost)) {
+            usage.exclusive = false;
+        }
+        usage.ports.release(&record.ports);
+        forget(&mut self.jobs, &record.task.job, idx, info);
+        for g in &record.task.groups {
+            forget(&mut self.named, g, idx, info);
+        }
+        let cg = record.task.capacity_group.clone().unwrap_or_default();
+        if let Some(g) = self.capacity.get_mut(&cg) {
+            g.resources.sub(&record.task.resources);
+            g.tasks = g.tasks.saturating_sub(1);
+        }
+    }
+}
+
+fn forget(map: &mut HashMap<String, GroupCounts>, key: &str, idx: AgentIdx, info: &AgentInfo) {
+    if let Some(counts) = map.get_mut(key) {
+        counts.remove(idx, info);
+        if counts.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// A task the snapshot holds: where it runs, what it asked for and the ports it got, so releasing it undoes
+/// exactly what recording it did.
+#[derive(Clone, Debug)]
+pub(crate) struct TaskRecord {
+    pub(crate) agent: AgentIdx,
+    pub(crate) task: TaskRequest,
+    pub(crate) ports: Vec<u16>,
+}
