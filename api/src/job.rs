@@ -337,33 +337,6 @@ impl JobSpec {
         resolve_locations(self.location.as_deref(), self.locations.as_ref()).unwrap_or_default()
     }
 
-    /// Replaces the counts per location, in the form the spec already uses: a spec written with the `location`
-    /// shorthand keeps it (`dc1:5,dc2:4`, in name order), so that what the user reads back is what they wrote.
-    pub fn set_locations(&mut self, counts: &BTreeMap<String, u32>) {
-        if self.location.is_some() && self.locations.is_none() {
-            let shorthand = counts.iter().map(|(name, n)| format!("{name}:{n}")).collect::<Vec<_>>().join(",");
-            self.location = Some(shorthand);
-        } else {
-            self.location = None;
-            self.locations = Some(counts.clone());
-        }
-    }
-
-    /// Instances in one location (0 when it is not named), without building the whole map: the scheduler asks
-    /// this of every job in every round.
-    pub fn count_in(&self, location: &str) -> u32 {
-        if let Some(map) = &self.locations {
-            return map.get(location).copied().unwrap_or(0);
-        }
-        let Some(shorthand) = &self.location else { return 0 };
-        shorthand
-            .split(',')
-            .filter_map(|part| part.trim().split_once(':'))
-            .find(|(name, _)| name.trim() == location)
-            .and_then(|(_, n)| n.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
     fn validate_resources(&self) -> Result<(), ApiError> {
         // NaN fails every comparison, so finiteness is checked first and on its own.
         if !self.cpus.is_finite() {
@@ -860,6 +833,11 @@ pub fn parse_location(s: &str) -> Result<BTreeMap<String, u32>, String> {
     Ok(counts)
 }
 
+/// Writes counts in the shorthand `parse_location` reads (`"dc1:20,dc2:40"`), locations in name order.
+pub fn format_location(counts: &BTreeMap<String, u32>) -> String {
+    counts.iter().map(|(name, n)| format!("{name}:{n}")).collect::<Vec<_>>().join(",")
+}
+
 fn check_count(location: &str, count: u32) -> Result<(), String> {
     if count > MAX_INSTANCES_PER_LOCATION {
         return Err(format!("{location} asks for more than {MAX_INSTANCES_PER_LOCATION} instances"));
@@ -1267,15 +1245,10 @@ disruptionBudget:
     }
 
     #[test]
-    fn new_counts_keep_the_form_the_spec_was_written_in() {
-        let counts = BTreeMap::from([("dc1".to_string(), 5), ("dc9".to_string(), 0)]);
-        let mut short = accepts(&with(json!({"location": "dc2:4, dc1:2"})));
-        short.set_locations(&counts);
-        assert_eq!((short.location.as_deref(), short.locations.as_ref()), (Some("dc1:5,dc9:0"), None));
-        assert_eq!(short.locations(), counts, "the shorthand reads back as the counts");
-        let mut map = accepts(&with(json!({"location": null, "locations": {"dc2": 4}})));
-        map.set_locations(&counts);
-        assert_eq!((map.location.as_deref(), map.locations.as_ref()), (None, Some(&counts)));
+    fn the_shorthand_is_written_as_it_is_read() {
+        let counts = BTreeMap::from([("dc1".to_string(), 5), ("dc9".to_string(), 0), ("dc2".to_string(), 4)]);
+        assert_eq!(format_location(&counts), "dc1:5,dc2:4,dc9:0");
+        assert_eq!(parse_location(&format_location(&counts)), Ok(counts));
     }
 
     #[test]
@@ -1472,15 +1445,6 @@ disruptionBudget:
             rejects(&batch(bad), "schedule");
         }
         rejects(&with(json!({"type": "batch", "overlap": "skip"})), "overlap");
-        // `count_in` reads the same counts as `locations`, without building the map.
-        for body in
-            [json!({"location": " dc1:3, dc2 : 5"}), json!({"location": null, "locations": {"dc1": 3, "dc2": 5}})]
-        {
-            let spec = JobSpec::parse(with(body).as_bytes(), BodyFormat::Json).expect("valid");
-            for l in ["dc1", "dc2", "dc3"] {
-                assert_eq!(spec.count_in(l), spec.locations().get(l).copied().unwrap_or(0), "{l}");
-            }
-        }
         rejects(&with(json!({"type": "batch", "schedule": "* * * * *", "overlap": "sometimes"})), "overlap");
         let replace = JobSpec::parse(
             with(json!({"type": "batch", "schedule": "* * * * *", "overlap": "replace"})).as_bytes(),

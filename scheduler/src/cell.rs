@@ -31,12 +31,13 @@ use titan_api::view::{
 use titan_api::{Actor, ApiError, CellApi, Client, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::command::{Command, Meta, Rejection, Response};
 use crate::config::CellConfig;
 use crate::raft::{
     codec, membership, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId,
     Packed, PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
 };
-use crate::state_machine::{Command, Meta, Rejection, Response};
+use crate::spec::Spec;
 use crate::store::Engine;
 
 /// Why a member could not start.
@@ -463,7 +464,9 @@ impl Cell {
         let mut tasks = Vec::new();
         for t in s.tasks_on_agent(agent) {
             let Some(job) = s.job(&t.job_id) else { continue };
-            let spec = &job.spec;
+            // The spec the task was made from, not a later one: a task of version N-1 that has not started yet
+            // still runs N-1's image.
+            let spec = job.spec_for(t.spec_version);
             tasks.push(Assignment {
                 task_id: t.id.clone(),
                 job_id: t.job_id.clone(),
@@ -475,8 +478,8 @@ impl Cell {
                 memory_mib: t.ask.memory_mib,
                 disk_mib: t.ask.disk_mib,
                 ports: t.ports.clone(),
-                volumes: spec.volumes.clone(),
-                health_check: spec.health_check.clone(),
+                volumes: spec.volumes.iter().map(Into::into).collect(),
+                health_check: spec.health_check.as_ref().map(Into::into),
                 kill_grace_ms: KILL_GRACE_MS,
                 stop_after_ms: spec.disconnect.as_ref().map(|d| d.stop_after_ms()),
             });
@@ -1047,7 +1050,13 @@ impl CellApi for Cell {
     fn submit_job(&self, spec: JobSpec, idempotency_key: Option<String>, actor: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
             let id = uuid::Uuid::new_v4().to_string();
-            self.write(Command::PutJob { id, spec: Arc::new(spec), idempotency_key, meta: Cell::meta(actor) }).await
+            self.write(Command::PutJob {
+                id,
+                spec: Arc::new(Spec::from(&spec)),
+                idempotency_key,
+                meta: Cell::meta(actor),
+            })
+            .await
         })
     }
 
@@ -1093,8 +1102,13 @@ impl CellApi for Cell {
 
     fn update_job(&self, id: String, spec: JobSpec, if_match: Option<u64>, actor: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
-            self.write(Command::UpdateJob { id, spec: Arc::new(spec), if_version: if_match, meta: Cell::meta(actor) })
-                .await
+            self.write(Command::UpdateJob {
+                id,
+                spec: Arc::new(Spec::from(&spec)),
+                if_version: if_match,
+                meta: Cell::meta(actor),
+            })
+            .await
         })
     }
 

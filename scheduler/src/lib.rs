@@ -6,7 +6,9 @@
 //! depends on the agent crate.
 
 pub mod cell;
+pub mod command;
 pub mod config;
+pub mod desired;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only
 // move the conversion elsewhere.
 pub mod placement;
@@ -14,6 +16,8 @@ pub mod placement;
 pub mod raft;
 pub mod reconcile;
 pub mod scheduling;
+pub mod snapshot;
+pub mod spec;
 pub mod state_machine;
 pub mod store;
 pub mod task;

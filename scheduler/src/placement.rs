@@ -4,8 +4,8 @@
 //! `Capacity` is derived state: it is rebuilt from the agents and tasks whenever a snapshot is loaded, and kept
 //! current as commands apply, so that every member re-validates a plan against the same numbers.
 
+use crate::spec::{Constraint as SpecConstraint, Operator, Spec};
 use fenzo::{By, ClusterSnapshot, Constraint, TaskRequest};
-use titan_api::job::{ConstraintOperator, ConstraintSpec, JobSpec};
 
 use crate::state_machine::AgentRecord;
 use crate::task::{Ask, TaskRecord};
@@ -16,7 +16,7 @@ pub const AGENT_ATTRIBUTE: &str = "titan.agent";
 /// MiB in a GiB: job specs give disk in GiB, agents in MiB.
 pub const MIB_PER_GIB: u64 = 1024;
 
-pub fn ask(spec: &JobSpec) -> Ask {
+pub fn ask(spec: &Spec) -> Ask {
     Ask { cpus: spec.cpus, memory_mib: spec.memory, disk_mib: spec.disk * MIB_PER_GIB, ports: spec.ports }
 }
 
@@ -38,34 +38,32 @@ fn attribute_name(attribute: &str) -> String {
 }
 
 /// The fenzo form of a validated constraint (validation guarantees the fields each operator needs).
-pub fn constraint(c: &ConstraintSpec) -> Constraint {
+pub fn constraint(c: &SpecConstraint) -> Constraint {
     let attribute = c.attribute.clone().unwrap_or_default();
     match c.operator {
-        ConstraintOperator::Equals => {
+        Operator::Equals => {
             Constraint::AttributeEquals { name: attribute_name(&attribute), value: c.value.clone().unwrap_or_default() }
         }
-        ConstraintOperator::NotEquals => Constraint::AttributeNotEquals {
+        Operator::NotEquals => Constraint::AttributeNotEquals {
             name: attribute_name(&attribute),
             value: c.value.clone().unwrap_or_default(),
         },
-        ConstraintOperator::In => {
+        Operator::In => {
             Constraint::AttributeIn { name: attribute_name(&attribute), values: c.values.clone().unwrap_or_default() }
         }
-        ConstraintOperator::Unique => Constraint::Unique { scope: None, by: by(&attribute) },
-        ConstraintOperator::Exclusive => Constraint::ExclusiveHost,
-        ConstraintOperator::Balanced => {
-            Constraint::Balanced { scope: None, attribute, expected: c.expected.unwrap_or(1) }
-        }
-        ConstraintOperator::MaxPer => Constraint::MaxPer { scope: None, by: by(&attribute), max: c.max.unwrap_or(1) },
+        Operator::Unique => Constraint::Unique { scope: None, by: by(&attribute) },
+        Operator::Exclusive => Constraint::ExclusiveHost,
+        Operator::Balanced => Constraint::Balanced { scope: None, attribute, expected: c.expected.unwrap_or(1) },
+        Operator::MaxPer => Constraint::MaxPer { scope: None, by: by(&attribute), max: c.max.unwrap_or(1) },
     }
 }
 
 /// What fenzo places for a task: the resources it asked for, and its job's current constraints.
-pub fn request(task: &TaskRecord, spec: &JobSpec) -> TaskRequest {
+pub fn request(task: &TaskRecord, spec: &Spec) -> TaskRequest {
     request_for(&task.id, &task.job_id, &task.ask, spec)
 }
 
-pub fn request_for(id: &str, job: &str, a: &Ask, spec: &JobSpec) -> TaskRequest {
+pub fn request_for(id: &str, job: &str, a: &Ask, spec: &Spec) -> TaskRequest {
     let mut r = TaskRequest::new(id, job).cpus(a.cpus).mem_mib(a.memory_mib).disk_mib(a.disk_mib).ports(a.ports);
     if let Some(g) = &spec.capacity_group {
         r = r.capacity_group(g.clone());

@@ -9,14 +9,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::spec::{JobType, Overlap, Spec};
 use fenzo::{Pending, PlacementConfig, TaskRequest};
 use serde::{Deserialize, Serialize};
-use titan_api::job::{JobSpec, JobType};
 use titan_api::task::{Reason, TaskHealth, TaskState};
 use titan_api::view::JobState;
 
+use crate::command::{NewTask, Placed, Round};
 use crate::placement;
-use crate::state_machine::{CellState, NewTask, Placed, Round};
+use crate::state_machine::CellState;
 use crate::task::TaskRecord;
 
 /// The scheduler's knobs; `[scheduler]` in the server's TOML file.
@@ -97,7 +98,7 @@ impl SchedulerConfig {
     /// from when it *sent* its last answered heartbeat, which is no later than when the leader heard it, and
     /// stops the task within the kill grace after that; the lease and the margin come on top, so the
     /// replacement is created strictly after the original stopped (clock rates, not clocks, must agree).
-    pub fn lose_after_ms(&self, spec: Option<&JobSpec>) -> u64 {
+    pub fn lose_after_ms(&self, spec: Option<&Spec>) -> u64 {
         let plain = self.lease_ms.saturating_add(self.lost_grace_ms);
         match spec.and_then(|s| s.disconnect.as_ref()) {
             None => plain,
@@ -203,10 +204,7 @@ pub fn reconcile(
         if sets.is_none_or(|s| s.live.is_empty() && s.open.is_empty()) && job.state != JobState::Enabled {
             continue;
         }
-        let target = match job.state {
-            JobState::Enabled => job.spec.count_in(cell) as usize,
-            JobState::Disabled | JobState::Killed => 0,
-        };
+        let target = crate::desired::count(job, cell) as usize;
         let why = if job.state == JobState::Killed { Reason::KilledByUser } else { Reason::ScaledDown };
         let empty = crate::state_machine::JobTasks::default();
         let sets = sets.unwrap_or(&empty);
@@ -299,15 +297,15 @@ fn tick(
     }
     let previous: Vec<&TaskRecord> =
         sets.live.iter().filter_map(|id| state.task(id)).filter(|t| t.run == job.current_run).collect();
-    let replace = job.spec.overlap == Some(titan_api::job::OverlapPolicy::Replace);
+    let replace = job.spec.overlap == Some(Overlap::Replace);
     if !previous.is_empty() && !replace {
-        d.round.ticks.push(crate::state_machine::Tick { job_id: job.id.clone(), at_ms: due, start: false });
+        d.round.ticks.push(crate::command::Tick { job_id: job.id.clone(), at_ms: due, start: false });
         return true;
     }
     for t in previous {
         d.round.stop.push((t.id.clone(), Reason::ScaledDown));
     }
-    d.round.ticks.push(crate::state_machine::Tick { job_id: job.id.clone(), at_ms: due, start: true });
+    d.round.ticks.push(crate::command::Tick { job_id: job.id.clone(), at_ms: due, start: true });
     for _ in 0..target {
         d.round.create.push(NewTask::fresh(new_id(), &job.id, Some(due)));
     }
@@ -388,7 +386,7 @@ enum After {
     Gone,
 }
 
-fn after(t: &TaskRecord, spec: &JobSpec, config: &SchedulerConfig) -> After {
+fn after(t: &TaskRecord, spec: &Spec, config: &SchedulerConfig) -> After {
     // Tasks that died with their agent, or were moved or killed on purpose, are replaced at once; anything that
     // could fail again the same way (a crash, a launch error, a stuck start) waits, longer each attempt.
     let at_once = matches!(
@@ -430,7 +428,7 @@ fn after(t: &TaskRecord, spec: &JobSpec, config: &SchedulerConfig) -> After {
 struct JobRound<'a> {
     state: &'a CellState,
     job_id: &'a str,
-    spec: &'a JobSpec,
+    spec: &'a Spec,
     target: usize,
     /// Why surplus tasks are stopped (scaled down, or the job killed).
     why: Reason,
@@ -606,7 +604,7 @@ impl JobRound<'_> {
 
 /// How many of a job's `target` tasks voluntary disruptions may take down at once: its budget, or one in ten
 /// (at least one) when it has none.
-fn budget(spec: &JobSpec, target: usize) -> usize {
+fn budget(spec: &Spec, target: usize) -> usize {
     match &spec.disruption_budget {
         Some(b) => match (b.max_unavailable, b.max_unavailable_percent) {
             (Some(n), _) => n as usize,
@@ -636,7 +634,7 @@ const MAX_PIN_CHAIN: usize = 16;
 
 /// A replacement of a task with persistent volumes goes where its predecessor ran, since the volumes are there;
 /// unless that agent takes no work any more (lost, draining, gone), where the volume is given up for a fresh one.
-fn pinned(state: &CellState, request: TaskRequest, replaces: Option<&str>, spec: &JobSpec) -> TaskRequest {
+fn pinned(state: &CellState, request: TaskRequest, replaces: Option<&str>, spec: &Spec) -> TaskRequest {
     if !spec.volumes.iter().any(|v| v.persistent) {
         return request;
     }
@@ -699,7 +697,7 @@ fn replacement(
     state: &CellState,
     mut request: TaskRequest,
     replaces: Option<&str>,
-    spec: &JobSpec,
+    spec: &Spec,
     avoiding: &mut HashMap<String, Vec<String>>,
 ) -> TaskRequest {
     let failed = failed_agents(state, replaces);
@@ -771,11 +769,11 @@ mod tests {
     use std::sync::Arc;
 
     use titan_api::agent::{AgentRegistration, AgentResources};
-    use titan_api::job::BodyFormat;
+    use titan_api::job::{BodyFormat, JobSpec};
     use titan_api::task::TaskStatus;
 
     use super::*;
-    use crate::state_machine::{Command, Meta, Response};
+    use crate::command::{Command, Meta, Response};
 
     const CELL: &str = "dc1";
 
@@ -783,12 +781,12 @@ mod tests {
         Meta { who: "test".into(), why: None, at_ms, request: String::new() }
     }
 
-    fn spec(extra: &str) -> Arc<JobSpec> {
+    fn spec(extra: &str) -> Arc<Spec> {
         let location = if extra.contains("location") { "" } else { r#","location":"dc1:3,dc2:5""# };
         let body = format!(
             r#"{{"name":"web","applicationName":"shop"{location},"cpus":1,"memory":256,"image":"busybox"{extra}}}"#
         );
-        Arc::new(JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec"))
+        Arc::new(Spec::from(&JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec")))
     }
 
     fn register(s: &mut CellState, id: &str, cpus: f64, running: Vec<String>, at: u64) -> u64 {
@@ -814,7 +812,7 @@ mod tests {
     }
 
     impl World {
-        fn new(agents: &[(&str, f64)], job: Arc<JobSpec>) -> World {
+        fn new(agents: &[(&str, f64)], job: Arc<Spec>) -> World {
             let mut state = CellState::default();
             for (id, cpus) in agents {
                 register(&mut state, id, *cpus, vec![], 0);
@@ -880,17 +878,16 @@ mod tests {
     }
 
     #[test]
-    fn a_replicated_copy_serializes_as_the_whole_state_and_reindexes_to_it() {
+    fn a_snapshot_of_the_state_loads_back_to_it() {
         let mut w = World::new(&[("a1", 4.0), ("a2", 4.0)], spec(""));
         w.round(10);
         assert_eq!(w.state.tasks().count(), 3, "a state with agents, a job and placed tasks");
-        let copy = w.state.replicated_copy();
-        let json = |s: &CellState| serde_json::to_string(s).expect("serializes");
-        assert_eq!(json(&copy), json(&w.state));
-        // Rebuilt, its derived fields are the whole state's, rebuilt the same way (the live state keeps counts that
-        // went to zero, which a rebuild leaves out).
-        let (mut back, mut whole) = (copy, w.state.clone());
-        back.reindex();
+        let mut bytes = Vec::new();
+        crate::snapshot::write(&mut bytes, &w.state.snapshot()).expect("writes");
+        let back = CellState::from_snapshot(crate::snapshot::read(&bytes).expect("reads"));
+        // Its derived fields are the whole state's, rebuilt the same way (the live state keeps counts that went to
+        // zero, which a rebuild leaves out).
+        let mut whole = w.state.clone();
         whole.reindex();
         assert_eq!(back, whole, "the derived fields come back from the replicated ones");
     }

@@ -13,8 +13,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use titan_api::task::TaskState;
 
 use crate::cell::Cell;
+use crate::command::{Command, Meta, Response};
 use crate::reconcile::{self, Observed};
-use crate::state_machine::{Command, Meta, Response};
 
 /// What only the leader knows about scheduling, reset when leadership changes.
 #[derive(Default)]

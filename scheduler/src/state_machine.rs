@@ -5,7 +5,7 @@
 //! killed job) are answers, not errors: they are decided here, at apply time, against the latest state.
 //!
 //! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
-//! change), snapshots carry `SnapshotV1` behind a format number.
+//! change), snapshots are `snapshot::SnapshotV2` behind a format number.
 
 use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -13,10 +13,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentState};
 use titan_api::event::{Event, Topic};
-use titan_api::job::JobSpec;
 use titan_api::task::{Desired, Reason, TaskState, TaskStatus};
 
+use crate::command::{Command, Meta, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
 use crate::placement::{self, Capacity};
+use crate::snapshot::SnapshotV2;
+use crate::spec::Spec;
 use crate::task::TaskRecord;
 use titan_api::view::{HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
@@ -27,250 +29,14 @@ pub const REQUEST_TTL_MS: u64 = 60 * 1000;
 /// History entries kept per job; older ones are dropped first.
 pub const MAX_HISTORY: usize = 1_000;
 
-/// Who made a change, why, and when (stamped by the member that proposed it).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Meta {
-    pub who: String,
-    pub why: Option<String>,
-    pub at_ms: u64,
-    /// Unique per proposal: a command re-proposed after an ambiguous failure (the first may have committed after
-    /// all) is answered from the first application instead of applied twice. Empty: no deduplication.
-    #[serde(default)]
-    pub request: String,
-}
-
-/// A change to the cell's state, as committed in the Raft log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Command {
-    PutJob {
-        id: String,
-        spec: Arc<JobSpec>,
-        idempotency_key: Option<String>,
-        meta: Meta,
-    },
-    UpdateJob {
-        id: String,
-        spec: Arc<JobSpec>,
-        if_version: Option<u64>,
-        meta: Meta,
-    },
-    SetInstances {
-        id: String,
-        instances: BTreeMap<String, u32>,
-        if_version: Option<u64>,
-        meta: Meta,
-    },
-    SetEnabled {
-        id: String,
-        enabled: bool,
-        meta: Meta,
-    },
-    KillJob {
-        id: String,
-        meta: Meta,
-    },
-    /// Several commands committed as one entry (proposal batching); applied in order, answered one by one.
-    Batch(Vec<Command>),
-    /// An agent registers or re-registers: its lease epoch goes up by one.
-    RegisterAgent {
-        registration: Box<AgentRegistration>,
-        meta: Meta,
-    },
-    /// The leader's decisions of one scheduling round, re-validated as they apply.
-    Round {
-        round: Box<Round>,
-        meta: Meta,
-    },
-    /// What an agent observed of its tasks, under the lease epoch it holds.
-    TaskStatuses {
-        agent: String,
-        lease_epoch: u64,
-        statuses: Vec<TaskStatus>,
-        meta: Meta,
-    },
-    /// A user asks for one task to stop.
-    KillTask {
-        id: String,
-        meta: Meta,
-    },
-    /// An operator drains an agent (`Draining`) or puts it back to work (`Active`).
-    SetAgentState {
-        id: String,
-        state: AgentState,
-        meta: Meta,
-    },
-}
-
-/// A task the reconciler wants: a new one (attempt 0) or the replacement of a terminal one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewTask {
-    pub id: String,
-    pub job_id: String,
-    pub attempt: u32,
-    pub replaces: Option<String>,
-    pub retries_used: u32,
-    /// For a scheduled job: the run (tick, ms) the task belongs to.
-    #[serde(default)]
-    pub run: Option<u64>,
-}
-
-impl NewTask {
-    /// A first task (not a replacement), of run `run` for a scheduled job.
-    pub fn fresh(id: String, job_id: &str, run: Option<u64>) -> NewTask {
-        NewTask { id, job_id: job_id.to_string(), attempt: 0, replaces: None, retries_used: 0, run }
-    }
-}
-
-/// A scheduled job's tick: a new run starts, or is skipped because the previous one is still going.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tick {
-    pub job_id: String,
-    pub at_ms: u64,
-    pub start: bool,
-}
-
-/// A placement of an Accepted task on an agent, at the agent's lease epoch, with its ports.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placed {
-    pub task_id: String,
-    pub agent: String,
-    pub lease_epoch: u64,
-    pub ports: Vec<u16>,
-}
-
-/// Everything one scheduling round decided. Applied in field order: new tasks, placements, stops, losses,
-/// then agents' reachability.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Round {
-    /// Scheduled jobs' ticks, applied first.
-    #[serde(default)]
-    pub ticks: Vec<Tick>,
-    pub create: Vec<NewTask>,
-    pub place: Vec<Placed>,
-    /// Tasks to stop, and why.
-    pub stop: Vec<(String, Reason)>,
-    /// Tasks declared lost, and why.
-    pub lose: Vec<(String, Reason)>,
-    /// Agents whose lease expired.
-    pub unreachable: Vec<String>,
-    /// Agents heard from again.
-    pub reachable: Vec<String>,
-    /// Draining agents with nothing left on them.
-    #[serde(default)]
-    pub drained: Vec<String>,
-    /// Ended tasks past their retention that nothing needs any more: dropped from the state.
-    #[serde(default)]
-    pub forget: Vec<String>,
-}
-
-impl Round {
-    pub fn is_empty(&self) -> bool {
-        self.create.is_empty()
-            && self.ticks.is_empty()
-            && self.place.is_empty()
-            && self.stop.is_empty()
-            && self.lose.is_empty()
-            && self.unreachable.is_empty()
-            && self.reachable.is_empty()
-            && self.drained.is_empty()
-            && self.forget.is_empty()
-    }
-}
-
-/// What a round did: counts, and the placements refused at apply time with why.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoundOutcome {
-    pub created: u32,
-    pub placed: u32,
-    pub refused: Vec<(String, String)>,
-}
-
-impl Command {
-    /// Who, why and when, for every command but a batch.
-    pub fn meta(&self) -> Option<&Meta> {
-        match self {
-            Command::PutJob { meta, .. }
-            | Command::UpdateJob { meta, .. }
-            | Command::SetInstances { meta, .. }
-            | Command::SetEnabled { meta, .. }
-            | Command::KillJob { meta, .. }
-            | Command::RegisterAgent { meta, .. }
-            | Command::Round { meta, .. }
-            | Command::TaskStatuses { meta, .. }
-            | Command::KillTask { meta, .. }
-            | Command::SetAgentState { meta, .. } => Some(meta),
-            Command::Batch(_) => None,
-        }
-    }
-}
-
-/// Why a command changed nothing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Rejection {
-    NotFound {
-        id: String,
-    },
-    VersionMismatch {
-        id: String,
-        expected: u64,
-        current: u64,
-    },
-    Killed {
-        id: String,
-    },
-    /// The key was used before for a different spec.
-    IdempotencyKeyReused {
-        key: String,
-    },
-    TaskNotFound {
-        id: String,
-    },
-    /// The task already ended.
-    TaskTerminal {
-        id: String,
-        state: TaskState,
-    },
-    AgentNotFound {
-        id: String,
-    },
-    /// A report under a lease epoch that is no longer the agent's.
-    StaleEpoch {
-        agent: String,
-        given: u64,
-        current: u64,
-    },
-}
-
-/// What applying a command answered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Response {
-    Job(JobRef),
-    Rejected(Rejection),
-    /// The answers to a `Command::Batch`, in its order.
-    Batch(Vec<Response>),
-    /// An agent's registration took effect at this lease epoch.
-    Agent {
-        id: String,
-        lease_epoch: u64,
-    },
-    Round(RoundOutcome),
-    /// How many of an agent's statuses changed a task, and how many were stale.
-    Statuses {
-        applied: u32,
-        ignored: u32,
-    },
-    Task {
-        id: String,
-    },
-    /// Blank and membership entries.
-    None,
-}
-
 /// A job with its state and history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
-    pub spec: Arc<JobSpec>,
+    pub spec: Arc<Spec>,
+    /// Instances per location: what the cells run. Resolved once from the spec's `location` or `locations`
+    /// (the user's form, kept for display) when the spec or the counts are written.
+    pub counts: BTreeMap<String, u32>,
     pub version: u64,
     pub state: JobState,
     pub created_at_ms: u64,
@@ -285,6 +51,9 @@ pub struct JobRecord {
     /// one are rolled over to it. 0 in records from before rolling updates: nothing rolls.
     #[serde(default)]
     pub spec_version: u64,
+    /// Earlier specs that tasks not yet ended were made from, by spec version: a task is run as the spec it was
+    /// made from said, not as a later one does (dropped once no such task is left).
+    pub older_specs: BTreeMap<u64, Arc<Spec>>,
 }
 
 impl JobRecord {
@@ -293,13 +62,19 @@ impl JobRecord {
             id: self.id.clone(),
             version: self.version,
             state: self.state,
-            instances: self.spec.locations(),
-            spec: (*self.spec).clone(),
+            instances: self.counts.clone(),
+            spec: titan_api::job::JobSpec::from(self.spec.as_ref()),
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             tasks: None,
             current_run_ms: self.current_run,
         }
+    }
+
+    /// The spec a task made at `spec_version` runs as: an older one while tasks made from it live, else the
+    /// current one.
+    pub fn spec_for(&self, spec_version: u64) -> &Spec {
+        self.older_specs.get(&spec_version).unwrap_or(&self.spec)
     }
 
     fn change(&mut self, meta: &Meta, what: String) -> JobRef {
@@ -320,82 +95,62 @@ impl JobRecord {
     }
 }
 
+/// What an `Idempotency-Key` was used for: the job it made, a hash of the spec it came with, and when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Remembered {
-    job: JobRef,
-    fingerprint: u64,
-    at_ms: u64,
+pub struct Remembered {
+    pub job: JobRef,
+    pub fingerprint: u64,
+    pub at_ms: u64,
 }
 
 /// Everything the cell replicates.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CellState {
-    /// Jobs and tasks (below) are shared with snapshot copies (`replicated_copy`) and changed through
+    /// Jobs and tasks (below) are shared with snapshot copies (`snapshot`) and changed through
     /// `Arc::make_mut`, so a record is copied only when it changes while a snapshot of it is being written.
     jobs: BTreeMap<String, Arc<JobRecord>>,
     idempotency: BTreeMap<String, Remembered>,
     /// (time, key) in order, to forget expired keys without scanning. Derived (JSON maps need string keys).
-    #[serde(skip)]
     idempotency_by_time: BTreeMap<(u64, String), ()>,
     /// Jobs per state, kept as jobs change so metrics need no scan; derived, so rebuilt rather than stored.
-    #[serde(skip)]
     by_state: BTreeMap<JobState, u64>,
-    /// Registered agents. Defaulted so snapshots written before agents existed still load.
-    #[serde(default)]
+    /// Registered agents.
     agents: BTreeMap<String, AgentRecord>,
     /// Answers of recently applied requests by id, with when they were applied, and the same ids by time for
     /// expiry (derived). Only ever looked up by id, so hashed: every command checks and records its request id.
-    #[serde(default)]
     applied: HashMap<String, (u64, Response)>,
-    #[serde(skip)]
     applied_by_time: BTreeMap<(u64, String), ()>,
-    #[serde(default)]
     tasks: BTreeMap<String, Arc<TaskRecord>>,
     /// Counts changes agents must see; an agent's `version` is its value at the agent's latest change.
-    #[serde(default)]
     seq: u64,
     /// Events made so far, the last one's id: counted here, in the replicated state, so that an event has the
-    /// same id on every member and after a restart, one of its own even when one entry makes many. Defaulted so
-    /// snapshots written before event ids still load.
-    #[serde(default)]
+    /// same id on every member and after a restart, one of its own even when one entry makes many.
     events_made: u64,
     /// Task ids by job, and non-terminal task ids by agent (derived).
-    #[serde(skip)]
     by_job: HashMap<String, BTreeSet<String>>,
-    #[serde(skip)]
     by_agent: HashMap<String, BTreeSet<String>>,
     /// Tasks per state (derived).
-    #[serde(skip)]
     task_counts: BTreeMap<TaskState, u64>,
     /// Per job, the sets the reconciler reads every round (derived).
-    #[serde(skip)]
     job_tasks: HashMap<String, JobTasks>,
     /// Accepted tasks wanted running, oldest first: what placement looks at, in the order it takes them (derived).
-    #[serde(skip)]
     accepted: BTreeSet<(u64, String)>,
     /// Tasks in a state with a timeout (Assigned, Starting, Killing) (derived).
-    #[serde(skip)]
     transient: BTreeSet<String>,
     /// Ended tasks by when they ended, oldest first, for retention (derived).
-    #[serde(skip)]
     ended: BTreeSet<(u64, String)>,
     /// Raised whenever a task that did not fit might fit now: capacity freed, an agent added, back or put to
     /// work, a job's spec changed. The leader re-places pending tasks only when it moved (transient: a new
     /// leader re-places everything once anyway).
-    #[serde(skip)]
     capacity_seq: Transient<u64>,
     /// Jobs changed (themselves or their tasks) since the leader last took them: a round looks at these, and at
     /// every job only now and then.
-    #[serde(skip)]
     dirty_jobs: Transient<BTreeSet<String>>,
     /// What runs where (derived).
-    #[serde(skip)]
     capacity: Capacity,
     /// Agents whose assignments changed since the last `take_touched`, with their new version.
-    #[serde(skip)]
     touched: Transient<Vec<(String, u64)>>,
     /// Events of the commands applied since the last `take_events`, their index not yet stamped.
-    #[serde(skip)]
     events: Transient<Vec<Event>>,
 }
 
@@ -410,6 +165,15 @@ pub struct JobTasks {
     pub unhealthy: BTreeSet<String>,
     /// Live tasks by the job version they were made from, oldest first (a rolling update takes them in order).
     pub live_by_version: BTreeSet<(u64, String)>,
+    /// Tasks not yet ended by the spec version they were made from: which older specs must be kept.
+    pub unended_by_spec: BTreeSet<(u64, String)>,
+}
+
+impl JobTasks {
+    /// Whether a task not yet ended was made from spec version `v`.
+    fn uses_spec(&self, v: u64) -> bool {
+        self.unended_by_spec.range((v, String::new())..).next().is_some_and(|(at, _)| *at == v)
+    }
 }
 
 fn member(set: &mut BTreeSet<String>, id: &str, is: bool) {
@@ -458,14 +222,8 @@ impl AgentRecord {
     }
 }
 
-/// The snapshot format, version 1.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotV1 {
-    pub state: CellState,
-}
-
-fn fingerprint(spec: &JobSpec) -> u64 {
-    fenzo::fnv1a(&serde_json::to_vec(spec).expect("a JobSpec always serializes"))
+fn fingerprint(spec: &Spec) -> u64 {
+    fenzo::fnv1a(&serde_json::to_vec(spec).expect("a Spec always serializes"))
 }
 
 fn describe(instances: &BTreeMap<String, u32>) -> String {
@@ -535,10 +293,10 @@ impl CellState {
         Some((id.clone(), self.jobs.get(id).map(|j| (j.state, j.version))))
     }
 
-    /// A copy of what a snapshot holds, the replicated fields, without the derived ones: serialized it is the whole
-    /// state's JSON, at a fraction of the cost of a clone, and it is taken while applying waits. Every field is
-    /// named, so a field added to `CellState` has to be placed on one side or the other here.
-    pub fn replicated_copy(&self) -> CellState {
+    /// What a snapshot holds: the replicated records, without the derived fields. Records are shared, so this
+    /// costs a fraction of a clone, and it is taken while applying waits. Every field is named, so a field added to
+    /// `CellState` has to be placed on one side or the other here.
+    pub fn snapshot(&self) -> SnapshotV2 {
         let CellState {
             jobs,
             idempotency,
@@ -563,7 +321,7 @@ impl CellState {
             touched: _,
             events: _,
         } = self;
-        CellState {
+        SnapshotV2 {
             jobs: jobs.clone(),
             idempotency: idempotency.clone(),
             agents: agents.clone(),
@@ -571,12 +329,20 @@ impl CellState {
             tasks: tasks.clone(),
             seq: *seq,
             events_made: *events_made,
-            ..CellState::default()
         }
     }
 
-    /// Rebuilds what is derived (counts, time indexes); called after a snapshot is loaded.
-    pub fn reindex(&mut self) {
+    /// The state a snapshot holds, with everything derived rebuilt.
+    pub fn from_snapshot(s: SnapshotV2) -> CellState {
+        let SnapshotV2 { jobs, idempotency, agents, applied, tasks, seq, events_made } = s;
+        let mut state =
+            CellState { jobs, idempotency, agents, applied, tasks, seq, events_made, ..CellState::default() };
+        state.reindex();
+        state
+    }
+
+    /// Rebuilds what is derived (counts, time indexes).
+    pub(crate) fn reindex(&mut self) {
         self.by_state.clear();
         for j in self.jobs.values() {
             *self.by_state.entry(j.state).or_insert(0) += 1;
@@ -640,12 +406,18 @@ impl CellState {
         let accepted = t.state == TaskState::Accepted && t.desired == Desired::Run;
         let transient = matches!(t.state, TaskState::Assigned | TaskState::Starting | TaskState::Killing);
         let version = t.job_version;
+        let (spec_version, ended) = (t.spec_version, t.is_terminal());
         let created = t.created_at_ms;
         let job = self.job_tasks.entry(t.job_id.clone()).or_default();
         if live {
             job.live_by_version.insert((version, id.to_string()));
         } else {
             job.live_by_version.remove(&(version, id.to_string()));
+        }
+        if ended {
+            job.unended_by_spec.remove(&(spec_version, id.to_string()));
+        } else {
+            job.unended_by_spec.insert((spec_version, id.to_string()));
         }
         member(&mut job.live, id, live);
         member(&mut job.open, id, open);
@@ -842,9 +614,13 @@ impl CellState {
             t.before_unreachable = None;
         }
         let agent = t.agent.clone();
+        let spec_version = t.spec_version;
         let (job, why) = (t.job_id.clone(), t.reason.filter(|_| to.is_terminal() || to == TaskState::Killing));
         self.event(Topic::Task, to.as_str(), id, Some(&job), agent.as_deref(), why.map(Reason::as_str), at_ms);
         self.index_task(id);
+        if to.is_terminal() {
+            self.drop_unused_spec(&job, spec_version);
+        }
         if let Some(n) = self.task_counts.get_mut(&from) {
             *n = n.saturating_sub(1);
         }
@@ -860,6 +636,17 @@ impl CellState {
             self.bump(&a);
         }
         true
+    }
+
+    /// Forgets an older spec of a job once no task made from it is left running.
+    fn drop_unused_spec(&mut self, job: &str, spec_version: u64) {
+        let in_use = self.job_tasks.get(job).is_some_and(|sets| sets.uses_spec(spec_version));
+        let kept = self.jobs.get(job).is_some_and(|j| j.older_specs.contains_key(&spec_version));
+        if kept && !in_use {
+            if let Some(j) = self.jobs.get_mut(job).map(Arc::make_mut) {
+                j.older_specs.remove(&spec_version);
+            }
+        }
     }
 
     fn create_task(&mut self, n: &NewTask, at_ms: u64) -> bool {
@@ -888,6 +675,7 @@ impl CellState {
             at_ms,
         );
         record.run = n.run;
+        record.spec_version = job.spec_version;
         if let Some(old) = n.replaces.as_ref().and_then(|o| self.tasks.get_mut(o).map(Arc::make_mut)) {
             old.replaced_by = Some(n.id.clone());
         }
@@ -1183,6 +971,7 @@ impl CellState {
                 let mut record = JobRecord {
                     id: id.clone(),
                     spec: spec.clone(),
+                    counts: spec.counts(),
                     version: 0,
                     state: JobState::Enabled,
                     created_at_ms: meta.at_ms,
@@ -1191,6 +980,7 @@ impl CellState {
                     last_tick_ms: None,
                     current_run: None,
                     spec_version: 1,
+                    older_specs: BTreeMap::new(),
                 };
                 let job = record.change(meta, "created".into());
                 slot.insert(Arc::new(record));
@@ -1203,15 +993,23 @@ impl CellState {
             }
             Command::UpdateJob { id, spec, if_version, meta } => {
                 self.capacity_seq.0 += 1;
+                // Tasks made from the spec being replaced keep running as it said until they end.
+                let current = self.jobs.get(id).map(|j| j.spec_version);
+                let keep = current.is_some_and(|v| self.job_tasks.get(id).is_some_and(|s| s.uses_spec(v)));
                 self.modify(id, *if_version, |job| {
-                    job.spec = spec.clone();
+                    let old = std::mem::replace(&mut job.spec, spec.clone());
+                    if keep {
+                        job.older_specs.insert(job.spec_version, old);
+                    }
+                    job.counts = spec.counts();
                     let r = job.change(meta, "spec updated".into());
                     job.spec_version = job.version;
                     r
                 })
             }
             Command::SetInstances { id, instances, if_version, meta } => self.modify(id, *if_version, |job| {
-                Arc::make_mut(&mut job.spec).set_locations(instances);
+                Arc::make_mut(&mut job.spec).set_counts(instances);
+                job.counts = instances.clone();
                 job.change(meta, format!("instances {}", describe(instances)))
             }),
             Command::SetEnabled { id, enabled, meta } => self.modify(id, None, |job| {
@@ -1344,13 +1142,13 @@ impl CellState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use titan_api::job::BodyFormat;
+    use titan_api::job::{BodyFormat, JobSpec};
 
-    fn spec(name: &str, app: &str) -> Arc<JobSpec> {
+    fn spec(name: &str, app: &str) -> Arc<Spec> {
         let body = format!(
             r#"{{"name":"{name}","applicationName":"{app}","location":"dc1:2,dc2:1","cpus":1,"memory":512,"image":"busybox"}}"#
         );
-        Arc::new(JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec"))
+        Arc::new(Spec::from(&JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec")))
     }
 
     fn meta(at_ms: u64) -> Meta {
@@ -1368,6 +1166,42 @@ mod tests {
 
     fn job(id: &str, version: u64) -> Response {
         Response::Job(JobRef { id: id.into(), version })
+    }
+
+    #[test]
+    fn a_task_runs_as_the_spec_it_was_made_from_until_it_ends() {
+        let mut state = CellState::default();
+        state.apply(&put("j1", None, 1));
+        let create = |ids: &[&str]| Command::Round {
+            round: Box::new(Round {
+                create: ids.iter().map(|id| NewTask::fresh(id.to_string(), "j1", None)).collect(),
+                ..Round::default()
+            }),
+            meta: meta(2),
+        };
+        state.apply(&create(&["t1"]));
+        let mut v2 = (*spec("web", "shop")).clone();
+        v2.image = "busybox:2".into();
+        state.apply(&Command::UpdateJob { id: "j1".into(), spec: Arc::new(v2), if_version: None, meta: meta(3) });
+        state.apply(&create(&["t2"]));
+        let job = state.job("j1").expect("job");
+        let image = |task: &str| state.task(task).map(|t| job.spec_for(t.spec_version).image.clone());
+        assert_eq!(image("t1").as_deref(), Some("busybox"), "made from version 1, not started: still version 1");
+        assert_eq!(image("t2").as_deref(), Some("busybox:2"));
+        assert_eq!(job.older_specs.keys().collect::<Vec<_>>(), [&1]);
+        // Once no task of version 1 is left, its spec is not kept.
+        let stop = Round { stop: vec![("t1".into(), Reason::ScaledDown)], ..Round::default() };
+        state.apply(&Command::Round { round: Box::new(stop), meta: meta(4) });
+        assert!(state.job("j1").is_some_and(|j| j.older_specs.is_empty()));
+        // t2 (spec version 2) keeps version 2 through the next update; with t2 gone, an update keeps nothing.
+        let update =
+            |at| Command::UpdateJob { id: "j1".into(), spec: spec("web", "shop"), if_version: None, meta: meta(at) };
+        state.apply(&update(5));
+        assert_eq!(state.job("j1").map(|j| j.older_specs.keys().copied().collect::<Vec<_>>()), Some(vec![2]));
+        let stop = Round { stop: vec![("t2".into(), Reason::ScaledDown)], ..Round::default() };
+        state.apply(&Command::Round { round: Box::new(stop), meta: meta(6) });
+        state.apply(&update(7));
+        assert!(state.job("j1").is_some_and(|j| j.older_specs.is_empty()));
     }
 
     #[test]
@@ -1480,8 +1314,9 @@ mod tests {
         s.apply(&Command::Batch(vec![put("j1", None, 1), Command::Round { round, meta: meta(2) }]));
         let ids: Vec<u64> = s.take_events().iter().map(|e| e.event_id).collect();
         assert_eq!(ids, vec![1, 2, 3, 4], "one entry, four events, four ids");
-        let copy = serde_json::to_vec(&SnapshotV1 { state: s.replicated_copy() }).expect("serializes");
-        let mut back = serde_json::from_slice::<SnapshotV1>(&copy).expect("deserializes").state;
+        let mut copy = Vec::new();
+        crate::snapshot::write(&mut copy, &s.snapshot()).expect("serializes");
+        let mut back = CellState::from_snapshot(crate::snapshot::read(&copy).expect("deserializes"));
         assert_eq!(back.events_made(), 4);
         back.apply(&Command::KillJob { id: "j1".into(), meta: meta(3) });
         assert_eq!(back.take_events().first().map(|e| e.event_id), Some(5), "the count is replicated");
@@ -1527,9 +1362,9 @@ mod tests {
         let mut s = CellState::default();
         s.apply(&put("j1", Some("key-1"), 1));
         s.apply(&Command::KillJob { id: "j1".into(), meta: Meta { request: "r1".into(), ..meta(2) } });
-        let bytes = serde_json::to_vec(&SnapshotV1 { state: s.clone() }).expect("a snapshot serializes");
-        let mut back = serde_json::from_slice::<SnapshotV1>(&bytes).expect("and deserializes").state;
-        back.reindex();
+        let mut bytes = Vec::new();
+        crate::snapshot::write(&mut bytes, &s.snapshot()).expect("a snapshot serializes");
+        let mut back = CellState::from_snapshot(crate::snapshot::read(&bytes).expect("and deserializes"));
         assert_eq!(back, s, "derived indexes are rebuilt");
         // Expiry still works on the restored state.
         let later = Meta { request: "r9".into(), ..meta(10 + IDEMPOTENCY_TTL_MS) };

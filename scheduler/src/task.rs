@@ -24,6 +24,8 @@ pub struct TaskRecord {
     pub id: String,
     pub job_id: String,
     pub job_version: u64,
+    /// The job's spec version when the task was made: the spec it runs as (`JobRecord::spec_for`).
+    pub spec_version: u64,
     pub ask: Ask,
     pub state: TaskState,
     pub desired: Desired,
@@ -65,6 +67,7 @@ impl TaskRecord {
             id,
             job_id,
             job_version,
+            spec_version: 0,
             ask,
             state: TaskState::Accepted,
             desired: Desired::Run,

@@ -23,7 +23,7 @@ mod tests {
     use titan_api::job::{BodyFormat, JobSpec};
 
     use super::*;
-    use crate::state_machine::{Command, Meta};
+    use crate::command::{Command, Meta};
 
     #[test]
     fn commands_round_trip_with_defaults_and_optional_fields() {
@@ -32,7 +32,7 @@ mod tests {
         let spec = JobSpec::parse(body, BodyFormat::Json).expect("valid");
         let cmd = Command::Batch(vec![Command::PutJob {
             id: "j1".into(),
-            spec: Arc::new(spec),
+            spec: Arc::new(crate::spec::Spec::from(&spec)),
             idempotency_key: None,
             meta: Meta { who: "a".into(), why: None, at_ms: 7, request: "r".into() },
         }]);

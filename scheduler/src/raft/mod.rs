@@ -13,7 +13,7 @@ pub use network::{
 };
 pub use state_store::{SharedState, SnapshotMetrics, StateStore};
 
-use crate::state_machine::{Command, Response};
+use crate::command::{Command, Response};
 
 openraft::declare_raft_types!(
     /// The cell's Raft types: commands in, responses out, members named by number and reached at an address.

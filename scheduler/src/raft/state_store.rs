@@ -21,11 +21,12 @@ use openraft::{
     StoredMembership,
 };
 use prometheus::{HistogramOpts, HistogramVec, IntGauge, Opts, Registry};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{io_err, NodeId, StorageError, TypeConfig};
-use crate::state_machine::{CellState, Response, SnapshotV1};
+use crate::command::Response;
+use crate::snapshot::{self, SnapshotV2};
+use crate::state_machine::CellState;
 use crate::store::{Engine, Op, Tree};
 
 /// The state every reader of the cell sees; the state machine is its only writer.
@@ -37,28 +38,8 @@ type Meta = SnapshotMeta<NodeId, BasicNode>;
 const META: &[u8] = b"meta";
 /// Where stores written before snapshot files kept the snapshot itself; read once on open, then moved to a file.
 const LEGACY_DATA: &[u8] = b"data";
-/// The snapshot format this build writes.
-const SNAPSHOT_FORMAT: u32 = 1;
 const SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";
-
-#[derive(Deserialize)]
-struct SnapshotFile {
-    format: u32,
-    body: SnapshotV1,
-}
-
-/// `SnapshotFile` as written: the state borrowed, so a snapshot is serialized straight from it.
-#[derive(Serialize)]
-struct SnapshotFileRef<'a> {
-    format: u32,
-    body: SnapshotBodyRef<'a>,
-}
-
-#[derive(Serialize)]
-struct SnapshotBodyRef<'a> {
-    state: &'a CellState,
-}
 
 /// What a Grafana panel plots of snapshots: the current one's size, and how long building one takes by phase:
 /// `copy`, the copy of the state taken while applying waits, and `write`, serializing and syncing that copy.
@@ -184,13 +165,8 @@ impl SnapshotDir {
 }
 
 fn decode_state(data: &[u8]) -> Result<CellState, StorageError> {
-    let file: SnapshotFile = serde_json::from_slice(data).map_err(|e| read_err(&e))?;
-    if file.format != SNAPSHOT_FORMAT {
-        return Err(read_err(&invalid(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", file.format))));
-    }
-    let mut state = file.body.state;
-    state.reindex();
-    Ok(state)
+    let snapshot = snapshot::read(data).map_err(|e| read_err(&e))?;
+    Ok(CellState::from_snapshot(snapshot))
 }
 
 /// Names `meta`'s snapshot as the current one (its file is already in place), and drops a legacy in-store copy.
@@ -320,7 +296,7 @@ impl StateStore {
 /// Builds a snapshot of the state as it was when the builder was taken.
 pub struct Builder {
     snapshots: Snapshots,
-    state: CellState,
+    state: SnapshotV2,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
     id: String,
@@ -339,13 +315,8 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         };
         // Serialized straight into the file, and the copy of the state dropped there too: neither waits on, nor
         // holds up, the async threads.
-        let bytes = self
-            .snapshots
-            .keep(&meta, move |w| {
-                let file = SnapshotFileRef { format: SNAPSHOT_FORMAT, body: SnapshotBodyRef { state: &state } };
-                serde_json::to_writer(w, &file).map_err(std::io::Error::from)
-            })
-            .await?;
+        let bytes =
+            self.snapshots.keep(&meta, move |w| snapshot::write(w, &state).map_err(std::io::Error::from)).await?;
         let seconds = start.elapsed().as_secs_f64();
         self.snapshots.metrics.seconds.with_label_values(&["write"]).observe(seconds);
         tracing::info!(snapshot = %self.id, bytes, copy_seconds = self.copy_seconds, seconds, "snapshot built");
@@ -403,7 +374,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             None => format!("0-0-{}", self.built),
         };
         let start = Instant::now();
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).replicated_copy();
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).snapshot();
         let copy_seconds = start.elapsed().as_secs_f64();
         self.snapshots.metrics.seconds.with_label_values(&["copy"]).observe(copy_seconds);
         Builder {
@@ -454,13 +425,14 @@ mod tests {
     use titan_api::job::{BodyFormat, JobSpec};
 
     use super::*;
-    use crate::state_machine::{Command, Meta as RequestMeta};
+    use crate::command::{Command, Meta as RequestMeta};
+    use crate::spec::Spec;
     use crate::store::{FileEngine, MemoryEngine};
 
     fn put_job(index: u64, id: &str) -> Entry<TypeConfig> {
         let body =
             r#"{"name":"web","applicationName":"shop","location":"dc1:2","cpus":1,"memory":512,"image":"busybox"}"#;
-        let spec = Arc::new(JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec"));
+        let spec = Arc::new(Spec::from(&JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec")));
         let meta = RequestMeta { who: "alice".into(), why: None, at_ms: 1, request: format!("r{index}") };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

@@ -1,0 +1,255 @@
+//! The cell's log format: every change to its replicated state is one `Command`, committed through Raft and
+//! applied by `state_machine` on every member; `Response` is what applying one answers.
+//!
+//! These are stored types, the scheduler's own: entries written by any earlier build must still decode. Variants
+//! are only ever added, never changed; a new field is optional with a default that means what entries without it
+//! meant. Job specs travel as `spec::Spec`, converted from the REST contract's type at the edge.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use titan_api::agent::{AgentRegistration, AgentState};
+use titan_api::task::{Reason, TaskState, TaskStatus};
+use titan_api::view::JobRef;
+
+use crate::spec::Spec;
+
+/// Who made a change, why, and when (stamped by the member that proposed it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub who: String,
+    pub why: Option<String>,
+    pub at_ms: u64,
+    /// Unique per proposal: a command re-proposed after an ambiguous failure (the first may have committed after
+    /// all) is answered from the first application instead of applied twice. Empty: no deduplication.
+    #[serde(default)]
+    pub request: String,
+}
+
+/// A change to the cell's state, as committed in the Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    PutJob {
+        id: String,
+        spec: Arc<Spec>,
+        idempotency_key: Option<String>,
+        meta: Meta,
+    },
+    UpdateJob {
+        id: String,
+        spec: Arc<Spec>,
+        if_version: Option<u64>,
+        meta: Meta,
+    },
+    SetInstances {
+        id: String,
+        instances: BTreeMap<String, u32>,
+        if_version: Option<u64>,
+        meta: Meta,
+    },
+    SetEnabled {
+        id: String,
+        enabled: bool,
+        meta: Meta,
+    },
+    KillJob {
+        id: String,
+        meta: Meta,
+    },
+    /// Several commands committed as one entry (proposal batching); applied in order, answered one by one.
+    Batch(Vec<Command>),
+    /// An agent registers or re-registers: its lease epoch goes up by one.
+    RegisterAgent {
+        registration: Box<AgentRegistration>,
+        meta: Meta,
+    },
+    /// The leader's decisions of one scheduling round, re-validated as they apply.
+    Round {
+        round: Box<Round>,
+        meta: Meta,
+    },
+    /// What an agent observed of its tasks, under the lease epoch it holds.
+    TaskStatuses {
+        agent: String,
+        lease_epoch: u64,
+        statuses: Vec<TaskStatus>,
+        meta: Meta,
+    },
+    /// A user asks for one task to stop.
+    KillTask {
+        id: String,
+        meta: Meta,
+    },
+    /// An operator drains an agent (`Draining`) or puts it back to work (`Active`).
+    SetAgentState {
+        id: String,
+        state: AgentState,
+        meta: Meta,
+    },
+}
+
+/// A task the reconciler wants: a new one (attempt 0) or the replacement of a terminal one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub id: String,
+    pub job_id: String,
+    pub attempt: u32,
+    pub replaces: Option<String>,
+    pub retries_used: u32,
+    /// For a scheduled job: the run (tick, ms) the task belongs to.
+    #[serde(default)]
+    pub run: Option<u64>,
+}
+
+impl NewTask {
+    /// A first task (not a replacement), of run `run` for a scheduled job.
+    pub fn fresh(id: String, job_id: &str, run: Option<u64>) -> NewTask {
+        NewTask { id, job_id: job_id.to_string(), attempt: 0, replaces: None, retries_used: 0, run }
+    }
+}
+
+/// A scheduled job's tick: a new run starts, or is skipped because the previous one is still going.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tick {
+    pub job_id: String,
+    pub at_ms: u64,
+    pub start: bool,
+}
+
+/// A placement of an Accepted task on an agent, at the agent's lease epoch, with its ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub task_id: String,
+    pub agent: String,
+    pub lease_epoch: u64,
+    pub ports: Vec<u16>,
+}
+
+/// Everything one scheduling round decided. Applied in field order: new tasks, placements, stops, losses,
+/// then agents' reachability.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    /// Scheduled jobs' ticks, applied first.
+    #[serde(default)]
+    pub ticks: Vec<Tick>,
+    pub create: Vec<NewTask>,
+    pub place: Vec<Placed>,
+    /// Tasks to stop, and why.
+    pub stop: Vec<(String, Reason)>,
+    /// Tasks declared lost, and why.
+    pub lose: Vec<(String, Reason)>,
+    /// Agents whose lease expired.
+    pub unreachable: Vec<String>,
+    /// Agents heard from again.
+    pub reachable: Vec<String>,
+    /// Draining agents with nothing left on them.
+    #[serde(default)]
+    pub drained: Vec<String>,
+    /// Ended tasks past their retention that nothing needs any more: dropped from the state.
+    #[serde(default)]
+    pub forget: Vec<String>,
+}
+
+impl Round {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty()
+            && self.ticks.is_empty()
+            && self.place.is_empty()
+            && self.stop.is_empty()
+            && self.lose.is_empty()
+            && self.unreachable.is_empty()
+            && self.reachable.is_empty()
+            && self.drained.is_empty()
+            && self.forget.is_empty()
+    }
+}
+
+/// What a round did: counts, and the placements refused at apply time with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundOutcome {
+    pub created: u32,
+    pub placed: u32,
+    pub refused: Vec<(String, String)>,
+}
+
+impl Command {
+    /// Who, why and when, for every command but a batch.
+    pub fn meta(&self) -> Option<&Meta> {
+        match self {
+            Command::PutJob { meta, .. }
+            | Command::UpdateJob { meta, .. }
+            | Command::SetInstances { meta, .. }
+            | Command::SetEnabled { meta, .. }
+            | Command::KillJob { meta, .. }
+            | Command::RegisterAgent { meta, .. }
+            | Command::Round { meta, .. }
+            | Command::TaskStatuses { meta, .. }
+            | Command::KillTask { meta, .. }
+            | Command::SetAgentState { meta, .. } => Some(meta),
+            Command::Batch(_) => None,
+        }
+    }
+}
+
+/// Why a command changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    NotFound {
+        id: String,
+    },
+    VersionMismatch {
+        id: String,
+        expected: u64,
+        current: u64,
+    },
+    Killed {
+        id: String,
+    },
+    /// The key was used before for a different spec.
+    IdempotencyKeyReused {
+        key: String,
+    },
+    TaskNotFound {
+        id: String,
+    },
+    /// The task already ended.
+    TaskTerminal {
+        id: String,
+        state: TaskState,
+    },
+    AgentNotFound {
+        id: String,
+    },
+    /// A report under a lease epoch that is no longer the agent's.
+    StaleEpoch {
+        agent: String,
+        given: u64,
+        current: u64,
+    },
+}
+
+/// What applying a command answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Job(JobRef),
+    Rejected(Rejection),
+    /// The answers to a `Command::Batch`, in its order.
+    Batch(Vec<Response>),
+    /// An agent's registration took effect at this lease epoch.
+    Agent {
+        id: String,
+        lease_epoch: u64,
+    },
+    Round(RoundOutcome),
+    /// How many of an agent's statuses changed a task, and how many were stale.
+    Statuses {
+        applied: u32,
+        ignored: u32,
+    },
+    Task {
+        id: String,
+    },
+    /// Blank and membership entries.
+    None,
+}
