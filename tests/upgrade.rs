@@ -80,8 +80,10 @@ async fn a_store_written_by_the_previous_build_loads_and_moves_to_the_new_snapsh
     let expected: Value =
         serde_json::from_slice(&std::fs::read(Path::new(FIXTURE).join("expected.json")).expect("expected.json"))
             .expect("expected json");
-    // Snapshots often, so that a few writes make one in the new format.
-    let config = TEST_CONFIG.replace("snapshot_every = 100", "snapshot_every = 5");
+    // Snapshots often, so that a few writes make one in the new format; and ended tasks kept for ten years, so that
+    // the fixture's (ended on the day it was made) are still there to compare.
+    let config = TEST_CONFIG.replace("snapshot_every = 100", "snapshot_every = 5")
+        + "[scheduler]\ntask_retention_ms = 315360000000\n";
     let mut cell = Cluster::configure(1, &config);
     let dir = cell.member(1).dir.clone();
     copy_dir(&Path::new(FIXTURE).join("raft"), &dir.join("data/raft"));
