@@ -5,10 +5,10 @@
 //! Architecture invariant: the scheduler talks to agents and clients only through `titan-api` types; it never
 //! depends on the agent crate.
 
-pub mod cell;
 pub mod command;
 pub mod config;
 pub mod desired;
+pub mod member;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only
 // move the conversion elsewhere.
 pub mod placement;
@@ -23,5 +23,5 @@ pub mod store;
 pub mod task;
 pub mod watch;
 
-pub use cell::{Cell, CellError};
 pub use config::{parse_peers, CellConfig, RaftTuning};
+pub use member::{Cell, CellError};

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use titan_api::task::TaskState;
 
-use crate::cell::Cell;
 use crate::command::{Command, Meta, Response};
+use crate::member::Cell;
 use crate::reconcile::{self, Observed};
 
 /// What only the leader knows about scheduling, reset when leadership changes.
@@ -155,7 +155,7 @@ pub(crate) async fn run(cell: Weak<Cell>) {
                 tracing::debug!(error = %e, "not yet able to schedule as leader");
                 continue;
             }
-            leader_since = Some(crate::cell::now_ms());
+            leader_since = Some(crate::member::now_ms());
             *cell.scheduling().full_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
             tracing::info!("scheduling as leader");
         }
@@ -166,7 +166,7 @@ pub(crate) async fn run(cell: Weak<Cell>) {
 async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
     let started = Instant::now();
     let config = cell.config().scheduler.clone();
-    let now_ms = crate::cell::now_ms();
+    let now_ms = crate::member::now_ms();
     let local = cell.scheduling();
     let lost_last_minute = {
         let mut lost = local.lost_at.lock().unwrap_or_else(|p| p.into_inner());

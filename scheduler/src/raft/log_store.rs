@@ -3,7 +3,7 @@
 //! Every change is written and made durable in place, in Raft's own task, before the call returns: openraft 0.9
 //! waits for each append to be flushed before it does anything else (replication included), so handing the write
 //! to another thread would only add two thread wake-ups to every commit. Each append is one engine write and one
-//! flush, and a batch of up to `cell::MAX_BATCH` commands travels as one entry, so heavy load still shares a flush
+//! flush, and a batch of up to `member::MAX_BATCH` commands travels as one entry, so heavy load still shares a flush
 //! among many writes. The newest entries are also kept in memory (the tail), where replication reads them.
 
 use std::collections::BTreeMap;
