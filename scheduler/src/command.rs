@@ -1,5 +1,5 @@
 //! The cell's log format: every change to its replicated state is one `Command`, committed through Raft and
-//! applied by `state_machine` on every member; `Response` is what applying one answers.
+//! applied by `state` on every member; `Response` is what applying one answers.
 //!
 //! These are stored types, the scheduler's own: entries written by any earlier build must still decode. Variants
 //! are only ever added, never changed; a new field is optional with a default that means what entries without it

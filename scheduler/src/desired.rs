@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use titan_api::view::JobState;
 
-use crate::state_machine::{CellState, JobRecord};
+use crate::state::{CellState, JobRecord};
 
 /// The instances `cell` should run of `job`: its count for the cell's location while enabled, none otherwise.
 pub fn count(job: &JobRecord, cell: &str) -> u32 {

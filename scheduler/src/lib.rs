@@ -18,7 +18,7 @@ pub mod reconcile;
 pub mod scheduling;
 pub mod snapshot;
 pub mod spec;
-pub mod state_machine;
+pub mod state;
 pub mod store;
 pub mod task;
 pub mod watch;

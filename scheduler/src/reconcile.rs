@@ -17,7 +17,7 @@ use titan_api::view::JobState;
 
 use crate::command::{NewTask, Placed, Round};
 use crate::placement;
-use crate::state_machine::CellState;
+use crate::state::CellState;
 use crate::task::TaskRecord;
 
 /// The scheduler's knobs; `[scheduler]` in the server's TOML file.
@@ -195,7 +195,7 @@ pub fn reconcile(
         doomed.insert(id);
     }
     let draining = state.agents().any(|a| a.state == titan_api::agent::AgentState::Draining);
-    let every: Box<dyn Iterator<Item = &crate::state_machine::JobRecord>> = match seen.jobs {
+    let every: Box<dyn Iterator<Item = &crate::state::JobRecord>> = match seen.jobs {
         Some(ids) => Box::new(ids.iter().filter_map(|id| state.job(id))),
         None => Box::new(state.jobs()),
     };
@@ -206,7 +206,7 @@ pub fn reconcile(
         }
         let target = crate::desired::count(job, cell) as usize;
         let why = if job.state == JobState::Killed { Reason::KilledByUser } else { Reason::ScaledDown };
-        let empty = crate::state_machine::JobTasks::default();
+        let empty = crate::state::JobTasks::default();
         let sets = sets.unwrap_or(&empty);
         let scheduled = job.spec.schedule.is_some();
         if scheduled && job.state == JobState::Enabled && tick(state, job, sets, target, seen.now_ms, new_id, &mut d) {
@@ -276,8 +276,8 @@ const MAX_MISSED_TICKS: usize = 10_000;
 /// round.
 fn tick(
     state: &CellState,
-    job: &crate::state_machine::JobRecord,
-    sets: &crate::state_machine::JobTasks,
+    job: &crate::state::JobRecord,
+    sets: &crate::state::JobTasks,
     target: usize,
     now_ms: u64,
     new_id: &mut dyn FnMut() -> String,
@@ -432,7 +432,7 @@ struct JobRound<'a> {
     target: usize,
     /// Why surplus tasks are stopped (scaled down, or the job killed).
     why: Reason,
-    sets: &'a crate::state_machine::JobTasks,
+    sets: &'a crate::state::JobTasks,
     doomed: &'a BTreeSet<String>,
     /// Whether any agent is draining (only then are live tasks looked at one by one for it).
     draining: bool,

@@ -274,7 +274,7 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
 }
 
 /// Refreshes the task gauges from the state's counts.
-pub(crate) fn observe_tasks(metrics: &SchedulingMetrics, state: &crate::state_machine::CellState, now_ms: u64) {
+pub(crate) fn observe_tasks(metrics: &SchedulingMetrics, state: &crate::state::CellState, now_ms: u64) {
     for s in TaskState::ALL {
         metrics.tasks.with_label_values(&[s.as_str()]).set(state.task_count(s) as i64);
     }

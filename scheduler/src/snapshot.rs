@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::command::Response;
 use crate::spec::Spec;
-use crate::state_machine::{AgentRecord, JobRecord, Remembered};
+use crate::state::{AgentRecord, JobRecord, Remembered};
 use crate::task::TaskRecord;
 
 /// The format this build writes.

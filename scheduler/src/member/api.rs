@@ -46,7 +46,7 @@ impl Cell {
         Ok((a.version, Assignments { lease_epoch: a.lease_epoch, version: a.version, tasks }))
     }
 
-    pub(crate) fn agent_view(&self, a: &crate::state_machine::AgentRecord) -> AgentView {
+    pub(crate) fn agent_view(&self, a: &crate::state::AgentRecord) -> AgentView {
         let r = &a.registration;
         AgentView {
             id: r.id.clone(),
@@ -313,7 +313,7 @@ impl CellApi for Cell {
                 }
             }
             // Built from the committed answer, not this member's state, which may not have applied it yet.
-            let record = crate::state_machine::AgentRecord {
+            let record = crate::state::AgentRecord {
                 state: self.read().agent(&id).map(|a| a.state).unwrap_or(AgentState::Active),
                 registration,
                 lease_epoch,

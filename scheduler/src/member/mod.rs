@@ -227,11 +227,11 @@ impl Cell {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state_machine::CellState> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn state_read(&self) -> std::sync::RwLockReadGuard<'_, crate::state_machine::CellState> {
+    pub(crate) fn state_read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState> {
         self.read()
     }
 

@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use super::{io_err, NodeId, StorageError, TypeConfig};
 use crate::command::Response;
 use crate::snapshot::{self, SnapshotV2};
-use crate::state_machine::CellState;
+use crate::state::CellState;
 use crate::store::{Engine, Op, Tree};
 
 /// The state every reader of the cell sees; the state machine is its only writer.

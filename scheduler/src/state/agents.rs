@@ -1,0 +1,149 @@
+//! Agents in the state: registrations (each raising the lease epoch), reachability, drains, and the versions
+//! their assignment long-polls wait on.
+
+use super::*;
+
+/// An agent as the cell stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub registration: AgentRegistration,
+    pub state: AgentState,
+    pub lease_epoch: u64,
+    pub registered_at_ms: u64,
+    /// False while its lease is expired (decided by the leader, committed in a round).
+    #[serde(default = "reachable_default")]
+    pub reachable: bool,
+    /// Raised whenever what the agent must run changes: its assignments long-poll waits on it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+pub(super) fn reachable_default() -> bool {
+    true
+}
+
+impl AgentRecord {
+    /// Whether new tasks may be placed on it.
+    pub fn takes_work(&self) -> bool {
+        self.state == AgentState::Active && self.reachable
+    }
+}
+
+impl CellState {
+    pub(super) fn bump(&mut self, agent: &str) {
+        self.seq += 1;
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.version = self.seq;
+            self.touched.0.push((agent.to_string(), self.seq));
+        }
+    }
+
+    /// The agents whose assignments changed since the last call, each with its latest version.
+    pub fn take_touched(&mut self) -> Vec<(String, u64)> {
+        let mut all = std::mem::take(&mut self.touched.0);
+        all.sort();
+        all.reverse();
+        all.dedup_by(|a, b| a.0 == b.0);
+        all
+    }
+
+    pub(super) fn set_reachable(&mut self, agent: &str, reachable: bool, at_ms: u64) {
+        let Some(a) = self.agents.get_mut(agent) else { return };
+        if a.reachable == reachable {
+            return;
+        }
+        self.capacity_seq.0 += 1;
+        a.reachable = reachable;
+        let eligible = a.takes_work();
+        let kind = if reachable { "reachable" } else { "unreachable" };
+        self.event(Topic::Agent, kind, agent, None, Some(agent), None, at_ms);
+        let _ = self.capacity.0.set_eligible(agent, eligible);
+        let ids: Vec<String> = self.by_agent.get(agent).into_iter().flatten().cloned().collect();
+        for id in ids {
+            let Some(t) = self.tasks.get_mut(&id).map(Arc::make_mut) else { continue };
+            if !reachable && t.state != TaskState::Unreachable {
+                t.before_unreachable = Some(t.state);
+                self.transition(&id, TaskState::Unreachable, None, at_ms);
+            } else if reachable && t.state == TaskState::Unreachable {
+                let back = match (t.desired, t.before_unreachable.take()) {
+                    (Desired::Stop, _) => TaskState::Killing,
+                    (Desired::Run, Some(s)) => s,
+                    (Desired::Run, None) => TaskState::Running,
+                };
+                self.transition(&id, back, None, at_ms);
+            }
+        }
+        self.bump(agent);
+    }
+
+    pub(super) fn register_agent(&mut self, registration: &AgentRegistration, at_ms: u64) -> Response {
+        self.capacity_seq.0 += 1;
+        let id = registration.id.clone();
+        let previous = self.agents.get(&id);
+        let (epoch, state) = match previous {
+            // A gone agent that comes back is active again; a draining one stays draining.
+            Some(a) => (a.lease_epoch + 1, if a.state == AgentState::Gone { AgentState::Active } else { a.state }),
+            None => (1, AgentState::Active),
+        };
+        let reshaped = previous.is_some_and(|a| {
+            a.registration.resources != registration.resources
+                || a.registration.attributes != registration.attributes
+                || a.registration.hostname != registration.hostname
+        });
+        let is_new = previous.is_none();
+        let version = previous.map(|a| a.version).unwrap_or(0);
+        let record = AgentRecord {
+            registration: registration.clone(),
+            state,
+            lease_epoch: epoch,
+            registered_at_ms: at_ms,
+            reachable: true,
+            version,
+        };
+        if is_new {
+            if let Err(e) = self.capacity.0.add_agent(placement::agent(&record, record.takes_work())) {
+                tracing::error!(agent = %id, error = %e, "agent not added to the capacity view");
+            }
+        }
+        self.agents.insert(id.clone(), record);
+        // Its tasks: those it still runs (or has not started) carry on under the new epoch; the others died
+        // with the agent's previous life.
+        let running: BTreeSet<&String> = registration.running.iter().collect();
+        let ids: Vec<String> = self.by_agent.get(&id).into_iter().flatten().cloned().collect();
+        for tid in ids {
+            let Some(t) = self.tasks.get_mut(&tid).map(Arc::make_mut) else { continue };
+            let before = t.before_unreachable.take();
+            if running.contains(&tid) || t.state == TaskState::Assigned || before == Some(TaskState::Assigned) {
+                t.lease_epoch = epoch;
+                if t.state == TaskState::Unreachable {
+                    let back = if t.desired == Desired::Stop {
+                        TaskState::Killing
+                    } else {
+                        before.unwrap_or(TaskState::Running)
+                    };
+                    self.transition(&tid, back, None, at_ms);
+                }
+            } else if t.desired == Desired::Stop {
+                self.transition(&tid, TaskState::Killed, None, at_ms);
+            } else {
+                self.transition(&tid, TaskState::Lost, Some(Reason::AgentRestarted), at_ms);
+            }
+        }
+        self.event(Topic::Agent, "registered", &id, None, Some(&id), None, at_ms);
+        if reshaped {
+            self.rebuild_capacity();
+        } else if let Some(a) = self.agents.get(&id) {
+            let _ = self.capacity.0.set_eligible(&id, a.takes_work());
+        }
+        self.bump(&id);
+        Response::Agent { id, lease_epoch: epoch }
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&AgentRecord> {
+        self.agents.get(id)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {
+        self.agents.values()
+    }
+}

@@ -1,0 +1,431 @@
+//! The cell's replicated state and how a committed command changes it, by noun: `jobs` (job records, their
+//! commands, idempotency keys), `tasks` (task records, transitions and the derived per-job sets), `agents`
+//! (registrations, leases, reachability) and `plan` (a scheduling round, re-validated as it applies).
+//!
+//! Pure and deterministic: everything a command needs (ids, the time, who and why) is decided before it is
+//! proposed, so every member applying the same log reaches the same state. Rejections (a stale `If-Match`, a
+//! killed job) are answers, not errors: they are decided here, at apply time, against the latest state.
+//!
+//! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
+//! change), snapshots are `snapshot::SnapshotV2` behind a format number.
+
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use titan_api::agent::{AgentRegistration, AgentState};
+use titan_api::event::{Event, Topic};
+use titan_api::task::{Desired, Reason, TaskState, TaskStatus};
+
+use crate::command::{Command, Meta, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
+use crate::placement::{self, Capacity};
+use crate::snapshot::SnapshotV2;
+use crate::spec::Spec;
+use crate::task::TaskRecord;
+use titan_api::view::{HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+
+mod agents;
+mod jobs;
+mod plan;
+mod tasks;
+#[cfg(test)]
+mod tests;
+
+pub use agents::AgentRecord;
+use jobs::{describe, fingerprint};
+pub use jobs::{JobRecord, Remembered, IDEMPOTENCY_TTL_MS, MAX_HISTORY, REQUEST_TTL_MS};
+pub use tasks::JobTasks;
+
+/// Everything the cell replicates.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CellState {
+    /// Jobs and tasks (below) are shared with snapshot copies (`snapshot`) and changed through
+    /// `Arc::make_mut`, so a record is copied only when it changes while a snapshot of it is being written.
+    jobs: BTreeMap<String, Arc<JobRecord>>,
+    idempotency: BTreeMap<String, Remembered>,
+    /// (time, key) in order, to forget expired keys without scanning. Derived (JSON maps need string keys).
+    idempotency_by_time: BTreeMap<(u64, String), ()>,
+    /// Jobs per state, kept as jobs change so metrics need no scan; derived, so rebuilt rather than stored.
+    by_state: BTreeMap<JobState, u64>,
+    /// Registered agents.
+    agents: BTreeMap<String, AgentRecord>,
+    /// Answers of recently applied requests by id, with when they were applied, and the same ids by time for
+    /// expiry (derived). Only ever looked up by id, so hashed: every command checks and records its request id.
+    applied: HashMap<String, (u64, Response)>,
+    applied_by_time: BTreeMap<(u64, String), ()>,
+    tasks: BTreeMap<String, Arc<TaskRecord>>,
+    /// Counts changes agents must see; an agent's `version` is its value at the agent's latest change.
+    seq: u64,
+    /// Events made so far, the last one's id: counted here, in the replicated state, so that an event has the
+    /// same id on every member and after a restart, one of its own even when one entry makes many.
+    events_made: u64,
+    /// Task ids by job, and non-terminal task ids by agent (derived).
+    by_job: HashMap<String, BTreeSet<String>>,
+    by_agent: HashMap<String, BTreeSet<String>>,
+    /// Tasks per state (derived).
+    task_counts: BTreeMap<TaskState, u64>,
+    /// Per job, the sets the reconciler reads every round (derived).
+    job_tasks: HashMap<String, JobTasks>,
+    /// Accepted tasks wanted running, oldest first: what placement looks at, in the order it takes them (derived).
+    accepted: BTreeSet<(u64, String)>,
+    /// Tasks in a state with a timeout (Assigned, Starting, Killing) (derived).
+    transient: BTreeSet<String>,
+    /// Ended tasks by when they ended, oldest first, for retention (derived).
+    ended: BTreeSet<(u64, String)>,
+    /// Raised whenever a task that did not fit might fit now: capacity freed, an agent added, back or put to
+    /// work, a job's spec changed. The leader re-places pending tasks only when it moved (transient: a new
+    /// leader re-places everything once anyway).
+    capacity_seq: Transient<u64>,
+    /// Jobs changed (themselves or their tasks) since the leader last took them: a round looks at these, and at
+    /// every job only now and then.
+    dirty_jobs: Transient<BTreeSet<String>>,
+    /// What runs where (derived).
+    capacity: Capacity,
+    /// Agents whose assignments changed since the last `take_touched`, with their new version.
+    touched: Transient<Vec<(String, u64)>>,
+    /// Events of the commands applied since the last `take_events`, their index not yet stamped.
+    events: Transient<Vec<Event>>,
+}
+
+/// What the applier hands on after each batch (to long-polls, to the event stream); not part of the state's value.
+#[derive(Clone, Debug, Default)]
+struct Transient<T>(T);
+
+impl<T> PartialEq for Transient<T> {
+    fn eq(&self, _: &Transient<T>) -> bool {
+        true
+    }
+}
+
+impl CellState {
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        let Some(meta) = cmd.meta().filter(|m| !m.request.is_empty()) else { return self.apply_counted(cmd) };
+        let horizon = meta.at_ms.saturating_sub(REQUEST_TTL_MS);
+        while let Some(((at, id), ())) = self.applied_by_time.first_key_value() {
+            if *at >= horizon {
+                break;
+            }
+            let id = id.clone();
+            self.applied_by_time.pop_first();
+            self.applied.remove(&id);
+        }
+        if let Some((_, first)) = self.applied.get(&meta.request) {
+            return first.clone();
+        }
+        let response = self.apply_counted(cmd);
+        self.applied.insert(meta.request.clone(), (meta.at_ms, response.clone()));
+        self.applied_by_time.insert((meta.at_ms, meta.request.clone()), ());
+        response
+    }
+
+    pub(super) fn apply_counted(&mut self, cmd: &Command) -> Response {
+        let before = self.touched(cmd);
+        let response = self.apply_inner(cmd);
+        let Some((id, was)) = before else { return response };
+        self.dirty_jobs.0.insert(id.clone());
+        // One look at the job after the command: its new history entry, if its version moved, and its state.
+        let Some(job) = self.jobs.get(&id) else { return response };
+        let now = job.state;
+        let changed =
+            if Some(job.version) != was.map(|(_, version)| version) { job.history.last().cloned() } else { None };
+        if let Some(h) = changed {
+            self.event(Topic::Job, &h.what, &id, Some(&id), None, h.why.as_deref(), h.at_ms);
+        }
+        let was = was.map(|(state, _)| state);
+        if was != Some(now) {
+            if let Some(n) = was.and_then(|w| self.by_state.get_mut(&w)) {
+                *n = n.saturating_sub(1);
+            }
+            self.by_state.retain(|_, n| *n > 0);
+            *self.by_state.entry(now).or_insert(0) += 1;
+        }
+        response
+    }
+
+    /// The job a (non-batch) command touches, and its state and version before.
+    pub(super) fn touched(&self, cmd: &Command) -> Option<(String, Option<(JobState, u64)>)> {
+        let id = match cmd {
+            Command::PutJob { id, .. }
+            | Command::UpdateJob { id, .. }
+            | Command::SetInstances { id, .. }
+            | Command::SetEnabled { id, .. }
+            | Command::KillJob { id, .. } => id,
+            Command::Batch(_)
+            | Command::RegisterAgent { .. }
+            | Command::Round { .. }
+            | Command::TaskStatuses { .. }
+            | Command::KillTask { .. }
+            | Command::SetAgentState { .. } => return None,
+        };
+        Some((id.clone(), self.jobs.get(id).map(|j| (j.state, j.version))))
+    }
+
+    /// What a snapshot holds: the replicated records, without the derived fields. Records are shared, so this
+    /// costs a fraction of a clone, and it is taken while applying waits. Every field is named, so a field added to
+    /// `CellState` has to be placed on one side or the other here.
+    pub fn snapshot(&self) -> SnapshotV2 {
+        let CellState {
+            jobs,
+            idempotency,
+            agents,
+            applied,
+            tasks,
+            seq,
+            events_made,
+            idempotency_by_time: _,
+            by_state: _,
+            applied_by_time: _,
+            by_job: _,
+            by_agent: _,
+            task_counts: _,
+            job_tasks: _,
+            accepted: _,
+            transient: _,
+            ended: _,
+            capacity_seq: _,
+            dirty_jobs: _,
+            capacity: _,
+            touched: _,
+            events: _,
+        } = self;
+        SnapshotV2 {
+            jobs: jobs.clone(),
+            idempotency: idempotency.clone(),
+            agents: agents.clone(),
+            applied: applied.clone(),
+            tasks: tasks.clone(),
+            seq: *seq,
+            events_made: *events_made,
+        }
+    }
+
+    /// The state a snapshot holds, with everything derived rebuilt.
+    pub fn from_snapshot(s: SnapshotV2) -> CellState {
+        let SnapshotV2 { jobs, idempotency, agents, applied, tasks, seq, events_made } = s;
+        let mut state =
+            CellState { jobs, idempotency, agents, applied, tasks, seq, events_made, ..CellState::default() };
+        state.reindex();
+        state
+    }
+
+    /// Rebuilds what is derived (counts, time indexes).
+    pub(crate) fn reindex(&mut self) {
+        self.by_state.clear();
+        for j in self.jobs.values() {
+            *self.by_state.entry(j.state).or_insert(0) += 1;
+        }
+        self.idempotency_by_time = self.idempotency.iter().map(|(k, r)| ((r.at_ms, k.clone()), ())).collect();
+        self.applied_by_time = self.applied.iter().map(|(k, (at, _))| ((*at, k.clone()), ())).collect();
+        self.by_job.clear();
+        self.by_agent.clear();
+        self.task_counts.clear();
+        self.job_tasks.clear();
+        self.accepted.clear();
+        self.transient.clear();
+        self.ended.clear();
+        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        for id in &ids {
+            self.index_task(id);
+        }
+        for t in self.tasks.values() {
+            self.by_job.entry(t.job_id.clone()).or_default().insert(t.id.clone());
+            *self.task_counts.entry(t.state).or_insert(0) += 1;
+            if let (true, Some(a)) = (t.state.on_agent(), &t.agent) {
+                self.by_agent.entry(a.clone()).or_default().insert(t.id.clone());
+            }
+        }
+        self.rebuild_capacity();
+    }
+
+    /// Rebuilds fenzo's view from the agents and the tasks on them. Every agent is added eligible first so the
+    /// tasks already on a draining or unreachable one are counted, then eligibility is set.
+    pub(super) fn rebuild_capacity(&mut self) {
+        self.capacity_seq.0 += 1;
+        let mut cap = fenzo::ClusterSnapshot::new();
+        for a in self.agents.values() {
+            if let Err(e) = cap.add_agent(placement::agent(a, true)) {
+                tracing::error!(error = %e, "agent not added to the capacity view");
+            }
+        }
+        for t in self.tasks.values().filter(|t| t.state.on_agent()) {
+            let (Some(agent), Some(job)) = (&t.agent, self.jobs.get(&t.job_id)) else { continue };
+            if let Err(e) = cap.assign(&placement::request(t, &job.spec), agent, Some(&t.ports)) {
+                // An agent that re-registered smaller than what runs on it: the tasks keep running, the
+                // overcommitted part is simply not counted.
+                tracing::warn!(task = %t.id, error = %e, "task not counted in the capacity view");
+            }
+        }
+        for a in self.agents.values() {
+            let _ = cap.set_eligible(&a.registration.id, a.takes_work());
+        }
+        self.capacity = Capacity(cap);
+    }
+
+    /// The jobs changed since the last call (see the `dirty_jobs` field).
+    pub fn take_dirty_jobs(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty_jobs.0)
+    }
+
+    /// See the `capacity_seq` field.
+    pub fn capacity_seq(&self) -> u64 {
+        self.capacity_seq.0
+    }
+
+    /// The counter agents' versions are taken from.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// fenzo's view of the cell: agents, what runs on them, and which take new work.
+    pub fn capacity(&self) -> &fenzo::ClusterSnapshot {
+        &self.capacity.0
+    }
+
+    /// The events of the commands applied since the last call, for the applier to stamp with their log index.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events.0)
+    }
+
+    /// The id of the last event made: events up to it came before this state.
+    pub fn events_made(&self) -> u64 {
+        self.events_made
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn event(
+        &mut self,
+        topic: Topic,
+        kind: &str,
+        id: &str,
+        job_id: Option<&str>,
+        agent_id: Option<&str>,
+        reason: Option<&str>,
+        at_ms: u64,
+    ) {
+        self.events_made += 1;
+        self.events.0.push(Event {
+            event_id: self.events_made,
+            index: 0,
+            topic,
+            kind: kind.to_string(),
+            id: id.to_string(),
+            job_id: job_id.map(String::from),
+            agent_id: agent_id.map(String::from),
+            reason: reason.map(String::from),
+            at_ms,
+        });
+    }
+
+    /// How many jobs are in each state.
+    pub fn count(&self, state: JobState) -> u64 {
+        self.by_state.get(&state).copied().unwrap_or(0)
+    }
+
+    pub(super) fn apply_inner(&mut self, cmd: &Command) -> Response {
+        match cmd {
+            Command::PutJob { id, spec, idempotency_key, meta } => {
+                self.forget_expired(meta.at_ms);
+                // A proposal retried after an ambiguous failure carries the same id: it must not create twice.
+                let slot = match self.jobs.entry(id.clone()) {
+                    btree_map::Entry::Occupied(existing) => {
+                        return Response::Job(JobRef { id: id.clone(), version: existing.get().version })
+                    }
+                    btree_map::Entry::Vacant(slot) => slot,
+                };
+                // Only keyed submissions pay for the fingerprint (a serialization of the whole spec).
+                let print = idempotency_key.as_ref().map(|_| fingerprint(spec)).unwrap_or(0);
+                if let Some(key) = idempotency_key {
+                    if let Some(r) = self.idempotency.get(key) {
+                        return if r.fingerprint == print {
+                            Response::Job(r.job.clone())
+                        } else {
+                            Response::Rejected(Rejection::IdempotencyKeyReused { key: key.clone() })
+                        };
+                    }
+                }
+                let mut record = JobRecord {
+                    id: id.clone(),
+                    spec: spec.clone(),
+                    counts: spec.counts(),
+                    version: 0,
+                    state: JobState::Enabled,
+                    created_at_ms: meta.at_ms,
+                    updated_at_ms: meta.at_ms,
+                    history: Vec::new(),
+                    last_tick_ms: None,
+                    current_run: None,
+                    spec_version: 1,
+                    older_specs: BTreeMap::new(),
+                };
+                let job = record.change(meta, "created".into());
+                slot.insert(Arc::new(record));
+                if let Some(key) = idempotency_key {
+                    self.idempotency
+                        .insert(key.clone(), Remembered { job: job.clone(), fingerprint: print, at_ms: meta.at_ms });
+                    self.idempotency_by_time.insert((meta.at_ms, key.clone()), ());
+                }
+                Response::Job(job)
+            }
+            Command::UpdateJob { id, spec, if_version, meta } => {
+                self.capacity_seq.0 += 1;
+                // Tasks made from the spec being replaced keep running as it said until they end.
+                let current = self.jobs.get(id).map(|j| j.spec_version);
+                let keep = current.is_some_and(|v| self.job_tasks.get(id).is_some_and(|s| s.uses_spec(v)));
+                self.modify(id, *if_version, |job| {
+                    let old = std::mem::replace(&mut job.spec, spec.clone());
+                    if keep {
+                        job.older_specs.insert(job.spec_version, old);
+                    }
+                    job.counts = spec.counts();
+                    let r = job.change(meta, "spec updated".into());
+                    job.spec_version = job.version;
+                    r
+                })
+            }
+            Command::SetInstances { id, instances, if_version, meta } => self.modify(id, *if_version, |job| {
+                Arc::make_mut(&mut job.spec).set_counts(instances);
+                job.counts = instances.clone();
+                job.change(meta, format!("instances {}", describe(instances)))
+            }),
+            Command::SetEnabled { id, enabled, meta } => self.modify(id, None, |job| {
+                job.state = if *enabled { JobState::Enabled } else { JobState::Disabled };
+                job.change(meta, if *enabled { "enabled".into() } else { "disabled".into() })
+            }),
+            Command::KillJob { id, meta } => self.modify(id, None, |job| {
+                job.state = JobState::Killed;
+                job.change(meta, "killed".into())
+            }),
+            Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
+            Command::RegisterAgent { registration, meta } => self.register_agent(registration, meta.at_ms),
+            Command::Round { round, meta } => Response::Round(self.apply_round(round, meta.at_ms)),
+            Command::TaskStatuses { agent, lease_epoch, statuses, meta } => {
+                self.apply_statuses(agent, *lease_epoch, statuses, meta.at_ms)
+            }
+            Command::SetAgentState { id, state, meta } => match self.agents.get_mut(id) {
+                None => Response::Rejected(Rejection::AgentNotFound { id: id.clone() }),
+                Some(a) => {
+                    a.state = *state;
+                    self.capacity_seq.0 += 1;
+                    let jobs: Vec<String> = self.tasks_on_agent(id).map(|t| t.job_id.clone()).collect();
+                    self.dirty_jobs.0.extend(jobs);
+                    let Some(a) = self.agents.get_mut(id) else { return Response::None };
+                    let (epoch, eligible) = (a.lease_epoch, a.takes_work());
+                    let _ = self.capacity.0.set_eligible(id, eligible);
+                    self.bump(id);
+                    self.event(Topic::Agent, state.as_str(), id, None, Some(id), meta.why.as_deref(), meta.at_ms);
+                    Response::Agent { id: id.clone(), lease_epoch: epoch }
+                }
+            },
+            Command::KillTask { id, meta } => match self.tasks.get(id) {
+                None => Response::Rejected(Rejection::TaskNotFound { id: id.clone() }),
+                Some(t) if t.is_terminal() => {
+                    Response::Rejected(Rejection::TaskTerminal { id: id.clone(), state: t.state })
+                }
+                Some(_) => {
+                    self.stop_task(id, Reason::KilledByUser, meta.at_ms);
+                    Response::Task { id: id.clone() }
+                }
+            },
+        }
+    }
+}

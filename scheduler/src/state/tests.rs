@@ -1,0 +1,236 @@
+//! The state's rules, command by command.
+
+use super::*;
+use titan_api::job::{BodyFormat, JobSpec};
+
+fn spec(name: &str, app: &str) -> Arc<Spec> {
+    let body = format!(
+        r#"{{"name":"{name}","applicationName":"{app}","location":"dc1:2,dc2:1","cpus":1,"memory":512,"image":"busybox"}}"#
+    );
+    Arc::new(Spec::from(&JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec")))
+}
+
+fn meta(at_ms: u64) -> Meta {
+    Meta { who: "alice".into(), why: Some("test".into()), at_ms, request: String::new() }
+}
+
+fn put(id: &str, key: Option<&str>, at: u64) -> Command {
+    Command::PutJob { id: id.into(), spec: spec("web", "shop"), idempotency_key: key.map(String::from), meta: meta(at) }
+}
+
+fn job(id: &str, version: u64) -> Response {
+    Response::Job(JobRef { id: id.into(), version })
+}
+
+#[test]
+fn a_task_runs_as_the_spec_it_was_made_from_until_it_ends() {
+    let mut state = CellState::default();
+    state.apply(&put("j1", None, 1));
+    let create = |ids: &[&str]| Command::Round {
+        round: Box::new(Round {
+            create: ids.iter().map(|id| NewTask::fresh(id.to_string(), "j1", None)).collect(),
+            ..Round::default()
+        }),
+        meta: meta(2),
+    };
+    state.apply(&create(&["t1"]));
+    let mut v2 = (*spec("web", "shop")).clone();
+    v2.image = "busybox:2".into();
+    state.apply(&Command::UpdateJob { id: "j1".into(), spec: Arc::new(v2), if_version: None, meta: meta(3) });
+    state.apply(&create(&["t2"]));
+    let job = state.job("j1").expect("job");
+    let image = |task: &str| state.task(task).map(|t| job.spec_for(t.spec_version).image.clone());
+    assert_eq!(image("t1").as_deref(), Some("busybox"), "made from version 1, not started: still version 1");
+    assert_eq!(image("t2").as_deref(), Some("busybox:2"));
+    assert_eq!(job.older_specs.keys().collect::<Vec<_>>(), [&1]);
+    // Once no task of version 1 is left, its spec is not kept.
+    let stop = Round { stop: vec![("t1".into(), Reason::ScaledDown)], ..Round::default() };
+    state.apply(&Command::Round { round: Box::new(stop), meta: meta(4) });
+    assert!(state.job("j1").is_some_and(|j| j.older_specs.is_empty()));
+    // t2 (spec version 2) keeps version 2 through the next update; with t2 gone, an update keeps nothing.
+    let update =
+        |at| Command::UpdateJob { id: "j1".into(), spec: spec("web", "shop"), if_version: None, meta: meta(at) };
+    state.apply(&update(5));
+    assert_eq!(state.job("j1").map(|j| j.older_specs.keys().copied().collect::<Vec<_>>()), Some(vec![2]));
+    let stop = Round { stop: vec![("t2".into(), Reason::ScaledDown)], ..Round::default() };
+    state.apply(&Command::Round { round: Box::new(stop), meta: meta(6) });
+    state.apply(&update(7));
+    assert!(state.job("j1").is_some_and(|j| j.older_specs.is_empty()));
+}
+
+#[test]
+fn accepted_tasks_come_oldest_first_and_the_oldest_is_known_without_a_scan() {
+    let mut state = CellState::default();
+    state.apply(&put("j1", None, 1));
+    let round = |ids: &[&str]| {
+        Box::new(Round {
+            create: ids.iter().map(|id| NewTask::fresh(id.to_string(), "j1", None)).collect(),
+            ..Round::default()
+        })
+    };
+    // Ids sort the other way round from their ages.
+    state.apply(&Command::Round { round: round(&["t-z"]), meta: meta(100) });
+    state.apply(&Command::Round { round: round(&["t-m", "t-a"]), meta: meta(200) });
+    let order: Vec<&str> = state.accepted_tasks().map(|t| t.id.as_str()).collect();
+    assert_eq!(order, ["t-z", "t-a", "t-m"], "oldest first, ties by id");
+    assert_eq!(state.oldest_accepted_ms(), Some(100));
+    state.apply(&Command::Round {
+        round: Box::new(Round { stop: vec![("t-z".into(), Reason::ScaledDown)], ..Round::default() }),
+        meta: meta(300),
+    });
+    assert_eq!(state.oldest_accepted_ms(), Some(200), "a stopped task is no longer pending");
+    state.reindex();
+    assert_eq!(state.accepted_tasks().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t-a", "t-m"]);
+}
+
+#[test]
+fn jobs_are_created_changed_and_killed_with_history() {
+    let mut s = CellState::default();
+    assert_eq!(s.apply(&put("j1", None, 1)), job("j1", 1));
+    assert_eq!(s.apply(&put("j1", None, 1)), job("j1", 1), "a re-proposed create changes nothing");
+    let scale = |v| Command::SetInstances {
+        id: "j1".into(),
+        instances: BTreeMap::from([("dc1".to_string(), 5)]),
+        if_version: v,
+        meta: meta(2),
+    };
+    assert_eq!(s.apply(&scale(Some(1))), job("j1", 2));
+    assert_eq!(
+        s.apply(&scale(Some(1))),
+        Response::Rejected(Rejection::VersionMismatch { id: "j1".into(), expected: 1, current: 2 })
+    );
+    assert_eq!(s.job("j1").map(|j| j.view().instances), Some(BTreeMap::from([("dc1".to_string(), 5)])));
+    let form = s.job("j1").map(|j| (j.spec.location.clone(), j.spec.locations.clone()));
+    assert_eq!(form, Some((Some("dc1:5".to_string()), None)), "the shorthand the job was written with stays");
+    let off = Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(3) };
+    assert_eq!(s.apply(&off), job("j1", 3));
+    assert_eq!(s.apply(&Command::KillJob { id: "j1".into(), meta: meta(4) }), job("j1", 4));
+    assert_eq!(s.apply(&off), Response::Rejected(Rejection::Killed { id: "j1".into() }));
+    let what: Vec<&str> = s.job("j1").map(|j| j.history.iter().map(|h| h.what.as_str()).collect()).unwrap_or_default();
+    assert_eq!(what, vec!["created", "instances dc1=5", "disabled", "killed"]);
+    assert_eq!((s.count(JobState::Enabled), s.count(JobState::Disabled), s.count(JobState::Killed)), (0, 0, 1));
+    let mut rebuilt = s.clone();
+    rebuilt.by_state.clear();
+    rebuilt.reindex();
+    assert_eq!(rebuilt.count(JobState::Killed), 1, "counts are rebuilt from the jobs");
+    assert_eq!(
+        s.apply(&Command::KillJob { id: "nope".into(), meta: meta(5) }),
+        Response::Rejected(Rejection::NotFound { id: "nope".into() })
+    );
+}
+
+#[test]
+fn idempotency_keys_return_the_first_answer_until_they_expire() {
+    let mut s = CellState::default();
+    assert_eq!(s.apply(&put("j1", Some("k"), 10)), job("j1", 1));
+    assert_eq!(s.apply(&put("j2", Some("k"), 20)), job("j1", 1), "a retry gets the first job");
+    assert_eq!(s.job_count(), 1);
+    let other = Command::PutJob {
+        id: "j3".into(),
+        spec: spec("api", "shop"),
+        idempotency_key: Some("k".into()),
+        meta: meta(30),
+    };
+    assert_eq!(s.apply(&other), Response::Rejected(Rejection::IdempotencyKeyReused { key: "k".into() }));
+    assert_eq!(s.apply(&put("j4", Some("k"), 10 + IDEMPOTENCY_TTL_MS + 1)), job("j4", 1), "expired keys are forgotten");
+}
+
+#[test]
+fn a_batch_applies_in_order_and_answers_each_command() {
+    let mut s = CellState::default();
+    let batch = Command::Batch(vec![
+        put("j1", None, 1),
+        Command::KillJob { id: "j1".into(), meta: meta(2) },
+        Command::KillJob { id: "j1".into(), meta: meta(3) },
+    ]);
+    assert_eq!(
+        s.apply(&batch),
+        Response::Batch(vec![job("j1", 1), job("j1", 2), Response::Rejected(Rejection::Killed { id: "j1".into() })])
+    );
+}
+
+#[test]
+fn every_event_of_a_batch_has_its_own_id_and_a_snapshot_goes_on_counting() {
+    let mut s = CellState::default();
+    let round = Box::new(Round {
+        create: ["t1", "t2", "t3"].iter().map(|id| NewTask::fresh(id.to_string(), "j1", None)).collect(),
+        ..Round::default()
+    });
+    s.apply(&Command::Batch(vec![put("j1", None, 1), Command::Round { round, meta: meta(2) }]));
+    let ids: Vec<u64> = s.take_events().iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4], "one entry, four events, four ids");
+    let mut copy = Vec::new();
+    crate::snapshot::write(&mut copy, &s.snapshot()).expect("serializes");
+    let mut back = CellState::from_snapshot(crate::snapshot::read(&copy).expect("deserializes"));
+    assert_eq!(back.events_made(), 4);
+    back.apply(&Command::KillJob { id: "j1".into(), meta: meta(3) });
+    assert_eq!(back.take_events().first().map(|e| e.event_id), Some(5), "the count is replicated");
+}
+
+#[test]
+fn agents_register_and_every_registration_raises_the_epoch() {
+    let mut s = CellState::default();
+    let reg = titan_api::agent::AgentRegistration {
+        id: "a1".into(),
+        hostname: "h".into(),
+        addr: "127.0.0.1:1".into(),
+        resources: titan_api::agent::AgentResources { cpus: 1.0, memory_mib: 1, disk_mib: 0, port_ranges: vec![] },
+        attributes: Default::default(),
+        running: vec![],
+    };
+    let cmd = Command::RegisterAgent { registration: Box::new(reg), meta: meta(5) };
+    assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 1 });
+    assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 2 });
+    assert_eq!(s.agent("a1").map(|a| (a.state, a.registered_at_ms)), Some((AgentState::Active, 5)));
+}
+
+#[test]
+fn a_re_proposed_request_is_answered_not_applied_again() {
+    let mut s = CellState::default();
+    s.apply(&put("j1", None, 1));
+    let kill = |request: &str, at| Command::SetEnabled {
+        id: "j1".into(),
+        enabled: false,
+        meta: Meta { request: request.into(), ..meta(at) },
+    };
+    assert_eq!(s.apply(&kill("r1", 10)), job("j1", 2));
+    assert_eq!(s.apply(&kill("r1", 10)), job("j1", 2), "the same request again: the first answer");
+    assert_eq!(s.job("j1").map(|j| j.history.len()), Some(2), "applied once");
+    assert_eq!(s.apply(&kill("r2", 20)), job("j1", 3), "a new request is applied");
+    // Remembered ids expire, so the memory they take is bounded by the rate of writes.
+    s.apply(&kill("r3", 20 + REQUEST_TTL_MS + 1));
+    assert!(!s.applied.contains_key("r1"));
+}
+
+#[test]
+fn state_survives_a_snapshot_round_trip() {
+    let mut s = CellState::default();
+    s.apply(&put("j1", Some("key-1"), 1));
+    s.apply(&Command::KillJob { id: "j1".into(), meta: Meta { request: "r1".into(), ..meta(2) } });
+    let mut bytes = Vec::new();
+    crate::snapshot::write(&mut bytes, &s.snapshot()).expect("a snapshot serializes");
+    let mut back = CellState::from_snapshot(crate::snapshot::read(&bytes).expect("and deserializes"));
+    assert_eq!(back, s, "derived indexes are rebuilt");
+    // Expiry still works on the restored state.
+    let later = Meta { request: "r9".into(), ..meta(10 + IDEMPOTENCY_TTL_MS) };
+    back.apply(&Command::PutJob { id: "j2".into(), spec: spec("api", "shop"), idempotency_key: None, meta: later });
+    assert!(back.idempotency.is_empty(), "the idempotency key expired");
+    assert_eq!(back.applied.keys().collect::<Vec<_>>(), vec!["r9"], "r1 expired");
+}
+
+#[test]
+fn listing_filters_and_pages() {
+    let mut s = CellState::default();
+    for (i, app) in ["a", "b", "a", "a"].iter().enumerate() {
+        let c = Command::PutJob { id: format!("j{i}"), spec: spec("web", app), idempotency_key: None, meta: meta(1) };
+        s.apply(&c);
+    }
+    s.apply(&Command::KillJob { id: "j2".into(), meta: meta(2) });
+    let q = ListQuery { application: Some("a".into()), limit: Some(1), ..ListQuery::default() };
+    let (page, next) = s.list(&q);
+    assert_eq!((page[0].id.as_str(), next.as_deref()), ("j0", Some("j0")));
+    let (page, next) = s.list(&ListQuery { page_token: next, ..q.clone() });
+    assert_eq!((page[0].id.as_str(), next.as_deref()), ("j3", None), "killed j2 is left out");
+    let killed = ListQuery { state: Some("killed".into()), ..ListQuery::default() };
+    assert_eq!(s.list(&killed).0.len(), 1);
+}
