@@ -273,7 +273,7 @@ fn etag(version: u64) -> [(header::HeaderName, HeaderValue); 1] {
 
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
     request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec: at \
-        most 1 MiB, nested at most 32 deep, at most 64 YAML aliases (else 400 `body_too_complex`, field `body`)"),
+        most 1 MiB (YAML 256 KiB), nested at most 32 deep, at most 16 YAML aliases (else 400 `body_too_complex`, field `body`)"),
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
     responses((status = 201, body = JobRef), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
 async fn submit_job(State(cell): State<Cell>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
