@@ -185,8 +185,9 @@ impl Spec {
     }
 }
 
-impl From<&wire::JobSpec> for Spec {
-    fn from(s: &wire::JobSpec) -> Spec {
+/// Moves the wire spec in: a submission is converted once, on its way into the log, and copies nothing.
+impl From<wire::JobSpec> for Spec {
+    fn from(s: wire::JobSpec) -> Spec {
         let wire::JobSpec {
             name,
             application_name,
@@ -215,23 +216,23 @@ impl From<&wire::JobSpec> for Spec {
             disconnect,
         } = s;
         Spec {
-            name: name.clone(),
-            application_name: application_name.clone(),
-            version: version.clone(),
-            location: location.clone(),
-            locations: locations.clone(),
-            cpus: *cpus,
-            memory: *memory,
-            disk: *disk,
-            ports: *ports,
-            restart_on_failure: *restart_on_failure,
-            num_retries: *num_retries,
-            restart_on_success: *restart_on_success,
-            owner: owner.clone(),
-            capacity_group: capacity_group.clone(),
-            image: image.clone(),
-            command: command.clone(),
-            env: env.clone(),
+            name,
+            application_name,
+            version,
+            location,
+            locations,
+            cpus,
+            memory,
+            disk,
+            ports,
+            restart_on_failure,
+            num_retries,
+            restart_on_success,
+            owner,
+            capacity_group,
+            image,
+            command,
+            env,
             job_type: match job_type {
                 wire::JobType::Service => JobType::Service,
                 wire::JobType::Batch => JobType::Batch,
@@ -239,7 +240,7 @@ impl From<&wire::JobSpec> for Spec {
             constraints: constraints.iter().map(Constraint::from).collect(),
             volumes: volumes.iter().map(Volume::from).collect(),
             health_check: health_check.as_ref().map(HealthCheck::from),
-            schedule: schedule.clone(),
+            schedule,
             overlap: overlap.map(|o| match o {
                 wire::OverlapPolicy::Skip => Overlap::Skip,
                 wire::OverlapPolicy::Replace => Overlap::Replace,
@@ -250,6 +251,12 @@ impl From<&wire::JobSpec> for Spec {
             }),
             disconnect: disconnect.as_ref().map(|d| Disconnect { stop_after_seconds: d.stop_after_seconds }),
         }
+    }
+}
+
+impl From<&wire::JobSpec> for Spec {
+    fn from(s: &wire::JobSpec) -> Spec {
+        Spec::from(s.clone())
     }
 }
 

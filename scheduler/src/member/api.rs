@@ -114,7 +114,7 @@ impl CellApi for Cell {
             let id = uuid::Uuid::new_v4().to_string();
             self.write(Command::PutJob {
                 id,
-                spec: Arc::new(Spec::from(&spec)),
+                spec: Arc::new(Spec::from(spec)),
                 idempotency_key,
                 meta: Cell::meta(actor),
             })
@@ -166,7 +166,7 @@ impl CellApi for Cell {
         Box::pin(async move {
             self.write(Command::UpdateJob {
                 id,
-                spec: Arc::new(Spec::from(&spec)),
+                spec: Arc::new(Spec::from(spec)),
                 if_version: if_match,
                 meta: Cell::meta(actor),
             })

@@ -228,6 +228,10 @@ impl CellState {
             self.index_task(id);
         }
         for t in self.tasks.values() {
+            if !t.is_terminal() {
+                let sets = self.job_tasks.entry(t.job_id.clone()).or_default();
+                sets.unended_by_spec.insert((t.spec_version, t.id.clone()));
+            }
             self.by_job.entry(t.job_id.clone()).or_default().insert(t.id.clone());
             *self.task_counts.entry(t.state).or_insert(0) += 1;
             if let (true, Some(a)) = (t.state.on_agent(), &t.agent) {

@@ -56,9 +56,11 @@ impl CellState {
         } else {
             job.live_by_version.remove(&(version, id.to_string()));
         }
+        // Entered once, when the task is made (or the state rebuilt), and left once, when it ends: not on every
+        // change in between, which this is called for too.
         if ended {
             job.unended_by_spec.remove(&(spec_version, id.to_string()));
-        } else {
+        } else if t.state == TaskState::Accepted && t.transitions.len() == 1 {
             job.unended_by_spec.insert((spec_version, id.to_string()));
         }
         member(&mut job.live, id, live);
