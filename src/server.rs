@@ -207,7 +207,7 @@ struct FileConfig {
     peers: Option<String>,
     data_dir: Option<PathBuf>,
     raft: Option<RaftTuning>,
-    scheduler: Option<titan_scheduler::reconcile::SchedulerConfig>,
+    scheduler: Option<titan_scheduler::config::SchedulerConfig>,
 }
 
 fn init_logging(log: &LogArgs) {

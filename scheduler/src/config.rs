@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::spec::Spec;
+
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 pub const DEFAULT_ELECTION_MIN_MS: u64 = 400;
 pub const DEFAULT_ELECTION_MAX_MS: u64 = 800;
@@ -76,11 +78,11 @@ pub struct CellConfig {
     #[serde(default)]
     pub raft: RaftTuning,
     #[serde(default)]
-    pub scheduler: crate::reconcile::SchedulerConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 /// A configuration rule that does not hold.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("cell name {0:?} must be 1-32 characters of a-z, 0-9 and '-'")]
     CellName(String),
@@ -98,8 +100,14 @@ pub enum ConfigError {
     SnapshotChunk(u64),
     #[error("member_catch_up_ms must be at least 1")]
     MemberCatchUp,
-    #[error("{0}")]
-    Scheduler(String),
+    #[error("scheduler.lease_ms must be above 0")]
+    Lease,
+    #[error("scheduler.breaker_fraction must be above 0 and at most 1, got {0}")]
+    BreakerFraction(f64),
+    #[error("scheduler.max_placements_per_round must be above 0")]
+    MaxPlacements,
+    #[error("scheduler: need min_round_interval_ms <= max_round_interval_ms and max above 0, got {min} and {max}")]
+    RoundInterval { min: u64, max: u64 },
 }
 
 impl CellConfig {
@@ -138,8 +146,124 @@ impl CellConfig {
         if r.member_catch_up_ms == 0 {
             return Err(ConfigError::MemberCatchUp);
         }
-        self.scheduler.validate().map_err(ConfigError::Scheduler)?;
+        self.scheduler.validate()?;
         Ok(())
+    }
+}
+
+// The scheduler's defaults (`[scheduler]`).
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+pub const DEFAULT_LOST_GRACE_MS: u64 = 60_000;
+pub const DEFAULT_DISCONNECT_MARGIN_MS: u64 = 5_000;
+pub const DEFAULT_MAX_LOST_AGENTS_PER_MINUTE: u32 = 20;
+pub const DEFAULT_BREAKER_FRACTION: f64 = 0.3;
+pub const DEFAULT_ASSIGNED_TIMEOUT_MS: u64 = 120_000;
+pub const DEFAULT_STARTING_TIMEOUT_MS: u64 = 600_000;
+pub const DEFAULT_KILLING_TIMEOUT_MS: u64 = 300_000;
+pub const DEFAULT_BACKOFF_BASE_MS: u64 = 1_000;
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 60_000;
+pub const DEFAULT_MAX_PLACEMENTS_PER_ROUND: usize = 20_000;
+pub const DEFAULT_MIN_ROUND_INTERVAL_MS: u64 = 20;
+pub const DEFAULT_MAX_ROUND_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_TASK_RETENTION_MS: u64 = 3_600_000;
+
+/// The scheduler's knobs; `[scheduler]` in the server's TOML file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How long an agent's lease lasts without a heartbeat.
+    pub lease_ms: u64,
+    /// How long an unreachable agent's tasks wait before they are declared lost and replaced.
+    pub lost_grace_ms: u64,
+    /// Added to the grace of a job that stops its tasks on a disconnect (`disconnect.stopAfterSeconds`), beyond
+    /// the lease, the stop-after and the kill grace: slack for the agent's check interval and timers, so the
+    /// replacement starts strictly after the agent has stopped the original (see `lose_after_ms`).
+    pub disconnect_margin_ms: u64,
+    /// Most agents declared lost per minute.
+    pub max_lost_agents_per_minute: u32,
+    /// When more than this share of the agents (and more than one) are silent at once, nothing is declared lost
+    /// (a partition until proven otherwise).
+    pub breaker_fraction: f64,
+    pub assigned_timeout_ms: u64,
+    pub starting_timeout_ms: u64,
+    pub killing_timeout_ms: u64,
+    /// Replacement backoff: `base * 2^attempt`, at most `max`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Most tasks placed in one round (the rest wait for the next).
+    pub max_placements_per_round: usize,
+    /// Shortest time between rounds, so bursts of changes share one.
+    pub min_round_interval_ms: u64,
+    /// Longest time between rounds when nothing changes (timeouts and backoffs still need checking).
+    pub max_round_interval_ms: u64,
+    /// How long an ended task stays visible (`GET /v1/tasks`) before it is dropped, when nothing needs it (it was
+    /// replaced, scaled away, or its job killed). Ended tasks that still count (a batch job's completed ones) stay.
+    pub task_retention_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            lease_ms: DEFAULT_LEASE_MS,
+            lost_grace_ms: DEFAULT_LOST_GRACE_MS,
+            disconnect_margin_ms: DEFAULT_DISCONNECT_MARGIN_MS,
+            max_lost_agents_per_minute: DEFAULT_MAX_LOST_AGENTS_PER_MINUTE,
+            breaker_fraction: DEFAULT_BREAKER_FRACTION,
+            assigned_timeout_ms: DEFAULT_ASSIGNED_TIMEOUT_MS,
+            starting_timeout_ms: DEFAULT_STARTING_TIMEOUT_MS,
+            killing_timeout_ms: DEFAULT_KILLING_TIMEOUT_MS,
+            backoff_base_ms: DEFAULT_BACKOFF_BASE_MS,
+            backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+            max_placements_per_round: DEFAULT_MAX_PLACEMENTS_PER_ROUND,
+            min_round_interval_ms: DEFAULT_MIN_ROUND_INTERVAL_MS,
+            max_round_interval_ms: DEFAULT_MAX_ROUND_INTERVAL_MS,
+            task_retention_ms: DEFAULT_TASK_RETENTION_MS,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lease_ms == 0 {
+            return Err(ConfigError::Lease);
+        }
+        if !(self.breaker_fraction > 0.0 && self.breaker_fraction <= 1.0) {
+            return Err(ConfigError::BreakerFraction(self.breaker_fraction));
+        }
+        if self.max_placements_per_round == 0 {
+            return Err(ConfigError::MaxPlacements);
+        }
+        if self.min_round_interval_ms > self.max_round_interval_ms || self.max_round_interval_ms == 0 {
+            return Err(ConfigError::RoundInterval {
+                min: self.min_round_interval_ms,
+                max: self.max_round_interval_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// How long an agent may stay silent (since the last heartbeat the leader heard) before a task of a job with
+    /// `spec` is declared lost. A job without `disconnect` waits the lease and the loss grace. A job with one
+    /// waits at least the lease, its stop-after, the kill grace and the margin: its agent counts the stop-after
+    /// from when it *sent* its last answered heartbeat, which is no later than when the leader heard it, and
+    /// stops the task within the kill grace after that; the lease and the margin come on top, so the
+    /// replacement is created strictly after the original stopped (clock rates, not clocks, must agree).
+    pub fn lose_after_ms(&self, spec: Option<&Spec>) -> u64 {
+        let plain = self.lease_ms.saturating_add(self.lost_grace_ms);
+        match spec.and_then(|s| s.disconnect.as_ref()) {
+            None => plain,
+            Some(d) => plain.max(
+                self.lease_ms
+                    .saturating_add(d.stop_after_ms())
+                    .saturating_add(crate::member::KILL_GRACE_MS)
+                    .saturating_add(self.disconnect_margin_ms),
+            ),
+        }
+    }
+
+    /// How long before the replacement of a task that ended at its `attempt`.
+    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+        self.backoff_base_ms.saturating_mul(1u64 << attempt.min(20)).min(self.backoff_max_ms)
     }
 }
 
@@ -198,6 +322,11 @@ mod tests {
         check(|c| c.raft.snapshot_every = 0, ConfigError::SnapshotEvery);
         check(|c| c.raft.snapshot_chunk_kib = 0, ConfigError::SnapshotChunk(0));
         check(|c| c.raft.member_catch_up_ms = 0, ConfigError::MemberCatchUp);
+        check(|c| c.scheduler.lease_ms = 0, ConfigError::Lease);
+        check(|c| c.scheduler.breaker_fraction = 1.5, ConfigError::BreakerFraction(1.5));
+        check(|c| c.scheduler.max_placements_per_round = 0, ConfigError::MaxPlacements);
+        check(|c| c.scheduler.min_round_interval_ms = 5_000, ConfigError::RoundInterval { min: 5_000, max: 1_000 });
+        check(|c| c.scheduler.max_round_interval_ms = 0, ConfigError::RoundInterval { min: 20, max: 0 });
         check(|c| c.raft.snapshot_chunk_kib = MAX_SNAPSHOT_CHUNK_KIB + 1, ConfigError::SnapshotChunk(16_385));
     }
 

@@ -11,111 +11,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::spec::{JobType, Overlap, Spec};
 use fenzo::{Pending, PlacementConfig, TaskRequest};
-use serde::{Deserialize, Serialize};
 use titan_api::task::{Reason, TaskHealth, TaskState};
 use titan_api::view::JobState;
 
 use crate::command::{NewTask, Placed, Round};
+pub use crate::config::SchedulerConfig;
 use crate::placement;
 use crate::state::CellState;
 use crate::task::TaskRecord;
-
-/// The scheduler's knobs; `[scheduler]` in the server's TOML file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SchedulerConfig {
-    /// How long an agent's lease lasts without a heartbeat.
-    pub lease_ms: u64,
-    /// How long an unreachable agent's tasks wait before they are declared lost and replaced.
-    pub lost_grace_ms: u64,
-    /// Added to the grace of a job that stops its tasks on a disconnect (`disconnect.stopAfterSeconds`), beyond
-    /// the lease, the stop-after and the kill grace: slack for the agent's check interval and timers, so the
-    /// replacement starts strictly after the agent has stopped the original (see `lose_after_ms`).
-    pub disconnect_margin_ms: u64,
-    /// Most agents declared lost per minute.
-    pub max_lost_agents_per_minute: u32,
-    /// When more than this share of the agents (and more than one) are silent at once, nothing is declared lost
-    /// (a partition until proven otherwise).
-    pub breaker_fraction: f64,
-    pub assigned_timeout_ms: u64,
-    pub starting_timeout_ms: u64,
-    pub killing_timeout_ms: u64,
-    /// Replacement backoff: `base * 2^attempt`, at most `max`.
-    pub backoff_base_ms: u64,
-    pub backoff_max_ms: u64,
-    /// Most tasks placed in one round (the rest wait for the next).
-    pub max_placements_per_round: usize,
-    /// Shortest time between rounds, so bursts of changes share one.
-    pub min_round_interval_ms: u64,
-    /// Longest time between rounds when nothing changes (timeouts and backoffs still need checking).
-    pub max_round_interval_ms: u64,
-    /// How long an ended task stays visible (`GET /v1/tasks`) before it is dropped, when nothing needs it (it was
-    /// replaced, scaled away, or its job killed). Ended tasks that still count (a batch job's completed ones) stay.
-    pub task_retention_ms: u64,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> SchedulerConfig {
-        SchedulerConfig {
-            lease_ms: 10_000,
-            lost_grace_ms: 60_000,
-            disconnect_margin_ms: 5_000,
-            max_lost_agents_per_minute: 20,
-            breaker_fraction: 0.3,
-            assigned_timeout_ms: 120_000,
-            starting_timeout_ms: 600_000,
-            killing_timeout_ms: 300_000,
-            backoff_base_ms: 1_000,
-            backoff_max_ms: 60_000,
-            max_placements_per_round: 20_000,
-            min_round_interval_ms: 20,
-            max_round_interval_ms: 1_000,
-            task_retention_ms: 3_600_000,
-        }
-    }
-}
-
-impl SchedulerConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.lease_ms == 0 {
-            return Err("scheduler.lease_ms must be above 0".into());
-        }
-        if !(self.breaker_fraction > 0.0 && self.breaker_fraction <= 1.0) {
-            return Err("scheduler.breaker_fraction must be in (0, 1]".into());
-        }
-        if self.max_placements_per_round == 0 {
-            return Err("scheduler.max_placements_per_round must be above 0".into());
-        }
-        if self.min_round_interval_ms > self.max_round_interval_ms || self.max_round_interval_ms == 0 {
-            return Err("scheduler: need 0 <= min_round_interval_ms <= max_round_interval_ms, max above 0".into());
-        }
-        Ok(())
-    }
-
-    /// How long an agent may stay silent (since the last heartbeat the leader heard) before a task of a job with
-    /// `spec` is declared lost. A job without `disconnect` waits the lease and the loss grace. A job with one
-    /// waits at least the lease, its stop-after, the kill grace and the margin: its agent counts the stop-after
-    /// from when it *sent* its last answered heartbeat, which is no later than when the leader heard it, and
-    /// stops the task within the kill grace after that; the lease and the margin come on top, so the
-    /// replacement is created strictly after the original stopped (clock rates, not clocks, must agree).
-    pub fn lose_after_ms(&self, spec: Option<&Spec>) -> u64 {
-        let plain = self.lease_ms.saturating_add(self.lost_grace_ms);
-        match spec.and_then(|s| s.disconnect.as_ref()) {
-            None => plain,
-            Some(d) => plain.max(
-                self.lease_ms
-                    .saturating_add(d.stop_after_ms())
-                    .saturating_add(crate::member::KILL_GRACE_MS)
-                    .saturating_add(self.disconnect_margin_ms),
-            ),
-        }
-    }
-
-    /// How long before the replacement of a task that ended at its `attempt`.
-    pub fn backoff_ms(&self, attempt: u32) -> u64 {
-        self.backoff_base_ms.saturating_mul(1u64 << attempt.min(20)).min(self.backoff_max_ms)
-    }
-}
 
 /// What the leader knows that is not in the replicated state.
 #[derive(Clone, Debug, Default)]
