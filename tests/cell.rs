@@ -419,3 +419,48 @@ async fn an_event_stream_asked_to_end_after_a_while_ends_and_a_bad_bound_is_refu
         http.get(url("timeoutSeconds=0")).send().await.expect("answered").json().await.expect("json");
     assert_eq!(err["field"], "timeoutSeconds", "{err}");
 }
+
+/// What a follower cannot answer itself it asks of the leader in one typed call over the kept Raft stream: an
+/// agent's heartbeat (leases live on the leader) and membership changes, with the leader's refusals relayed as
+/// they were. Every member lists its workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_asks_its_leader_over_the_stream_and_relays_its_refusals() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let leader_client = cluster.running().find(|m| m.id == leader).expect("the leader").client();
+    let follower = cluster.running().find(|m| m.id != leader).expect("a follower");
+    let client = follower.client();
+
+    let reg = sim::registration("agent-f", 4.0, 4096, "z1");
+    let epoch = client.register_agent(&reg).await.expect("registered through the follower").lease_epoch;
+    let lease = client.heartbeat("agent-f", epoch).await.expect("a lease from the leader");
+    assert_eq!(lease.lease_epoch, epoch);
+    let stale = client.heartbeat("agent-f", epoch + 7).await.expect_err("a stale epoch");
+    assert_eq!(stale.code(), Some(ErrorCode::Conflict), "{stale}");
+    let unknown = client.heartbeat("no-such-agent", 1).await.expect_err("an unknown agent");
+    assert_eq!(unknown.code(), Some(ErrorCode::NotFound), "{unknown}");
+    let absent = client.remove_member(42).await.expect_err("no member 42");
+    assert_eq!(absent.code(), Some(ErrorCode::NotFound), "{absent}");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", follower.addr)).await.unwrap().text().await.unwrap();
+    let calls = metric(&metrics, "titan_raft_rpc_seconds_count", r#"rpc="leader""#);
+    assert!(calls >= 4.0, "four calls to the leader went over the stream, counted {calls}");
+
+    let workers = |view: titan_api::view::ClusterView| {
+        view.workers.into_iter().map(|w| (w.name, w.status)).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let here = workers(client.cluster().await.expect("cluster view"));
+    assert_eq!(
+        here.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["metrics", "proposer-1", "proposer-2", "scheduler"]
+    );
+    assert_eq!(here["scheduler"], "following");
+    eventually(CONVERGE, "the leader's scheduler to say it leads", || {
+        let leader_client = leader_client.clone();
+        async move {
+            let view = leader_client.cluster().await;
+            view.is_ok_and(|v| workers(v)["scheduler"].starts_with("leading"))
+        }
+    })
+    .await;
+}

@@ -450,6 +450,7 @@ mod tests {
             commit_index: 9,
             applied_index: 9,
             snapshot_index: None,
+            workers: vec![],
         }
     }
 

@@ -225,6 +225,26 @@ pub struct ClusterView {
     pub applied_index: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_index: Option<u64>,
+    /// This member's background loops.
+    #[serde(default)]
+    pub workers: Vec<WorkerView>,
+}
+
+/// One background loop of a member (the scheduler, a proposer), as `/v1/cluster` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerView {
+    pub name: String,
+    /// busy, idle or done.
+    pub state: String,
+    /// What the worker is doing, in its own words.
+    pub status: String,
+    pub steps: u64,
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step_ms_ago: Option<u64>,
 }
 
 /// Body of `POST /v1/cluster/members`.

@@ -22,6 +22,7 @@ pub mod state;
 pub mod store;
 pub mod task;
 pub mod watch;
+pub mod worker;
 
 pub use config::{parse_peers, CellConfig, RaftTuning};
 pub use member::{Cell, CellError};

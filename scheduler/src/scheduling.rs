@@ -6,15 +6,16 @@
 //! rejection and retried in a later round.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use titan_api::task::TaskState;
 
 use crate::command::{Command, Meta, Response};
-use crate::member::Cell;
+use crate::member::Handle;
 use crate::reconcile::{self, Observed};
+use crate::worker::{Next, Worker};
 
 /// What only the leader knows about scheduling, reset when leadership changes.
 #[derive(Default)]
@@ -51,7 +52,7 @@ pub struct SchedulingMetrics {
     lost: IntCounterVec,
     agents_lost: IntCounter,
     breaker_open: IntGauge,
-    pending: IntGauge,
+    pub(crate) pending: IntGauge,
     pub pending_age: IntGauge,
 }
 
@@ -119,55 +120,83 @@ impl SchedulingMetrics {
     }
 }
 
-/// Runs rounds while this member leads, until the cell is dropped.
-pub(crate) async fn run(cell: Weak<Cell>) {
-    let Some(mut changes) = cell.upgrade().map(|c| c.raft().metrics()) else { return };
-    let mut leader_since: Option<u64> = None;
-    let mut last_round = Instant::now();
-    loop {
-        let (min, max) = match cell.upgrade() {
-            Some(c) => {
-                let s = &c.config().scheduler;
-                (Duration::from_millis(s.min_round_interval_ms), Duration::from_millis(s.max_round_interval_ms))
-            }
-            None => return,
-        };
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(max.saturating_sub(last_round.elapsed())) => {}
+/// The scheduler worker: while this member leads, after every change and at least every
+/// `max_round_interval_ms` (never more often than `min_round_interval_ms`), one round.
+pub(crate) struct Scheduler {
+    handle: Handle,
+    local: Arc<Local>,
+    metrics: SchedulingMetrics,
+    changes: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+    /// When this member started scheduling as the leader (ms), while it does.
+    leader_since: Option<u64>,
+    last_round: Instant,
+    rounds: u64,
+}
+
+impl Scheduler {
+    pub(crate) fn new(handle: Handle, local: Arc<Local>, metrics: SchedulingMetrics) -> Scheduler {
+        let changes = handle.raft().metrics();
+        Scheduler { handle, local, metrics, changes, leader_since: None, last_round: Instant::now(), rounds: 0 }
+    }
+}
+
+impl Worker for Scheduler {
+    fn name(&self) -> String {
+        "scheduler".into()
+    }
+
+    fn status(&self) -> String {
+        match self.leader_since {
+            Some(_) => format!("leading: {} rounds, {} tasks pending", self.rounds, self.metrics.pending.get()),
+            None => "following".into(),
         }
-        tokio::time::sleep(min.saturating_sub(last_round.elapsed())).await;
-        let Some(cell) = cell.upgrade() else { return };
-        last_round = Instant::now();
-        if !cell.is_leader() {
-            if leader_since.take().is_some() {
-                cell.scheduling().pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    async fn wait(&mut self) -> Next {
+        let s = &self.handle.config().scheduler;
+        let (min, max) =
+            (Duration::from_millis(s.min_round_interval_ms), Duration::from_millis(s.max_round_interval_ms));
+        tokio::select! {
+            changed = self.changes.changed() => if changed.is_err() { return Next::Done },
+            () = tokio::time::sleep(max.saturating_sub(self.last_round.elapsed())) => {}
+        }
+        tokio::time::sleep(min.saturating_sub(self.last_round.elapsed())).await;
+        Next::Busy
+    }
+
+    async fn step(&mut self) -> Result<Next, String> {
+        self.last_round = Instant::now();
+        let handle = &self.handle;
+        if !handle.is_leader() {
+            if self.leader_since.take().is_some() {
+                self.local.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
             }
             // Nothing here reads the changed jobs: let them go, or the set would grow to every job changed while
             // following and make each apply's insert into it slower. A member that takes over starts with a full
             // round anyway.
-            cell.take_dirty_jobs();
-            continue;
+            handle.take_dirty_jobs();
+            return Ok(Next::Idle);
         }
-        if leader_since.is_none() {
+        if self.leader_since.is_none() {
             // Act only on a state that includes everything committed before this member took over.
-            if let Err(e) = cell.raft().ensure_linearizable().await {
+            if let Err(e) = handle.raft().ensure_linearizable().await {
                 tracing::debug!(error = %e, "not yet able to schedule as leader");
-                continue;
+                return Ok(Next::Idle);
             }
-            leader_since = Some(crate::member::now_ms());
-            *cell.scheduling().full_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.leader_since = Some(crate::member::now_ms());
+            *self.local.full_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
             tracing::info!("scheduling as leader");
         }
-        round(&cell, leader_since.unwrap_or(0)).await;
+        round(handle, &self.local, &self.metrics, self.leader_since.unwrap_or(0)).await;
+        self.rounds += 1;
+        Ok(Next::Idle)
     }
 }
 
-async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
+async fn round(cell: &Handle, local: &Local, metrics: &SchedulingMetrics, leader_since_ms: u64) {
     let started = Instant::now();
     let config = cell.config().scheduler.clone();
     let now_ms = crate::member::now_ms();
-    let local = cell.scheduling();
     let lost_last_minute = {
         let mut lost = local.lost_at.lock().unwrap_or_else(|p| p.into_inner());
         while lost.front().is_some_and(|t| now_ms.saturating_sub(*t) > 60_000) {
@@ -187,7 +216,7 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
         due
     };
     let (mut decision, capacity_seq, retry_pending) = {
-        let state = cell.state_read();
+        let state = cell.read();
         let seq = state.capacity_seq();
         // Re-placing tasks that did not fit costs a full placement each round; only worth it when something
         // changed that could make them fit.
@@ -198,7 +227,6 @@ async fn round(cell: &Arc<Cell>, leader_since_ms: u64) {
         let ids = &mut || uuid::Uuid::new_v4().to_string();
         (reconcile::reconcile(&state, &cell.config().cell, &seen, &config, ids), seq, retry_pending)
     };
-    let metrics = cell.scheduling_metrics();
     metrics.rounds.observe(started.elapsed().as_secs_f64());
     metrics.breaker_open.set(i64::from(decision.breaker_open));
     if decision.breaker_open {

@@ -101,13 +101,6 @@ pub(super) fn failure_of(t: &crate::task::TaskRecord) -> Option<titan_api::view:
     })
 }
 
-pub(super) fn forwarded_error(e: titan_api::ClientError) -> ApiError {
-    match e {
-        titan_api::ClientError::Api { error, .. } => error,
-        other => ApiError::new(ErrorCode::NotLeader, other.to_string()),
-    }
-}
-
 impl CellApi for Cell {
     fn submit_job(&self, spec: JobSpec, idempotency_key: Option<String>, actor: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
@@ -222,14 +215,17 @@ impl CellApi for Cell {
                 commit_index: self.committed.load(Ordering::Relaxed).max(applied),
                 applied_index: applied,
                 snapshot_index: m.snapshot.map(|l| l.index),
+                workers: self.workers.views(),
             })
         })
     }
 
     fn add_member(&self, member: AddMember) -> ApiResult<'_, ClusterView> {
         Box::pin(async move {
-            if let Some(leader) = self.leader_client()? {
-                return leader.add_member(&member).await.map_err(forwarded_error);
+            let timeout =
+                Duration::from_millis(self.config.raft.member_catch_up_ms + 2 * self.config.raft.write_timeout_ms);
+            if let Some(answer) = self.forward_to_leader(&ToLeader::AddMember(member.clone()), timeout).await? {
+                return answer.cluster();
             }
             let (voters, nodes) = self.members();
             if let Some(addr) = nodes.get(&member.id) {
@@ -263,8 +259,9 @@ impl CellApi for Cell {
 
     fn remove_member(&self, id: u64) -> ApiResult<'_, ClusterView> {
         Box::pin(async move {
-            if let Some(leader) = self.leader_client()? {
-                return leader.remove_member(id).await.map_err(forwarded_error);
+            let timeout = Duration::from_millis(2 * self.config.raft.write_timeout_ms);
+            if let Some(answer) = self.forward_to_leader(&ToLeader::RemoveMember(id), timeout).await? {
+                return answer.cluster();
             }
             let (voters, nodes) = self.members();
             if !nodes.contains_key(&id) {
@@ -327,8 +324,10 @@ impl CellApi for Cell {
 
     fn heartbeat(&self, id: String, beat: Heartbeat) -> ApiResult<'_, Lease> {
         Box::pin(async move {
-            if let Some(leader) = self.leader_client()? {
-                return leader.heartbeat(&id, beat.lease_epoch).await.map_err(forwarded_error);
+            let call = ToLeader::Heartbeat { agent: id.clone(), beat: beat.clone() };
+            let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
+            if let Some(answer) = self.forward_to_leader(&call, timeout).await? {
+                return answer.lease();
             }
             let epoch =
                 self.read().agent(&id).map(|a| a.lease_epoch).ok_or_else(|| ApiError::not_found("agent", &id))?;
@@ -365,21 +364,7 @@ impl CellApi for Cell {
         Box::pin(async move {
             // The leader confirms it still leads and names the index a read must see; a follower asks the leader
             // for that index, then waits until it has applied that far itself (ReadIndex).
-            let index = match self.leader_client()? {
-                None => self.read_index_here().await?,
-                Some(leader) => {
-                    let url = format!("{}/internal/read-index", leader.base());
-                    let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
-                    let resp = self.peers.http.get(url).timeout(timeout).send().await;
-                    let unavailable = |e: String| ApiError::new(ErrorCode::NotLeader, format!("no read index: {e}"));
-                    let bytes = resp
-                        .map_err(|e| unavailable(e.to_string()))?
-                        .bytes()
-                        .await
-                        .map_err(|e| unavailable(e.to_string()))?;
-                    codec::decode::<Result<u64, ApiError>>(&bytes).map_err(|e| unavailable(e.to_string()))??
-                }
-            };
+            let index = self.read_index().await?;
             let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
             self.raft
                 .wait(Some(timeout))

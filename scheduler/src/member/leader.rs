@@ -1,7 +1,65 @@
-//! What a member asks of its leader: the read index of a consistent read, why tasks are pending (the leader's
-//! scheduler knows), and the leader's client for membership changes.
+//! What a member asks of its leader, in one typed call over the kept Raft stream (`LEADER` frames): the read index
+//! of a consistent read, why tasks are pending (the leader's scheduler knows), membership changes, and agents'
+//! heartbeats (leases live on the leader). Forwarded writes travel beside them as `PROPOSE` frames, unchanged
+//! since the first version so that members of two versions keep committing each other's writes.
 
 use super::*;
+
+/// A call to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToLeader {
+    ReadIndex,
+    Pending(Vec<String>),
+    AddMember(AddMember),
+    RemoveMember(u64),
+    Heartbeat { agent: String, beat: Heartbeat },
+}
+
+/// The leader's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromLeader {
+    ReadIndex(Result<u64, ApiError>),
+    Pending(BTreeMap<String, String>),
+    Cluster(Result<ClusterView, ApiError>),
+    Lease(Result<Lease, ApiError>),
+    /// The member called does not lead (any more).
+    NotLeader,
+}
+
+impl ToLeader {
+    fn kind(&self) -> &'static str {
+        match self {
+            ToLeader::ReadIndex => "read_index",
+            ToLeader::Pending(_) => "pending",
+            ToLeader::AddMember(_) => "add_member",
+            ToLeader::RemoveMember(_) => "remove_member",
+            ToLeader::Heartbeat { .. } => "heartbeat",
+        }
+    }
+}
+
+impl FromLeader {
+    pub(crate) fn cluster(self) -> Result<ClusterView, ApiError> {
+        match self {
+            FromLeader::Cluster(r) => r,
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub(crate) fn lease(self) -> Result<Lease, ApiError> {
+        match self {
+            FromLeader::Lease(r) => r,
+            other => Err(other.unexpected()),
+        }
+    }
+
+    fn unexpected(self) -> ApiError {
+        match self {
+            FromLeader::NotLeader => ApiError::new(ErrorCode::NotLeader, "leadership moved during the call; retry"),
+            other => ApiError::internal(format!("the leader answered {other:?}")),
+        }
+    }
+}
 
 impl Cell {
     /// On the leader: the log index a linearizable read must see.
@@ -12,20 +70,30 @@ impl Cell {
         }
     }
 
-    pub(crate) fn leader_client(&self) -> Result<Option<Client>, ApiError> {
-        let m = self.raft.metrics().borrow().clone();
-        match m.current_leader {
-            Some(l) if l == self.config.node_id => Ok(None),
-            Some(l) => {
-                let addr = m
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-                    .ok_or_else(|| ApiError::new(ErrorCode::NotLeader, "the leader's address is unknown"))?;
-                Ok(Some(Client::with_http(&addr, self.peers.http.clone())))
-            }
-            None => Err(ApiError::new(ErrorCode::NotLeader, "no leader is elected")),
+    /// Sends `call` to the leader when another member leads, within `timeout`; `None` when this member leads (the
+    /// caller answers it here).
+    pub(crate) async fn forward_to_leader(
+        &self,
+        call: &ToLeader,
+        timeout: Duration,
+    ) -> Result<Option<FromLeader>, ApiError> {
+        let (leader, addr) = match self.proposer.leader_elsewhere() {
+            Some(l) => l,
+            None if self.is_leader() => return Ok(None),
+            None => return Err(ApiError::new(ErrorCode::NotLeader, "no leader is elected")),
+        };
+        let body = codec::encode(call).map_err(|e| ApiError::internal(e.to_string()))?;
+        let unanswered = |e: String| {
+            ApiError::new(ErrorCode::Unavailable, format!("the leader (member {leader}) did not answer: {e}"))
+        };
+        let bytes = self.streams.call(&leader, &addr, LEADER, &body, timeout).await.map_err(|e| {
+            tracing::debug!(call = call.kind(), leader = %leader, error = %e, "a call to the leader failed");
+            unanswered(e.to_string())
+        })?;
+        let answer: FromLeader = codec::decode(&bytes).map_err(|e| unanswered(e.to_string()))?;
+        match answer {
+            FromLeader::NotLeader => Err(FromLeader::NotLeader.unexpected()),
+            answer => Ok(Some(answer)),
         }
     }
 
@@ -35,38 +103,106 @@ impl Cell {
         if ids.is_empty() {
             return BTreeMap::new();
         }
-        let leader = match self.leader_client() {
+        let call = ToLeader::Pending(ids);
+        match self.forward_to_leader(&call, Duration::from_secs(2)).await {
             Ok(None) => {
-                return ids.into_iter().filter_map(|id| self.scheduling.pending(&id).map(|r| (id, r))).collect()
+                let ToLeader::Pending(ids) = call else { unreachable!("built above") };
+                ids.into_iter().filter_map(|id| self.scheduling.pending(&id).map(|r| (id, r))).collect()
             }
-            Ok(Some(leader)) => leader,
-            Err(_) => return BTreeMap::new(),
-        };
-        let Ok(body) = codec::encode(&ids) else { return BTreeMap::new() };
-        let url = format!("{}/internal/pending", leader.base());
-        let request =
-            self.peers.http.post(url).timeout(Duration::from_secs(2)).header("content-type", codec::CONTENT_TYPE);
-        match request.body(body).send().await {
-            Ok(resp) => match resp.bytes().await {
-                Ok(bytes) => codec::decode(&bytes).unwrap_or_default(),
-                Err(_) => BTreeMap::new(),
-            },
+            Ok(Some(FromLeader::Pending(reasons))) => reasons,
+            Ok(Some(other)) => {
+                tracing::debug!(answer = ?other, "pending reasons: an unexpected answer from the leader");
+                BTreeMap::new()
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "pending reasons not fetched from the leader");
                 BTreeMap::new()
             }
         }
     }
+
+    /// The read index a consistent read on this member must wait for: the leader's, asked of it when another
+    /// member leads.
+    pub(crate) async fn read_index(&self) -> Result<u64, ApiError> {
+        let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
+        match self.forward_to_leader(&ToLeader::ReadIndex, timeout).await {
+            Ok(None) => self.read_index_here().await,
+            Ok(Some(FromLeader::ReadIndex(index))) => index,
+            Ok(Some(other)) => Err(other.unexpected()),
+            Err(e) => Err(ApiError::new(ErrorCode::NotLeader, format!("no read index: {}", e.message))),
+        }
+    }
+
+    /// Answers a call another member made of this one as the leader.
+    async fn answer_as_leader(&self, call: ToLeader) -> FromLeader {
+        if !self.is_leader() {
+            return FromLeader::NotLeader;
+        }
+        match call {
+            ToLeader::ReadIndex => FromLeader::ReadIndex(self.read_index_here().await),
+            ToLeader::Pending(ids) => FromLeader::Pending(
+                ids.into_iter().filter_map(|id| self.scheduling.pending(&id).map(|r| (id, r))).collect(),
+            ),
+            ToLeader::AddMember(m) => FromLeader::Cluster(self.add_member(m).await),
+            ToLeader::RemoveMember(id) => FromLeader::Cluster(self.remove_member(id).await),
+            ToLeader::Heartbeat { agent, beat } => FromLeader::Lease(self.heartbeat(agent, beat).await),
+        }
+    }
 }
 
-/// Why the given Accepted tasks wait, as this member (the leader) last found.
+/// Answers the stream's `PROPOSE` and `LEADER` frames on this member.
+pub(super) struct LeaderHere {
+    pub(super) cell: std::sync::Weak<Cell>,
+    pub(super) propose: ProposeHere,
+}
+
+impl crate::raft::Leader for LeaderHere {
+    fn propose(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + '_>> {
+        Box::pin(self.propose.propose(body))
+    }
+
+    fn call(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + '_>> {
+        Box::pin(async move {
+            let call: ToLeader = codec::decode(&body).map_err(std::io::Error::other)?;
+            let answer = match self.cell.upgrade() {
+                Some(cell) => cell.answer_as_leader(call).await,
+                None => FromLeader::NotLeader,
+            };
+            codec::encode(&answer).map_err(std::io::Error::other)
+        })
+    }
+}
+
+/// Why the given Accepted tasks wait, as this member (the leader) last found. Served over HTTP for members of the
+/// previous version only.
 pub(super) async fn pending_here(State(cell): State<Arc<Cell>>, Packed(ids): Packed<Vec<String>>) -> HttpResponse {
     let reasons: BTreeMap<String, String> =
         ids.into_iter().filter_map(|id| cell.scheduling.pending(&id).map(|r| (id, r))).collect();
     Packed(reasons).into_response()
 }
 
-/// The leader's read index for a follower's consistent read.
+/// The leader's read index for a follower's consistent read, over HTTP for members of the previous version only.
 pub(super) async fn read_index(State(cell): State<Arc<Cell>>) -> HttpResponse {
     Packed(cell.read_index_here().await).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_and_answers_round_trip_and_a_wrong_answer_is_an_error_not_a_panic() {
+        let call = ToLeader::Heartbeat { agent: "a1".into(), beat: Heartbeat { lease_epoch: 3 } };
+        let back: ToLeader = codec::decode(&codec::encode(&call).unwrap()).unwrap();
+        assert!(matches!(back, ToLeader::Heartbeat { ref agent, beat } if agent == "a1" && beat.lease_epoch == 3));
+
+        let refused = FromLeader::Lease(Err(ApiError::not_found("agent", "a1")));
+        let back: FromLeader = codec::decode(&codec::encode(&refused).unwrap()).unwrap();
+        assert_eq!(back.lease().unwrap_err().code, ErrorCode::NotFound);
+
+        let moved = FromLeader::NotLeader.cluster().unwrap_err();
+        assert_eq!(moved.code, ErrorCode::NotLeader);
+        let wrong = FromLeader::Pending(BTreeMap::new()).lease().unwrap_err();
+        assert_eq!(wrong.code, ErrorCode::Internal);
+    }
 }

@@ -88,51 +88,109 @@ impl CellMetrics {
     }
 }
 
-/// Keeps the cell's gauges current from Raft's metrics, and the slower ones on a timer.
-pub(super) async fn watch(cell: Arc<Cell>) {
-    let mut rx = cell.raft.metrics();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut leader = None;
-    let mut snapshot = None;
-    loop {
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            _ = tick.tick() => {
-                cell.metrics.store_bytes.set(cell.engine.size_on_disk() as i64);
-                let counts: Vec<(JobState, u64)> = {
-                    let s = cell.read();
-                    [JobState::Enabled, JobState::Disabled, JobState::Killed].into_iter().map(|st| (st, s.count(st))).collect()
-                };
-                for (state, n) in counts { cell.metrics.jobs.with_label_values(&[state.as_str()]).set(n as i64); }
-                crate::scheduling::observe_tasks(&cell.scheduling_metrics, &cell.read(), now_ms());
-            }
+/// Keeps the cell's gauges current from Raft's metrics as they change, and the slower ones every second.
+pub(super) struct MetricsWorker {
+    handle: Handle,
+    metrics: CellMetrics,
+    scheduling: crate::scheduling::SchedulingMetrics,
+    engine: Arc<dyn Engine>,
+    committed: Arc<AtomicU64>,
+    proposer: Arc<Proposer>,
+    changes: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    tick: tokio::time::Interval,
+    /// Whether the last wake-up was the timer's.
+    ticked: bool,
+    leader: Option<NodeId>,
+    snapshot: Option<openraft::LogId<NodeId>>,
+}
+
+impl MetricsWorker {
+    pub(super) fn new(
+        handle: Handle,
+        metrics: CellMetrics,
+        scheduling: crate::scheduling::SchedulingMetrics,
+        engine: Arc<dyn Engine>,
+        committed: Arc<AtomicU64>,
+        proposer: Arc<Proposer>,
+    ) -> MetricsWorker {
+        let changes = handle.raft().metrics();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        MetricsWorker {
+            handle,
+            metrics,
+            scheduling,
+            engine,
+            committed,
+            proposer,
+            changes,
+            tick,
+            ticked: false,
+            leader: None,
+            snapshot: None,
         }
-        let m = rx.borrow().clone();
-        let metrics = &cell.metrics;
-        metrics.in_flight.set(cell.proposing.load(Ordering::Acquire) as i64);
+    }
+
+    /// The gauges read from the state and the store, every second.
+    fn slow(&self) {
+        self.metrics.store_bytes.set(self.engine.size_on_disk() as i64);
+        let s = self.handle.read();
+        for st in [JobState::Enabled, JobState::Disabled, JobState::Killed] {
+            self.metrics.jobs.with_label_values(&[st.as_str()]).set(s.count(st) as i64);
+        }
+        crate::scheduling::observe_tasks(&self.scheduling, &s, now_ms());
+    }
+}
+
+impl crate::worker::Worker for MetricsWorker {
+    fn name(&self) -> String {
+        "metrics".into()
+    }
+
+    async fn wait(&mut self) -> crate::worker::Next {
+        tokio::select! {
+            changed = self.changes.changed() => {
+                if changed.is_err() {
+                    return crate::worker::Next::Done;
+                }
+                self.ticked = false;
+            }
+            _ = self.tick.tick() => self.ticked = true,
+        }
+        crate::worker::Next::Busy
+    }
+
+    async fn step(&mut self) -> Result<crate::worker::Next, String> {
+        if self.ticked {
+            self.slow();
+        }
+        let m = self.changes.borrow_and_update().clone();
+        let metrics = &self.metrics;
+        metrics.in_flight.set(self.proposer.proposing.load(Ordering::Acquire) as i64);
         metrics.term.set(m.current_term as i64);
         metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
-        if m.current_leader != leader {
+        if m.current_leader != self.leader {
             if m.current_leader.is_some() {
                 metrics.leader_changes.inc();
                 tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
             }
-            leader = m.current_leader;
+            self.leader = m.current_leader;
         }
-        if m.snapshot != snapshot {
+        if m.snapshot != self.snapshot {
             if m.snapshot.is_some() {
                 metrics.snapshots.inc();
             }
-            snapshot = m.snapshot;
+            self.snapshot = m.snapshot;
         }
         let last = m.last_log_index.unwrap_or(0);
         let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-        let committed = cell.committed.load(Ordering::Relaxed).max(applied);
+        let committed = self.committed.load(Ordering::Relaxed).max(applied);
         let purged = m.purged.map(|l| l.index + 1).unwrap_or(0);
         metrics.last_log_index.set(last as i64);
         metrics.applied_index.set(applied as i64);
         metrics.commit_index.set(committed as i64);
         metrics.apply_lag.set(committed.saturating_sub(applied) as i64);
         metrics.log_entries.set(last.saturating_sub(purged) as i64 + i64::from(m.last_log_index.is_some()));
+        Ok(crate::worker::Next::Idle)
     }
 }

@@ -32,17 +32,18 @@ use titan_api::task::{
 use titan_api::view::{
     AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobState, JobView, ListQuery, MemberView,
 };
-use titan_api::{Actor, ApiError, CellApi, Client, ErrorCode};
+use titan_api::{Actor, ApiError, CellApi, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{Command, Meta, Rejection, Response};
 use crate::config::CellConfig;
 use crate::raft::{
-    codec, membership, raft_routes, EarlyReplication, Forwarding, HttpNetwork, LogStore, NetworkMetrics, NodeId,
-    Packed, PeerClient, Raft, SharedState, StateStore, Streams, PROPOSE,
+    codec, membership, raft_routes, EarlyReplication, HttpNetwork, LogStore, NetworkMetrics, NodeId, Packed, Raft,
+    SharedState, StateStore, Streams, LEADER, PROPOSE,
 };
 use crate::spec::Spec;
 use crate::store::Engine;
+use crate::worker::{Next, Worker};
 
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,41 +59,44 @@ pub enum CellError {
 }
 
 mod api;
+mod handle;
 mod leader;
 mod members;
 mod metrics;
 mod propose;
 
 use api::*;
+pub(crate) use handle::Handle;
+use handle::Leases;
 use leader::*;
 use members::*;
 use metrics::*;
+pub(crate) use propose::Proposer;
 use propose::*;
 
 /// Between SIGTERM and SIGKILL when a task is stopped (Docker's default).
 pub const KILL_GRACE_MS: u64 = 10_000;
 
 pub struct Cell {
-    queue: mpsc::Sender<Waiter>,
-    /// Proposals this member has in flight, from its proposers or proposed directly (see `commit`).
-    proposing: Arc<AtomicUsize>,
-    /// When the leader last heard from each agent (ms since the epoch). Leader-local: a new leader starts empty
-    /// and hears from every live agent within a lease.
-    leases: std::sync::Mutex<HashMap<String, u64>>,
+    /// What the workers use; the API uses the same parts.
+    handle: Handle,
+    proposer: Arc<Proposer>,
+    leases: Arc<Leases>,
     encoded: crate::raft::EncodedEntries,
-    /// Kept connections to the other members, shared with Raft: write forwarding goes over them too.
+    /// Kept connections to the other members, shared with Raft: write forwarding and calls to the leader go over
+    /// them too.
     streams: Streams,
-    config: CellConfig,
+    config: Arc<CellConfig>,
     raft: Raft,
     state: SharedState,
     committed: Arc<AtomicU64>,
     engine: Arc<dyn Engine>,
-    peers: PeerClient,
     metrics: CellMetrics,
-    scheduling: crate::scheduling::Local,
-    scheduling_metrics: crate::scheduling::SchedulingMetrics,
+    scheduling: Arc<crate::scheduling::Local>,
     watchers: Arc<crate::watch::Watchers>,
     events: Arc<crate::watch::EventLog>,
+    /// The background loops: the scheduler, the proposers, the metrics; stopped when the member is dropped.
+    workers: crate::worker::Workers,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -139,7 +143,6 @@ impl Cell {
         }
         .validate()
         .map_err(|e| CellError::Raft(e.to_string()))?;
-        let peers = PeerClient::new();
         let network_metrics = NetworkMetrics::new(registry, &config.cell, config.node_id)?;
         let streams = Streams::new(network_metrics);
         let network = HttpNetwork::new(encoded.clone(), streams.clone());
@@ -173,11 +176,40 @@ impl Cell {
 
         let metrics = CellMetrics::new(registry, &config.cell, config.node_id)?;
         let scheduling_metrics = crate::scheduling::SchedulingMetrics::new(registry, &config.cell, config.node_id)?;
-        let (queue, rx) = mpsc::channel(MAX_BATCH * PROPOSERS * 4);
-        let cell = Arc::new(Cell {
-            queue,
-            proposing,
-            leases: Default::default(),
+        let workers = crate::worker::Workers::new(registry, &config.cell, config.node_id)?;
+        let config = Arc::new(config);
+        let (proposer, rx) = Proposer::new(raft.clone(), streams.clone(), proposing, &config, metrics.clone());
+        let proposer = Arc::new(proposer);
+        let leases: Arc<Leases> = Arc::default();
+        let handle = Handle::new(raft.clone(), state.clone(), proposer.clone(), config.clone(), leases.clone());
+        let scheduling: Arc<crate::scheduling::Local> = Arc::default();
+        workers.spawn(crate::scheduling::Scheduler::new(
+            handle.clone(),
+            scheduling.clone(),
+            scheduling_metrics.clone(),
+        ));
+        workers.spawn(MetricsWorker::new(
+            handle.clone(),
+            metrics.clone(),
+            scheduling_metrics,
+            engine.clone(),
+            committed.clone(),
+            proposer.clone(),
+        ));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for n in 1..=PROPOSERS {
+            workers.spawn(ProposerWorker {
+                n,
+                proposer: proposer.clone(),
+                rx: rx.clone(),
+                batch: Vec::new(),
+                proposed: 0,
+            });
+        }
+        Ok(Arc::new(Cell {
+            handle,
+            proposer,
+            leases,
             encoded,
             streams,
             config,
@@ -185,31 +217,26 @@ impl Cell {
             state,
             committed,
             engine,
-            peers,
             metrics,
-            scheduling: Default::default(),
-            scheduling_metrics,
+            scheduling,
             watchers,
             events,
-        });
-        tokio::spawn(watch(cell.clone()));
-        tokio::spawn(crate::scheduling::run(Arc::downgrade(&cell)));
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..PROPOSERS {
-            tokio::spawn(propose_batches(Arc::downgrade(&cell), rx.clone()));
-        }
-        Ok(cell)
+            workers,
+        }))
     }
 
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
 
-    /// Every route this member serves: the public API, Raft's internal routes and write forwarding.
+    /// Every route this member serves: the public API, and Raft's stream, which also carries forwarded writes
+    /// and calls to the leader.
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
         let api: Arc<dyn CellApi> = self.clone();
-        let forwarding = Arc::new(ProposeHere(self.clone()));
-        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.clone(), forwarding).merge(
+        let leader = Arc::new(LeaderHere { cell: Arc::downgrade(self), propose: ProposeHere(self.proposer.clone()) });
+        let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.clone(), leader).merge(
+            // Kept for members of the previous version, which ask for these over HTTP; this version asks over the
+            // Raft stream (`LEADER`).
             Router::new()
                 .route("/internal/read-index", axum::routing::get(read_index))
                 .route("/internal/pending", post(pending_here))
@@ -219,6 +246,7 @@ impl Cell {
     }
 
     pub async fn shutdown(&self) {
+        self.workers.stop();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -231,37 +259,29 @@ impl Cell {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn state_read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState> {
-        self.read()
-    }
-
-    /// The jobs changed since the last call (a brief write lock on the state).
-    pub(crate) fn take_dirty_jobs(&self) -> BTreeSet<String> {
-        self.state.write().unwrap_or_else(|p| p.into_inner()).take_dirty_jobs()
-    }
-
     pub fn config(&self) -> &CellConfig {
         &self.config
     }
 
     pub(crate) fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.config.node_id)
-    }
-
-    pub(crate) fn scheduling(&self) -> &crate::scheduling::Local {
-        &self.scheduling
-    }
-
-    pub(crate) fn scheduling_metrics(&self) -> &crate::scheduling::SchedulingMetrics {
-        &self.scheduling_metrics
-    }
-
-    /// When this member (as leader) last heard from each agent.
-    pub(crate) fn heartbeats(&self) -> HashMap<String, u64> {
-        self.leases().clone()
+        self.handle.is_leader()
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+        self.leases.lock()
+    }
+
+    /// Commits a command through the proposer (see `Proposer::commit`).
+    pub(crate) async fn commit(&self, cmd: Command) -> Result<Response, ApiError> {
+        self.proposer.commit(cmd).await
+    }
+
+    /// Commits a job command and maps the state machine's answer.
+    pub(crate) async fn write(&self, cmd: Command) -> Result<JobRef, ApiError> {
+        self.proposer.write(cmd).await
+    }
+
+    pub(crate) fn meta(actor: Actor) -> Meta {
+        Meta { who: actor.who, why: actor.why, at_ms: now_ms(), request: uuid::Uuid::new_v4().to_string() }
     }
 }

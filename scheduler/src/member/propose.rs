@@ -42,7 +42,41 @@ pub(super) struct Waiter {
     deadline: tokio::time::Instant,
 }
 
-impl Cell {
+/// What commits writes: the queue to this member's proposers, and the way to the leader. Shared by the API, the
+/// proposer workers and the scheduler worker (through `Handle`).
+pub(crate) struct Proposer {
+    queue: mpsc::Sender<Waiter>,
+    /// Proposals this member has in flight, from its proposers or proposed directly (see `commit`).
+    pub(super) proposing: Arc<AtomicUsize>,
+    raft: Raft,
+    /// Kept connections to the other members, shared with Raft: write forwarding goes over them too.
+    streams: Streams,
+    node_id: NodeId,
+    write_timeout_ms: u64,
+    metrics: CellMetrics,
+}
+
+impl Proposer {
+    pub(super) fn new(
+        raft: Raft,
+        streams: Streams,
+        proposing: Arc<AtomicUsize>,
+        config: &CellConfig,
+        metrics: CellMetrics,
+    ) -> (Proposer, mpsc::Receiver<Waiter>) {
+        let (queue, rx) = mpsc::channel(MAX_BATCH * PROPOSERS * 4);
+        let proposer = Proposer {
+            queue,
+            proposing,
+            raft,
+            streams,
+            node_id: config.node_id,
+            write_timeout_ms: config.raft.write_timeout_ms,
+            metrics,
+        };
+        (proposer, rx)
+    }
+
     /// Commits the scheduler's own commands. A round that timed out may still commit, and the next round, decided
     /// on a state without it, would create the same tasks again under new ids: so after a timeout this waits until
     /// the member has applied every entry it holds or no longer leads (the entry is then committed or gone) before
@@ -64,7 +98,7 @@ impl Cell {
             {
                 let m = changes.borrow_and_update();
                 let applied = m.last_applied.map(|l| l.index);
-                if applied >= held || m.current_leader != Some(self.config.node_id) {
+                if applied >= held || m.current_leader != Some(self.node_id) {
                     return;
                 }
             }
@@ -76,7 +110,7 @@ impl Cell {
 
     /// When a write that starts now must be answered.
     pub(crate) fn write_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms)
+        tokio::time::Instant::now() + Duration::from_millis(self.write_timeout_ms)
     }
 
     /// Counts the commands answered `timeout`, by kind.
@@ -87,13 +121,9 @@ impl Cell {
         for (kind, answer) in answered {
             if matches!(answer, Err(e) if e.code == ErrorCode::Timeout) {
                 self.metrics.timed_out.with_label_values(&[kind]).inc();
-                tracing::warn!(kind, timeout_ms = self.config.raft.write_timeout_ms, "a write timed out");
+                tracing::warn!(kind, timeout_ms = self.write_timeout_ms, "a write timed out");
             }
         }
-    }
-
-    pub(crate) fn meta(actor: Actor) -> Meta {
-        Meta { who: actor.who, why: actor.why, at_ms: now_ms(), request: uuid::Uuid::new_v4().to_string() }
     }
 
     /// Commits a command, batched with whatever else is waiting and through the leader wherever it is, and answers
@@ -153,7 +183,7 @@ impl Cell {
                 // once a quorum is back (or is replaced by a new leader's log).
                 None => match tokio::time::timeout_at(deadline, self.raft.client_write(proposal.clone()))
                     .await
-                    .map_err(|_| timed_out(self.config.raft.write_timeout_ms))?
+                    .map_err(|_| timed_out(self.write_timeout_ms))?
                 {
                     Ok(r) => {
                         self.metrics.commit_latency.observe(start.elapsed().as_secs_f64());
@@ -161,7 +191,7 @@ impl Cell {
                     }
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f
                         .leader_node
-                        .filter(|_| f.leader_id != Some(self.config.node_id))
+                        .filter(|_| f.leader_id != Some(self.node_id))
                         .map(|node| (f.leader_id.map(|l| l.to_string()).unwrap_or_default(), node.addr)),
                     Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                         return Err(ApiError::internal(e.to_string()))
@@ -177,7 +207,7 @@ impl Cell {
                         return Err(ApiError::internal(format!("{} answers for {n} commands", a.len())))
                     }
                     Forwarded::Retry => {}
-                    Forwarded::TimedOut => return Err(timed_out(self.config.raft.write_timeout_ms)),
+                    Forwarded::TimedOut => return Err(timed_out(self.write_timeout_ms)),
                     Forwarded::Unknown(e) => {
                         return Err(ApiError::new(
                             ErrorCode::Unavailable,
@@ -200,7 +230,7 @@ impl Cell {
     pub(crate) fn leader_elsewhere(&self) -> Option<(String, String)> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let leader = m.current_leader.filter(|l| *l != self.config.node_id)?;
+        let leader = m.current_leader.filter(|l| *l != self.node_id)?;
         let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader.to_string(), addr))
     }
@@ -255,7 +285,7 @@ impl Cell {
         })
         .await;
         if waited.is_err() {
-            answers.resize_with(n, || Err(timed_out(self.config.raft.write_timeout_ms)));
+            answers.resize_with(n, || Err(timed_out(self.write_timeout_ms)));
         }
         answers
     }
@@ -283,34 +313,53 @@ impl Drop for Proposing {
 }
 
 /// One proposer: takes every command waiting (up to `MAX_BATCH`), commits them as one entry, answers each.
-pub(super) async fn propose_batches(cell: std::sync::Weak<Cell>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Waiter>>>) {
-    loop {
-        let mut batch = Vec::new();
-        {
-            let mut rx = rx.lock().await;
-            match rx.recv().await {
-                Some(w) => batch.push(w),
-                None => return,
-            }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(w) => batch.push(w),
-                    Err(_) => break,
-                }
+pub(super) struct ProposerWorker {
+    pub(super) n: usize,
+    pub(super) proposer: Arc<Proposer>,
+    pub(super) rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Waiter>>>,
+    /// The waiters taken by `wait`, proposed by `step`.
+    pub(super) batch: Vec<Waiter>,
+    pub(super) proposed: u64,
+}
+
+impl Worker for ProposerWorker {
+    fn name(&self) -> String {
+        format!("proposer-{}", self.n)
+    }
+
+    fn status(&self) -> String {
+        format!("{} commands proposed", self.proposed)
+    }
+
+    async fn wait(&mut self) -> Next {
+        let mut rx = self.rx.lock().await;
+        match rx.recv().await {
+            Some(w) => self.batch.push(w),
+            None => return Next::Done,
+        }
+        while self.batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => self.batch.push(w),
+                Err(_) => break,
             }
         }
-        let Some(cell) = cell.upgrade() else { return };
-        let Some(Live { cmds, answers, deadline, abandoned }) = live(batch) else {
+        Next::Busy
+    }
+
+    async fn step(&mut self) -> Result<Next, String> {
+        let Some(Live { cmds, answers, deadline, abandoned }) = live(std::mem::take(&mut self.batch)) else {
             tracing::debug!("every queued write of a batch timed out before it was proposed");
-            continue;
+            return Ok(Next::Idle);
         };
         if abandoned > 0 {
             tracing::debug!(abandoned, "queued writes timed out before they were proposed");
         }
-        let _proposing = Proposing::new(&cell.proposing);
-        cell.metrics.batch_size.observe(cmds.len() as f64);
+        let proposer = &self.proposer;
+        let _proposing = Proposing::new(&proposer.proposing);
+        proposer.metrics.batch_size.observe(cmds.len() as f64);
+        self.proposed += cmds.len() as u64;
         // An answer nobody waits for any more (its request timed out or went away) is dropped, never an error.
-        match cell.propose(cmds, deadline).await {
+        match proposer.propose(cmds, deadline).await {
             Ok(results) => {
                 for (tx, a) in answers.into_iter().zip(results) {
                     let _ = tx.send(a);
@@ -322,6 +371,7 @@ pub(super) async fn propose_batches(cell: std::sync::Weak<Cell>, rx: Arc<tokio::
                 }
             }
         }
+        Ok(Next::Idle)
     }
 }
 
@@ -388,28 +438,26 @@ pub(super) fn unbatch(r: Response, n: usize) -> Result<Answers, ApiError> {
 }
 
 /// Takes the commands followers forward over the Raft stream.
-pub(super) struct ProposeHere(pub(super) Arc<Cell>);
+pub(super) struct ProposeHere(pub(super) Arc<Proposer>);
 
-impl Forwarding for ProposeHere {
+impl ProposeHere {
     /// When this member leads, forwarded commands join its own queue, so they are committed in the same entries as
     /// its local writes rather than one entry per forwarded batch.
-    fn propose(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + 'static>> {
-        let cell = self.0.clone();
-        Box::pin(async move {
-            let cmds: Vec<Command> = codec::decode(&body).map_err(std::io::Error::other)?;
-            let leads = cell.raft.metrics().borrow().current_leader == Some(cell.config.node_id);
-            let answer = if leads {
-                // The follower gives up at its own deadline, which came first; this one frees the stream (it
-                // answers nothing else until then) and the queue's waiters.
-                let kinds: Vec<&'static str> = cmds.iter().map(command_kind).collect();
-                let answers = cell.enqueue(cmds, cell.write_deadline()).await;
-                cell.count_timeouts(kinds.into_iter().zip(&answers));
-                Proposed::Answered(answers)
-            } else {
-                Proposed::NotLeader(cell.leader_elsewhere().map(|(_, addr)| addr))
-            };
-            codec::encode(&answer).map_err(std::io::Error::other)
-        })
+    pub(super) async fn propose(&self, body: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let proposer = &self.0;
+        let cmds: Vec<Command> = codec::decode(&body).map_err(std::io::Error::other)?;
+        let leads = proposer.raft.metrics().borrow().current_leader == Some(proposer.node_id);
+        let answer = if leads {
+            // The follower gives up at its own deadline, which came first; this one frees the stream (it answers
+            // nothing else until then) and the queue's waiters.
+            let kinds: Vec<&'static str> = cmds.iter().map(command_kind).collect();
+            let answers = proposer.enqueue(cmds, proposer.write_deadline()).await;
+            proposer.count_timeouts(kinds.into_iter().zip(&answers));
+            Proposed::Answered(answers)
+        } else {
+            Proposed::NotLeader(proposer.leader_elsewhere().map(|(_, addr)| addr))
+        };
+        codec::encode(&answer).map_err(std::io::Error::other)
     }
 }
 

@@ -9,7 +9,7 @@ mod state_store;
 
 pub use log_store::{EncodedEntries, LogStore};
 pub use network::{
-    raft_routes, EarlyReplication, Forwarding, HttpNetwork, NetworkMetrics, Packed, PeerClient, Streams, PROPOSE,
+    raft_routes, EarlyReplication, HttpNetwork, Leader, NetworkMetrics, Packed, Streams, LEADER, PROPOSE,
 };
 pub use state_store::{SharedState, SnapshotMetrics, StateStore};
 

@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! request   length (u32 LE) | kind (u8) | body     kind: 1 append entries, 2 vote, 3 install snapshot,
-//!                                                        4 writes a follower forwards to the leader
+//!                                                        4 writes a follower forwards to the leader,
+//!                                                        5 any other call of a member to its leader
 //! answer    length (u32 LE) | body                 length counts what follows it
 //! ```
 //!
@@ -67,8 +68,10 @@ const IDLE_PER_PEER: usize = 4;
 const APPEND: u8 = 1;
 const VOTE: u8 = 2;
 const SNAPSHOT: u8 = 3;
-/// Writes a follower forwards to the leader; the body and answer are the cell's (`Forwarding`).
+/// Writes a follower forwards to the leader; the body and answer are the member's (`Leader::propose`).
 pub const PROPOSE: u8 = 4;
+/// Any other call a member makes of its leader; the body and answer are the member's (`Leader::call`).
+pub const LEADER: u8 = 5;
 
 fn rpc_name(kind: u8) -> &'static str {
     match kind {
@@ -76,31 +79,8 @@ fn rpc_name(kind: u8) -> &'static str {
         VOTE => "vote",
         SNAPSHOT => "snapshot",
         PROPOSE => "propose",
+        LEADER => "leader",
         _ => "unknown",
-    }
-}
-
-/// An HTTP client for the member-to-member calls that are plain requests (reads from the leader); Raft and write
-/// forwarding go over `Streams`.
-#[derive(Clone)]
-pub struct PeerClient {
-    pub(crate) http: reqwest::Client,
-}
-
-impl PeerClient {
-    pub fn new() -> PeerClient {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client always builds");
-        PeerClient { http }
-    }
-}
-
-impl Default for PeerClient {
-    fn default() -> Self {
-        PeerClient::new()
     }
 }
 
@@ -756,19 +736,21 @@ impl<T: Serialize> IntoResponse for Packed<T> {
     }
 }
 
-/// Takes the writes a follower forwards (`PROPOSE`): the cell decodes, commits and encodes the answer.
-pub trait Forwarding: Send + Sync + 'static {
-    fn propose(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + 'static>>;
+/// Answers what members ask of this one as their leader: forwarded writes (`PROPOSE`) and other calls (`LEADER`).
+/// The member decodes the body, answers and encodes the answer; the stream only carries the bytes.
+pub trait Leader: Send + Sync + 'static {
+    fn propose(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + '_>>;
+    fn call(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + '_>>;
 }
 
-/// What the stream needs: Raft, the log's encodings to keep what followers receive, and the cell for forwarded
-/// writes.
+/// What the stream needs: Raft, the log's encodings to keep what followers receive, and the member for what
+/// followers ask of it as their leader.
 #[derive(Clone)]
 struct Routes {
     raft: Raft,
     encoded: EncodedEntries,
     streams: Streams,
-    forwarding: Arc<dyn Forwarding>,
+    leader: Arc<dyn Leader>,
 }
 
 fn packed<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
@@ -829,7 +811,8 @@ impl Routes {
             APPEND => self.append(body).await,
             VOTE => self.vote(body).await,
             SNAPSHOT => packed(&self.raft.install_snapshot(unpacked(body)?).await),
-            PROPOSE => self.forwarding.propose(body.to_vec()).await,
+            PROPOSE => self.leader.propose(body.to_vec()).await,
+            LEADER => self.leader.call(body.to_vec()).await,
             other => Err(std::io::Error::other(format!("unknown Raft call {other}"))),
         }
     }
@@ -896,8 +879,8 @@ async fn stream(State(routes): State<Routes>, mut req: Request) -> Response {
 }
 
 /// The internal route Raft peers call.
-pub fn raft_routes(raft: Raft, encoded: EncodedEntries, streams: Streams, forwarding: Arc<dyn Forwarding>) -> Router {
-    Router::new().route(STREAM_PATH, get(stream)).with_state(Routes { raft, encoded, streams, forwarding })
+pub fn raft_routes(raft: Raft, encoded: EncodedEntries, streams: Streams, leader: Arc<dyn Leader>) -> Router {
+    Router::new().route(STREAM_PATH, get(stream)).with_state(Routes { raft, encoded, streams, leader })
 }
 
 #[cfg(test)]

@@ -1,0 +1,69 @@
+//! What the member's workers may use of it: its Raft, its applied state, its proposer, its configuration and the
+//! agents' leases. Narrower than `Cell` on purpose: a worker reads the state and commits commands; it does not
+//! serve the API or change the membership.
+
+use super::*;
+
+/// When the leader last heard from each agent (ms since the epoch). Leader-local: a new leader starts empty and
+/// hears from every live agent within a lease.
+#[derive(Default)]
+pub(crate) struct Leases(std::sync::Mutex<HashMap<String, u64>>);
+
+impl Leases {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A member as its workers see it. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    raft: Raft,
+    state: SharedState,
+    proposer: Arc<Proposer>,
+    config: Arc<CellConfig>,
+    leases: Arc<Leases>,
+}
+
+impl Handle {
+    pub(super) fn new(
+        raft: Raft,
+        state: SharedState,
+        proposer: Arc<Proposer>,
+        config: Arc<CellConfig>,
+        leases: Arc<Leases>,
+    ) -> Handle {
+        Handle { raft, state, proposer, config, leases }
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub(crate) fn config(&self) -> &CellConfig {
+        &self.config
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.config.node_id)
+    }
+
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The jobs changed since the last call (a brief write lock on the state).
+    pub(crate) fn take_dirty_jobs(&self) -> BTreeSet<String> {
+        self.state.write().unwrap_or_else(|p| p.into_inner()).take_dirty_jobs()
+    }
+
+    /// When this member (as leader) last heard from each agent.
+    pub(crate) fn heartbeats(&self) -> HashMap<String, u64> {
+        self.leases.lock().clone()
+    }
+
+    /// Commits one of the scheduler's own commands (see `Proposer::commit_command`).
+    pub(crate) async fn commit_command(&self, cmd: Command) -> Result<Response, ApiError> {
+        self.proposer.commit_command(cmd).await
+    }
+}
