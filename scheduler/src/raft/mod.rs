@@ -5,13 +5,15 @@ pub mod codec;
 mod log_store;
 pub mod membership;
 mod network;
+mod serve;
 mod state_store;
+mod streams;
 
 pub use log_store::{EncodedEntries, LogStore};
-pub use network::{
-    raft_routes, EarlyReplication, HttpNetwork, Leader, NetworkMetrics, Packed, Streams, LEADER, PROPOSE,
-};
+pub use network::{EarlyReplication, HttpNetwork};
+pub use serve::{raft_routes, Leader, Packed};
 pub use state_store::{SharedState, SnapshotMetrics, StateStore};
+pub use streams::{NetworkMetrics, Streams, LEADER, PROPOSE};
 
 use crate::command::{Command, Response};
 

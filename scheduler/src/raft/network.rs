@@ -1,41 +1,16 @@
-//! Raft between members: the client side (`HttpNetwork`, one `Peer` per target) and the internal route that
-//! answers its calls.
+//! Raft between members, the client side: `HttpNetwork` makes one `Peer` per target, which sends openraft's calls
+//! over the kept `Streams`; `EarlyReplication` sends a new entry to followers while the leader syncs it itself.
 //!
-//! A member opens a connection to a peer with an HTTP/1.1 upgrade (`GET /internal/raft/stream`, `Upgrade:
-//! titan-raft`), the way WebSockets and etcd's Raft streams start, and then keeps it: each call is one frame out
-//! and one frame back on it, so a call costs two small writes and no HTTP request parsing, URL handling or pool
-//! checkout. Idle connections are kept per peer and reused by whichever replication stream or vote needs one.
-//!
-//! ```text
-//! request   length (u32 LE) | kind (u8) | body     kind: 1 append entries, 2 vote, 3 install snapshot,
-//!                                                        4 writes a follower forwards to the leader,
-//!                                                        5 any other call of a member to its leader
-//! answer    length (u32 LE) | body                 length counts what follows it
-//! ```
-//!
-//! Bodies are `codec` (MessagePack). A remote Raft error travels back inside the answer, so the caller can tell
-//! "the peer said no" from "the peer could not be reached". A connection that fails, times out or is abandoned in
-//! the middle of a call is dropped, never reused.
-//!
-//! A peer that cannot be reached (nothing listens, or what listens does not speak this protocol) is `Unreachable`
-//! to openraft, which then waits `membership::backoff()` between calls; failures are counted per peer and warned
-//! about at most once per peer per `membership::WARN_EVERY`. A vote request from a member that is not a voter in
-//! this member's membership is refused as `NotAMember`, and the candidate stands down (`StandDown`).
+//! A remote Raft error travels back inside the answer, so the caller can tell "the peer said no" from "the peer
+//! could not be reached". A peer that cannot be reached (nothing listens, or what listens does not speak this
+//! protocol) is `Unreachable` to openraft, which then waits `membership::backoff()` between calls. A vote request
+//! from a member that is not a voter in this member's membership is refused as `NotAMember`, and the candidate
+//! stands down.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use hyper_util::rt::TokioIo;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::Backoff;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -43,377 +18,11 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::BasicNode;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
+use super::streams::{CallError, Streams, APPEND, SNAPSHOT, VOTE};
 use super::{codec, membership, EncodedEntries, NodeId, Raft, TypeConfig};
-
-/// The largest frame: a batch of log entries or one snapshot chunk.
-pub const MAX_INTERNAL_BODY: usize = 64 * 1024 * 1024;
-/// The route a member upgrades to a Raft stream.
-pub const STREAM_PATH: &str = "/internal/raft/stream";
-/// The header naming the member a Raft stream is for. A member refuses a stream meant for another id, which is
-/// what a member added under a second id at an address that already serves one would get: taking it would have
-/// the member answer Raft calls to itself (openraft panics on that) or vote twice.
-const NODE_HEADER: &str = "x-titan-raft-node";
-/// The protocol named in the `Upgrade` header.
-const PROTOCOL: &str = "titan-raft";
-/// Idle connections kept per peer: one per replication stream, plus a few for votes, leadership checks and
-/// forwarded writes (two proposers and one direct proposal at most).
-const IDLE_PER_PEER: usize = 4;
-
-const APPEND: u8 = 1;
-const VOTE: u8 = 2;
-const SNAPSHOT: u8 = 3;
-/// Writes a follower forwards to the leader; the body and answer are the member's (`Leader::propose`).
-pub const PROPOSE: u8 = 4;
-/// Any other call a member makes of its leader; the body and answer are the member's (`Leader::call`).
-pub const LEADER: u8 = 5;
-
-fn rpc_name(kind: u8) -> &'static str {
-    match kind {
-        APPEND => "append",
-        VOTE => "vote",
-        SNAPSHOT => "snapshot",
-        PROPOSE => "propose",
-        LEADER => "leader",
-        _ => "unknown",
-    }
-}
-
-/// Metrics of the Raft transport.
-#[derive(Clone)]
-pub struct NetworkMetrics {
-    rpc_seconds: HistogramVec,
-    answer_seconds: HistogramVec,
-    connects: IntCounterVec,
-    failures: IntCounterVec,
-    early: IntCounterVec,
-    early_answers_used: IntCounter,
-}
-
-impl NetworkMetrics {
-    pub fn new(registry: &Registry, cell: &str, node: u64) -> Result<NetworkMetrics, prometheus::Error> {
-        let labels = |o: Opts| o.const_label("cell", cell).const_label("node", node.to_string());
-        let seconds = |name: &str, help: &str| {
-            let buckets = vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
-            HistogramVec::new(HistogramOpts::from(labels(Opts::new(name, help))).buckets(buckets), &["rpc"])
-        };
-        let rpc_seconds = seconds("titan_raft_rpc_seconds", "Raft calls to peers, from sending to the answer")?;
-        let answer_seconds = seconds("titan_raft_answer_seconds", "Raft calls from peers, from reading to answering")?;
-        let connects = IntCounterVec::new(
-            labels(Opts::new("titan_raft_peer_connects_total", "Raft stream connections opened to a peer")),
-            &["peer"],
-        )?;
-        let failures = IntCounterVec::new(
-            labels(Opts::new("titan_raft_rpc_failures_total", "Raft calls to a peer that got no answer")),
-            &["peer", "rpc"],
-        )?;
-        registry.register(Box::new(rpc_seconds.clone()))?;
-        registry.register(Box::new(answer_seconds.clone()))?;
-        registry.register(Box::new(connects.clone()))?;
-        let early = IntCounterVec::new(
-            labels(Opts::new(
-                "titan_raft_early_appends_total",
-                "Appends a leader sent its followers before its own sync, by outcome (sent, no_idle_connection, busy)",
-            )),
-            &["outcome"],
-        )?;
-        let early_answers_used = IntCounter::with_opts(labels(Opts::new(
-            "titan_raft_early_answers_used_total",
-            "Raft's own appends answered by the answer to an early append of the same bytes, so not sent again",
-        )))?;
-        registry.register(Box::new(failures.clone()))?;
-        registry.register(Box::new(early.clone()))?;
-        registry.register(Box::new(early_answers_used.clone()))?;
-        Ok(NetworkMetrics { rpc_seconds, answer_seconds, connects, failures, early, early_answers_used })
-    }
-}
-
-/// One upgraded connection to a peer, between calls.
-struct Conn {
-    io: BufReader<TcpStream>,
-}
-
-/// Idle connections by peer address.
-#[derive(Default)]
-struct Pool {
-    idle: Mutex<HashMap<String, Vec<Conn>>>,
-}
-
-impl Conn {
-    /// Whether the peer still holds its end: between calls nothing may be waiting to be read, so anything readable
-    /// (end of stream, an error, stray bytes) means the connection is of no further use. A peer that restarted has
-    /// closed every connection to its old process, and a call on one would fail after it was sent, when the caller
-    /// can no longer tell whether it arrived.
-    fn is_live(&self) -> bool {
-        if !self.io.buffer().is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.io.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
-impl Pool {
-    /// An idle connection to `addr` that is still open, dropping any the peer has closed.
-    fn take(&self, addr: &str) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = idle.get_mut(addr)?;
-        while let Some(conn) = conns.pop() {
-            if conn.is_live() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    fn put(&self, addr: &str, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = idle.entry(addr.to_string()).or_default();
-        if conns.len() < IDLE_PER_PEER {
-            conns.push(conn);
-        }
-    }
-}
-
-/// Kept stream connections to peers, shared by Raft's replication streams, its votes and write forwarding.
-#[derive(Clone)]
-pub struct Streams {
-    pool: Arc<Pool>,
-    /// The latest early append to each peer address, and its answer once read.
-    early: Arc<Mutex<HashMap<String, EarlyAppend>>>,
-    /// What each peer (by id, as the metrics label it) last did: when it last answered, and its failed calls.
-    peers: Arc<Mutex<HashMap<String, PeerHealth>>>,
-    stand_down: Arc<StandDown>,
-    metrics: NetworkMetrics,
-}
-
-/// One peer as this member's calls found it.
-#[derive(Default)]
-struct PeerHealth {
-    answered: Option<Instant>,
-    failures: membership::FailureLog,
-}
-
-/// This member's Raft, once it exists, and the membership (its log id) in which a peer told this member it is no
-/// member of the cell: from then until a newer membership lists it as a voter again, it does not campaign.
-#[derive(Default)]
-struct StandDown {
-    raft: std::sync::OnceLock<Raft>,
-    at: Mutex<Option<Option<openraft::LogId<NodeId>>>>,
-}
-
-impl StandDown {
-    /// A peer whose membership as of `theirs` has no place for this member refused its vote request.
-    fn told_not_a_member(&self, by: NodeId, theirs: Option<openraft::LogId<NodeId>>) {
-        let Some(raft) = self.raft.get() else { return };
-        let ours = *raft.metrics().borrow().membership_config.log_id();
-        if !membership::stands_down(ours, theirs) {
-            return;
-        }
-        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
-        if at.is_none() {
-            tracing::warn!(peer = by, membership = ?theirs, "member {by} says this member is not in the cell's \
-                membership; it stands down and no longer campaigns until it is added again");
-        }
-        *at = Some(ours);
-        raft.runtime_config().elect(false);
-    }
-
-    /// After an append from a leader: campaigns again when a newer membership lists this member as a voter.
-    fn check_rejoined(&self) {
-        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(stood_down), Some(raft)) = (*at, self.raft.get()) else { return };
-        let (now, is_voter) = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            (*m.membership_config.log_id(), m.membership_config.membership().voter_ids().any(|v| v == m.id))
-        };
-        if membership::rejoins(stood_down, now, is_voter) {
-            tracing::info!(membership = ?now, "this member is a voter again; it campaigns when the leader is lost");
-            *at = None;
-            raft.runtime_config().elect(true);
-        }
-    }
-}
-
-/// An append sent early (`EarlyReplication`): its bytes, and the answer the peer gives them.
-struct EarlyAppend {
-    body: Vec<u8>,
-    answer: tokio::sync::oneshot::Receiver<Vec<u8>>,
-}
-
-impl Streams {
-    pub fn new(metrics: NetworkMetrics) -> Streams {
-        Streams {
-            pool: Arc::default(),
-            early: Arc::default(),
-            peers: Arc::default(),
-            stand_down: Arc::default(),
-            metrics,
-        }
-    }
-
-    /// Gives the network this member's Raft, once it exists, so a member told it was removed can stand down.
-    pub fn attach(&self, raft: Raft) {
-        let _ = self.stand_down.raft.set(raft);
-    }
-
-    /// The peers (by id) that answered a call from this member within `within` and failed none since.
-    pub fn answered_within(&self, within: std::time::Duration) -> std::collections::BTreeSet<NodeId> {
-        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers
-            .iter()
-            .filter(|(_, h)| h.failures.streak() == 0 && h.answered.is_some_and(|at| at.elapsed() <= within))
-            .filter_map(|(id, _)| id.parse().ok())
-            .collect()
-    }
-
-    /// Notes how a call to `target` at `addr` ended: when it last answered, and a warning for failures, at most one
-    /// per `membership::WARN_EVERY` with a count of those not reported.
-    fn note(&self, target: &str, addr: &str, kind: u8, result: &Result<Vec<u8>, CallError>) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let health = peers.entry(target.to_string()).or_default();
-        match result {
-            Ok(_) => {
-                health.answered = Some(Instant::now());
-                let failed = health.failures.answered();
-                if failed > 0 {
-                    tracing::info!(peer = target, addr, failed, "peer answers again");
-                }
-            }
-            Err(e) => {
-                if let Some(suppressed) = health.failures.failed(Instant::now()) {
-                    tracing::warn!(peer = target, addr, rpc = rpc_name(kind), error = %e, suppressed,
-                        "peer did not answer (further failures are reported at most every {:?})",
-                        membership::WARN_EVERY);
-                }
-            }
-        }
-    }
-
-    pub fn metrics(&self) -> &NetworkMetrics {
-        &self.metrics
-    }
-
-    /// One call of `kind` to the member at `addr`: a connection from the pool (or a new one), the request frame,
-    /// the answer frame. The connection goes back to the pool only when the call completed, so one dropped in the
-    /// middle (timeout, or the caller gave up) is closed instead of carrying a stale answer to the next call.
-    async fn exchange(&self, target: &str, addr: &str, kind: u8, body: &[u8]) -> Result<Vec<u8>, CallError> {
-        let mut conn = match self.pool.take(addr) {
-            Some(c) => c,
-            None => {
-                let c = connect(target, addr).await?;
-                self.metrics.connects.with_label_values(&[target]).inc();
-                c
-            }
-        };
-        write_frame(conn.io.get_mut(), Some(kind), body).await.map_err(CallError::Io)?;
-        let answer = read_frame(&mut conn.io).await.map_err(CallError::Io)?;
-        self.pool.put(addr, conn);
-        Ok(answer)
-    }
-
-    /// Sends an append at once on an idle connection already open, and reads its answer in a task of its own, kept
-    /// for `answered_early`. Never connects or waits for a connection: false when none was idle or the frame could
-    /// not be written.
-    pub(crate) async fn post_append(&self, addr: &str, body: Vec<u8>, timeout: std::time::Duration) -> bool {
-        let Some(mut conn) = self.pool.take(addr) else { return false };
-        match tokio::time::timeout(timeout, write_frame(conn.io.get_mut(), Some(APPEND), &body)).await {
-            Ok(Ok(())) => {}
-            _ => return false,
-        }
-        let (tx, answer) = tokio::sync::oneshot::channel();
-        self.early.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), EarlyAppend { body, answer });
-        let (pool, addr) = (self.pool.clone(), addr.to_string());
-        tokio::spawn(async move {
-            if let Ok(Ok(answer)) = tokio::time::timeout(timeout, read_frame(&mut conn.io)).await {
-                pool.put(&addr, conn);
-                let _ = tx.send(answer);
-            }
-        });
-        true
-    }
-
-    /// The answer to an early append of exactly `body` to `addr`, once the peer gives it; `None` when there was no
-    /// such append or it got no answer. Identical bytes are an identical request (vote, entries, commit), so its
-    /// answer is the answer to `body`: sending `body` again would only make the peer check entries it already has.
-    async fn answered_early(&self, addr: &str, body: &[u8], timeout: std::time::Duration) -> Option<Vec<u8>> {
-        let early = {
-            let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
-            match early.get(addr) {
-                Some(e) if e.body == body => early.remove(addr),
-                _ => None,
-            }
-        }?;
-        let answer = tokio::time::timeout(timeout, early.answer).await.ok()?.ok()?;
-        self.metrics.early_answers_used.inc();
-        Some(answer)
-    }
-
-    /// Calls `kind` on the member at `addr` within `timeout`, counting it in the metrics under `target`.
-    pub(crate) async fn call(
-        &self,
-        target: &str,
-        addr: &str,
-        kind: u8,
-        body: &[u8],
-        timeout: std::time::Duration,
-    ) -> Result<Vec<u8>, CallError> {
-        let start = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.exchange(target, addr, kind, body)).await {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer in {timeout:?}"),
-            ))),
-        };
-        match &result {
-            Ok(_) => {
-                self.metrics.rpc_seconds.with_label_values(&[rpc_name(kind)]).observe(start.elapsed().as_secs_f64())
-            }
-            Err(_) => self.metrics.failures.with_label_values(&[target, rpc_name(kind)]).inc(),
-        }
-        self.note(target, addr, kind, &result);
-        result
-    }
-}
-
-/// Why a call got no answer.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// The peer could not be reached at all.
-    Connect(std::io::Error),
-    /// The connection broke, timed out or carried something unreadable.
-    Io(std::io::Error),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Connect(e) => write!(f, "cannot connect: {e}"),
-            CallError::Io(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl CallError {
-    /// Whether the call certainly never reached the peer.
-    pub(crate) fn never_sent(&self) -> bool {
-        matches!(self, CallError::Connect(_))
-    }
-
-    fn into_rpc<E: std::error::Error>(self) -> RPCError<NodeId, BasicNode, E> {
-        match self {
-            CallError::Connect(e) => RPCError::Unreachable(Unreachable::new(&e)),
-            CallError::Io(e) => RPCError::Network(NetworkError::new(&e)),
-        }
-    }
-}
 
 /// Makes a `Peer` for each member Raft talks to.
 pub struct HttpNetwork {
@@ -431,11 +40,11 @@ impl HttpNetwork {
 /// writing them to its own log, so they are encoded once however many followers there are. `E` is a borrowed byte
 /// string when sending and an owned one when receiving.
 #[derive(Serialize, Deserialize)]
-struct AppendWire<E> {
-    vote: openraft::Vote<NodeId>,
-    prev_log_id: Option<openraft::LogId<NodeId>>,
-    leader_commit: Option<openraft::LogId<NodeId>>,
-    entries: Vec<E>,
+pub(super) struct AppendWire<E> {
+    pub(super) vote: openraft::Vote<NodeId>,
+    pub(super) prev_log_id: Option<openraft::LogId<NodeId>>,
+    pub(super) leader_commit: Option<openraft::LogId<NodeId>>,
+    pub(super) entries: Vec<E>,
 }
 
 /// Sends a leader's new entries to its followers while it syncs them to its own log.
@@ -481,7 +90,7 @@ impl EarlyReplication {
             return;
         }
         if self.proposals.load(std::sync::atomic::Ordering::Acquire) > 1 {
-            self.streams.metrics.early.with_label_values(&["busy"]).inc();
+            self.streams.metrics().early.with_label_values(&["busy"]).inc();
             return;
         }
         let Some(raft) = self.raft.get() else { return };
@@ -507,7 +116,7 @@ impl EarlyReplication {
         let Ok(body) = append_body(&self.encoded, *vote, prev, applied, entries) else { return };
         for addr in peers {
             let sent = self.streams.post_append(&addr, body.clone(), EARLY_TIMEOUT).await;
-            self.streams.metrics.early.with_label_values(&[if sent { "sent" } else { "no_idle_connection" }]).inc();
+            self.streams.metrics().early.with_label_values(&[if sent { "sent" } else { "no_idle_connection" }]).inc();
         }
     }
 }
@@ -549,58 +158,6 @@ pub struct Peer {
     addr: String,
     encoded: EncodedEntries,
     streams: Streams,
-}
-
-/// Opens a connection to member `target` at `addr` and upgrades it to a Raft stream. Every failure here comes
-/// before any call was sent, so it is `Connect`: the peer is unreachable, whether nothing listens there or something
-/// that does not speak this protocol (an agent, answering 404) does.
-async fn connect(target: &str, addr: &str) -> Result<Conn, CallError> {
-    let tcp = TcpStream::connect(addr).await.map_err(CallError::Connect)?;
-    tcp.set_nodelay(true).map_err(CallError::Connect)?;
-    let mut io = BufReader::new(tcp);
-    let hello =
-        format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n{NODE_HEADER}: {target}\r\n\r\n");
-    io.get_mut().write_all(hello.as_bytes()).await.map_err(CallError::Connect)?;
-    let mut status = String::new();
-    io.read_line(&mut status).await.map_err(CallError::Connect)?;
-    if !status.starts_with("HTTP/1.1 101") {
-        return Err(CallError::Connect(std::io::Error::other(format!(
-            "{addr} refused the Raft stream: {}",
-            status.trim_end()
-        ))));
-    }
-    // The rest of the answer's head, up to its blank line; frames follow only once this side sends one.
-    loop {
-        let mut line = String::new();
-        if io.read_line(&mut line).await.map_err(CallError::Connect)? == 0 {
-            return Err(CallError::Connect(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        if line == "\r\n" {
-            return Ok(Conn { io });
-        }
-    }
-}
-
-async fn read_frame<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<Vec<u8>> {
-    let len = io.read_u32_le().await? as usize;
-    if len > MAX_INTERNAL_BODY {
-        return Err(std::io::Error::other(format!("a frame of {len} bytes is over the {MAX_INTERNAL_BODY} allowed")));
-    }
-    let mut body = vec![0; len];
-    io.read_exact(&mut body).await?;
-    Ok(body)
-}
-
-/// Writes `[len][prefix][body]` with one write.
-async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, prefix: Option<u8>, body: &[u8]) -> std::io::Result<()> {
-    let len = body.len() + usize::from(prefix.is_some());
-    let len = u32::try_from(len).map_err(|_| std::io::Error::other(format!("a frame of {len} bytes is too big")))?;
-    let mut frame = Vec::with_capacity(5 + body.len());
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend(prefix);
-    frame.extend_from_slice(body);
-    io.write_all(&frame).await?;
-    io.flush().await
 }
 
 impl Peer {
@@ -705,182 +262,13 @@ impl RaftNetwork<TypeConfig> for Peer {
 /// The answer to a vote request. `Ok` and `Err` encode as `Result` does, so members that answer with a plain
 /// `Result` are understood.
 #[derive(Debug, Serialize, Deserialize)]
-enum VoteAnswer {
+pub(super) enum VoteAnswer {
     Ok(VoteResponse<NodeId>),
     Err(RaftError<NodeId>),
     /// The candidate is no voter in the membership (as of this log id) this member knows.
     NotAMember {
         membership: Option<openraft::LogId<NodeId>>,
     },
-}
-
-/// A request or answer body in `codec`, for the internal routes that are plain HTTP requests.
-pub struct Packed<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequest<S> for Packed<T> {
-    type Rejection = (StatusCode, String);
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes =
-            Bytes::from_request(req, state).await.map_err(|e| (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?;
-        codec::decode(&bytes).map(Packed).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
-    }
-}
-
-impl<T: Serialize> IntoResponse for Packed<T> {
-    fn into_response(self) -> Response {
-        match codec::encode(&self.0) {
-            Ok(b) => ([(header::CONTENT_TYPE, codec::CONTENT_TYPE)], b).into_response(),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        }
-    }
-}
-
-/// Answers what members ask of this one as their leader: forwarded writes (`PROPOSE`) and other calls (`LEADER`).
-/// The member decodes the body, answers and encodes the answer; the stream only carries the bytes.
-pub trait Leader: Send + Sync + 'static {
-    fn propose(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + '_>>;
-    fn call(&self, body: Vec<u8>) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send + '_>>;
-}
-
-/// What the stream needs: Raft, the log's encodings to keep what followers receive, and the member for what
-/// followers ask of it as their leader.
-#[derive(Clone)]
-struct Routes {
-    raft: Raft,
-    encoded: EncodedEntries,
-    streams: Streams,
-    leader: Arc<dyn Leader>,
-}
-
-fn packed<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
-    codec::encode(value).map_err(std::io::Error::other)
-}
-
-fn unpacked<T: DeserializeOwned>(body: &[u8]) -> std::io::Result<T> {
-    codec::decode(body).map_err(std::io::Error::other)
-}
-
-impl Routes {
-    async fn append(&self, body: &[u8]) -> std::io::Result<Vec<u8>> {
-        let wire: AppendWire<serde_bytes::ByteBuf> = unpacked(body)?;
-        let mut entries = Vec::with_capacity(wire.entries.len());
-        let mut received = Vec::with_capacity(wire.entries.len());
-        for bytes in wire.entries {
-            let e: openraft::Entry<TypeConfig> = unpacked(&bytes)?;
-            received.push((e.log_id, Bytes::from(bytes.into_vec())));
-            entries.push(e);
-        }
-        self.encoded.remember(received);
-        let req = AppendEntriesRequest {
-            vote: wire.vote,
-            prev_log_id: wire.prev_log_id,
-            entries,
-            leader_commit: wire.leader_commit,
-        };
-        let answer = self.raft.append_entries(req).await;
-        self.streams.stand_down.check_rejoined();
-        packed(&answer)
-    }
-
-    /// A vote request, unless the candidate is no voter in this member's membership (the newest it has, committed
-    /// or not): a member removed while it was away never saw its removal and would campaign against the cell.
-    async fn vote(&self, body: &[u8]) -> std::io::Result<Vec<u8>> {
-        let req: VoteRequest<NodeId> = unpacked(body)?;
-        let candidate = req.vote.leader_id.node_id;
-        let refused = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            let voter = m.membership_config.membership().voter_ids().any(|v| v == candidate);
-            let ours = *m.membership_config.log_id();
-            membership::refuses_vote(voter, req.last_log_id, ours).then_some(ours)
-        };
-        if let Some(membership) = refused {
-            tracing::info!(candidate, ?membership, "refused a vote request from a member not in the cell");
-            return packed(&VoteAnswer::NotAMember { membership });
-        }
-        packed(&self.raft.vote(req).await)
-    }
-
-    /// Answers one request frame; an error closes the connection.
-    async fn answer(&self, frame: &[u8]) -> std::io::Result<Vec<u8>> {
-        let Some((&kind, body)) = frame.split_first() else {
-            return Err(std::io::Error::other("an empty frame"));
-        };
-        match kind {
-            APPEND => self.append(body).await,
-            VOTE => self.vote(body).await,
-            SNAPSHOT => packed(&self.raft.install_snapshot(unpacked(body)?).await),
-            PROPOSE => self.leader.propose(body.to_vec()).await,
-            LEADER => self.leader.call(body.to_vec()).await,
-            other => Err(std::io::Error::other(format!("unknown Raft call {other}"))),
-        }
-    }
-
-    /// Serves one upgraded connection until the peer closes it or sends something unreadable.
-    async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(self, io: IO) {
-        let mut io = BufReader::new(io);
-        loop {
-            let frame = match read_frame(&mut io).await {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "closing a Raft stream");
-                    return;
-                }
-            };
-            let start = Instant::now();
-            let answer = match self.answer(&frame).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "closing a Raft stream that sent an unreadable call");
-                    return;
-                }
-            };
-            if let Err(e) = write_frame(io.get_mut(), None, &answer).await {
-                tracing::debug!(error = %e, "closing a Raft stream");
-                return;
-            }
-            let kind = frame.first().copied().unwrap_or(0);
-            self.streams
-                .metrics
-                .answer_seconds
-                .with_label_values(&[rpc_name(kind)])
-                .observe(start.elapsed().as_secs_f64());
-        }
-    }
-}
-
-/// `GET /internal/raft/stream` with `Upgrade: titan-raft`: switches the connection to Raft frames.
-async fn stream(State(routes): State<Routes>, mut req: Request) -> Response {
-    let asked = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
-    if !asked.is_some_and(|p| p.eq_ignore_ascii_case(PROTOCOL)) {
-        return (StatusCode::UPGRADE_REQUIRED, format!("this route speaks only `Upgrade: {PROTOCOL}`")).into_response();
-    }
-    let me = routes.raft.metrics().borrow().id;
-    // A caller from before the header names no member and is taken as before.
-    if let Some(asked) = req.headers().get(NODE_HEADER) {
-        if asked.to_str().ok().and_then(|v| v.trim().parse::<NodeId>().ok()) != Some(me) {
-            tracing::warn!(asked = ?asked, me, "refusing a Raft stream meant for another member");
-            return (StatusCode::MISDIRECTED_REQUEST, format!("this is member {me}, not {asked:?}")).into_response();
-        }
-    }
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => routes.serve(TokioIo::new(upgraded)).await,
-            Err(e) => tracing::warn!(error = %e, "a Raft stream upgrade failed"),
-        }
-    });
-    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(PROTOCOL));
-    resp
-}
-
-/// The internal route Raft peers call.
-pub fn raft_routes(raft: Raft, encoded: EncodedEntries, streams: Streams, leader: Arc<dyn Leader>) -> Router {
-    Router::new().route(STREAM_PATH, get(stream)).with_state(Routes { raft, encoded, streams, leader })
 }
 
 #[cfg(test)]
@@ -900,119 +288,5 @@ mod tests {
         let refused = VoteAnswer::NotAMember { membership: None };
         let read: VoteAnswer = codec::decode(&codec::encode(&refused).expect("encode")).expect("decode");
         assert!(matches!(read, VoteAnswer::NotAMember { membership: None }), "{read:?}");
-    }
-
-    #[tokio::test]
-    async fn failed_calls_are_counted_and_answers_noted_per_peer() {
-        let streams = Streams::new(NetworkMetrics::new(&Registry::new(), "dc1", 1).expect("metrics"));
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let gone = closed.local_addr().expect("addr").to_string();
-        drop(closed);
-        let wait = std::time::Duration::from_secs(5);
-        for _ in 0..3 {
-            let err = streams.call("7", &gone, VOTE, b"", wait).await.expect_err("nothing listens");
-            assert!(err.never_sent(), "{err}");
-        }
-        assert_eq!(streams.metrics.failures.with_label_values(&["7", "vote"]).get(), 3);
-        assert!(streams.answered_within(wait).is_empty(), "peer 7 never answered");
-        // A peer that answers is noted as answering.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let client = TcpStream::connect(&addr).await.expect("connect");
-        let (mut peer, _) = listener.accept().await.expect("accept");
-        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
-        let answering = tokio::spawn(async move {
-            read_frame(&mut peer).await.expect("the call");
-            write_frame(&mut peer, None, b"ok").await.expect("answer");
-            peer
-        });
-        assert_eq!(streams.call("8", &addr, VOTE, b"", wait).await.expect("answered"), b"ok");
-        let _peer = answering.await.expect("peer task");
-        assert_eq!(streams.answered_within(wait), std::collections::BTreeSet::from([8]));
-    }
-
-    #[tokio::test]
-    async fn frames_round_trip_and_oversized_ones_are_refused() {
-        let (mut a, mut b) = tokio::io::duplex(1024);
-        write_frame(&mut a, Some(APPEND), b"body").await.expect("write");
-        assert_eq!(read_frame(&mut b).await.expect("read"), [&[APPEND][..], b"body"].concat());
-        write_frame(&mut a, None, b"").await.expect("write");
-        assert_eq!(read_frame(&mut b).await.expect("read"), Vec::<u8>::new());
-        a.write_all(&(MAX_INTERNAL_BODY as u32 + 1).to_le_bytes()).await.expect("write");
-        let err = read_frame(&mut b).await.expect_err("too big");
-        assert!(err.to_string().contains("is over the"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn an_early_answer_stands_only_for_the_same_bytes_and_only_once() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let streams = Streams::new(NetworkMetrics::new(&Registry::new(), "dc1", 1).expect("metrics"));
-        assert!(!streams.post_append(&addr, b"entries".to_vec(), std::time::Duration::from_secs(5)).await, "no conn");
-        let client = TcpStream::connect(&addr).await.expect("connect");
-        let (mut peer, _) = listener.accept().await.expect("accept");
-        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
-        assert!(streams.post_append(&addr, b"entries".to_vec(), std::time::Duration::from_secs(5)).await);
-        // The peer reads the append as sent and answers it.
-        let frame = read_frame(&mut peer).await.expect("the append");
-        assert_eq!(frame, [&[APPEND][..], b"entries"].concat());
-        write_frame(&mut peer, None, b"answer").await.expect("answer");
-        let wait = std::time::Duration::from_secs(5);
-        assert_eq!(streams.answered_early(&addr, b"other entries", wait).await, None, "other bytes: no answer");
-        assert_eq!(streams.answered_early(&addr, b"entries", wait).await, Some(b"answer".to_vec()));
-        assert_eq!(streams.answered_early(&addr, b"entries", wait).await, None, "an answer stands once");
-        // The connection went back to the pool once the answer was read.
-        assert!(streams.pool.take(&addr).is_some());
-        // An early append that gets no answer (the peer closes) stands for nothing.
-        let client = TcpStream::connect(&addr).await.expect("connect");
-        let (peer, _) = listener.accept().await.expect("accept");
-        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
-        assert!(streams.post_append(&addr, b"more".to_vec(), wait).await);
-        drop(peer);
-        assert_eq!(streams.answered_early(&addr, b"more", wait).await, None);
-    }
-
-    #[tokio::test]
-    async fn connections_the_peer_closed_are_not_taken_from_the_pool() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let pool = Pool::default();
-        let mut server_ends = Vec::new();
-        for _ in 0..2 {
-            let client = TcpStream::connect(&addr).await.expect("connect");
-            server_ends.push(listener.accept().await.expect("accept").0);
-            pool.put(&addr, Conn { io: BufReader::new(client) });
-        }
-        // The peer closes one of them (the last put, so the first taken).
-        drop(server_ends.pop());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let conn = pool.take(&addr).expect("the open connection is still there");
-        assert!(conn.is_live());
-        assert!(pool.take(&addr).is_none(), "the closed one was dropped, not handed out");
-        // Bytes the peer sent between calls make a connection unusable too.
-        server_ends[0].write_all(b"x").await.expect("write");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        pool.put(&addr, conn);
-        assert!(pool.take(&addr).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_server_that_does_not_upgrade_is_reported() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let app = Router::new().route(STREAM_PATH, get(|| async { "no upgrade here" }));
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        let err = match connect("2", &addr).await {
-            // Nothing was sent: what listens there is no member, so to Raft the peer is unreachable (and backed off).
-            Err(CallError::Connect(e)) => e.to_string(),
-            Err(CallError::Io(e)) => panic!("no call was sent, so this is no broken call: {e}"),
-            Ok(_) => panic!("a plain answer is not an upgrade"),
-        };
-        assert!(err.contains("refused the Raft stream: HTTP/1.1 200"), "{err}");
-        server.abort();
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let gone = closed.local_addr().expect("addr").to_string();
-        drop(closed);
-        assert!(matches!(connect("2", &gone).await, Err(CallError::Connect(_))), "nothing listens there");
     }
 }
