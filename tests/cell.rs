@@ -445,6 +445,12 @@ async fn a_follower_asks_its_leader_over_the_stream_and_relays_its_refusals() {
     let metrics = reqwest::get(format!("http://{}/metrics", follower.addr)).await.unwrap().text().await.unwrap();
     let calls = metric(&metrics, "titan_raft_rpc_seconds_count", r#"rpc="leader""#);
     assert!(calls >= 4.0, "four calls to the leader went over the stream, counted {calls}");
+    // Everything a member exports is in a catalogue, which is what dashboards may query.
+    let catalogues = [titan_scheduler::metrics::ALL, titan_api::metrics::http::ALL].concat();
+    for line in metrics.lines().filter(|l| l.starts_with("titan_")) {
+        let sample = line.split(['{', ' ']).next().unwrap_or_default();
+        assert!(titan_api::metrics::known(&catalogues, sample), "{sample} is in no catalogue");
+    }
 
     let workers = |view: titan_api::view::ClusterView| {
         view.workers.into_iter().map(|w| (w.name, w.status)).collect::<std::collections::BTreeMap<_, _>>()

@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod desired;
 pub mod member;
+pub mod metrics;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only
 // move the conversion elsewhere.
 pub mod placement;

@@ -5,11 +5,11 @@
 //! Every placement is re-validated by the state machine as it applies; what it refuses is counted as a plan
 //! rejection and retried in a later round.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use titan_api::task::TaskState;
 
 use crate::command::{Command, Meta, Response};
@@ -58,65 +58,22 @@ pub struct SchedulingMetrics {
 
 impl SchedulingMetrics {
     pub fn new(registry: &Registry, cell: &str, node: u64) -> Result<SchedulingMetrics, prometheus::Error> {
-        let labels: HashMap<String, String> =
-            [("cell".to_string(), cell.to_string()), ("node".to_string(), node.to_string())].into();
-        let opts = |name: &str, help: &str| Opts::new(name, help).const_labels(labels.clone());
-        let m = SchedulingMetrics {
-            tasks: IntGaugeVec::new(opts("titan_tasks", "Tasks by state"), &["state"])?,
-            rounds: Histogram::with_opts(
-                HistogramOpts::new("titan_scheduling_round_seconds", "Reconcile and placement time of one round")
-                    .const_labels(labels.clone())
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-            )?,
-            placements: IntCounter::with_opts(opts("titan_placements_total", "Tasks placed on agents"))?,
-            plan_rejections: IntCounter::with_opts(opts(
-                "titan_plan_rejections_total",
-                "Placements the state machine refused when re-validating a plan",
-            ))?,
-            retries_placed: IntCounterVec::new(
-                opts(
-                    "titan_retries_placed_total",
-                    "Replacements of tasks that failed on an agent, by where they went: elsewhere, or where_failed \
-                     when no other agent fitted",
-                ),
-                &["agent"],
-            )?,
-            created: IntCounter::with_opts(opts("titan_tasks_created_total", "Tasks created (new or replacements)"))?,
-            stopped: IntCounterVec::new(
-                opts("titan_tasks_stopped_total", "Tasks asked to stop, by reason"),
-                &["reason"],
-            )?,
-            lost: IntCounterVec::new(opts("titan_tasks_lost_total", "Tasks declared lost, by reason"), &["reason"])?,
-            agents_lost: IntCounter::with_opts(opts(
-                "titan_agents_lost_total",
-                "Agents whose tasks were declared lost",
-            ))?,
-            breaker_open: IntGauge::with_opts(opts(
-                "titan_agent_loss_breaker_open",
-                "1 while too many agents are silent at once to declare any lost",
-            ))?,
-            pending: IntGauge::with_opts(opts(
-                "titan_tasks_pending",
-                "Accepted tasks the latest round could not place",
-            ))?,
-            pending_age: IntGauge::with_opts(opts(
-                "titan_tasks_pending_oldest_seconds",
-                "Age of the oldest Accepted task",
-            ))?,
-        };
-        registry.register(Box::new(m.tasks.clone()))?;
-        registry.register(Box::new(m.rounds.clone()))?;
-        registry.register(Box::new(m.placements.clone()))?;
-        registry.register(Box::new(m.plan_rejections.clone()))?;
-        registry.register(Box::new(m.retries_placed.clone()))?;
-        registry.register(Box::new(m.created.clone()))?;
-        registry.register(Box::new(m.stopped.clone()))?;
-        registry.register(Box::new(m.lost.clone()))?;
-        registry.register(Box::new(m.agents_lost.clone()))?;
-        registry.register(Box::new(m.breaker_open.clone()))?;
-        registry.register(Box::new(m.pending.clone()))?;
-        registry.register(Box::new(m.pending_age.clone()))?;
-        Ok(m)
+        use crate::metrics::scheduling::*;
+        let r = crate::metrics::registrar(registry, cell, node);
+        Ok(SchedulingMetrics {
+            tasks: r.gauge_vec(&TASKS)?,
+            rounds: r.histogram(&ROUND_SECONDS)?,
+            placements: r.counter(&PLACEMENTS)?,
+            plan_rejections: r.counter(&PLAN_REJECTIONS)?,
+            retries_placed: r.counter_vec(&RETRIES_PLACED)?,
+            created: r.counter(&CREATED)?,
+            stopped: r.counter_vec(&STOPPED)?,
+            lost: r.counter_vec(&LOST)?,
+            agents_lost: r.counter(&AGENTS_LOST)?,
+            breaker_open: r.gauge(&BREAKER_OPEN)?,
+            pending: r.gauge(&PENDING)?,
+            pending_age: r.gauge(&PENDING_AGE)?,
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use titan_api::view::WorkerView;
 use tokio::sync::watch;
 
@@ -67,15 +67,9 @@ pub struct Workers {
 
 impl Workers {
     pub fn new(registry: &Registry, cell: &str, node: u64) -> Result<Workers, prometheus::Error> {
-        let labels = |o: Opts| o.const_label("cell", cell).const_label("node", node.to_string());
-        let steps =
-            IntCounterVec::new(labels(Opts::new("titan_worker_steps_total", "Worker steps done")), &["worker"])?;
-        let errors = IntCounterVec::new(
-            labels(Opts::new("titan_worker_errors_total", "Worker steps that failed")),
-            &["worker"],
-        )?;
-        registry.register(Box::new(steps.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
+        let r = crate::metrics::registrar(registry, cell, node);
+        let steps = r.counter_vec(&crate::metrics::workers::STEPS)?;
+        let errors = r.counter_vec(&crate::metrics::workers::ERRORS)?;
         Ok(Workers { seen: Arc::default(), stop: watch::channel(false).0, steps, errors })
     }
 

@@ -26,64 +26,26 @@ pub(super) struct CellMetrics {
 
 impl CellMetrics {
     pub(super) fn new(registry: &Registry, cell: &str, node: u64) -> Result<CellMetrics, prometheus::Error> {
-        let labels = |o: Opts| o.const_label("cell", cell).const_label("node", node.to_string());
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-            let g = IntGauge::with_opts(labels(Opts::new(name, help)))?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
-            let c = IntCounter::with_opts(labels(Opts::new(name, help)))?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let commit_latency = Histogram::with_opts(
-            HistogramOpts::new("titan_raft_commit_latency_seconds", "Time from proposing a command to its commit")
-                .const_label("cell", cell)
-                .const_label("node", node.to_string())
-                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
-        )?;
-        registry.register(Box::new(commit_latency.clone()))?;
-        let jobs = IntGaugeVec::new(labels(Opts::new("titan_jobs", "Jobs by state")), &["state"])?;
-        let batch_size = Histogram::with_opts(
-            HistogramOpts::new("titan_raft_proposal_batch_size", "Commands per Raft proposal")
-                .const_label("cell", cell)
-                .const_label("node", node.to_string())
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
-        )?;
-        registry.register(Box::new(batch_size.clone()))?;
-        registry.register(Box::new(jobs.clone()))?;
-        let membership_changes = IntCounterVec::new(
-            labels(Opts::new(
-                "titan_membership_changes_total",
-                "Membership requests by outcome (add_learner, promote, left_learner, remove, refused)",
-            )),
-            &["outcome"],
-        )?;
-        registry.register(Box::new(membership_changes.clone()))?;
-        let timed_out = IntCounterVec::new(
-            labels(Opts::new("titan_writes_timed_out_total", "Writes answered `timeout`: not committed in time")),
-            &["kind"],
-        )?;
-        registry.register(Box::new(timed_out.clone()))?;
+        use crate::metrics::{raft, scheduling};
+        let r = crate::metrics::registrar(registry, cell, node);
         Ok(CellMetrics {
-            term: gauge("titan_raft_term", "Current Raft term")?,
-            is_leader: gauge("titan_raft_is_leader", "1 on the leader")?,
-            leader_changes: counter("titan_raft_leader_changes_total", "Times the known leader changed")?,
-            commit_latency,
-            last_log_index: gauge("titan_raft_last_log_index", "Index of the last log entry")?,
-            applied_index: gauge("titan_raft_applied_index", "Index of the last applied entry")?,
-            commit_index: gauge("titan_raft_commit_index", "Index of the last entry known committed")?,
-            apply_lag: gauge("titan_raft_apply_lag_entries", "Committed entries not yet applied")?,
-            log_entries: gauge("titan_raft_log_entries", "Entries in the log (not yet compacted)")?,
-            snapshots: counter("titan_raft_snapshots_total", "Snapshots built or installed")?,
-            store_bytes: gauge("titan_store_size_bytes", "Bytes the store occupies on disk")?,
-            jobs,
-            batch_size,
-            forwarded: counter("titan_raft_forwarded_writes_total", "Writes forwarded to the leader")?,
-            membership_changes,
-            timed_out,
-            in_flight: gauge("titan_raft_proposals_in_flight", "Proposals this member is waiting on")?,
+            term: r.gauge(&raft::TERM)?,
+            is_leader: r.gauge(&raft::IS_LEADER)?,
+            leader_changes: r.counter(&raft::LEADER_CHANGES)?,
+            commit_latency: r.histogram(&raft::COMMIT_SECONDS)?,
+            last_log_index: r.gauge(&raft::LAST_LOG_INDEX)?,
+            applied_index: r.gauge(&raft::APPLIED_INDEX)?,
+            commit_index: r.gauge(&raft::COMMIT_INDEX)?,
+            apply_lag: r.gauge(&raft::APPLY_LAG)?,
+            log_entries: r.gauge(&raft::LOG_ENTRIES)?,
+            snapshots: r.counter(&raft::SNAPSHOTS)?,
+            store_bytes: r.gauge(&raft::STORE_BYTES)?,
+            jobs: r.gauge_vec(&scheduling::JOBS)?,
+            batch_size: r.histogram(&raft::BATCH_SIZE)?,
+            forwarded: r.counter(&raft::FORWARDED)?,
+            membership_changes: r.counter_vec(&raft::MEMBERSHIP_CHANGES)?,
+            timed_out: r.counter_vec(&raft::TIMED_OUT)?,
+            in_flight: r.gauge(&raft::IN_FLIGHT)?,
         })
     }
 }

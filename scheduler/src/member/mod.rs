@@ -21,7 +21,7 @@ use axum::routing::post;
 use axum::Router;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentState, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
@@ -112,13 +112,8 @@ impl Cell {
         let store_err = |m: String| CellError::Store { dir: dir.display().to_string(), message: m };
         std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
         let engine = crate::store::open(config.raft.storage, &dir).map_err(|e| store_err(e.to_string()))?;
-        let flush_seconds = Histogram::with_opts(
-            HistogramOpts::new("titan_raft_log_flush_seconds", "Raft log writes made durable, one flush each")
-                .const_label("cell", &config.cell)
-                .const_label("node", config.node_id.to_string())
-                .buckets(vec![0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0]),
-        )?;
-        registry.register(Box::new(flush_seconds.clone()))?;
+        let flush_seconds = crate::metrics::registrar(registry, &config.cell, config.node_id)
+            .histogram(&crate::metrics::raft::FLUSH_SECONDS)?;
         let mut log = LogStore::open(engine.clone(), flush_seconds).map_err(|e| CellError::Raft(e.to_string()))?;
         let committed = log.committed_index();
         let encoded = log.encoded_entries();

@@ -20,7 +20,7 @@ use openraft::{
     BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
     StoredMembership,
 };
-use prometheus::{HistogramOpts, HistogramVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramVec, IntGauge, Registry};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{io_err, NodeId, StorageError, TypeConfig};
@@ -51,28 +51,16 @@ pub struct SnapshotMetrics {
 
 impl SnapshotMetrics {
     pub fn new(registry: &Registry, cell: &str, node: NodeId) -> Result<SnapshotMetrics, prometheus::Error> {
-        let m = SnapshotMetrics::with(
-            Opts::new("titan_raft_snapshot_bytes", "Size of the current snapshot file")
-                .const_label("cell", cell)
-                .const_label("node", node.to_string()),
-            HistogramOpts::new("titan_raft_snapshot_seconds", "Time to build a snapshot, by phase (copy, write)")
-                .const_label("cell", cell)
-                .const_label("node", node.to_string()),
-        )?;
-        registry.register(Box::new(m.bytes.clone()))?;
-        registry.register(Box::new(m.seconds.clone()))?;
-        Ok(m)
+        let r = crate::metrics::registrar(registry, cell, node);
+        Ok(SnapshotMetrics {
+            bytes: r.gauge(&crate::metrics::raft::SNAPSHOT_BYTES)?,
+            seconds: r.histogram_vec(&crate::metrics::raft::SNAPSHOT_SECONDS)?,
+        })
     }
 
     /// Metrics no registry shows, for tests.
     pub fn unregistered() -> SnapshotMetrics {
-        SnapshotMetrics::with(Opts::new("snapshot_bytes", "-"), HistogramOpts::new("snapshot_seconds", "-"))
-            .expect("metrics with valid names")
-    }
-
-    fn with(bytes: Opts, build: HistogramOpts) -> Result<SnapshotMetrics, prometheus::Error> {
-        let build = build.buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
-        Ok(SnapshotMetrics { bytes: IntGauge::with_opts(bytes)?, seconds: HistogramVec::new(build, &["phase"])? })
+        SnapshotMetrics::new(&Registry::new(), "test", 0).expect("the catalogue's metrics register")
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use openraft::error::{NetworkError, RPCError, Unreachable};
 use openraft::BasicNode;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, Registry};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -76,39 +76,16 @@ pub struct NetworkMetrics {
 
 impl NetworkMetrics {
     pub fn new(registry: &Registry, cell: &str, node: u64) -> Result<NetworkMetrics, prometheus::Error> {
-        let labels = |o: Opts| o.const_label("cell", cell).const_label("node", node.to_string());
-        let seconds = |name: &str, help: &str| {
-            let buckets = vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
-            HistogramVec::new(HistogramOpts::from(labels(Opts::new(name, help))).buckets(buckets), &["rpc"])
-        };
-        let rpc_seconds = seconds("titan_raft_rpc_seconds", "Raft calls to peers, from sending to the answer")?;
-        let answer_seconds = seconds("titan_raft_answer_seconds", "Raft calls from peers, from reading to answering")?;
-        let connects = IntCounterVec::new(
-            labels(Opts::new("titan_raft_peer_connects_total", "Raft stream connections opened to a peer")),
-            &["peer"],
-        )?;
-        let failures = IntCounterVec::new(
-            labels(Opts::new("titan_raft_rpc_failures_total", "Raft calls to a peer that got no answer")),
-            &["peer", "rpc"],
-        )?;
-        registry.register(Box::new(rpc_seconds.clone()))?;
-        registry.register(Box::new(answer_seconds.clone()))?;
-        registry.register(Box::new(connects.clone()))?;
-        let early = IntCounterVec::new(
-            labels(Opts::new(
-                "titan_raft_early_appends_total",
-                "Appends a leader sent its followers before its own sync, by outcome (sent, no_idle_connection, busy)",
-            )),
-            &["outcome"],
-        )?;
-        let early_answers_used = IntCounter::with_opts(labels(Opts::new(
-            "titan_raft_early_answers_used_total",
-            "Raft's own appends answered by the answer to an early append of the same bytes, so not sent again",
-        )))?;
-        registry.register(Box::new(failures.clone()))?;
-        registry.register(Box::new(early.clone()))?;
-        registry.register(Box::new(early_answers_used.clone()))?;
-        Ok(NetworkMetrics { rpc_seconds, answer_seconds, connects, failures, early, early_answers_used })
+        use crate::metrics::raft::*;
+        let r = crate::metrics::registrar(registry, cell, node);
+        Ok(NetworkMetrics {
+            rpc_seconds: r.histogram_vec(&RPC_SECONDS)?,
+            answer_seconds: r.histogram_vec(&ANSWER_SECONDS)?,
+            connects: r.counter_vec(&PEER_CONNECTS)?,
+            failures: r.counter_vec(&RPC_FAILURES)?,
+            early: r.counter_vec(&EARLY_APPENDS)?,
+            early_answers_used: r.counter(&EARLY_ANSWERS_USED)?,
+        })
     }
 }
 

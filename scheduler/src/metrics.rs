@@ -1,0 +1,188 @@
+//! Every metric a cell member exports, in one catalogue: what dashboards and alert rules may query. Each is
+//! registered through a `Registrar` that adds the member's `cell` and `node` labels (`registrar`).
+
+use prometheus::Registry;
+use titan_api::metrics::{Def, Registrar};
+
+/// The registrar of a member: its metrics carry its cell and node.
+pub fn registrar<'a>(registry: &'a Registry, cell: &str, node: u64) -> Registrar<'a> {
+    Registrar::new(registry, &[("cell", cell), ("node", &node.to_string())])
+}
+
+const SUB_MS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Raft: terms, leaders, the log and its commits.
+pub mod raft {
+    use super::*;
+
+    pub const TERM: Def = Def::gauge("titan_raft_term", "Current Raft term");
+    pub const IS_LEADER: Def = Def::gauge("titan_raft_is_leader", "1 on the leader");
+    pub const LEADER_CHANGES: Def = Def::counter("titan_raft_leader_changes_total", "Times the known leader changed");
+    pub const COMMIT_SECONDS: Def =
+        Def::histogram("titan_raft_commit_latency_seconds", "Time from proposing a command to its commit", SUB_MS);
+    pub const LAST_LOG_INDEX: Def = Def::gauge("titan_raft_last_log_index", "Index of the last log entry");
+    pub const APPLIED_INDEX: Def = Def::gauge("titan_raft_applied_index", "Index of the last applied entry");
+    pub const COMMIT_INDEX: Def = Def::gauge("titan_raft_commit_index", "Index of the last entry known committed");
+    pub const APPLY_LAG: Def = Def::gauge("titan_raft_apply_lag_entries", "Committed entries not yet applied");
+    pub const LOG_ENTRIES: Def = Def::gauge("titan_raft_log_entries", "Entries in the log (not yet compacted)");
+    pub const SNAPSHOTS: Def = Def::counter("titan_raft_snapshots_total", "Snapshots built or installed");
+    pub const SNAPSHOT_BYTES: Def = Def::gauge("titan_raft_snapshot_bytes", "Size of the current snapshot file");
+    pub const SNAPSHOT_SECONDS: Def = Def::histogram(
+        "titan_raft_snapshot_seconds",
+        "Time to build a snapshot, by phase (copy, write)",
+        &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+    )
+    .by(&["phase"]);
+    pub const STORE_BYTES: Def = Def::gauge("titan_store_size_bytes", "Bytes the store occupies on disk");
+    pub const FLUSH_SECONDS: Def = Def::histogram(
+        "titan_raft_log_flush_seconds",
+        "Raft log writes made durable, one flush each",
+        &[0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0],
+    );
+    pub const BATCH_SIZE: Def = Def::histogram(
+        "titan_raft_proposal_batch_size",
+        "Commands per Raft proposal",
+        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+    );
+    pub const FORWARDED: Def = Def::counter("titan_raft_forwarded_writes_total", "Writes forwarded to the leader");
+    pub const MEMBERSHIP_CHANGES: Def = Def::counter(
+        "titan_membership_changes_total",
+        "Membership requests by outcome (add_learner, promote, left_learner, remove, refused)",
+    )
+    .by(&["outcome"]);
+    pub const TIMED_OUT: Def =
+        Def::counter("titan_writes_timed_out_total", "Writes answered `timeout`: not committed in time").by(&["kind"]);
+    pub const IN_FLIGHT: Def = Def::gauge("titan_raft_proposals_in_flight", "Proposals this member is waiting on");
+
+    const RPC_BUCKETS: &[f64] = &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+    pub const RPC_SECONDS: Def =
+        Def::histogram("titan_raft_rpc_seconds", "Raft calls to peers, from sending to the answer", RPC_BUCKETS)
+            .by(&["rpc"]);
+    pub const ANSWER_SECONDS: Def =
+        Def::histogram("titan_raft_answer_seconds", "Raft calls from peers, from reading to answering", RPC_BUCKETS)
+            .by(&["rpc"]);
+    pub const PEER_CONNECTS: Def =
+        Def::counter("titan_raft_peer_connects_total", "Raft stream connections opened to a peer").by(&["peer"]);
+    pub const RPC_FAILURES: Def =
+        Def::counter("titan_raft_rpc_failures_total", "Raft calls to a peer that got no answer").by(&["peer", "rpc"]);
+    pub const EARLY_APPENDS: Def = Def::counter(
+        "titan_raft_early_appends_total",
+        "Appends a leader sent its followers before its own sync, by outcome (sent, no_idle_connection, busy)",
+    )
+    .by(&["outcome"]);
+    pub const EARLY_ANSWERS_USED: Def = Def::counter(
+        "titan_raft_early_answers_used_total",
+        "Raft's own appends answered by the answer to an early append of the same bytes, so not sent again",
+    );
+}
+
+/// The cell's jobs and tasks, and the scheduler's rounds.
+pub mod scheduling {
+    use super::*;
+
+    pub const JOBS: Def = Def::gauge("titan_jobs", "Jobs by state").by(&["state"]);
+    pub const TASKS: Def = Def::gauge("titan_tasks", "Tasks by state").by(&["state"]);
+    pub const ROUND_SECONDS: Def = Def::histogram(
+        "titan_scheduling_round_seconds",
+        "Reconcile and placement time of one round",
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+    );
+    pub const PLACEMENTS: Def = Def::counter("titan_placements_total", "Tasks placed on agents");
+    pub const PLAN_REJECTIONS: Def =
+        Def::counter("titan_plan_rejections_total", "Placements the state machine refused when re-validating a plan");
+    pub const RETRIES_PLACED: Def = Def::counter(
+        "titan_retries_placed_total",
+        "Replacements of tasks that failed on an agent, by where they went: elsewhere, or where_failed when no \
+         other agent fitted",
+    )
+    .by(&["agent"]);
+    pub const CREATED: Def = Def::counter("titan_tasks_created_total", "Tasks created (new or replacements)");
+    pub const STOPPED: Def =
+        Def::counter("titan_tasks_stopped_total", "Tasks asked to stop, by reason").by(&["reason"]);
+    pub const LOST: Def = Def::counter("titan_tasks_lost_total", "Tasks declared lost, by reason").by(&["reason"]);
+    pub const AGENTS_LOST: Def = Def::counter("titan_agents_lost_total", "Agents whose tasks were declared lost");
+    pub const BREAKER_OPEN: Def =
+        Def::gauge("titan_agent_loss_breaker_open", "1 while too many agents are silent at once to declare any lost");
+    pub const PENDING: Def = Def::gauge("titan_tasks_pending", "Accepted tasks the latest round could not place");
+    pub const PENDING_AGE: Def = Def::gauge("titan_tasks_pending_oldest_seconds", "Age of the oldest Accepted task");
+}
+
+/// The member's background loops.
+pub mod workers {
+    use super::*;
+
+    pub const STEPS: Def = Def::counter("titan_worker_steps_total", "Worker steps done").by(&["worker"]);
+    pub const ERRORS: Def = Def::counter("titan_worker_errors_total", "Worker steps that failed").by(&["worker"]);
+}
+
+/// Every metric of a member but the API's (`titan_api::metrics::http`).
+pub const ALL: &[Def] = &[
+    raft::TERM,
+    raft::IS_LEADER,
+    raft::LEADER_CHANGES,
+    raft::COMMIT_SECONDS,
+    raft::LAST_LOG_INDEX,
+    raft::APPLIED_INDEX,
+    raft::COMMIT_INDEX,
+    raft::APPLY_LAG,
+    raft::LOG_ENTRIES,
+    raft::SNAPSHOTS,
+    raft::SNAPSHOT_BYTES,
+    raft::SNAPSHOT_SECONDS,
+    raft::STORE_BYTES,
+    raft::FLUSH_SECONDS,
+    raft::BATCH_SIZE,
+    raft::FORWARDED,
+    raft::MEMBERSHIP_CHANGES,
+    raft::TIMED_OUT,
+    raft::IN_FLIGHT,
+    raft::RPC_SECONDS,
+    raft::ANSWER_SECONDS,
+    raft::PEER_CONNECTS,
+    raft::RPC_FAILURES,
+    raft::EARLY_APPENDS,
+    raft::EARLY_ANSWERS_USED,
+    scheduling::JOBS,
+    scheduling::TASKS,
+    scheduling::ROUND_SECONDS,
+    scheduling::PLACEMENTS,
+    scheduling::PLAN_REJECTIONS,
+    scheduling::RETRIES_PLACED,
+    scheduling::CREATED,
+    scheduling::STOPPED,
+    scheduling::LOST,
+    scheduling::AGENTS_LOST,
+    scheduling::BREAKER_OPEN,
+    scheduling::PENDING,
+    scheduling::PENDING_AGE,
+    workers::STEPS,
+    workers::ERRORS,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_prefixed_and_every_one_registers() {
+        let mut names: Vec<&str> = ALL.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "a name twice in the catalogue");
+        assert!(names.iter().all(|n| n.starts_with("titan_")));
+        let registry = Registry::new();
+        let r = registrar(&registry, "dc1", 1);
+        for d in ALL {
+            let registered = match (d.kind, d.labels.is_empty()) {
+                (titan_api::metrics::Kind::Counter, true) => r.counter(d).map(drop),
+                (titan_api::metrics::Kind::Counter, false) => r.counter_vec(d).map(drop),
+                (titan_api::metrics::Kind::Gauge, true) => r.gauge(d).map(drop),
+                (titan_api::metrics::Kind::Gauge, false) => r.gauge_vec(d).map(drop),
+                (titan_api::metrics::Kind::Histogram(_), true) => r.histogram(d).map(drop),
+                (titan_api::metrics::Kind::Histogram(_), false) => r.histogram_vec(d).map(drop),
+            };
+            registered.unwrap_or_else(|e| panic!("{}: {e}", d.name));
+        }
+    }
+}
