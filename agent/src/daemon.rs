@@ -48,23 +48,13 @@ pub struct LeaseMetrics {
 
 impl LeaseMetrics {
     pub fn new(registry: &Registry) -> Result<LeaseMetrics, prometheus::Error> {
-        let registrations = IntCounter::new("titan_agent_registrations_total", "Registrations with the cell")?;
-        let heartbeat_failures =
-            IntCounter::new("titan_agent_heartbeat_failures_total", "Heartbeats the cell did not answer or refused")?;
-        let lease_epoch = IntGauge::new("titan_agent_lease_epoch", "The lease epoch this agent holds (0: none)")?;
-        registry.register(Box::new(registrations.clone()))?;
-        registry.register(Box::new(heartbeat_failures.clone()))?;
-        let ports_in_ephemeral_range = IntGauge::new(
-            "titan_agent_ports_in_ephemeral_range",
-            "Task host ports the kernel may give connections as source ports (a launch publishing one can fail)",
-        )?;
-        registry.register(Box::new(lease_epoch.clone()))?;
-        registry.register(Box::new(ports_in_ephemeral_range.clone()))?;
-        let since_renewal_seconds = prometheus::Gauge::new(
-            "titan_agent_seconds_since_lease_renewal",
-            "Seconds since the last lease renewal the cell answered (from when it was sent)",
-        )?;
-        registry.register(Box::new(since_renewal_seconds.clone()))?;
+        use crate::metrics::*;
+        let r = titan_api::metrics::Registrar::new(registry, &[]);
+        let registrations = r.counter(&REGISTRATIONS)?;
+        let heartbeat_failures = r.counter(&HEARTBEAT_FAILURES)?;
+        let lease_epoch = r.gauge(&LEASE_EPOCH)?;
+        let ports_in_ephemeral_range = r.gauge(&PORTS_IN_EPHEMERAL_RANGE)?;
+        let since_renewal_seconds = r.float_gauge(&SINCE_RENEWAL_SECONDS)?;
         Ok(LeaseMetrics {
             registrations,
             heartbeat_failures,

@@ -9,6 +9,7 @@
 pub mod daemon;
 pub mod health;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod runtime;
 pub mod server;

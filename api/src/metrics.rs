@@ -118,6 +118,12 @@ impl<'a> Registrar<'a> {
         self.register(IntGauge::with_opts(self.opts(d))?)
     }
 
+    /// A gauge of fractional values (seconds).
+    pub fn float_gauge(&self, d: &Def) -> Result<prometheus::Gauge, prometheus::Error> {
+        Self::check(d, "gauge", false)?;
+        self.register(prometheus::Gauge::with_opts(self.opts(d))?)
+    }
+
     pub fn gauge_vec(&self, d: &Def) -> Result<IntGaugeVec, prometheus::Error> {
         Self::check(d, "gauge", true)?;
         self.register(IntGaugeVec::new(self.opts(d), d.labels)?)

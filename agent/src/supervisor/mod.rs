@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntGauge, IntGaugeVec, Registry};
 use titan_api::agent::AgentResources;
 use titan_api::task::{Assignment, Assignments, Reason, TaskHealth, TaskState, TaskStatus};
 use tokio::sync::{watch, Notify};
@@ -72,36 +72,15 @@ const STATE_LABELS: [&str; 8] = ["found", "starting", "running", "killing", "fin
 
 impl TaskMetrics {
     pub fn new(registry: &Registry) -> Result<TaskMetrics, prometheus::Error> {
-        let tasks = IntGaugeVec::new(Opts::new("titan_agent_tasks", "Tasks this agent holds, by state"), &["state"])?;
-        let start_seconds = Histogram::with_opts(
-            HistogramOpts::new("titan_agent_task_start_seconds", "From assignment fetched to task running")
-                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
-        )?;
-        let volume_used_bytes = IntGaugeVec::new(
-            Opts::new("titan_agent_volume_used_bytes", "Bytes used by each volume of a running task"),
-            &["volume"],
-        )?;
-        let status_report_failures = IntCounter::new(
-            "titan_agent_status_report_failures_total",
-            "Status reports the cell did not acknowledge (they are retried)",
-        )?;
-        let plans_refused = IntCounter::new(
-            "titan_agent_plans_refused_total",
-            "Assignments answers refused because their lease epoch was not the agent's",
-        )?;
-        let pending_statuses =
-            IntGauge::new("titan_agent_pending_statuses", "Task statuses waiting to be acknowledged by the cell")?;
-        registry.register(Box::new(tasks.clone()))?;
-        registry.register(Box::new(start_seconds.clone()))?;
-        registry.register(Box::new(volume_used_bytes.clone()))?;
-        registry.register(Box::new(status_report_failures.clone()))?;
-        registry.register(Box::new(plans_refused.clone()))?;
-        let disconnect_stops = IntCounter::new(
-            "titan_agent_disconnect_stops_total",
-            "Tasks stopped because the lease went unrenewed past their job's disconnect.stopAfterSeconds",
-        )?;
-        registry.register(Box::new(pending_statuses.clone()))?;
-        registry.register(Box::new(disconnect_stops.clone()))?;
+        use crate::metrics::*;
+        let r = titan_api::metrics::Registrar::new(registry, &[]);
+        let tasks = r.gauge_vec(&TASKS)?;
+        let start_seconds = r.histogram(&TASK_START_SECONDS)?;
+        let volume_used_bytes = r.gauge_vec(&VOLUME_USED_BYTES)?;
+        let status_report_failures = r.counter(&STATUS_REPORT_FAILURES)?;
+        let plans_refused = r.counter(&PLANS_REFUSED)?;
+        let pending_statuses = r.gauge(&PENDING_STATUSES)?;
+        let disconnect_stops = r.counter(&DISCONNECT_STOPS)?;
         for s in STATE_LABELS {
             tasks.with_label_values(&[s]).set(0);
         }
