@@ -11,6 +11,9 @@ use crate::spec::Spec;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 pub const DEFAULT_ELECTION_MIN_MS: u64 = 400;
 pub const DEFAULT_ELECTION_MAX_MS: u64 = 800;
+
+/// Between SIGTERM and SIGKILL when a task is stopped (Docker's default).
+pub const KILL_GRACE_MS: u64 = 10_000;
 /// Entries applied since the last snapshot before a new one is taken.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// Entries kept in the log behind a snapshot, so a slightly lagging member catches up without one.
@@ -255,7 +258,7 @@ impl SchedulerConfig {
             Some(d) => plain.max(
                 self.lease_ms
                     .saturating_add(d.stop_after_ms())
-                    .saturating_add(crate::member::KILL_GRACE_MS)
+                    .saturating_add(KILL_GRACE_MS)
                     .saturating_add(self.disconnect_margin_ms),
             ),
         }

@@ -5,6 +5,7 @@
 //! Architecture invariant: the scheduler talks to agents and clients only through `titan-api` types; it never
 //! depends on the agent crate.
 
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod desired;

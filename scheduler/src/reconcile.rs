@@ -978,7 +978,7 @@ mod tests {
         let replacement = w.state.task(&replacement).expect("exists");
         assert_eq!(may_run_beside(&w.state, replacement), Some(plain_task.clone()));
         // The job that asked waits for lease + stop-after + kill grace + margin: not a millisecond less.
-        let deadline = w.config.lease_ms + 5_000 + crate::member::KILL_GRACE_MS + w.config.disconnect_margin_ms;
+        let deadline = w.config.lease_ms + 5_000 + crate::config::KILL_GRACE_MS + w.config.disconnect_margin_ms;
         assert_eq!(w.config.lose_after_ms(Some(&stopping)), deadline);
         beat_others(&mut w, deadline);
         let d = w.round(deadline);

@@ -5,7 +5,7 @@
 //! Every placement is re-validated by the state machine as it applies; what it refuses is counted as a plan
 //! rejection and retried in a later round.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,6 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Re
 use titan_api::task::TaskState;
 
 use crate::command::{Command, Meta, Response};
-use crate::member::Handle;
 use crate::reconcile::{self, Observed};
 use crate::worker::{Next, Worker};
 
@@ -77,10 +76,28 @@ impl SchedulingMetrics {
     }
 }
 
+/// What the scheduler needs of its member (`member::Handle`): declared here, so that scheduling depends on no
+/// member type and the member, which starts the worker, is the one that names scheduling.
+pub(crate) trait Host: Send + Sync + 'static {
+    fn raft(&self) -> &crate::raft::Raft;
+    fn config(&self) -> &crate::config::CellConfig;
+    fn is_leader(&self) -> bool;
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState>;
+    /// The jobs changed since the last call.
+    fn take_dirty_jobs(&self) -> std::collections::BTreeSet<String>;
+    /// When this member (as leader) last heard from each agent.
+    fn heartbeats(&self) -> HashMap<String, u64>;
+    /// Commits one of the scheduler's own commands, settling after a timeout (see `Proposer::commit_command`).
+    fn commit_command(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<Response, titan_api::ApiError>> + Send;
+}
+
 /// The scheduler worker: while this member leads, after every change and at least every
 /// `max_round_interval_ms` (never more often than `min_round_interval_ms`), one round.
-pub(crate) struct Scheduler {
-    handle: Handle,
+pub(crate) struct Scheduler<H> {
+    handle: H,
     local: Arc<Local>,
     metrics: SchedulingMetrics,
     changes: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
@@ -90,14 +107,14 @@ pub(crate) struct Scheduler {
     rounds: u64,
 }
 
-impl Scheduler {
-    pub(crate) fn new(handle: Handle, local: Arc<Local>, metrics: SchedulingMetrics) -> Scheduler {
+impl<H: Host> Scheduler<H> {
+    pub(crate) fn new(handle: H, local: Arc<Local>, metrics: SchedulingMetrics) -> Scheduler<H> {
         let changes = handle.raft().metrics();
         Scheduler { handle, local, metrics, changes, leader_since: None, last_round: Instant::now(), rounds: 0 }
     }
 }
 
-impl Worker for Scheduler {
+impl<H: Host> Worker for Scheduler<H> {
     fn name(&self) -> String {
         "scheduler".into()
     }
@@ -140,7 +157,7 @@ impl Worker for Scheduler {
                 tracing::debug!(error = %e, "not yet able to schedule as leader");
                 return Ok(Next::Idle);
             }
-            self.leader_since = Some(crate::member::now_ms());
+            self.leader_since = Some(crate::clock::now_ms());
             *self.local.full_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
             tracing::info!("scheduling as leader");
         }
@@ -150,10 +167,10 @@ impl Worker for Scheduler {
     }
 }
 
-async fn round(cell: &Handle, local: &Local, metrics: &SchedulingMetrics, leader_since_ms: u64) {
+async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, leader_since_ms: u64) {
     let started = Instant::now();
     let config = cell.config().scheduler.clone();
-    let now_ms = crate::member::now_ms();
+    let now_ms = crate::clock::now_ms();
     let lost_last_minute = {
         let mut lost = local.lost_at.lock().unwrap_or_else(|p| p.into_inner());
         while lost.front().is_some_and(|t| now_ms.saturating_sub(*t) > 60_000) {

@@ -35,35 +35,34 @@ impl Handle {
     ) -> Handle {
         Handle { raft, state, proposer, config, leases }
     }
+}
 
-    pub(crate) fn raft(&self) -> &Raft {
+impl crate::scheduling::Host for Handle {
+    fn raft(&self) -> &Raft {
         &self.raft
     }
 
-    pub(crate) fn config(&self) -> &CellConfig {
+    fn config(&self) -> &CellConfig {
         &self.config
     }
 
-    pub(crate) fn is_leader(&self) -> bool {
+    fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.config.node_id)
     }
 
-    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The jobs changed since the last call (a brief write lock on the state).
-    pub(crate) fn take_dirty_jobs(&self) -> BTreeSet<String> {
+    fn take_dirty_jobs(&self) -> BTreeSet<String> {
         self.state.write().unwrap_or_else(|p| p.into_inner()).take_dirty_jobs()
     }
 
-    /// When this member (as leader) last heard from each agent.
-    pub(crate) fn heartbeats(&self) -> HashMap<String, u64> {
+    fn heartbeats(&self) -> HashMap<String, u64> {
         self.leases.lock().clone()
     }
 
-    /// Commits one of the scheduler's own commands (see `Proposer::commit_command`).
-    pub(crate) async fn commit_command(&self, cmd: Command) -> Result<Response, ApiError> {
+    async fn commit_command(&self, cmd: Command) -> Result<Response, ApiError> {
         self.proposer.commit_command(cmd).await
     }
 }

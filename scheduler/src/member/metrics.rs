@@ -1,6 +1,7 @@
 //! The member's own metrics (the HTTP ones live with the router), kept current from Raft's by `watch`.
 
 use super::*;
+use crate::scheduling::Host;
 
 /// The cell's own metrics; the HTTP ones live with the router.
 #[derive(Clone)]

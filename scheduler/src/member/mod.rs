@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -74,8 +74,7 @@ use metrics::*;
 pub(crate) use propose::Proposer;
 use propose::*;
 
-/// Between SIGTERM and SIGKILL when a task is stopped (Docker's default).
-pub const KILL_GRACE_MS: u64 = 10_000;
+pub use crate::config::KILL_GRACE_MS;
 
 pub struct Cell {
     /// What the workers use; the API uses the same parts.
@@ -99,9 +98,7 @@ pub struct Cell {
     workers: crate::worker::Workers,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub(crate) use crate::clock::now_ms;
 
 impl Cell {
     /// Opens the store, starts Raft, and bootstraps the cell when this is the lowest-numbered initial member of a
@@ -259,7 +256,7 @@ impl Cell {
     }
 
     pub(crate) fn is_leader(&self) -> bool {
-        self.handle.is_leader()
+        crate::scheduling::Host::is_leader(&self.handle)
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
