@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use titan_api::task::TaskState;
 
-use crate::command::{Command, Meta, Response};
+use crate::command::{Command, Meta};
 use crate::reconcile::{self, Observed};
 use crate::worker::{Next, Worker};
 
@@ -87,11 +87,11 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn take_dirty_jobs(&self) -> std::collections::BTreeSet<String>;
     /// When this member (as leader) last heard from each agent.
     fn heartbeats(&self) -> HashMap<String, u64>;
-    /// Commits one of the scheduler's own commands, settling after a timeout (see `Proposer::commit_command`).
-    fn commit_command(
+    /// Commits a round, settling after a timeout (see `Proposer::commit_command`).
+    fn commit_round(
         &self,
         cmd: Command,
-    ) -> impl std::future::Future<Output = Result<Response, titan_api::ApiError>> + Send;
+    ) -> impl std::future::Future<Output = Result<crate::command::RoundOutcome, titan_api::ApiError>> + Send;
 }
 
 /// The scheduler worker: while this member leads, after every change and at least every
@@ -249,8 +249,8 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
     let counts = (r.create.len(), r.place.len(), r.stop.len(), r.lose.len());
     let meta = Meta { who: "scheduler".into(), why: None, at_ms: now_ms, request: uuid::Uuid::new_v4().to_string() };
     let cmd = Command::Round { round: Box::new(decision.round), meta };
-    match cell.commit_command(cmd).await {
-        Ok(Response::Round(outcome)) => {
+    match cell.commit_round(cmd).await {
+        Ok(outcome) => {
             metrics.created.inc_by(u64::from(outcome.created));
             metrics.placements.inc_by(u64::from(outcome.placed));
             metrics.plan_rejections.inc_by(outcome.refused.len() as u64);
@@ -270,7 +270,6 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
                 "round committed"
             );
         }
-        Ok(other) => tracing::error!(answer = ?other, "a round got an unexpected answer"),
         Err(e) => tracing::warn!(error = %e, "round not committed; the next one decides again"),
     }
 }

@@ -292,10 +292,7 @@ impl CellApi for Cell {
             let at_ms = now_ms();
             let meta = Meta { who: format!("agent:{id}"), why: None, at_ms, request: uuid::Uuid::new_v4().to_string() };
             let cmd = Command::RegisterAgent { registration: Box::new(registration.clone()), meta };
-            let lease_epoch = match self.commit(cmd).await? {
-                Response::Agent { lease_epoch, .. } => lease_epoch,
-                other => return Err(ApiError::internal(format!("a registration got the answer {other:?}"))),
-            };
+            let Registered { lease_epoch } = self.commit_as(cmd).await?;
             tracing::info!(agent = %id, lease_epoch, "agent registered");
             // The agent's next calls (its assignments long-poll) come to this member: answer only once it has
             // applied the registration, or a lagging follower would call the agent unknown.
@@ -379,11 +376,7 @@ impl CellApi for Cell {
         Box::pin(async move {
             let state = if drain { AgentState::Draining } else { AgentState::Active };
             let cmd = Command::SetAgentState { id: id.clone(), state, meta: Cell::meta(actor) };
-            match self.commit(cmd).await? {
-                Response::Agent { .. } => {}
-                Response::Rejected(r) => return Err(rejection(r)),
-                other => return Err(ApiError::internal(format!("an agent state change got the answer {other:?}"))),
-            }
+            let AgentStateSet = self.commit_as(cmd).await?;
             tracing::info!(agent = %id, state = state.as_str(), "agent state set");
             let s = self.read();
             s.agent(&id).map(|a| self.agent_view(a)).ok_or_else(|| ApiError::not_found("agent", &id))
@@ -452,11 +445,7 @@ impl CellApi for Cell {
 
     fn kill_task(&self, id: String, actor: Actor) -> ApiResult<'_, TaskView> {
         Box::pin(async move {
-            match self.commit(Command::KillTask { id: id.clone(), meta: Cell::meta(actor) }).await? {
-                Response::Task { .. } => {}
-                Response::Rejected(r) => return Err(rejection(r)),
-                other => return Err(ApiError::internal(format!("a task kill got the answer {other:?}"))),
-            }
+            let TaskKilled = self.commit_as(Command::KillTask { id: id.clone(), meta: Cell::meta(actor) }).await?;
             tracing::info!(task = %id, "task kill requested");
             // A follower may not have applied the kill yet; the leader's answer already confirmed it.
             let s = self.read();
@@ -494,11 +483,7 @@ impl CellApi for Cell {
                 request: uuid::Uuid::new_v4().to_string(),
             };
             let cmd = Command::TaskStatuses { agent, lease_epoch: report.lease_epoch, statuses: report.statuses, meta };
-            match self.commit(cmd).await? {
-                Response::Statuses { applied, ignored } => Ok(StatusAck { applied, ignored }),
-                Response::Rejected(r) => Err(rejection(r)),
-                other => Err(ApiError::internal(format!("a status report got the answer {other:?}"))),
-            }
+            self.commit_as::<StatusAck>(cmd).await
         })
     }
 

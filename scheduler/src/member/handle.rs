@@ -62,7 +62,7 @@ impl crate::scheduling::Host for Handle {
         self.leases.lock().clone()
     }
 
-    async fn commit_command(&self, cmd: Command) -> Result<Response, ApiError> {
-        self.proposer.commit_command(cmd).await
+    async fn commit_round(&self, cmd: Command) -> Result<crate::command::RoundOutcome, ApiError> {
+        typed(self.proposer.commit_command(cmd).await?)
     }
 }

@@ -58,6 +58,7 @@ pub enum CellError {
     Metrics(#[from] prometheus::Error),
 }
 
+mod answer;
 mod api;
 mod handle;
 mod leader;
@@ -65,6 +66,7 @@ mod members;
 mod metrics;
 mod propose;
 
+use answer::*;
 use api::*;
 pub(crate) use handle::Handle;
 use handle::Leases;
@@ -263,14 +265,14 @@ impl Cell {
         self.leases.lock()
     }
 
-    /// Commits a command through the proposer (see `Proposer::commit`).
-    pub(crate) async fn commit(&self, cmd: Command) -> Result<Response, ApiError> {
-        self.proposer.commit(cmd).await
+    /// Commits a command and takes its own kind of answer out of the state machine's (`answer`).
+    pub(crate) async fn commit_as<A: Answer>(&self, cmd: Command) -> Result<A, ApiError> {
+        typed(self.proposer.commit(cmd).await?)
     }
 
-    /// Commits a job command and maps the state machine's answer.
+    /// Commits a job command.
     pub(crate) async fn write(&self, cmd: Command) -> Result<JobRef, ApiError> {
-        self.proposer.write(cmd).await
+        self.commit_as(cmd).await
     }
 
     pub(crate) fn meta(actor: Actor) -> Meta {

@@ -32,12 +32,12 @@ pub const MAX_BATCH: usize = 512;
 pub(super) const PROPOSERS: usize = 2;
 
 /// Where one command's answer goes.
-pub(super) type Answer = oneshot::Sender<Result<Response, ApiError>>;
+pub(super) type Reply = oneshot::Sender<Result<Response, ApiError>>;
 
 /// A command queued for this member's proposers.
 pub(super) struct Waiter {
     cmd: Command,
-    answer: Answer,
+    answer: Reply,
     /// When whoever waits for the answer gives up (the write's deadline).
     deadline: tokio::time::Instant,
 }
@@ -144,15 +144,6 @@ impl Proposer {
         };
         self.count_timeouts([(kind, &answer)]);
         answer
-    }
-
-    /// Commits a job command and maps the state machine's answer.
-    pub(crate) async fn write(&self, cmd: Command) -> Result<JobRef, ApiError> {
-        match self.commit(cmd).await? {
-            Response::Job(job) => Ok(job),
-            Response::Rejected(r) => Err(rejection(r)),
-            other => Err(ApiError::internal(format!("a job command got the answer {other:?}"))),
-        }
     }
 
     /// Commits `cmds` as one entry, here when this member leads and through the leader otherwise, and answers each
@@ -378,7 +369,7 @@ impl Worker for ProposerWorker {
 /// What a proposer commits of the waiters it took.
 pub(super) struct Live {
     cmds: Vec<Command>,
-    answers: Vec<Answer>,
+    answers: Vec<Reply>,
     /// The latest of their deadlines: past it nobody waits for the proposal.
     deadline: tokio::time::Instant,
     /// Waiters left out because they had given up.
