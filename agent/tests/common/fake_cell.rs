@@ -1,4 +1,4 @@
-//! An in-process cell for agent tests: the real HTTP surface (`titan_api::router`) over a small `CellApi` that
+//! An in-process cell for agent tests: the real HTTP surface (`titan_api::router`) over a small cell that
 //! implements what an agent calls (registration, heartbeats, the assignments long-poll, status reports) and lets
 //! a test set the plan, skew the lease epoch it answers with, and read back what the agent said.
 
@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use titan_api::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
-use titan_api::router::ApiResult;
+use titan_api::router::{AdminApi, AgentsApi, ApiResult, JobsApi, Reads, TasksApi};
 use titan_api::task::{
     Assignment, Assignments, AssignmentsQuery, StatusAck, StatusReport, TaskList, TaskQuery, TaskStatus, TaskView,
 };
 use titan_api::view::{AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobView, ListQuery};
-use titan_api::{Actor, ApiError, CellApi, ErrorCode, HttpMetrics};
+use titan_api::{Actor, ApiError, ErrorCode, HttpMetrics};
 use tokio::sync::watch;
 
 #[derive(Default)]
@@ -101,7 +101,7 @@ impl FakeCell {
     }
 }
 
-impl CellApi for FakeCell {
+impl JobsApi for FakeCell {
     fn submit_job(&self, _: JobSpec, _: Option<String>, _: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async { unsupported() })
     }
@@ -132,18 +132,27 @@ impl CellApi for FakeCell {
     fn kill_job(&self, _: String, _: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async { unsupported() })
     }
-    fn cluster(&self) -> ApiResult<'_, ClusterView> {
+    fn events(&self, _: Option<u64>) -> ApiResult<'_, titan_api::router::EventFeed> {
         Box::pin(async { unsupported() })
     }
-    fn add_member(&self, _: AddMember) -> ApiResult<'_, ClusterView> {
+}
+
+impl TasksApi for FakeCell {
+    fn task_agent_addr(&self, _: String) -> ApiResult<'_, String> {
         Box::pin(async { unsupported() })
     }
-    fn remove_member(&self, _: u64) -> ApiResult<'_, ClusterView> {
+    fn list_tasks(&self, _: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async { unsupported() })
     }
-    fn ready(&self) -> ApiResult<'_, ()> {
-        Box::pin(async { Ok(()) })
+    fn get_task(&self, _: String) -> ApiResult<'_, TaskView> {
+        Box::pin(async { unsupported() })
     }
+    fn kill_task(&self, _: String, _: Actor) -> ApiResult<'_, TaskView> {
+        Box::pin(async { unsupported() })
+    }
+}
+
+impl AgentsApi for FakeCell {
     fn register_agent(&self, registration: AgentRegistration) -> ApiResult<'_, AgentView> {
         Box::pin(async move {
             let mut s = self.state();
@@ -175,33 +184,6 @@ impl CellApi for FakeCell {
             Ok(Lease { lease_epoch: epoch, lease_ms: 3_000 })
         })
     }
-    fn list_agents(&self) -> ApiResult<'_, Vec<AgentView>> {
-        Box::pin(async { unsupported() })
-    }
-    fn get_agent(&self, _: String) -> ApiResult<'_, AgentView> {
-        Box::pin(async { unsupported() })
-    }
-    fn read_barrier(&self) -> ApiResult<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn set_agent_draining(&self, _: String, _: bool, _: Actor) -> ApiResult<'_, AgentView> {
-        Box::pin(async { unsupported() })
-    }
-    fn events(&self, _: Option<u64>) -> ApiResult<'_, titan_api::router::EventFeed> {
-        Box::pin(async { unsupported() })
-    }
-    fn task_agent_addr(&self, _: String) -> ApiResult<'_, String> {
-        Box::pin(async { unsupported() })
-    }
-    fn list_tasks(&self, _: TaskQuery) -> ApiResult<'_, TaskList> {
-        Box::pin(async { unsupported() })
-    }
-    fn get_task(&self, _: String) -> ApiResult<'_, TaskView> {
-        Box::pin(async { unsupported() })
-    }
-    fn kill_task(&self, _: String, _: Actor) -> ApiResult<'_, TaskView> {
-        Box::pin(async { unsupported() })
-    }
     fn assignments(&self, _: String, query: AssignmentsQuery) -> ApiResult<'_, Assignments> {
         Box::pin(async move {
             let mut rx = self.version.subscribe();
@@ -230,5 +212,35 @@ impl CellApi for FakeCell {
             s.statuses.extend(report.statuses.into_iter().map(|st| (now, st)));
             Ok(StatusAck { applied: n, ignored: 0 })
         })
+    }
+}
+
+impl AdminApi for FakeCell {
+    fn cluster(&self) -> ApiResult<'_, ClusterView> {
+        Box::pin(async { unsupported() })
+    }
+    fn add_member(&self, _: AddMember) -> ApiResult<'_, ClusterView> {
+        Box::pin(async { unsupported() })
+    }
+    fn remove_member(&self, _: u64) -> ApiResult<'_, ClusterView> {
+        Box::pin(async { unsupported() })
+    }
+    fn ready(&self) -> ApiResult<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn list_agents(&self) -> ApiResult<'_, Vec<AgentView>> {
+        Box::pin(async { unsupported() })
+    }
+    fn get_agent(&self, _: String) -> ApiResult<'_, AgentView> {
+        Box::pin(async { unsupported() })
+    }
+    fn set_agent_draining(&self, _: String, _: bool, _: Actor) -> ApiResult<'_, AgentView> {
+        Box::pin(async { unsupported() })
+    }
+}
+
+impl Reads for FakeCell {
+    fn read_barrier(&self) -> ApiResult<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 }

@@ -25,6 +25,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Re
 use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentState, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
+use titan_api::router::{AdminApi, AgentsApi, JobsApi, Reads, TasksApi};
 use titan_api::router::{ApiResult, HttpMetrics};
 use titan_api::task::{
     Assignment, Assignments, AssignmentsQuery, StatusAck, StatusReport, TaskList, TaskQuery, TaskView,
@@ -32,7 +33,7 @@ use titan_api::task::{
 use titan_api::view::{
     AddMember, ClusterView, HistoryEntry, JobList, JobRef, JobState, JobView, ListQuery, MemberView,
 };
-use titan_api::{Actor, ApiError, CellApi, ErrorCode};
+use titan_api::{Actor, ApiError, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{Command, Meta, Rejection, Response};
@@ -226,7 +227,6 @@ impl Cell {
     /// Every route this member serves: the public API, and Raft's stream, which also carries forwarded writes
     /// and calls to the leader.
     pub fn router(self: &Arc<Self>, http: HttpMetrics) -> Router {
-        let api: Arc<dyn CellApi> = self.clone();
         let leader = Arc::new(LeaderHere { cell: Arc::downgrade(self), propose: ProposeHere(self.proposer.clone()) });
         let internal = raft_routes(self.raft.clone(), self.encoded.clone(), self.streams.clone(), leader).merge(
             // Kept for members of the previous version, which ask for these over HTTP; this version asks over the
@@ -236,7 +236,7 @@ impl Cell {
                 .route("/internal/pending", post(pending_here))
                 .with_state(self.clone()),
         );
-        titan_api::router(api, http, internal)
+        titan_api::router(self.clone(), http, internal)
     }
 
     pub async fn shutdown(&self) {

@@ -1,0 +1,106 @@
+//! What users ask of jobs: reads from the applied state, writes through `propose`.
+
+use super::*;
+
+impl JobsApi for Cell {
+    fn submit_job(&self, spec: JobSpec, idempotency_key: Option<String>, actor: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            self.write(Command::PutJob {
+                id,
+                spec: Arc::new(Spec::from(spec)),
+                idempotency_key,
+                meta: Cell::meta(actor),
+            })
+            .await
+        })
+    }
+
+    fn list_jobs(&self, query: ListQuery) -> ApiResult<'_, JobList> {
+        Box::pin(async move {
+            let s = self.read();
+            let (page, next) = s.list(&query);
+            Ok(JobList { jobs: page.into_iter().map(|j| j.view()).collect(), next_page_token: next })
+        })
+    }
+
+    fn get_job(&self, id: String) -> ApiResult<'_, JobView> {
+        Box::pin(async move {
+            let (mut view, mut summary, accepted) = {
+                let s = self.read();
+                let view = s.job(&id).map(|j| j.view()).ok_or_else(|| ApiError::not_found("job", &id))?;
+                let mut summary = titan_api::view::TaskSummary::default();
+                let mut accepted = Vec::new();
+                for t in s.tasks_of_job(&id) {
+                    *summary.by_state.entry(t.state.as_str().to_string()).or_insert(0) += 1;
+                    if t.state == titan_api::task::TaskState::Accepted {
+                        accepted.push(t.id.clone());
+                    }
+                    if let Some(failure) = failure_of(t) {
+                        titan_api::view::LocationFailures::record(&mut summary.failures, &self.config.cell, failure);
+                    }
+                }
+                (view, summary, accepted)
+            };
+            for (task_id, reason) in self.pending_reasons(accepted).await {
+                summary.pending.push(titan_api::view::PendingTask { task_id, reason });
+            }
+            view.tasks = Some(summary);
+            Ok(view)
+        })
+    }
+
+    fn job_history(&self, id: String) -> ApiResult<'_, Vec<HistoryEntry>> {
+        Box::pin(async move {
+            self.read().job(&id).map(|j| j.history.clone()).ok_or_else(|| ApiError::not_found("job", &id))
+        })
+    }
+
+    fn update_job(&self, id: String, spec: JobSpec, if_match: Option<u64>, actor: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async move {
+            self.write(Command::UpdateJob {
+                id,
+                spec: Arc::new(Spec::from(spec)),
+                if_version: if_match,
+                meta: Cell::meta(actor),
+            })
+            .await
+        })
+    }
+
+    fn set_instances(
+        &self,
+        id: String,
+        instances: BTreeMap<String, u32>,
+        if_match: Option<u64>,
+        actor: Actor,
+    ) -> ApiResult<'_, JobRef> {
+        Box::pin(async move {
+            self.write(Command::SetInstances { id, instances, if_version: if_match, meta: Cell::meta(actor) }).await
+        })
+    }
+
+    fn set_enabled(&self, id: String, enabled: bool, actor: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async move { self.write(Command::SetEnabled { id, enabled, meta: Cell::meta(actor) }).await })
+    }
+
+    fn kill_job(&self, id: String, actor: Actor) -> ApiResult<'_, JobRef> {
+        Box::pin(async move { self.write(Command::KillJob { id, meta: Cell::meta(actor) }).await })
+    }
+
+    fn events(&self, from: Option<u64>) -> ApiResult<'_, titan_api::router::EventFeed> {
+        Box::pin(async move {
+            match self.events.subscribe(from) {
+                Ok((backlog, live)) => Ok(titan_api::router::EventFeed { backlog, live }),
+                Err(oldest) => Err(ApiError::new(
+                    ErrorCode::Expired,
+                    format!(
+                        "events after {} are no longer kept here; resume from {oldest} or re-read the state",
+                        from.unwrap_or(0)
+                    ),
+                )
+                .with_field("from")),
+            }
+        })
+    }
+}
