@@ -677,6 +677,7 @@ mod tests {
 
     use super::*;
     use crate::command::{Command, Meta, Response};
+    use crate::state::Effects;
 
     const CELL: &str = "dc1";
 
@@ -693,6 +694,10 @@ mod tests {
     }
 
     fn register(s: &mut CellState, id: &str, cpus: f64, running: Vec<String>, at: u64) -> u64 {
+        register_with_effects(s, id, cpus, running, at).0
+    }
+
+    fn register_with_effects(s: &mut CellState, id: &str, cpus: f64, running: Vec<String>, at: u64) -> (u64, Effects) {
         let registration = AgentRegistration {
             id: id.into(),
             hostname: id.into(),
@@ -702,8 +707,8 @@ mod tests {
             running,
         };
         match s.apply(&Command::RegisterAgent { registration: Box::new(registration), meta: meta(at) }) {
-            Response::Agent { lease_epoch, .. } => lease_epoch,
-            other => panic!("{other:?}"),
+            (Response::Agent { lease_epoch, .. }, fx) => (lease_epoch, fx),
+            (other, _) => panic!("{other:?}"),
         }
     }
 
@@ -742,7 +747,7 @@ mod tests {
                 format!("t{next:03}")
             });
             self.next = next;
-            let r = self.state.apply(&Command::Round { round: Box::new(d.round.clone()), meta: meta(now_ms) });
+            let (r, _) = self.state.apply(&Command::Round { round: Box::new(d.round.clone()), meta: meta(now_ms) });
             assert!(matches!(&r, Response::Round(o) if o.refused.is_empty()), "{r:?}");
             d
         }
@@ -753,7 +758,7 @@ mod tests {
             }
         }
 
-        fn report(&mut self, task: &str, state: TaskState, exit_code: Option<i64>, at: u64) {
+        fn report(&mut self, task: &str, state: TaskState, exit_code: Option<i64>, at: u64) -> Effects {
             let status = TaskStatus {
                 task_id: task.into(),
                 state,
@@ -763,16 +768,18 @@ mod tests {
                 health: TaskHealth::Unknown,
                 at_ms: at,
             };
-            self.apply_status(status);
+            self.apply_status(status)
         }
 
         /// The task's agent reports `status` under its current epoch.
-        fn apply_status(&mut self, status: TaskStatus) {
+        fn apply_status(&mut self, status: TaskStatus) -> Effects {
             let agent = self.state.task(&status.task_id).and_then(|t| t.agent.clone()).expect("placed");
             let epoch = self.state.agent(&agent).map(|a| a.lease_epoch).unwrap_or(0);
             let at = status.at_ms;
             let cmd = Command::TaskStatuses { agent, lease_epoch: epoch, statuses: vec![status], meta: meta(at) };
-            assert_eq!(self.state.apply(&cmd), Response::Statuses { applied: 1, ignored: 0 });
+            let (answer, fx) = self.state.apply(&cmd);
+            assert_eq!(answer, Response::Statuses { applied: 1, ignored: 0 });
+            fx
         }
 
         fn in_state(&self, state: TaskState) -> Vec<String> {
@@ -1081,7 +1088,7 @@ mod tests {
         register(&mut w.state, "a1", 1.0, vec![], 11);
         let mut stale = d.round.clone();
         stale.place.push(Placed { task_id: "x2".into(), agent: "a1".into(), lease_epoch: 2, ports: vec![] });
-        match w.state.apply(&Command::Round { round: Box::new(stale), meta: meta(12) }) {
+        match w.state.apply(&Command::Round { round: Box::new(stale), meta: meta(12) }).0 {
             Response::Round(o) => {
                 assert_eq!(o.placed, 1, "the second, fresh-epoch placement of x2 fits");
                 assert_eq!(o.refused.len(), 1);
@@ -1094,7 +1101,7 @@ mod tests {
             place: vec![Placed { task_id: "x1".into(), agent: "a1".into(), lease_epoch: 2, ports: vec![] }],
             ..Round::default()
         };
-        match w.state.apply(&Command::Round { round: Box::new(over), meta: meta(13) }) {
+        match w.state.apply(&Command::Round { round: Box::new(over), meta: meta(13) }).0 {
             Response::Round(o) => assert_eq!((o.placed, o.refused.len()), (0, 1)),
             other => panic!("{other:?}"),
         }
@@ -1287,7 +1294,6 @@ mod tests {
         w.beat(1_000_000);
         let d = w.round(10);
         assert_eq!(d.pending.len(), 1, "three one-cpu tasks, two cpus");
-        let seq = w.state.capacity_seq();
         let seen = Observed {
             now_ms: 20,
             leader_since_ms: 0,
@@ -1298,12 +1304,10 @@ mod tests {
         };
         let d = reconcile(&w.state, CELL, &seen, &w.config, &mut || "x".into());
         assert!(d.round.place.is_empty() && d.pending.is_empty() && d.placement.is_none(), "nothing tried");
-        // Capacity frees up: the sequence moves, which is what makes the leader try again.
+        // Capacity frees up: applying says so, which is what makes the leader try again.
         let running = w.in_state(TaskState::Assigned)[0].clone();
-        w.report(&running, TaskState::Finished, Some(0), 30);
-        assert!(w.state.capacity_seq() > seq);
-        let seq = w.state.capacity_seq();
-        register(&mut w.state, "a2", 1.0, vec![], 40);
-        assert!(w.state.capacity_seq() > seq, "a new agent moves it too");
+        assert!(w.report(&running, TaskState::Finished, Some(0), 30).capacity_moved);
+        let (_, fx) = register_with_effects(&mut w.state, "a2", 1.0, vec![], 40);
+        assert!(fx.capacity_moved, "a new agent moves it too");
     }
 }

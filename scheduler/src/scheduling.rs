@@ -85,6 +85,9 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState>;
     /// The jobs changed since the last call.
     fn take_dirty_jobs(&self) -> std::collections::BTreeSet<String>;
+    /// Raised whenever a task that did not fit might fit now; read under the state's read lock, it goes with
+    /// that state.
+    fn capacity_seq(&self) -> u64;
     /// When this member (as leader) last heard from each agent.
     fn heartbeats(&self) -> HashMap<String, u64>;
     /// Commits a round, settling after a timeout (see `Proposer::commit_command`).
@@ -191,7 +194,7 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
     };
     let (mut decision, capacity_seq, retry_pending) = {
         let state = cell.read();
-        let seq = state.capacity_seq();
+        let seq = cell.capacity_seq();
         // Re-placing tasks that did not fit costs a full placement each round; only worth it when something
         // changed that could make them fit.
         let retry_pending = unplaced_at.is_none_or(|(s, at)| s != seq || at.elapsed() >= RETRY_PENDING_EVERY);

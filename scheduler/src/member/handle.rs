@@ -23,6 +23,7 @@ pub(crate) struct Handle {
     proposer: Arc<Proposer>,
     config: Arc<CellConfig>,
     leases: Arc<Leases>,
+    changes: Arc<crate::state::Changes>,
 }
 
 impl Handle {
@@ -32,8 +33,9 @@ impl Handle {
         proposer: Arc<Proposer>,
         config: Arc<CellConfig>,
         leases: Arc<Leases>,
+        changes: Arc<crate::state::Changes>,
     ) -> Handle {
-        Handle { raft, state, proposer, config, leases }
+        Handle { raft, state, proposer, config, leases, changes }
     }
 }
 
@@ -55,7 +57,11 @@ impl crate::scheduling::Host for Handle {
     }
 
     fn take_dirty_jobs(&self) -> BTreeSet<String> {
-        self.state.write().unwrap_or_else(|p| p.into_inner()).take_dirty_jobs()
+        self.changes.take_dirty_jobs()
+    }
+
+    fn capacity_seq(&self) -> u64 {
+        self.changes.capacity_seq()
     }
 
     fn heartbeats(&self) -> HashMap<String, u64> {

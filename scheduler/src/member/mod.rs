@@ -123,6 +123,7 @@ impl Cell {
         let state = sm.state();
         let watchers = sm.watchers();
         let events = sm.events();
+        let changes = sm.changes();
 
         let t = &config.raft;
         let raft_config = openraft::Config {
@@ -176,7 +177,8 @@ impl Cell {
         let (proposer, rx) = Proposer::new(raft.clone(), streams.clone(), proposing, &config, metrics.clone());
         let proposer = Arc::new(proposer);
         let leases: Arc<Leases> = Arc::default();
-        let handle = Handle::new(raft.clone(), state.clone(), proposer.clone(), config.clone(), leases.clone());
+        let handle =
+            Handle::new(raft.clone(), state.clone(), proposer.clone(), config.clone(), leases.clone(), changes);
         let scheduling: Arc<crate::scheduling::Local> = Arc::default();
         workers.spawn(crate::scheduling::Scheduler::new(
             handle.clone(),

@@ -217,6 +217,7 @@ pub struct StateStore {
     built: u64,
     watchers: Arc<crate::watch::Watchers>,
     events: Arc<crate::watch::EventLog>,
+    changes: Arc<crate::state::Changes>,
 }
 
 impl StateStore {
@@ -236,6 +237,7 @@ impl StateStore {
             built: 0,
             watchers: Default::default(),
             events: Arc::new(crate::watch::EventLog::new(0)),
+            changes: Arc::default(),
         };
         let Snapshots { engine, dir, metrics } = store.snapshots.clone();
         let meta = current_meta(engine.as_ref())?;
@@ -268,6 +270,11 @@ impl StateStore {
     /// The event stream this store feeds as it applies.
     pub fn events(&self) -> Arc<crate::watch::EventLog> {
         self.events.clone()
+    }
+
+    /// What the scheduler takes of the applied commands' effects (changed jobs, capacity moves).
+    pub fn changes(&self) -> Arc<crate::state::Changes> {
+        self.changes.clone()
     }
 
     /// The long-poll wake-ups this store signals after each applied batch.
@@ -329,17 +336,26 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     {
         let mut out = Vec::new();
         let mut events = Vec::new();
+        let mut touched = Vec::new();
+        let (mut dirty_jobs, mut capacity_moved) = (std::collections::BTreeSet::new(), false);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             self.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(cmd) => {
-                    let answer = state.apply(&cmd);
-                    events.extend(state.take_events().into_iter().map(|mut e| {
+                    let (answer, fx) = state.apply(&cmd);
+                    events.extend(fx.events.into_iter().map(|mut e| {
                         e.index = entry.log_id.index;
                         e
                     }));
+                    touched.extend(fx.touched);
+                    if dirty_jobs.is_empty() {
+                        dirty_jobs = fx.dirty_jobs;
+                    } else {
+                        dirty_jobs.extend(fx.dirty_jobs);
+                    }
+                    capacity_moved |= fx.capacity_moved;
                     answer
                 }
                 EntryPayload::Membership(m) => {
@@ -348,9 +364,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 }
             });
         }
-        let touched = state.take_touched();
+        // Noted under the state's lock, so a reader of the state sees the counter that goes with it.
+        self.changes.note(dirty_jobs, capacity_moved);
         drop(state);
-        self.watchers.notify(touched);
+        self.watchers.notify(crate::state::Effects::latest(touched));
         self.events.publish(events);
         Ok(out)
     }
@@ -393,6 +410,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let versions: Vec<(String, u64)> = state.agents().map(|a| (a.registration.id.clone(), a.version)).collect();
         self.events.reset(state.events_made());
         *self.write() = state;
+        self.changes.capacity_moved();
         self.watchers.notify(versions);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

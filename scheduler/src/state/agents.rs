@@ -34,17 +34,8 @@ impl CellState {
         self.seq += 1;
         if let Some(a) = self.agents.get_mut(agent) {
             a.version = self.seq;
-            self.touched.0.push((agent.to_string(), self.seq));
+            self.fx.touched.push((agent.to_string(), self.seq));
         }
-    }
-
-    /// The agents whose assignments changed since the last call, each with its latest version.
-    pub fn take_touched(&mut self) -> Vec<(String, u64)> {
-        let mut all = std::mem::take(&mut self.touched.0);
-        all.sort();
-        all.reverse();
-        all.dedup_by(|a, b| a.0 == b.0);
-        all
     }
 
     pub(super) fn set_reachable(&mut self, agent: &str, reachable: bool, at_ms: u64) {
@@ -52,7 +43,7 @@ impl CellState {
         if a.reachable == reachable {
             return;
         }
-        self.capacity_seq.0 += 1;
+        self.fx.capacity_moved = true;
         a.reachable = reachable;
         let eligible = a.takes_work();
         let kind = if reachable { "reachable" } else { "unreachable" };
@@ -77,7 +68,7 @@ impl CellState {
     }
 
     pub(super) fn register_agent(&mut self, registration: &AgentRegistration, at_ms: u64) -> Response {
-        self.capacity_seq.0 += 1;
+        self.fx.capacity_moved = true;
         let id = registration.id.clone();
         let previous = self.agents.get(&id);
         let (epoch, state) = match previous {

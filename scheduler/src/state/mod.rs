@@ -25,6 +25,7 @@ use crate::task::TaskRecord;
 use titan_api::view::{HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 mod agents;
+mod effects;
 mod jobs;
 mod plan;
 mod tasks;
@@ -32,6 +33,7 @@ mod tasks;
 mod tests;
 
 pub use agents::AgentRecord;
+pub use effects::{Changes, Effects};
 use jobs::{describe, fingerprint};
 pub use jobs::{JobRecord, Remembered, IDEMPOTENCY_TTL_MS, MAX_HISTORY, REQUEST_TTL_MS};
 pub use tasks::JobTasks;
@@ -72,33 +74,21 @@ pub struct CellState {
     transient: BTreeSet<String>,
     /// Ended tasks by when they ended, oldest first, for retention (derived).
     ended: BTreeSet<(u64, String)>,
-    /// Raised whenever a task that did not fit might fit now: capacity freed, an agent added, back or put to
-    /// work, a job's spec changed. The leader re-places pending tasks only when it moved (transient: a new
-    /// leader re-places everything once anyway).
-    capacity_seq: Transient<u64>,
-    /// Jobs changed (themselves or their tasks) since the leader last took them: a round looks at these, and at
-    /// every job only now and then.
-    dirty_jobs: Transient<BTreeSet<String>>,
     /// What runs where (derived).
     capacity: Capacity,
-    /// Agents whose assignments changed since the last `take_touched`, with their new version.
-    touched: Transient<Vec<(String, u64)>>,
-    /// Events of the commands applied since the last `take_events`, their index not yet stamped.
-    events: Transient<Vec<Event>>,
-}
-
-/// What the applier hands on after each batch (to long-polls, to the event stream); not part of the state's value.
-#[derive(Clone, Debug, Default)]
-struct Transient<T>(T);
-
-impl<T> PartialEq for Transient<T> {
-    fn eq(&self, _: &Transient<T>) -> bool {
-        true
-    }
+    /// What the command being applied did besides changing the state; empty between commands (`apply` hands it
+    /// out), so it never differs between two equal states.
+    fx: Effects,
 }
 
 impl CellState {
-    pub fn apply(&mut self, cmd: &Command) -> Response {
+    /// Applies one command: its answer, and what it did besides changing the state.
+    pub fn apply(&mut self, cmd: &Command) -> (Response, Effects) {
+        let response = self.apply_one(cmd);
+        (response, std::mem::take(&mut self.fx))
+    }
+
+    fn apply_one(&mut self, cmd: &Command) -> Response {
         let Some(meta) = cmd.meta().filter(|m| !m.request.is_empty()) else { return self.apply_counted(cmd) };
         let horizon = meta.at_ms.saturating_sub(REQUEST_TTL_MS);
         while let Some(((at, id), ())) = self.applied_by_time.first_key_value() {
@@ -122,7 +112,7 @@ impl CellState {
         let before = self.touched(cmd);
         let response = self.apply_inner(cmd);
         let Some((id, was)) = before else { return response };
-        self.dirty_jobs.0.insert(id.clone());
+        self.fx.dirty_jobs.insert(id.clone());
         // One look at the job after the command: its new history entry, if its version moved, and its state.
         let Some(job) = self.jobs.get(&id) else { return response };
         let now = job.state;
@@ -182,11 +172,8 @@ impl CellState {
             accepted: _,
             transient: _,
             ended: _,
-            capacity_seq: _,
-            dirty_jobs: _,
             capacity: _,
-            touched: _,
-            events: _,
+            fx: _,
         } = self;
         SnapshotV2 {
             jobs: jobs.clone(),
@@ -239,12 +226,14 @@ impl CellState {
             }
         }
         self.rebuild_capacity();
+        // Derived, not applied: nothing to hand on (whoever loads a state treats everything as changed).
+        self.fx = Effects::default();
     }
 
     /// Rebuilds fenzo's view from the agents and the tasks on them. Every agent is added eligible first so the
     /// tasks already on a draining or unreachable one are counted, then eligibility is set.
     pub(super) fn rebuild_capacity(&mut self) {
-        self.capacity_seq.0 += 1;
+        self.fx.capacity_moved = true;
         let mut cap = fenzo::ClusterSnapshot::new();
         for a in self.agents.values() {
             if let Err(e) = cap.add_agent(placement::agent(a, true)) {
@@ -265,16 +254,6 @@ impl CellState {
         self.capacity = Capacity(cap);
     }
 
-    /// The jobs changed since the last call (see the `dirty_jobs` field).
-    pub fn take_dirty_jobs(&mut self) -> BTreeSet<String> {
-        std::mem::take(&mut self.dirty_jobs.0)
-    }
-
-    /// See the `capacity_seq` field.
-    pub fn capacity_seq(&self) -> u64 {
-        self.capacity_seq.0
-    }
-
     /// The counter agents' versions are taken from.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -283,11 +262,6 @@ impl CellState {
     /// fenzo's view of the cell: agents, what runs on them, and which take new work.
     pub fn capacity(&self) -> &fenzo::ClusterSnapshot {
         &self.capacity.0
-    }
-
-    /// The events of the commands applied since the last call, for the applier to stamp with their log index.
-    pub fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events.0)
     }
 
     /// The id of the last event made: events up to it came before this state.
@@ -307,7 +281,7 @@ impl CellState {
         at_ms: u64,
     ) {
         self.events_made += 1;
-        self.events.0.push(Event {
+        self.fx.events.push(Event {
             event_id: self.events_made,
             index: 0,
             topic,
@@ -371,7 +345,7 @@ impl CellState {
                 Response::Job(job)
             }
             Command::UpdateJob { id, spec, if_version, meta } => {
-                self.capacity_seq.0 += 1;
+                self.fx.capacity_moved = true;
                 // Tasks made from the spec being replaced keep running as it said until they end.
                 let current = self.jobs.get(id).map(|j| j.spec_version);
                 let keep = current.is_some_and(|v| self.job_tasks.get(id).is_some_and(|s| s.uses_spec(v)));
@@ -399,7 +373,7 @@ impl CellState {
                 job.state = JobState::Killed;
                 job.change(meta, "killed".into())
             }),
-            Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
+            Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply_one(c)).collect()),
             Command::RegisterAgent { registration, meta } => self.register_agent(registration, meta.at_ms),
             Command::Round { round, meta } => Response::Round(self.apply_round(round, meta.at_ms)),
             Command::TaskStatuses { agent, lease_epoch, statuses, meta } => {
@@ -409,9 +383,9 @@ impl CellState {
                 None => Response::Rejected(Rejection::AgentNotFound { id: id.clone() }),
                 Some(a) => {
                     a.state = *state;
-                    self.capacity_seq.0 += 1;
+                    self.fx.capacity_moved = true;
                     let jobs: Vec<String> = self.tasks_on_agent(id).map(|t| t.job_id.clone()).collect();
-                    self.dirty_jobs.0.extend(jobs);
+                    self.fx.dirty_jobs.extend(jobs);
                     let Some(a) = self.agents.get_mut(id) else { return Response::None };
                     let (epoch, eligible) = (a.lease_epoch, a.takes_work());
                     let _ = self.capacity.0.set_eligible(id, eligible);

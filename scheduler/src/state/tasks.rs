@@ -39,8 +39,8 @@ impl CellState {
     /// Puts a task in the derived sets its current fields call for; called after every change to a task.
     pub(super) fn index_task(&mut self, id: &str) {
         let Some(t) = self.tasks.get(id) else { return };
-        if !self.dirty_jobs.0.contains(&t.job_id) {
-            self.dirty_jobs.0.insert(t.job_id.clone());
+        if !self.fx.dirty_jobs.contains(&t.job_id) {
+            self.fx.dirty_jobs.insert(t.job_id.clone());
         }
         let live = !t.is_terminal() && t.desired == Desired::Run;
         let open = (t.is_terminal() || t.desired == Desired::Stop) && t.replaced_by.is_none();
@@ -199,7 +199,7 @@ impl CellState {
         *self.task_counts.entry(to).or_insert(0) += 1;
         if let Some(a) = agent {
             if to.is_terminal() && from.on_agent() {
-                self.capacity_seq.0 += 1;
+                self.fx.capacity_moved = true;
                 let _ = self.capacity.0.release(id);
                 if let Some(set) = self.by_agent.get_mut(&a) {
                     set.remove(id);

@@ -86,26 +86,26 @@ fn accepted_tasks_come_oldest_first_and_the_oldest_is_known_without_a_scan() {
 #[test]
 fn jobs_are_created_changed_and_killed_with_history() {
     let mut s = CellState::default();
-    assert_eq!(s.apply(&put("j1", None, 1)), job("j1", 1));
-    assert_eq!(s.apply(&put("j1", None, 1)), job("j1", 1), "a re-proposed create changes nothing");
+    assert_eq!(s.apply(&put("j1", None, 1)).0, job("j1", 1));
+    assert_eq!(s.apply(&put("j1", None, 1)).0, job("j1", 1), "a re-proposed create changes nothing");
     let scale = |v| Command::SetInstances {
         id: "j1".into(),
         instances: BTreeMap::from([("dc1".to_string(), 5)]),
         if_version: v,
         meta: meta(2),
     };
-    assert_eq!(s.apply(&scale(Some(1))), job("j1", 2));
+    assert_eq!(s.apply(&scale(Some(1))).0, job("j1", 2));
     assert_eq!(
-        s.apply(&scale(Some(1))),
+        s.apply(&scale(Some(1))).0,
         Response::Rejected(Rejection::VersionMismatch { id: "j1".into(), expected: 1, current: 2 })
     );
     assert_eq!(s.job("j1").map(|j| j.view().instances), Some(BTreeMap::from([("dc1".to_string(), 5)])));
     let form = s.job("j1").map(|j| (j.spec.location.clone(), j.spec.locations.clone()));
     assert_eq!(form, Some((Some("dc1:5".to_string()), None)), "the shorthand the job was written with stays");
     let off = Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(3) };
-    assert_eq!(s.apply(&off), job("j1", 3));
-    assert_eq!(s.apply(&Command::KillJob { id: "j1".into(), meta: meta(4) }), job("j1", 4));
-    assert_eq!(s.apply(&off), Response::Rejected(Rejection::Killed { id: "j1".into() }));
+    assert_eq!(s.apply(&off).0, job("j1", 3));
+    assert_eq!(s.apply(&Command::KillJob { id: "j1".into(), meta: meta(4) }).0, job("j1", 4));
+    assert_eq!(s.apply(&off).0, Response::Rejected(Rejection::Killed { id: "j1".into() }));
     let what: Vec<&str> = s.job("j1").map(|j| j.history.iter().map(|h| h.what.as_str()).collect()).unwrap_or_default();
     assert_eq!(what, vec!["created", "instances dc1=5", "disabled", "killed"]);
     assert_eq!((s.count(JobState::Enabled), s.count(JobState::Disabled), s.count(JobState::Killed)), (0, 0, 1));
@@ -114,7 +114,7 @@ fn jobs_are_created_changed_and_killed_with_history() {
     rebuilt.reindex();
     assert_eq!(rebuilt.count(JobState::Killed), 1, "counts are rebuilt from the jobs");
     assert_eq!(
-        s.apply(&Command::KillJob { id: "nope".into(), meta: meta(5) }),
+        s.apply(&Command::KillJob { id: "nope".into(), meta: meta(5) }).0,
         Response::Rejected(Rejection::NotFound { id: "nope".into() })
     );
 }
@@ -122,8 +122,8 @@ fn jobs_are_created_changed_and_killed_with_history() {
 #[test]
 fn idempotency_keys_return_the_first_answer_until_they_expire() {
     let mut s = CellState::default();
-    assert_eq!(s.apply(&put("j1", Some("k"), 10)), job("j1", 1));
-    assert_eq!(s.apply(&put("j2", Some("k"), 20)), job("j1", 1), "a retry gets the first job");
+    assert_eq!(s.apply(&put("j1", Some("k"), 10)).0, job("j1", 1));
+    assert_eq!(s.apply(&put("j2", Some("k"), 20)).0, job("j1", 1), "a retry gets the first job");
     assert_eq!(s.job_count(), 1);
     let other = Command::PutJob {
         id: "j3".into(),
@@ -131,8 +131,12 @@ fn idempotency_keys_return_the_first_answer_until_they_expire() {
         idempotency_key: Some("k".into()),
         meta: meta(30),
     };
-    assert_eq!(s.apply(&other), Response::Rejected(Rejection::IdempotencyKeyReused { key: "k".into() }));
-    assert_eq!(s.apply(&put("j4", Some("k"), 10 + IDEMPOTENCY_TTL_MS + 1)), job("j4", 1), "expired keys are forgotten");
+    assert_eq!(s.apply(&other).0, Response::Rejected(Rejection::IdempotencyKeyReused { key: "k".into() }));
+    assert_eq!(
+        s.apply(&put("j4", Some("k"), 10 + IDEMPOTENCY_TTL_MS + 1)).0,
+        job("j4", 1),
+        "expired keys are forgotten"
+    );
 }
 
 #[test]
@@ -144,7 +148,7 @@ fn a_batch_applies_in_order_and_answers_each_command() {
         Command::KillJob { id: "j1".into(), meta: meta(3) },
     ]);
     assert_eq!(
-        s.apply(&batch),
+        s.apply(&batch).0,
         Response::Batch(vec![job("j1", 1), job("j1", 2), Response::Rejected(Rejection::Killed { id: "j1".into() })])
     );
 }
@@ -156,15 +160,15 @@ fn every_event_of_a_batch_has_its_own_id_and_a_snapshot_goes_on_counting() {
         create: ["t1", "t2", "t3"].iter().map(|id| NewTask::fresh(id.to_string(), "j1", None)).collect(),
         ..Round::default()
     });
-    s.apply(&Command::Batch(vec![put("j1", None, 1), Command::Round { round, meta: meta(2) }]));
-    let ids: Vec<u64> = s.take_events().iter().map(|e| e.event_id).collect();
+    let (_, fx) = s.apply(&Command::Batch(vec![put("j1", None, 1), Command::Round { round, meta: meta(2) }]));
+    let ids: Vec<u64> = fx.events.iter().map(|e| e.event_id).collect();
     assert_eq!(ids, vec![1, 2, 3, 4], "one entry, four events, four ids");
     let mut copy = Vec::new();
     crate::snapshot::write(&mut copy, &s.snapshot()).expect("serializes");
     let mut back = CellState::from_snapshot(crate::snapshot::read(&copy).expect("deserializes"));
     assert_eq!(back.events_made(), 4);
-    back.apply(&Command::KillJob { id: "j1".into(), meta: meta(3) });
-    assert_eq!(back.take_events().first().map(|e| e.event_id), Some(5), "the count is replicated");
+    let (_, fx) = back.apply(&Command::KillJob { id: "j1".into(), meta: meta(3) });
+    assert_eq!(fx.events.first().map(|e| e.event_id), Some(5), "the count is replicated");
 }
 
 #[test]
@@ -179,8 +183,8 @@ fn agents_register_and_every_registration_raises_the_epoch() {
         running: vec![],
     };
     let cmd = Command::RegisterAgent { registration: Box::new(reg), meta: meta(5) };
-    assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 1 });
-    assert_eq!(s.apply(&cmd), Response::Agent { id: "a1".into(), lease_epoch: 2 });
+    assert_eq!(s.apply(&cmd).0, Response::Agent { id: "a1".into(), lease_epoch: 1 });
+    assert_eq!(s.apply(&cmd).0, Response::Agent { id: "a1".into(), lease_epoch: 2 });
     assert_eq!(s.agent("a1").map(|a| (a.state, a.registered_at_ms)), Some((AgentState::Active, 5)));
 }
 
@@ -193,10 +197,10 @@ fn a_re_proposed_request_is_answered_not_applied_again() {
         enabled: false,
         meta: Meta { request: request.into(), ..meta(at) },
     };
-    assert_eq!(s.apply(&kill("r1", 10)), job("j1", 2));
-    assert_eq!(s.apply(&kill("r1", 10)), job("j1", 2), "the same request again: the first answer");
+    assert_eq!(s.apply(&kill("r1", 10)).0, job("j1", 2));
+    assert_eq!(s.apply(&kill("r1", 10)).0, job("j1", 2), "the same request again: the first answer");
     assert_eq!(s.job("j1").map(|j| j.history.len()), Some(2), "applied once");
-    assert_eq!(s.apply(&kill("r2", 20)), job("j1", 3), "a new request is applied");
+    assert_eq!(s.apply(&kill("r2", 20)).0, job("j1", 3), "a new request is applied");
     // Remembered ids expire, so the memory they take is bounded by the rate of writes.
     s.apply(&kill("r3", 20 + REQUEST_TTL_MS + 1));
     assert!(!s.applied.contains_key("r1"));
