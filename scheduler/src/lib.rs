@@ -5,10 +5,12 @@
 //! Architecture invariant: the scheduler talks to agents and clients only through `titan-api` types; it never
 //! depends on the agent crate.
 
+pub mod agent;
 pub mod clock;
 pub mod command;
 pub mod config;
 pub mod desired;
+pub mod job;
 pub mod member;
 pub mod metrics;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only

@@ -7,7 +7,7 @@
 use crate::spec::{Constraint as SpecConstraint, Operator, Spec};
 use fenzo::{By, ClusterSnapshot, Constraint, TaskRequest};
 
-use crate::state::AgentRecord;
+use crate::agent::AgentRecord;
 use crate::task::{Ask, TaskRecord};
 
 /// The attribute every agent carries with its own id, so a task can be pinned to one agent.

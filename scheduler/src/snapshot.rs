@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::agent::AgentRecord;
 use crate::command::Response;
+use crate::job::{JobRecord, Remembered};
 use crate::spec::Spec;
-use crate::state::{AgentRecord, JobRecord, Remembered};
 use crate::task::TaskRecord;
 
 /// The format this build writes.

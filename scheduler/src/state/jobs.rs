@@ -1,5 +1,4 @@
-//! Jobs as the cell stores them: the record with its history, the job commands' rules (`If-Match`, killed jobs),
-//! idempotency keys, and job listings.
+//! Jobs in the state: the job commands' rules (`If-Match`, killed jobs), idempotency keys, and job listings.
 
 use super::*;
 
@@ -7,83 +6,6 @@ use super::*;
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// How long applied request ids are remembered: longer than any proposer retries a command.
 pub const REQUEST_TTL_MS: u64 = 60 * 1000;
-/// History entries kept per job; older ones are dropped first.
-pub const MAX_HISTORY: usize = 1_000;
-
-/// A job with its state and history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub id: String,
-    pub spec: Arc<Spec>,
-    /// Instances per location: what the cells run. Resolved once from the spec's `location` or `locations`
-    /// (the user's form, kept for display) when the spec or the counts are written.
-    pub counts: BTreeMap<String, u32>,
-    pub version: u64,
-    pub state: JobState,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
-    pub history: Vec<HistoryEntry>,
-    /// For a scheduled job: the latest tick handled (run or skipped), and the run whose tasks count now.
-    #[serde(default)]
-    pub last_tick_ms: Option<u64>,
-    #[serde(default)]
-    pub current_run: Option<u64>,
-    /// The job version at which the spec itself last changed (not counts or state): tasks made from an older
-    /// one are rolled over to it. 0 in records from before rolling updates: nothing rolls.
-    #[serde(default)]
-    pub spec_version: u64,
-    /// Earlier specs that tasks not yet ended were made from, by spec version: a task is run as the spec it was
-    /// made from said, not as a later one does (dropped once no such task is left).
-    pub older_specs: BTreeMap<u64, Arc<Spec>>,
-}
-
-impl JobRecord {
-    pub fn view(&self) -> JobView {
-        JobView {
-            id: self.id.clone(),
-            version: self.version,
-            state: self.state,
-            instances: self.counts.clone(),
-            spec: titan_api::job::JobSpec::from(self.spec.as_ref()),
-            created_at_ms: self.created_at_ms,
-            updated_at_ms: self.updated_at_ms,
-            tasks: None,
-            current_run_ms: self.current_run,
-        }
-    }
-
-    /// The spec a task made at `spec_version` runs as: an older one while tasks made from it live, else the
-    /// current one.
-    pub fn spec_for(&self, spec_version: u64) -> &Spec {
-        self.older_specs.get(&spec_version).unwrap_or(&self.spec)
-    }
-
-    pub(super) fn change(&mut self, meta: &Meta, what: String) -> JobRef {
-        self.version += 1;
-        self.updated_at_ms = meta.at_ms;
-        self.history.push(HistoryEntry {
-            version: self.version,
-            at_ms: meta.at_ms,
-            who: meta.who.clone(),
-            why: meta.why.clone(),
-            what,
-        });
-        if self.history.len() > MAX_HISTORY {
-            let excess = self.history.len() - MAX_HISTORY;
-            self.history.drain(..excess);
-        }
-        JobRef { id: self.id.clone(), version: self.version }
-    }
-}
-
-/// What an `Idempotency-Key` was used for: the job it made, a hash of the spec it came with, and when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Remembered {
-    pub job: JobRef,
-    pub fingerprint: u64,
-    pub at_ms: u64,
-}
-
 pub(super) fn fingerprint(spec: &Spec) -> u64 {
     fenzo::fnv1a(&serde_json::to_vec(spec).expect("a Spec always serializes"))
 }

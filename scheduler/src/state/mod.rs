@@ -12,17 +12,16 @@
 use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use titan_api::agent::{AgentRegistration, AgentState};
 use titan_api::event::{Event, Topic};
 use titan_api::task::{Desired, Reason, TaskState, TaskStatus};
 
-use crate::command::{Command, Meta, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
+use crate::command::{Command, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
 use crate::placement::{self, Capacity};
 use crate::snapshot::SnapshotV2;
 use crate::spec::Spec;
 use crate::task::TaskRecord;
-use titan_api::view::{HistoryEntry, JobRef, JobState, JobView, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use titan_api::view::{JobRef, JobState, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 mod agents;
 mod effects;
@@ -32,10 +31,11 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use agents::AgentRecord;
+pub use crate::agent::AgentRecord;
+pub use crate::job::{JobRecord, Remembered, MAX_HISTORY};
 pub use effects::{Changes, Effects};
 use jobs::{describe, fingerprint};
-pub use jobs::{JobRecord, Remembered, IDEMPOTENCY_TTL_MS, MAX_HISTORY, REQUEST_TTL_MS};
+pub use jobs::{IDEMPOTENCY_TTL_MS, REQUEST_TTL_MS};
 pub use tasks::JobTasks;
 
 /// Everything the cell replicates.

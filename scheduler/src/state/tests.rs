@@ -3,6 +3,8 @@
 use super::*;
 use titan_api::job::{BodyFormat, JobSpec};
 
+use crate::command::Meta;
+
 fn spec(name: &str, app: &str) -> Arc<Spec> {
     let body = format!(
         r#"{{"name":"{name}","applicationName":"{app}","location":"dc1:2,dc2:1","cpus":1,"memory":512,"image":"busybox"}}"#

@@ -1,6 +1,9 @@
-//! Keeps fenzo's modules a one-way graph: every `crate::module` path in `src/*.rs` is an edge, and no chain
-//! of edges may lead back to where it started. `pipeline` sits on top and imports the stages; the stages
-//! import the shared types, the snapshot and the request, never the pipeline.
+//! Keeps the modules of `fenzo` and `scheduler` a one-way graph: every `crate::module` path in a module's files
+//! is an edge (a directory module's files all count as that module's), and no chain of edges may lead back to
+//! where it started. In fenzo, `pipeline` sits on top and imports the stages; the stages import the shared types,
+//! the snapshot and the request, never the pipeline. In the scheduler, records (`job`, `task`, `agent`) sit below
+//! `state`, `state` below `reconcile`, and `member` on top: a module a lower one needs declares it (as
+//! `scheduling::Host`) rather than naming the module above.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -50,14 +53,31 @@ fn first_segment(path: &str) -> String {
     path.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
 }
 
-/// Reads `src/`; a `crate::` path whose first segment is not a module file is a failure of its own, since a
-/// re-export from the crate root would hide the edge.
+/// Every `.rs` file under `dir`, concatenated.
+fn sources_under(dir: &Path) -> Result<String, String> {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() {
+            text.push_str(&sources_under(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            text.push_str(&std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+            text.push('\n');
+        }
+    }
+    Ok(text)
+}
+
+/// Reads `src/`, a module per file or directory; a `crate::` path whose first segment is not a module is a
+/// failure of its own, since a re-export from the crate root would hide the edge.
 fn graph_of(src: &Path) -> Result<Graph, String> {
     let mut sources = BTreeMap::new();
     for entry in std::fs::read_dir(src).map_err(|e| format!("{}: {e}", src.display()))? {
         let path = entry.map_err(|e| e.to_string())?.path();
         let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-        if path.extension().is_some_and(|e| e == "rs") && name != "lib" {
+        if path.is_dir() {
+            sources.insert(name.to_string(), sources_under(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main" {
             let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             sources.insert(name.to_string(), text);
         }
@@ -67,7 +87,7 @@ fn graph_of(src: &Path) -> Result<Graph, String> {
         let edges = graph.entry(module.clone()).or_default();
         for named in named_modules(text) {
             if !sources.contains_key(&named) {
-                return Err(format!("{module}.rs names crate::{named}: name the module that defines it instead"));
+                return Err(format!("{module} names crate::{named}: name the module that defines it instead"));
             }
             if named != *module {
                 edges.insert(named);
@@ -120,9 +140,23 @@ fn graph(edges: &[(&str, &[&str])]) -> Graph {
     edges.iter().map(|(m, to)| (m.to_string(), to.iter().map(|t| t.to_string()).collect())).collect()
 }
 
+fn src_of(krate: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(krate).join("src")
+}
+
+#[test]
+fn scheduler_modules_import_one_way() {
+    let src = src_of("scheduler");
+    let graph = graph_of(&src).expect("every crate:: path names a module");
+    assert!(graph.len() > 15, "read too few modules from {}: {:?}", src.display(), graph.keys());
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("the scheduler's modules import in a circle: {}", cycle.join(" -> "));
+    }
+}
+
 #[test]
 fn fenzo_modules_import_one_way() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = src_of("fenzo");
     let graph = graph_of(&src).expect("every crate:: path names a module file");
     assert!(graph.len() > 10, "read too few modules from {}: {:?}", src.display(), graph.keys());
     if let Some(cycle) = find_cycle(&graph) {
@@ -132,7 +166,7 @@ fn fenzo_modules_import_one_way() {
 
 #[test]
 fn pipeline_is_imported_by_no_module() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = src_of("fenzo");
     let graph = graph_of(&src).expect("every crate:: path names a module file");
     let importers: Vec<&String> = graph.iter().filter(|(_, to)| to.contains("pipeline")).map(|(m, _)| m).collect();
     assert!(importers.is_empty(), "the pipeline is the top; these modules import it: {importers:?}");
