@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use titan_api::agent::{AgentRegistration, AgentState};
-use titan_api::task::{Reason, TaskState, TaskStatus};
+use titan_api::agent::AgentState;
+use titan_api::task::{Reason, TaskHealth, TaskState, TaskStatus};
 use titan_api::view::JobRef;
 
 use crate::spec::Spec;
@@ -61,7 +61,7 @@ pub enum Command {
     Batch(Vec<Command>),
     /// An agent registers or re-registers: its lease epoch goes up by one.
     RegisterAgent {
-        registration: Box<AgentRegistration>,
+        registration: Box<crate::agent::Registration>,
         meta: Meta,
     },
     /// The leader's decisions of one scheduling round, re-validated as they apply.
@@ -73,7 +73,7 @@ pub enum Command {
     TaskStatuses {
         agent: String,
         lease_epoch: u64,
-        statuses: Vec<TaskStatus>,
+        statuses: Vec<Status>,
         meta: Meta,
     },
     /// A user asks for one task to stop.
@@ -252,4 +252,35 @@ pub enum Response {
     },
     /// Blank and membership entries.
     None,
+}
+
+/// What an agent observed of one task, as log entries carry it: owned here, in the shape entries have always had,
+/// converted from the REST form at the edge. The state names, reasons and health are the wire's enums, whose
+/// serialized names are part of the API and never change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub task_id: String,
+    pub state: TaskState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default = "unknown_health")]
+    pub health: TaskHealth,
+    /// When the agent saw it (its clock).
+    pub at_ms: u64,
+}
+
+fn unknown_health() -> TaskHealth {
+    TaskHealth::Unknown
+}
+
+impl From<TaskStatus> for Status {
+    fn from(s: TaskStatus) -> Status {
+        let TaskStatus { task_id, state, reason, message, exit_code, health, at_ms } = s;
+        Status { task_id, state, reason, message, exit_code, health, at_ms }
+    }
 }

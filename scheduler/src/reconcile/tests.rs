@@ -37,7 +37,7 @@ fn register_with_effects(s: &mut CellState, id: &str, cpus: f64, running: Vec<St
         attributes: Default::default(),
         running,
     };
-    match s.apply(&Command::RegisterAgent { registration: Box::new(registration), meta: meta(at) }) {
+    match s.apply(&Command::RegisterAgent { registration: Box::new(registration.into()), meta: meta(at) }) {
         (Response::Agent { lease_epoch, .. }, fx) => (lease_epoch, fx),
         (other, _) => panic!("{other:?}"),
     }
@@ -107,7 +107,7 @@ impl World {
         let agent = self.state.task(&status.task_id).and_then(|t| t.agent.clone()).expect("placed");
         let epoch = self.state.agent(&agent).map(|a| a.lease_epoch).unwrap_or(0);
         let at = status.at_ms;
-        let cmd = Command::TaskStatuses { agent, lease_epoch: epoch, statuses: vec![status], meta: meta(at) };
+        let cmd = Command::TaskStatuses { agent, lease_epoch: epoch, statuses: vec![status.into()], meta: meta(at) };
         let (answer, fx) = self.state.apply(&cmd);
         assert_eq!(answer, Response::Statuses { applied: 1, ignored: 0 });
         fx
@@ -455,7 +455,7 @@ fn an_unhealthy_service_task_is_replaced_once_spending_a_retry() {
         health: TaskHealth::Unhealthy,
         at_ms: 30,
     };
-    let cmd = Command::TaskStatuses { agent: "a1".into(), lease_epoch: 1, statuses: vec![sick], meta: meta(30) };
+    let cmd = Command::TaskStatuses { agent: "a1".into(), lease_epoch: 1, statuses: vec![sick.into()], meta: meta(30) };
     w.state.apply(&cmd);
     let d = w.round(40);
     assert_eq!(d.round.stop, vec![(t.id.clone(), Reason::Unhealthy)]);

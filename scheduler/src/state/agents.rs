@@ -41,7 +41,7 @@ impl CellState {
         self.bump(agent);
     }
 
-    pub(super) fn register_agent(&mut self, registration: &AgentRegistration, at_ms: u64) -> Response {
+    pub(super) fn register_agent(&mut self, registration: &crate::agent::Registration, at_ms: u64) -> Response {
         self.fx.capacity_moved = true;
         let id = registration.id.clone();
         let previous = self.agents.get(&id);

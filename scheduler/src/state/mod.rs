@@ -12,9 +12,9 @@
 use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use titan_api::agent::{AgentRegistration, AgentState};
+use titan_api::agent::AgentState;
 use titan_api::event::{Event, Topic};
-use titan_api::task::{Desired, Reason, TaskState, TaskStatus};
+use titan_api::task::{Desired, Reason, TaskState};
 
 use crate::command::{Command, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
 use crate::placement::{self, Capacity};

@@ -283,7 +283,7 @@ impl CellState {
         &mut self,
         agent: &str,
         lease_epoch: u64,
-        statuses: &[TaskStatus],
+        statuses: &[crate::command::Status],
         at_ms: u64,
     ) -> Response {
         let Some(a) = self.agents.get(agent) else {
@@ -307,7 +307,7 @@ impl CellState {
         Response::Statuses { applied, ignored }
     }
 
-    pub(super) fn apply_status(&mut self, agent: &str, s: &TaskStatus, at_ms: u64) -> bool {
+    pub(super) fn apply_status(&mut self, agent: &str, s: &crate::command::Status, at_ms: u64) -> bool {
         let Some(t) = self.tasks.get_mut(&s.task_id).map(Arc::make_mut) else { return false };
         if t.agent.as_deref() != Some(agent) || t.is_terminal() {
             return false;

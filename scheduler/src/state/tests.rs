@@ -184,7 +184,7 @@ fn agents_register_and_every_registration_raises_the_epoch() {
         attributes: Default::default(),
         running: vec![],
     };
-    let cmd = Command::RegisterAgent { registration: Box::new(reg), meta: meta(5) };
+    let cmd = Command::RegisterAgent { registration: Box::new(reg.into()), meta: meta(5) };
     assert_eq!(s.apply(&cmd).0, Response::Agent { id: "a1".into(), lease_epoch: 1 });
     assert_eq!(s.apply(&cmd).0, Response::Agent { id: "a1".into(), lease_epoch: 2 });
     assert_eq!(s.agent("a1").map(|a| (a.state, a.registered_at_ms)), Some((AgentState::Active, 5)));

@@ -8,6 +8,7 @@ impl AgentsApi for Cell {
             let id = registration.id.clone();
             let at_ms = now_ms();
             let meta = Meta { who: format!("agent:{id}"), why: None, at_ms, request: uuid::Uuid::new_v4().to_string() };
+            let registration = crate::agent::Registration::from(registration);
             let cmd = Command::RegisterAgent { registration: Box::new(registration.clone()), meta };
             let Registered { lease_epoch } = self.commit_as(cmd).await?;
             tracing::info!(agent = %id, lease_epoch, "agent registered");
@@ -87,7 +88,12 @@ impl AgentsApi for Cell {
                 at_ms: now_ms(),
                 request: uuid::Uuid::new_v4().to_string(),
             };
-            let cmd = Command::TaskStatuses { agent, lease_epoch: report.lease_epoch, statuses: report.statuses, meta };
+            let cmd = Command::TaskStatuses {
+                agent,
+                lease_epoch: report.lease_epoch,
+                statuses: report.statuses.into_iter().map(Into::into).collect(),
+                meta,
+            };
             self.commit_as::<StatusAck>(cmd).await
         })
     }

@@ -59,7 +59,7 @@ impl Cell {
             cell: self.config.cell.clone(),
             hostname: r.hostname.clone(),
             addr: r.addr.clone(),
-            resources: r.resources.clone(),
+            resources: (&r.resources).into(),
             attributes: r.attributes.clone(),
             state: a.state,
             lease_epoch: a.lease_epoch,
