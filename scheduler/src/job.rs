@@ -7,6 +7,26 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use titan_api::view::{HistoryEntry, JobRef, JobState, JobView};
 
+/// One change to a job, as the record keeps it: who made it, why, when, and what it was. Owned here, in the shape
+/// records have always had; `HistoryEntry` is its REST form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub version: u64,
+    pub at_ms: u64,
+    pub who: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    pub what: String,
+}
+
+impl From<&Change> for HistoryEntry {
+    fn from(c: &Change) -> HistoryEntry {
+        let Change { version, at_ms, who, why, what } = c.clone();
+        HistoryEntry { version, at_ms, who, why, what }
+    }
+}
+
 use crate::command::Meta;
 use crate::spec::Spec;
 
@@ -25,7 +45,7 @@ pub struct JobRecord {
     pub state: JobState,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
-    pub history: Vec<HistoryEntry>,
+    pub history: Vec<Change>,
     /// For a scheduled job: the latest tick handled (run or skipped), and the run whose tasks count now.
     #[serde(default)]
     pub last_tick_ms: Option<u64>,
@@ -64,7 +84,7 @@ impl JobRecord {
     pub(crate) fn change(&mut self, meta: &Meta, what: String) -> JobRef {
         self.version += 1;
         self.updated_at_ms = meta.at_ms;
-        self.history.push(HistoryEntry {
+        self.history.push(Change {
             version: self.version,
             at_ms: meta.at_ms,
             who: meta.who.clone(),

@@ -52,7 +52,10 @@ impl JobsApi for Cell {
 
     fn job_history(&self, id: String) -> ApiResult<'_, Vec<HistoryEntry>> {
         Box::pin(async move {
-            self.read().job(&id).map(|j| j.history.clone()).ok_or_else(|| ApiError::not_found("job", &id))
+            self.read()
+                .job(&id)
+                .map(|j| j.history.iter().map(HistoryEntry::from).collect())
+                .ok_or_else(|| ApiError::not_found("job", &id))
         })
     }
 
