@@ -557,6 +557,21 @@ fn print_cluster(json: bool, c: &ClusterView) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> =
         c.members.iter().map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()]).collect();
     say!("{}", table(&["ID", "ADDRESS", "ROLE"], &rows));
+    if !c.workers.is_empty() {
+        let rows: Vec<Vec<String>> = c
+            .workers
+            .iter()
+            .map(|w| {
+                let last = w.last_error.as_deref().map(|e| format!("last error: {e}")).unwrap_or_default();
+                vec![w.name.clone(), w.state.clone(), w.steps.to_string(), w.errors.to_string(), w.status.clone(), last]
+            })
+            .collect();
+        say!(
+            "\nworkers of member {}\n{}",
+            c.node_id,
+            table(&["WORKER", "STATE", "STEPS", "ERRORS", "STATUS", ""], &rows)
+        );
+    }
     Ok(())
 }
 

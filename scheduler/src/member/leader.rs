@@ -83,8 +83,15 @@ impl Cell {
             None => return Err(ApiError::new(ErrorCode::NotLeader, "no leader is elected")),
         };
         let body = codec::encode(call).map_err(|e| ApiError::internal(e.to_string()))?;
+        // `not_leader` sends clients to the leader itself (they ask this member which one it is), which also
+        // serves a leader of the previous version: it answers these over its public API, not over the stream.
         let unanswered = |e: String| {
-            ApiError::new(ErrorCode::Unavailable, format!("the leader (member {leader}) did not answer: {e}"))
+            ApiError::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "the leader (member {leader} at {addr}) did not answer over the Raft stream: {e}; ask it directly"
+                ),
+            )
         };
         let bytes = self.streams.call(&leader, &addr, LEADER, &body, timeout).await.map_err(|e| {
             tracing::debug!(call = call.kind(), leader = %leader, error = %e, "a call to the leader failed");

@@ -110,6 +110,12 @@ impl crate::worker::Worker for MetricsWorker {
         "metrics".into()
     }
 
+    fn status(&self) -> String {
+        let m = self.changes.borrow();
+        let leader = m.current_leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
+        format!("term {}, leader {leader}, applied {}", m.current_term, m.last_applied.map(|l| l.index).unwrap_or(0))
+    }
+
     async fn wait(&mut self) -> crate::worker::Next {
         tokio::select! {
             changed = self.changes.changed() => {
