@@ -36,6 +36,9 @@ pub struct ServerArgs {
     /// Where the Raft log, vote and snapshots live.
     #[arg(long, env = "TITAN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The other cells of the federation: CELL=HOST:PORT[|HOST:PORT...],... (`[federation] cells` in TOML).
+    #[arg(long, env = "TITAN_FEDERATION")]
+    federation: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -48,6 +51,10 @@ pub struct DevArgs {
     /// Where the dev cell keeps its data (kept across runs).
     #[arg(long, env = "TITAN_DATA_DIR", default_value = crate::DEV_DATA_DIR)]
     data_dir: PathBuf,
+    /// Run a federation of single-member cells with these names instead (e.g. `dc1,dc2,dc3`), on consecutive
+    /// port pairs from `--listen` (a cell, then its local agent), each with its data under `--data-dir/<cell>`.
+    #[arg(long, env = "TITAN_DEV_CELLS", value_delimiter = ',')]
+    cells: Vec<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -208,6 +215,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     raft: Option<RaftTuning>,
     scheduler: Option<titan_scheduler::config::SchedulerConfig>,
+    federation: Option<titan_scheduler::federation::FederationConfig>,
 }
 
 fn init_logging(log: &LogArgs) {
@@ -241,6 +249,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(p) => parse_peers(p).map_err(|e| anyhow::anyhow!("--peers: {e}"))?,
         None => Default::default(),
     };
+    let mut federation = file.federation.unwrap_or_default();
+    if let Some(cells) = &args.federation {
+        federation.cells =
+            titan_scheduler::federation::parse_cells(cells).map_err(|e| anyhow::anyhow!("--federation: {e}"))?;
+    }
     let config = CellConfig {
         cell: args.cell.or(file.cell).context("--cell is required")?,
         node_id: args.node_id.or(file.node_id).context("--node-id is required")?,
@@ -249,22 +262,42 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.or(file.data_dir).context("--data-dir is required")?,
         raft: file.raft.unwrap_or_default(),
         scheduler: file.scheduler.unwrap_or_default(),
+        federation,
     };
     serve(config, false).await
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     init_logging(&args.log);
-    let config = CellConfig {
-        cell: "dev".into(),
+    let one = |cell: &str, listen: SocketAddr, data_dir: PathBuf| CellConfig {
+        cell: cell.into(),
         node_id: 1,
-        listen: args.listen,
-        peers: [(1, args.listen)].into_iter().collect(),
-        data_dir: args.data_dir,
+        listen,
+        peers: [(1, listen)].into_iter().collect(),
+        data_dir,
         raft: RaftTuning::default(),
         scheduler: Default::default(),
+        federation: Default::default(),
     };
-    serve(config, true).await
+    if args.cells.is_empty() {
+        return serve(one("dev", args.listen, args.data_dir), true).await;
+    }
+    // A federation on this machine: cell i listens at port + 2i, its local agent at the port after it.
+    let listen_of = |i: usize| -> anyhow::Result<SocketAddr> {
+        let port = u16::try_from(usize::from(args.listen.port()) + 2 * i).context("--listen: no ports left")?;
+        Ok(SocketAddr::new(args.listen.ip(), port))
+    };
+    let mut configs = Vec::new();
+    for (i, cell) in args.cells.iter().enumerate() {
+        let mut config = one(cell, listen_of(i)?, args.data_dir.join(cell));
+        for (j, other) in args.cells.iter().enumerate().filter(|(j, _)| *j != i) {
+            config.federation.cells.insert(other.clone(), vec![listen_of(j)?]);
+        }
+        configs.push(config);
+    }
+    let cells = configs.into_iter().map(|c| serve(c, true));
+    futures_util::future::try_join_all(cells).await?;
+    Ok(())
 }
 
 async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
@@ -299,9 +332,15 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
             }
             Err(e) => eprintln!("titan dev: no local agent: {e:#}"),
         }
-        println!("Titan dev cell is ready at {url} (data in {})", config.data_dir.display());
-        println!("Try:  titan job run examples/hello.yaml && titan job list");
-        println!("  or: curl -s {url}/v1/jobs -H 'content-type: application/yaml' --data-binary @examples/hello.yaml");
+        if config.federation.is_federated() {
+            println!("cell {} ready at {url} (data in {})", config.cell, config.data_dir.display());
+        } else {
+            println!("Titan dev cell is ready at {url} (data in {})", config.data_dir.display());
+            println!("Try:  titan job run examples/hello.yaml && titan job list");
+            println!(
+                "  or: curl -s {url}/v1/jobs -H 'content-type: application/yaml' --data-binary @examples/hello.yaml"
+            );
+        }
     }
     tokio::select! {
         served = &mut server => served.context("server task")??,

@@ -1,7 +1,7 @@
 //! A member upgraded in place: today's build starts on a data directory written by the build before the scheduler
 //! had its own log and snapshot types (`tests/fixtures/v1-cell`: a format 1 snapshot and log entries after it),
-//! answers for its jobs and tasks exactly what that build answered, writes a format 2 snapshot of its own, and
-//! starts again from that.
+//! answers for its jobs and tasks exactly what that build answered, writes a snapshot in the current format of its
+//! own, and starts again from that.
 
 mod common;
 
@@ -99,9 +99,9 @@ async fn a_store_written_by_the_previous_build_loads_and_moves_to_the_new_snapsh
         let job = client.submit_raw(spec(&format!("new-{i}")).into_bytes(), BodyFormat::Json, None).await;
         made.push(job.expect("a new job on the upgraded store").id);
     }
-    eventually(Duration::from_secs(20), "a format 2 snapshot", || {
+    eventually(Duration::from_secs(20), "a format 3 snapshot", || {
         let formats = snapshot_formats(&dir);
-        async move { formats == vec![2] }
+        async move { formats == vec![u64::from(titan_scheduler::snapshot::FORMAT)] }
     })
     .await;
 

@@ -25,6 +25,10 @@ pub struct Meta {
     /// all) is answered from the first application instead of applied twice. Empty: no deduplication.
     #[serde(default)]
     pub request: String,
+    /// The cell whose member proposed it: the origin of the versions its writes get. Empty in entries from before
+    /// federation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cell: String,
 }
 
 /// A change to the cell's state, as committed in the Raft log.
@@ -85,6 +89,16 @@ pub enum Command {
     SetAgentState {
         id: String,
         state: AgentState,
+        meta: Meta,
+    },
+    /// Jobs another cell pushed (federation): merged register by register, the higher version winning; the
+    /// sender's outbox is then merged up to `upto`. Versions more than `max_skew_ms` ahead of `meta.at_ms` (the
+    /// receiving member's time, decided before proposing) are refused.
+    Merge {
+        from: String,
+        upto: u64,
+        jobs: Vec<crate::federation::ReplicatedJob>,
+        max_skew_ms: u64,
         meta: Meta,
     },
 }
@@ -186,7 +200,8 @@ impl Command {
             | Command::Round { meta, .. }
             | Command::TaskStatuses { meta, .. }
             | Command::KillTask { meta, .. }
-            | Command::SetAgentState { meta, .. } => Some(meta),
+            | Command::SetAgentState { meta, .. }
+            | Command::Merge { meta, .. } => Some(meta),
             Command::Batch(_) => None,
         }
     }
@@ -250,6 +265,8 @@ pub enum Response {
     Task {
         id: String,
     },
+    /// What a merge of another cell's jobs did.
+    Merged(MergeOutcome),
     /// Blank and membership entries.
     None,
 }
@@ -283,4 +300,17 @@ impl From<TaskStatus> for Status {
         let TaskStatus { task_id, state, reason, message, exit_code, health, at_ms } = s;
         Status { task_id, state, reason, message, exit_code, health, at_ms }
     }
+}
+
+/// What merging one pushed batch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeOutcome {
+    /// Jobs where at least one register took the incoming write.
+    pub changed: u32,
+    /// Jobs that changed nothing here (already as new, or newer).
+    pub unchanged: u32,
+    /// Jobs refused, with why (a version too far ahead).
+    pub refused: Vec<(String, String)>,
+    /// How far this cell has now merged the sender's outbox.
+    pub position: u64,
 }

@@ -82,6 +82,9 @@ pub struct CellConfig {
     pub raft: RaftTuning,
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// The other cells (`[federation]`); none for a standalone cell.
+    #[serde(default)]
+    pub federation: crate::federation::FederationConfig,
 }
 
 /// A configuration rule that does not hold.
@@ -111,6 +114,8 @@ pub enum ConfigError {
     MaxPlacements,
     #[error("scheduler: need min_round_interval_ms <= max_round_interval_ms and max above 0, got {min} and {max}")]
     RoundInterval { min: u64, max: u64 },
+    #[error(transparent)]
+    Federation(#[from] crate::federation::FederationError),
 }
 
 impl CellConfig {
@@ -150,6 +155,7 @@ impl CellConfig {
             return Err(ConfigError::MemberCatchUp);
         }
         self.scheduler.validate()?;
+        self.federation.validate(&self.cell)?;
         Ok(())
     }
 }
@@ -298,6 +304,7 @@ mod tests {
             data_dir: "/tmp/x".into(),
             raft: RaftTuning::default(),
             scheduler: Default::default(),
+            federation: Default::default(),
         }
     }
 

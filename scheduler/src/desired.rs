@@ -32,7 +32,7 @@ mod tests {
     use crate::spec::Spec;
 
     fn meta() -> Meta {
-        Meta { who: "alice".into(), why: None, at_ms: 1, request: String::new() }
+        Meta { who: "alice".into(), why: None, at_ms: 1, request: String::new(), cell: String::new() }
     }
 
     fn put(state: &mut CellState, id: &str, location: &str) {
@@ -67,6 +67,13 @@ mod tests {
             meta: meta(),
         });
         check(&state, "dc1", &[("web", 5)]);
+        check(&state, "dc2", &[("web", 40), ("api", 3)]);
+        state.apply(&Command::SetInstances {
+            id: "web".into(),
+            instances: BTreeMap::from([("dc2".into(), 0)]),
+            if_version: None,
+            meta: meta(),
+        });
         check(&state, "dc2", &[("api", 3)]);
         state.apply(&Command::KillJob { id: "api".into(), meta: meta() });
         check(&state, "dc2", &[]);

@@ -28,6 +28,7 @@ impl From<&Change> for HistoryEntry {
 }
 
 use crate::command::Meta;
+use crate::federation::JobVersions;
 use crate::spec::Spec;
 
 /// History entries kept per job; older ones are dropped first.
@@ -58,6 +59,13 @@ pub struct JobRecord {
     /// Earlier specs that tasks not yet ended were made from, by spec version: a task is run as the spec it was
     /// made from said, not as a later one does (dropped once no such task is left).
     pub older_specs: BTreeMap<u64, Arc<Spec>>,
+    /// The version of each replicated register (federation). Records from before it are migrated with versions
+    /// older than any new write (`snapshot`).
+    #[serde(default)]
+    pub versions: JobVersions,
+    /// The cell the job was submitted to.
+    #[serde(default)]
+    pub origin: String,
 }
 
 impl JobRecord {

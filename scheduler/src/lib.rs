@@ -10,6 +10,7 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod desired;
+pub mod federation;
 pub mod job;
 pub mod member;
 pub mod metrics;

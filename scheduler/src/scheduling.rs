@@ -250,7 +250,13 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
     }
     let retries = decision.retries_placed;
     let counts = (r.create.len(), r.place.len(), r.stop.len(), r.lose.len());
-    let meta = Meta { who: "scheduler".into(), why: None, at_ms: now_ms, request: uuid::Uuid::new_v4().to_string() };
+    let meta = Meta {
+        who: "scheduler".into(),
+        why: None,
+        at_ms: now_ms,
+        request: uuid::Uuid::new_v4().to_string(),
+        cell: cell.config().cell.clone(),
+    };
     let cmd = Command::Round { round: Box::new(decision.round), meta };
     match cell.commit_round(cmd).await {
         Ok(outcome) => {

@@ -5,7 +5,8 @@
 //!
 //! A format is never changed in place. A new one gets a number, a type, and a step from the one before it, so a
 //! member upgraded in place reads whatever its previous build wrote. Format 1 wrapped the live state and grew by
-//! defaulted fields; format 2 stores each job's resolved counts and each task's spec version.
+//! defaulted fields; format 2 stores each job's resolved counts and each task's spec version; format 3 adds
+//! federation: each job's register versions and origin, the clock, the outbox and the positions merged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,7 +22,25 @@ use crate::spec::Spec;
 use crate::task::TaskRecord;
 
 /// The format this build writes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
+
+/// Format 3: format 2's records (jobs now with their register versions and origin) and the federation state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotV3 {
+    pub jobs: BTreeMap<String, Arc<JobRecord>>,
+    pub idempotency: BTreeMap<String, Remembered>,
+    pub agents: BTreeMap<String, AgentRecord>,
+    pub applied: HashMap<String, (u64, Response)>,
+    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub seq: u64,
+    pub events_made: u64,
+    pub clock: crate::federation::Clock,
+    /// Jobs changed, by change number.
+    pub outbox: BTreeMap<u64, String>,
+    pub outbox_seq: u64,
+    /// How far this cell merged each other cell's outbox.
+    pub positions: BTreeMap<String, u64>,
+}
 
 /// Format 2: the replicated records.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -56,7 +75,7 @@ pub enum SnapshotError {
 #[derive(Serialize)]
 struct FileRef<'a> {
     format: u32,
-    body: &'a SnapshotV2,
+    body: &'a SnapshotV3,
 }
 
 #[derive(Deserialize)]
@@ -67,23 +86,52 @@ struct Envelope<'a> {
 }
 
 /// Writes `snapshot` in the current format.
-pub fn write(w: impl std::io::Write, snapshot: &SnapshotV2) -> serde_json::Result<()> {
+pub fn write(w: impl std::io::Write, snapshot: &SnapshotV3) -> serde_json::Result<()> {
     serde_json::to_writer(w, &FileRef { format: FORMAT, body: snapshot })
 }
 
 /// Reads a snapshot file of any format this build knows, migrated to the current one.
-pub fn read(data: &[u8]) -> Result<SnapshotV2, SnapshotError> {
+pub fn read(data: &[u8]) -> Result<SnapshotV3, SnapshotError> {
     let envelope: Envelope = serde_json::from_slice(data).map_err(SnapshotError::Envelope)?;
     let body = envelope.body.get();
     match envelope.format {
         FORMAT => serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: FORMAT, error }),
+        2 => {
+            let v2: SnapshotV2 =
+                serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 2, error })?;
+            Ok(v2_to_v3(v2))
+        }
         1 => {
             let v1: Value = serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 1, error })?;
             let v2 = v1_to_v2(v1).map_err(SnapshotError::Migrate)?;
-            serde_json::from_value(v2).map_err(|error| SnapshotError::Body { format: FORMAT, error })
+            let v2: SnapshotV2 =
+                serde_json::from_value(v2).map_err(|error| SnapshotError::Body { format: 2, error })?;
+            Ok(v2_to_v3(v2))
         }
         n if n > FORMAT => Err(SnapshotError::Newer(n)),
         n => Err(SnapshotError::Unknown(n)),
+    }
+}
+
+/// Format 2 to format 3: every register of every job gets the zero version (older than any write made since), its
+/// origin is unknown (empty), and every job enters the outbox once, so a cell that joins a federation sends what
+/// it has.
+fn v2_to_v3(v2: SnapshotV2) -> SnapshotV3 {
+    let SnapshotV2 { jobs, idempotency, agents, applied, tasks, seq, events_made } = v2;
+    let outbox: BTreeMap<u64, String> = jobs.keys().cloned().zip(1u64..).map(|(id, n)| (n, id)).collect();
+    let outbox_seq = outbox.len() as u64;
+    SnapshotV3 {
+        jobs,
+        idempotency,
+        agents,
+        applied,
+        tasks,
+        seq,
+        events_made,
+        clock: Default::default(),
+        outbox,
+        outbox_seq,
+        positions: BTreeMap::new(),
     }
 }
 
@@ -185,7 +233,7 @@ mod tests {
         let mut bytes = Vec::new();
         write(&mut bytes, &s).expect("writes");
         assert_eq!(read(&bytes).expect("reads back"), s);
-        let newer = String::from_utf8(bytes).expect("utf-8").replacen("\"format\":2", "\"format\":9", 1);
+        let newer = String::from_utf8(bytes).expect("utf-8").replacen("\"format\":3", "\"format\":9", 1);
         assert!(matches!(read(newer.as_bytes()), Err(SnapshotError::Newer(9))));
         assert!(matches!(read(br#"{"format":0,"body":{}}"#), Err(SnapshotError::Unknown(0))));
         assert!(matches!(read(b"[]"), Err(SnapshotError::Envelope(_))));

@@ -277,7 +277,14 @@ impl Cell {
         self.commit_as(cmd).await
     }
 
-    pub(crate) fn meta(actor: Actor) -> Meta {
-        Meta { who: actor.who, why: actor.why, at_ms: now_ms(), request: uuid::Uuid::new_v4().to_string() }
+    /// Who, why and when of a change this member proposes, and its cell (the origin of its versions).
+    pub(crate) fn meta(&self, actor: Actor) -> Meta {
+        Meta {
+            who: actor.who,
+            why: actor.why,
+            at_ms: now_ms(),
+            request: uuid::Uuid::new_v4().to_string(),
+            cell: self.config.cell.clone(),
+        }
     }
 }

@@ -412,6 +412,7 @@ pub(super) fn command_kind(cmd: &Command) -> &'static str {
         Command::TaskStatuses { .. } => "task_statuses",
         Command::KillTask { .. } => "kill_task",
         Command::SetAgentState { .. } => "set_agent_state",
+        Command::Merge { .. } => "merge",
     }
 }
 
@@ -476,7 +477,7 @@ mod tests {
         now: tokio::time::Instant,
         after_ms: u64,
     ) -> (Waiter, oneshot::Receiver<Result<Response, ApiError>>) {
-        let meta = Meta { who: "test".into(), why: None, at_ms: 0, request: id.into() };
+        let meta = Meta { who: "test".into(), why: None, at_ms: 0, request: id.into(), cell: String::new() };
         let (answer, rx) = oneshot::channel();
         (
             Waiter {

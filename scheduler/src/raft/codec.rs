@@ -34,7 +34,7 @@ mod tests {
             id: "j1".into(),
             spec: Arc::new(crate::spec::Spec::from(&spec)),
             idempotency_key: None,
-            meta: Meta { who: "a".into(), why: None, at_ms: 7, request: "r".into() },
+            meta: Meta { who: "a".into(), why: None, at_ms: 7, request: "r".into(), cell: String::new() },
         }]);
         let bytes = encode(&cmd).expect("encodes");
         assert_eq!(decode::<Command>(&bytes).expect("decodes"), cmd);

@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{io_err, NodeId, StorageError, TypeConfig};
 use crate::command::Response;
-use crate::snapshot::{self, SnapshotV2};
+use crate::snapshot::{self, SnapshotV3};
 use crate::state::CellState;
 use crate::store::{Engine, Op, Tree};
 
@@ -291,7 +291,7 @@ impl StateStore {
 /// Builds a snapshot of the state as it was when the builder was taken.
 pub struct Builder {
     snapshots: Snapshots,
-    state: SnapshotV2,
+    state: SnapshotV3,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
     id: String,
@@ -439,7 +439,8 @@ mod tests {
         let body =
             r#"{"name":"web","applicationName":"shop","location":"dc1:2","cpus":1,"memory":512,"image":"busybox"}"#;
         let spec = Arc::new(Spec::from(&JobSpec::parse(body.as_bytes(), BodyFormat::Json).expect("valid spec")));
-        let meta = RequestMeta { who: "alice".into(), why: None, at_ms: 1, request: format!("r{index}") };
+        let meta =
+            RequestMeta { who: "alice".into(), why: None, at_ms: 1, request: format!("r{index}"), cell: String::new() };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Arc::new(Command::PutJob {

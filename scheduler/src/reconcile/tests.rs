@@ -13,7 +13,7 @@ use crate::state::Effects;
 const CELL: &str = "dc1";
 
 fn meta(at_ms: u64) -> Meta {
-    Meta { who: "test".into(), why: None, at_ms, request: String::new() }
+    Meta { who: "test".into(), why: None, at_ms, request: String::new(), cell: String::new() }
 }
 
 fn spec(extra: &str) -> Arc<Spec> {

@@ -7,7 +7,7 @@
 //! killed job) are answers, not errors: they are decided here, at apply time, against the latest state.
 //!
 //! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
-//! change), snapshots are `snapshot::SnapshotV2` behind a format number.
+//! change), snapshots are `snapshot::SnapshotV3` behind a format number.
 
 use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,14 +17,16 @@ use titan_api::event::{Event, Topic};
 use titan_api::task::{Desired, Reason, TaskState};
 
 use crate::command::{Command, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
+use crate::federation::{Clock, Hlc, JobVersions};
 use crate::placement::{self, Capacity};
-use crate::snapshot::SnapshotV2;
+use crate::snapshot::SnapshotV3;
 use crate::spec::Spec;
 use crate::task::TaskRecord;
 use titan_api::view::{JobRef, JobState, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 mod agents;
 mod effects;
+mod federation;
 mod jobs;
 mod plan;
 mod tasks;
@@ -76,6 +78,15 @@ pub struct CellState {
     ended: BTreeSet<(u64, String)>,
     /// What runs where (derived).
     capacity: Capacity,
+    /// The cell's hybrid logical clock: local writes to replicated registers are versioned from it.
+    clock: Clock,
+    /// Jobs changed (locally or by a merge), by change number: what other cells are sent, after their position.
+    outbox: BTreeMap<u64, String>,
+    outbox_seq: u64,
+    /// Each job's change number in `outbox` (derived).
+    outbox_of: HashMap<String, u64>,
+    /// How far this cell has merged each other cell's outbox.
+    positions: BTreeMap<String, u64>,
     /// What the command being applied did besides changing the state; empty between commands (`apply` hands it
     /// out), so it never differs between two equal states.
     fx: Effects,
@@ -111,13 +122,22 @@ impl CellState {
     pub(super) fn apply_counted(&mut self, cmd: &Command) -> Response {
         let before = self.touched(cmd);
         let response = self.apply_inner(cmd);
-        let Some((id, was)) = before else { return response };
+        if let Some((id, was)) = before {
+            self.job_changed(&id, was);
+        }
+        response
+    }
+
+    /// A job's bookkeeping after a command changed it (`was`: its state and version before): the changed-jobs
+    /// effect, an event for its new history entry and its state change, the per-state counts.
+    pub(super) fn job_changed(&mut self, id: &str, was: Option<(JobState, u64)>) {
+        let id = id.to_string();
         self.fx.dirty_jobs.insert(id.clone());
         // One look at the job after the command: its new history entry, if its version moved, and its state.
-        let Some(job) = self.jobs.get(&id) else { return response };
+        let Some(job) = self.jobs.get(&id) else { return };
         let now = job.state;
-        let changed =
-            if Some(job.version) != was.map(|(_, version)| version) { job.history.last().cloned() } else { None };
+        let moved = Some(job.version) != was.map(|(_, version)| version);
+        let changed = if moved { job.history.last().cloned() } else { None };
         if let Some(h) = changed {
             self.event(Topic::Job, &h.what, &id, Some(&id), None, h.why.as_deref(), h.at_ms);
         }
@@ -129,7 +149,9 @@ impl CellState {
             self.by_state.retain(|_, n| *n > 0);
             *self.by_state.entry(now).or_insert(0) += 1;
         }
-        response
+        if moved {
+            self.note_outbox(&id);
+        }
     }
 
     /// The job a (non-batch) command touches, and its state and version before.
@@ -145,7 +167,8 @@ impl CellState {
             | Command::Round { .. }
             | Command::TaskStatuses { .. }
             | Command::KillTask { .. }
-            | Command::SetAgentState { .. } => return None,
+            | Command::SetAgentState { .. }
+            | Command::Merge { .. } => return None,
         };
         Some((id.clone(), self.jobs.get(id).map(|j| (j.state, j.version))))
     }
@@ -153,7 +176,7 @@ impl CellState {
     /// What a snapshot holds: the replicated records, without the derived fields. Records are shared, so this
     /// costs a fraction of a clone, and it is taken while applying waits. Every field is named, so a field added to
     /// `CellState` has to be placed on one side or the other here.
-    pub fn snapshot(&self) -> SnapshotV2 {
+    pub fn snapshot(&self) -> SnapshotV3 {
         let CellState {
             jobs,
             idempotency,
@@ -174,8 +197,17 @@ impl CellState {
             ended: _,
             capacity: _,
             fx: _,
+            outbox_of: _,
+            clock,
+            outbox,
+            outbox_seq,
+            positions,
         } = self;
-        SnapshotV2 {
+        SnapshotV3 {
+            clock: clock.clone(),
+            outbox: outbox.clone(),
+            outbox_seq: *outbox_seq,
+            positions: positions.clone(),
             jobs: jobs.clone(),
             idempotency: idempotency.clone(),
             agents: agents.clone(),
@@ -187,10 +219,34 @@ impl CellState {
     }
 
     /// The state a snapshot holds, with everything derived rebuilt.
-    pub fn from_snapshot(s: SnapshotV2) -> CellState {
-        let SnapshotV2 { jobs, idempotency, agents, applied, tasks, seq, events_made } = s;
-        let mut state =
-            CellState { jobs, idempotency, agents, applied, tasks, seq, events_made, ..CellState::default() };
+    pub fn from_snapshot(s: SnapshotV3) -> CellState {
+        let SnapshotV3 {
+            jobs,
+            idempotency,
+            agents,
+            applied,
+            tasks,
+            seq,
+            events_made,
+            clock,
+            outbox,
+            outbox_seq,
+            positions,
+        } = s;
+        let mut state = CellState {
+            jobs,
+            idempotency,
+            agents,
+            applied,
+            tasks,
+            seq,
+            events_made,
+            clock,
+            outbox,
+            outbox_seq,
+            positions,
+            ..CellState::default()
+        };
         state.reindex();
         state
     }
@@ -225,6 +281,7 @@ impl CellState {
                 self.by_agent.entry(a.clone()).or_default().insert(t.id.clone());
             }
         }
+        self.outbox_of = self.outbox.iter().map(|(seq, id)| (id.clone(), *seq)).collect();
         self.rebuild_capacity();
         // Derived, not applied: nothing to hand on (whoever loads a state treats everything as changed).
         self.fx = Effects::default();
@@ -302,6 +359,7 @@ impl CellState {
     pub(super) fn apply_inner(&mut self, cmd: &Command) -> Response {
         match cmd {
             Command::PutJob { id, spec, idempotency_key, meta } => {
+                let v = self.stamp(meta);
                 self.forget_expired(meta.at_ms);
                 // A proposal retried after an ambiguous failure carries the same id: it must not create twice.
                 let slot = match self.jobs.entry(id.clone()) {
@@ -321,10 +379,17 @@ impl CellState {
                         };
                     }
                 }
+                let counts = spec.counts();
+                let versions = JobVersions {
+                    spec: v.clone(),
+                    counts: counts.keys().map(|l| (l.clone(), v.clone())).collect(),
+                    enabled: v,
+                    killed: None,
+                };
                 let mut record = JobRecord {
                     id: id.clone(),
                     spec: spec.clone(),
-                    counts: spec.counts(),
+                    counts,
                     version: 0,
                     state: JobState::Enabled,
                     created_at_ms: meta.at_ms,
@@ -334,6 +399,8 @@ impl CellState {
                     current_run: None,
                     spec_version: 1,
                     older_specs: BTreeMap::new(),
+                    versions,
+                    origin: meta.cell.clone(),
                 };
                 let job = record.change(meta, "created".into());
                 slot.insert(Arc::new(record));
@@ -349,30 +416,55 @@ impl CellState {
                 // Tasks made from the spec being replaced keep running as it said until they end.
                 let current = self.jobs.get(id).map(|j| j.spec_version);
                 let keep = current.is_some_and(|v| self.job_tasks.get(id).is_some_and(|s| s.uses_spec(v)));
+                let v = self.stamp(meta);
                 self.modify(id, *if_version, |job| {
                     let old = std::mem::replace(&mut job.spec, spec.clone());
                     if keep {
                         job.older_specs.insert(job.spec_version, old);
                     }
-                    job.counts = spec.counts();
+                    // The spec register, and the count register of every location it or the one before names.
+                    let counts = spec.counts();
+                    for location in job.counts.keys().chain(counts.keys()) {
+                        job.versions.counts.insert(location.clone(), v.clone());
+                    }
+                    job.versions.spec = v;
+                    job.counts = job.counts.keys().map(|l| (l.clone(), 0)).chain(counts).collect();
                     let r = job.change(meta, "spec updated".into());
                     job.spec_version = job.version;
                     r
                 })
             }
-            Command::SetInstances { id, instances, if_version, meta } => self.modify(id, *if_version, |job| {
-                Arc::make_mut(&mut job.spec).set_counts(instances);
-                job.counts = instances.clone();
-                job.change(meta, format!("instances {}", describe(instances)))
-            }),
-            Command::SetEnabled { id, enabled, meta } => self.modify(id, None, |job| {
-                job.state = if *enabled { JobState::Enabled } else { JobState::Disabled };
-                job.change(meta, if *enabled { "enabled".into() } else { "disabled".into() })
-            }),
-            Command::KillJob { id, meta } => self.modify(id, None, |job| {
-                job.state = JobState::Killed;
-                job.change(meta, "killed".into())
-            }),
+            Command::SetInstances { id, instances, if_version, meta } => {
+                let v = self.stamp(meta);
+                self.modify(id, *if_version, |job| {
+                    for (location, n) in instances {
+                        job.counts.insert(location.clone(), *n);
+                        job.versions.counts.insert(location.clone(), v.clone());
+                    }
+                    let counts = job.counts.clone();
+                    Arc::make_mut(&mut job.spec).set_counts(&counts);
+                    job.change(meta, format!("instances {}", describe(instances)))
+                })
+            }
+            Command::SetEnabled { id, enabled, meta } => {
+                let v = self.stamp(meta);
+                self.modify(id, None, |job| {
+                    job.state = if *enabled { JobState::Enabled } else { JobState::Disabled };
+                    job.versions.enabled = v;
+                    job.change(meta, if *enabled { "enabled".into() } else { "disabled".into() })
+                })
+            }
+            Command::KillJob { id, meta } => {
+                let v = self.stamp(meta);
+                self.modify(id, None, |job| {
+                    job.state = JobState::Killed;
+                    job.versions.killed = Some(v);
+                    job.change(meta, "killed".into())
+                })
+            }
+            Command::Merge { from, upto, jobs, max_skew_ms, meta } => {
+                Response::Merged(self.merge_jobs(from, *upto, jobs, *max_skew_ms, meta))
+            }
             Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply_one(c)).collect()),
             Command::RegisterAgent { registration, meta } => self.register_agent(registration, meta.at_ms),
             Command::Round { round, meta } => Response::Round(self.apply_round(round, meta.at_ms)),

@@ -13,7 +13,7 @@ fn spec(name: &str, app: &str) -> Arc<Spec> {
 }
 
 fn meta(at_ms: u64) -> Meta {
-    Meta { who: "alice".into(), why: Some("test".into()), at_ms, request: String::new() }
+    Meta { who: "alice".into(), why: Some("test".into()), at_ms, request: String::new(), cell: String::new() }
 }
 
 fn put(id: &str, key: Option<&str>, at: u64) -> Command {
@@ -101,9 +101,10 @@ fn jobs_are_created_changed_and_killed_with_history() {
         s.apply(&scale(Some(1))).0,
         Response::Rejected(Rejection::VersionMismatch { id: "j1".into(), expected: 1, current: 2 })
     );
-    assert_eq!(s.job("j1").map(|j| j.view().instances), Some(BTreeMap::from([("dc1".to_string(), 5)])));
+    let instances = BTreeMap::from([("dc1".to_string(), 5), ("dc2".to_string(), 1)]);
+    assert_eq!(s.job("j1").map(|j| j.view().instances), Some(instances), "only the named location changes");
     let form = s.job("j1").map(|j| (j.spec.location.clone(), j.spec.locations.clone()));
-    assert_eq!(form, Some((Some("dc1:5".to_string()), None)), "the shorthand the job was written with stays");
+    assert_eq!(form, Some((Some("dc1:5,dc2:1".to_string()), None)), "the shorthand the job was written with stays");
     let off = Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(3) };
     assert_eq!(s.apply(&off).0, job("j1", 3));
     assert_eq!(s.apply(&Command::KillJob { id: "j1".into(), meta: meta(4) }).0, job("j1", 4));

@@ -129,7 +129,7 @@ impl AdminApi for Cell {
     fn set_agent_draining(&self, id: String, drain: bool, actor: Actor) -> ApiResult<'_, AgentView> {
         Box::pin(async move {
             let state = if drain { AgentState::Draining } else { AgentState::Active };
-            let cmd = Command::SetAgentState { id: id.clone(), state, meta: Cell::meta(actor) };
+            let cmd = Command::SetAgentState { id: id.clone(), state, meta: self.meta(actor) };
             let AgentStateSet = self.commit_as(cmd).await?;
             tracing::info!(agent = %id, state = state.as_str(), "agent state set");
             let s = self.read();

@@ -7,7 +7,13 @@ impl AgentsApi for Cell {
         Box::pin(async move {
             let id = registration.id.clone();
             let at_ms = now_ms();
-            let meta = Meta { who: format!("agent:{id}"), why: None, at_ms, request: uuid::Uuid::new_v4().to_string() };
+            let meta = Meta {
+                who: format!("agent:{id}"),
+                why: None,
+                at_ms,
+                request: uuid::Uuid::new_v4().to_string(),
+                cell: self.config.cell.clone(),
+            };
             let registration = crate::agent::Registration::from(registration);
             let cmd = Command::RegisterAgent { registration: Box::new(registration.clone()), meta };
             let Registered { lease_epoch } = self.commit_as(cmd).await?;
@@ -87,6 +93,7 @@ impl AgentsApi for Cell {
                 why: None,
                 at_ms: now_ms(),
                 request: uuid::Uuid::new_v4().to_string(),
+                cell: self.config.cell.clone(),
             };
             let cmd = Command::TaskStatuses {
                 agent,

@@ -10,7 +10,7 @@ impl JobsApi for Cell {
                 id,
                 spec: Arc::new(Spec::from(spec)),
                 idempotency_key,
-                meta: Cell::meta(actor),
+                meta: self.meta(actor),
             })
             .await
         })
@@ -65,7 +65,7 @@ impl JobsApi for Cell {
                 id,
                 spec: Arc::new(Spec::from(spec)),
                 if_version: if_match,
-                meta: Cell::meta(actor),
+                meta: self.meta(actor),
             })
             .await
         })
@@ -79,16 +79,16 @@ impl JobsApi for Cell {
         actor: Actor,
     ) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
-            self.write(Command::SetInstances { id, instances, if_version: if_match, meta: Cell::meta(actor) }).await
+            self.write(Command::SetInstances { id, instances, if_version: if_match, meta: self.meta(actor) }).await
         })
     }
 
     fn set_enabled(&self, id: String, enabled: bool, actor: Actor) -> ApiResult<'_, JobRef> {
-        Box::pin(async move { self.write(Command::SetEnabled { id, enabled, meta: Cell::meta(actor) }).await })
+        Box::pin(async move { self.write(Command::SetEnabled { id, enabled, meta: self.meta(actor) }).await })
     }
 
     fn kill_job(&self, id: String, actor: Actor) -> ApiResult<'_, JobRef> {
-        Box::pin(async move { self.write(Command::KillJob { id, meta: Cell::meta(actor) }).await })
+        Box::pin(async move { self.write(Command::KillJob { id, meta: self.meta(actor) }).await })
     }
 
     fn events(&self, from: Option<u64>) -> ApiResult<'_, titan_api::router::EventFeed> {

@@ -49,7 +49,7 @@ impl TasksApi for Cell {
 
     fn kill_task(&self, id: String, actor: Actor) -> ApiResult<'_, TaskView> {
         Box::pin(async move {
-            let TaskKilled = self.commit_as(Command::KillTask { id: id.clone(), meta: Cell::meta(actor) }).await?;
+            let TaskKilled = self.commit_as(Command::KillTask { id: id.clone(), meta: self.meta(actor) }).await?;
             tracing::info!(task = %id, "task kill requested");
             // A follower may not have applied the kill yet; the leader's answer already confirmed it.
             let s = self.read();

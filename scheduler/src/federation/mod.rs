@@ -1,0 +1,161 @@
+//! Federation: a cell in every fault domain, every job in every cell, each cell running its own location's count.
+//!
+//! Across cells Titan chooses availability: any cell takes writes while others are down, and all converge. Every
+//! replicated register carries a hybrid-logical-clock version (`hlc`); a merge keeps the higher one per register
+//! (`register`). Each cell's leader pushes the jobs changed since a peer's acknowledged position to that peer, in
+//! batches it applies as one Raft command (`Command::Merge`), and heartbeats every peer (`worker`). Positions and
+//! the outbox are in the replicated state, so a push resumes where it stopped after a restart or a new leader on
+//! either side.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub mod hlc;
+pub mod register;
+
+pub use hlc::{Clock, Hlc};
+pub use register::{JobVersions, ReplicatedJob};
+
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1_000;
+pub const DEFAULT_SUSPECT_MS: u64 = 3_000;
+pub const DEFAULT_DOWN_MS: u64 = 15_000;
+/// How far ahead of a cell's clock another cell's version may be and still be taken.
+pub const DEFAULT_MAX_SKEW_MS: u64 = 60_000;
+/// How long a killed job's tombstone is kept, so a cell that was away learns of the kill.
+pub const DEFAULT_TOMBSTONE_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Most jobs in one pushed batch.
+pub const DEFAULT_BATCH: usize = 500;
+
+/// `[federation]`: the other cells and how this one talks to them. Empty `cells`: a standalone cell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Every other cell by name, with its members' addresses.
+    pub cells: BTreeMap<String, Vec<SocketAddr>>,
+    pub heartbeat_ms: u64,
+    /// Silence after which a cell is `suspect`, then `down`.
+    pub suspect_ms: u64,
+    pub down_ms: u64,
+    pub max_skew_ms: u64,
+    pub tombstone_retention_ms: u64,
+    pub batch: usize,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            cells: BTreeMap::new(),
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            suspect_ms: DEFAULT_SUSPECT_MS,
+            down_ms: DEFAULT_DOWN_MS,
+            max_skew_ms: DEFAULT_MAX_SKEW_MS,
+            tombstone_retention_ms: DEFAULT_TOMBSTONE_RETENTION_MS,
+            batch: DEFAULT_BATCH,
+        }
+    }
+}
+
+/// A `[federation]` rule that does not hold; each names its setting.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FederationError {
+    #[error("federation.cells: {0:?} is not a cell name (1-32 characters of a-z, 0-9 and '-')")]
+    CellName(String),
+    #[error("federation.cells: {0} is this cell; list only the others")]
+    ItSelf(String),
+    #[error("federation.cells: cell {0} has no member address")]
+    NoAddress(String),
+    #[error("federation.heartbeat_ms must be above 0 and below suspect_ms, and suspect_ms below down_ms; got {heartbeat}, {suspect}, {down}")]
+    Timing { heartbeat: u64, suspect: u64, down: u64 },
+    #[error("federation.batch must be 1 to 10000, got {0}")]
+    Batch(usize),
+    #[error("federation.tombstone_retention_ms must be above 0")]
+    Retention,
+}
+
+/// Whether `name` is a valid cell (location) name.
+pub fn is_cell_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl FederationConfig {
+    pub fn is_federated(&self) -> bool {
+        !self.cells.is_empty()
+    }
+
+    pub fn validate(&self, me: &str) -> Result<(), FederationError> {
+        for (name, addrs) in &self.cells {
+            if !is_cell_name(name) {
+                return Err(FederationError::CellName(name.clone()));
+            }
+            if name == me {
+                return Err(FederationError::ItSelf(name.clone()));
+            }
+            if addrs.is_empty() {
+                return Err(FederationError::NoAddress(name.clone()));
+            }
+        }
+        let (heartbeat, suspect, down) = (self.heartbeat_ms, self.suspect_ms, self.down_ms);
+        if !(heartbeat > 0 && heartbeat < suspect && suspect < down) {
+            return Err(FederationError::Timing { heartbeat, suspect, down });
+        }
+        if !(1..=10_000).contains(&self.batch) {
+            return Err(FederationError::Batch(self.batch));
+        }
+        if self.tombstone_retention_ms == 0 {
+            return Err(FederationError::Retention);
+        }
+        Ok(())
+    }
+
+    /// Every location of the federation: the other cells and `me`.
+    pub fn locations(&self, me: &str) -> Vec<String> {
+        let mut all: Vec<String> = self.cells.keys().cloned().collect();
+        all.push(me.to_string());
+        all.sort();
+        all
+    }
+}
+
+/// Parses `--federation`: `CELL=HOST:PORT[|HOST:PORT...],...`, e.g. `dc2=127.0.0.1:7072,dc3=10.0.0.3:7070|10.0.0.4:7070`.
+pub fn parse_cells(s: &str) -> Result<BTreeMap<String, Vec<SocketAddr>>, String> {
+    let mut out = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, addrs) =
+            item.split_once('=').ok_or_else(|| format!("{item:?} is not CELL=HOST:PORT[|HOST:PORT]"))?;
+        let addrs = addrs
+            .split('|')
+            .map(|a| a.trim().parse::<SocketAddr>().map_err(|_| format!("{a:?} (cell {name}) is not HOST:PORT")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if out.insert(name.trim().to_string(), addrs).is_some() {
+            return Err(format!("cell {name} appears twice"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_parse_from_the_flag_and_each_broken_rule_names_its_setting() {
+        let cells = parse_cells("dc2=127.0.0.1:7072, dc3=127.0.0.1:7074|127.0.0.1:7075").expect("valid");
+        assert_eq!(cells["dc3"].len(), 2);
+        assert!(parse_cells("dc2").unwrap_err().contains("CELL=HOST:PORT"));
+        assert!(parse_cells("dc2=nowhere").unwrap_err().contains("\"nowhere\""));
+        assert!(parse_cells("dc2=127.0.0.1:1,dc2=127.0.0.1:2").unwrap_err().contains("twice"));
+
+        let ok = FederationConfig { cells, ..Default::default() };
+        assert_eq!(ok.validate("dc1"), Ok(()));
+        assert_eq!(ok.locations("dc1"), ["dc1", "dc2", "dc3"]);
+        assert_eq!(ok.validate("dc2"), Err(FederationError::ItSelf("dc2".into())));
+        let bad = FederationConfig { cells: [("DC9".to_string(), vec![])].into(), ..Default::default() };
+        assert!(bad.validate("dc1").unwrap_err().to_string().starts_with("federation.cells"));
+        let slow = FederationConfig { suspect_ms: 20_000, ..Default::default() };
+        assert!(slow.validate("dc1").unwrap_err().to_string().contains("federation.heartbeat_ms"));
+    }
+}
