@@ -575,6 +575,47 @@ fn print_cluster(json: bool, c: &ClusterView) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CellCommand {
+    /// Every cell: its state, leader, members, when it was last heard and the changes waiting each way.
+    List,
+}
+
+pub async fn cell(target: &Target, command: CellCommand) -> anyhow::Result<()> {
+    let client = target.client();
+    match command {
+        CellCommand::List => {
+            let cells = client.cells().await?;
+            if target.output == Output::Json {
+                return print_json(&cells);
+            }
+            let rows: Vec<Vec<String>> = cells
+                .iter()
+                .map(|c| {
+                    let ms = |v: Option<u64>| {
+                        v.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into())
+                    };
+                    vec![
+                        c.name.clone(),
+                        c.state.clone(),
+                        c.leader.clone().unwrap_or_else(|| "-".into()),
+                        ms(c.last_heard_ms_ago),
+                        c.changes_to_send.to_string(),
+                        c.changes_to_receive.to_string(),
+                        ms(c.lag_in_ms),
+                        c.members.join(","),
+                    ]
+                })
+                .collect();
+            say!(
+                "{}",
+                table(&["CELL", "STATE", "LEADER", "HEARD", "TO SEND", "TO RECEIVE", "LAG IN", "MEMBERS"], &rows)
+            );
+            Ok(())
+        }
+    }
+}
+
 pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result<()> {
     let client = target.client();
     let json = target.output == Output::Json;

@@ -57,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::ClusterCommand,
     },
+    /// Shows the cells of the federation.
+    Cell {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::CellCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
             Command::Job { target, command } => cli::job(&target, command).await,
             Command::Task { target, command } => cli::task(&target, command).await,
             Command::Cluster { target, command } => cli::cluster(&target, command).await,
+            Command::Cell { target, command } => cli::cell(&target, command).await,
         }
     });
     match result {
@@ -122,7 +130,8 @@ mod tests {
                 Command::Node { target, .. }
                 | Command::Job { target, .. }
                 | Command::Task { target, .. }
-                | Command::Cluster { target, .. } => target,
+                | Command::Cluster { target, .. }
+                | Command::Cell { target, .. } => target,
                 other => panic!("{args}: parsed as {other:?}"),
             };
             assert_eq!(target.addr(), "127.0.0.1:7001", "{args}");

@@ -330,6 +330,10 @@ impl Client {
         self.send(self.request(Method::GET, "/v1/cluster")).await
     }
 
+    pub async fn cells(&self) -> Result<Vec<crate::view::CellView>, ClientError> {
+        self.send(self.request(Method::GET, "/v1/cells")).await
+    }
+
     pub async fn add_member(&self, member: &AddMember) -> Result<ClusterView, ClientError> {
         self.send(self.request(Method::POST, "/v1/cluster/members").json(member)).await
     }

@@ -33,6 +33,10 @@ pub enum ErrorCode {
     Conflict,
     /// A location's quota would be exceeded.
     QuotaExceeded,
+    /// A job names a location no cell of the federation has (field `location`; the message lists the known ones).
+    UnknownLocation,
+    /// Another cell's request this cell does not take: a cell not in its federation.
+    Forbidden,
     /// This member is not the leader and could not reach one.
     NotLeader,
     /// The cell cannot serve the request right now (no quorum, shutting down).
@@ -53,7 +57,9 @@ impl ErrorCode {
             ErrorCode::MalformedBody
             | ErrorCode::BodyTooComplex
             | ErrorCode::InvalidSpec
-            | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
+            | ErrorCode::InvalidParameter
+            | ErrorCode::UnknownLocation => StatusCode::BAD_REQUEST,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -77,6 +83,8 @@ impl ErrorCode {
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::Conflict => "conflict",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::UnknownLocation => "unknown_location",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
@@ -179,6 +187,8 @@ mod tests {
             ErrorCode::VersionMismatch,
             ErrorCode::Conflict,
             ErrorCode::QuotaExceeded,
+            ErrorCode::UnknownLocation,
+            ErrorCode::Forbidden,
             ErrorCode::NotLeader,
             ErrorCode::Unavailable,
             ErrorCode::Timeout,

@@ -85,7 +85,10 @@ impl<'a> Registrar<'a> {
         Ok(m)
     }
 
-    fn check(d: &Def, kind: &str, vec: bool) -> Result<(), prometheus::Error> {
+    fn check(&self, d: &Def, kind: &str, vec: bool) -> Result<(), prometheus::Error> {
+        if let Some(l) = d.labels.iter().find(|l| self.labels.iter().any(|(k, _)| k == *l)) {
+            return Err(prometheus::Error::Msg(format!("{}: label {l} is also a constant label", d.name)));
+        }
         let matches = match d.kind {
             Kind::Counter => kind == "counter",
             Kind::Gauge => kind == "gauge",
@@ -104,38 +107,44 @@ impl<'a> Registrar<'a> {
     }
 
     pub fn counter(&self, d: &Def) -> Result<IntCounter, prometheus::Error> {
-        Self::check(d, "counter", false)?;
+        self.check(d, "counter", false)?;
         self.register(IntCounter::with_opts(self.opts(d))?)
     }
 
     pub fn counter_vec(&self, d: &Def) -> Result<IntCounterVec, prometheus::Error> {
-        Self::check(d, "counter", true)?;
+        self.check(d, "counter", true)?;
         self.register(IntCounterVec::new(self.opts(d), d.labels)?)
     }
 
     pub fn gauge(&self, d: &Def) -> Result<IntGauge, prometheus::Error> {
-        Self::check(d, "gauge", false)?;
+        self.check(d, "gauge", false)?;
         self.register(IntGauge::with_opts(self.opts(d))?)
     }
 
     /// A gauge of fractional values (seconds).
     pub fn float_gauge(&self, d: &Def) -> Result<prometheus::Gauge, prometheus::Error> {
-        Self::check(d, "gauge", false)?;
+        self.check(d, "gauge", false)?;
         self.register(prometheus::Gauge::with_opts(self.opts(d))?)
     }
 
+    /// Gauges of fractional values (seconds), by labels.
+    pub fn float_gauge_vec(&self, d: &Def) -> Result<prometheus::GaugeVec, prometheus::Error> {
+        self.check(d, "gauge", true)?;
+        self.register(prometheus::GaugeVec::new(self.opts(d), d.labels)?)
+    }
+
     pub fn gauge_vec(&self, d: &Def) -> Result<IntGaugeVec, prometheus::Error> {
-        Self::check(d, "gauge", true)?;
+        self.check(d, "gauge", true)?;
         self.register(IntGaugeVec::new(self.opts(d), d.labels)?)
     }
 
     pub fn histogram(&self, d: &Def) -> Result<Histogram, prometheus::Error> {
-        Self::check(d, "histogram", false)?;
+        self.check(d, "histogram", false)?;
         self.register(Histogram::with_opts(self.histogram_opts(d))?)
     }
 
     pub fn histogram_vec(&self, d: &Def) -> Result<HistogramVec, prometheus::Error> {
-        Self::check(d, "histogram", true)?;
+        self.check(d, "histogram", true)?;
         self.register(HistogramVec::new(self.histogram_opts(d), d.labels)?)
     }
 }
@@ -190,5 +199,7 @@ mod tests {
         assert!(r.counter_vec(&C).is_err(), "declared without labels");
         assert!(r.counter(&C).is_ok());
         assert!(r.counter(&C).is_err(), "registered twice");
+        let labelled = Registrar::new(&registry, &[("kind", "x")]);
+        assert!(labelled.gauge_vec(&Def::gauge("t_other", "-").by(&["kind"])).is_err(), "a label twice");
     }
 }

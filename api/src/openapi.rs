@@ -20,6 +20,7 @@ use crate::router::paths::*;
         cluster,
         add_member,
         remove_member,
+        cells,
         ready,
         register_agent,
         heartbeat,

@@ -247,6 +247,29 @@ pub struct WorkerView {
     pub last_step_ms_ago: Option<u64>,
 }
 
+/// One cell of the federation, as the cell asked sees it (`GET /v1/cells`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellView {
+    pub name: String,
+    /// `self` for the cell asked; otherwise `up`, `suspect` (silent past `suspect_ms`) or `down` (past `down_ms`).
+    pub state: String,
+    /// Its members' addresses.
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Since its last heartbeat reached this member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_ms_ago: Option<u64>,
+    /// Job changes of the cell asked that this cell has not merged yet.
+    pub changes_to_send: u64,
+    /// Job changes of this cell that the cell asked has not merged yet.
+    pub changes_to_receive: u64,
+    /// From a write in this cell to its merge in the cell asked, for the latest batch merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_in_ms: Option<u64>,
+}
+
 /// Body of `POST /v1/cluster/members`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

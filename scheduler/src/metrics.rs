@@ -115,6 +115,36 @@ pub mod workers {
     pub const ERRORS: Def = Def::counter("titan_worker_errors_total", "Worker steps that failed").by(&["worker"]);
 }
 
+/// Federation: the other cells (label `peer`; `cell` is the member's own), and the jobs pushed to and merged from
+/// them.
+pub mod federation {
+    use super::*;
+
+    pub const CELL_UP: Def =
+        Def::gauge("titan_federation_cell_up", "1 while another cell is heard within its suspect time").by(&["peer"]);
+    pub const LAG_SECONDS: Def = Def::gauge(
+        "titan_federation_replication_lag_seconds",
+        "From a write in another cell to its merge here, for the latest batch merged from it",
+    )
+    .by(&["peer"]);
+    pub const PENDING_CHANGES: Def = Def::gauge(
+        "titan_federation_pending_changes",
+        "Jobs changed here that another cell has not merged yet (on the leader)",
+    )
+    .by(&["peer"]);
+    pub const PUSHES: Def =
+        Def::counter("titan_federation_pushes_total", "Batches pushed to another cell and merged there").by(&["peer"]);
+    pub const PUSH_BYTES: Def =
+        Def::counter("titan_federation_push_bytes_total", "Bytes of the batches pushed to another cell").by(&["peer"]);
+    pub const MERGED: Def =
+        Def::counter("titan_federation_merged_total", "Jobs merged from another cell that changed here").by(&["peer"]);
+    pub const REFUSED: Def = Def::counter(
+        "titan_federation_refused_total",
+        "Pushes or jobs from other cells refused, by reason (unknown_cell, skew, malformed)",
+    )
+    .by(&["reason"]);
+}
+
 /// Every metric of a member but the API's (`titan_api::metrics::http`).
 pub const ALL: &[Def] = &[
     raft::TERM,
@@ -157,6 +187,13 @@ pub const ALL: &[Def] = &[
     scheduling::PENDING_AGE,
     workers::STEPS,
     workers::ERRORS,
+    federation::CELL_UP,
+    federation::LAG_SECONDS,
+    federation::PENDING_CHANGES,
+    federation::PUSHES,
+    federation::PUSH_BYTES,
+    federation::MERGED,
+    federation::REFUSED,
 ];
 
 #[cfg(test)]
@@ -175,6 +212,9 @@ mod tests {
         let r = registrar(&registry, "dc1", 1);
         for d in ALL {
             let registered = match (d.kind, d.labels.is_empty()) {
+                (titan_api::metrics::Kind::Gauge, false) if d.name.ends_with("_seconds") => {
+                    r.float_gauge_vec(d).map(drop)
+                }
                 (titan_api::metrics::Kind::Counter, true) => r.counter(d).map(drop),
                 (titan_api::metrics::Kind::Counter, false) => r.counter_vec(d).map(drop),
                 (titan_api::metrics::Kind::Gauge, true) => r.gauge(d).map(drop),

@@ -216,6 +216,10 @@ impl AgentsApi for FakeCell {
 }
 
 impl AdminApi for FakeCell {
+    fn cells(&self) -> ApiResult<'_, Vec<titan_api::view::CellView>> {
+        Box::pin(async { unsupported() })
+    }
+
     fn cluster(&self) -> ApiResult<'_, ClusterView> {
         Box::pin(async { unsupported() })
     }

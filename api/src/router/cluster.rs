@@ -11,7 +11,7 @@ use super::request::*;
 use super::{Actor, Api, ApiResult, Reads};
 use crate::agent::AgentView;
 use crate::error::{ApiError, ErrorCode};
-use crate::view::{AddMember, ClusterView};
+use crate::view::{AddMember, CellView, ClusterView};
 
 /// What a cell answers its operators: its members, its readiness, and its agents as a fleet.
 pub trait AdminApi: Reads {
@@ -25,6 +25,8 @@ pub trait AdminApi: Reads {
     /// Drains an agent (`drain`: its tasks move off within their jobs' disruption budgets and it takes no new
     /// work) or puts it back to work.
     fn set_agent_draining(&self, id: String, drain: bool, actor: Actor) -> ApiResult<'_, AgentView>;
+    /// Every cell of the federation (this one first) as this member sees it.
+    fn cells(&self) -> ApiResult<'_, Vec<CellView>>;
 }
 
 pub(super) type Admin = std::sync::Arc<dyn AdminApi>;
@@ -35,6 +37,7 @@ pub(super) fn routes() -> Router<Api> {
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/cells", get(cells))
 }
 
 /// The probes: for anyone, always.
@@ -77,4 +80,9 @@ async fn ready(State(cell): State<Admin>) -> Response {
             (e.status(), Json(e)).into_response()
         }
     }
+}
+
+#[utoipa::path(get, path = "/v1/cells", tag = "cluster", responses((status = 200, body = [CellView])))]
+async fn cells(State(cell): State<Admin>) -> Result<Json<Vec<CellView>>, ApiError> {
+    Ok(Json(cell.cells().await?))
 }

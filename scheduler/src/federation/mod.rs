@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cells;
 pub mod hlc;
 pub mod register;
+pub mod worker;
 
 pub use hlc::{Clock, Hlc};
 pub use register::{JobVersions, ReplicatedJob};

@@ -74,6 +74,16 @@ impl Answer for StatusAck {
     }
 }
 
+impl Answer for crate::command::MergeOutcome {
+    const TO: &'static str = "a merge";
+    fn take(r: Response) -> Result<Self, Response> {
+        match r {
+            Response::Merged(outcome) => Ok(outcome),
+            other => Err(other),
+        }
+    }
+}
+
 impl Answer for RoundOutcome {
     const TO: &'static str = "a round";
     fn take(r: Response) -> Result<Self, Response> {

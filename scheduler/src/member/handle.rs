@@ -39,6 +39,28 @@ impl Handle {
     }
 }
 
+impl crate::federation::worker::Host for Handle {
+    fn config(&self) -> &CellConfig {
+        &self.config
+    }
+
+    fn is_leader(&self) -> bool {
+        crate::scheduling::Host::is_leader(self)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState> {
+        crate::scheduling::Host::read(self)
+    }
+
+    fn leader_and_members(&self) -> (Option<String>, Vec<String>) {
+        let m = self.raft.metrics().borrow().clone();
+        let nodes: BTreeMap<NodeId, String> =
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let leader = m.current_leader.and_then(|l| nodes.get(&l).cloned());
+        (leader, nodes.into_values().collect())
+    }
+}
+
 impl crate::scheduling::Host for Handle {
     fn raft(&self) -> &Raft {
         &self.raft

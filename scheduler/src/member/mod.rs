@@ -61,6 +61,7 @@ pub enum CellError {
 
 mod answer;
 mod api;
+mod federation;
 mod handle;
 mod leader;
 mod members;
@@ -99,6 +100,9 @@ pub struct Cell {
     events: Arc<crate::watch::EventLog>,
     /// The background loops: the scheduler, the proposers, the metrics; stopped when the member is dropped.
     workers: crate::worker::Workers,
+    /// The other cells as heard, and the federation's metrics.
+    cells: Arc<crate::federation::cells::Cells>,
+    federation: crate::federation::worker::FederationMetrics,
 }
 
 pub(crate) use crate::clock::now_ms;
@@ -193,6 +197,15 @@ impl Cell {
             committed.clone(),
             proposer.clone(),
         ));
+        let cells: Arc<crate::federation::cells::Cells> = Arc::default();
+        let federation = crate::federation::worker::FederationMetrics::new(registry, &config.cell, config.node_id)?;
+        if config.federation.is_federated() {
+            workers.spawn(crate::federation::worker::Federation::new(
+                handle.clone(),
+                cells.clone(),
+                federation.clone(),
+            ));
+        }
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for n in 1..=PROPOSERS {
             workers.spawn(ProposerWorker {
@@ -219,6 +232,8 @@ impl Cell {
             watchers,
             events,
             workers,
+            cells,
+            federation,
         }))
     }
 
@@ -238,6 +253,7 @@ impl Cell {
                 .route("/internal/pending", post(pending_here))
                 .with_state(self.clone()),
         );
+        let internal = internal.merge(federation::routes(self.clone()));
         titan_api::router(self.clone(), http, internal)
     }
 

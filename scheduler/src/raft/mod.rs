@@ -13,7 +13,7 @@ pub use log_store::{EncodedEntries, LogStore};
 pub use network::{EarlyReplication, HttpNetwork};
 pub use serve::{raft_routes, Leader, Packed};
 pub use state_store::{SharedState, SnapshotMetrics, StateStore};
-pub use streams::{NetworkMetrics, Streams, LEADER, PROPOSE};
+pub use streams::{NetworkMetrics, Streams, LEADER, MAX_INTERNAL_BODY, PROPOSE};
 
 use crate::command::{Command, Response};
 

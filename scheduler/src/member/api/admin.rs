@@ -3,6 +3,10 @@
 use super::*;
 
 impl AdminApi for Cell {
+    fn cells(&self) -> ApiResult<'_, Vec<titan_api::view::CellView>> {
+        Box::pin(async move { Ok(self.cell_views()) })
+    }
+
     fn cluster(&self) -> ApiResult<'_, ClusterView> {
         Box::pin(async move {
             let m = self.raft.metrics().borrow().clone();

@@ -6,13 +6,9 @@ impl JobsApi for Cell {
     fn submit_job(&self, spec: JobSpec, idempotency_key: Option<String>, actor: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
             let id = uuid::Uuid::new_v4().to_string();
-            self.write(Command::PutJob {
-                id,
-                spec: Arc::new(Spec::from(spec)),
-                idempotency_key,
-                meta: self.meta(actor),
-            })
-            .await
+            let spec = Spec::from(spec);
+            self.check_locations(spec.counts().keys())?;
+            self.write(Command::PutJob { id, spec: Arc::new(spec), idempotency_key, meta: self.meta(actor) }).await
         })
     }
 
@@ -61,13 +57,10 @@ impl JobsApi for Cell {
 
     fn update_job(&self, id: String, spec: JobSpec, if_match: Option<u64>, actor: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
-            self.write(Command::UpdateJob {
-                id,
-                spec: Arc::new(Spec::from(spec)),
-                if_version: if_match,
-                meta: self.meta(actor),
-            })
-            .await
+            let spec = Spec::from(spec);
+            self.check_locations(spec.counts().keys())?;
+            self.write(Command::UpdateJob { id, spec: Arc::new(spec), if_version: if_match, meta: self.meta(actor) })
+                .await
         })
     }
 
@@ -79,6 +72,7 @@ impl JobsApi for Cell {
         actor: Actor,
     ) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
+            self.check_locations(instances.keys())?;
             self.write(Command::SetInstances { id, instances, if_version: if_match, meta: self.meta(actor) }).await
         })
     }

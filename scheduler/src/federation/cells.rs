@@ -1,0 +1,81 @@
+//! What a member knows of the other cells: when each was last heard, its leader and members, how far each has
+//! merged the others' outboxes, and the lag of the latest batch merged from it. Kept in memory (heartbeats refresh
+//! it every second), on every member, so `GET /v1/cells` answers anywhere.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// A heartbeat between cells, and its answer: the sender's view of itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beat {
+    pub cell: String,
+    pub leader: Option<String>,
+    pub members: Vec<String>,
+    /// The sender's last outbox change number.
+    pub outbox_seq: u64,
+    /// How far the sender has merged each other cell's outbox.
+    pub positions: BTreeMap<String, u64>,
+}
+
+/// One other cell as last heard.
+#[derive(Clone, Debug, Default)]
+pub struct Heard {
+    pub beat: Beat,
+    pub at: Option<Instant>,
+    /// From a write there to its merge here, for the latest batch merged from it.
+    pub lag_in: Option<Duration>,
+}
+
+/// A cell's state from how long it has been silent.
+pub fn state_of(silent: Option<Duration>, suspect: Duration, down: Duration) -> &'static str {
+    match silent {
+        Some(s) if s < suspect => "up",
+        Some(s) if s < down => "suspect",
+        _ => "down",
+    }
+}
+
+#[derive(Default)]
+pub struct Cells(Mutex<BTreeMap<String, Heard>>);
+
+impl Cells {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Heard>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn heard(&self, beat: Beat) {
+        let mut cells = self.lock();
+        let heard = cells.entry(beat.cell.clone()).or_default();
+        heard.beat = beat;
+        heard.at = Some(Instant::now());
+    }
+
+    pub fn merged(&self, cell: &str, lag: Duration) {
+        self.lock().entry(cell.to_string()).or_default().lag_in = Some(lag);
+    }
+
+    pub fn get(&self, cell: &str) -> Option<Heard> {
+        self.lock().get(cell).cloned()
+    }
+
+    pub fn all(&self) -> BTreeMap<String, Heard> {
+        self.lock().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cell_is_suspect_then_down_as_its_silence_grows() {
+        let (suspect, down) = (Duration::from_secs(3), Duration::from_secs(15));
+        assert_eq!(state_of(Some(Duration::from_millis(900)), suspect, down), "up");
+        assert_eq!(state_of(Some(Duration::from_secs(4)), suspect, down), "suspect");
+        assert_eq!(state_of(Some(Duration::from_secs(16)), suspect, down), "down");
+        assert_eq!(state_of(None, suspect, down), "down", "never heard");
+    }
+}
