@@ -54,6 +54,8 @@ pub fn free_port() -> u16 {
 
 pub struct Member {
     pub id: u64,
+    /// The cell it belongs to.
+    pub cell: String,
     pub addr: SocketAddr,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -95,14 +97,22 @@ impl Member {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("member.log")).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_titan"));
-        cmd.args(["server", "--cell", "dc1", "--node-id", &self.id.to_string(), "--listen", &self.addr.to_string()])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("TITAN_LOG", "info,openraft=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
+        cmd.args([
+            "server",
+            "--cell",
+            &self.cell,
+            "--node-id",
+            &self.id.to_string(),
+            "--listen",
+            &self.addr.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(self.dir.join("data"))
+        .arg("--config")
+        .arg(&config_path)
+        .env("TITAN_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
         if !peers.is_empty() {
             cmd.args(["--peers", peers]);
         }
@@ -125,7 +135,7 @@ pub const TEST_CONFIG: &str =
 pub struct Cluster {
     pub members: Vec<Member>,
     pub peers: String,
-    config: String,
+    pub config: String,
     _root: tempfile::TempDir,
 }
 
@@ -147,10 +157,16 @@ impl Cluster {
 
     /// A cell of `n` members on free ports, none of them started yet (`restart` starts one).
     pub fn configure(n: u64, config: &str) -> Cluster {
+        Cluster::configure_cell("dc1", n, config)
+    }
+
+    /// Cell `cell` of `n` members on free ports, none of them started yet.
+    pub fn configure_cell(cell: &str, n: u64, config: &str) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (1..=n)
             .map(|id| Member {
                 id,
+                cell: cell.to_string(),
                 addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
                 dir: root.path().join(format!("m{id}")),
                 child: None,
@@ -158,6 +174,11 @@ impl Cluster {
             .collect();
         let peers = members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",");
         Cluster { members, peers, config: config.to_string(), _root: root }
+    }
+
+    /// Every member's address, as `--federation` lists a cell's: `A|B|C`.
+    pub fn addrs(&self) -> String {
+        self.members.iter().map(|m| m.addr.to_string()).collect::<Vec<_>>().join("|")
     }
 
     pub fn member(&mut self, id: u64) -> &mut Member {
