@@ -329,6 +329,27 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
                 vec!["updated".into(), time(j.updated_at_ms)],
             ];
             say!("{}", table(&["FIELD", "VALUE"], &rows));
+            if !j.locations.is_empty() {
+                let rows: Vec<Vec<String>> = j
+                    .locations
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.location.clone(),
+                            l.cell_state.clone(),
+                            l.desired.to_string(),
+                            l.running.to_string(),
+                            l.pending.to_string(),
+                            l.age_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
+                            l.pending_reason.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                say!(
+                    "\n{}",
+                    table(&["LOCATION", "CELL", "DESIRED", "RUNNING", "PENDING", "AGE", "PENDING REASON"], &rows)
+                );
+            }
             let q = TaskQuery { job: Some(id.clone()), state: Some("active".into()), ..TaskQuery::default() };
             let tasks = all_tasks(&client, q).await?;
             say!("\n{}", task_table(&tasks));

@@ -153,6 +153,28 @@ async fn jobs_written_in_any_cell_reach_every_cell_and_each_location_runs_its_co
         .await;
     }
 
+    // Any cell shows the job in every location, with the figures the other cells reported.
+    let dc3 = client_of(&cells["dc3"]);
+    let id = a.id.clone();
+    eventually(CONVERGE, "dc3 to show job a running in dc1 and dc2", || {
+        let (dc3, id) = (dc3.clone(), id.clone());
+        async move {
+            let Ok(view) = dc3.get_job(&id).await else { return false };
+            let figures: Vec<(String, String, u32, u32)> = view
+                .locations
+                .iter()
+                .map(|l| (l.location.clone(), l.cell_state.clone(), l.desired, l.running))
+                .collect();
+            figures
+                == vec![
+                    ("dc1".to_string(), "up".to_string(), 2, 2),
+                    ("dc2".to_string(), "up".to_string(), 1, 1),
+                    ("dc3".to_string(), "self".to_string(), 0, 0),
+                ]
+        }
+    })
+    .await;
+
     // Every cell lists every cell, and hears the others.
     let view = client_of(&cells["dc2"]).cells().await.expect("cells");
     let states: BTreeMap<String, String> = view.into_iter().map(|c| (c.name, c.state)).collect();
@@ -274,17 +296,17 @@ async fn what_another_cell_may_not_send_is_refused_with_nothing_applied() {
             created_at_ms: ms,
             origin: from.to_string(),
         };
-        let push = titan_scheduler::federation::worker::Push { from: from.to_string(), upto: 1, jobs: vec![job] };
+        let push = titan_scheduler::federation::wire::Push { from: from.to_string(), upto: 1, jobs: vec![job] };
         rmp_serde::to_vec_named(&push).expect("encodes")
     };
     let http = reqwest::Client::new();
-    let url = format!("http://{}{}", dc1.members[0].addr, titan_scheduler::federation::worker::PUSH_PATH);
+    let url = format!("http://{}{}", dc1.members[0].addr, titan_scheduler::federation::wire::PUSH_PATH);
     let post = |body: Vec<u8>| http.post(&url).header("content-type", "application/msgpack").body(body).send();
     let stranger = post(pushed("dc7", now)).await.expect("answer");
     assert_eq!(stranger.status(), 403);
     let far = post(pushed("dc2", now + 3_600_000)).await.expect("answer");
     assert!(far.status().is_success(), "the batch is taken, the job in it refused");
-    let answer: titan_scheduler::federation::worker::Pushed =
+    let answer: titan_scheduler::federation::wire::Pushed =
         rmp_serde::from_slice(&far.bytes().await.expect("body")).expect("an answer");
     assert_eq!(answer.refused.len(), 1, "{answer:?}");
     assert!(answer.refused[0].1.contains("ahead"), "{answer:?}");

@@ -63,6 +63,28 @@ pub struct JobView {
     /// This cell's tasks of the job (on `GET /v1/jobs/{id}`; not in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<TaskSummary>,
+    /// The job in each location, as that location's cell last reported it (on `GET /v1/jobs/{id}`; not in lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<LocationView>,
+}
+
+/// One location's part of a job, as its cell last reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationView {
+    pub location: String,
+    /// The count the job asks of this location.
+    pub desired: u32,
+    pub running: u32,
+    /// Tasks not placed yet.
+    pub pending: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// The location's cell: `self` (the cell asked), `up`, `suspect`, `down`, or `unknown` (not heard yet).
+    pub cell_state: String,
+    /// How old the figures are; a down cell's are shown stale, never dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
 }
 
 /// A job's tasks in one cell: how many are in each state, and why those not placed yet are waiting.

@@ -79,6 +79,7 @@ impl JobRecord {
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             tasks: None,
+            locations: Vec::new(),
             current_run_ms: self.current_run,
         }
     }

@@ -3,7 +3,8 @@
 //! Across cells Titan chooses availability: any cell takes writes while others are down, and all converge. Every
 //! replicated register carries a hybrid-logical-clock version (`hlc`); a merge keeps the higher one per register
 //! (`register`). Each cell's leader pushes the jobs changed since a peer's acknowledged position to that peer, in
-//! batches it applies as one Raft command (`Command::Merge`), and heartbeats every peer (`worker`). Positions and
+//! batches it applies as one Raft command (`Command::Merge`), and heartbeats every peer (`wire` is what they send;
+//! the worker and the routes are the member's, `member::federation`). Positions and
 //! the outbox are in the replicated state, so a push resumes where it stopped after a restart or a new leader on
 //! either side.
 
@@ -12,10 +13,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub mod cells;
 pub mod hlc;
 pub mod register;
-pub mod worker;
+pub mod wire;
 
 pub use hlc::{Clock, Hlc};
 pub use register::{JobVersions, ReplicatedJob};

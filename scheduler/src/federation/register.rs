@@ -62,6 +62,30 @@ impl Merged {
     }
 }
 
+impl JobVersions {
+    /// Every register's version.
+    pub fn all(&self) -> impl Iterator<Item = &Hlc> {
+        std::iter::once(&self.spec)
+            .chain(self.counts.values())
+            .chain(std::iter::once(&self.enabled))
+            .chain(self.killed.iter())
+    }
+
+    /// Whether merging `incoming` would change nothing: no register of it is newer than this one's (a kill counts
+    /// once either side has one).
+    pub fn covers(&self, incoming: &JobVersions) -> bool {
+        incoming.spec <= self.spec
+            && incoming.enabled <= self.enabled
+            && incoming.counts.iter().all(|(l, v)| self.counts.get(l).is_some_and(|ours| v <= ours))
+            && (incoming.killed.is_none() || self.killed.is_some())
+    }
+
+    /// Whether every register was last written by `cell` (it has them all, then).
+    pub fn all_from(&self, cell: &str) -> bool {
+        self.all().all(|v| v.cell == cell)
+    }
+}
+
 /// Merges `incoming` into `local`, register by register: the higher version wins.
 pub fn merge(local: &mut Registers, incoming: &ReplicatedJob) -> Merged {
     let mut out = Merged::default();
@@ -172,6 +196,19 @@ mod tests {
         assert_eq!(dc1, dc2);
         assert_eq!(dc2, dc3);
         assert_eq!(dc3.spec, spec("two"));
+    }
+
+    #[test]
+    fn a_job_whose_registers_are_all_as_new_here_changes_nothing_and_is_known_as_such_beforehand() {
+        let (mut dc1, dc2) = (base(), base());
+        assert!(dc1.versions.covers(&dc2.versions));
+        assert!(dc1.versions.all_from("dc1"));
+        let mut newer = base();
+        scale(&mut newer, "dc2", 3, 40, "dc2");
+        assert!(!dc1.versions.covers(&newer.versions));
+        assert!(!newer.versions.all_from("dc1"));
+        merge(&mut dc1, &state_of(&newer));
+        assert!(dc1.versions.covers(&newer.versions), "after the merge it covers it");
     }
 
     #[test]

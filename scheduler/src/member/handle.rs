@@ -24,6 +24,7 @@ pub(crate) struct Handle {
     config: Arc<CellConfig>,
     leases: Arc<Leases>,
     changes: Arc<crate::state::Changes>,
+    scheduling: Arc<crate::scheduling::Local>,
 }
 
 impl Handle {
@@ -34,12 +35,13 @@ impl Handle {
         config: Arc<CellConfig>,
         leases: Arc<Leases>,
         changes: Arc<crate::state::Changes>,
+        scheduling: Arc<crate::scheduling::Local>,
     ) -> Handle {
-        Handle { raft, state, proposer, config, leases, changes }
+        Handle { raft, state, proposer, config, leases, changes, scheduling }
     }
 }
 
-impl crate::federation::worker::Host for Handle {
+impl super::federation::worker::Host for Handle {
     fn config(&self) -> &CellConfig {
         &self.config
     }
@@ -50,6 +52,10 @@ impl crate::federation::worker::Host for Handle {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::state::CellState> {
         crate::scheduling::Host::read(self)
+    }
+
+    fn pending_reason(&self, task: &str) -> Option<String> {
+        self.scheduling.pending(task)
     }
 
     fn leader_and_members(&self) -> (Option<String>, Vec<String>) {

@@ -101,8 +101,8 @@ pub struct Cell {
     /// The background loops: the scheduler, the proposers, the metrics; stopped when the member is dropped.
     workers: crate::worker::Workers,
     /// The other cells as heard, and the federation's metrics.
-    cells: Arc<crate::federation::cells::Cells>,
-    federation: crate::federation::worker::FederationMetrics,
+    cells: Arc<federation::cells::Cells>,
+    federation: federation::worker::FederationMetrics,
 }
 
 pub(crate) use crate::clock::now_ms;
@@ -181,9 +181,16 @@ impl Cell {
         let (proposer, rx) = Proposer::new(raft.clone(), streams.clone(), proposing, &config, metrics.clone());
         let proposer = Arc::new(proposer);
         let leases: Arc<Leases> = Arc::default();
-        let handle =
-            Handle::new(raft.clone(), state.clone(), proposer.clone(), config.clone(), leases.clone(), changes);
         let scheduling: Arc<crate::scheduling::Local> = Arc::default();
+        let handle = Handle::new(
+            raft.clone(),
+            state.clone(),
+            proposer.clone(),
+            config.clone(),
+            leases.clone(),
+            changes,
+            scheduling.clone(),
+        );
         workers.spawn(crate::scheduling::Scheduler::new(
             handle.clone(),
             scheduling.clone(),
@@ -197,14 +204,10 @@ impl Cell {
             committed.clone(),
             proposer.clone(),
         ));
-        let cells: Arc<crate::federation::cells::Cells> = Arc::default();
-        let federation = crate::federation::worker::FederationMetrics::new(registry, &config.cell, config.node_id)?;
+        let cells: Arc<federation::cells::Cells> = Arc::default();
+        let federation = federation::worker::FederationMetrics::new(registry, &config.cell, config.node_id)?;
         if config.federation.is_federated() {
-            workers.spawn(crate::federation::worker::Federation::new(
-                handle.clone(),
-                cells.clone(),
-                federation.clone(),
-            ));
+            workers.spawn(federation::worker::Federation::new(handle.clone(), cells.clone(), federation.clone()));
         }
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for n in 1..=PROPOSERS {

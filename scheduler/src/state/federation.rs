@@ -36,6 +36,27 @@ impl CellState {
         self.outbox.range(after + 1..).count()
     }
 
+    /// Whether this state already holds every register of `incoming` at least as new (merging it changes nothing).
+    pub fn covers(&self, incoming: &ReplicatedJob) -> bool {
+        self.jobs.get(&incoming.id).is_some_and(|j| j.versions.covers(&incoming.versions))
+    }
+
+    /// A job's tasks here: running, not placed yet, and the first of those (for its pending reason).
+    pub fn figures(&self, job: &str) -> (u32, u32, Option<&str>) {
+        let (mut running, mut pending, mut first) = (0, 0, None);
+        for t in self.tasks_of_job(job) {
+            match t.state {
+                titan_api::task::TaskState::Running => running += 1,
+                titan_api::task::TaskState::Accepted if t.desired == titan_api::task::Desired::Run => {
+                    pending += 1;
+                    first.get_or_insert(t.id.as_str());
+                }
+                _ => {}
+            }
+        }
+        (running, pending, first)
+    }
+
     /// How far this cell has merged `cell`'s outbox.
     pub fn position(&self, cell: &str) -> u64 {
         self.positions.get(cell).copied().unwrap_or(0)
@@ -56,7 +77,7 @@ impl CellState {
                 out.refused.push((incoming.id.clone(), e.to_string()));
                 continue;
             }
-            for v in versions(&incoming.versions) {
+            for v in incoming.versions.all() {
                 // Within the bound, checked above.
                 let _ = self.clock.observe(v, meta.at_ms, max_skew_ms);
             }
@@ -87,13 +108,8 @@ impl CellState {
     }
 }
 
-/// Every version of a job's registers.
-fn versions(v: &JobVersions) -> impl Iterator<Item = &Hlc> {
-    std::iter::once(&v.spec).chain(v.counts.values()).chain(std::iter::once(&v.enabled)).chain(v.killed.iter())
-}
-
 fn newest(v: &JobVersions) -> Option<&Hlc> {
-    versions(v).max()
+    v.all().max()
 }
 
 /// Merges `incoming` into `job`; `None` when nothing changed.

@@ -22,9 +22,12 @@ impl JobsApi for Cell {
 
     fn get_job(&self, id: String) -> ApiResult<'_, JobView> {
         Box::pin(async move {
+            let record = self.read().job(&id).cloned().ok_or_else(|| ApiError::not_found("job", &id))?;
+            let locations = self.location_views(&record);
             let (mut view, mut summary, accepted) = {
                 let s = self.read();
-                let view = s.job(&id).map(|j| j.view()).ok_or_else(|| ApiError::not_found("job", &id))?;
+                let mut view = record.view();
+                view.locations = locations;
                 let mut summary = titan_api::view::TaskSummary::default();
                 let mut accepted = Vec::new();
                 for t in s.tasks_of_job(&id) {

@@ -9,36 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec};
-use serde::{Deserialize, Serialize};
 
-use super::cells::{Beat, Cells};
-use super::ReplicatedJob;
+use super::cells::Cells;
 use crate::config::CellConfig;
+use crate::federation::wire::{Beat, Push, Pushed, Summary, BEAT_PATH, CONTENT_TYPE, PUSH_PATH};
+use crate::federation::ReplicatedJob;
 use crate::state::CellState;
 use crate::worker::{Next, Worker};
-
-/// The path a cell pushes batches to, and the one it heartbeats.
-pub const PUSH_PATH: &str = "/internal/federation/push";
-pub const BEAT_PATH: &str = "/internal/federation/heartbeat";
-/// The content type of both (MessagePack).
-pub const CONTENT_TYPE: &str = "application/msgpack";
-
-/// A batch of jobs one cell pushes another.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Push {
-    pub from: String,
-    /// The sender's change number of the last job in the batch.
-    pub upto: u64,
-    pub jobs: Vec<ReplicatedJob>,
-}
-
-/// The answer to a push.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Pushed {
-    /// How far the receiver has now merged the sender's outbox.
-    pub position: u64,
-    pub refused: Vec<(String, String)>,
-}
 
 /// What the worker needs of its member.
 pub(crate) trait Host: Send + Sync + 'static {
@@ -47,6 +24,8 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, CellState>;
     /// This member's view of the cell: its leader's and members' addresses.
     fn leader_and_members(&self) -> (Option<String>, Vec<String>);
+    /// Why a task is not placed yet, as this member's scheduler (the leader's) last found.
+    fn pending_reason(&self, task: &str) -> Option<String>;
 }
 
 /// The federation's metrics the worker keeps.
@@ -84,6 +63,8 @@ struct Peer {
     position: Option<u64>,
     /// The address that answered last, tried first.
     preferred: usize,
+    /// The job figures it was last sent, so a heartbeat carries only those that changed.
+    sent: BTreeMap<String, Summary>,
 }
 
 pub(crate) struct Federation<H> {
@@ -94,6 +75,7 @@ pub(crate) struct Federation<H> {
     peers: BTreeMap<String, Peer>,
     last_beat: Option<Instant>,
     pushed: u64,
+    beats: u64,
 }
 
 impl<H: Host> Federation<H> {
@@ -103,7 +85,9 @@ impl<H: Host> Federation<H> {
             .federation
             .cells
             .iter()
-            .map(|(name, addrs)| (name.clone(), Peer { addrs: addrs.clone(), position: None, preferred: 0 }))
+            .map(|(name, addrs)| {
+                (name.clone(), Peer { addrs: addrs.clone(), position: None, preferred: 0, sent: BTreeMap::new() })
+            })
             .collect();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(4)
@@ -111,24 +95,49 @@ impl<H: Host> Federation<H> {
             .connect_timeout(Duration::from_millis(500))
             .build()
             .expect("a plain HTTP client always builds");
-        Federation { host, cells, metrics, http, peers, last_beat: None, pushed: 0 }
+        Federation { host, cells, metrics, http, peers, last_beat: None, pushed: 0, beats: 0 }
     }
 
-    /// This cell's heartbeat.
-    fn beat(&self) -> Beat {
+    /// This cell's heartbeat, and the figures of every job here.
+    fn beat(&self) -> (Beat, BTreeMap<String, Summary>) {
         let (leader, members) = self.host.leader_and_members();
         let state = self.host.read();
         let positions = self.peers.keys().map(|c| (c.clone(), state.position(c))).collect();
-        Beat { cell: self.host.config().cell.clone(), leader, members, outbox_seq: state.outbox_seq(), positions }
+        let figures = state
+            .jobs()
+            .map(|j| {
+                let (running, pending, first) = state.figures(&j.id);
+                let pending_reason = first.and_then(|t| self.host.pending_reason(t));
+                (j.id.clone(), Summary { running, pending, pending_reason })
+            })
+            .collect();
+        let beat = Beat {
+            cell: self.host.config().cell.clone(),
+            leader,
+            members,
+            outbox_seq: state.outbox_seq(),
+            positions,
+            summaries: BTreeMap::new(),
+        };
+        (beat, figures)
     }
 
     /// Heartbeats every member of every other cell; their answers say how far each merged this cell's outbox.
     async fn heartbeat(&mut self) {
-        let beat = self.beat();
-        let Ok(body) = rmp_serde::to_vec_named(&beat) else { return };
+        let (beat, figures) = self.beat();
         let me = beat.cell.clone();
+        // Every thirtieth heartbeat carries every job's figures, for a cell that restarted and forgot them.
+        let everything = self.beats % 30 == 0;
+        self.beats += 1;
         let mut calls = Vec::new();
         for (name, peer) in &self.peers {
+            let mut beat = beat.clone();
+            beat.summaries = figures
+                .iter()
+                .filter(|(job, s)| everything || peer.sent.get(*job) != Some(*s))
+                .map(|(job, s)| (job.clone(), s.clone()))
+                .collect();
+            let Ok(body) = rmp_serde::to_vec_named(&beat) else { return };
             for addr in &peer.addrs {
                 let req = self
                     .http
@@ -157,6 +166,7 @@ impl<H: Host> Federation<H> {
                 let theirs = answer.positions.get(&me).copied().unwrap_or(0);
                 // A position only moves forward, unless the peer lost its state (it then needs everything again).
                 p.position = Some(theirs);
+                p.sent.clone_from(&figures);
             }
             self.cells.heard(answer);
         }
@@ -170,18 +180,18 @@ impl<H: Host> Federation<H> {
         let (push, waiting) = {
             let state = self.host.read();
             let mut upto = position;
+            // A job whose every register that cell wrote is not sent back to it: it has them.
             let jobs: Vec<ReplicatedJob> = state
                 .outbox_after(position, batch)
-                .map(|(seq, job)| {
-                    upto = seq;
-                    job.replicated()
-                })
+                .inspect(|(seq, _)| upto = *seq)
+                .filter(|(_, job)| !job.versions.all_from(cell))
+                .map(|(_, job)| job.replicated())
                 .collect();
             let waiting = state.outbox_waiting(position);
             (Push { from: self.host.config().cell.clone(), upto, jobs }, waiting)
         };
         self.metrics.pending.with_label_values(&[cell]).set(waiting as i64);
-        if push.jobs.is_empty() {
+        if push.upto == position {
             return Ok(false);
         }
         let body = rmp_serde::to_vec_named(&push).map_err(|e| e.to_string())?;
@@ -222,9 +232,12 @@ impl<H: Host> Federation<H> {
                 p.position = Some(pushed.position);
                 p.preferred = k;
             }
-            let left = waiting.saturating_sub(push.jobs.len());
+            let (left, last) = {
+                let state = self.host.read();
+                (state.outbox_waiting(pushed.position), state.outbox_seq())
+            };
             self.metrics.pending.with_label_values(&[cell]).set(left as i64);
-            return Ok(pushed.position < push.upto || left > 0);
+            return Ok(pushed.position < last);
         }
         Err(format!("no member of cell {cell} took the batch: {last_error}"))
     }

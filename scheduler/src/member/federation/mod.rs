@@ -4,8 +4,12 @@
 
 use super::*;
 use crate::command::MergeOutcome;
-use crate::federation::cells::{state_of, Beat};
-use crate::federation::worker::{Push, Pushed, BEAT_PATH, CONTENT_TYPE, PUSH_PATH};
+use crate::federation::wire::{Beat, Push, Pushed, BEAT_PATH, CONTENT_TYPE, PUSH_PATH};
+
+pub(super) mod cells;
+pub(super) mod worker;
+
+use cells::state_of;
 
 /// The routes other cells call, with a body limit fit for a batch.
 pub(super) fn routes(cell: Arc<Cell>) -> Router {
@@ -51,7 +55,14 @@ impl Cell {
         let (leader, members) = self.leader_and_members();
         let state = self.read();
         let positions = self.config.federation.cells.keys().map(|c| (c.clone(), state.position(c))).collect();
-        Beat { cell: self.config.cell.clone(), leader, members, outbox_seq: state.outbox_seq(), positions }
+        Beat {
+            cell: self.config.cell.clone(),
+            leader,
+            members,
+            outbox_seq: state.outbox_seq(),
+            positions,
+            summaries: Default::default(),
+        }
     }
 
     pub(crate) fn leader_and_members(&self) -> (Option<String>, Vec<String>) {
@@ -80,6 +91,53 @@ impl Cell {
             }
         }
         Ok(())
+    }
+
+    /// The job in each location: this cell's figures now, the others' as their cells last reported them.
+    pub(crate) fn location_views(&self, job: &crate::job::JobRecord) -> Vec<titan_api::view::LocationView> {
+        let f = &self.config.federation;
+        let (suspect, down) = (Duration::from_millis(f.suspect_ms), Duration::from_millis(f.down_ms));
+        let heard = self.cells.last_heard();
+        let mut locations: BTreeSet<&String> = job.counts.keys().collect();
+        locations.extend(f.cells.keys());
+        locations.insert(&self.config.cell);
+        locations
+            .into_iter()
+            .map(|location| {
+                let desired = job.counts.get(location).copied().unwrap_or(0);
+                let mut view = titan_api::view::LocationView {
+                    location: location.clone(),
+                    desired,
+                    running: 0,
+                    pending: 0,
+                    pending_reason: None,
+                    cell_state: "unknown".into(),
+                    age_ms: None,
+                };
+                if *location == self.config.cell {
+                    let (running, pending, first) = {
+                        let state = self.read();
+                        let (running, pending, first) = state.figures(&job.id);
+                        (running, pending, first.map(String::from))
+                    };
+                    view.running = running;
+                    view.pending = pending;
+                    view.pending_reason = first.and_then(|t| self.scheduling.pending(&t));
+                    view.cell_state = "self".into();
+                    view.age_ms = Some(0);
+                } else if f.cells.contains_key(location) {
+                    let silent = heard.get(location).copied().flatten().map(|t| t.elapsed());
+                    view.cell_state = state_of(silent, suspect, down).into();
+                    if let Some((s, age)) = self.cells.summary(location, &job.id) {
+                        view.running = s.running;
+                        view.pending = s.pending;
+                        view.pending_reason = s.pending_reason;
+                        view.age_ms = Some(age.as_millis() as u64);
+                    }
+                }
+                view
+            })
+            .collect()
     }
 
     /// Every cell of the federation as this member sees it.
@@ -133,8 +191,18 @@ async fn push(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpRes
         return cell.refuse("unknown_cell", e);
     }
     let newest = push.jobs.iter().flat_map(|j| [j.versions.spec.ms, j.versions.enabled.ms]).max();
-    let Push { from, upto, jobs } = push;
+    let Push { from, upto, mut jobs } = push;
     let n = jobs.len();
+    // What this member has applied already holds is left out of the command (merging it would change nothing, and
+    // a merge only moves registers forward), so a batch of jobs another cell relays costs a small entry.
+    let already = {
+        let state = cell.read();
+        jobs.retain(|j| !state.covers(j));
+        state.position(&from)
+    };
+    if jobs.is_empty() && already >= upto {
+        return packed(&Pushed { position: already, refused: Vec::new() });
+    }
     let meta = Meta {
         who: format!("cell:{from}"),
         why: None,

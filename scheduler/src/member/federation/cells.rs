@@ -6,24 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-/// A heartbeat between cells, and its answer: the sender's view of itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Beat {
-    pub cell: String,
-    pub leader: Option<String>,
-    pub members: Vec<String>,
-    /// The sender's last outbox change number.
-    pub outbox_seq: u64,
-    /// How far the sender has merged each other cell's outbox.
-    pub positions: BTreeMap<String, u64>,
-}
+use crate::federation::wire::{Beat, Summary};
 
 /// One other cell as last heard.
 #[derive(Clone, Debug, Default)]
 pub struct Heard {
     pub beat: Beat,
+    /// Its jobs' figures, gathered from its heartbeats (each sends only what changed), and when each came.
+    pub summaries: BTreeMap<String, (Summary, Instant)>,
     pub at: Option<Instant>,
     /// From a write there to its merge here, for the latest batch merged from it.
     pub lag_in: Option<Duration>,
@@ -46,11 +36,20 @@ impl Cells {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn heard(&self, beat: Beat) {
+    pub fn heard(&self, mut beat: Beat) {
+        let now = Instant::now();
         let mut cells = self.lock();
         let heard = cells.entry(beat.cell.clone()).or_default();
+        for (job, s) in std::mem::take(&mut beat.summaries) {
+            heard.summaries.insert(job, (s, now));
+        }
         heard.beat = beat;
-        heard.at = Some(Instant::now());
+        heard.at = Some(now);
+    }
+
+    /// What `cell` last reported of `job`, and how long ago.
+    pub fn summary(&self, cell: &str, job: &str) -> Option<(Summary, Duration)> {
+        self.lock().get(cell)?.summaries.get(job).map(|(s, at)| (s.clone(), at.elapsed()))
     }
 
     pub fn merged(&self, cell: &str, lag: Duration) {
@@ -63,6 +62,11 @@ impl Cells {
 
     pub fn all(&self) -> BTreeMap<String, Heard> {
         self.lock().clone()
+    }
+
+    /// When each cell was last heard.
+    pub fn last_heard(&self) -> BTreeMap<String, Option<Instant>> {
+        self.lock().iter().map(|(c, h)| (c.clone(), h.at)).collect()
     }
 }
 

@@ -1,0 +1,54 @@
+//! What cells send each other: pushed batches of jobs and their answers, heartbeats with the figures of the jobs
+//! that changed, and the routes both go to (MessagePack bodies).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ReplicatedJob;
+
+/// The path a cell pushes batches to, and the one it heartbeats.
+pub const PUSH_PATH: &str = "/internal/federation/push";
+pub const BEAT_PATH: &str = "/internal/federation/heartbeat";
+/// The content type of both (MessagePack).
+pub const CONTENT_TYPE: &str = "application/msgpack";
+
+/// A batch of jobs one cell pushes another.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Push {
+    pub from: String,
+    /// The sender's change number of the last job in the batch.
+    pub upto: u64,
+    pub jobs: Vec<ReplicatedJob>,
+}
+
+/// The answer to a push.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pushed {
+    /// How far the receiver has now merged the sender's outbox.
+    pub position: u64,
+    pub refused: Vec<(String, String)>,
+}
+
+/// A heartbeat between cells, and its answer: the sender's view of itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beat {
+    pub cell: String,
+    pub leader: Option<String>,
+    pub members: Vec<String>,
+    /// The sender's last outbox change number.
+    pub outbox_seq: u64,
+    /// How far the sender has merged each other cell's outbox.
+    pub positions: BTreeMap<String, u64>,
+    /// The sender's tasks of each job whose figures changed since its last heartbeat to this cell.
+    #[serde(default)]
+    pub summaries: BTreeMap<String, Summary>,
+}
+
+/// One job's tasks in one cell, as the cell reports them to the others.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub running: u32,
+    pub pending: u32,
+    pub pending_reason: Option<String>,
+}
