@@ -127,7 +127,7 @@ impl<H: Host> Federation<H> {
         let (beat, figures) = self.beat();
         let me = beat.cell.clone();
         // Every thirtieth heartbeat carries every job's figures, for a cell that restarted and forgot them.
-        let everything = self.beats % 30 == 0;
+        let everything = self.beats.is_multiple_of(30);
         self.beats += 1;
         let mut calls = Vec::new();
         for (name, peer) in &self.peers {
