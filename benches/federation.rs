@@ -7,7 +7,10 @@
 //! 2. dc3 killed for `DOWN_SECONDS` while `CATCH_UP_JOBS` jobs are written to dc1 and dc2; then restarted: the time
 //!    until it holds every one of them, and the bytes dc1 and dc2 pushed it for that (their
 //!    `titan_federation_push_bytes_total{peer="dc3"}`), beside what a full copy of every job would be.
-//! 3. The local submit rate of dc1 with the federation on, against a standalone cell under the same load.
+//! 3. The local submit rate of dc1 with the federation on, against a standalone cell under the same load, and dc1's
+//!    own CPU per 1,000 writes in each. On a small machine the three cells share the cores, so the rate falls with
+//!    the receivers' work; the CPU per write is the origin cell's own cost. With `TITAN_BENCH_PIN=1` dc1 runs on
+//!    CPU 0 and everything else on CPU 1 (`taskset`), in both runs.
 //!
 //! Jobs ask for 0 instances everywhere by default (`TITAN_BENCH_LOCATION` to change it), so the figures are the
 //! job store's and federation's, not the scheduler's. Every phase is bounded in jobs and in time; the processes are
@@ -257,17 +260,36 @@ async fn main() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
     // 3. One cell's local submit rate, federated and standalone.
+    let pin = std::env::var("TITAN_BENCH_PIN").is_ok_and(|v| v == "1");
+    let pin_to = |pid: Option<u32>, cpu: &str| {
+        if let (true, Some(pid)) = (pin, pid) {
+            let _ = std::process::Command::new("taskset").args(["-apc", cpu, &pid.to_string()]).output();
+        }
+    };
+    if pin {
+        pin_to(Some(std::process::id()), "1");
+        pin_to(cells[0].members[0].pid(), "0");
+        pin_to(cells[1].members[0].pid(), "1");
+        pin_to(cells[2].members[0].pid(), "1");
+    }
     let local = catch_up;
+    let dc1 = cells[0].members[0].pid().unwrap_or(0);
+    let cpu = common::cpu_seconds(dc1);
     let (fed_rate, fed_failed) = submit(&[(0, addrs[0].clone())], "local", local, clients, &Arc::default()).await;
+    let fed_cpu = (common::cpu_seconds(dc1) - cpu) * 1000.0 / local as f64;
     drop(cells);
     let solo = Cluster::configure_cell("dc1", 1, common::BENCH_CONFIG);
     let mut solo = solo;
     solo.restart(1);
     solo.leader(Duration::from_secs(20)).await;
+    pin_to(solo.members[0].pid(), "0");
+    let solo_pid = solo.members[0].pid().unwrap_or(0);
     let solo_addr = solo.members[0].addr.to_string();
+    let cpu = common::cpu_seconds(solo_pid);
     let (solo_rate, solo_failed) = submit(&[(0, solo_addr)], "local", local, clients, &Arc::default()).await;
+    let solo_cpu = (common::cpu_seconds(solo_pid) - cpu) * 1000.0 / local as f64;
     println!(
-        "local: jobs={local} clients={clients} federated_rate_per_s={fed_rate:.0} standalone_rate_per_s={solo_rate:.0} ratio={:.2} failed={}",
+        "local: jobs={local} clients={clients} pinned={pin} federated_rate_per_s={fed_rate:.0} standalone_rate_per_s={solo_rate:.0} ratio={:.2} dc1_cpu_s_per_1000 federated={fed_cpu:.3} standalone={solo_cpu:.3} failed={}",
         fed_rate / solo_rate,
         fed_failed + solo_failed
     );

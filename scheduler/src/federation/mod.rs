@@ -25,8 +25,6 @@ pub const DEFAULT_SUSPECT_MS: u64 = 3_000;
 pub const DEFAULT_DOWN_MS: u64 = 15_000;
 /// How far ahead of a cell's clock another cell's version may be and still be taken.
 pub const DEFAULT_MAX_SKEW_MS: u64 = 60_000;
-/// How long a killed job's tombstone is kept, so a cell that was away learns of the kill.
-pub const DEFAULT_TOMBSTONE_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Most jobs in one pushed batch.
 pub const DEFAULT_BATCH: usize = 500;
 
@@ -41,7 +39,6 @@ pub struct FederationConfig {
     pub suspect_ms: u64,
     pub down_ms: u64,
     pub max_skew_ms: u64,
-    pub tombstone_retention_ms: u64,
     pub batch: usize,
 }
 
@@ -53,7 +50,6 @@ impl Default for FederationConfig {
             suspect_ms: DEFAULT_SUSPECT_MS,
             down_ms: DEFAULT_DOWN_MS,
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
-            tombstone_retention_ms: DEFAULT_TOMBSTONE_RETENTION_MS,
             batch: DEFAULT_BATCH,
         }
     }
@@ -72,8 +68,6 @@ pub enum FederationError {
     Timing { heartbeat: u64, suspect: u64, down: u64 },
     #[error("federation.batch must be 1 to 10000, got {0}")]
     Batch(usize),
-    #[error("federation.tombstone_retention_ms must be above 0")]
-    Retention,
 }
 
 /// Whether `name` is a valid cell (location) name.
@@ -106,9 +100,6 @@ impl FederationConfig {
         }
         if !(1..=10_000).contains(&self.batch) {
             return Err(FederationError::Batch(self.batch));
-        }
-        if self.tombstone_retention_ms == 0 {
-            return Err(FederationError::Retention);
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ pub struct JobVersions {
     /// Per location.
     pub counts: BTreeMap<String, Hlc>,
     pub enabled: Hlc,
-    /// The kill, once there is one: a tombstone, kept for the retention window.
+    /// The kill, once there is one: a tombstone (killed jobs are kept, so it reaches every cell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub killed: Option<Hlc>,
 }
