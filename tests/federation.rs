@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::proxy;
 use common::sim::{self, Record};
 use common::*;
 use titan_api::job::BodyFormat;
@@ -341,4 +342,72 @@ fn a_malformed_federation_setting_refuses_to_start_and_names_it() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--federation"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// dc1, dc2 and dc3 whose federation traffic goes through a proxy per direction and destination member, so a test
+/// can cut one cell off from the others while each keeps its own members' Raft traffic.
+async fn federation_through_proxies() -> (BTreeMap<&'static str, Cluster>, Vec<((String, String), proxy::Proxy)>) {
+    let mut cells = federation();
+    let mut proxies = Vec::new();
+    let names: Vec<&str> = cells.keys().copied().collect();
+    let mut routes: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for from in &names {
+        for to in names.iter().filter(|t| *t != from) {
+            for m in &cells[to].members {
+                let p = proxy::Proxy::start(m.addr).await;
+                routes.entry((from.to_string(), to.to_string())).or_default().push(format!("\"{}\"", p.addr));
+                proxies.push(((from.to_string(), to.to_string()), p));
+            }
+        }
+    }
+    for (name, cell) in cells.iter_mut() {
+        let others: Vec<String> = names
+            .iter()
+            .filter(|n| *n != name)
+            .map(|to| format!("{to} = [{}]", routes[&(name.to_string(), to.to_string())].join(", ")))
+            .collect();
+        cell.config = format!(
+            "{TEST_CONFIG}[federation]\nheartbeat_ms = 200\nsuspect_ms = 1000\ndown_ms = 3000\ncells = {{ {} }}\n",
+            others.join(", ")
+        );
+    }
+    (cells, proxies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_cell_keeps_taking_writes_and_every_cell_converges_when_it_heals() {
+    let (mut cells, proxies) = federation_through_proxies().await;
+    start_all(&mut cells);
+    for cell in cells.values() {
+        cell.leader(Duration::from_secs(20)).await;
+    }
+    let (c1, c2) = (client_of(&cells["dc1"]), client_of(&cells["dc2"]));
+    let shared = c1.submit_raw(job("shared", "dc1:1,dc2:1"), BodyFormat::Json, None).await.expect("job").id;
+    converged(&cells, 1).await;
+
+    // dc2 cut off from both others, both ways; every cell still takes writes.
+    let touches_dc2 = |(from, to): &(String, String)| from == "dc2" || to == "dc2";
+    for (route, p) in &proxies {
+        if touches_dc2(route) {
+            p.cut();
+        }
+    }
+    let on_dc1 = c1.submit_raw(job("on-dc1", "dc1:1"), BodyFormat::Json, None).await.expect("dc1 takes writes").id;
+    let on_dc2 = c2.submit_raw(job("on-dc2", "dc2:1"), BodyFormat::Json, None).await.expect("dc2 takes writes").id;
+    c1.set_instances(&shared, &BTreeMap::from([("dc1".to_string(), 4)]), None).await.expect("scaled in dc1");
+    c2.set_instances(&shared, &BTreeMap::from([("dc2".to_string(), 6)]), None).await.expect("scaled in dc2");
+    eventually(Duration::from_secs(10), "dc1 to call dc2 down", || {
+        let c1 = c1.clone();
+        async move { c1.cells().await.unwrap_or_default().iter().any(|c| c.name == "dc2" && c.state == "down") }
+    })
+    .await;
+    assert!(c2.get_job(&on_dc1).await.is_err(), "dc2 is cut off: it has not heard of dc1's new job");
+
+    for (_, p) in &proxies {
+        p.heal();
+    }
+    let jobs = converged(&cells, 3).await;
+    assert!(jobs.contains_key(&on_dc1) && jobs.contains_key(&on_dc2), "both sides' new jobs are everywhere");
+    let counts = &jobs[&shared].0;
+    assert_eq!((counts["dc1"], counts["dc2"]), (4, 6), "both sides' scales stay");
 }
