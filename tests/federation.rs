@@ -154,6 +154,12 @@ async fn jobs_written_in_any_cell_reach_every_cell_and_each_location_runs_its_co
         .await;
     }
 
+    // The history records which cell took each change, wherever it is read.
+    for cell in cells.values() {
+        let history = client_of(cell).job_history(&b.id).await.expect("history");
+        assert_eq!(history[0].cell.as_deref(), Some("dc2"), "b was submitted to dc2: {history:?}");
+    }
+
     // Any cell shows the job in every location, with the figures the other cells reported.
     let dc3 = client_of(&cells["dc3"]);
     let id = a.id.clone();

@@ -48,6 +48,9 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub at_ms: u64,
+    /// The cell that made a job's change (federation: a change merged from another cell names that cell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<String>,
 }
 
 /// Query of `GET /v1/events`.
@@ -107,6 +110,7 @@ mod tests {
             agent_id: None,
             reason: None,
             at_ms: 0,
+            cell: None,
         };
         assert!(q.matches(&topics, &e(Topic::Task, "t1", Some("j1"))));
         assert!(q.matches(&topics, &e(Topic::Job, "j1", None)));

@@ -179,6 +179,9 @@ pub struct HistoryEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
     pub what: String,
+    /// The cell that took the change (absent on changes from before federation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<String>,
 }
 
 /// A page of jobs.

@@ -18,12 +18,15 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
     pub what: String,
+    /// The cell that took the change; empty in records from before federation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cell: String,
 }
 
 impl From<&Change> for HistoryEntry {
     fn from(c: &Change) -> HistoryEntry {
-        let Change { version, at_ms, who, why, what } = c.clone();
-        HistoryEntry { version, at_ms, who, why, what }
+        let Change { version, at_ms, who, why, what, cell } = c.clone();
+        HistoryEntry { version, at_ms, who, why, what, cell: Some(cell).filter(|c| !c.is_empty()) }
     }
 }
 
@@ -99,6 +102,7 @@ impl JobRecord {
             who: meta.who.clone(),
             why: meta.why.clone(),
             what,
+            cell: meta.cell.clone(),
         });
         if self.history.len() > MAX_HISTORY {
             let excess = self.history.len() - MAX_HISTORY;

@@ -119,6 +119,7 @@ mod tests {
             agent_id: None,
             reason: None,
             at_ms: 0,
+            cell: None,
         }
     }
 

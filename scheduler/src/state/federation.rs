@@ -150,7 +150,14 @@ fn merge_into(job: &mut JobRecord, incoming: &ReplicatedJob, keep: bool, from: &
         what.push("killed".into());
     }
     job.versions = regs.versions;
-    let change = Meta { who: format!("cell:{from}"), why: None, cell: from.to_string(), ..meta.clone() };
+    // The change is the latest write's cell's (a relay is not its origin).
+    let origin = newest(&incoming.versions).map(|v| v.cell.clone()).filter(|c| !c.is_empty());
+    let change = Meta {
+        who: format!("cell:{from}"),
+        why: None,
+        cell: origin.unwrap_or_else(|| from.to_string()),
+        ..meta.clone()
+    };
     job.change(&change, format!("{} (from {from})", what.join(", ")));
     if m.spec {
         job.spec_version = job.version;
@@ -183,7 +190,7 @@ fn record_of(incoming: &ReplicatedJob, from: &str, meta: &Meta) -> JobRecord {
         versions: incoming.versions.clone(),
         origin: incoming.origin.clone(),
     };
-    let change = Meta { who: format!("cell:{from}"), why: None, cell: from.to_string(), ..meta.clone() };
+    let change = Meta { who: format!("cell:{from}"), why: None, cell: incoming.origin.clone(), ..meta.clone() };
     record.change(&change, format!("created in {} (from {from})", incoming.origin));
     record
 }

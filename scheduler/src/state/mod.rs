@@ -140,6 +140,9 @@ impl CellState {
         let changed = if moved { job.history.last().cloned() } else { None };
         if let Some(h) = changed {
             self.event(Topic::Job, &h.what, &id, Some(&id), None, h.why.as_deref(), h.at_ms);
+            if let Some(e) = self.fx.events.last_mut().filter(|_| !h.cell.is_empty()) {
+                e.cell = Some(h.cell.clone());
+            }
         }
         let was = was.map(|(state, _)| state);
         if was != Some(now) {
@@ -348,6 +351,7 @@ impl CellState {
             agent_id: agent_id.map(String::from),
             reason: reason.map(String::from),
             at_ms,
+            cell: None,
         });
     }
 
