@@ -417,3 +417,18 @@ async fn a_partitioned_cell_keeps_taking_writes_and_every_cell_converges_when_it
     let counts = &jobs[&shared].0;
     assert_eq!((counts["dc1"], counts["dc2"]), (4, 6), "both sides' scales stay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_cell_takes_any_location_and_says_which_it_cannot_see() {
+    let cell = Cluster::start(1);
+    cell.leader(Duration::from_secs(20)).await;
+    let client = cell.members[0].client();
+    let alone = client.submit_raw(job("alone", "dc1:1,dc9:2"), BodyFormat::Json, None).await.expect("taken");
+    assert_eq!(alone.unseen_locations, ["dc9"]);
+    let only_here = client.submit_raw(job("here", "dc1:1"), BodyFormat::Json, None).await.expect("taken");
+    assert!(only_here.unseen_locations.is_empty());
+    let view = client.get_job(&alone.id).await.expect("job");
+    let states: Vec<(String, String)> =
+        view.locations.iter().map(|l| (l.location.clone(), l.cell_state.clone())).collect();
+    assert_eq!(states, [("dc1".to_string(), "self".to_string()), ("dc9".to_string(), "unknown".to_string())]);
+}

@@ -42,6 +42,10 @@ impl JobState {
 pub struct JobRef {
     pub id: String,
     pub version: u64,
+    /// Locations the job names that no cell this cell knows runs: a standalone cell takes any location and says
+    /// here which it cannot see (a federation refuses them instead, `unknown_location`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unseen_locations: Vec<String>,
 }
 
 /// A job as stored by its cell.

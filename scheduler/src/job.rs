@@ -108,7 +108,7 @@ impl JobRecord {
             let excess = self.history.len() - MAX_HISTORY;
             self.history.drain(..excess);
         }
-        JobRef { id: self.id.clone(), version: self.version }
+        JobRef { id: self.id.clone(), version: self.version, unseen_locations: Vec::new() }
     }
 }
 

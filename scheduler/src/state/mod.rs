@@ -368,7 +368,11 @@ impl CellState {
                 // A proposal retried after an ambiguous failure carries the same id: it must not create twice.
                 let slot = match self.jobs.entry(id.clone()) {
                     btree_map::Entry::Occupied(existing) => {
-                        return Response::Job(JobRef { id: id.clone(), version: existing.get().version })
+                        return Response::Job(JobRef {
+                            id: id.clone(),
+                            version: existing.get().version,
+                            unseen_locations: Vec::new(),
+                        })
                     }
                     btree_map::Entry::Vacant(slot) => slot,
                 };

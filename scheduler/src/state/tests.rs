@@ -21,7 +21,7 @@ fn put(id: &str, key: Option<&str>, at: u64) -> Command {
 }
 
 fn job(id: &str, version: u64) -> Response {
-    Response::Job(JobRef { id: id.into(), version })
+    Response::Job(JobRef { id: id.into(), version, unseen_locations: Vec::new() })
 }
 
 #[test]

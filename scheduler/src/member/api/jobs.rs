@@ -8,7 +8,12 @@ impl JobsApi for Cell {
             let id = uuid::Uuid::new_v4().to_string();
             let spec = Spec::from(spec);
             self.check_locations(spec.counts().keys())?;
-            self.write(Command::PutJob { id, spec: Arc::new(spec), idempotency_key, meta: self.meta(actor) }).await
+            let unseen = self.unseen(spec.counts().keys());
+            let mut job = self
+                .write(Command::PutJob { id, spec: Arc::new(spec), idempotency_key, meta: self.meta(actor) })
+                .await?;
+            job.unseen_locations = unseen;
+            Ok(job)
         })
     }
 
@@ -62,8 +67,12 @@ impl JobsApi for Cell {
         Box::pin(async move {
             let spec = Spec::from(spec);
             self.check_locations(spec.counts().keys())?;
-            self.write(Command::UpdateJob { id, spec: Arc::new(spec), if_version: if_match, meta: self.meta(actor) })
-                .await
+            let unseen = self.unseen(spec.counts().keys());
+            let mut job = self
+                .write(Command::UpdateJob { id, spec: Arc::new(spec), if_version: if_match, meta: self.meta(actor) })
+                .await?;
+            job.unseen_locations = unseen;
+            Ok(job)
         })
     }
 
@@ -76,7 +85,12 @@ impl JobsApi for Cell {
     ) -> ApiResult<'_, JobRef> {
         Box::pin(async move {
             self.check_locations(instances.keys())?;
-            self.write(Command::SetInstances { id, instances, if_version: if_match, meta: self.meta(actor) }).await
+            let unseen = self.unseen(instances.keys());
+            let mut job = self
+                .write(Command::SetInstances { id, instances, if_version: if_match, meta: self.meta(actor) })
+                .await?;
+            job.unseen_locations = unseen;
+            Ok(job)
         })
     }
 

@@ -71,6 +71,12 @@ impl Cell {
         (leader, nodes.into_values().collect())
     }
 
+    /// The locations of `counts` no cell this one knows runs (for a standalone cell's answer).
+    pub(crate) fn unseen<'a>(&self, locations: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        let f = &self.config.federation;
+        locations.into_iter().filter(|l| **l != self.config.cell && !f.cells.contains_key(*l)).cloned().collect()
+    }
+
     /// Refuses a job whose counts name a location the federation has not, in a federation; a standalone cell
     /// takes any location.
     pub(crate) fn check_locations<'a>(&self, locations: impl IntoIterator<Item = &'a String>) -> Result<(), ApiError> {
