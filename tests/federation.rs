@@ -206,6 +206,20 @@ async fn a_cell_killed_while_the_others_change_jobs_converges_when_it_is_back() 
         );
     }
     converged(&cells, 10).await;
+    // What dc1 sent dc2 for those 10 jobs: the size of a resend of everything, per job.
+    let sent_to_dc2 = |cells: &BTreeMap<&'static str, Cluster>| {
+        let addrs: Vec<String> = cells["dc1"].members.iter().map(|m| m.addr.to_string()).collect();
+        async move {
+            let mut total = 0.0;
+            for addr in addrs {
+                let text = reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()?;
+                total += metric(&text, "titan_federation_push_bytes_total", r#"peer="dc2""#);
+            }
+            Some(total)
+        }
+    };
+    let before = sent_to_dc2(&cells).await.expect("metrics");
+    let per_job = before / 10.0;
 
     // dc2 dies, all of it; the others go on taking writes.
     cells.get_mut("dc2").expect("dc2").member(1).kill();
@@ -232,6 +246,7 @@ async fn a_cell_killed_while_the_others_change_jobs_converges_when_it_is_back() 
     .await;
 
     // Back from disk: it converges, and every acknowledged write is everywhere.
+    let at_return = sent_to_dc2(&cells).await.expect("metrics");
     cells.get_mut("dc2").expect("dc2").restart(1);
     // Listings leave killed jobs out: 19 of the 20, the killed one asked for by id.
     let jobs = converged(&cells, 19).await;
@@ -244,6 +259,9 @@ async fn a_cell_killed_while_the_others_change_jobs_converges_when_it_is_back() 
         let killed = client_of(cell).get_job(&ids[1]).await.expect("the killed job");
         assert_eq!(killed.state.as_str(), "killed");
     }
+    // Its position survived its restart: dc1 sent it what changed (13 jobs at most), not all 20 again.
+    let catch_up = sent_to_dc2(&cells).await.expect("metrics") - at_return;
+    assert!(catch_up < 16.0 * per_job, "dc1 sent {catch_up} bytes to catch dc2 up, {per_job} per job");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
