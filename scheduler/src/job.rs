@@ -72,6 +72,36 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job not yet changed (its first history entry is the caller's `change`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: &str,
+        spec: Arc<Spec>,
+        counts: BTreeMap<String, u32>,
+        state: JobState,
+        created_at_ms: u64,
+        updated_at_ms: u64,
+        versions: JobVersions,
+        origin: &str,
+    ) -> JobRecord {
+        JobRecord {
+            id: id.to_string(),
+            spec,
+            counts,
+            version: 0,
+            state,
+            created_at_ms,
+            updated_at_ms,
+            history: Vec::new(),
+            last_tick_ms: None,
+            current_run: None,
+            spec_version: 1,
+            older_specs: BTreeMap::new(),
+            versions,
+            origin: origin.to_string(),
+        }
+    }
+
     pub fn view(&self) -> JobView {
         JobView {
             id: self.id.clone(),

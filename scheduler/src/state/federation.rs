@@ -174,22 +174,16 @@ fn record_of(incoming: &ReplicatedJob, from: &str, meta: &Meta) -> JobRecord {
     };
     let mut spec = incoming.spec.clone();
     Arc::make_mut(&mut spec).set_counts(&incoming.counts);
-    let mut record = JobRecord {
-        id: incoming.id.clone(),
+    let mut record = JobRecord::new(
+        &incoming.id,
         spec,
-        counts: incoming.counts.clone(),
-        version: 0,
+        incoming.counts.clone(),
         state,
-        created_at_ms: incoming.created_at_ms,
-        updated_at_ms: meta.at_ms,
-        history: Vec::new(),
-        last_tick_ms: None,
-        current_run: None,
-        spec_version: 1,
-        older_specs: BTreeMap::new(),
-        versions: incoming.versions.clone(),
-        origin: incoming.origin.clone(),
-    };
+        incoming.created_at_ms,
+        meta.at_ms,
+        incoming.versions.clone(),
+        &incoming.origin,
+    );
     let change = Meta { who: format!("cell:{from}"), why: None, cell: incoming.origin.clone(), ..meta.clone() };
     record.change(&change, format!("created in {} (from {from})", incoming.origin));
     record

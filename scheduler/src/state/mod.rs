@@ -394,22 +394,16 @@ impl CellState {
                     enabled: v,
                     killed: None,
                 };
-                let mut record = JobRecord {
-                    id: id.clone(),
-                    spec: spec.clone(),
+                let mut record = JobRecord::new(
+                    id,
+                    spec.clone(),
                     counts,
-                    version: 0,
-                    state: JobState::Enabled,
-                    created_at_ms: meta.at_ms,
-                    updated_at_ms: meta.at_ms,
-                    history: Vec::new(),
-                    last_tick_ms: None,
-                    current_run: None,
-                    spec_version: 1,
-                    older_specs: BTreeMap::new(),
+                    JobState::Enabled,
+                    meta.at_ms,
+                    meta.at_ms,
                     versions,
-                    origin: meta.cell.clone(),
-                };
+                    &meta.cell,
+                );
                 let job = record.change(meta, "created".into());
                 slot.insert(Arc::new(record));
                 if let Some(key) = idempotency_key {
