@@ -138,6 +138,8 @@ impl Cell {
                         view.running = s.running;
                         view.pending = s.pending;
                         view.pending_reason = s.pending_reason;
+                        // A heartbeat carries only the figures that changed, so each one since says these stand.
+                        let age = silent.map_or(age, |since| since.min(age));
                         view.age_ms = Some(age.as_millis() as u64);
                     }
                 }
