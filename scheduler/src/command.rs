@@ -99,6 +99,9 @@ pub enum Command {
         upto: u64,
         jobs: Vec<crate::federation::ReplicatedJob>,
         max_skew_ms: u64,
+        /// How long a kill's tombstone is kept: an older one not held here is not taken in (0: no limit).
+        #[serde(default)]
+        tombstone_ms: u64,
         meta: Meta,
     },
 }
@@ -163,6 +166,9 @@ pub struct Round {
     /// Ended tasks past their retention that nothing needs any more: dropped from the state.
     #[serde(default)]
     pub forget: Vec<String>,
+    /// Killed jobs past their tombstone's retention with no task left: dropped from the state.
+    #[serde(default)]
+    pub forget_jobs: Vec<String>,
 }
 
 impl Round {
@@ -176,6 +182,7 @@ impl Round {
             && self.reachable.is_empty()
             && self.drained.is_empty()
             && self.forget.is_empty()
+            && self.forget_jobs.is_empty()
     }
 }
 
@@ -185,6 +192,9 @@ pub struct RoundOutcome {
     pub created: u32,
     pub placed: u32,
     pub refused: Vec<(String, String)>,
+    /// Killed jobs dropped past their tombstone's retention.
+    #[serde(default)]
+    pub jobs_forgotten: u32,
 }
 
 impl Command {
@@ -313,4 +323,7 @@ pub struct MergeOutcome {
     pub refused: Vec<(String, String)>,
     /// How far this cell has now merged the sender's outbox.
     pub position: u64,
+    /// Registers whose incoming write lost to a newer one here from another cell (last writer wins).
+    #[serde(default)]
+    pub conflicts: u32,
 }

@@ -175,6 +175,8 @@ pub const DEFAULT_MAX_PLACEMENTS_PER_ROUND: usize = 20_000;
 pub const DEFAULT_MIN_ROUND_INTERVAL_MS: u64 = 20;
 pub const DEFAULT_MAX_ROUND_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_TASK_RETENTION_MS: u64 = 3_600_000;
+/// Seven days.
+pub const DEFAULT_TOMBSTONE_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 
 /// The scheduler's knobs; `[scheduler]` in the server's TOML file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -208,6 +210,9 @@ pub struct SchedulerConfig {
     /// How long an ended task stays visible (`GET /v1/tasks`) before it is dropped, when nothing needs it (it was
     /// replaced, scaled away, or its job killed). Ended tasks that still count (a batch job's completed ones) stay.
     pub task_retention_ms: u64,
+    /// How long a killed job (its tombstone) is kept, once its tasks are gone, before it is dropped. In a
+    /// federation a cell away for longer than this may bring the job back when it returns (0: kept for ever).
+    pub tombstone_retention_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -227,6 +232,7 @@ impl Default for SchedulerConfig {
             min_round_interval_ms: DEFAULT_MIN_ROUND_INTERVAL_MS,
             max_round_interval_ms: DEFAULT_MAX_ROUND_INTERVAL_MS,
             task_retention_ms: DEFAULT_TASK_RETENTION_MS,
+            tombstone_retention_ms: DEFAULT_TOMBSTONE_RETENTION_MS,
         }
     }
 }

@@ -143,6 +143,21 @@ pub mod federation {
         "Pushes or jobs from other cells refused, by reason (unknown_cell, skew, malformed)",
     )
     .by(&["reason"]);
+    pub const CONFLICTS: Def = Def::counter(
+        "titan_federation_conflicts_total",
+        "Registers where a write from another cell lost to a newer write here (last writer wins; late relays count too)",
+    )
+    .by(&["peer"]);
+    pub const DIGESTS: Def = Def::counter(
+        "titan_federation_digests_total",
+        "Anti-entropy digests sent to another cell and answered, by whether they matched (result=match|differ)",
+    )
+    .by(&["peer", "result"]);
+    pub const REPAIRED: Def = Def::counter(
+        "titan_federation_repaired_jobs_total",
+        "Jobs an anti-entropy digest found another cell lacked or held older, and pushed to it",
+    )
+    .by(&["peer"]);
 }
 
 /// Every metric of a member but the API's (`titan_api::metrics::http`).
@@ -194,6 +209,9 @@ pub const ALL: &[Def] = &[
     federation::PUSH_BYTES,
     federation::MERGED,
     federation::REFUSED,
+    federation::CONFLICTS,
+    federation::DIGESTS,
+    federation::REPAIRED,
 ];
 
 #[cfg(test)]

@@ -6,13 +6,14 @@
 //! batches it applies as one Raft command (`Command::Merge`), and heartbeats every peer (`wire` is what they send;
 //! the worker and the routes are the member's, `member::federation`). Positions and
 //! the outbox are in the replicated state, so a push resumes where it stopped after a restart or a new leader on
-//! either side.
+//! either side. Anti-entropy (`digest`) repairs whatever a stream missed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod digest;
 pub mod hlc;
 pub mod register;
 pub mod wire;
@@ -27,6 +28,8 @@ pub const DEFAULT_DOWN_MS: u64 = 15_000;
 pub const DEFAULT_MAX_SKEW_MS: u64 = 60_000;
 /// Most jobs in one pushed batch.
 pub const DEFAULT_BATCH: usize = 500;
+/// How often a cell's leader compares digests with each other cell (and once each time a stream catches up).
+pub const DEFAULT_DIGEST_MS: u64 = 30_000;
 
 /// `[federation]`: the other cells and how this one talks to them. Empty `cells`: a standalone cell.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +43,8 @@ pub struct FederationConfig {
     pub down_ms: u64,
     pub max_skew_ms: u64,
     pub batch: usize,
+    /// How often anti-entropy runs against each other cell.
+    pub digest_ms: u64,
 }
 
 impl Default for FederationConfig {
@@ -51,6 +56,7 @@ impl Default for FederationConfig {
             down_ms: DEFAULT_DOWN_MS,
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
             batch: DEFAULT_BATCH,
+            digest_ms: DEFAULT_DIGEST_MS,
         }
     }
 }
@@ -68,6 +74,8 @@ pub enum FederationError {
     Timing { heartbeat: u64, suspect: u64, down: u64 },
     #[error("federation.batch must be 1 to 10000, got {0}")]
     Batch(usize),
+    #[error("federation.digest_ms must be above 0, got 0")]
+    DigestInterval,
 }
 
 /// Whether `name` is a valid cell (location) name.
@@ -100,6 +108,9 @@ impl FederationConfig {
         }
         if !(1..=10_000).contains(&self.batch) {
             return Err(FederationError::Batch(self.batch));
+        }
+        if self.digest_ms == 0 {
+            return Err(FederationError::DigestInterval);
         }
         Ok(())
     }

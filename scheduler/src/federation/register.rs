@@ -54,12 +54,20 @@ pub struct Merged {
     pub counts: Vec<String>,
     pub enabled: bool,
     pub killed: bool,
+    /// Registers where the incoming write lost to a newer one here made in another cell: two cells wrote the same
+    /// register and this one's write won (a write relayed late counts too: a version alone cannot tell them apart).
+    pub conflicts: u32,
 }
 
 impl Merged {
     pub fn changed(&self) -> bool {
         self.spec || !self.counts.is_empty() || self.enabled || self.killed
     }
+}
+
+/// Whether `incoming` lost to `ours`, written in another cell.
+fn lost(incoming: &Hlc, ours: &Hlc) -> bool {
+    incoming < ours && incoming.cell != ours.cell && !incoming.cell.is_empty()
 }
 
 impl JobVersions {
@@ -91,6 +99,9 @@ pub fn merge(local: &mut Registers, incoming: &ReplicatedJob) -> Merged {
     let mut out = Merged::default();
     let theirs = &incoming.versions;
     let ours = &mut local.versions;
+    out.conflicts = u32::from(lost(&theirs.spec, &ours.spec))
+        + u32::from(lost(&theirs.enabled, &ours.enabled))
+        + theirs.counts.iter().filter(|(l, v)| ours.counts.get(*l).is_some_and(|o| lost(v, o))).count() as u32;
     if theirs.spec > ours.spec {
         local.spec = incoming.spec.clone();
         ours.spec = theirs.spec.clone();
@@ -209,6 +220,10 @@ mod tests {
         assert!(!newer.versions.all_from("dc1"));
         merge(&mut dc1, &state_of(&newer));
         assert!(dc1.versions.covers(&newer.versions), "after the merge it covers it");
+        scale(&mut dc1, "dc1", 4, 50, "dc1");
+        let mut late = state_of(&newer);
+        late.versions.counts.insert("dc1".into(), v(45, "dc2"));
+        assert_eq!(merge(&mut dc1, &late).conflicts, 1, "dc2's write to dc1's count lost to dc1's newer one");
     }
 
     #[test]

@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::digest::Digest;
 use super::ReplicatedJob;
 
 /// The path a cell pushes batches to, and the one it heartbeats.
 pub const PUSH_PATH: &str = "/internal/federation/push";
 pub const BEAT_PATH: &str = "/internal/federation/heartbeat";
+/// The path a cell sends its digest to (anti-entropy).
+pub const DIGEST_PATH: &str = "/internal/federation/digest";
 /// The content type of both (MessagePack).
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
@@ -51,4 +54,17 @@ pub struct Summary {
     pub running: u32,
     pub pending: u32,
     pub pending_reason: Option<String>,
+}
+
+/// A cell's digest of its jobs, sent to another for comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DigestOf {
+    pub from: String,
+    pub digest: Digest,
+}
+
+/// The answer to a digest: each job's hash in the buckets where the receiver's digest differs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Differs {
+    pub buckets: Vec<(u16, Vec<(String, u64)>)>,
 }

@@ -180,4 +180,5 @@ fn forget(state: &CellState, now_ms: u64, config: &SchedulerConfig, d: &mut Deci
             d.round.forget.push(t.id.clone());
         }
     }
+    d.round.forget_jobs = state.forgettable_jobs(now_ms, config.tombstone_retention_ms, MAX_FORGET_PER_ROUND);
 }

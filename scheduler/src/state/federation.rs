@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::command::{MergeOutcome, Meta};
+use crate::federation::digest::{self, Digest};
 use crate::federation::register::{self, Registers};
 use crate::federation::{hlc, JobVersions, ReplicatedJob};
 
@@ -57,6 +58,82 @@ impl CellState {
         (running, pending, first)
     }
 
+    /// This cell's digest of its jobs, leaving out tombstones past their retention (both sides forget those).
+    pub fn digest(&self, now_ms: u64, tombstone_ms: u64) -> Digest {
+        let mut d = Digest::default();
+        for j in self.jobs.values().filter(|j| !expired(&j.versions, now_ms, tombstone_ms)) {
+            d.add(&j.id, &j.versions);
+        }
+        d
+    }
+
+    /// Each job's hash in `buckets`, by bucket (tombstones past retention left out, as in the digest).
+    pub fn bucket_hashes(&self, buckets: &[u16], now_ms: u64, tombstone_ms: u64) -> Vec<(u16, Vec<(String, u64)>)> {
+        let wanted: BTreeSet<usize> = buckets.iter().map(|b| usize::from(*b)).collect();
+        let mut out: BTreeMap<u16, Vec<(String, u64)>> = buckets.iter().map(|b| (*b, Vec::new())).collect();
+        for j in self.jobs.values().filter(|j| !expired(&j.versions, now_ms, tombstone_ms)) {
+            let b = digest::bucket(&j.id);
+            if wanted.contains(&b) {
+                out.entry(b as u16).or_default().push((j.id.clone(), digest::job_hash(&j.id, &j.versions)));
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The jobs here in `theirs`' buckets whose hash is not theirs: what another cell's answer to a digest says it
+    /// lacks or holds another version of.
+    pub fn differing_jobs(
+        &self,
+        theirs: &[(u16, Vec<(String, u64)>)],
+        now_ms: u64,
+        tombstone_ms: u64,
+    ) -> Vec<ReplicatedJob> {
+        let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
+        let known: HashMap<&str, u64> =
+            theirs.iter().flat_map(|(_, e)| e.iter().map(|(id, h)| (id.as_str(), *h))).collect();
+        self.jobs
+            .values()
+            .filter(|j| !expired(&j.versions, now_ms, tombstone_ms) && wanted.contains(&digest::bucket(&j.id)))
+            .filter(|j| known.get(j.id.as_str()) != Some(&digest::job_hash(&j.id, &j.versions)))
+            .map(|j| j.replicated())
+            .collect()
+    }
+
+    /// Killed jobs whose tombstone is past its retention at `now_ms` and that have no task left, at most `n`.
+    pub fn forgettable_jobs(&self, now_ms: u64, tombstone_ms: u64, n: usize) -> Vec<String> {
+        let Some(horizon) = now_ms.checked_sub(tombstone_ms).filter(|_| tombstone_ms > 0) else { return Vec::new() };
+        self.tombstones
+            .range(..(horizon, String::new()))
+            .filter(|(_, id)| self.by_job.get(id).is_none_or(BTreeSet::is_empty))
+            .take(n)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// Drops a killed job past its tombstone's retention with no task left; false if it is not one.
+    pub(super) fn forget_job(&mut self, id: &str, now_ms: u64) -> bool {
+        let Some(job) = self.jobs.get(id) else { return false };
+        let Some(killed) = job.versions.killed.as_ref().filter(|_| job.state == JobState::Killed) else { return false };
+        if killed.ms >= now_ms || self.by_job.get(id).is_some_and(|t| !t.is_empty()) {
+            return false;
+        }
+        let key = (killed.ms, id.to_string());
+        self.tombstones.remove(&key);
+        self.jobs.remove(id);
+        if let Some(n) = self.by_state.get_mut(&JobState::Killed) {
+            *n = n.saturating_sub(1);
+        }
+        self.by_state.retain(|_, n| *n > 0);
+        if let Some(seq) = self.outbox_of.remove(id) {
+            self.outbox.remove(&seq);
+        }
+        self.by_job.remove(id);
+        self.job_tasks.remove(id);
+        self.fx.dirty_jobs.insert(id.to_string());
+        self.event(Topic::Job, "forgotten", id, Some(id), None, Some("its tombstone's retention passed"), now_ms);
+        true
+    }
+
     /// How far this cell has merged `cell`'s outbox.
     pub fn position(&self, cell: &str) -> u64 {
         self.positions.get(cell).copied().unwrap_or(0)
@@ -68,11 +145,16 @@ impl CellState {
         from: &str,
         upto: u64,
         jobs: &[ReplicatedJob],
-        max_skew_ms: u64,
+        (max_skew_ms, tombstone_ms): (u64, u64),
         meta: &Meta,
     ) -> MergeOutcome {
         let mut out = MergeOutcome::default();
         for incoming in jobs {
+            if !self.jobs.contains_key(&incoming.id) && expired(&incoming.versions, meta.at_ms, tombstone_ms) {
+                // A tombstone past its retention that this cell already forgot (or never had): not taken back in.
+                out.unchanged += 1;
+                continue;
+            }
             if let Err(e) = newest(&incoming.versions).map_or(Ok(()), |v| hlc::check_skew(v, meta.at_ms, max_skew_ms)) {
                 out.refused.push((incoming.id.clone(), e.to_string()));
                 continue;
@@ -86,19 +168,23 @@ impl CellState {
             let current = self.jobs.get(&incoming.id).map(|j| j.spec_version);
             let keep = current.is_some_and(|v| self.job_tasks.get(&incoming.id).is_some_and(|s| s.uses_spec(v)));
             let merged = match self.jobs.get_mut(&incoming.id).map(Arc::make_mut) {
-                Some(job) => merge_into(job, incoming, keep, from, meta),
+                Some(job) => {
+                    let (changed, conflicts) = merge_into(job, incoming, keep, from, meta);
+                    out.conflicts += conflicts;
+                    changed
+                }
                 None => {
                     self.jobs.insert(incoming.id.clone(), Arc::new(record_of(incoming, from, meta)));
-                    Some(())
+                    true
                 }
             };
             match merged {
-                Some(()) => {
+                true => {
                     out.changed += 1;
                     self.fx.capacity_moved = true;
                     self.job_changed(&incoming.id, was);
                 }
-                None => out.unchanged += 1,
+                false => out.unchanged += 1,
             }
         }
         let position = self.positions.entry(from.to_string()).or_insert(0);
@@ -112,8 +198,8 @@ fn newest(v: &JobVersions) -> Option<&Hlc> {
     v.all().max()
 }
 
-/// Merges `incoming` into `job`; `None` when nothing changed.
-fn merge_into(job: &mut JobRecord, incoming: &ReplicatedJob, keep: bool, from: &str, meta: &Meta) -> Option<()> {
+/// Merges `incoming` into `job`: whether anything changed, and the registers where the incoming write lost.
+fn merge_into(job: &mut JobRecord, incoming: &ReplicatedJob, keep: bool, from: &str, meta: &Meta) -> (bool, u32) {
     let mut regs = Registers {
         spec: job.spec.clone(),
         counts: job.counts.clone(),
@@ -122,7 +208,7 @@ fn merge_into(job: &mut JobRecord, incoming: &ReplicatedJob, keep: bool, from: &
     };
     let m = register::merge(&mut regs, incoming);
     if !m.changed() {
-        return None;
+        return (false, m.conflicts);
     }
     let mut what = Vec::new();
     if m.spec {
@@ -162,7 +248,12 @@ fn merge_into(job: &mut JobRecord, incoming: &ReplicatedJob, keep: bool, from: &
     if m.spec {
         job.spec_version = job.version;
     }
-    Some(())
+    (true, m.conflicts)
+}
+
+/// Whether a job's kill is older than `tombstone_ms` at `now_ms` (0: tombstones are kept for ever).
+pub(crate) fn expired(v: &JobVersions, now_ms: u64, tombstone_ms: u64) -> bool {
+    tombstone_ms > 0 && v.killed.as_ref().is_some_and(|k| k.ms.saturating_add(tombstone_ms) < now_ms)
 }
 
 /// A job this cell had not seen, as `incoming` says.

@@ -87,6 +87,8 @@ pub struct CellState {
     outbox_of: HashMap<String, u64>,
     /// How far this cell has merged each other cell's outbox.
     positions: BTreeMap<String, u64>,
+    /// Killed jobs by when they were killed, for their tombstone's retention (derived).
+    tombstones: BTreeSet<(u64, String)>,
     /// What the command being applied did besides changing the state; empty between commands (`apply` hands it
     /// out), so it never differs between two equal states.
     fx: Effects,
@@ -138,6 +140,7 @@ impl CellState {
         let now = job.state;
         let moved = Some(job.version) != was.map(|(_, version)| version);
         let changed = if moved { job.history.last().cloned() } else { None };
+        let killed = job.versions.killed.as_ref().filter(|_| now == JobState::Killed).map(|k| k.ms);
         if let Some(h) = changed {
             self.event(Topic::Job, &h.what, &id, Some(&id), None, h.why.as_deref(), h.at_ms);
             if let Some(e) = self.fx.events.last_mut().filter(|_| !h.cell.is_empty()) {
@@ -151,6 +154,9 @@ impl CellState {
             }
             self.by_state.retain(|_, n| *n > 0);
             *self.by_state.entry(now).or_insert(0) += 1;
+        }
+        if let Some(ms) = killed {
+            self.tombstones.insert((ms, id.clone()));
         }
         if moved {
             self.note_outbox(&id);
@@ -198,6 +204,7 @@ impl CellState {
             accepted: _,
             transient: _,
             ended: _,
+            tombstones: _,
             capacity: _,
             fx: _,
             outbox_of: _,
@@ -257,8 +264,12 @@ impl CellState {
     /// Rebuilds what is derived (counts, time indexes).
     pub(crate) fn reindex(&mut self) {
         self.by_state.clear();
+        self.tombstones.clear();
         for j in self.jobs.values() {
             *self.by_state.entry(j.state).or_insert(0) += 1;
+            if let (JobState::Killed, Some(k)) = (j.state, &j.versions.killed) {
+                self.tombstones.insert((k.ms, j.id.clone()));
+            }
         }
         self.idempotency_by_time = self.idempotency.iter().map(|(k, r)| ((r.at_ms, k.clone()), ())).collect();
         self.applied_by_time = self.applied.iter().map(|(k, (at, _))| ((*at, k.clone()), ())).collect();
@@ -464,8 +475,8 @@ impl CellState {
                     job.change(meta, "killed".into())
                 })
             }
-            Command::Merge { from, upto, jobs, max_skew_ms, meta } => {
-                Response::Merged(self.merge_jobs(from, *upto, jobs, *max_skew_ms, meta))
+            Command::Merge { from, upto, jobs, max_skew_ms, tombstone_ms, meta } => {
+                Response::Merged(self.merge_jobs(from, *upto, jobs, (*max_skew_ms, *tombstone_ms), meta))
             }
             Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply_one(c)).collect()),
             Command::RegisterAgent { registration, meta } => self.register_agent(registration, meta.at_ms),

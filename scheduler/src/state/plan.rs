@@ -48,6 +48,11 @@ impl CellState {
         for id in &round.forget {
             self.forget_task(id);
         }
+        for id in &round.forget_jobs {
+            if self.forget_job(id, at_ms) {
+                out.jobs_forgotten += 1;
+            }
+        }
         for a in &round.drained {
             let empty = self.tasks_on_agent(a).next().is_none();
             if let Some(rec) = self.agents.get_mut(a).filter(|r| r.state == AgentState::Draining && empty) {

@@ -241,3 +241,45 @@ fn listing_filters_and_pages() {
     let killed = ListQuery { state: Some("killed".into()), ..ListQuery::default() };
     assert_eq!(s.list(&killed).0.len(), 1);
 }
+
+#[test]
+fn a_killed_job_is_forgotten_once_its_tombstone_retention_passed_and_its_tasks_are_gone() {
+    const WEEK: u64 = 7 * 24 * 3_600_000;
+    let mut state = CellState::default();
+    state.apply(&put("j1", None, 1_000));
+    let create = Round { create: vec![NewTask::fresh("t1".into(), "j1", None)], ..Round::default() };
+    state.apply(&Command::Round { round: Box::new(create), meta: meta(1_001) });
+    state.apply(&Command::KillJob { id: "j1".into(), meta: meta(2_000) });
+    assert!(state.forgettable_jobs(2_000 + WEEK - 1, WEEK, 10).is_empty(), "within retention");
+    assert!(state.forgettable_jobs(2_001 + WEEK, WEEK, 10).is_empty(), "its task is still there");
+    let forget = |at| Command::Round {
+        round: Box::new(Round { forget_jobs: vec!["j1".into()], ..Round::default() }),
+        meta: meta(at),
+    };
+    // A plan that says so anyway is re-checked as it applies.
+    state.apply(&forget(2_001 + WEEK));
+    assert!(state.job("j1").is_some());
+    let stop = Round { stop: vec![("t1".into(), Reason::KilledByUser)], forget: vec!["t1".into()], ..Round::default() };
+    state.apply(&Command::Round { round: Box::new(stop), meta: meta(2_002 + WEEK) });
+    assert_eq!(state.forgettable_jobs(2_003 + WEEK, WEEK, 10), ["j1"]);
+    assert!(state.forgettable_jobs(2_003 + WEEK, 0, 10).is_empty(), "0 keeps tombstones for ever");
+    let (_, fx) = state.apply(&forget(2_003 + WEEK));
+    assert!(state.job("j1").is_none());
+    assert!(fx.events.iter().any(|e| e.kind == "forgotten" && e.id == "j1"));
+    assert_eq!(state.outbox_waiting(0), 0, "nothing left to send of it");
+    // The same tombstone pushed back by a cell that kept it is not taken in again.
+    let mut tomb = CellState::default();
+    tomb.apply(&put("j1", None, 1_000));
+    tomb.apply(&Command::KillJob { id: "j1".into(), meta: meta(2_000) });
+    let incoming = tomb.job("j1").expect("job").replicated();
+    let merge = Command::Merge {
+        from: "dc2".into(),
+        upto: 1,
+        jobs: vec![incoming],
+        max_skew_ms: 60_000,
+        tombstone_ms: WEEK,
+        meta: meta(2_004 + WEEK),
+    };
+    state.apply(&merge);
+    assert!(state.job("j1").is_none());
+}

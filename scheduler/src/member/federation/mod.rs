@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::command::MergeOutcome;
-use crate::federation::wire::{Beat, Push, Pushed, BEAT_PATH, CONTENT_TYPE, PUSH_PATH};
+use crate::federation::wire::{Beat, Differs, DigestOf, Push, Pushed, BEAT_PATH, CONTENT_TYPE, DIGEST_PATH, PUSH_PATH};
 
 pub(super) mod cells;
 pub(super) mod worker;
@@ -16,6 +16,7 @@ pub(super) fn routes(cell: Arc<Cell>) -> Router {
     Router::new()
         .route(PUSH_PATH, post(push))
         .route(BEAT_PATH, post(heartbeat))
+        .route(DIGEST_PATH, post(digest))
         .layer(axum::extract::DefaultBodyLimit::max(crate::raft::MAX_INTERNAL_BODY))
         .with_state(cell)
 }
@@ -218,13 +219,21 @@ async fn push(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpRes
         request: uuid::Uuid::new_v4().to_string(),
         cell: cell.config.cell.clone(),
     };
-    let cmd = Command::Merge { from: from.clone(), upto, jobs, max_skew_ms: cell.config.federation.max_skew_ms, meta };
+    let cmd = Command::Merge {
+        from: from.clone(),
+        upto,
+        jobs,
+        max_skew_ms: cell.config.federation.max_skew_ms,
+        tombstone_ms: cell.config.scheduler.tombstone_retention_ms,
+        meta,
+    };
     let outcome: MergeOutcome = match cell.commit_as(cmd).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
     let m = &cell.federation;
     m.merged.with_label_values(&[&from]).inc_by(u64::from(outcome.changed));
+    m.conflicts.with_label_values(&[&from]).inc_by(u64::from(outcome.conflicts));
     if !outcome.refused.is_empty() {
         m.refused.with_label_values(&["skew"]).inc_by(outcome.refused.len() as u64);
     }
@@ -250,4 +259,25 @@ async fn heartbeat(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> Ht
     }
     cell.cells.heard(beat);
     packed(&cell.beat())
+}
+
+/// `POST /internal/federation/digest`: another cell's digest, answered with this cell's job hashes in every bucket
+/// where the two differ.
+async fn digest(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpResponse {
+    let theirs: DigestOf = match rmp_serde::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return cell.refuse("malformed", ApiError::new(ErrorCode::MalformedBody, format!("not a digest: {e}")))
+        }
+    };
+    if let Err(e) = cell.check_sender(&theirs.from) {
+        return cell.refuse("unknown_cell", e);
+    }
+    let (now, tombstones) = (now_ms(), cell.config.scheduler.tombstone_retention_ms);
+    let state = cell.read();
+    let differing = state.digest(now, tombstones).differing(&theirs.digest);
+    let buckets = if differing.is_empty() { Vec::new() } else { state.bucket_hashes(&differing, now, tombstones) };
+    drop(state);
+    tracing::debug!(from = %theirs.from, buckets = buckets.len(), "answered a digest");
+    packed(&Differs { buckets })
 }

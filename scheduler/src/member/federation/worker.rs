@@ -12,7 +12,9 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec};
 
 use super::cells::Cells;
 use crate::config::CellConfig;
-use crate::federation::wire::{Beat, Push, Pushed, Summary, BEAT_PATH, CONTENT_TYPE, PUSH_PATH};
+use crate::federation::wire::{
+    Beat, Differs, DigestOf, Push, Pushed, Summary, BEAT_PATH, CONTENT_TYPE, DIGEST_PATH, PUSH_PATH,
+};
 use crate::federation::ReplicatedJob;
 use crate::state::CellState;
 use crate::worker::{Next, Worker};
@@ -38,6 +40,9 @@ pub struct FederationMetrics {
     pub refused: IntCounterVec,
     pub lag: GaugeVec,
     pub merged: IntCounterVec,
+    pub conflicts: IntCounterVec,
+    pub digests: IntCounterVec,
+    pub repaired: IntCounterVec,
 }
 
 impl FederationMetrics {
@@ -52,6 +57,9 @@ impl FederationMetrics {
             refused: r.counter_vec(&REFUSED)?,
             lag: r.float_gauge_vec(&LAG_SECONDS)?,
             merged: r.counter_vec(&MERGED)?,
+            conflicts: r.counter_vec(&CONFLICTS)?,
+            digests: r.counter_vec(&DIGESTS)?,
+            repaired: r.counter_vec(&REPAIRED)?,
         })
     }
 }
@@ -68,6 +76,8 @@ struct Peer {
     /// When it was last sent a batch: one with nothing in it (only jobs it wrote itself) goes at most once a
     /// heartbeat, just to move its stored position.
     pushed_at: Option<Instant>,
+    /// When digests were last compared with it; none since its stream (re)started.
+    digested_at: Option<Instant>,
 }
 
 pub(crate) struct Federation<H> {
@@ -91,7 +101,14 @@ impl<H: Host> Federation<H> {
             .map(|(name, addrs)| {
                 (
                     name.clone(),
-                    Peer { addrs: addrs.clone(), position: None, preferred: 0, sent: BTreeMap::new(), pushed_at: None },
+                    Peer {
+                        addrs: addrs.clone(),
+                        position: None,
+                        preferred: 0,
+                        sent: BTreeMap::new(),
+                        pushed_at: None,
+                        digested_at: None,
+                    },
                 )
             })
             .collect();
@@ -209,7 +226,33 @@ impl<H: Host> Federation<H> {
             }
             return Ok(true);
         }
-        let body = rmp_serde::to_vec_named(&push).map_err(|e| e.to_string())?;
+        let pushed = self.send(cell, PUSH_PATH, &push).await?;
+        let pushed: Pushed = rmp_serde::from_slice(&pushed).map_err(|e| e.to_string())?;
+        for (job, why) in &pushed.refused {
+            tracing::warn!(cell, job, why, "another cell refused a job");
+        }
+        self.pushed += push.jobs.len() as u64;
+        if let Some(p) = self.peers.get_mut(cell) {
+            p.position = Some(pushed.position);
+            p.pushed_at = Some(Instant::now());
+        }
+        let (left, last) = {
+            let state = self.host.read();
+            (state.outbox_waiting(pushed.position), state.outbox_seq())
+        };
+        self.metrics.pending.with_label_values(&[cell]).set(left as i64);
+        Ok(pushed.position < last)
+    }
+
+    /// Sends `body` to `path` on a member of `cell` (the one that answered last first); the answer's bytes.
+    async fn send(
+        &mut self,
+        cell: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<axum::body::Bytes, String> {
+        let Some(peer) = self.peers.get(cell) else { return Err(format!("cell {cell} is not a peer")) };
+        let body = rmp_serde::to_vec_named(body).map_err(|e| e.to_string())?;
         let timeout = Duration::from_millis(self.host.config().raft.write_timeout_ms + 1_000);
         let n = peer.addrs.len();
         let mut last_error = String::new();
@@ -218,7 +261,7 @@ impl<H: Host> Federation<H> {
             let addr = peer.addrs[k];
             let resp = self
                 .http
-                .post(format!("http://{addr}{PUSH_PATH}"))
+                .post(format!("http://{addr}{path}"))
                 .timeout(timeout)
                 .header("content-type", CONTENT_TYPE)
                 .body(body.clone())
@@ -235,27 +278,44 @@ impl<H: Host> Federation<H> {
                     continue;
                 }
             };
-            let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-            let pushed: Pushed = rmp_serde::from_slice(&bytes).map_err(|e| e.to_string())?;
-            self.metrics.pushes.with_label_values(&[cell]).inc();
-            self.metrics.push_bytes.with_label_values(&[cell]).inc_by(body.len() as u64);
-            for (job, why) in &pushed.refused {
-                tracing::warn!(cell, job, why, "another cell refused a job");
+            let answer = resp.bytes().await.map_err(|e| e.to_string())?;
+            if path == PUSH_PATH {
+                self.metrics.pushes.with_label_values(&[cell]).inc();
+                self.metrics.push_bytes.with_label_values(&[cell]).inc_by(body.len() as u64);
             }
-            self.pushed += push.jobs.len() as u64;
             if let Some(p) = self.peers.get_mut(cell) {
-                p.position = Some(pushed.position);
                 p.preferred = k;
-                p.pushed_at = Some(Instant::now());
             }
-            let (left, last) = {
-                let state = self.host.read();
-                (state.outbox_waiting(pushed.position), state.outbox_seq())
-            };
-            self.metrics.pending.with_label_values(&[cell]).set(left as i64);
-            return Ok(pushed.position < last);
+            return Ok(answer);
         }
-        Err(format!("no member of cell {cell} took the batch: {last_error}"))
+        Err(format!("no member of cell {cell} answered {path}: {last_error}"))
+    }
+
+    /// Anti-entropy with `cell`: sends this cell's digest, and pushes the jobs in the buckets that differ whose hash
+    /// differs there (what that cell lacks, or holds in another version: the newer side wins when it merges). The
+    /// other cell's own anti-entropy repairs this one.
+    async fn anti_entropy(&mut self, cell: &str) -> Result<(), String> {
+        let me = self.host.config().cell.clone();
+        let tombstones = self.host.config().scheduler.tombstone_retention_ms;
+        let digest = self.host.read().digest(crate::clock::now_ms(), tombstones);
+        let answer = self.send(cell, DIGEST_PATH, &DigestOf { from: me.clone(), digest }).await?;
+        let differs: Differs = rmp_serde::from_slice(&answer).map_err(|e| e.to_string())?;
+        if differs.buckets.is_empty() {
+            self.metrics.digests.with_label_values(&[cell, "match"]).inc();
+            return Ok(());
+        }
+        self.metrics.digests.with_label_values(&[cell, "differ"]).inc();
+        let jobs = self.host.read().differing_jobs(&differs.buckets, crate::clock::now_ms(), tombstones);
+        tracing::info!(cell, buckets = differs.buckets.len(), jobs = jobs.len(), "anti-entropy: digests differ");
+        let batch = self.host.config().federation.batch;
+        for chunk in jobs.chunks(batch) {
+            // A repair moves no position (`upto` 0): the stream still owes what it owes.
+            let push = Push { from: me.clone(), upto: 0, jobs: chunk.to_vec() };
+            let answer = self.send(cell, PUSH_PATH, &push).await?;
+            let pushed: Pushed = rmp_serde::from_slice(&answer).map_err(|e| e.to_string())?;
+            self.metrics.repaired.with_label_values(&[cell]).inc_by((chunk.len() - pushed.refused.len()) as u64);
+        }
+        Ok(())
     }
 }
 
@@ -291,6 +351,7 @@ impl<H: Host> Worker for Federation<H> {
         if !self.host.is_leader() {
             for p in self.peers.values_mut() {
                 p.position = None;
+                p.digested_at = None;
             }
             return Ok(Next::Idle);
         }
@@ -302,16 +363,35 @@ impl<H: Host> Worker for Federation<H> {
         let names: Vec<String> = self.peers.keys().cloned().collect();
         let mut more = false;
         let mut errors = Vec::new();
+        let every = Duration::from_millis(self.host.config().federation.digest_ms);
         for name in names {
-            match self.push(&name).await {
-                Ok(m) => more |= m,
-                Err(e) => {
-                    // Asked again at the next heartbeat: it may have merged the batch after all.
-                    if let Some(p) = self.peers.get_mut(&name) {
-                        p.position = None;
-                    }
-                    errors.push(e);
+            let result = match self.push(&name).await {
+                Ok(true) => {
+                    more = true;
+                    Ok(())
                 }
+                Ok(false) => {
+                    // Caught up: compare digests once after each (re)start of the stream, then every digest_ms.
+                    let peer = &self.peers[&name];
+                    let due = peer.position.is_some() && peer.digested_at.is_none_or(|t| t.elapsed() >= every);
+                    if due {
+                        if let Some(p) = self.peers.get_mut(&name) {
+                            p.digested_at = Some(Instant::now());
+                        }
+                        self.anti_entropy(&name).await
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                // Asked again at the next heartbeat: it may have merged the batch after all.
+                if let Some(p) = self.peers.get_mut(&name) {
+                    p.position = None;
+                    p.digested_at = None;
+                }
+                errors.push(e);
             }
         }
         if !errors.is_empty() {

@@ -1,0 +1,131 @@
+//! Anti-entropy digests: what repairs a job a stream missed. A cell sums the hash of each job's id and register
+//! versions into one of `BUCKETS` buckets by the hash of its id; two cells compare their sums, list each job's hash
+//! in the buckets that differ, and the sender pushes only the jobs whose hash differs. A cell that matches except for
+//! a few jobs exchanges 8 KiB and those jobs, however long it was away.
+//!
+//! The hash is FNV-1a over a fixed encoding, so it is the same in every cell and every build.
+
+use serde::{Deserialize, Serialize};
+
+use super::register::JobVersions;
+use super::Hlc;
+
+/// Buckets of a digest.
+pub const BUCKETS: usize = 1024;
+
+/// A cell's digest: the sum of its jobs' hashes per bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub buckets: Vec<u64>,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest { buckets: vec![0; BUCKETS] }
+    }
+}
+
+impl Digest {
+    /// Adds one job.
+    pub fn add(&mut self, id: &str, versions: &JobVersions) {
+        let b = bucket(id);
+        self.buckets[b] = self.buckets[b].wrapping_add(job_hash(id, versions));
+    }
+
+    /// The buckets where `other` differs from this (a digest of another size differs everywhere).
+    pub fn differing(&self, other: &Digest) -> Vec<u16> {
+        if other.buckets.len() != self.buckets.len() {
+            return (0..BUCKETS as u16).collect();
+        }
+        (0..BUCKETS).filter(|&i| self.buckets[i] != other.buckets[i]).map(|i| i as u16).collect()
+    }
+}
+
+/// The bucket of job `id`.
+pub fn bucket(id: &str) -> usize {
+    (Fnv::new().bytes(id.as_bytes()).0 % BUCKETS as u64) as usize
+}
+
+/// The hash of one job's id and every register version: equal in two cells exactly when they hold the same writes.
+pub fn job_hash(id: &str, v: &JobVersions) -> u64 {
+    let mut h = Fnv::new().bytes(id.as_bytes()).hlc(&v.spec).hlc(&v.enabled);
+    for (location, version) in &v.counts {
+        h = h.bytes(location.as_bytes()).hlc(version);
+    }
+    if let Some(k) = &v.killed {
+        h = h.bytes(b"killed").hlc(k);
+    }
+    h.0
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(mut self, bytes: &[u8]) -> Fnv {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        // A separator, so ("ab", "c") and ("a", "bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        self
+    }
+
+    fn hlc(self, v: &Hlc) -> Fnv {
+        self.bytes(&v.ms.to_le_bytes()).bytes(&v.counter.to_le_bytes()).bytes(v.cell.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const PINNED_HASH: u64 = 17_950_526_316_926_803_410;
+    const PINNED_BUCKET: usize = 672;
+
+    fn versions(ms: u64) -> JobVersions {
+        JobVersions {
+            spec: Hlc::new(ms, 0, "dc1"),
+            counts: BTreeMap::from([("dc1".into(), Hlc::new(ms, 1, "dc1"))]),
+            enabled: Hlc::new(ms, 0, "dc1"),
+            killed: None,
+        }
+    }
+
+    #[test]
+    fn two_cells_with_the_same_writes_agree_in_any_order_and_one_changed_job_differs_in_one_bucket() {
+        let (mut a, mut b) = (Digest::default(), Digest::default());
+        for i in 0..1000 {
+            a.add(&format!("job-{i}"), &versions(i));
+        }
+        for i in (0..1000).rev() {
+            b.add(&format!("job-{i}"), &versions(i));
+        }
+        assert_eq!(a, b);
+        assert!(a.differing(&b).is_empty());
+
+        let mut c = Digest::default();
+        for i in 0..1000 {
+            let mut v = versions(i);
+            if i == 7 {
+                v.counts.insert("dc2".into(), Hlc::new(5, 0, "dc2"));
+            }
+            c.add(&format!("job-{i}"), &v);
+        }
+        assert_eq!(a.differing(&c), [bucket("job-7") as u16]);
+        assert_ne!(job_hash("job-7", &versions(7)), job_hash("job-7", &versions(8)));
+    }
+
+    #[test]
+    fn the_hash_is_fixed_across_builds() {
+        // Cells of different builds compare digests: these values must never change.
+        assert_eq!(job_hash("j", &versions(1)), PINNED_HASH);
+        assert_eq!(bucket("web-1"), PINNED_BUCKET);
+    }
+}
