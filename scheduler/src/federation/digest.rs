@@ -41,6 +41,32 @@ impl Digest {
     }
 }
 
+/// One job in a bucket that differs, as the cell answering a digest holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub hash: u64,
+    /// Its newest register version.
+    pub newest: Hlc,
+}
+
+impl Entry {
+    pub fn of(id: &str, v: &JobVersions) -> Entry {
+        Entry { id: id.to_string(), hash: job_hash(id, v), newest: v.all().max().cloned().unwrap_or_default() }
+    }
+}
+
+/// Whether a cell holding `ours` of a job sends it to a cell that answered `theirs` for it: when that cell lacks it,
+/// or holds another version and no newer write than ours. The side with the newest write leaves it to the other to
+/// send (its own digest does), so a job on its way is not pushed back; on a tie both send, which is what settles a
+/// job where each side has a register the other lacks.
+pub fn should_send(id: &str, ours: &JobVersions, theirs: Option<&Entry>) -> bool {
+    match theirs {
+        None => true,
+        Some(t) => t.hash != job_hash(id, ours) && ours.all().max().is_some_and(|n| *n >= t.newest),
+    }
+}
+
 /// The bucket of job `id`.
 pub fn bucket(id: &str) -> usize {
     (Fnv::new().bytes(id.as_bytes()).0 % BUCKETS as u64) as usize
@@ -120,6 +146,22 @@ mod tests {
         }
         assert_eq!(a.differing(&c), [bucket("job-7") as u16]);
         assert_ne!(job_hash("job-7", &versions(7)), job_hash("job-7", &versions(8)));
+    }
+
+    #[test]
+    fn a_job_is_sent_when_the_other_lacks_it_or_holds_no_newer_write_and_both_sides_settle() {
+        let (old, new) = (versions(1), versions(2));
+        assert!(should_send("j", &old, None));
+        assert!(!should_send("j", &old, Some(&Entry::of("j", &old))), "the same: nothing to send");
+        assert!(!should_send("j", &old, Some(&Entry::of("j", &new))), "theirs is newer: they send");
+        assert!(should_send("j", &new, Some(&Entry::of("j", &old))));
+        // Each side has a register the other lacks, at the same newest version: both send, and both merge.
+        let mut a = versions(5);
+        a.counts.insert("dc2".into(), Hlc::new(3, 0, "dc2"));
+        let mut b = versions(5);
+        b.counts.insert("dc3".into(), Hlc::new(4, 0, "dc3"));
+        assert!(should_send("j", &a, Some(&Entry::of("j", &b))));
+        assert!(should_send("j", &b, Some(&Entry::of("j", &a))));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::digest::Digest;
+use super::digest::{Digest, Entry};
 use super::ReplicatedJob;
 
 /// The path a cell pushes batches to, and the one it heartbeats.
@@ -63,8 +63,8 @@ pub struct DigestOf {
     pub digest: Digest,
 }
 
-/// The answer to a digest: each job's hash in the buckets where the receiver's digest differs.
+/// The answer to a digest: each job in the buckets where the receiver's digest differs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Differs {
-    pub buckets: Vec<(u16, Vec<(String, u64)>)>,
+    pub buckets: Vec<(u16, Vec<Entry>)>,
 }

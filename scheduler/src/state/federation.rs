@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::command::{MergeOutcome, Meta};
-use crate::federation::digest::{self, Digest};
+use crate::federation::digest::{self, Digest, Entry};
 use crate::federation::register::{self, Registers};
 use crate::federation::{hlc, JobVersions, ReplicatedJob};
 
@@ -68,33 +68,28 @@ impl CellState {
     }
 
     /// Each job's hash in `buckets`, by bucket (tombstones past retention left out, as in the digest).
-    pub fn bucket_hashes(&self, buckets: &[u16], now_ms: u64, tombstone_ms: u64) -> Vec<(u16, Vec<(String, u64)>)> {
+    pub fn bucket_entries(&self, buckets: &[u16], now_ms: u64, tombstone_ms: u64) -> Vec<(u16, Vec<Entry>)> {
         let wanted: BTreeSet<usize> = buckets.iter().map(|b| usize::from(*b)).collect();
-        let mut out: BTreeMap<u16, Vec<(String, u64)>> = buckets.iter().map(|b| (*b, Vec::new())).collect();
+        let mut out: BTreeMap<u16, Vec<Entry>> = buckets.iter().map(|b| (*b, Vec::new())).collect();
         for j in self.jobs.values().filter(|j| !expired(&j.versions, now_ms, tombstone_ms)) {
             let b = digest::bucket(&j.id);
             if wanted.contains(&b) {
-                out.entry(b as u16).or_default().push((j.id.clone(), digest::job_hash(&j.id, &j.versions)));
+                out.entry(b as u16).or_default().push(Entry::of(&j.id, &j.versions));
             }
         }
         out.into_iter().collect()
     }
 
-    /// The jobs here in `theirs`' buckets whose hash is not theirs: what another cell's answer to a digest says it
-    /// lacks or holds another version of.
-    pub fn differing_jobs(
-        &self,
-        theirs: &[(u16, Vec<(String, u64)>)],
-        now_ms: u64,
-        tombstone_ms: u64,
-    ) -> Vec<ReplicatedJob> {
+    /// The jobs here in `theirs`' buckets that another cell's answer to a digest says it lacks, or holds in
+    /// another version with no newer write (`digest::should_send`).
+    pub fn differing_jobs(&self, theirs: &[(u16, Vec<Entry>)], now_ms: u64, tombstone_ms: u64) -> Vec<ReplicatedJob> {
         let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
-        let known: HashMap<&str, u64> =
-            theirs.iter().flat_map(|(_, e)| e.iter().map(|(id, h)| (id.as_str(), *h))).collect();
+        let known: HashMap<&str, &Entry> =
+            theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
         self.jobs
             .values()
             .filter(|j| !expired(&j.versions, now_ms, tombstone_ms) && wanted.contains(&digest::bucket(&j.id)))
-            .filter(|j| known.get(j.id.as_str()) != Some(&digest::job_hash(&j.id, &j.versions)))
+            .filter(|j| digest::should_send(&j.id, &j.versions, known.get(j.id.as_str()).copied()))
             .map(|j| j.replicated())
             .collect()
     }

@@ -60,8 +60,9 @@ impl Cells {
         self.lock().get(cell).cloned()
     }
 
-    pub fn all(&self) -> BTreeMap<String, Heard> {
-        self.lock().clone()
+    /// The outbox change number `cell` last reported.
+    pub fn outbox_seq(&self, cell: &str) -> Option<u64> {
+        self.lock().get(cell).filter(|h| h.at.is_some()).map(|h| h.beat.outbox_seq)
     }
 
     /// When each cell was last heard.

@@ -276,7 +276,7 @@ async fn digest(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpR
     let (now, tombstones) = (now_ms(), cell.config.scheduler.tombstone_retention_ms);
     let state = cell.read();
     let differing = state.digest(now, tombstones).differing(&theirs.digest);
-    let buckets = if differing.is_empty() { Vec::new() } else { state.bucket_hashes(&differing, now, tombstones) };
+    let buckets = if differing.is_empty() { Vec::new() } else { state.bucket_entries(&differing, now, tombstones) };
     drop(state);
     tracing::debug!(from = %theirs.from, buckets = buckets.len(), "answered a digest");
     packed(&Differs { buckets })

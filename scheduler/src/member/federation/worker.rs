@@ -344,8 +344,8 @@ impl<H: Host> Worker for Federation<H> {
     async fn step(&mut self) -> Result<Next, String> {
         let config = &self.host.config().federation;
         let (suspect, down) = (Duration::from_millis(config.suspect_ms), Duration::from_millis(config.down_ms));
-        for (name, heard) in self.cells.all() {
-            let state = super::cells::state_of(heard.at.map(|t| t.elapsed()), suspect, down);
+        for (name, at) in self.cells.last_heard() {
+            let state = super::cells::state_of(at.map(|t| t.elapsed()), suspect, down);
             self.metrics.cell_up.with_label_values(&[&name]).set(i64::from(state == "up"));
         }
         if !self.host.is_leader() {
@@ -372,8 +372,12 @@ impl<H: Host> Worker for Federation<H> {
                 }
                 Ok(false) => {
                     // Caught up: compare digests once after each (re)start of the stream, then every digest_ms.
+                    // Not while this cell is still merging that cell's stream: the digests would differ by what is
+                    // on its way, and the older side would push it back for nothing.
                     let peer = &self.peers[&name];
-                    let due = peer.position.is_some() && peer.digested_at.is_none_or(|t| t.elapsed() >= every);
+                    let merging = self.cells.outbox_seq(&name).is_none_or(|seq| self.host.read().position(&name) < seq);
+                    let due =
+                        peer.position.is_some() && !merging && peer.digested_at.is_none_or(|t| t.elapsed() >= every);
                     if due {
                         if let Some(p) = self.peers.get_mut(&name) {
                             p.digested_at = Some(Instant::now());
