@@ -7,11 +7,13 @@
 //! 2. dc3 killed for `DOWN_SECONDS` while `CATCH_UP_JOBS` jobs are written to dc1 and dc2; then restarted: the time
 //!    until it holds every one of them, and the bytes dc1 and dc2 pushed it for that (their
 //!    `titan_federation_push_bytes_total{peer="dc3"}`), beside what a full copy of every job would be.
-//! 3. The local submit rate of dc1 with the federation on, against a standalone cell under the same load, and dc1's
+//! 3. The local submit rate of dc1 with the federation on, against a standalone cell holding as many jobs (preloaded,
+//!    not measured) under the same load, and dc1's
 //!    own CPU per 1,000 writes in each. On a small machine the three cells share the cores, so the rate falls with
 //!    the receivers' work; the CPU per write is the origin cell's own cost. With `TITAN_BENCH_PIN=1` dc1 runs on
 //!    CPU 0 and everything else on CPU 1 (`taskset`), in both runs.
 //!
+//! `TITAN_BENCH_FEDERATION="batch = 200;heartbeat_ms = 500"` adds `[federation]` settings to every cell.
 //! Jobs ask for 0 instances everywhere by default (`TITAN_BENCH_LOCATION` to change it), so the figures are the
 //! job store's and federation's, not the scheduler's. Every phase is bounded in jobs and in time; the processes are
 //! killed at the end. Under `cargo test` (no `--bench`) it runs a small smoke version.
@@ -193,7 +195,9 @@ async fn main() {
     let tmp = std::env::temp_dir();
     println!("data under {}; 3 cells of 1 member on loopback; jobs ask for {}", tmp.display(), location());
 
-    let mut cells = federation("");
+    // Extra `[federation]` settings to try, one per line (e.g. `batch = 200`).
+    let extra = std::env::var("TITAN_BENCH_FEDERATION").map(|s| s.replace(';', "\n") + "\n").unwrap_or_default();
+    let mut cells = federation(&extra);
     for c in &cells {
         c.leader(Duration::from_secs(20)).await;
     }
@@ -285,6 +289,10 @@ async fn main() {
     pin_to(solo.members[0].pid(), "0");
     let solo_pid = solo.members[0].pid().unwrap_or(0);
     let solo_addr = solo.members[0].addr.to_string();
+    // The same conditions: the standalone cell first holds as many jobs as dc1 did (not measured).
+    let (_, preload_failed) =
+        submit(&[(0, solo_addr.clone())], "preload", jobs + catch_up, clients, &Arc::default()).await;
+    assert_eq!(preload_failed, 0, "the standalone cell's preload failed");
     let cpu = common::cpu_seconds(solo_pid);
     let (solo_rate, solo_failed) = submit(&[(0, solo_addr)], "local", local, clients, &Arc::default()).await;
     let solo_cpu = (common::cpu_seconds(solo_pid) - cpu) * 1000.0 / local as f64;

@@ -252,7 +252,7 @@ impl<H: Host> Federation<H> {
         body: &impl serde::Serialize,
     ) -> Result<axum::body::Bytes, String> {
         let Some(peer) = self.peers.get(cell) else { return Err(format!("cell {cell} is not a peer")) };
-        let body = rmp_serde::to_vec_named(body).map_err(|e| e.to_string())?;
+        let body = axum::body::Bytes::from(rmp_serde::to_vec_named(body).map_err(|e| e.to_string())?);
         let timeout = Duration::from_millis(self.host.config().raft.write_timeout_ms + 1_000);
         let n = peer.addrs.len();
         let mut last_error = String::new();
