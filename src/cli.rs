@@ -637,6 +637,106 @@ pub async fn cell(target: &Target, command: CellCommand) -> anyhow::Result<()> {
     }
 }
 
+#[derive(Subcommand, Debug)]
+pub enum QuotaCommand {
+    /// Every group with a quota or usage: limit and desired usage per location.
+    List,
+    /// One group: limits, desired usage and what runs here, per location, and its history.
+    Show { group: String },
+    /// Sets a group's quota, every location at once, from a JSON file (`-` for stdin), e.g.
+    /// `{"locations": {"dc1": {"instances": 40, "cpus": 64, "memoryMiB": 131072, "guaranteed": {"cpus": 16}}}}`.
+    Set {
+        group: String,
+        file: String,
+        /// Only if the quota is at this version (0: none yet).
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Removes a group's quota: no limit anywhere.
+    Delete { group: String },
+}
+
+fn quota_rows(q: &titan_api::quota::QuotaView) -> Vec<Vec<String>> {
+    let limit = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    q.locations
+        .iter()
+        .map(|l| {
+            let lim = l.limit.as_ref();
+            let pair = |used: String, max: Option<String>| format!("{used}/{}", limit(max));
+            vec![
+                q.group.clone(),
+                l.location.clone(),
+                pair(l.used.instances.to_string(), lim.and_then(|q| q.instances).map(|v| v.to_string())),
+                pair(format!("{}", l.used.cpus), lim.and_then(|q| q.cpus).map(|v| v.to_string())),
+                pair(l.used.memory_mib.to_string(), lim.and_then(|q| q.memory_mib).map(|v| v.to_string())),
+                pair(format!("{}", l.used.disk_gib), lim.and_then(|q| q.disk_gib).map(|v| v.to_string())),
+                l.running.map(|r| format!("{} ({} cpus)", r.instances, r.cpus)).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect()
+}
+
+const QUOTA_HEADER: [&str; 7] = ["GROUP", "LOCATION", "INSTANCES", "CPUS", "MEMORY MIB", "DISK GIB", "RUNNING HERE"];
+
+pub async fn quota(target: &Target, command: QuotaCommand) -> anyhow::Result<()> {
+    let client = target.client();
+    let json = target.output == Output::Json;
+    match command {
+        QuotaCommand::List => {
+            let list = client.list_quotas().await?;
+            if json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list.quotas.iter().flat_map(quota_rows).collect();
+            say!("{}", table(&QUOTA_HEADER, &rows));
+        }
+        QuotaCommand::Show { group } => {
+            let q = client.get_quota(&group).await?;
+            if json {
+                return print_json(&q);
+            }
+            say!(
+                "{} (version {}): used/limit per location\n{}",
+                q.group,
+                q.version,
+                table(&QUOTA_HEADER, &quota_rows(&q))
+            );
+            for h in &q.history {
+                say!(
+                    "  v{} by {}: {}{}",
+                    h.version,
+                    h.who,
+                    h.what,
+                    h.why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+                );
+            }
+        }
+        QuotaCommand::Set { group, file, if_match } => {
+            let body = if file == "-" {
+                let mut s = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {file}"))?
+            };
+            let spec = titan_api::quota::QuotaSpec::parse(&body)?;
+            let r = client.put_quota(&group, &spec, if_match).await?;
+            if json {
+                return print_json(&r);
+            }
+            say!("quota of {} set (version {})", r.group, r.version);
+        }
+        QuotaCommand::Delete { group } => {
+            let r = client.delete_quota(&group).await?;
+            if json {
+                return print_json(&r);
+            }
+            say!("quota of {} deleted: no limit anywhere", r.group);
+        }
+    }
+    Ok(())
+}
+
 pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result<()> {
     let client = target.client();
     let json = target.output == Output::Json;

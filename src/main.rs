@@ -57,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::ClusterCommand,
     },
+    /// Shows and sets capacity groups' quotas per location.
+    Quota {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::QuotaCommand,
+    },
     /// Shows the cells of the federation.
     Cell {
         #[command(flatten)]
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
             Command::Task { target, command } => cli::task(&target, command).await,
             Command::Cluster { target, command } => cli::cluster(&target, command).await,
             Command::Cell { target, command } => cli::cell(&target, command).await,
+            Command::Quota { target, command } => cli::quota(&target, command).await,
         }
     });
     match result {

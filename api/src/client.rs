@@ -330,6 +330,31 @@ impl Client {
         self.send(self.request(Method::GET, "/v1/cluster")).await
     }
 
+    pub async fn list_quotas(&self) -> Result<crate::quota::QuotaList, ClientError> {
+        self.send(self.request(Method::GET, "/v1/quotas")).await
+    }
+
+    pub async fn get_quota(&self, group: &str) -> Result<crate::quota::QuotaView, ClientError> {
+        self.send(self.request(Method::GET, &format!("/v1/quotas/{group}"))).await
+    }
+
+    pub async fn put_quota(
+        &self,
+        group: &str,
+        quota: &crate::quota::QuotaSpec,
+        if_match: Option<u64>,
+    ) -> Result<crate::quota::QuotaRef, ClientError> {
+        let mut r = self.request(Method::PUT, &format!("/v1/quotas/{group}")).json(quota);
+        if let Some(v) = if_match {
+            r = r.header("if-match", format!("\"{v}\""));
+        }
+        self.send(r).await
+    }
+
+    pub async fn delete_quota(&self, group: &str) -> Result<crate::quota::QuotaRef, ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/v1/quotas/{group}"))).await
+    }
+
     pub async fn cells(&self) -> Result<Vec<crate::view::CellView>, ClientError> {
         self.send(self.request(Method::GET, "/v1/cells")).await
     }

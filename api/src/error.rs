@@ -31,7 +31,8 @@ pub enum ErrorCode {
     VersionMismatch,
     /// The object is in a state that does not allow the change (a killed job, say).
     Conflict,
-    /// A location's quota would be exceeded.
+    /// A write would take a capacity group over a location's quota (403; the message names the location, group,
+    /// resource, limit, used and asked).
     QuotaExceeded,
     /// A job names a location no cell of the federation has (field `location`; the message lists the known ones).
     UnknownLocation,
@@ -59,12 +60,12 @@ impl ErrorCode {
             | ErrorCode::InvalidSpec
             | ErrorCode::InvalidParameter
             | ErrorCode::UnknownLocation => StatusCode::BAD_REQUEST,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden | ErrorCode::QuotaExceeded => StatusCode::FORBIDDEN,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
-            ErrorCode::Conflict | ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Expired => StatusCode::GONE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

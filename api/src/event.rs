@@ -13,6 +13,7 @@ pub enum Topic {
     Job,
     Task,
     Agent,
+    Quota,
 }
 
 impl Topic {
@@ -21,6 +22,7 @@ impl Topic {
             "job" => Some(Topic::Job),
             "task" => Some(Topic::Task),
             "agent" => Some(Topic::Agent),
+            "quota" => Some(Topic::Quota),
             _ => None,
         }
     }
@@ -72,12 +74,15 @@ pub struct EventQuery {
 impl EventQuery {
     /// The topics asked for, every one when none is named.
     pub fn topics(&self) -> Result<Vec<Topic>, ApiError> {
-        let Some(t) = &self.topic else { return Ok(vec![Topic::Job, Topic::Task, Topic::Agent]) };
+        let Some(t) = &self.topic else { return Ok(vec![Topic::Job, Topic::Task, Topic::Agent, Topic::Quota]) };
         t.split(',')
             .map(|name| {
                 Topic::parse(name.trim()).ok_or_else(|| {
-                    ApiError::new(ErrorCode::InvalidParameter, format!("{name:?} is not a topic (job, task, agent)"))
-                        .with_field("topic")
+                    ApiError::new(
+                        ErrorCode::InvalidParameter,
+                        format!("{name:?} is not a topic (job, task, agent, quota)"),
+                    )
+                    .with_field("topic")
                 })
             })
             .collect()

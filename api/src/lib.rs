@@ -12,6 +12,7 @@ pub mod event;
 pub mod job;
 pub mod metrics;
 pub mod openapi;
+pub mod quota;
 pub mod router;
 pub mod task;
 pub mod view;

@@ -34,7 +34,11 @@ use crate::router::paths::*;
         list_tasks,
         task_logs,
         get_task,
-        kill_task
+        kill_task,
+        list_quotas,
+        get_quota,
+        put_quota,
+        delete_quota
     ),
     components(schemas(
         crate::error::ApiError,

@@ -104,6 +104,19 @@ pub enum Command {
         tombstone_ms: u64,
         meta: Meta,
     },
+    /// Sets a capacity group's quota, every location at once.
+    PutQuota {
+        group: String,
+        locations: std::collections::BTreeMap<String, crate::quota::Limits>,
+        if_version: Option<u64>,
+        meta: Meta,
+    },
+    /// Removes a group's quota: no limit anywhere.
+    DeleteQuota {
+        group: String,
+        if_version: Option<u64>,
+        meta: Meta,
+    },
 }
 
 /// A task the reconciler wants: a new one (attempt 0) or the replacement of a terminal one.
@@ -211,7 +224,9 @@ impl Command {
             | Command::TaskStatuses { meta, .. }
             | Command::KillTask { meta, .. }
             | Command::SetAgentState { meta, .. }
-            | Command::Merge { meta, .. } => Some(meta),
+            | Command::Merge { meta, .. }
+            | Command::PutQuota { meta, .. }
+            | Command::DeleteQuota { meta, .. } => Some(meta),
             Command::Batch(_) => None,
         }
     }
@@ -252,6 +267,16 @@ pub enum Rejection {
         given: u64,
         current: u64,
     },
+    /// The write would take its group over a location's quota.
+    QuotaExceeded(crate::quota::Exceeded),
+    QuotaNotFound {
+        group: String,
+    },
+    QuotaVersionMismatch {
+        group: String,
+        expected: u64,
+        current: u64,
+    },
 }
 
 /// What applying a command answered.
@@ -279,6 +304,11 @@ pub enum Response {
     Merged(MergeOutcome),
     /// Blank and membership entries.
     None,
+    /// A quota write took effect: the group's quota is at this version (0: deleted).
+    Quota {
+        group: String,
+        version: u64,
+    },
 }
 
 /// What an agent observed of one task, as log entries carry it: owned here, in the shape entries have always had,

@@ -11,12 +11,14 @@ pub mod command;
 pub mod config;
 pub mod desired;
 pub mod federation;
+pub mod history;
 pub mod job;
 pub mod member;
 pub mod metrics;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only
 // move the conversion elsewhere.
 pub mod placement;
+pub mod quota;
 #[allow(clippy::result_large_err)]
 pub mod raft;
 pub mod reconcile;

@@ -160,6 +160,31 @@ pub mod federation {
     .by(&["peer"]);
 }
 
+pub mod quota {
+    use super::*;
+
+    pub const LIMIT: Def = Def::gauge(
+        "titan_quota_limit",
+        "A capacity group's quota in a location, per resource (instances, cpus, memoryMiB, diskGiB)",
+    )
+    .by(&["group", "location", "resource"]);
+    pub const USED: Def = Def::gauge(
+        "titan_quota_used",
+        "A capacity group's desired usage in a location: instances times resources of its enabled jobs",
+    )
+    .by(&["group", "location", "resource"]);
+    pub const RUNNING: Def = Def::gauge(
+        "titan_quota_running",
+        "What a capacity group's tasks on agents take in this cell's location, per resource",
+    )
+    .by(&["group", "location", "resource"]);
+    pub const REJECTIONS: Def = Def::counter(
+        "titan_quota_rejections_total",
+        "Job writes refused for exceeding a quota, by group, location and resource",
+    )
+    .by(&["group", "location", "resource"]);
+}
+
 /// Every metric of a member but the API's (`titan_api::metrics::http`).
 pub const ALL: &[Def] = &[
     raft::TERM,
@@ -212,6 +237,10 @@ pub const ALL: &[Def] = &[
     federation::CONFLICTS,
     federation::DIGESTS,
     federation::REPAIRED,
+    quota::LIMIT,
+    quota::USED,
+    quota::RUNNING,
+    quota::REJECTIONS,
 ];
 
 #[cfg(test)]

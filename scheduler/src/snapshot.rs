@@ -6,7 +6,8 @@
 //! A format is never changed in place. A new one gets a number, a type, and a step from the one before it, so a
 //! member upgraded in place reads whatever its previous build wrote. Format 1 wrapped the live state and grew by
 //! defaulted fields; format 2 stores each job's resolved counts and each task's spec version; format 3 adds
-//! federation: each job's register versions and origin, the clock, the outbox and the positions merged.
+//! federation: each job's register versions and origin, the clock, the outbox and the positions merged; format 4
+//! adds the capacity groups' quotas.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,11 +19,30 @@ use serde_json::{Map, Value};
 use crate::agent::AgentRecord;
 use crate::command::Response;
 use crate::job::{JobRecord, Remembered};
+use crate::quota::QuotaRecord;
 use crate::spec::Spec;
 use crate::task::TaskRecord;
 
 /// The format this build writes.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
+
+/// Format 4: format 3 and the quotas.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotV4 {
+    pub jobs: BTreeMap<String, Arc<JobRecord>>,
+    pub idempotency: BTreeMap<String, Remembered>,
+    pub agents: BTreeMap<String, AgentRecord>,
+    pub applied: HashMap<String, (u64, Response)>,
+    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub seq: u64,
+    pub events_made: u64,
+    pub clock: crate::federation::Clock,
+    pub outbox: BTreeMap<u64, String>,
+    pub outbox_seq: u64,
+    pub positions: BTreeMap<String, u64>,
+    /// Each capacity group's quota.
+    pub quotas: BTreeMap<String, QuotaRecord>,
+}
 
 /// Format 3: format 2's records (jobs now with their register versions and origin) and the federation state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -75,7 +95,7 @@ pub enum SnapshotError {
 #[derive(Serialize)]
 struct FileRef<'a> {
     format: u32,
-    body: &'a SnapshotV3,
+    body: &'a SnapshotV4,
 }
 
 #[derive(Deserialize)]
@@ -86,30 +106,66 @@ struct Envelope<'a> {
 }
 
 /// Writes `snapshot` in the current format.
-pub fn write(w: impl std::io::Write, snapshot: &SnapshotV3) -> serde_json::Result<()> {
+pub fn write(w: impl std::io::Write, snapshot: &SnapshotV4) -> serde_json::Result<()> {
     serde_json::to_writer(w, &FileRef { format: FORMAT, body: snapshot })
 }
 
 /// Reads a snapshot file of any format this build knows, migrated to the current one.
-pub fn read(data: &[u8]) -> Result<SnapshotV3, SnapshotError> {
+pub fn read(data: &[u8]) -> Result<SnapshotV4, SnapshotError> {
     let envelope: Envelope = serde_json::from_slice(data).map_err(SnapshotError::Envelope)?;
     let body = envelope.body.get();
     match envelope.format {
         FORMAT => serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: FORMAT, error }),
+        3 => {
+            let v3: SnapshotV3 =
+                serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 3, error })?;
+            Ok(v3_to_v4(v3))
+        }
         2 => {
             let v2: SnapshotV2 =
                 serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 2, error })?;
-            Ok(v2_to_v3(v2))
+            Ok(v3_to_v4(v2_to_v3(v2)))
         }
         1 => {
             let v1: Value = serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 1, error })?;
             let v2 = v1_to_v2(v1).map_err(SnapshotError::Migrate)?;
             let v2: SnapshotV2 =
                 serde_json::from_value(v2).map_err(|error| SnapshotError::Body { format: 2, error })?;
-            Ok(v2_to_v3(v2))
+            Ok(v3_to_v4(v2_to_v3(v2)))
         }
         n if n > FORMAT => Err(SnapshotError::Newer(n)),
         n => Err(SnapshotError::Unknown(n)),
+    }
+}
+
+/// Format 3 to format 4: no group has a quota yet.
+fn v3_to_v4(v3: SnapshotV3) -> SnapshotV4 {
+    let SnapshotV3 {
+        jobs,
+        idempotency,
+        agents,
+        applied,
+        tasks,
+        seq,
+        events_made,
+        clock,
+        outbox,
+        outbox_seq,
+        positions,
+    } = v3;
+    SnapshotV4 {
+        jobs,
+        idempotency,
+        agents,
+        applied,
+        tasks,
+        seq,
+        events_made,
+        clock,
+        outbox,
+        outbox_seq,
+        positions,
+        quotas: BTreeMap::new(),
     }
 }
 
@@ -233,7 +289,10 @@ mod tests {
         let mut bytes = Vec::new();
         write(&mut bytes, &s).expect("writes");
         assert_eq!(read(&bytes).expect("reads back"), s);
-        let newer = String::from_utf8(bytes).expect("utf-8").replacen("\"format\":3", "\"format\":9", 1);
+        let text = String::from_utf8(bytes).expect("utf-8");
+        let v3 = text.replacen("\"format\":4", "\"format\":3", 1);
+        assert_eq!(read(v3.as_bytes()).expect("format 3 reads").quotas, BTreeMap::new(), "no quota before format 4");
+        let newer = text.replacen("\"format\":4", "\"format\":9", 1);
         assert!(matches!(read(newer.as_bytes()), Err(SnapshotError::Newer(9))));
         assert!(matches!(read(br#"{"format":0,"body":{}}"#), Err(SnapshotError::Unknown(0))));
         assert!(matches!(read(b"[]"), Err(SnapshotError::Envelope(_))));

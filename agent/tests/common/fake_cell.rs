@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use titan_api::agent::{AgentRegistration, AgentView, Heartbeat, Lease};
 use titan_api::job::JobSpec;
-use titan_api::router::{AdminApi, AgentsApi, ApiResult, JobsApi, Reads, TasksApi};
+use titan_api::router::{AdminApi, AgentsApi, ApiResult, JobsApi, QuotasApi, Reads, TasksApi};
 use titan_api::task::{
     Assignment, Assignments, AssignmentsQuery, StatusAck, StatusReport, TaskList, TaskQuery, TaskStatus, TaskView,
 };
@@ -239,6 +239,28 @@ impl AdminApi for FakeCell {
         Box::pin(async { unsupported() })
     }
     fn set_agent_draining(&self, _: String, _: bool, _: Actor) -> ApiResult<'_, AgentView> {
+        Box::pin(async { unsupported() })
+    }
+}
+
+/// The agent never asks for quotas.
+impl QuotasApi for FakeCell {
+    fn list_quotas(&self) -> ApiResult<'_, titan_api::quota::QuotaList> {
+        Box::pin(async { unsupported() })
+    }
+    fn get_quota(&self, _: String) -> ApiResult<'_, titan_api::quota::QuotaView> {
+        Box::pin(async { unsupported() })
+    }
+    fn put_quota(
+        &self,
+        _: String,
+        _: titan_api::quota::QuotaSpec,
+        _: Option<u64>,
+        _: Actor,
+    ) -> ApiResult<'_, titan_api::quota::QuotaRef> {
+        Box::pin(async { unsupported() })
+    }
+    fn delete_quota(&self, _: String, _: Option<u64>, _: Actor) -> ApiResult<'_, titan_api::quota::QuotaRef> {
         Box::pin(async { unsupported() })
     }
 }

@@ -20,6 +20,11 @@ use crate::error::ApiError;
 
 /// Longest job name, volume name and application name: a DNS label, so names can appear in hostnames.
 pub const MAX_NAME_LEN: usize = 63;
+
+/// Whether `name` is a location name (`[a-z0-9][a-z0-9-]*`, at most 32 characters).
+pub fn is_location_name(name: &str) -> bool {
+    locations::check_location_name(name).is_ok()
+}
 /// Longest location (cell) name.
 pub const MAX_LOCATION_NAME_LEN: usize = 32;
 /// Most locations one job may name.

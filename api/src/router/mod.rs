@@ -25,12 +25,14 @@ mod agents;
 mod cluster;
 mod events;
 mod jobs;
+mod quotas;
 mod request;
 mod tasks;
 
 pub use agents::AgentsApi;
 pub use cluster::AdminApi;
 pub use jobs::JobsApi;
+pub use quotas::QuotasApi;
 pub use tasks::TasksApi;
 
 /// The largest request body accepted.
@@ -62,9 +64,9 @@ pub trait Reads: Send + Sync + 'static {
 }
 
 /// Everything a cell answers: every audience's trait.
-pub trait CellApi: JobsApi + TasksApi + AgentsApi + AdminApi {}
+pub trait CellApi: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi {}
 
-impl<T: JobsApi + TasksApi + AgentsApi + AdminApi> CellApi for T {}
+impl<T: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi> CellApi for T {}
 
 /// The routers' state: the cell, once per audience, so a handler reaches only its audience's trait.
 #[derive(Clone)]
@@ -73,6 +75,13 @@ pub(crate) struct Api {
     tasks: tasks::Tasks,
     agents: agents::Agents,
     admin: cluster::Admin,
+    quotas: quotas::Quotas,
+}
+
+impl FromRef<Api> for quotas::Quotas {
+    fn from_ref(api: &Api) -> Self {
+        api.quotas.clone()
+    }
 }
 
 impl FromRef<Api> for jobs::Jobs {
@@ -136,10 +145,10 @@ async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Resp
 /// The public routes of a cell, grouped by audience, plus the cell's own `internal` routes (Raft, forwarding),
 /// with every request's count and latency recorded into `metrics`' registry.
 pub fn router<C: CellApi>(cell: Arc<C>, metrics: HttpMetrics, internal: Router) -> Router {
-    let api = Api { jobs: cell.clone(), tasks: cell.clone(), agents: cell.clone(), admin: cell };
+    let api = Api { jobs: cell.clone(), tasks: cell.clone(), agents: cell.clone(), quotas: cell.clone(), admin: cell };
     let users = jobs::routes().merge(tasks::routes()).merge(events::routes());
     let agents = agents::routes();
-    let operators = cluster::routes().merge(agents::fleet_routes());
+    let operators = cluster::routes().merge(agents::fleet_routes()).merge(quotas::routes());
     let routes = users.merge(agents).merge(operators).merge(cluster::probes()).with_state(api);
     let meta = Router::new()
         .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
@@ -175,5 +184,6 @@ pub(crate) mod paths {
         __path_disable_job, __path_enable_job, __path_get_job, __path_job_history, __path_kill_job, __path_list_jobs,
         __path_set_instances, __path_submit_job, __path_update_job,
     };
+    pub use super::quotas::{__path_delete_quota, __path_get_quota, __path_list_quotas, __path_put_quota};
     pub use super::tasks::{__path_get_task, __path_kill_task, __path_list_tasks, __path_task_logs};
 }

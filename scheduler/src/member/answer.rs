@@ -34,6 +34,16 @@ impl Answer for JobRef {
     }
 }
 
+impl Answer for titan_api::quota::QuotaRef {
+    const TO: &'static str = "a quota command";
+    fn take(r: Response) -> Result<Self, Response> {
+        match r {
+            Response::Quota { group, version } => Ok(titan_api::quota::QuotaRef { group, version }),
+            other => Err(other),
+        }
+    }
+}
+
 impl Answer for Registered {
     const TO: &'static str = "a registration";
     fn take(r: Response) -> Result<Self, Response> {

@@ -23,6 +23,10 @@ pub(super) struct CellMetrics {
     pub(super) membership_changes: IntCounterVec,
     pub(super) timed_out: IntCounterVec,
     pub(super) in_flight: IntGauge,
+    pub(super) quota_limit: prometheus::GaugeVec,
+    pub(super) quota_used: prometheus::GaugeVec,
+    pub(super) quota_running: prometheus::GaugeVec,
+    pub(super) quota_rejections: IntCounterVec,
 }
 
 impl CellMetrics {
@@ -47,6 +51,10 @@ impl CellMetrics {
             membership_changes: r.counter_vec(&raft::MEMBERSHIP_CHANGES)?,
             timed_out: r.counter_vec(&raft::TIMED_OUT)?,
             in_flight: r.gauge(&raft::IN_FLIGHT)?,
+            quota_limit: r.float_gauge_vec(&crate::metrics::quota::LIMIT)?,
+            quota_used: r.float_gauge_vec(&crate::metrics::quota::USED)?,
+            quota_running: r.float_gauge_vec(&crate::metrics::quota::RUNNING)?,
+            quota_rejections: r.counter_vec(&crate::metrics::quota::REJECTIONS)?,
         })
     }
 }
@@ -102,6 +110,47 @@ impl MetricsWorker {
             self.metrics.jobs.with_label_values(&[st.as_str()]).set(s.count(st) as i64);
         }
         crate::scheduling::observe_tasks(&self.scheduling, &s, now_ms());
+        self.observe_quotas(&s);
+    }
+
+    /// Each quota's limit, desired usage and (in this cell's location) what runs, per resource. Series per group
+    /// with a quota and location it names, so bounded by the quotas SREs set. Gauges of a quota since deleted are
+    /// dropped by resetting them all first.
+    fn observe_quotas(&self, s: &crate::state::CellState) {
+        use crate::quota::{Demand, Resource};
+        let m = &self.metrics;
+        m.quota_limit.reset();
+        m.quota_used.reset();
+        m.quota_running.reset();
+        if s.quotas().next().is_none() {
+            return;
+        }
+        let here = &self.handle.config().cell;
+        let mut running: BTreeMap<&str, Demand> = BTreeMap::new();
+        for job in s.jobs() {
+            let group = crate::quota::group_of(&job.spec);
+            if s.quota(group).is_none() {
+                continue;
+            }
+            let on = s.tasks_of_job(&job.id).filter(|t| t.state.on_agent()).count() as u32;
+            running.entry(group).or_default().add(&Demand::of(&job.spec, on));
+        }
+        for q in s.quotas() {
+            for (location, limits) in &q.locations {
+                let used = s.usage(&q.group, location);
+                for r in Resource::ALL {
+                    let labels = [q.group.as_str(), location.as_str(), r.as_str()];
+                    if let Some(v) = limits.get(r) {
+                        m.quota_limit.with_label_values(&labels).set(v);
+                    }
+                    m.quota_used.with_label_values(&labels).set(used.get(r));
+                    if location == here {
+                        let run = running.get(q.group.as_str()).copied().unwrap_or_default();
+                        m.quota_running.with_label_values(&labels).set(run.get(r));
+                    }
+                }
+            }
+        }
     }
 }
 

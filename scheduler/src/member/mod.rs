@@ -291,9 +291,14 @@ impl Cell {
         typed(self.proposer.commit(cmd).await?)
     }
 
-    /// Commits a job command.
+    /// Commits a job command; a refusal for a quota is counted by group, location and resource.
     pub(crate) async fn write(&self, cmd: Command) -> Result<JobRef, ApiError> {
-        self.commit_as(cmd).await
+        let response = self.proposer.commit(cmd).await?;
+        if let Response::Rejected(crate::command::Rejection::QuotaExceeded(e)) = &response {
+            self.metrics.quota_rejections.with_label_values(&[&e.group, &e.location, e.resource.as_str()]).inc();
+            tracing::info!(group = %e.group, location = %e.location, resource = e.resource.as_str(), "quota exceeded");
+        }
+        typed(response)
     }
 
     /// Who, why and when of a change this member proposes, and its cell (the origin of its versions).

@@ -413,6 +413,8 @@ pub(super) fn command_kind(cmd: &Command) -> &'static str {
         Command::KillTask { .. } => "kill_task",
         Command::SetAgentState { .. } => "set_agent_state",
         Command::Merge { .. } => "merge",
+        Command::PutQuota { .. } => "put_quota",
+        Command::DeleteQuota { .. } => "delete_quota",
     }
 }
 

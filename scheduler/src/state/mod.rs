@@ -7,7 +7,7 @@
 //! killed job) are answers, not errors: they are decided here, at apply time, against the latest state.
 //!
 //! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
-//! change), snapshots are `snapshot::SnapshotV3` behind a format number.
+//! change), snapshots are `snapshot::SnapshotV4` behind a format number.
 
 use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use titan_api::task::{Desired, Reason, TaskState};
 use crate::command::{Command, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
 use crate::federation::{Clock, Hlc, JobVersions};
 use crate::placement::{self, Capacity};
-use crate::snapshot::SnapshotV3;
+use crate::snapshot::SnapshotV4;
 use crate::spec::Spec;
 use crate::task::TaskRecord;
 use titan_api::view::{JobRef, JobState, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -29,6 +29,7 @@ mod effects;
 mod federation;
 mod jobs;
 mod plan;
+mod quotas;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -89,6 +90,11 @@ pub struct CellState {
     positions: BTreeMap<String, u64>,
     /// Killed jobs by when they were killed, for their tombstone's retention (derived).
     tombstones: BTreeSet<(u64, String)>,
+    /// Each capacity group's quota.
+    quotas: BTreeMap<String, crate::quota::QuotaRecord>,
+    /// Each group's desired usage per location, and each job's part of it (derived).
+    usage: HashMap<String, BTreeMap<String, crate::quota::Demand>>,
+    demand_of: HashMap<String, (String, BTreeMap<String, crate::quota::Demand>)>,
     /// What the command being applied did besides changing the state; empty between commands (`apply` hands it
     /// out), so it never differs between two equal states.
     fx: Effects,
@@ -135,6 +141,7 @@ impl CellState {
     pub(super) fn job_changed(&mut self, id: &str, was: Option<(JobState, u64)>) {
         let id = id.to_string();
         self.fx.dirty_jobs.insert(id.clone());
+        self.note_demand(&id);
         // One look at the job after the command: its new history entry, if its version moved, and its state.
         let Some(job) = self.jobs.get(&id) else { return };
         let now = job.state;
@@ -177,7 +184,9 @@ impl CellState {
             | Command::TaskStatuses { .. }
             | Command::KillTask { .. }
             | Command::SetAgentState { .. }
-            | Command::Merge { .. } => return None,
+            | Command::Merge { .. }
+            | Command::PutQuota { .. }
+            | Command::DeleteQuota { .. } => return None,
         };
         Some((id.clone(), self.jobs.get(id).map(|j| (j.state, j.version))))
     }
@@ -185,7 +194,7 @@ impl CellState {
     /// What a snapshot holds: the replicated records, without the derived fields. Records are shared, so this
     /// costs a fraction of a clone, and it is taken while applying waits. Every field is named, so a field added to
     /// `CellState` has to be placed on one side or the other here.
-    pub fn snapshot(&self) -> SnapshotV3 {
+    pub fn snapshot(&self) -> SnapshotV4 {
         let CellState {
             jobs,
             idempotency,
@@ -212,8 +221,12 @@ impl CellState {
             outbox,
             outbox_seq,
             positions,
+            quotas,
+            usage: _,
+            demand_of: _,
         } = self;
-        SnapshotV3 {
+        SnapshotV4 {
+            quotas: quotas.clone(),
             clock: clock.clone(),
             outbox: outbox.clone(),
             outbox_seq: *outbox_seq,
@@ -229,8 +242,8 @@ impl CellState {
     }
 
     /// The state a snapshot holds, with everything derived rebuilt.
-    pub fn from_snapshot(s: SnapshotV3) -> CellState {
-        let SnapshotV3 {
+    pub fn from_snapshot(s: SnapshotV4) -> CellState {
+        let SnapshotV4 {
             jobs,
             idempotency,
             agents,
@@ -242,8 +255,10 @@ impl CellState {
             outbox,
             outbox_seq,
             positions,
+            quotas,
         } = s;
         let mut state = CellState {
+            quotas,
             jobs,
             idempotency,
             agents,
@@ -296,6 +311,7 @@ impl CellState {
             }
         }
         self.outbox_of = self.outbox.iter().map(|(seq, id)| (id.clone(), *seq)).collect();
+        self.reindex_usage();
         self.rebuild_capacity();
         // Derived, not applied: nothing to hand on (whoever loads a state treats everything as changed).
         self.fx = Effects::default();
@@ -374,8 +390,15 @@ impl CellState {
     pub(super) fn apply_inner(&mut self, cmd: &Command) -> Response {
         match cmd {
             Command::PutJob { id, spec, idempotency_key, meta } => {
-                let v = self.stamp(meta);
                 self.forget_expired(meta.at_ms);
+                let replay = self.jobs.contains_key(id)
+                    || idempotency_key.as_ref().is_some_and(|k| self.idempotency.contains_key(k));
+                if !replay {
+                    if let Err(e) = self.admit(id, spec, &spec.counts(), true) {
+                        return Response::Rejected(Rejection::QuotaExceeded(e));
+                    }
+                }
+                let v = self.stamp(meta);
                 // A proposal retried after an ambiguous failure carries the same id: it must not create twice.
                 let slot = match self.jobs.entry(id.clone()) {
                     btree_map::Entry::Occupied(existing) => {
@@ -425,6 +448,13 @@ impl CellState {
                 Response::Job(job)
             }
             Command::UpdateJob { id, spec, if_version, meta } => {
+                if let Some(job) = self.jobs.get(id) {
+                    let counts: BTreeMap<String, u32> =
+                        job.counts.keys().map(|l| (l.clone(), 0)).chain(spec.counts()).collect();
+                    if let Err(e) = self.admit(id, spec, &counts, job.state == JobState::Enabled) {
+                        return Response::Rejected(Rejection::QuotaExceeded(e));
+                    }
+                }
                 self.fx.capacity_moved = true;
                 // Tasks made from the spec being replaced keep running as it said until they end.
                 let current = self.jobs.get(id).map(|j| j.spec_version);
@@ -448,6 +478,13 @@ impl CellState {
                 })
             }
             Command::SetInstances { id, instances, if_version, meta } => {
+                if let Some(job) = self.jobs.get(id) {
+                    let mut counts = job.counts.clone();
+                    counts.extend(instances.iter().map(|(l, n)| (l.clone(), *n)));
+                    if let Err(e) = self.admit(id, &job.spec, &counts, job.state == JobState::Enabled) {
+                        return Response::Rejected(Rejection::QuotaExceeded(e));
+                    }
+                }
                 let v = self.stamp(meta);
                 self.modify(id, *if_version, |job| {
                     for (location, n) in instances {
@@ -460,6 +497,11 @@ impl CellState {
                 })
             }
             Command::SetEnabled { id, enabled, meta } => {
+                if let (true, Some(job)) = (*enabled, self.jobs.get(id)) {
+                    if let Err(e) = self.admit(id, &job.spec, &job.counts, job.state != JobState::Killed) {
+                        return Response::Rejected(Rejection::QuotaExceeded(e));
+                    }
+                }
                 let v = self.stamp(meta);
                 self.modify(id, None, |job| {
                     job.state = if *enabled { JobState::Enabled } else { JobState::Disabled };
@@ -475,6 +517,10 @@ impl CellState {
                     job.change(meta, "killed".into())
                 })
             }
+            Command::PutQuota { group, locations, if_version, meta } => {
+                self.put_quota(group, locations, *if_version, meta)
+            }
+            Command::DeleteQuota { group, if_version, meta } => self.delete_quota(group, *if_version, meta),
             Command::Merge { from, upto, jobs, max_skew_ms, tombstone_ms, meta } => {
                 Response::Merged(self.merge_jobs(from, *upto, jobs, (*max_skew_ms, *tombstone_ms), meta))
             }

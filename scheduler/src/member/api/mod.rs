@@ -6,6 +6,7 @@ use super::*;
 mod admin;
 mod agents;
 mod jobs;
+mod quotas;
 mod tasks;
 
 impl Cell {
@@ -91,6 +92,13 @@ pub(super) fn rejection(r: Rejection) -> ApiError {
             format!("lease epoch {given} of agent {agent} is stale (current {current}): register again"),
         )
         .with_field("leaseEpoch"),
+        Rejection::QuotaExceeded(e) => ApiError::new(ErrorCode::QuotaExceeded, e.to_string()).with_field("location"),
+        Rejection::QuotaNotFound { group } => ApiError::not_found("quota", &group),
+        Rejection::QuotaVersionMismatch { group, expected, current } => ApiError::new(
+            ErrorCode::VersionMismatch,
+            format!("the quota of {group} is at version {current}, not {expected}"),
+        )
+        .with_field("If-Match"),
     }
 }
 

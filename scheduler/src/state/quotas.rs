@@ -1,0 +1,156 @@
+//! Quotas in the state: each group's quota, each group's desired usage per location (kept as jobs change, so
+//! admission reads the locations a write touches, never every job), and the admission of job writes.
+
+use super::*;
+use crate::command::Meta;
+use crate::quota::{self, Demand, Exceeded, Limits, QuotaRecord};
+
+impl CellState {
+    pub fn quota(&self, group: &str) -> Option<&QuotaRecord> {
+        self.quotas.get(group)
+    }
+
+    pub fn quotas(&self) -> impl Iterator<Item = &QuotaRecord> {
+        self.quotas.values()
+    }
+
+    /// A group's desired usage in a location: the demand of its enabled jobs there.
+    pub fn usage(&self, group: &str, location: &str) -> Demand {
+        self.usage.get(group).and_then(|l| l.get(location)).copied().unwrap_or_default()
+    }
+
+    /// Every group with usage, and its usage per location.
+    pub fn usages(&self) -> impl Iterator<Item = (&String, &BTreeMap<String, Demand>)> {
+        self.usage.iter()
+    }
+
+    /// Admits job `id` going to `spec` with `counts`, enabled or not, against its group's quota.
+    pub(super) fn admit(
+        &self,
+        id: &str,
+        spec: &Spec,
+        counts: &BTreeMap<String, u32>,
+        enabled: bool,
+    ) -> Result<(), Exceeded> {
+        let group = quota::group_of(spec);
+        let after = quota::demand(spec, counts, enabled);
+        let empty = BTreeMap::new();
+        // What the job asks for now counts toward the group it is in now (an update may move it to another).
+        let before = match self.demand_of.get(id) {
+            Some((g, d)) if g == group => d,
+            _ => &empty,
+        };
+        quota::admit(group, self.quotas.get(group), |l| self.usage(group, l), before, &after)
+    }
+
+    /// Moves job `id`'s demand in the usage index to what it asks for now.
+    pub(super) fn note_demand(&mut self, id: &str) {
+        if let Some((group, old)) = self.demand_of.remove(id) {
+            if let Some(by_location) = self.usage.get_mut(&group) {
+                for (l, d) in &old {
+                    if let Some(u) = by_location.get_mut(l) {
+                        u.sub(d);
+                    }
+                }
+                by_location.retain(|_, u| !u.is_zero());
+                if by_location.is_empty() {
+                    self.usage.remove(&group);
+                }
+            }
+        }
+        let Some(job) = self.jobs.get(id) else { return };
+        let demand = quota::demand(&job.spec, &job.counts, job.state == JobState::Enabled);
+        if demand.is_empty() {
+            return;
+        }
+        let group = quota::group_of(&job.spec).to_string();
+        let by_location = self.usage.entry(group.clone()).or_default();
+        for (l, d) in &demand {
+            by_location.entry(l.clone()).or_default().add(d);
+        }
+        self.demand_of.insert(id.to_string(), (group, demand));
+    }
+
+    pub(super) fn put_quota(
+        &mut self,
+        group: &str,
+        locations: &BTreeMap<String, Limits>,
+        if_version: Option<u64>,
+        meta: &Meta,
+    ) -> Response {
+        let current = self.quotas.get(group).map_or(0, |q| q.version);
+        if let Some(expected) = if_version.filter(|e| *e != current) {
+            return Response::Rejected(Rejection::QuotaVersionMismatch { group: group.into(), expected, current });
+        }
+        let hlc = self.stamp(meta);
+        let record = self.quotas.entry(group.to_string()).or_insert_with(|| QuotaRecord {
+            group: group.to_string(),
+            locations: BTreeMap::new(),
+            version: 0,
+            hlc: hlc.clone(),
+            history: Vec::new(),
+        });
+        let what = if record.version == 0 { "created" } else { "changed" };
+        record.locations = locations.clone();
+        record.hlc = hlc;
+        record.change(crate::history::Change {
+            version: 0,
+            at_ms: meta.at_ms,
+            who: meta.who.clone(),
+            why: meta.why.clone(),
+            what: format!("{what}: {}", describe_limits(locations)),
+            cell: meta.cell.clone(),
+        });
+        let version = record.version;
+        self.event(Topic::Quota, &format!("quota {what}"), group, None, None, meta.why.as_deref(), meta.at_ms);
+        Response::Quota { group: group.to_string(), version }
+    }
+
+    pub(super) fn delete_quota(&mut self, group: &str, if_version: Option<u64>, meta: &Meta) -> Response {
+        let Some(current) = self.quotas.get(group).map(|q| q.version) else {
+            return Response::Rejected(Rejection::QuotaNotFound { group: group.to_string() });
+        };
+        if let Some(expected) = if_version.filter(|e| *e != current) {
+            return Response::Rejected(Rejection::QuotaVersionMismatch { group: group.into(), expected, current });
+        }
+        self.quotas.remove(group);
+        self.event(Topic::Quota, "quota deleted", group, None, None, meta.why.as_deref(), meta.at_ms);
+        Response::Quota { group: group.to_string(), version: 0 }
+    }
+
+    /// Rebuilds the usage index from the jobs.
+    pub(super) fn reindex_usage(&mut self) {
+        self.usage.clear();
+        self.demand_of.clear();
+        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            self.note_demand(&id);
+        }
+    }
+}
+
+/// `dc1: instances 40, cpus 64; dc2: no limit`, for history.
+fn describe_limits(locations: &BTreeMap<String, Limits>) -> String {
+    if locations.is_empty() {
+        return "no location limited".into();
+    }
+    locations
+        .iter()
+        .map(|(l, q)| {
+            let mut parts = Vec::new();
+            for r in quota::Resource::ALL {
+                if let Some(v) = q.get(r) {
+                    parts.push(format!("{} {v}", r.as_str()));
+                }
+            }
+            if let Some(c) = q.guaranteed_cpus {
+                parts.push(format!("guaranteed cpus {c}"));
+            }
+            if let Some(m) = q.guaranteed_memory_mib {
+                parts.push(format!("guaranteed memoryMiB {m}"));
+            }
+            format!("{l}: {}", if parts.is_empty() { "no limit".into() } else { parts.join(", ") })
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
