@@ -58,15 +58,16 @@ pub fn constraint(c: &SpecConstraint) -> Constraint {
     }
 }
 
-/// What fenzo places for a task: the resources it asked for, and its job's current constraints.
-pub fn request(task: &TaskRecord, spec: &Spec) -> TaskRequest {
-    request_for(&task.id, &task.job_id, &task.ask, spec)
+/// What fenzo places for a task: the resources it asked for, its job's current constraints, and the capacity group
+/// fenzo counts it toward (`group`, see `CellState::placement_group`).
+pub fn request(task: &TaskRecord, spec: &Spec, group: Option<&str>) -> TaskRequest {
+    request_for(&task.id, &task.job_id, &task.ask, spec, group)
 }
 
-pub fn request_for(id: &str, job: &str, a: &Ask, spec: &Spec) -> TaskRequest {
+pub fn request_for(id: &str, job: &str, a: &Ask, spec: &Spec, group: Option<&str>) -> TaskRequest {
     let mut r = TaskRequest::new(id, job).cpus(a.cpus).mem_mib(a.memory_mib).disk_mib(a.disk_mib).ports(a.ports);
-    if let Some(g) = &spec.capacity_group {
-        r = r.capacity_group(g.clone());
+    if let Some(g) = group {
+        r = r.capacity_group(g.to_string());
     }
     for c in &spec.constraints {
         if c.soft {
@@ -105,4 +106,29 @@ impl PartialEq for Capacity {
     fn eq(&self, _: &Capacity) -> bool {
         true
     }
+}
+
+/// Fenzo's capacity groups for location `here`: each quota's guarantee and limits there. A task over a limit stays
+/// pending with reason `quota`; groups below their guarantee are placed first.
+pub fn capacity_groups<'a>(
+    quotas: impl Iterator<Item = &'a crate::quota::QuotaRecord>,
+    here: &str,
+) -> std::collections::BTreeMap<String, fenzo::CapacityGroup> {
+    quotas
+        .filter_map(|q| {
+            let l = q.locations.get(here)?;
+            let guarantee = fenzo::Resources {
+                cpu_milli: l.guaranteed_cpus.map_or(0, |c| (c * 1000.0).round() as u64),
+                mem_mib: l.guaranteed_memory_mib.unwrap_or(0),
+                ..Default::default()
+            };
+            let group = fenzo::CapacityGroup {
+                guarantee,
+                max_cpu_milli: l.cpus.map(|c| (c * 1000.0).round() as u64),
+                max_mem_mib: l.memory_mib,
+                max_tasks: l.instances.map(|n| n.min(u64::from(u32::MAX)) as u32),
+            };
+            Some((q.group.clone(), group))
+        })
+        .collect()
 }

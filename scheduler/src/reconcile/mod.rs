@@ -152,7 +152,7 @@ pub fn reconcile(
             d.round.drained.push(id.clone());
         }
     }
-    place(state, config, seen.retry_pending, &mut d);
+    place(state, cell, config, seen.retry_pending, &mut d);
     d
 }
 

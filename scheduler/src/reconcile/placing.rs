@@ -90,7 +90,7 @@ pub(super) fn replacement(
 
 /// Places the Accepted tasks (those in the state and those created this round) with fenzo, on the committed
 /// capacity view.
-pub(super) fn place(state: &CellState, config: &SchedulerConfig, retry_pending: bool, d: &mut Decision) {
+pub(super) fn place(state: &CellState, here: &str, config: &SchedulerConfig, retry_pending: bool, d: &mut Decision) {
     let stopping: BTreeSet<&str> = d.round.stop.iter().map(|(id, _)| id.as_str()).collect();
     let mut requests: Vec<TaskRequest> = Vec::new();
     let mut avoiding: HashMap<String, Vec<String>> = HashMap::new();
@@ -100,13 +100,14 @@ pub(super) fn place(state: &CellState, config: &SchedulerConfig, retry_pending: 
             continue;
         }
         if let Some(job) = state.job(&t.job_id) {
-            let r = placement::request(t, &job.spec);
+            let r = placement::request(t, &job.spec, state.placement_group(&job.spec));
             requests.push(replacement(state, r, t.replaces.as_deref(), &job.spec, &mut avoiding));
         }
     }
     for n in &d.round.create {
         if let Some(job) = state.job(&n.job_id) {
-            let r = placement::request_for(&n.id, &n.job_id, &placement::ask(&job.spec), &job.spec);
+            let group = state.placement_group(&job.spec);
+            let r = placement::request_for(&n.id, &n.job_id, &placement::ask(&job.spec), &job.spec, group);
             requests.push(replacement(state, r, n.replaces.as_deref(), &job.spec, &mut avoiding));
         }
     }
@@ -116,7 +117,12 @@ pub(super) fn place(state: &CellState, config: &SchedulerConfig, retry_pending: 
     d.truncated = requests.len() > config.max_placements_per_round;
     requests.truncate(config.max_placements_per_round);
     let capacity = state.capacity();
-    let placed = fenzo::place(capacity, &requests, &PlacementConfig::default());
+    let groups = placement::capacity_groups(state.quotas(), here);
+    let placed = if groups.is_empty() {
+        fenzo::place(capacity, &requests, &PlacementConfig::default())
+    } else {
+        fenzo::place(capacity, &requests, &PlacementConfig { capacity_groups: groups, ..PlacementConfig::default() })
+    };
     for a in placed.assignments {
         let epoch = state.agent(&a.agent_id).map(|r| r.lease_epoch).unwrap_or(0);
         if let Some(failed) = avoiding.get(&a.task_id) {
@@ -130,10 +136,23 @@ pub(super) fn place(state: &CellState, config: &SchedulerConfig, retry_pending: 
     }
     for u in placed.unplaced {
         let why = match u.reason {
-            Pending::Quota { group, resource } => format!("capacity group {group} is at its {resource:?} quota"),
+            Pending::Quota { group, resource } => {
+                format!("quota: capacity group {group} is at its {} limit in {here}", quota_resource(&resource))
+            }
             Pending::NoFit(e) => e.to_string(),
         };
         d.pending.insert(u.task_id, why);
     }
     d.placement = Some(placed.stats);
+}
+
+/// A fenzo resource as quotas name it.
+fn quota_resource(r: &fenzo::ResourceKind) -> String {
+    match r {
+        fenzo::ResourceKind::Cpu => "cpus".into(),
+        fenzo::ResourceKind::Memory => "memoryMiB".into(),
+        fenzo::ResourceKind::Disk => "diskGiB".into(),
+        fenzo::ResourceKind::Scalar(name) => name.clone(),
+        other => other.to_string(),
+    }
 }

@@ -637,3 +637,46 @@ fn pending_tasks_are_tried_again_only_when_capacity_may_have_changed() {
     let (_, fx) = register_with_effects(&mut w.state, "a2", 1.0, vec![], 40);
     assert!(fx.capacity_moved, "a new agent moves it too");
 }
+
+fn set_quota(w: &mut World, group: &str, limits: crate::quota::Limits, at: u64) {
+    let cmd = Command::PutQuota {
+        group: group.into(),
+        locations: BTreeMap::from([(CELL.to_string(), limits)]),
+        if_version: None,
+        meta: meta(at),
+    };
+    assert!(matches!(w.state.apply(&cmd).0, Response::Quota { .. }));
+}
+
+#[test]
+fn tasks_over_this_locations_quota_wait_with_reason_quota_and_start_when_room_appears() {
+    // The job was admitted (in another cell, say) before the quota here was lowered to 2 instances.
+    let mut w = World::new(&[("a1", 8.0)], spec(""));
+    set_quota(&mut w, "shop", crate::quota::Limits { instances: Some(2), ..Default::default() }, 5);
+    let d = w.round(10);
+    assert_eq!((d.round.create.len(), d.round.place.len()), (3, 2));
+    let waiting = w.in_state(TaskState::Accepted);
+    assert_eq!(waiting.len(), 1);
+    assert!(d.pending[&waiting[0]].starts_with("quota: capacity group shop"), "{:?}", d.pending);
+    // Lowered again: nothing placed is stopped.
+    set_quota(&mut w, "shop", crate::quota::Limits { instances: Some(1), ..Default::default() }, 15);
+    let d = w.round(20);
+    assert!(d.round.stop.is_empty() && d.round.place.is_empty(), "{:?}", d.round);
+    // Raised: the waiting task starts.
+    set_quota(&mut w, "shop", crate::quota::Limits { instances: Some(3), ..Default::default() }, 25);
+    assert_eq!(w.round(30).round.place.len(), 1);
+    assert!(w.in_state(TaskState::Accepted).is_empty());
+}
+
+#[test]
+fn under_contention_a_group_within_its_guarantee_is_placed_first() {
+    let job = |group: &str| spec(&format!(r#","capacityGroup":"{group}","location":"dc1:4""#));
+    let mut w = World::new(&[("a1", 4.0)], job("batch"));
+    w.state.apply(&Command::PutJob { id: "j2".into(), spec: job("web"), idempotency_key: None, meta: meta(1) });
+    set_quota(&mut w, "web", crate::quota::Limits { guaranteed_cpus: Some(3.0), ..Default::default() }, 2);
+    let d = w.round(10);
+    assert_eq!(d.round.place.len(), 4, "4 cpus for 8 one-cpu tasks");
+    let placed_of =
+        |job: &str| d.round.place.iter().filter(|p| w.state.task(&p.task_id).is_some_and(|t| t.job_id == job)).count();
+    assert_eq!((placed_of("j2"), placed_of("j1")), (3, 1), "web gets its guarantee of 3 cpus, batch the rest");
+}

@@ -329,7 +329,9 @@ impl CellState {
         }
         for t in self.tasks.values().filter(|t| t.state.on_agent()) {
             let (Some(agent), Some(job)) = (&t.agent, self.jobs.get(&t.job_id)) else { continue };
-            if let Err(e) = cap.assign(&placement::request(t, &job.spec), agent, Some(&t.ports)) {
+            if let Err(e) =
+                cap.assign(&placement::request(t, &job.spec, self.placement_group(&job.spec)), agent, Some(&t.ports))
+            {
                 // An agent that re-registered smaller than what runs on it: the tasks keep running, the
                 // overcommitted part is simply not counted.
                 tracing::warn!(task = %t.id, error = %e, "task not counted in the capacity view");

@@ -77,7 +77,7 @@ impl CellState {
             return Err(format!("agent lease epoch is {}, the plan has {}", agent.lease_epoch, p.lease_epoch));
         }
         let job = self.jobs.get(&task.job_id).ok_or("no such job")?;
-        let request = placement::request(task, &job.spec);
+        let request = placement::request(task, &job.spec, self.placement_group(&job.spec));
         self.capacity.0.assign(&request, &p.agent, Some(&p.ports)).map_err(|e| e.to_string())?;
         if let Some(t) = self.tasks.get_mut(&p.task_id).map(Arc::make_mut) {
             t.agent = Some(p.agent.clone());

@@ -24,6 +24,15 @@ impl CellState {
         self.usage.iter()
     }
 
+    /// The capacity group fenzo counts a task of `spec` toward: its job's capacity group, or its application when
+    /// a quota names that; none otherwise (fenzo then orders it with the ungrouped).
+    pub fn placement_group<'a>(&self, spec: &'a Spec) -> Option<&'a str> {
+        spec.capacity_group.as_deref().or_else(|| {
+            let app = spec.application_name.as_str();
+            self.quotas.contains_key(app).then_some(app)
+        })
+    }
+
     /// Admits job `id` going to `spec` with `counts`, enabled or not, against its group's quota.
     pub(super) fn admit(
         &self,
@@ -102,6 +111,8 @@ impl CellState {
             cell: meta.cell.clone(),
         });
         let version = record.version;
+        // Which tasks fenzo counts toward which group may have changed.
+        self.rebuild_capacity();
         self.event(Topic::Quota, &format!("quota {what}"), group, None, None, meta.why.as_deref(), meta.at_ms);
         Response::Quota { group: group.to_string(), version }
     }
@@ -114,6 +125,7 @@ impl CellState {
             return Response::Rejected(Rejection::QuotaVersionMismatch { group: group.into(), expected, current });
         }
         self.quotas.remove(group);
+        self.rebuild_capacity();
         self.event(Topic::Quota, "quota deleted", group, None, None, meta.why.as_deref(), meta.at_ms);
         Response::Quota { group: group.to_string(), version: 0 }
     }
