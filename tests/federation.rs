@@ -293,9 +293,42 @@ async fn a_wiped_cell_is_rebuilt_by_the_others_and_anti_entropy_carries_its_new_
     assert!(jobs.contains_key(&after));
     let text = reqwest::get(format!("http://{}/metrics", cells["dc2"].members[0].addr)).await.unwrap().text().await;
     let text = text.expect("metrics");
-    let repaired = metric(&text, "titan_federation_repaired_jobs_total", r#"peer="dc1""#);
-    assert!(repaired >= 1.0, "dc2 repaired dc1 through a digest: {repaired}");
+    // Whichever peer's digest came first got it (and relayed it to the other).
+    let repaired = metric(&text, "titan_federation_repaired_jobs_total", r#"peer="dc1""#)
+        + metric(&text, "titan_federation_repaired_jobs_total", r#"peer="dc3""#);
+    assert!(repaired >= 1.0, "dc2 repaired another cell through a digest: {repaired}");
     assert!(metric(&text, "titan_federation_digests_total", r#"result="differ""#) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_set_in_one_cell_is_enforced_by_the_others_and_its_deletion_reaches_them() {
+    let mut cells = federation();
+    start_all(&mut cells);
+    for cell in cells.values() {
+        cell.leader(Duration::from_secs(20)).await;
+    }
+    let (c1, c2, c3) = (client_of(&cells["dc1"]), client_of(&cells["dc2"]), client_of(&cells["dc3"]));
+    let spec = titan_api::quota::QuotaSpec::parse(br#"{"locations": {"dc1": {"instances": 2}}}"#).expect("quota");
+    c1.put_quota("fed", &spec, None).await.expect("set in dc1");
+    // dc2 checks a job's dc1 count against dc1's quota once it has it.
+    eventually(Duration::from_secs(10), "dc2 and dc3 to hold the quota", || {
+        let (c2, c3) = (c2.clone(), c3.clone());
+        async move { c2.get_quota("fed").await.is_ok() && c3.get_quota("fed").await.is_ok() }
+    })
+    .await;
+    let over = c2.submit_raw(job("big", "dc1:3,dc2:1"), BodyFormat::Json, None).await.expect_err("over dc1's quota");
+    assert_eq!(over.code(), Some(ErrorCode::QuotaExceeded));
+    c2.submit_raw(job("fits", "dc1:2,dc2:1"), BodyFormat::Json, None).await.expect("within it");
+    let view = c3.get_quota("fed").await.expect("view");
+    assert!(view.history.iter().any(|h| h.cell.as_deref() == Some("dc1")), "{:?}", view.history);
+    // Deleted in dc3: the limit is lifted everywhere.
+    c3.delete_quota("fed").await.expect("deleted in dc3");
+    eventually(Duration::from_secs(10), "the deletion to reach dc1", || {
+        let c1 = c1.clone();
+        async move { c1.get_quota("fed").await.map(|q| q.version == 0).unwrap_or(false) }
+    })
+    .await;
+    c1.submit_raw(job("bigger", "dc1:5"), BodyFormat::Json, None).await.expect("no limit now");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +388,12 @@ async fn what_another_cell_may_not_send_is_refused_with_nothing_applied() {
             created_at_ms: ms,
             origin: from.to_string(),
         };
-        let push = titan_scheduler::federation::wire::Push { from: from.to_string(), upto: 1, jobs: vec![job] };
+        let push = titan_scheduler::federation::wire::Push {
+            from: from.to_string(),
+            upto: 1,
+            jobs: vec![job],
+            quotas: Vec::new(),
+        };
         rmp_serde::to_vec_named(&push).expect("encodes")
     };
     let http = reqwest::Client::new();

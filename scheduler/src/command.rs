@@ -103,6 +103,9 @@ pub enum Command {
         #[serde(default)]
         tombstone_ms: u64,
         meta: Meta,
+        /// Quotas, each one register.
+        #[serde(default)]
+        quotas: Vec<crate::quota::ReplicatedQuota>,
     },
     /// Sets a capacity group's quota, every location at once.
     PutQuota {

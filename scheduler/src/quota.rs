@@ -34,6 +34,49 @@ pub struct QuotaRecord {
     /// The whole quota is one replicated register.
     pub hlc: Hlc,
     pub history: Vec<Change>,
+    /// Deleted: a tombstone, kept so the deletion reaches every cell and wins over older writes.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// The key of a quota in the federation's outbox (job ids are UUIDs, never with a '/').
+pub fn outbox_key(group: &str) -> String {
+    format!("quota/{group}")
+}
+
+/// The group an outbox key names, if it is a quota's.
+pub fn group_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix("quota/")
+}
+
+/// A quota as one cell sends it to another: the whole quota is one register, last writer wins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicatedQuota {
+    pub group: String,
+    pub locations: BTreeMap<String, Limits>,
+    pub hlc: Hlc,
+    pub deleted: bool,
+}
+
+impl QuotaRecord {
+    pub fn replicated(&self) -> ReplicatedQuota {
+        ReplicatedQuota {
+            group: self.group.clone(),
+            locations: self.locations.clone(),
+            hlc: self.hlc.clone(),
+            deleted: self.deleted,
+        }
+    }
+}
+
+/// What merging an incoming quota into the one held (if any) does: take it (the newer write), or keep ours, and
+/// whether ours won over another cell's write (a conflict).
+pub fn takes(ours: Option<&QuotaRecord>, incoming: &ReplicatedQuota) -> (bool, bool) {
+    match ours {
+        None => (true, false),
+        Some(q) if incoming.hlc > q.hlc => (true, false),
+        Some(q) => (false, incoming.hlc < q.hlc && incoming.hlc.cell != q.hlc.cell),
+    }
 }
 
 /// The most history entries a quota keeps.
@@ -276,6 +319,7 @@ mod tests {
             version: 1,
             hlc: Hlc::default(),
             history: Vec::new(),
+            deleted: false,
         }
     }
 

@@ -23,6 +23,9 @@ pub struct Push {
     /// The sender's change number of the last job in the batch.
     pub upto: u64,
     pub jobs: Vec<ReplicatedJob>,
+    /// Quotas changed in the same range of the outbox.
+    #[serde(default)]
+    pub quotas: Vec<crate::quota::ReplicatedQuota>,
 }
 
 /// The answer to a push.

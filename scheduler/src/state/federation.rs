@@ -7,6 +7,12 @@ use crate::federation::digest::{self, Digest, Entry};
 use crate::federation::register::{self, Registers};
 use crate::federation::{hlc, JobVersions, ReplicatedJob};
 
+/// One replicated object in the outbox.
+pub enum Outgoing<'a> {
+    Job(&'a JobRecord),
+    Quota(&'a crate::quota::QuotaRecord),
+}
+
 impl CellState {
     /// A version for a write `meta` makes (its time, raised past every version this cell has made or taken in).
     pub(super) fn stamp(&mut self, meta: &Meta) -> Hlc {
@@ -27,9 +33,12 @@ impl CellState {
         self.outbox_seq
     }
 
-    /// Jobs changed after change `after`, oldest first, at most `n`, each with its change number.
-    pub fn outbox_after(&self, after: u64, n: usize) -> impl Iterator<Item = (u64, &JobRecord)> + '_ {
-        self.outbox.range(after + 1..).take(n).filter_map(|(seq, id)| self.jobs.get(id).map(|j| (*seq, j.as_ref())))
+    /// Jobs and quotas changed after change `after`, oldest first, at most `n`, each with its change number.
+    pub fn outbox_after(&self, after: u64, n: usize) -> impl Iterator<Item = (u64, Outgoing<'_>)> + '_ {
+        self.outbox.range(after + 1..).take(n).filter_map(|(seq, key)| match crate::quota::group_of_key(key) {
+            Some(group) => self.quota_record(group).map(|q| (*seq, Outgoing::Quota(q))),
+            None => self.jobs.get(key).map(|j| (*seq, Outgoing::Job(j.as_ref()))),
+        })
     }
 
     /// How many jobs changed after change `after`.
@@ -140,10 +149,24 @@ impl CellState {
         from: &str,
         upto: u64,
         jobs: &[ReplicatedJob],
+        quotas: &[crate::quota::ReplicatedQuota],
         (max_skew_ms, tombstone_ms): (u64, u64),
         meta: &Meta,
     ) -> MergeOutcome {
         let mut out = MergeOutcome::default();
+        let mut taken = Vec::new();
+        for q in quotas {
+            match hlc::check_skew(&q.hlc, meta.at_ms, max_skew_ms) {
+                Ok(()) => {
+                    let _ = self.clock.observe(&q.hlc, meta.at_ms, max_skew_ms);
+                    taken.push(q.clone());
+                }
+                Err(e) => out.refused.push((crate::quota::outbox_key(&q.group), e.to_string())),
+            }
+        }
+        let (changed, conflicts) = self.merge_quotas(from, &taken, meta);
+        out.changed += changed;
+        out.conflicts += conflicts;
         for incoming in jobs {
             if !self.jobs.contains_key(&incoming.id) && expired(&incoming.versions, meta.at_ms, tombstone_ms) {
                 // A tombstone past its retention that this cell already forgot (or never had): not taken back in.

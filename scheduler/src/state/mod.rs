@@ -37,6 +37,7 @@ mod tests;
 pub use crate::agent::AgentRecord;
 pub use crate::job::{JobRecord, Remembered, MAX_HISTORY};
 pub use effects::{Changes, Effects};
+pub use federation::Outgoing;
 use jobs::{describe, fingerprint};
 pub use jobs::{IDEMPOTENCY_TTL_MS, REQUEST_TTL_MS};
 pub use tasks::JobTasks;
@@ -523,8 +524,8 @@ impl CellState {
                 self.put_quota(group, locations, *if_version, meta)
             }
             Command::DeleteQuota { group, if_version, meta } => self.delete_quota(group, *if_version, meta),
-            Command::Merge { from, upto, jobs, max_skew_ms, tombstone_ms, meta } => {
-                Response::Merged(self.merge_jobs(from, *upto, jobs, (*max_skew_ms, *tombstone_ms), meta))
+            Command::Merge { from, upto, jobs, max_skew_ms, tombstone_ms, meta, quotas } => {
+                Response::Merged(self.merge_jobs(from, *upto, jobs, quotas, (*max_skew_ms, *tombstone_ms), meta))
             }
             Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply_one(c)).collect()),
             Command::RegisterAgent { registration, meta } => self.register_agent(registration, meta.at_ms),

@@ -3,15 +3,65 @@
 
 use super::*;
 use crate::command::Meta;
-use crate::quota::{self, Demand, Exceeded, Limits, QuotaRecord};
+use crate::quota::{self, Demand, Exceeded, Limits, QuotaRecord, ReplicatedQuota};
 
 impl CellState {
+    /// A group's quota (a deleted one is none).
     pub fn quota(&self, group: &str) -> Option<&QuotaRecord> {
-        self.quotas.get(group)
+        self.quotas.get(group).filter(|q| !q.deleted)
     }
 
     pub fn quotas(&self) -> impl Iterator<Item = &QuotaRecord> {
-        self.quotas.values()
+        self.quotas.values().filter(|q| !q.deleted)
+    }
+
+    /// A quota as held here, deleted ones included (what other cells are sent).
+    pub fn quota_record(&self, group: &str) -> Option<&QuotaRecord> {
+        self.quotas.get(group)
+    }
+
+    /// Merges quotas another cell sent, each one register: the newer write wins. Returns how many changed here
+    /// and how many incoming writes lost to a newer one made in another cell.
+    pub(super) fn merge_quotas(&mut self, from: &str, incoming: &[ReplicatedQuota], meta: &Meta) -> (u32, u32) {
+        let (mut changed, mut conflicts) = (0, 0);
+        for q in incoming {
+            let (take, lost) = quota::takes(self.quotas.get(&q.group), q);
+            conflicts += u32::from(lost);
+            if !take {
+                continue;
+            }
+            let record = self.quotas.entry(q.group.clone()).or_insert_with(|| QuotaRecord {
+                group: q.group.clone(),
+                locations: BTreeMap::new(),
+                version: 0,
+                hlc: q.hlc.clone(),
+                history: Vec::new(),
+                deleted: false,
+            });
+            record.locations = q.locations.clone();
+            record.hlc = q.hlc.clone();
+            record.deleted = q.deleted;
+            let what = if q.deleted {
+                format!("deleted (from {from})")
+            } else {
+                format!("set: {} (from {from})", describe_limits(&q.locations))
+            };
+            record.change(crate::history::Change {
+                version: 0,
+                at_ms: meta.at_ms,
+                who: format!("cell:{from}"),
+                why: None,
+                what,
+                cell: q.hlc.cell.clone(),
+            });
+            changed += 1;
+            self.event(Topic::Quota, "quota merged", &q.group, None, None, None, meta.at_ms);
+            self.note_outbox(&quota::outbox_key(&q.group));
+        }
+        if changed > 0 {
+            self.rebuild_capacity();
+        }
+        (changed, conflicts)
     }
 
     /// A group's desired usage in a location: the demand of its enabled jobs there.
@@ -29,7 +79,7 @@ impl CellState {
     pub fn placement_group<'a>(&self, spec: &'a Spec) -> Option<&'a str> {
         spec.capacity_group.as_deref().or_else(|| {
             let app = spec.application_name.as_str();
-            self.quotas.contains_key(app).then_some(app)
+            self.quota(app).is_some().then_some(app)
         })
     }
 
@@ -49,7 +99,7 @@ impl CellState {
             Some((g, d)) if g == group => d,
             _ => &empty,
         };
-        quota::admit(group, self.quotas.get(group), |l| self.usage(group, l), before, &after)
+        quota::admit(group, self.quota(group), |l| self.usage(group, l), before, &after)
     }
 
     /// Moves job `id`'s demand in the usage index to what it asks for now.
@@ -87,7 +137,7 @@ impl CellState {
         if_version: Option<u64>,
         meta: &Meta,
     ) -> Response {
-        let current = self.quotas.get(group).map_or(0, |q| q.version);
+        let current = self.quota(group).map_or(0, |q| q.version);
         if let Some(expected) = if_version.filter(|e| *e != current) {
             return Response::Rejected(Rejection::QuotaVersionMismatch { group: group.into(), expected, current });
         }
@@ -98,10 +148,12 @@ impl CellState {
             version: 0,
             hlc: hlc.clone(),
             history: Vec::new(),
+            deleted: false,
         });
-        let what = if record.version == 0 { "created" } else { "changed" };
+        let what = if record.version == 0 || record.deleted { "created" } else { "changed" };
         record.locations = locations.clone();
         record.hlc = hlc;
+        record.deleted = false;
         record.change(crate::history::Change {
             version: 0,
             at_ms: meta.at_ms,
@@ -111,6 +163,7 @@ impl CellState {
             cell: meta.cell.clone(),
         });
         let version = record.version;
+        self.note_outbox(&quota::outbox_key(group));
         // Which tasks fenzo counts toward which group may have changed.
         self.rebuild_capacity();
         self.event(Topic::Quota, &format!("quota {what}"), group, None, None, meta.why.as_deref(), meta.at_ms);
@@ -118,13 +171,28 @@ impl CellState {
     }
 
     pub(super) fn delete_quota(&mut self, group: &str, if_version: Option<u64>, meta: &Meta) -> Response {
-        let Some(current) = self.quotas.get(group).map(|q| q.version) else {
+        let Some(current) = self.quota(group).map(|q| q.version) else {
             return Response::Rejected(Rejection::QuotaNotFound { group: group.to_string() });
         };
         if let Some(expected) = if_version.filter(|e| *e != current) {
             return Response::Rejected(Rejection::QuotaVersionMismatch { group: group.into(), expected, current });
         }
-        self.quotas.remove(group);
+        // A tombstone, so the deletion reaches the other cells and wins over older writes there.
+        let hlc = self.stamp(meta);
+        if let Some(record) = self.quotas.get_mut(group) {
+            record.deleted = true;
+            record.locations.clear();
+            record.hlc = hlc;
+            record.change(crate::history::Change {
+                version: 0,
+                at_ms: meta.at_ms,
+                who: meta.who.clone(),
+                why: meta.why.clone(),
+                what: "deleted".into(),
+                cell: meta.cell.clone(),
+            });
+        }
+        self.note_outbox(&quota::outbox_key(group));
         self.rebuild_capacity();
         self.event(Topic::Quota, "quota deleted", group, None, None, meta.why.as_deref(), meta.at_ms);
         Response::Quota { group: group.to_string(), version: 0 }

@@ -279,6 +279,7 @@ fn a_killed_job_is_forgotten_once_its_tombstone_retention_passed_and_its_tasks_a
         max_skew_ms: 60_000,
         tombstone_ms: WEEK,
         meta: meta(2_004 + WEEK),
+        quotas: Vec::new(),
     };
     state.apply(&merge);
     assert!(state.job("j1").is_none());

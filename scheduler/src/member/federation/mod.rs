@@ -200,16 +200,17 @@ async fn push(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpRes
         return cell.refuse("unknown_cell", e);
     }
     let newest = push.jobs.iter().flat_map(|j| [j.versions.spec.ms, j.versions.enabled.ms]).max();
-    let Push { from, upto, mut jobs } = push;
+    let Push { from, upto, mut jobs, mut quotas } = push;
     let n = jobs.len();
     // What this member has applied already holds is left out of the command (merging it would change nothing, and
     // a merge only moves registers forward), so a batch of jobs another cell relays costs a small entry.
     let already = {
         let state = cell.read();
         jobs.retain(|j| !state.covers(j));
+        quotas.retain(|q| state.quota_record(&q.group).is_none_or(|ours| q.hlc > ours.hlc));
         state.position(&from)
     };
-    if jobs.is_empty() && already >= upto {
+    if jobs.is_empty() && quotas.is_empty() && already >= upto {
         return packed(&Pushed { position: already, refused: Vec::new() });
     }
     let meta = Meta {
@@ -226,6 +227,7 @@ async fn push(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpRes
         max_skew_ms: cell.config.federation.max_skew_ms,
         tombstone_ms: cell.config.scheduler.tombstone_retention_ms,
         meta,
+        quotas,
     };
     let outcome: MergeOutcome = match cell.commit_as(cmd).await {
         Ok(o) => o,

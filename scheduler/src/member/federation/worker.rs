@@ -15,8 +15,7 @@ use crate::config::CellConfig;
 use crate::federation::wire::{
     Beat, Differs, DigestOf, Push, Pushed, Summary, BEAT_PATH, CONTENT_TYPE, DIGEST_PATH, PUSH_PATH,
 };
-use crate::federation::ReplicatedJob;
-use crate::state::CellState;
+use crate::state::{CellState, Outgoing};
 use crate::worker::{Next, Worker};
 
 /// What the worker needs of its member.
@@ -203,22 +202,25 @@ impl<H: Host> Federation<H> {
         let (push, waiting) = {
             let state = self.host.read();
             let mut upto = position;
-            // A job whose every register that cell wrote is not sent back to it: it has them.
-            let jobs: Vec<ReplicatedJob> = state
-                .outbox_after(position, batch)
-                .inspect(|(seq, _)| upto = *seq)
-                .filter(|(_, job)| !job.versions.all_from(cell))
-                .map(|(_, job)| job.replicated())
-                .collect();
+            let (mut jobs, mut quotas) = (Vec::new(), Vec::new());
+            for (seq, item) in state.outbox_after(position, batch) {
+                upto = seq;
+                match item {
+                    // A job whose every register that cell wrote is not sent back to it: it has them.
+                    Outgoing::Job(job) if !job.versions.all_from(cell) => jobs.push(job.replicated()),
+                    Outgoing::Quota(q) if q.hlc.cell != cell => quotas.push(q.replicated()),
+                    _ => {}
+                }
+            }
             let waiting = state.outbox_waiting(position);
-            (Push { from: self.host.config().cell.clone(), upto, jobs }, waiting)
+            (Push { from: self.host.config().cell.clone(), upto, jobs, quotas }, waiting)
         };
         self.metrics.pending.with_label_values(&[cell]).set(waiting as i64);
         if push.upto == position {
             return Ok(false);
         }
         let every = Duration::from_millis(self.host.config().federation.heartbeat_ms);
-        if push.jobs.is_empty() && peer.pushed_at.is_some_and(|t| t.elapsed() < every) {
+        if push.jobs.is_empty() && push.quotas.is_empty() && peer.pushed_at.is_some_and(|t| t.elapsed() < every) {
             // Only jobs that cell wrote itself: nothing to send now. Its stored position catches up with the next
             // batch it takes (after a restart here, the range is read again and left out again).
             if let Some(p) = self.peers.get_mut(cell) {
@@ -310,7 +312,7 @@ impl<H: Host> Federation<H> {
         let batch = self.host.config().federation.batch;
         for chunk in jobs.chunks(batch) {
             // A repair moves no position (`upto` 0): the stream still owes what it owes.
-            let push = Push { from: me.clone(), upto: 0, jobs: chunk.to_vec() };
+            let push = Push { from: me.clone(), upto: 0, jobs: chunk.to_vec(), quotas: Vec::new() };
             let answer = self.send(cell, PUSH_PATH, &push).await?;
             let pushed: Pushed = rmp_serde::from_slice(&answer).map_err(|e| e.to_string())?;
             self.metrics.repaired.with_label_values(&[cell]).inc_by((chunk.len() - pushed.refused.len()) as u64);
