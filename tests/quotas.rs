@@ -49,6 +49,25 @@ async fn admission_holds_each_limit_exactly_and_a_refusal_writes_nothing_anywher
         .expect("quota set");
     assert_eq!(q.version, 1);
 
+    // A dry run answers the same check and writes nothing.
+    let leader = cell.leader(Duration::from_secs(5)).await;
+    let base = format!("http://{}", cell.members[leader as usize - 1].addr);
+    let http = reqwest::Client::new();
+    let dry = |path: &str, method: reqwest::Method, body: Vec<u8>| {
+        http.request(method, format!("{base}{path}?dryRun=true"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let fits = dry("/v1/jobs", reqwest::Method::POST, job("a", "shop", "dc1:4,dc2:100", 0.5)).await.expect("answer");
+    assert_eq!(fits.status(), 200);
+    let answer: titan_api::quota::DryRun = fits.json().await.expect("a dry run");
+    let dc1 = answer.locations.iter().find(|l| l.location == "dc1").expect("dc1");
+    assert!(answer.dry_run && dc1.used.instances == 4 && dc1.used.cpus == 2.0, "{answer:?}");
+    let over = dry("/v1/jobs", reqwest::Method::POST, job("a", "shop", "dc1:5", 0.5)).await.expect("answer");
+    assert_eq!(over.status(), 403);
+    assert!(job_ids(&client).await.expect("jobs").is_empty(), "a dry run writes nothing");
+
     // Exactly at the cpu limit: 4 x 0.5.
     let a =
         client.submit_raw(job("a", "shop", "dc1:4,dc2:100", 0.5), BodyFormat::Json, None).await.expect("at the limit");
@@ -60,6 +79,9 @@ async fn admission_holds_each_limit_exactly_and_a_refusal_writes_nothing_anywher
         assert!(text.contains(part), "the refusal names {part}: {text}");
     }
     assert!(text.contains("403"), "{text}");
+    let path = format!("/v1/jobs/{}/instances", a.id);
+    let dry_scale = dry(&path, reqwest::Method::PUT, br#"{"locations": {"dc1": 5}}"#.to_vec()).await.expect("answer");
+    assert_eq!(dry_scale.status(), 403, "a dry-run scale is checked like the scale");
     let scale = client.set_instances(&a.id, &BTreeMap::from([("dc1".to_string(), 5)]), None).await;
     assert_eq!(scale.expect_err("scale over").code(), Some(ErrorCode::QuotaExceeded));
     let bigger = JobSpec::parse(&job("a", "shop", "dc1:4,dc2:100", 0.75), BodyFormat::Json).expect("spec");

@@ -97,6 +97,34 @@ pub struct QuotaRef {
     pub version: u64,
 }
 
+/// `?dryRun=true` on a job write.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DryRunQuery {
+    /// Check the write against the quotas and answer what it would do, writing nothing.
+    pub dry_run: Option<bool>,
+}
+
+/// The answer to a job write asked with `?dryRun=true` that would be admitted (one that would not gets the same 403
+/// `quota_exceeded` as the write). Nothing was written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    pub dry_run: bool,
+    pub group: String,
+    /// Each location the job asks for after the write: the group's desired usage then, and its limit there.
+    pub locations: Vec<LocationQuotaView>,
+}
+
+/// The job write a dry run checks.
+#[derive(Clone, Debug)]
+pub enum JobWrite {
+    Submit(crate::job::JobSpec),
+    Update { id: String, spec: crate::job::JobSpec },
+    Scale { id: String, counts: BTreeMap<String, u32> },
+}
+
 /// Whether `group` is a group name (as application names: 1-64 of a-z, A-Z, 0-9, '-', '_', '.').
 pub fn is_group_name(group: &str) -> bool {
     !group.is_empty()

@@ -129,6 +129,9 @@ impl JobsApi for FakeCell {
     fn set_enabled(&self, _: String, _: bool, _: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async { unsupported() })
     }
+    fn dry_run(&self, _: titan_api::quota::JobWrite) -> ApiResult<'_, titan_api::quota::DryRun> {
+        Box::pin(async { unsupported() })
+    }
     fn kill_job(&self, _: String, _: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async { unsupported() })
     }
@@ -243,7 +246,7 @@ impl AdminApi for FakeCell {
     }
 }
 
-/// The agent never asks for quotas.
+/// The agent never asks for quotas, nor for dry runs.
 impl QuotasApi for FakeCell {
     fn list_quotas(&self) -> ApiResult<'_, titan_api::quota::QuotaList> {
         Box::pin(async { unsupported() })

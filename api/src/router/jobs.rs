@@ -14,6 +14,15 @@ use super::request::*;
 use super::{Actor, Api, ApiResult, EventFeed, Reads};
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{InstancesRequest, JobSpec};
+use crate::quota::{DryRun, DryRunQuery, JobWrite};
+
+type DryRunParams = Result<Query<DryRunQuery>, QueryRejection>;
+
+/// Whether the write is asked as a dry run.
+fn dry_run(query: DryRunParams) -> Result<bool, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()).with_field("dryRun"))?;
+    Ok(q.dry_run == Some(true))
+}
 use crate::view::{HistoryEntry, JobList, JobRef, JobView, ListQuery, ReadQuery, MAX_PAGE_SIZE};
 
 /// What a cell answers its users about jobs. Writes are answered after they are committed.
@@ -32,6 +41,8 @@ pub trait JobsApi: Reads {
     ) -> ApiResult<'_, JobRef>;
     fn set_enabled(&self, id: String, enabled: bool, actor: Actor) -> ApiResult<'_, JobRef>;
     fn kill_job(&self, id: String, actor: Actor) -> ApiResult<'_, JobRef>;
+    /// Checks a job write against the quotas, as the write would be, and writes nothing.
+    fn dry_run(&self, write: crate::quota::JobWrite) -> ApiResult<'_, crate::quota::DryRun>;
     /// The retained events after `from` and a subscription to those committed from now on.
     fn events(&self, from: Option<u64>) -> ApiResult<'_, EventFeed>;
 }
@@ -52,13 +63,23 @@ pub(super) fn routes() -> Router<Api> {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
     request_body(content = JobSpec, content_type = "application/json", description = "JSON or YAML job spec: at \
         most 1 MiB (YAML 256 KiB), nested at most 32 deep, at most 16 YAML aliases (else 400 `body_too_complex`, field `body`)"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
-    responses((status = 201, body = JobRef), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
-async fn submit_job(State(cell): State<Jobs>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer"), DryRunQuery),
+    responses((status = 201, body = JobRef), (status = 200, body = DryRun, description = "a dry run: nothing written"),
+        (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
+async fn submit_job(
+    State(cell): State<Jobs>,
+    dry: DryRunParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let dry = dry_run(dry)?;
     let format = format_of(&headers)?;
     let key = idempotency_key(&headers)?;
     let who = actor(&headers)?;
     let spec = JobSpec::parse(&read_body(body).await?, format)?;
+    if dry {
+        return Ok(Json(cell.dry_run(JobWrite::Submit(spec)).await?).into_response());
+    }
     let job = cell.submit_job(spec, key, who).await?;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|_| ApiError::internal("job id is not a valid header value"))?;
@@ -108,38 +129,50 @@ async fn job_history(
 }
 
 #[utoipa::path(put, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "the version this update replaces")),
+        ("If-Match" = Option<String>, Header, description = "the version this update replaces"), DryRunQuery),
     request_body(content = JobSpec, content_type = "application/json"),
-    responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
+    responses((status = 200, body = JobRef, description = "with dryRun=true: a DryRun, nothing written"),
+        (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
 async fn update_job(
     State(cell): State<Jobs>,
     Path(id): Path<String>,
+    dry: DryRunParams,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let dry = dry_run(dry)?;
     let format = format_of(&headers)?;
     let version = if_match(&headers)?;
     let who = actor(&headers)?;
     let spec = JobSpec::parse(&read_body(body).await?, format)?;
+    if dry {
+        return Ok(Json(cell.dry_run(JobWrite::Update { id, spec }).await?).into_response());
+    }
     let job = cell.update_job(id, spec, version, who).await?;
     Ok((etag(job.version), Json(job)).into_response())
 }
 
 #[utoipa::path(put, path = "/v1/jobs/{id}/instances", tag = "jobs", params(("id" = String, Path),
         ("If-Match" = Option<String>, Header, description = "compare-and-set on the job version, \"N\"; a weak \
-            tag (W/\"N\") never matches")),
+            tag (W/\"N\") never matches"), DryRunQuery),
     request_body(content = InstancesRequest, content_type = "application/json"),
-    responses((status = 200, body = JobRef), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
+    responses((status = 200, body = JobRef, description = "with dryRun=true: a DryRun, nothing written"),
+        (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
 async fn set_instances(
     State(cell): State<Jobs>,
     Path(id): Path<String>,
+    dry: DryRunParams,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let dry = dry_run(dry)?;
     let format = format_of(&headers)?;
     let version = if_match(&headers)?;
     let who = actor(&headers)?;
     let counts = InstancesRequest::parse(&read_body(body).await?, format)?.counts()?;
+    if dry {
+        return Ok(Json(cell.dry_run(JobWrite::Scale { id, counts }).await?).into_response());
+    }
     let job = cell.set_instances(id, counts, version, who).await?;
     Ok((etag(job.version), Json(job)).into_response())
 }

@@ -83,6 +83,34 @@ impl CellState {
         })
     }
 
+    /// What a write of job `id` to `spec` with `counts` would do to its group: the desired usage per location
+    /// after it, or the limit it would exceed. Nothing changes (a dry run).
+    pub fn check_admission(
+        &self,
+        id: &str,
+        spec: &Spec,
+        counts: &BTreeMap<String, u32>,
+        enabled: bool,
+    ) -> Result<BTreeMap<String, Demand>, Exceeded> {
+        self.admit(id, spec, counts, enabled)?;
+        let group = quota::group_of(spec);
+        let after = quota::demand(spec, counts, enabled);
+        let mine = self.demand_of.get(id).filter(|(g, _)| g == group).map(|(_, d)| d);
+        Ok(counts
+            .keys()
+            .map(|l| {
+                let mut u = self.usage(group, l);
+                if let Some(d) = mine.and_then(|m| m.get(l)) {
+                    u.sub(d);
+                }
+                if let Some(d) = after.get(l) {
+                    u.add(d);
+                }
+                (l.clone(), u)
+            })
+            .collect())
+    }
+
     /// Admits job `id` going to `spec` with `counts`, enabled or not, against its group's quota.
     pub(super) fn admit(
         &self,

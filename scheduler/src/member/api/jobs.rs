@@ -98,6 +98,48 @@ impl JobsApi for Cell {
         Box::pin(async move { self.write(Command::SetEnabled { id, enabled, meta: self.meta(actor) }).await })
     }
 
+    fn dry_run(&self, write: titan_api::quota::JobWrite) -> ApiResult<'_, titan_api::quota::DryRun> {
+        use titan_api::quota::{JobWrite, LocationQuota, LocationQuotaView};
+        Box::pin(async move {
+            let state = self.read();
+            let (id, spec, counts, enabled) = match write {
+                JobWrite::Submit(spec) => {
+                    let spec = Spec::from(spec);
+                    let counts = spec.counts();
+                    (String::new(), spec, counts, true)
+                }
+                JobWrite::Update { id, spec } => {
+                    let job = state.job(&id).ok_or_else(|| ApiError::not_found("job", &id))?;
+                    let spec = Spec::from(spec);
+                    let counts = job.counts.keys().map(|l| (l.clone(), 0)).chain(spec.counts()).collect();
+                    (id, spec, counts, job.state == titan_api::view::JobState::Enabled)
+                }
+                JobWrite::Scale { id, counts } => {
+                    let job = state.job(&id).ok_or_else(|| ApiError::not_found("job", &id))?;
+                    let mut all = job.counts.clone();
+                    all.extend(counts);
+                    (id, (*job.spec).clone(), all, job.state == titan_api::view::JobState::Enabled)
+                }
+            };
+            self.check_locations(counts.keys())?;
+            let after = state
+                .check_admission(&id, &spec, &counts, enabled)
+                .map_err(|e| super::rejection(crate::command::Rejection::QuotaExceeded(e)))?;
+            let group = crate::quota::group_of(&spec).to_string();
+            let quota = state.quota(&group);
+            let locations = after
+                .into_iter()
+                .map(|(l, used)| LocationQuotaView {
+                    limit: quota.and_then(|q| q.locations.get(&l)).map(LocationQuota::from),
+                    location: l,
+                    used: used.usage(),
+                    running: None,
+                })
+                .collect();
+            Ok(titan_api::quota::DryRun { dry_run: true, group, locations })
+        })
+    }
+
     fn kill_job(&self, id: String, actor: Actor) -> ApiResult<'_, JobRef> {
         Box::pin(async move { self.write(Command::KillJob { id, meta: self.meta(actor) }).await })
     }
