@@ -73,6 +73,8 @@ pub(super) struct MetricsWorker {
     ticked: bool,
     leader: Option<NodeId>,
     snapshot: Option<openraft::LogId<NodeId>>,
+    /// The quotas' shape when their gauges were last reset.
+    quota_shape: AtomicU64,
 }
 
 impl MetricsWorker {
@@ -99,6 +101,7 @@ impl MetricsWorker {
             ticked: false,
             leader: None,
             snapshot: None,
+            quota_shape: AtomicU64::new(0),
         }
     }
 
@@ -113,39 +116,31 @@ impl MetricsWorker {
         self.observe_quotas(&s);
     }
 
-    /// Each quota's limit, desired usage and (in this cell's location) what runs, per resource. Series per group
-    /// with a quota and location it names, so bounded by the quotas SREs set. Gauges of a quota since deleted are
-    /// dropped by resetting them all first.
+    /// Each quota's limit, desired usage and (in this cell's location) what runs, per resource: O(quotas x
+    /// locations), read from indexes kept as jobs and tasks change. Series per group with a quota and location it
+    /// names, so bounded by the quotas SREs set; they are dropped (reset) only when the quotas change.
     fn observe_quotas(&self, s: &crate::state::CellState) {
-        use crate::quota::{Demand, Resource};
+        use crate::quota::Resource;
         let m = &self.metrics;
-        m.quota_limit.reset();
-        m.quota_used.reset();
-        m.quota_running.reset();
-        if s.quotas().next().is_none() {
-            return;
+        let shape: u64 =
+            s.quotas().map(|q| q.version + q.locations.len() as u64).sum::<u64>() + s.quotas().count() as u64;
+        if self.quota_shape.swap(shape, Ordering::Relaxed) != shape {
+            m.quota_limit.reset();
+            m.quota_used.reset();
+            m.quota_running.reset();
         }
         let here = &self.handle.config().cell;
-        let mut running: BTreeMap<&str, Demand> = BTreeMap::new();
-        for job in s.jobs() {
-            let group = crate::quota::group_of(&job.spec);
-            if s.quota(group).is_none() {
-                continue;
-            }
-            let on = s.tasks_of_job(&job.id).filter(|t| t.state.on_agent()).count() as u32;
-            running.entry(group).or_default().add(&Demand::of(&job.spec, on));
-        }
         for q in s.quotas() {
             for (location, limits) in &q.locations {
                 let used = s.usage(&q.group, location);
+                let running = (location == here).then(|| s.running(&q.group));
                 for r in Resource::ALL {
                     let labels = [q.group.as_str(), location.as_str(), r.as_str()];
                     if let Some(v) = limits.get(r) {
                         m.quota_limit.with_label_values(&labels).set(v);
                     }
                     m.quota_used.with_label_values(&labels).set(used.get(r));
-                    if location == here {
-                        let run = running.get(q.group.as_str()).copied().unwrap_or_default();
+                    if let Some(run) = running {
                         m.quota_running.with_label_values(&labels).set(run.get(r));
                     }
                 }

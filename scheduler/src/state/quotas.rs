@@ -69,6 +69,18 @@ impl CellState {
         self.usage.get(group).and_then(|l| l.get(location)).copied().unwrap_or_default()
     }
 
+    /// What a group's tasks on agents here take, as fenzo counts it (tasks count toward a group with a quota or a
+    /// capacity group): O(1).
+    pub fn running(&self, group: &str) -> Demand {
+        let u = self.capacity().capacity_group_usage(Some(group));
+        Demand {
+            instances: u64::from(u.tasks),
+            millicpus: u.resources.cpu_milli,
+            memory_mib: u.resources.mem_mib,
+            disk_gib: u.resources.disk_mib / 1024,
+        }
+    }
+
     /// Every group with usage, and its usage per location.
     pub fn usages(&self) -> impl Iterator<Item = (&String, &BTreeMap<String, Demand>)> {
         self.usage.iter()

@@ -3,7 +3,7 @@
 use super::*;
 use crate::quota::{self, Demand};
 use std::collections::BTreeSet;
-use titan_api::quota::{LocationQuota, LocationQuotaView, QuotaList, QuotaRef, QuotaSpec, QuotaView, Usage};
+use titan_api::quota::{LocationQuota, LocationQuotaView, QuotaList, QuotaRef, QuotaSpec, QuotaView};
 use titan_api::router::QuotasApi;
 use titan_api::view::HistoryEntry;
 
@@ -17,7 +17,7 @@ impl Cell {
         if record.is_none() && used.is_empty() {
             return None;
         }
-        let running = self.running_here(&state, group);
+        let running = state.running(group).usage();
         let mut locations: BTreeSet<&String> = used.keys().collect();
         if let Some(r) = record {
             locations.extend(r.locations.keys());
@@ -40,16 +40,6 @@ impl Cell {
                 _ => Vec::new(),
             },
         })
-    }
-
-    /// What `group` runs in this cell's location: its tasks on agents, each as its job asks.
-    pub(crate) fn running_here(&self, state: &crate::state::CellState, group: &str) -> Usage {
-        let mut d = Demand::default();
-        for job in state.jobs().filter(|j| quota::group_of(&j.spec) == group) {
-            let on = state.tasks_of_job(&job.id).filter(|t| t.state.on_agent()).count() as u32;
-            d.add(&Demand::of(&job.spec, on));
-        }
-        d.usage()
     }
 }
 
