@@ -310,6 +310,9 @@ async fn a_quota_set_in_one_cell_is_enforced_by_the_others_and_its_deletion_reac
     let (c1, c2, c3) = (client_of(&cells["dc1"]), client_of(&cells["dc2"]), client_of(&cells["dc3"]));
     let spec = titan_api::quota::QuotaSpec::parse(br#"{"locations": {"dc1": {"instances": 2}}}"#).expect("quota");
     c1.put_quota("fed", &spec, None).await.expect("set in dc1");
+    let nowhere = titan_api::quota::QuotaSpec::parse(br#"{"locations": {"dc9": {"instances": 2}}}"#).expect("quota");
+    let err = c1.put_quota("other", &nowhere, None).await.expect_err("dc9 is no cell's");
+    assert_eq!(err.code(), Some(ErrorCode::UnknownLocation));
     // dc2 checks a job's dc1 count against dc1's quota once it has it.
     eventually(Duration::from_secs(10), "dc2 and dc3 to hold the quota", || {
         let (c2, c3) = (c2.clone(), c3.clone());
@@ -329,6 +332,83 @@ async fn a_quota_set_in_one_cell_is_enforced_by_the_others_and_its_deletion_reac
     })
     .await;
     c1.submit_raw(job("bigger", "dc1:5"), BodyFormat::Json, None).await.expect("no limit now");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cells_admitting_at_once_may_overshoot_a_quota_and_its_own_cell_never_runs_the_excess() {
+    let mut cells = federation();
+    start_all(&mut cells);
+    for cell in cells.values() {
+        cell.leader(Duration::from_secs(20)).await;
+    }
+    let dc1 = &cells["dc1"];
+    let addrs = dc1.members.iter().map(|m| m.addr.to_string()).collect();
+    let _agent = sim::start(addrs, sim::registration("agent-dc1", 8.0, 8192, "dc1"), Arc::new(Record::default()));
+    let (c1, c2, c3) = (client_of(dc1), client_of(&cells["dc2"]), client_of(&cells["dc3"]));
+    let spec = titan_api::quota::QuotaSpec::parse(br#"{"locations": {"dc1": {"instances": 2}}}"#).expect("quota");
+    c1.put_quota("fed", &spec, None).await.expect("set in dc1");
+    eventually(Duration::from_secs(10), "dc2 and dc3 to hold the quota", || {
+        let (c2, c3) = (c2.clone(), c3.clone());
+        async move { c2.get_quota("fed").await.is_ok() && c3.get_quota("fed").await.is_ok() }
+    })
+    .await;
+    // Two cells admit at once, each against what it knows: together they ask dc1 for 4 of its 2.
+    let (x, y) = tokio::join!(
+        c2.submit_raw(job("x", "dc1:2"), BodyFormat::Json, None),
+        c3.submit_raw(job("y", "dc1:2"), BodyFormat::Json, None)
+    );
+    let admitted: Vec<String> = [x, y].into_iter().filter_map(|r| r.ok().map(|j| j.id)).collect();
+    assert!(!admitted.is_empty());
+    let want_pending = 2 * admitted.len() as u32 - 2;
+    // dc1 runs 2 and holds the rest pending with reason quota, however long it is watched.
+    eventually(CONVERGE, "dc1 to run 2 and hold the excess", || {
+        let (c1, admitted) = (c1.clone(), admitted.clone());
+        async move {
+            let (mut running, mut pending, mut quota_reason) = (0, 0, false);
+            for id in &admitted {
+                let Ok(view) = c1.get_job(id).await else { return false };
+                let Some(here) = view.locations.iter().find(|l| l.location == "dc1") else { return false };
+                running += here.running;
+                pending += here.pending;
+                quota_reason |= here.pending_reason.as_deref().is_some_and(|r| r.starts_with("quota"));
+            }
+            running == 2 && pending == want_pending && (want_pending == 0 || quota_reason)
+        }
+    })
+    .await;
+    if want_pending > 0 {
+        // The leader's scheduler counts them by reason.
+        let addrs: Vec<String> = dc1.members.iter().map(|m| m.addr.to_string()).collect();
+        eventually(Duration::from_secs(10), "dc1's leader to count tasks pending for quota", || {
+            let addrs = addrs.clone();
+            async move {
+                let mut most = 0.0f64;
+                for a in addrs {
+                    let Ok(r) = reqwest::get(format!("http://{a}/metrics")).await else { continue };
+                    let text = r.text().await.unwrap_or_default();
+                    most = most.max(metric(&text, "titan_tasks_pending_by_reason", r#"reason="quota""#));
+                }
+                most >= 1.0
+            }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tasks = c1.list_tasks(&Default::default()).await.expect("tasks");
+    let on = tasks.tasks.iter().filter(|t| t.state == titan_api::task::TaskState::Running).count();
+    assert_eq!(on, 2, "never more than the quota runs");
+    // Room appears (the quota raised): the excess starts.
+    let raised = titan_api::quota::QuotaSpec::parse(br#"{"locations": {"dc1": {"instances": 4}}}"#).expect("quota");
+    c1.put_quota("fed", &raised, None).await.expect("raised");
+    eventually(CONVERGE, "the excess to start", || {
+        let c1 = c1.clone();
+        let want = 2 + want_pending as usize;
+        async move {
+            let Ok(list) = c1.list_tasks(&Default::default()).await else { return false };
+            list.tasks.iter().filter(|t| t.state == titan_api::task::TaskState::Running).count() == want
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod desired;
 pub mod federation;
 pub mod history;
+pub mod hlc;
 pub mod job;
 pub mod member;
 pub mod metrics;

@@ -105,6 +105,11 @@ pub mod scheduling {
         Def::gauge("titan_agent_loss_breaker_open", "1 while too many agents are silent at once to declare any lost");
     pub const PENDING: Def = Def::gauge("titan_tasks_pending", "Accepted tasks the latest round could not place");
     pub const PENDING_AGE: Def = Def::gauge("titan_tasks_pending_oldest_seconds", "Age of the oldest Accepted task");
+    pub const PENDING_BY_REASON: Def = Def::gauge(
+        "titan_tasks_pending_by_reason",
+        "Accepted tasks the latest round could not place, by why: quota (a capacity group at its limit here) or no_fit",
+    )
+    .by(&["reason"]);
 }
 
 /// The member's background loops.
@@ -225,6 +230,7 @@ pub const ALL: &[Def] = &[
     scheduling::BREAKER_OPEN,
     scheduling::PENDING,
     scheduling::PENDING_AGE,
+    scheduling::PENDING_BY_REASON,
     workers::STEPS,
     workers::ERRORS,
     federation::CELL_UP,

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use titan_api::quota::{Guaranteed, LocationQuota, QuotaSpec, Usage};
 
-use crate::federation::Hlc;
 use crate::history::Change;
+use crate::hlc::Hlc;
 use crate::spec::Spec;
 
 /// A location's limits as stored (our own type; the wire's `LocationQuota` converts at the edge).

@@ -52,6 +52,7 @@ pub struct SchedulingMetrics {
     agents_lost: IntCounter,
     breaker_open: IntGauge,
     pub(crate) pending: IntGauge,
+    pub(crate) pending_by_reason: prometheus::IntGaugeVec,
     pub pending_age: IntGauge,
 }
 
@@ -71,6 +72,7 @@ impl SchedulingMetrics {
             agents_lost: r.counter(&AGENTS_LOST)?,
             breaker_open: r.gauge(&BREAKER_OPEN)?,
             pending: r.gauge(&PENDING)?,
+            pending_by_reason: r.gauge_vec(&PENDING_BY_REASON)?,
             pending_age: r.gauge(&PENDING_AGE)?,
         })
     }
@@ -226,6 +228,9 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
             pending.extend(fresh);
         }
         metrics.pending.set(pending.len() as i64);
+        let quota = pending.values().filter(|why| why.starts_with("quota")).count();
+        metrics.pending_by_reason.with_label_values(&["quota"]).set(quota as i64);
+        metrics.pending_by_reason.with_label_values(&["no_fit"]).set((pending.len() - quota) as i64);
     }
     if decision.round.is_empty() {
         return;

@@ -14,11 +14,10 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub mod digest;
-pub mod hlc;
 pub mod register;
 pub mod wire;
 
-pub use hlc::{Clock, Hlc};
+pub use crate::hlc::{self, Clock, Hlc};
 pub use register::{JobVersions, ReplicatedJob};
 
 pub const DEFAULT_HEARTBEAT_MS: u64 = 1_000;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::hlc::Hlc;
+use crate::hlc::Hlc;
 use crate::spec::Spec;
 
 /// The version of each of a job's registers.

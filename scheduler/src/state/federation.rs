@@ -5,7 +5,8 @@ use super::*;
 use crate::command::{MergeOutcome, Meta};
 use crate::federation::digest::{self, Digest, Entry};
 use crate::federation::register::{self, Registers};
-use crate::federation::{hlc, JobVersions, ReplicatedJob};
+use crate::federation::{JobVersions, ReplicatedJob};
+use crate::hlc;
 
 /// One replicated object in the outbox.
 pub enum Outgoing<'a> {
