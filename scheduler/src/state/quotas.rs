@@ -194,14 +194,7 @@ impl CellState {
         record.locations = locations.clone();
         record.hlc = hlc;
         record.deleted = false;
-        record.change(crate::history::Change {
-            version: 0,
-            at_ms: meta.at_ms,
-            who: meta.who.clone(),
-            why: meta.why.clone(),
-            what: format!("{what}: {}", describe_limits(locations)),
-            cell: meta.cell.clone(),
-        });
+        record.change(change(meta, format!("{what}: {}", describe_limits(locations))));
         let version = record.version;
         self.note_outbox(&quota::outbox_key(group));
         // Which tasks fenzo counts toward which group may have changed.
@@ -223,14 +216,7 @@ impl CellState {
             record.deleted = true;
             record.locations.clear();
             record.hlc = hlc;
-            record.change(crate::history::Change {
-                version: 0,
-                at_ms: meta.at_ms,
-                who: meta.who.clone(),
-                why: meta.why.clone(),
-                what: "deleted".into(),
-                cell: meta.cell.clone(),
-            });
+            record.change(change(meta, "deleted".into()));
         }
         self.note_outbox(&quota::outbox_key(group));
         self.rebuild_capacity();
@@ -246,6 +232,18 @@ impl CellState {
         for id in ids {
             self.note_demand(&id);
         }
+    }
+}
+
+/// A change `meta` makes, for a quota's history (its version is set as it is recorded).
+fn change(meta: &Meta, what: String) -> crate::history::Change {
+    crate::history::Change {
+        version: 0,
+        at_ms: meta.at_ms,
+        who: meta.who.clone(),
+        why: meta.why.clone(),
+        what,
+        cell: meta.cell.clone(),
     }
 }
 
