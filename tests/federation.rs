@@ -359,6 +359,7 @@ async fn two_cells_admitting_at_once_may_overshoot_a_quota_and_its_own_cell_neve
     );
     let admitted: Vec<String> = [x, y].into_iter().filter_map(|r| r.ok().map(|j| j.id)).collect();
     assert!(!admitted.is_empty());
+    eprintln!("admitted at once: {} of 2 jobs", admitted.len());
     let want_pending = 2 * admitted.len() as u32 - 2;
     // dc1 runs 2 and holds the rest pending with reason quota, however long it is watched.
     eventually(CONVERGE, "dc1 to run 2 and hold the excess", || {
