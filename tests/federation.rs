@@ -289,8 +289,15 @@ async fn a_wiped_cell_is_rebuilt_by_the_others_and_anti_entropy_carries_its_new_
     // Its first write since counts low in its new outbox, below where the others stand in its old one: the stream
     // skips it, a digest finds it.
     let after = c2.submit_raw(job("after-wipe", "dc2:1"), BodyFormat::Json, None).await.expect("job").id;
+    let quota = titan_api::quota::QuotaSpec::parse(br#"{"locations": {"dc2": {"instances": 9}}}"#).expect("quota");
+    c2.put_quota("after-wipe", &quota, None).await.expect("a quota set in the rebuilt cell");
     let jobs = converged(&cells, 3).await;
     assert!(jobs.contains_key(&after));
+    eventually(CONVERGE, "the quota to reach dc1 (a digest finds it too)", || {
+        let c1 = c1.clone();
+        async move { c1.get_quota("after-wipe").await.is_ok_and(|q| q.version > 0) }
+    })
+    .await;
     let text = reqwest::get(format!("http://{}/metrics", cells["dc2"].members[0].addr)).await.unwrap().text().await;
     let text = text.expect("metrics");
     // Whichever peer's digest came first got it (and relayed it to the other).

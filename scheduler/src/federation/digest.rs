@@ -32,6 +32,12 @@ impl Digest {
         self.buckets[b] = self.buckets[b].wrapping_add(job_hash(id, versions));
     }
 
+    /// Adds one object by its key and hash (a quota: `quota_hash`).
+    pub fn add_hash(&mut self, key: &str, hash: u64) {
+        let b = bucket(key);
+        self.buckets[b] = self.buckets[b].wrapping_add(hash);
+    }
+
     /// The buckets where `other` differs from this (a digest of another size differs everywhere).
     pub fn differing(&self, other: &Digest) -> Vec<u16> {
         if other.buckets.len() != self.buckets.len() {
@@ -82,6 +88,19 @@ pub fn job_hash(id: &str, v: &JobVersions) -> u64 {
         h = h.bytes(b"killed").hlc(k);
     }
     h.0
+}
+
+/// The hash of a quota's register (its key, version and whether it is deleted).
+pub fn quota_hash(key: &str, version: &Hlc, deleted: bool) -> u64 {
+    Fnv::new().bytes(key.as_bytes()).hlc(version).bytes(&[u8::from(deleted)]).0
+}
+
+/// Whether a cell holding a quota at `ours` sends it to a cell that answered `theirs` for it (as `should_send`).
+pub fn should_send_quota(key: &str, ours: &Hlc, deleted: bool, theirs: Option<&Entry>) -> bool {
+    match theirs {
+        None => true,
+        Some(t) => t.hash != quota_hash(key, ours, deleted) && *ours >= t.newest,
+    }
 }
 
 struct Fnv(u64);

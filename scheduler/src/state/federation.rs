@@ -74,7 +74,15 @@ impl CellState {
         for j in self.jobs.values().filter(|j| !expired(&j.versions, now_ms, tombstone_ms)) {
             d.add(&j.id, &j.versions);
         }
+        for (key, q) in self.quota_keys() {
+            d.add_hash(&key, digest::quota_hash(&key, &q.hlc, q.deleted));
+        }
         d
+    }
+
+    /// Every quota held (deleted ones too) with its outbox key.
+    fn quota_keys(&self) -> impl Iterator<Item = (String, &crate::quota::QuotaRecord)> + '_ {
+        self.quotas.values().map(|q| (crate::quota::outbox_key(&q.group), q))
     }
 
     /// Each job's hash in `buckets`, by bucket (tombstones past retention left out, as in the digest).
@@ -85,6 +93,13 @@ impl CellState {
             let b = digest::bucket(&j.id);
             if wanted.contains(&b) {
                 out.entry(b as u16).or_default().push(Entry::of(&j.id, &j.versions));
+            }
+        }
+        for (key, q) in self.quota_keys() {
+            let b = digest::bucket(&key);
+            if wanted.contains(&b) {
+                let hash = digest::quota_hash(&key, &q.hlc, q.deleted);
+                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: q.hlc.clone() });
             }
         }
         out.into_iter().collect()
@@ -101,6 +116,18 @@ impl CellState {
             .filter(|j| !expired(&j.versions, now_ms, tombstone_ms) && wanted.contains(&digest::bucket(&j.id)))
             .filter(|j| digest::should_send(&j.id, &j.versions, known.get(j.id.as_str()).copied()))
             .map(|j| j.replicated())
+            .collect()
+    }
+
+    /// The quotas here in `theirs`' buckets that another cell's answer to a digest says it lacks or holds older.
+    pub fn differing_quotas(&self, theirs: &[(u16, Vec<Entry>)]) -> Vec<crate::quota::ReplicatedQuota> {
+        let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
+        let known: HashMap<&str, &Entry> =
+            theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
+        self.quota_keys()
+            .filter(|(key, _)| wanted.contains(&digest::bucket(key)))
+            .filter(|(key, q)| digest::should_send_quota(key, &q.hlc, q.deleted, known.get(key.as_str()).copied()))
+            .map(|(_, q)| q.replicated())
             .collect()
     }
 

@@ -307,7 +307,17 @@ impl<H: Host> Federation<H> {
             return Ok(());
         }
         self.metrics.digests.with_label_values(&[cell, "differ"]).inc();
-        let jobs = self.host.read().differing_jobs(&differs.buckets, crate::clock::now_ms(), tombstones);
+        let (jobs, quotas) = {
+            let state = self.host.read();
+            let jobs = state.differing_jobs(&differs.buckets, crate::clock::now_ms(), tombstones);
+            (jobs, state.differing_quotas(&differs.buckets))
+        };
+        if !quotas.is_empty() {
+            let n = quotas.len() as u64;
+            let push = Push { from: me.clone(), upto: 0, jobs: Vec::new(), quotas };
+            self.send(cell, PUSH_PATH, &push).await?;
+            self.metrics.repaired.with_label_values(&[cell]).inc_by(n);
+        }
         tracing::info!(cell, buckets = differs.buckets.len(), jobs = jobs.len(), "anti-entropy: digests differ");
         let batch = self.host.config().federation.batch;
         for chunk in jobs.chunks(batch) {
