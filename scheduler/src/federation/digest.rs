@@ -54,22 +54,34 @@ pub struct Entry {
     pub hash: u64,
     /// Its newest register version.
     pub newest: Hlc,
+    /// A job's kill, whose register keeps the earliest version, not the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed: Option<Hlc>,
 }
 
 impl Entry {
     pub fn of(id: &str, v: &JobVersions) -> Entry {
-        Entry { id: id.to_string(), hash: job_hash(id, v), newest: v.all().max().cloned().unwrap_or_default() }
+        Entry {
+            id: id.to_string(),
+            hash: job_hash(id, v),
+            newest: v.all().max().cloned().unwrap_or_default(),
+            killed: v.killed.clone(),
+        }
     }
 }
 
 /// Whether a cell holding `ours` of a job sends it to a cell that answered `theirs` for it: when that cell lacks it,
 /// or holds another version and no newer write than ours. The side with the newest write leaves it to the other to
 /// send (its own digest does), so a job on its way is not pushed back; on a tie both send, which is what settles a
-/// job where each side has a register the other lacks.
+/// job where each side has a register the other lacks. A kill keeps the earliest version, so the side with the
+/// earlier kill sends too.
 pub fn should_send(id: &str, ours: &JobVersions, theirs: Option<&Entry>) -> bool {
     match theirs {
         None => true,
-        Some(t) => t.hash != job_hash(id, ours) && ours.all().max().is_some_and(|n| *n >= t.newest),
+        Some(t) => {
+            let earlier_kill = ours.killed.as_ref().is_some_and(|k| t.killed.as_ref().is_none_or(|theirs| k < theirs));
+            t.hash != job_hash(id, ours) && (earlier_kill || ours.all().max().is_some_and(|n| *n >= t.newest))
+        }
     }
 }
 
@@ -181,6 +193,12 @@ mod tests {
         b.counts.insert("dc3".into(), Hlc::new(4, 0, "dc3"));
         assert!(should_send("j", &a, Some(&Entry::of("j", &b))));
         assert!(should_send("j", &b, Some(&Entry::of("j", &a))));
+        // Killed in both, earlier here, though the other's newest write is later: this side sends.
+        let mut early = versions(5);
+        early.killed = Some(Hlc::new(6, 0, "dc1"));
+        let mut late = versions(5);
+        late.killed = Some(Hlc::new(9, 0, "dc2"));
+        assert!(should_send("j", &early, Some(&Entry::of("j", &late))));
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Merged {
     pub counts: Vec<String>,
     pub enabled: bool,
     pub killed: bool,
+    /// The job was killed here already, and the incoming kill is earlier: the tombstone's version moved to it.
+    pub kill_earlier: bool,
     /// Registers where the incoming write lost to a newer one here made in another cell: two cells wrote the same
     /// register and this one's write won (a write relayed late counts too: a version alone cannot tell them apart).
     pub conflicts: u32,
@@ -61,7 +63,7 @@ pub struct Merged {
 
 impl Merged {
     pub fn changed(&self) -> bool {
-        self.spec || !self.counts.is_empty() || self.enabled || self.killed
+        self.spec || !self.counts.is_empty() || self.enabled || self.killed || self.kill_earlier
     }
 }
 
@@ -85,7 +87,7 @@ impl JobVersions {
         incoming.spec <= self.spec
             && incoming.enabled <= self.enabled
             && incoming.counts.iter().all(|(l, v)| self.counts.get(l).is_some_and(|ours| v <= ours))
-            && (incoming.killed.is_none() || self.killed.is_some())
+            && incoming.killed.as_ref().is_none_or(|k| self.killed.as_ref().is_some_and(|ours| ours <= k))
     }
 
     /// Whether every register was last written by `cell` (it has them all, then).
@@ -124,6 +126,7 @@ pub fn merge(local: &mut Registers, incoming: &ReplicatedJob) -> Merged {
         if ours.killed.as_ref().is_none_or(|k| kill < k) {
             // The earliest kill is the one every cell keeps, so the tombstone is the same everywhere.
             out.killed = ours.killed.is_none();
+            out.kill_earlier = ours.killed.is_some();
             ours.killed = Some(kill.clone());
         }
     }
@@ -233,8 +236,10 @@ mod tests {
         scale(&mut dc2, "dc1", 9, 60, "dc2");
         dc2.versions.killed = Some(v(70, "dc2"));
         let from1 = state_of(&dc1);
+        assert!(!dc2.versions.covers(&from1.versions), "an earlier kill is news to a cell killed later");
         let m = merge(&mut dc2, &from1);
         assert!(!m.killed, "already killed there");
+        assert!(m.kill_earlier && m.changed(), "but its tombstone moves to the earlier kill");
         assert_eq!(dc2.versions.killed, Some(v(50, "dc1")), "the earliest tombstone");
         let from2 = state_of(&dc2);
         merge(&mut dc1, &from2);

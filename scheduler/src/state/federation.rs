@@ -99,7 +99,7 @@ impl CellState {
             let b = digest::bucket(&key);
             if wanted.contains(&b) {
                 let hash = digest::quota_hash(&key, &q.hlc, q.deleted);
-                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: q.hlc.clone() });
+                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: q.hlc.clone(), killed: None });
             }
         }
         out.into_iter().collect()
@@ -210,6 +210,7 @@ impl CellState {
                 let _ = self.clock.observe(v, meta.at_ms, max_skew_ms);
             }
             let was = self.jobs.get(&incoming.id).map(|j| (j.state, j.version));
+            let kill_was = self.jobs.get(&incoming.id).and_then(|j| j.versions.killed.as_ref().map(|k| k.ms));
             // Tasks made from the spec being replaced keep running as it said until they end.
             let current = self.jobs.get(&incoming.id).map(|j| j.spec_version);
             let keep = current.is_some_and(|v| self.job_tasks.get(&incoming.id).is_some_and(|s| s.uses_spec(v)));
@@ -228,6 +229,10 @@ impl CellState {
                 true => {
                     out.changed += 1;
                     self.fx.capacity_moved = true;
+                    // An earlier kill moves the tombstone: its retention counts from the earlier one.
+                    if let Some(ms) = kill_was {
+                        self.tombstones.remove(&(ms, incoming.id.clone()));
+                    }
                     self.job_changed(&incoming.id, was);
                 }
                 false => out.unchanged += 1,
@@ -280,6 +285,9 @@ fn merge_into(job: &mut JobRecord, incoming: &ReplicatedJob, keep: bool, from: &
     if m.killed {
         job.state = JobState::Killed;
         what.push("killed".into());
+    }
+    if m.kill_earlier {
+        what.push("kill dated to the earliest".into());
     }
     job.versions = regs.versions;
     // The change is the latest write's cell's (a relay is not its origin).

@@ -284,3 +284,34 @@ fn a_killed_job_is_forgotten_once_its_tombstone_retention_passed_and_its_tasks_a
     state.apply(&merge);
     assert!(state.job("j1").is_none());
 }
+
+#[test]
+fn an_earlier_kill_from_another_cell_moves_the_tombstone_and_it_is_forgotten_once() {
+    const WEEK: u64 = 7 * 24 * 3_600_000;
+    let killed_at = |at: u64, cell: &str| {
+        let mut s = CellState::default();
+        s.apply(&put("j1", None, 1_000));
+        s.apply(&Command::KillJob { id: "j1".into(), meta: Meta { cell: cell.into(), ..meta(at) } });
+        s
+    };
+    let mut here = killed_at(3_000, "dc1");
+    let earlier = killed_at(2_000, "dc2").job("j1").expect("job").replicated();
+    let merge = Command::Merge {
+        from: "dc2".into(),
+        upto: 1,
+        jobs: vec![earlier.clone()],
+        max_skew_ms: 60_000,
+        tombstone_ms: WEEK,
+        meta: meta(4_000),
+        quotas: Vec::new(),
+    };
+    let (answer, _) = here.apply(&merge);
+    assert!(matches!(answer, Response::Merged(ref o) if o.changed == 1), "{answer:?}");
+    assert_eq!(here.job("j1").and_then(|j| j.versions.killed.clone()), earlier.versions.killed);
+    // Retention counts from the earlier kill, and the later one left nothing behind to forget again.
+    assert_eq!(here.forgettable_jobs(2_001 + WEEK, WEEK, 10), ["j1"]);
+    let forget = Round { forget_jobs: vec!["j1".into()], ..Round::default() };
+    here.apply(&Command::Round { round: Box::new(forget), meta: meta(2_001 + WEEK) });
+    assert!(here.job("j1").is_none());
+    assert!(here.forgettable_jobs(10 * WEEK, WEEK, 10).is_empty());
+}
