@@ -81,9 +81,14 @@ impl CellState {
         }
     }
 
-    /// Every group with usage, and its usage per location.
-    pub fn usages(&self) -> impl Iterator<Item = (&String, &BTreeMap<String, Demand>)> {
-        self.usage.iter()
+    /// Every group with usage.
+    pub fn groups_with_usage(&self) -> impl Iterator<Item = &String> {
+        self.usage.keys()
+    }
+
+    /// A group's desired usage in every location it asks for.
+    pub fn usage_of(&self, group: &str) -> Option<&BTreeMap<String, Demand>> {
+        self.usage.get(group)
     }
 
     /// The capacity group fenzo counts a task of `spec` toward: its job's capacity group, or its application when

@@ -12,8 +12,7 @@ impl Cell {
     fn quota_view(&self, group: &str, with_history: bool) -> Option<QuotaView> {
         let state = self.read();
         let record = state.quota(group);
-        let used: BTreeMap<String, Demand> =
-            state.usages().find(|(g, _)| g.as_str() == group).map(|(_, u)| u.clone()).unwrap_or_default();
+        let used: BTreeMap<String, Demand> = state.usage_of(group).cloned().unwrap_or_default();
         if record.is_none() && used.is_empty() {
             return None;
         }
@@ -48,7 +47,7 @@ impl QuotasApi for Cell {
         Box::pin(async move {
             let groups: BTreeSet<String> = {
                 let state = self.read();
-                state.quotas().map(|q| q.group.clone()).chain(state.usages().map(|(g, _)| g.clone())).collect()
+                state.quotas().map(|q| q.group.clone()).chain(state.groups_with_usage().cloned()).collect()
             };
             Ok(QuotaList { quotas: groups.iter().filter_map(|g| self.quota_view(g, false)).collect() })
         })
