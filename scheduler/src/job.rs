@@ -51,6 +51,21 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// Its counts once a spec update to `spec` applies: the new spec's, and 0 in every location only the old one
+    /// named (the update writes those count registers too).
+    pub fn counts_after_update(&self, spec: &Spec) -> BTreeMap<String, u32> {
+        self.counts.keys().map(|l| (l.clone(), 0)).chain(spec.counts()).collect()
+    }
+
+    /// Its counts once a scale setting `instances` applies (the locations it does not name keep theirs).
+    pub fn counts_after_scale(&self, instances: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+        let mut counts = self.counts.clone();
+        counts.extend(instances.iter().map(|(l, n)| (l.clone(), *n)));
+        counts
+    }
+}
+
+impl JobRecord {
     /// A job not yet changed (its first history entry is the caller's `change`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(

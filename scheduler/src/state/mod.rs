@@ -396,8 +396,9 @@ impl CellState {
                 self.forget_expired(meta.at_ms);
                 let replay = self.jobs.contains_key(id)
                     || idempotency_key.as_ref().is_some_and(|k| self.idempotency.contains_key(k));
+                let counts = spec.counts();
                 if !replay {
-                    if let Err(e) = self.admit(id, spec, &spec.counts(), true) {
+                    if let Err(e) = self.admit(id, spec, &counts, true) {
                         return Response::Rejected(Rejection::QuotaExceeded(e));
                     }
                 }
@@ -424,7 +425,6 @@ impl CellState {
                         };
                     }
                 }
-                let counts = spec.counts();
                 let versions = JobVersions {
                     spec: v.clone(),
                     counts: counts.keys().map(|l| (l.clone(), v.clone())).collect(),
@@ -452,9 +452,8 @@ impl CellState {
             }
             Command::UpdateJob { id, spec, if_version, meta } => {
                 if let Some(job) = self.jobs.get(id) {
-                    let counts: BTreeMap<String, u32> =
-                        job.counts.keys().map(|l| (l.clone(), 0)).chain(spec.counts()).collect();
-                    if let Err(e) = self.admit(id, spec, &counts, job.state == JobState::Enabled) {
+                    if let Err(e) = self.admit(id, spec, &job.counts_after_update(spec), job.state == JobState::Enabled)
+                    {
                         return Response::Rejected(Rejection::QuotaExceeded(e));
                     }
                 }
@@ -469,12 +468,12 @@ impl CellState {
                         job.older_specs.insert(job.spec_version, old);
                     }
                     // The spec register, and the count register of every location it or the one before names.
-                    let counts = spec.counts();
-                    for location in job.counts.keys().chain(counts.keys()) {
+                    let counts = job.counts_after_update(spec);
+                    for location in counts.keys() {
                         job.versions.counts.insert(location.clone(), v.clone());
                     }
                     job.versions.spec = v;
-                    job.counts = job.counts.keys().map(|l| (l.clone(), 0)).chain(counts).collect();
+                    job.counts = counts;
                     let r = job.change(meta, "spec updated".into());
                     job.spec_version = job.version;
                     r
@@ -482,8 +481,7 @@ impl CellState {
             }
             Command::SetInstances { id, instances, if_version, meta } => {
                 if let Some(job) = self.jobs.get(id) {
-                    let mut counts = job.counts.clone();
-                    counts.extend(instances.iter().map(|(l, n)| (l.clone(), *n)));
+                    let counts = job.counts_after_scale(instances);
                     if let Err(e) = self.admit(id, &job.spec, &counts, job.state == JobState::Enabled) {
                         return Response::Rejected(Rejection::QuotaExceeded(e));
                     }

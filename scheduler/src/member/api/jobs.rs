@@ -111,13 +111,12 @@ impl JobsApi for Cell {
                 JobWrite::Update { id, spec } => {
                     let job = state.job(&id).ok_or_else(|| ApiError::not_found("job", &id))?;
                     let spec = Spec::from(spec);
-                    let counts = job.counts.keys().map(|l| (l.clone(), 0)).chain(spec.counts()).collect();
+                    let counts = job.counts_after_update(&spec);
                     (id, spec, counts, job.state == titan_api::view::JobState::Enabled)
                 }
                 JobWrite::Scale { id, counts } => {
                     let job = state.job(&id).ok_or_else(|| ApiError::not_found("job", &id))?;
-                    let mut all = job.counts.clone();
-                    all.extend(counts);
+                    let all = job.counts_after_scale(&counts);
                     (id, (*job.spec).clone(), all, job.state == titan_api::view::JobState::Enabled)
                 }
             };
