@@ -36,6 +36,11 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// A job names a location no cell of the federation has (field `location`; the message lists the known ones).
     UnknownLocation,
+    /// A write would raise a count in a location whose lever is frozen, evacuating or evacuated (409; the message
+    /// names the location and its state).
+    LocationFrozen,
+    /// A lever that may not be pulled from the location's current state (409; the message names the state).
+    LeverIllegal,
     /// Another cell's request this cell does not take: a cell not in its federation.
     Forbidden,
     /// This member is not the leader and could not reach one.
@@ -65,7 +70,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
-            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Conflict | ErrorCode::LocationFrozen | ErrorCode::LeverIllegal => StatusCode::CONFLICT,
             ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Expired => StatusCode::GONE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,6 +90,8 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::UnknownLocation => "unknown_location",
+            ErrorCode::LocationFrozen => "location_frozen",
+            ErrorCode::LeverIllegal => "lever_illegal",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Unavailable => "unavailable",
@@ -189,6 +196,8 @@ mod tests {
             ErrorCode::Conflict,
             ErrorCode::QuotaExceeded,
             ErrorCode::UnknownLocation,
+            ErrorCode::LocationFrozen,
+            ErrorCode::LeverIllegal,
             ErrorCode::Forbidden,
             ErrorCode::NotLeader,
             ErrorCode::Unavailable,

@@ -14,6 +14,7 @@ pub enum Topic {
     Task,
     Agent,
     Quota,
+    Location,
 }
 
 impl Topic {
@@ -23,6 +24,7 @@ impl Topic {
             "task" => Some(Topic::Task),
             "agent" => Some(Topic::Agent),
             "quota" => Some(Topic::Quota),
+            "location" => Some(Topic::Location),
             _ => None,
         }
     }
@@ -74,13 +76,13 @@ pub struct EventQuery {
 impl EventQuery {
     /// The topics asked for, every one when none is named.
     pub fn topics(&self) -> Result<Vec<Topic>, ApiError> {
-        let Some(t) = &self.topic else { return Ok(vec![Topic::Job, Topic::Task, Topic::Agent, Topic::Quota]) };
+        let Some(t) = &self.topic else { return Ok(vec![Topic::Job, Topic::Task, Topic::Agent, Topic::Quota, Topic::Location]) };
         t.split(',')
             .map(|name| {
                 Topic::parse(name.trim()).ok_or_else(|| {
                     ApiError::new(
                         ErrorCode::InvalidParameter,
-                        format!("{name:?} is not a topic (job, task, agent, quota)"),
+                        format!("{name:?} is not a topic (job, task, agent, quota, location)"),
                     )
                     .with_field("topic")
                 })

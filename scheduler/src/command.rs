@@ -106,6 +106,9 @@ pub enum Command {
         /// Quotas, each one register.
         #[serde(default)]
         quotas: Vec<crate::quota::ReplicatedQuota>,
+        /// Locations' lever records, each one register.
+        #[serde(default)]
+        locations: Vec<crate::location::LocationRecord>,
     },
     /// Sets a capacity group's quota, every location at once.
     PutQuota {
@@ -118,6 +121,13 @@ pub enum Command {
     DeleteQuota {
         group: String,
         if_version: Option<u64>,
+        meta: Meta,
+    },
+    /// Pulls a lever on a location (freeze, evacuate with its plan, restore, a weight, a move completed); whether
+    /// it may be pulled is decided as it applies, against the location's state then.
+    Lever {
+        location: String,
+        lever: crate::location::Lever,
         meta: Meta,
     },
 }
@@ -229,7 +239,8 @@ impl Command {
             | Command::SetAgentState { meta, .. }
             | Command::Merge { meta, .. }
             | Command::PutQuota { meta, .. }
-            | Command::DeleteQuota { meta, .. } => Some(meta),
+            | Command::DeleteQuota { meta, .. }
+            | Command::Lever { meta, .. } => Some(meta),
             Command::Batch(_) => None,
         }
     }
@@ -280,6 +291,13 @@ pub enum Rejection {
         expected: u64,
         current: u64,
     },
+    /// The lever may not be pulled from the location's current state.
+    LeverIllegal(crate::location::Illegal),
+    /// A write would raise a count in a location whose lever freezes counts.
+    LocationFrozen {
+        location: String,
+        state: crate::location::LeverState,
+    },
 }
 
 /// What applying a command answered.
@@ -310,6 +328,12 @@ pub enum Response {
     /// A quota write took effect: the group's quota is at this version (0: deleted).
     Quota {
         group: String,
+        version: u64,
+    },
+    /// A lever took effect: the location is in this state, at this version.
+    Location {
+        name: String,
+        state: crate::location::LeverState,
         version: u64,
     },
 }

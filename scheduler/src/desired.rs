@@ -1,24 +1,35 @@
-//! What this cell should run of each job: the one step every later rule that changes a job's target goes through
-//! (location levers, evacuation moves, quota clamps, in later issues), so the reconciler diffs running tasks
-//! against one number and never works out a target itself. Pure: the state in, counts out.
+//! What this cell should run of each job: the one step every rule that changes a job's target goes through
+//! (location levers and evacuation moves today), so the reconciler diffs running tasks against one number and
+//! never works out a target itself. Pure: the state and the other locations' figures in, counts out.
 
 use std::collections::BTreeMap;
 
 use titan_api::view::JobState;
 
+use crate::location::{self, Elsewhere};
 use crate::state::{CellState, JobRecord};
 
-/// The instances `cell` should run of `job`: its count for the cell's location while enabled, none otherwise.
-pub fn count(job: &JobRecord, cell: &str) -> u32 {
-    match job.state {
-        JobState::Enabled => job.counts.get(cell).copied().unwrap_or(0),
-        JobState::Disabled | JobState::Killed => 0,
+/// The instances `cell` should run of `job`: while enabled, its count for the cell's location, less the moved
+/// instances already running elsewhere while this location is evacuated (make-before-break), plus the instances
+/// an evacuation of another location moved here; none while disabled or killed.
+pub fn count(state: &CellState, job: &JobRecord, cell: &str, seen: &dyn Elsewhere) -> u32 {
+    if job.state != JobState::Enabled {
+        return 0;
     }
+    let own = job.counts.get(cell).copied().unwrap_or(0);
+    let mut n = match state.location(cell) {
+        Some(home) => location::home_count(home, &job.id, &job.counts, seen),
+        None => own,
+    };
+    for other in state.locations().filter(|l| l.name != cell && l.plan().is_some()) {
+        n += location::extra(other, &job.id, &job.counts, cell, seen);
+    }
+    n
 }
 
 /// The instances `cell` should run of every job that asks for any there, by job id.
-pub fn desired(state: &CellState, cell: &str) -> BTreeMap<String, u32> {
-    state.jobs().map(|j| (j.id.clone(), count(j, cell))).filter(|(_, n)| *n > 0).collect()
+pub fn desired(state: &CellState, cell: &str, seen: &dyn Elsewhere) -> BTreeMap<String, u32> {
+    state.jobs().map(|j| (j.id.clone(), count(state, j, cell, seen))).filter(|(_, n)| *n > 0).collect()
 }
 
 #[cfg(test)]
@@ -47,7 +58,7 @@ mod tests {
 
     fn check(state: &CellState, cell: &str, expected: &[(&str, u32)]) {
         let expected: BTreeMap<String, u32> = expected.iter().map(|(j, n)| (j.to_string(), *n)).collect();
-        assert_eq!(desired(state, cell), expected, "cell {cell}");
+        assert_eq!(desired(state, cell, &crate::location::Nowhere), expected, "cell {cell}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod federation;
 pub mod history;
 pub mod hlc;
 pub mod job;
+pub mod location;
 pub mod member;
 pub mod metrics;
 // openraft's `StorageError` is large and is what its storage traits return; boxing it in our helpers would only

@@ -92,6 +92,8 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn capacity_seq(&self) -> u64;
     /// When this member (as leader) last heard from each agent.
     fn heartbeats(&self) -> HashMap<String, u64>;
+    /// Runs `f` with the other locations' figures as this member heard them.
+    fn with_elsewhere<T>(&self, f: impl FnOnce(&dyn crate::location::Elsewhere) -> T) -> T;
     /// Commits a round, settling after a timeout (see `Proposer::commit_command`).
     fn commit_round(
         &self,
@@ -201,10 +203,20 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
         // changed that could make them fit.
         let retry_pending = unplaced_at.is_none_or(|(s, at)| s != seq || at.elapsed() >= RETRY_PENDING_EVERY);
         let jobs = if full { None } else { Some(&dirty) };
-        let seen =
-            Observed { now_ms, leader_since_ms, heartbeats: Some(&heartbeats), lost_last_minute, retry_pending, jobs };
         let ids = &mut || uuid::Uuid::new_v4().to_string();
-        (reconcile::reconcile(&state, &cell.config().cell, &seen, &config, ids), seq, retry_pending)
+        let decision = cell.with_elsewhere(|elsewhere| {
+            let seen = Observed {
+                now_ms,
+                leader_since_ms,
+                heartbeats: Some(&heartbeats),
+                lost_last_minute,
+                retry_pending,
+                jobs,
+                elsewhere: reconcile::Seen(elsewhere),
+            };
+            reconcile::reconcile(&state, &cell.config().cell, &seen, &config, ids)
+        });
+        (decision, seq, retry_pending)
     };
     metrics.rounds.observe(started.elapsed().as_secs_f64());
     metrics.breaker_open.set(i64::from(decision.breaker_open));

@@ -26,6 +26,9 @@ pub struct Push {
     /// Quotas changed in the same range of the outbox.
     #[serde(default)]
     pub quotas: Vec<crate::quota::ReplicatedQuota>,
+    /// Location lever records changed in the same range.
+    #[serde(default)]
+    pub locations: Vec<crate::location::LocationRecord>,
 }
 
 /// The answer to a push.

@@ -25,9 +25,11 @@ pub(crate) struct Handle {
     leases: Arc<Leases>,
     changes: Arc<crate::state::Changes>,
     scheduling: Arc<crate::scheduling::Local>,
+    cells: Arc<super::federation::cells::Cells>,
 }
 
 impl Handle {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         raft: Raft,
         state: SharedState,
@@ -36,8 +38,14 @@ impl Handle {
         leases: Arc<Leases>,
         changes: Arc<crate::state::Changes>,
         scheduling: Arc<crate::scheduling::Local>,
+        cells: Arc<super::federation::cells::Cells>,
     ) -> Handle {
-        Handle { raft, state, proposer, config, leases, changes, scheduling }
+        Handle { raft, state, proposer, config, leases, changes, scheduling, cells }
+    }
+
+    /// The other cells' figures as this member heard them.
+    pub(crate) fn elsewhere(&self) -> super::federation::cells::Seen<'_> {
+        super::federation::cells::Seen::new(&self.cells, &self.config.federation)
     }
 }
 
@@ -94,6 +102,10 @@ impl crate::scheduling::Host for Handle {
 
     fn heartbeats(&self) -> HashMap<String, u64> {
         self.leases.lock().clone()
+    }
+
+    fn with_elsewhere<T>(&self, f: impl FnOnce(&dyn crate::location::Elsewhere) -> T) -> T {
+        f(&self.elsewhere())
     }
 
     async fn commit_round(&self, cmd: Command) -> Result<crate::command::RoundOutcome, ApiError> {

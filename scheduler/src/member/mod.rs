@@ -182,6 +182,7 @@ impl Cell {
         let proposer = Arc::new(proposer);
         let leases: Arc<Leases> = Arc::default();
         let scheduling: Arc<crate::scheduling::Local> = Arc::default();
+        let cells: Arc<federation::cells::Cells> = Arc::default();
         let handle = Handle::new(
             raft.clone(),
             state.clone(),
@@ -190,6 +191,7 @@ impl Cell {
             leases.clone(),
             changes,
             scheduling.clone(),
+            cells.clone(),
         );
         workers.spawn(crate::scheduling::Scheduler::new(
             handle.clone(),
@@ -204,7 +206,6 @@ impl Cell {
             committed.clone(),
             proposer.clone(),
         ));
-        let cells: Arc<federation::cells::Cells> = Arc::default();
         let federation = federation::worker::FederationMetrics::new(registry, &config.cell, config.node_id)?;
         if config.federation.is_federated() {
             workers.spawn(federation::worker::Federation::new(handle.clone(), cells.clone(), federation.clone()));

@@ -415,6 +415,7 @@ pub(super) fn command_kind(cmd: &Command) -> &'static str {
         Command::Merge { .. } => "merge",
         Command::PutQuota { .. } => "put_quota",
         Command::DeleteQuota { .. } => "delete_quota",
+        Command::Lever { .. } => "lever",
     }
 }
 

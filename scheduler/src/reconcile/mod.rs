@@ -47,6 +47,24 @@ pub struct Observed<'a> {
     /// Only these jobs changed since the last round: the others are left alone. `None`: look at every job
     /// (timers, backoffs, cron ticks and retention need that now and then).
     pub jobs: Option<&'a BTreeSet<String>>,
+    /// The other locations' figures, as federation heartbeats last brought them (for evacuation moves).
+    pub elsewhere: Seen<'a>,
+}
+
+/// The other locations' running figures (none heard by default).
+#[derive(Clone, Copy)]
+pub struct Seen<'a>(pub &'a dyn crate::location::Elsewhere);
+
+impl Default for Seen<'_> {
+    fn default() -> Self {
+        Seen(&crate::location::Nowhere)
+    }
+}
+
+impl std::fmt::Debug for Seen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seen")
+    }
 }
 
 /// A round's decisions, and what the loop reports about them.
@@ -118,7 +136,7 @@ pub fn reconcile(
         if sets.is_none_or(|s| s.live.is_empty() && s.open.is_empty()) && job.state != JobState::Enabled {
             continue;
         }
-        let target = crate::desired::count(job, cell) as usize;
+        let target = crate::desired::count(state, job, cell, seen.elsewhere.0) as usize;
         let why = if job.state == JobState::Killed { Reason::KilledByUser } else { Reason::ScaledDown };
         let empty = crate::state::JobTasks::default();
         let sets = sets.unwrap_or(&empty);

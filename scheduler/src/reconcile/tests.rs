@@ -71,6 +71,7 @@ impl World {
             lost_last_minute: 0,
             retry_pending: true,
             jobs: None,
+            elsewhere: Default::default(),
         };
         let mut next = self.next;
         let d = reconcile(&self.state, CELL, &seen, &self.config, &mut || {
@@ -408,6 +409,7 @@ fn a_plan_for_an_old_epoch_or_a_full_agent_is_refused_at_apply() {
         lost_last_minute: 0,
         retry_pending: true,
         jobs: None,
+        elsewhere: Default::default(),
     };
     let mut n = 0;
     let d = reconcile(&w.state, CELL, &seen, &w.config, &mut || {
@@ -628,6 +630,7 @@ fn pending_tasks_are_tried_again_only_when_capacity_may_have_changed() {
         lost_last_minute: 0,
         retry_pending: false,
         jobs: None,
+        elsewhere: Default::default(),
     };
     let d = reconcile(&w.state, CELL, &seen, &w.config, &mut || "x".into());
     assert!(d.round.place.is_empty() && d.pending.is_empty() && d.placement.is_none(), "nothing tried");

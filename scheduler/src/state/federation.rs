@@ -12,6 +12,7 @@ use crate::hlc;
 pub enum Outgoing<'a> {
     Job(&'a JobRecord),
     Quota(&'a crate::quota::QuotaRecord),
+    Location(&'a crate::location::LocationRecord),
 }
 
 impl CellState {
@@ -36,9 +37,14 @@ impl CellState {
 
     /// Jobs and quotas changed after change `after`, oldest first, at most `n`, each with its change number.
     pub fn outbox_after(&self, after: u64, n: usize) -> impl Iterator<Item = (u64, Outgoing<'_>)> + '_ {
-        self.outbox.range(after + 1..).take(n).filter_map(|(seq, key)| match crate::quota::group_of_key(key) {
-            Some(group) => self.quota_record(group).map(|q| (*seq, Outgoing::Quota(q))),
-            None => self.jobs.get(key).map(|j| (*seq, Outgoing::Job(j.as_ref()))),
+        self.outbox.range(after + 1..).take(n).filter_map(|(seq, key)| {
+            if let Some(group) = crate::quota::group_of_key(key) {
+                return self.quota_record(group).map(|q| (*seq, Outgoing::Quota(q)));
+            }
+            if let Some(name) = crate::location::name_of_key(key) {
+                return self.location(name).map(|l| (*seq, Outgoing::Location(l)));
+            }
+            self.jobs.get(key).map(|j| (*seq, Outgoing::Job(j.as_ref())))
         })
     }
 
@@ -77,7 +83,15 @@ impl CellState {
         for (key, q) in self.quota_keys() {
             d.add_hash(&key, digest::quota_hash(&key, &q.hlc, q.deleted));
         }
+        for (key, l) in self.location_keys() {
+            d.add_hash(&key, digest::quota_hash(&key, &l.hlc, false));
+        }
         d
+    }
+
+    /// Every location record with its outbox key.
+    fn location_keys(&self) -> impl Iterator<Item = (String, &crate::location::LocationRecord)> + '_ {
+        self.locations.values().map(|l| (crate::location::outbox_key(&l.name), l))
     }
 
     /// Every quota held (deleted ones too) with its outbox key.
@@ -100,6 +114,13 @@ impl CellState {
             if wanted.contains(&b) {
                 let hash = digest::quota_hash(&key, &q.hlc, q.deleted);
                 out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: q.hlc.clone(), killed: None });
+            }
+        }
+        for (key, l) in self.location_keys() {
+            let b = digest::bucket(&key);
+            if wanted.contains(&b) {
+                let hash = digest::quota_hash(&key, &l.hlc, false);
+                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: l.hlc.clone(), killed: None });
             }
         }
         out.into_iter().collect()
@@ -128,6 +149,19 @@ impl CellState {
             .filter(|(key, _)| wanted.contains(&digest::bucket(key)))
             .filter(|(key, q)| digest::should_send_quota(key, &q.hlc, q.deleted, known.get(key.as_str()).copied()))
             .map(|(_, q)| q.replicated())
+            .collect()
+    }
+
+    /// The location records here in `theirs`' buckets that another cell's answer to a digest says it lacks or
+    /// holds older.
+    pub fn differing_locations(&self, theirs: &[(u16, Vec<Entry>)]) -> Vec<crate::location::LocationRecord> {
+        let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
+        let known: HashMap<&str, &Entry> =
+            theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
+        self.location_keys()
+            .filter(|(key, _)| wanted.contains(&digest::bucket(key)))
+            .filter(|(key, l)| digest::should_send_quota(key, &l.hlc, false, known.get(key.as_str()).copied()))
+            .map(|(_, l)| l.clone())
             .collect()
     }
 
@@ -176,8 +210,7 @@ impl CellState {
         &mut self,
         from: &str,
         upto: u64,
-        jobs: &[ReplicatedJob],
-        quotas: &[crate::quota::ReplicatedQuota],
+        (jobs, quotas, locations): (&[ReplicatedJob], &[crate::quota::ReplicatedQuota], &[crate::location::LocationRecord]),
         (max_skew_ms, tombstone_ms): (u64, u64),
         meta: &Meta,
     ) -> MergeOutcome {
@@ -193,6 +226,19 @@ impl CellState {
             }
         }
         let (changed, conflicts) = self.merge_quotas(from, &taken, meta);
+        out.changed += changed;
+        out.conflicts += conflicts;
+        let mut taken = Vec::new();
+        for l in locations {
+            match hlc::check_skew(&l.hlc, meta.at_ms, max_skew_ms) {
+                Ok(()) => {
+                    let _ = self.clock.observe(&l.hlc, meta.at_ms, max_skew_ms);
+                    taken.push(l.clone());
+                }
+                Err(e) => out.refused.push((crate::location::outbox_key(&l.name), e.to_string())),
+            }
+        }
+        let (changed, conflicts) = self.merge_locations(from, &taken, meta);
         out.changed += changed;
         out.conflicts += conflicts;
         for incoming in jobs {

@@ -7,7 +7,7 @@
 //! killed job) are answers, not errors: they are decided here, at apply time, against the latest state.
 //!
 //! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
-//! change), snapshots are `snapshot::SnapshotV4` behind a format number.
+//! change), snapshots are `snapshot::SnapshotV5` behind a format number.
 
 use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use titan_api::task::{Desired, Reason, TaskState};
 use crate::command::{Command, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
 use crate::federation::{Clock, Hlc, JobVersions};
 use crate::placement::{self, Capacity};
-use crate::snapshot::SnapshotV4;
+use crate::snapshot::SnapshotV5;
 use crate::spec::Spec;
 use crate::task::TaskRecord;
 use titan_api::view::{JobRef, JobState, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -28,6 +28,7 @@ mod agents;
 mod effects;
 mod federation;
 mod jobs;
+mod locations;
 mod plan;
 mod quotas;
 mod tasks;
@@ -96,6 +97,8 @@ pub struct CellState {
     /// Each group's desired usage per location, and each job's part of it (derived).
     usage: HashMap<String, BTreeMap<String, crate::quota::Demand>>,
     demand_of: HashMap<String, (String, BTreeMap<String, crate::quota::Demand>)>,
+    /// Each location's lever record (those a lever was ever pulled on).
+    locations: BTreeMap<String, crate::location::LocationRecord>,
     /// What the command being applied did besides changing the state; empty between commands (`apply` hands it
     /// out), so it never differs between two equal states.
     fx: Effects,
@@ -187,7 +190,8 @@ impl CellState {
             | Command::SetAgentState { .. }
             | Command::Merge { .. }
             | Command::PutQuota { .. }
-            | Command::DeleteQuota { .. } => return None,
+            | Command::DeleteQuota { .. }
+            | Command::Lever { .. } => return None,
         };
         Some((id.clone(), self.jobs.get(id).map(|j| (j.state, j.version))))
     }
@@ -195,7 +199,7 @@ impl CellState {
     /// What a snapshot holds: the replicated records, without the derived fields. Records are shared, so this
     /// costs a fraction of a clone, and it is taken while applying waits. Every field is named, so a field added to
     /// `CellState` has to be placed on one side or the other here.
-    pub fn snapshot(&self) -> SnapshotV4 {
+    pub fn snapshot(&self) -> SnapshotV5 {
         let CellState {
             jobs,
             idempotency,
@@ -225,8 +229,10 @@ impl CellState {
             quotas,
             usage: _,
             demand_of: _,
+            locations,
         } = self;
-        SnapshotV4 {
+        SnapshotV5 {
+            locations: locations.clone(),
             quotas: quotas.clone(),
             clock: clock.clone(),
             outbox: outbox.clone(),
@@ -243,8 +249,8 @@ impl CellState {
     }
 
     /// The state a snapshot holds, with everything derived rebuilt.
-    pub fn from_snapshot(s: SnapshotV4) -> CellState {
-        let SnapshotV4 {
+    pub fn from_snapshot(s: SnapshotV5) -> CellState {
+        let SnapshotV5 {
             jobs,
             idempotency,
             agents,
@@ -257,8 +263,10 @@ impl CellState {
             outbox_seq,
             positions,
             quotas,
+            locations,
         } = s;
         let mut state = CellState {
+            locations,
             quotas,
             jobs,
             idempotency,
@@ -398,6 +406,9 @@ impl CellState {
                     || idempotency_key.as_ref().is_some_and(|k| self.idempotency.contains_key(k));
                 let counts = spec.counts();
                 if !replay {
+                    if let Err(r) = self.check_frozen(None, &counts) {
+                        return Response::Rejected(r);
+                    }
                     if let Err(e) = self.admit(id, spec, &counts, true) {
                         return Response::Rejected(Rejection::QuotaExceeded(e));
                     }
@@ -452,8 +463,11 @@ impl CellState {
             }
             Command::UpdateJob { id, spec, if_version, meta } => {
                 if let Some(job) = self.jobs.get(id) {
-                    if let Err(e) = self.admit(id, spec, &job.counts_after_update(spec), job.state == JobState::Enabled)
-                    {
+                    let after = job.counts_after_update(spec);
+                    if let Err(r) = self.check_frozen(Some(&job.counts), &after) {
+                        return Response::Rejected(r);
+                    }
+                    if let Err(e) = self.admit(id, spec, &after, job.state == JobState::Enabled) {
                         return Response::Rejected(Rejection::QuotaExceeded(e));
                     }
                 }
@@ -482,6 +496,9 @@ impl CellState {
             Command::SetInstances { id, instances, if_version, meta } => {
                 if let Some(job) = self.jobs.get(id) {
                     let counts = job.counts_after_scale(instances);
+                    if let Err(r) = self.check_frozen(Some(&job.counts), &counts) {
+                        return Response::Rejected(r);
+                    }
                     if let Err(e) = self.admit(id, &job.spec, &counts, job.state == JobState::Enabled) {
                         return Response::Rejected(Rejection::QuotaExceeded(e));
                     }
@@ -499,6 +516,12 @@ impl CellState {
             }
             Command::SetEnabled { id, enabled, meta } => {
                 if let (true, Some(job)) = (*enabled, self.jobs.get(id)) {
+                    // Enabling raises every count from nothing.
+                    if job.state == JobState::Disabled {
+                        if let Err(r) = self.check_frozen(None, &job.counts) {
+                            return Response::Rejected(r);
+                        }
+                    }
                     if let Err(e) = self.admit(id, &job.spec, &job.counts, job.state != JobState::Killed) {
                         return Response::Rejected(Rejection::QuotaExceeded(e));
                     }
@@ -522,9 +545,16 @@ impl CellState {
                 self.put_quota(group, locations, *if_version, meta)
             }
             Command::DeleteQuota { group, if_version, meta } => self.delete_quota(group, *if_version, meta),
-            Command::Merge { from, upto, jobs, max_skew_ms, tombstone_ms, meta, quotas } => {
-                Response::Merged(self.merge_jobs(from, *upto, jobs, quotas, (*max_skew_ms, *tombstone_ms), meta))
+            Command::Merge { from, upto, jobs, max_skew_ms, tombstone_ms, meta, quotas, locations } => {
+                Response::Merged(self.merge_jobs(
+                    from,
+                    *upto,
+                    (jobs, quotas, locations),
+                    (*max_skew_ms, *tombstone_ms),
+                    meta,
+                ))
             }
+            Command::Lever { location, lever, meta } => self.pull_lever(location, lever, meta),
             Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply_one(c)).collect()),
             Command::RegisterAgent { registration, meta } => self.register_agent(registration, meta.at_ms),
             Command::Round { round, meta } => Response::Round(self.apply_round(round, meta.at_ms)),

@@ -280,6 +280,7 @@ fn a_killed_job_is_forgotten_once_its_tombstone_retention_passed_and_its_tasks_a
         tombstone_ms: WEEK,
         meta: meta(2_004 + WEEK),
         quotas: Vec::new(),
+        locations: Vec::new(),
     };
     state.apply(&merge);
     assert!(state.job("j1").is_none());
@@ -304,6 +305,7 @@ fn an_earlier_kill_from_another_cell_moves_the_tombstone_and_it_is_forgotten_onc
         tombstone_ms: WEEK,
         meta: meta(4_000),
         quotas: Vec::new(),
+        locations: Vec::new(),
     };
     let (answer, _) = here.apply(&merge);
     assert!(matches!(answer, Response::Merged(ref o) if o.changed == 1), "{answer:?}");

@@ -99,6 +99,12 @@ pub(super) fn rejection(r: Rejection) -> ApiError {
             format!("the quota of {group} is at version {current}, not {expected}"),
         )
         .with_field("If-Match"),
+        Rejection::LeverIllegal(e) => ApiError::new(ErrorCode::LeverIllegal, e.to_string()).with_field("state"),
+        Rejection::LocationFrozen { location, state } => ApiError::new(
+            ErrorCode::LocationFrozen,
+            format!("location {location} is {}: no count there may rise until it is active again", state.as_str()),
+        )
+        .with_field("location"),
     }
 }
 

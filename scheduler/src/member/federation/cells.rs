@@ -71,6 +71,33 @@ impl Cells {
     }
 }
 
+/// The other cells' figures as a member heard them, for evacuation moves (`location::Elsewhere`).
+pub struct Seen<'a> {
+    cells: &'a Cells,
+    down: Duration,
+    known: &'a BTreeMap<String, Vec<std::net::SocketAddr>>,
+}
+
+impl<'a> Seen<'a> {
+    pub fn new(cells: &'a Cells, config: &'a crate::federation::FederationConfig) -> Seen<'a> {
+        Seen { cells, down: Duration::from_millis(config.down_ms), known: &config.cells }
+    }
+}
+
+impl crate::location::Elsewhere for Seen<'_> {
+    fn running(&self, location: &str, job: &str) -> Option<u32> {
+        self.cells.summary(location, job).map(|(s, _)| s.running)
+    }
+
+    fn is_down(&self, location: &str) -> bool {
+        if !self.known.contains_key(location) {
+            return false;
+        }
+        let silent = self.cells.lock().get(location).and_then(|h| h.at).map(|t| t.elapsed());
+        state_of(silent, self.down, self.down) == "down"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
