@@ -10,6 +10,7 @@ pub mod cron;
 pub mod error;
 pub mod event;
 pub mod job;
+pub mod location;
 pub mod metrics;
 pub mod openapi;
 pub mod quota;

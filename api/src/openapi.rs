@@ -38,7 +38,15 @@ use crate::router::paths::*;
         list_quotas,
         get_quota,
         put_quota,
-        delete_quota
+        delete_quota,
+        list_locations,
+        get_location,
+        freeze,
+        unfreeze,
+        evacuate,
+        restore,
+        set_weight,
+        endpoints
     ),
     components(schemas(
         crate::error::ApiError,

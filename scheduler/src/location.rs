@@ -480,14 +480,14 @@ pub fn targets(home: &str, job: &Candidate<'_>, named: &[String], open: &BTreeSe
 }
 
 /// Plans an evacuation of `home`: each job's count there split over its targets, within each target's quota room
-/// (`room_of(group, location, demand planned so far there)`), spilling what one target cannot take to the job's
+/// (`room_of(group, location, demand planned so far there, one instance)`), spilling what one target cannot take to the job's
 /// other targets (then its failover preference), and leaving the rest with why.
 pub fn plan<'a>(
     home: &str,
     jobs: impl Iterator<Item = Candidate<'a>>,
     named: &[String],
     open: &BTreeSet<String>,
-    room_of: &dyn Fn(&str, &str, &Demand) -> (u32, Option<Resource>),
+    room_of: &dyn Fn(&str, &str, &Demand, &Demand) -> (u32, Option<Resource>),
 ) -> BTreeMap<String, JobMove> {
     let mut planned: BTreeMap<(String, String), Demand> = BTreeMap::new();
     let mut out = BTreeMap::new();
@@ -511,7 +511,7 @@ pub fn plan<'a>(
         let mut take = |location: &str, want: u32, mv: &mut JobMove| -> u32 {
             let key = (job.group.to_string(), location.to_string());
             let used = planned.get(&key).copied().unwrap_or_default();
-            let (fits, r) = room_of(job.group, location, &used);
+            let (fits, r) = room_of(job.group, location, &used, &job.one);
             let k = want.min(fits);
             if k < want {
                 binding = Some(format!(
@@ -612,7 +612,7 @@ mod tests {
         Candidate { id, counts: c, failover, group: "g", one: Demand { instances: 1, millicpus: 1000, ..Default::default() } }
     }
 
-    fn no_quota(_: &str, _: &str, _: &Demand) -> (u32, Option<Resource>) {
+    fn no_quota(_: &str, _: &str, _: &Demand, _: &Demand) -> (u32, Option<Resource>) {
         (u32::MAX, None)
     }
 
@@ -668,7 +668,7 @@ mod tests {
         let c = counts(&[("dc1", 10), ("dc2", 1), ("dc3", 1)]);
         let jobs = || vec![candidate("a", &c, &[]), candidate("b", &c, &[])].into_iter();
         // dc2 has room for 6 instances in all, dc3 for 8.
-        let room = |_: &str, l: &str, used: &Demand| {
+        let room = |_: &str, l: &str, used: &Demand, _: &Demand| {
             let limit = if l == "dc2" { 6 } else { 8 };
             ((limit as u64).saturating_sub(used.instances) as u32, Some(Resource::Instances))
         };

@@ -190,6 +190,29 @@ pub mod quota {
     .by(&["group", "location", "resource"]);
 }
 
+pub mod location {
+    use super::*;
+
+    pub const STATE: Def = Def::gauge(
+        "titan_location_state",
+        "1 for a location's lever state (active, frozen, evacuating, evacuated, restoring), 0 for the others",
+    )
+    .by(&["location", "state"]);
+    pub const WEIGHT: Def =
+        Def::gauge("titan_location_weight", "A location's traffic weight (0-100) as routers read it").by(&["location"]);
+    pub const EVACUATION: Def = Def::gauge(
+        "titan_evacuation_instances",
+        "A move out of a location, by phase (to_move, started_elsewhere, stopped_in_location, left_behind)",
+    )
+    .by(&["location", "phase"]);
+    pub const ACTIONS: Def = Def::counter(
+        "titan_failover_actions_total",
+        "Levers pulled by this cell, by kind (freeze, unfreeze, evacuate, restore, weight, evacuated, restored) \
+         and whether auto-failover pulled it",
+    )
+    .by(&["kind", "automatic"]);
+}
+
 /// Every metric of a member but the API's (`titan_api::metrics::http`).
 pub const ALL: &[Def] = &[
     raft::TERM,
@@ -247,6 +270,10 @@ pub const ALL: &[Def] = &[
     quota::USED,
     quota::RUNNING,
     quota::REJECTIONS,
+    location::STATE,
+    location::WEIGHT,
+    location::EVACUATION,
+    location::ACTIONS,
 ];
 
 #[cfg(test)]

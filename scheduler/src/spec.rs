@@ -56,6 +56,9 @@ pub struct Spec {
     pub disruption_budget: Option<DisruptionBudget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<Disconnect>,
+    /// Where instances go when a location the job runs in alone is evacuated, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,8 +217,10 @@ impl From<wire::JobSpec> for Spec {
             overlap,
             disruption_budget,
             disconnect,
+            failover,
         } = s;
         Spec {
+            failover: failover.clone().unwrap_or_default(),
             name,
             application_name,
             version,
@@ -288,8 +293,10 @@ impl From<&Spec> for wire::JobSpec {
             overlap,
             disruption_budget,
             disconnect,
+            failover,
         } = s;
         wire::JobSpec {
+            failover: Some(failover.clone()).filter(|f| !f.is_empty()),
             name: name.clone(),
             application_name: application_name.clone(),
             version: version.clone(),

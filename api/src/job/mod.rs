@@ -45,6 +45,8 @@ pub const MAX_RETRIES: u32 = 1000;
 pub const MAX_ENV_VARS: usize = 256;
 /// Most placement constraints.
 pub const MAX_CONSTRAINTS: usize = 64;
+/// The most locations a job's failover preference names.
+pub const MAX_FAILOVER: usize = 16;
 /// Most volumes.
 pub const MAX_VOLUMES: usize = 32;
 /// Longest image reference.
@@ -212,6 +214,10 @@ pub struct JobSpec {
     /// What happens to the job's tasks while their agent cannot reach the cell; absent, they keep running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<DisconnectSpec>,
+    /// Where the job's instances go, in order of preference, when a location it runs in is evacuated and it runs
+    /// in no other (`["dc2", "dc3"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Vec<String>>,
 }
 
 impl JobSpec {
@@ -265,6 +271,17 @@ impl JobSpec {
         }
         if let Some(disconnect) = &self.disconnect {
             disconnect.validate("disconnect")?;
+        }
+        if let Some(failover) = &self.failover {
+            if failover.len() > MAX_FAILOVER {
+                return Err(ApiError::field("failover", format!("at most {MAX_FAILOVER} locations")));
+            }
+            for (i, l) in failover.iter().enumerate() {
+                check_location_name(l).map_err(|m| ApiError::field(format!("failover[{i}]"), m))?;
+                if failover[..i].contains(l) {
+                    return Err(ApiError::field(format!("failover[{i}]"), format!("{l} is named twice")));
+                }
+            }
         }
         Ok(())
     }

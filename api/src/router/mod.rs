@@ -25,6 +25,7 @@ mod agents;
 mod cluster;
 mod events;
 mod jobs;
+mod locations;
 mod quotas;
 mod request;
 mod tasks;
@@ -32,6 +33,7 @@ mod tasks;
 pub use agents::AgentsApi;
 pub use cluster::AdminApi;
 pub use jobs::JobsApi;
+pub use locations::LocationsApi;
 pub use quotas::QuotasApi;
 pub use tasks::TasksApi;
 
@@ -64,9 +66,9 @@ pub trait Reads: Send + Sync + 'static {
 }
 
 /// Everything a cell answers: every audience's trait.
-pub trait CellApi: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi {}
+pub trait CellApi: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi + LocationsApi {}
 
-impl<T: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi> CellApi for T {}
+impl<T: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi + LocationsApi> CellApi for T {}
 
 /// The routers' state: the cell, once per audience, so a handler reaches only its audience's trait.
 #[derive(Clone)]
@@ -76,6 +78,13 @@ pub(crate) struct Api {
     agents: agents::Agents,
     admin: cluster::Admin,
     quotas: quotas::Quotas,
+    locations: locations::Locations,
+}
+
+impl FromRef<Api> for locations::Locations {
+    fn from_ref(api: &Api) -> Self {
+        api.locations.clone()
+    }
 }
 
 impl FromRef<Api> for quotas::Quotas {
@@ -145,10 +154,17 @@ async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Resp
 /// The public routes of a cell, grouped by audience, plus the cell's own `internal` routes (Raft, forwarding),
 /// with every request's count and latency recorded into `metrics`' registry.
 pub fn router<C: CellApi>(cell: Arc<C>, metrics: HttpMetrics, internal: Router) -> Router {
-    let api = Api { jobs: cell.clone(), tasks: cell.clone(), agents: cell.clone(), quotas: cell.clone(), admin: cell };
+    let api = Api {
+        jobs: cell.clone(),
+        tasks: cell.clone(),
+        agents: cell.clone(),
+        quotas: cell.clone(),
+        locations: cell.clone(),
+        admin: cell,
+    };
     let users = jobs::routes().merge(tasks::routes()).merge(events::routes());
     let agents = agents::routes();
-    let operators = cluster::routes().merge(agents::fleet_routes()).merge(quotas::routes());
+    let operators = cluster::routes().merge(agents::fleet_routes()).merge(quotas::routes()).merge(locations::routes());
     let routes = users.merge(agents).merge(operators).merge(cluster::probes()).with_state(api);
     let meta = Router::new()
         .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
@@ -183,6 +199,10 @@ pub(crate) mod paths {
     pub use super::jobs::{
         __path_disable_job, __path_enable_job, __path_get_job, __path_job_history, __path_kill_job, __path_list_jobs,
         __path_set_instances, __path_submit_job, __path_update_job,
+    };
+    pub use super::locations::{
+        __path_endpoints, __path_evacuate, __path_freeze, __path_get_location, __path_list_locations,
+        __path_restore, __path_set_weight, __path_unfreeze,
     };
     pub use super::quotas::{__path_delete_quota, __path_get_quota, __path_list_quotas, __path_put_quota};
     pub use super::tasks::{__path_get_task, __path_kill_task, __path_list_tasks, __path_task_logs};

@@ -44,6 +44,27 @@ pub struct FederationConfig {
     pub batch: usize,
     /// How often anti-entropy runs against each other cell.
     pub digest_ms: u64,
+    /// `[federation.failover]`: automatic evacuation of a dead location.
+    pub failover: FailoverConfig,
+}
+
+/// How long a location's cell must be silent before auto-failover evacuates it.
+pub const DEFAULT_AUTO_AFTER_MS: u64 = 300_000;
+
+/// `[federation.failover]`: off by default. On, a location whose cell this cell has not heard for
+/// `auto_after_ms` and that a majority of the other cells see down is evacuated, one location at a time, and never
+/// by a cell that does not itself reach a majority of the cells.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub enabled: bool,
+    pub auto_after_ms: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig { enabled: false, auto_after_ms: DEFAULT_AUTO_AFTER_MS }
+    }
 }
 
 impl Default for FederationConfig {
@@ -56,6 +77,7 @@ impl Default for FederationConfig {
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
             batch: DEFAULT_BATCH,
             digest_ms: DEFAULT_DIGEST_MS,
+            failover: FailoverConfig::default(),
         }
     }
 }
@@ -75,6 +97,8 @@ pub enum FederationError {
     Batch(usize),
     #[error("federation.digest_ms must be above 0, got 0")]
     DigestInterval,
+    #[error("federation.failover.auto_after_ms must be at least federation.down_ms ({down}), got {auto_after}")]
+    AutoAfter { auto_after: u64, down: u64 },
 }
 
 /// Whether `name` is a valid cell (location) name.
@@ -110,6 +134,9 @@ impl FederationConfig {
         }
         if self.digest_ms == 0 {
             return Err(FederationError::DigestInterval);
+        }
+        if self.failover.auto_after_ms < self.down_ms {
+            return Err(FederationError::AutoAfter { auto_after: self.failover.auto_after_ms, down: self.down_ms });
         }
         Ok(())
     }

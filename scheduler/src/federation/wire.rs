@@ -13,6 +13,8 @@ pub const PUSH_PATH: &str = "/internal/federation/push";
 pub const BEAT_PATH: &str = "/internal/federation/heartbeat";
 /// The path a cell sends its digest to (anti-entropy).
 pub const DIGEST_PATH: &str = "/internal/federation/digest";
+/// The path a cell asks another for a trial placement on its capacity (an evacuation's plan).
+pub const TRIAL_PATH: &str = "/internal/federation/trial";
 /// The content type of both (MessagePack).
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
@@ -52,6 +54,9 @@ pub struct Beat {
     /// The sender's tasks of each job whose figures changed since its last heartbeat to this cell.
     #[serde(default)]
     pub summaries: BTreeMap<String, Summary>,
+    /// How the sender sees each other cell (up, suspect, down): what auto-failover asks a majority of.
+    #[serde(default)]
+    pub sees: BTreeMap<String, String>,
 }
 
 /// One job's tasks in one cell, as the cell reports them to the others.
@@ -73,4 +78,19 @@ pub struct DigestOf {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Differs {
     pub buckets: Vec<(u16, Vec<Entry>)>,
+}
+
+/// Instances of jobs (held by both cells) to place on the receiver's current capacity, trying only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Trial {
+    pub from: String,
+    pub tasks: Vec<(String, u32)>,
+}
+
+/// What a trial placed of each job, and what the receiver's fleet would have to add for the rest: per instance
+/// group, agents and the tasks they would take.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Tried {
+    pub placed: BTreeMap<String, u32>,
+    pub needs: Vec<(String, u32, u32)>,
 }

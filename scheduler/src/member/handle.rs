@@ -20,12 +20,14 @@ impl Leases {
 pub(crate) struct Handle {
     raft: Raft,
     state: SharedState,
-    proposer: Arc<Proposer>,
-    config: Arc<CellConfig>,
+    pub(super) proposer: Arc<Proposer>,
+    pub(super) config: Arc<CellConfig>,
     leases: Arc<Leases>,
     changes: Arc<crate::state::Changes>,
     scheduling: Arc<crate::scheduling::Local>,
     cells: Arc<super::federation::cells::Cells>,
+    /// For calls to other cells (trial placements, endpoints).
+    pub(crate) http: reqwest::Client,
 }
 
 impl Handle {
@@ -40,7 +42,25 @@ impl Handle {
         scheduling: Arc<crate::scheduling::Local>,
         cells: Arc<super::federation::cells::Cells>,
     ) -> Handle {
-        Handle { raft, state, proposer, config, leases, changes, scheduling, cells }
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(2)
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .expect("a plain HTTP client always builds");
+        Handle { raft, state, proposer, config, leases, changes, scheduling, cells, http }
+    }
+
+    /// How this member sees each other cell.
+    pub(crate) fn sees(&self) -> BTreeMap<String, String> {
+        self.cells.sees(&self.config.federation)
+    }
+
+    /// How long each other cell has been silent here, and how the cells heard see the others.
+    pub(crate) fn heard(
+        &self,
+        since_start: Duration,
+    ) -> (BTreeMap<String, Duration>, BTreeMap<String, BTreeMap<String, String>>) {
+        self.cells.silences(&self.config.federation, since_start)
     }
 
     /// The other cells' figures as this member heard them.

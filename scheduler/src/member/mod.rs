@@ -64,6 +64,7 @@ mod api;
 mod federation;
 mod handle;
 mod leader;
+mod levers;
 mod members;
 mod metrics;
 mod propose;
@@ -73,6 +74,7 @@ use api::*;
 pub(crate) use handle::Handle;
 use handle::Leases;
 use leader::*;
+use levers::*;
 use members::*;
 use metrics::*;
 pub(crate) use propose::Proposer;
@@ -103,6 +105,7 @@ pub struct Cell {
     /// The other cells as heard, and the federation's metrics.
     cells: Arc<federation::cells::Cells>,
     federation: federation::worker::FederationMetrics,
+    levers: LeverMetrics,
 }
 
 pub(crate) use crate::clock::now_ms;
@@ -206,6 +209,8 @@ impl Cell {
             committed.clone(),
             proposer.clone(),
         ));
+        let levers = LeverMetrics::new(registry, &config.cell, config.node_id)?;
+        workers.spawn(Levers::new(handle.clone(), levers.clone()));
         let federation = federation::worker::FederationMetrics::new(registry, &config.cell, config.node_id)?;
         if config.federation.is_federated() {
             workers.spawn(federation::worker::Federation::new(handle.clone(), cells.clone(), federation.clone()));
@@ -238,6 +243,7 @@ impl Cell {
             workers,
             cells,
             federation,
+            levers,
         }))
     }
 

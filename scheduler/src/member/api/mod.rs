@@ -6,6 +6,7 @@ use super::*;
 mod admin;
 mod agents;
 mod jobs;
+mod locations;
 mod quotas;
 mod tasks;
 

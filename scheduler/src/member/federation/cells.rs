@@ -65,6 +65,42 @@ impl Cells {
         self.lock().get(cell).filter(|h| h.at.is_some()).map(|h| h.beat.outbox_seq)
     }
 
+    /// How this member sees each other cell: up, suspect or down.
+    pub fn sees(&self, config: &crate::federation::FederationConfig) -> BTreeMap<String, String> {
+        let (suspect, down) = (Duration::from_millis(config.suspect_ms), Duration::from_millis(config.down_ms));
+        let cells = self.lock();
+        config
+            .cells
+            .keys()
+            .map(|c| {
+                let silent = cells.get(c).and_then(|h| h.at).map(|t| t.elapsed());
+                (c.clone(), state_of(silent, suspect, down).to_string())
+            })
+            .collect()
+    }
+
+    /// How long each cell of `config` has been silent (never heard: `since_start`), and how each cell heard
+    /// within `down` sees the others.
+    pub fn silences(
+        &self,
+        config: &crate::federation::FederationConfig,
+        since_start: Duration,
+    ) -> (BTreeMap<String, Duration>, BTreeMap<String, BTreeMap<String, String>>) {
+        let down = Duration::from_millis(config.down_ms);
+        let cells = self.lock();
+        let mut silent = BTreeMap::new();
+        let mut theirs = BTreeMap::new();
+        for c in config.cells.keys() {
+            let heard = cells.get(c);
+            let s = heard.and_then(|h| h.at).map_or(since_start, |t| t.elapsed().min(since_start));
+            silent.insert(c.clone(), s);
+            if let Some(h) = heard.filter(|_| s < down) {
+                theirs.insert(c.clone(), h.beat.sees.clone());
+            }
+        }
+        (silent, theirs)
+    }
+
     /// When each cell was last heard.
     pub fn last_heard(&self) -> BTreeMap<String, Option<Instant>> {
         self.lock().iter().map(|(c, h)| (c.clone(), h.at)).collect()

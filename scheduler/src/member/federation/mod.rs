@@ -17,6 +17,7 @@ pub(super) fn routes(cell: Arc<Cell>) -> Router {
         .route(PUSH_PATH, post(push))
         .route(BEAT_PATH, post(heartbeat))
         .route(DIGEST_PATH, post(digest))
+        .route(crate::federation::wire::TRIAL_PATH, post(trial))
         .layer(axum::extract::DefaultBodyLimit::max(crate::raft::MAX_INTERNAL_BODY))
         .with_state(cell)
 }
@@ -63,6 +64,7 @@ impl Cell {
             outbox_seq: state.outbox_seq(),
             positions,
             summaries: Default::default(),
+            sees: self.handle.sees(),
         }
     }
 
@@ -284,4 +286,23 @@ async fn digest(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpR
     drop(state);
     tracing::debug!(from = %theirs.from, buckets = buckets.len(), "answered a digest");
     packed(&Differs { buckets })
+}
+
+/// `POST /internal/federation/trial`: another cell's evacuation plan asks what of its moves this cell's current
+/// capacity would place (trying only: nothing is written).
+async fn trial(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpResponse {
+    let trial: crate::federation::wire::Trial = match rmp_serde::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return cell.refuse("malformed", ApiError::new(ErrorCode::MalformedBody, format!("not a trial: {e}")))
+        }
+    };
+    if let Err(e) = cell.check_sender(&trial.from) {
+        return cell.refuse("unknown_cell", e);
+    }
+    let handle = cell.handle.clone();
+    match tokio::task::spawn_blocking(move || handle.trial_here(&trial.tasks)).await {
+        Ok(tried) => packed(&tried),
+        Err(e) => ApiError::internal(format!("trial placement: {e}")).into_response(),
+    }
 }

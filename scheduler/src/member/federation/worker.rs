@@ -140,6 +140,7 @@ impl<H: Host> Federation<H> {
             outbox_seq: state.outbox_seq(),
             positions,
             summaries: BTreeMap::new(),
+            sees: self.cells.sees(&self.host.config().federation),
         };
         (beat, figures)
     }
