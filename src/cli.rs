@@ -116,6 +116,10 @@ pub enum JobCommand {
     History {
         id: String,
     },
+    /// The host:port of each running, healthy task per location, with the location's state and traffic weight.
+    Endpoints {
+        id: String,
+    },
     /// Sets per-location instance counts: `titan job scale ID dc1=5,dc2=3`.
     Scale {
         id: String,
@@ -359,6 +363,29 @@ pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
             for f in j.tasks.iter().flat_map(|s| &s.failures) {
                 say!("{}: {} (task {}, {})", f.location, f.sentence(), f.last.task_id, time(f.last.at_ms));
             }
+        }
+        JobCommand::Endpoints { id } => {
+            let e = client.endpoints(&id).await?;
+            if json {
+                return print_json(&e);
+            }
+            let rows: Vec<Vec<String>> = e
+                .locations
+                .iter()
+                .flat_map(|l| {
+                    let head = |addr: String| {
+                        vec![l.location.clone(), l.state.clone(), l.weight.to_string(), l.cell_state.clone(), addr]
+                    };
+                    if l.endpoints.is_empty() {
+                        return vec![head(l.error.clone().unwrap_or_else(|| "-".into()))];
+                    }
+                    l.endpoints
+                        .iter()
+                        .map(|p| head(p.address.clone().unwrap_or_else(|| format!("{} (no port)", p.host))))
+                        .collect()
+                })
+                .collect();
+            say!("{}", table(&["LOCATION", "STATE", "WEIGHT", "CELL", "ENDPOINT"], &rows));
         }
         JobCommand::History { id } => {
             let h = client.job_history(&id).await?;
@@ -784,4 +811,180 @@ mod tests {
         assert_eq!(time(0), "1970-01-01 00:00:00Z");
         assert_eq!(time(1_795_305_600_000), "2026-11-22 00:00:00Z");
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LocationCommand {
+    /// Every location: lever state, traffic weight, its cell as seen from here, and a move under way.
+    List,
+    /// One location: state, weight, history, and a move's progress per job; while a move is under way it is shown
+    /// live until it finishes (`--once` for one look).
+    Status {
+        name: String,
+        #[arg(long)]
+        once: bool,
+    },
+    /// Nothing new is placed in the location and no count there may rise; what runs keeps running.
+    Freeze(LeverArgs),
+    /// Back to active from frozen.
+    Unfreeze(LeverArgs),
+    /// Moves every job's count in the location to its other locations (make-before-break), within quotas and
+    /// capacity; what fits nowhere stays and is reported.
+    Evacuate {
+        #[command(flatten)]
+        lever: LeverArgs,
+        /// Where the instances go (`dc2,dc3`); else each job's own other locations, else its failover preference.
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
+    },
+    /// Returns the moved instances to the location; the extras elsewhere stop once its own tasks run.
+    Restore(LeverArgs),
+    /// Sets the location's traffic weight, 0 to 100.
+    Weight {
+        #[command(flatten)]
+        lever: LeverArgs,
+        weight: u8,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LeverArgs {
+    pub name: String,
+    /// Why (required: every lever is audited).
+    #[arg(long)]
+    pub reason: String,
+    /// Say what the lever would do, writing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn location_rows(list: &[titan_api::location::LocationView]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|l| {
+            let moving = l.progress.as_ref().map_or("-".to_string(), |p| {
+                format!("{}/{} running elsewhere, {} left behind", p.started_elsewhere, p.to_move, p.left_behind)
+            });
+            vec![l.name.clone(), l.state.clone(), l.weight.to_string(), l.cell_state.clone(), moving]
+        })
+        .collect()
+}
+
+fn print_answer(a: &titan_api::location::LeverAnswer) -> anyhow::Result<()> {
+    let what = if a.dry_run { "would go" } else { "went" };
+    say!("{} {}: {} {what} {} -> {} (weight {})", a.lever, a.location, a.location, a.from, a.state, a.weight);
+    if !a.moves.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .moves
+            .iter()
+            .map(|m| {
+                let to: Vec<String> = m.to.iter().map(|(l, n)| format!("{l}:{n}")).collect();
+                vec![
+                    m.name.clone(),
+                    m.from.to_string(),
+                    to.join(","),
+                    m.left_behind.to_string(),
+                    m.why_left.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        say!("{}", table(&["JOB", "FROM", "TO", "LEFT", "WHY LEFT"], &rows));
+        say!("{} instances move, {} stay behind", a.to_move, a.left_behind);
+    } else if a.jobs_affected > 0 {
+        say!("{} jobs ask for {}", a.jobs_affected, a.location);
+    }
+    for c in &a.capacity {
+        match &c.error {
+            Some(e) => say!("capacity in {}: unknown ({e})", c.location),
+            None => {
+                let needs: Vec<String> =
+                    c.fleet_needs.iter().map(|n| format!("{} agents of {}", n.agents, n.instance_group)).collect();
+                let needs = if needs.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the fleet would add {}", needs.join(", "))
+                };
+                say!("capacity in {}: {} of {} placed in a trial{needs}", c.location, c.placed, c.requested);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn location(target: &Target, command: LocationCommand) -> anyhow::Result<()> {
+    use titan_api::location::LeverKind;
+    let client = target.client();
+    let json = target.output == Output::Json;
+    let (kind, lever, to) = match command {
+        LocationCommand::List => {
+            let list = client.list_locations().await?;
+            if json {
+                return print_json(&list);
+            }
+            say!("{}", table(&["LOCATION", "STATE", "WEIGHT", "CELL", "MOVE"], &location_rows(&list.locations)));
+            return Ok(());
+        }
+        LocationCommand::Status { name, once } => loop {
+            let l = client.get_location(&name).await?;
+            if json {
+                return print_json(&l);
+            }
+            say!(
+                "{}",
+                table(&["LOCATION", "STATE", "WEIGHT", "CELL", "MOVE"], &location_rows(std::slice::from_ref(&l)))
+            );
+            if let Some(p) = &l.progress {
+                let rows: Vec<Vec<String>> = p
+                    .jobs
+                    .iter()
+                    .map(|j| {
+                        let to: Vec<String> = j.to.iter().map(|(l, n)| format!("{l}:{n}")).collect();
+                        vec![
+                            j.job_id.clone(),
+                            to.join(","),
+                            format!("{}/{}", j.started_elsewhere, j.to_move),
+                            j.stopped_in_location.to_string(),
+                            j.left_behind.to_string(),
+                            j.why_left.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                say!("{}", table(&["JOB", "TO", "RUNNING ELSEWHERE", "STOPPED HERE", "LEFT", "WHY LEFT"], &rows));
+                if let Some(e) = &p.evidence {
+                    say!("automatic: {e}");
+                }
+            }
+            let moving = matches!(l.state.as_str(), "evacuating" | "restoring");
+            if once || !moving {
+                for h in &l.history {
+                    say!(
+                        "  v{} {} by {}: {}{}",
+                        h.version,
+                        time(h.at_ms),
+                        h.who,
+                        h.what,
+                        h.why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            say!("");
+        },
+        LocationCommand::Freeze(a) => (LeverKind::Freeze, a, Vec::new()),
+        LocationCommand::Unfreeze(a) => (LeverKind::Unfreeze, a, Vec::new()),
+        LocationCommand::Evacuate { lever, to } => (LeverKind::Evacuate, lever, to),
+        LocationCommand::Restore(a) => (LeverKind::Restore, a, Vec::new()),
+        LocationCommand::Weight { lever, weight } => {
+            let a = client.set_weight(&lever.name, weight, &lever.reason, lever.dry_run).await?;
+            if json {
+                return print_json(&a);
+            }
+            return print_answer(&a);
+        }
+    };
+    let a = client.pull_lever(&lever.name, kind, &lever.reason, &to, lever.dry_run).await?;
+    if json {
+        return print_json(&a);
+    }
+    print_answer(&a)
 }

@@ -64,6 +64,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::QuotaCommand,
     },
+    /// SRE levers on a location: freeze, evacuate, restore, traffic weight; and their status.
+    Location {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::LocationCommand,
+    },
     /// Shows the cells of the federation.
     Cell {
         #[command(flatten)]
@@ -93,6 +100,7 @@ fn main() -> ExitCode {
             Command::Cluster { target, command } => cli::cluster(&target, command).await,
             Command::Cell { target, command } => cli::cell(&target, command).await,
             Command::Quota { target, command } => cli::quota(&target, command).await,
+            Command::Location { target, command } => cli::location(&target, command).await,
         }
     });
     match result {

@@ -355,6 +355,48 @@ impl Client {
         self.send(self.request(Method::DELETE, &format!("/v1/quotas/{group}"))).await
     }
 
+    pub async fn list_locations(&self) -> Result<crate::location::LocationList, ClientError> {
+        self.send(self.request(Method::GET, "/v1/locations")).await
+    }
+
+    pub async fn get_location(&self, name: &str) -> Result<crate::location::LocationView, ClientError> {
+        self.send(self.request(Method::GET, &format!("/v1/locations/{name}"))).await
+    }
+
+    /// Pulls `lever` on `name` with `reason` (evacuate: to `to`, or each job's own locations when empty).
+    pub async fn pull_lever(
+        &self,
+        name: &str,
+        lever: crate::location::LeverKind,
+        reason: &str,
+        to: &[String],
+        dry_run: bool,
+    ) -> Result<crate::location::LeverAnswer, ClientError> {
+        let body = crate::location::LeverRequest {
+            reason: Some(reason.to_string()),
+            to: (!to.is_empty()).then(|| to.to_vec()),
+        };
+        let dry = if dry_run { "?dryRun=true" } else { "" };
+        let path = format!("/v1/locations/{name}/{}{dry}", lever.as_str());
+        self.send(self.request(Method::POST, &path).json(&body)).await
+    }
+
+    pub async fn set_weight(
+        &self,
+        name: &str,
+        weight: u8,
+        reason: &str,
+        dry_run: bool,
+    ) -> Result<crate::location::LeverAnswer, ClientError> {
+        let body = crate::location::WeightRequest { reason: Some(reason.to_string()), weight: Some(i64::from(weight)) };
+        let dry = if dry_run { "?dryRun=true" } else { "" };
+        self.send(self.request(Method::PUT, &format!("/v1/locations/{name}/weight{dry}")).json(&body)).await
+    }
+
+    pub async fn endpoints(&self, job: &str) -> Result<crate::location::Endpoints, ClientError> {
+        self.send(self.request(Method::GET, &format!("/v1/jobs/{job}/endpoints"))).await
+    }
+
     pub async fn cells(&self) -> Result<Vec<crate::view::CellView>, ClientError> {
         self.send(self.request(Method::GET, "/v1/cells")).await
     }

@@ -76,7 +76,9 @@ pub struct EventQuery {
 impl EventQuery {
     /// The topics asked for, every one when none is named.
     pub fn topics(&self) -> Result<Vec<Topic>, ApiError> {
-        let Some(t) = &self.topic else { return Ok(vec![Topic::Job, Topic::Task, Topic::Agent, Topic::Quota, Topic::Location]) };
+        let Some(t) = &self.topic else {
+            return Ok(vec![Topic::Job, Topic::Task, Topic::Agent, Topic::Quota, Topic::Location]);
+        };
         t.split(',')
             .map(|name| {
                 Topic::parse(name.trim()).ok_or_else(|| {

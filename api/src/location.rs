@@ -37,8 +37,9 @@ pub struct WeightRequest {
 /// Checks a lever's reason: present, not blank, not too long.
 pub fn check_reason(reason: Option<&str>) -> Result<String, ApiError> {
     match reason.map(str::trim) {
-        None | Some("") => Err(ApiError::new(ErrorCode::InvalidParameter, "a lever needs a reason: say why")
-            .with_field("reason")),
+        None | Some("") => {
+            Err(ApiError::new(ErrorCode::InvalidParameter, "a lever needs a reason: say why").with_field("reason"))
+        }
         Some(r) if r.len() > MAX_REASON => Err(ApiError::new(
             ErrorCode::InvalidParameter,
             format!("the reason is {} bytes, more than {MAX_REASON}", r.len()),

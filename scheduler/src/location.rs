@@ -548,7 +548,9 @@ pub fn plan<'a>(
             mv.left = overflow;
             mv.why_left = Some(binding.unwrap_or_else(|| {
                 if fallbacks.is_empty() {
-                    format!("no other location: the job asks only for {home} and names no failover location that is active")
+                    format!(
+                        "no other location: the job asks only for {home} and names no failover location that is active"
+                    )
                 } else {
                     "no target took it".to_string()
                 }
@@ -609,7 +611,13 @@ mod tests {
     }
 
     fn candidate<'a>(id: &'a str, c: &'a Counts, failover: &'a [String]) -> Candidate<'a> {
-        Candidate { id, counts: c, failover, group: "g", one: Demand { instances: 1, millicpus: 1000, ..Default::default() } }
+        Candidate {
+            id,
+            counts: c,
+            failover,
+            group: "g",
+            one: Demand { instances: 1, millicpus: 1000, ..Default::default() },
+        }
     }
 
     fn no_quota(_: &str, _: &str, _: &Demand, _: &Demand) -> (u32, Option<Resource>) {
@@ -692,8 +700,11 @@ mod tests {
         let mut r = LocationRecord::new("dc1");
         r.state = state;
         r.evacuation = Some(Evacuation {
-            moves: [("web".to_string(), JobMove { from: 10, to: counts(&[("dc2", 6), ("dc3", 4)]), ..Default::default() })]
-                .into(),
+            moves: [(
+                "web".to_string(),
+                JobMove { from: 10, to: counts(&[("dc2", 6), ("dc3", 4)]), ..Default::default() },
+            )]
+            .into(),
             ..Default::default()
         });
         r

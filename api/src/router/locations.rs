@@ -88,8 +88,11 @@ async fn pull(
     let who = lever_actor(&headers, req.reason.as_deref())?;
     let to = req.to.unwrap_or_default();
     if lever != LeverKind::Evacuate && !to.is_empty() {
-        return Err(ApiError::new(ErrorCode::InvalidParameter, format!("only evacuate takes targets, not {}", lever.as_str()))
-            .with_field("to"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("only evacuate takes targets, not {}", lever.as_str()),
+        )
+        .with_field("to"));
     }
     Ok(Json(cell.pull_lever(name, lever, to, dry, who).await?))
 }

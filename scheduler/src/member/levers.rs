@@ -98,8 +98,8 @@ impl Handle {
         let Some(addrs) = self.config.federation.cells.get(location) else {
             return Err(format!("no cell of this federation is location {location}"));
         };
-        let body = rmp_serde::to_vec_named(&Trial { from: self.config.cell.clone(), tasks })
-            .map_err(|e| e.to_string())?;
+        let body =
+            rmp_serde::to_vec_named(&Trial { from: self.config.cell.clone(), tasks }).map_err(|e| e.to_string())?;
         let mut last = String::from("no member answered");
         for addr in addrs {
             let sent = self
@@ -162,7 +162,11 @@ impl Handle {
                     let needs: Vec<FleetNeed> = tried
                         .needs
                         .iter()
-                        .map(|(g, agents, tasks)| FleetNeed { instance_group: g.clone(), agents: *agents, tasks: *tasks })
+                        .map(|(g, agents, tasks)| FleetNeed {
+                            instance_group: g.clone(),
+                            agents: *agents,
+                            tasks: *tasks,
+                        })
                         .collect();
                     let why = if needs.is_empty() {
                         "no instance group there could take it".to_string()
@@ -184,16 +188,18 @@ impl Handle {
                 Err(e) => {
                     // Unknown capacity trims nothing: the instances go there and wait for room if need be.
                     tracing::warn!(target = %target, error = %e, "no trial placement for an evacuation");
-                    capacity.push(CapacityCheck { location: target, requested, placed: 0, fleet_needs: Vec::new(), error: Some(e) });
+                    capacity.push(CapacityCheck {
+                        location: target,
+                        requested,
+                        placed: 0,
+                        fleet_needs: Vec::new(),
+                        error: Some(e),
+                    });
                 }
             }
         }
-        let evacuation = Evacuation {
-            started_ms: crate::clock::now_ms(),
-            targets: named.to_vec(),
-            moves,
-            ..Evacuation::default()
-        };
+        let evacuation =
+            Evacuation { started_ms: crate::clock::now_ms(), targets: named.to_vec(), moves, ..Evacuation::default() };
         (evacuation, capacity)
     }
 

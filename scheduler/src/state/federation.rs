@@ -210,7 +210,11 @@ impl CellState {
         &mut self,
         from: &str,
         upto: u64,
-        (jobs, quotas, locations): (&[ReplicatedJob], &[crate::quota::ReplicatedQuota], &[crate::location::LocationRecord]),
+        (jobs, quotas, locations): (
+            &[ReplicatedJob],
+            &[crate::quota::ReplicatedQuota],
+            &[crate::location::LocationRecord],
+        ),
         (max_skew_ms, tombstone_ms): (u64, u64),
         meta: &Meta,
     ) -> MergeOutcome {

@@ -22,7 +22,7 @@ impl CellState {
     }
 
     /// Refuses counts that rise in a frozen location: `after` against `before` (a new job: nothing before).
-    pub(super) fn check_frozen(
+    pub fn check_frozen(
         &self,
         before: Option<&BTreeMap<String, u32>>,
         after: &BTreeMap<String, u32>,

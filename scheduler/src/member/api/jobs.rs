@@ -8,6 +8,7 @@ impl JobsApi for Cell {
             let id = uuid::Uuid::new_v4().to_string();
             let spec = Spec::from(spec);
             self.check_locations(spec.counts().keys())?;
+            self.check_failover(&spec)?;
             let unseen = self.unseen(spec.counts().keys());
             let mut job = self
                 .write(Command::PutJob { id, spec: Arc::new(spec), idempotency_key, meta: self.meta(actor) })
@@ -67,6 +68,7 @@ impl JobsApi for Cell {
         Box::pin(async move {
             let spec = Spec::from(spec);
             self.check_locations(spec.counts().keys())?;
+            self.check_failover(&spec)?;
             let unseen = self.unseen(spec.counts().keys());
             let mut job = self
                 .write(Command::UpdateJob { id, spec: Arc::new(spec), if_version: if_match, meta: self.meta(actor) })
@@ -121,6 +123,9 @@ impl JobsApi for Cell {
                 }
             };
             self.check_locations(counts.keys())?;
+            self.check_failover(&spec)?;
+            let before = state.job(&id).map(|j| &j.counts);
+            state.check_frozen(before, &counts).map_err(super::rejection)?;
             let after = state
                 .check_admission(&id, &spec, &counts, enabled)
                 .map_err(|e| super::rejection(crate::command::Rejection::QuotaExceeded(e)))?;

@@ -136,11 +136,21 @@ impl Cell {
                 fleet_needs: t
                     .needs
                     .iter()
-                    .map(|(g, a, n)| titan_api::location::FleetNeed { instance_group: g.clone(), agents: *a, tasks: *n })
+                    .map(|(g, a, n)| titan_api::location::FleetNeed {
+                        instance_group: g.clone(),
+                        agents: *a,
+                        tasks: *n,
+                    })
                     .collect(),
                 error: None,
             },
-            Err(e) => CapacityCheck { location: name.to_string(), requested, placed: 0, fleet_needs: Vec::new(), error: Some(e) },
+            Err(e) => CapacityCheck {
+                location: name.to_string(),
+                requested,
+                placed: 0,
+                fleet_needs: Vec::new(),
+                error: Some(e),
+            },
         }]
     }
 
@@ -300,9 +310,11 @@ impl LocationsApi for Cell {
 
     fn endpoints(&self, job: String, local: bool) -> ApiResult<'_, Endpoints> {
         Box::pin(async move {
-            let counts = self.read().job(&job).map(|j| j.counts.clone()).ok_or_else(|| ApiError::not_found("job", &job))?;
+            let counts =
+                self.read().job(&job).map(|j| j.counts.clone()).ok_or_else(|| ApiError::not_found("job", &job))?;
             let me = self.config.cell.clone();
-            let mut names: BTreeSet<String> = if local { BTreeSet::new() } else { all_locations(&self.config).into_iter().collect() };
+            let mut names: BTreeSet<String> =
+                if local { BTreeSet::new() } else { all_locations(&self.config).into_iter().collect() };
             if !local {
                 names.extend(counts.keys().cloned());
             }

@@ -102,6 +102,14 @@ impl Cell {
         Ok(())
     }
 
+    /// Refuses a failover preference naming a location the federation has not (in a federation).
+    pub(crate) fn check_failover(&self, spec: &crate::spec::Spec) -> Result<(), ApiError> {
+        for (i, l) in spec.failover.iter().enumerate() {
+            self.check_locations(std::iter::once(l)).map_err(|e| e.with_field(format!("failover[{i}]")))?;
+        }
+        Ok(())
+    }
+
     /// The job in each location: this cell's figures now, the others' as their cells last reported them.
     pub(crate) fn location_views(&self, job: &crate::job::JobRecord) -> Vec<titan_api::view::LocationView> {
         let f = &self.config.federation;
