@@ -481,6 +481,7 @@ async fn what_another_cell_may_not_send_is_refused_with_nothing_applied() {
             upto: 1,
             jobs: vec![job],
             quotas: Vec::new(),
+            locations: Vec::new(),
         };
         rmp_serde::to_vec_named(&push).expect("encodes")
     };

@@ -27,6 +27,26 @@ pub fn count(state: &CellState, job: &JobRecord, cell: &str, seen: &dyn Elsewher
     n
 }
 
+/// The other locations' figures as heard, and this cell's own from its state.
+pub struct Here<'a> {
+    pub state: &'a CellState,
+    pub cell: &'a str,
+    pub seen: &'a dyn Elsewhere,
+}
+
+impl Elsewhere for Here<'_> {
+    fn running(&self, location: &str, job: &str) -> Option<u32> {
+        if location == self.cell {
+            return Some(self.state.figures(job).0);
+        }
+        self.seen.running(location, job)
+    }
+
+    fn is_down(&self, location: &str) -> bool {
+        location != self.cell && self.seen.is_down(location)
+    }
+}
+
 /// The instances `cell` should run of every job that asks for any there, by job id.
 pub fn desired(state: &CellState, cell: &str, seen: &dyn Elsewhere) -> BTreeMap<String, u32> {
     state.jobs().map(|j| (j.id.clone(), count(state, j, cell, seen))).filter(|(_, n)| *n > 0).collect()

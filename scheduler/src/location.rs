@@ -513,7 +513,7 @@ pub fn plan<'a>(
             let used = planned.get(&key).copied().unwrap_or_default();
             let (fits, r) = room_of(job.group, location, &used, &job.one);
             let k = want.min(fits);
-            if k < want {
+            if k < want && binding.is_none() {
                 binding = Some(format!(
                     "quota: group {} has room for {k} more in {location} ({} limit)",
                     job.group,

@@ -333,7 +333,8 @@ impl Levers {
         let leader = crate::scheduling::Host::is_leader(&self.handle);
         let (records, progress, complete) = {
             let state = crate::scheduling::Host::read(&self.handle);
-            let seen = self.handle.elsewhere();
+            let heard = self.handle.elsewhere();
+            let seen = crate::desired::Here { state: &state, cell: &me, seen: &heard };
             let records: Vec<LocationRecord> = state.locations().cloned().collect();
             let mut progress = BTreeMap::new();
             let mut complete = Vec::new();

@@ -34,7 +34,8 @@ impl Cell {
         let state = self.read();
         let record = state.location(name).cloned().unwrap_or_else(|| LocationRecord::new(name));
         let progress = record.plan().map(|plan| {
-            let seen = self.handle.elsewhere();
+            let heard = self.handle.elsewhere();
+            let seen = crate::desired::Here { state: &state, cell: &self.config.cell, seen: &heard };
             let jobs = plan
                 .moves
                 .keys()
