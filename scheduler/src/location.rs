@@ -684,7 +684,7 @@ mod tests {
         assert_eq!(p["a"].to, counts(&[("dc2", 5), ("dc3", 5)]));
         assert_eq!(p["b"].to, counts(&[("dc2", 1), ("dc3", 3)]));
         assert_eq!(p["b"].left, 6);
-        assert!(p["b"].why_left.as_deref().unwrap().contains("quota: group g has room for 0 more in"));
+        assert!(p["b"].why_left.as_deref().unwrap().contains("quota: group g has room for 1 more in dc2 (instances limit)"));
     }
 
     #[test]

@@ -317,3 +317,67 @@ fn an_earlier_kill_from_another_cell_moves_the_tombstone_and_it_is_forgotten_onc
     assert!(here.job("j1").is_none());
     assert!(here.forgettable_jobs(10 * WEEK, WEEK, 10).is_empty());
 }
+
+fn lever(location: &str, lever: crate::location::Lever, at: u64, cell: &str) -> Command {
+    Command::Lever { location: location.into(), lever, meta: Meta { cell: cell.into(), ..meta(at) } }
+}
+
+#[test]
+fn a_frozen_location_refuses_every_write_that_raises_a_count_there_and_takes_the_rest() {
+    use crate::location::{Lever, LeverState};
+    let mut state = CellState::default();
+    state.apply(&put("j1", None, 1));
+    let (answer, fx) = state.apply(&lever("dc1", Lever::Freeze, 2, "dc1"));
+    assert_eq!(answer, Response::Location { name: "dc1".into(), state: LeverState::Frozen, version: 1 });
+    assert!(fx.dirty_jobs.contains("j1"), "the jobs asking for dc1 are looked at again");
+    let frozen = Response::Rejected(Rejection::LocationFrozen { location: "dc1".into(), state: LeverState::Frozen });
+    let scale = |n: u32, l: &str, at: u64| Command::SetInstances {
+        id: "j1".into(),
+        instances: BTreeMap::from([(l.to_string(), n)]),
+        if_version: None,
+        meta: meta(at),
+    };
+    assert_eq!(state.apply(&scale(3, "dc1", 3)).0, frozen);
+    assert_eq!(state.apply(&put("j9", None, 3)).0, frozen, "a new job asking for dc1");
+    assert!(matches!(state.apply(&scale(1, "dc1", 4)).0, Response::Job(_)), "down is taken");
+    assert!(matches!(state.apply(&scale(5, "dc2", 5)).0, Response::Job(_)), "other locations are not frozen");
+    state.apply(&Command::SetEnabled { id: "j1".into(), enabled: false, meta: meta(6) });
+    assert_eq!(state.apply(&Command::SetEnabled { id: "j1".into(), enabled: true, meta: meta(7) }).0, frozen);
+    // Illegal levers are refused at apply, naming the state, and change nothing.
+    let before = state.location("dc1").cloned();
+    let (answer, _) = state.apply(&lever("dc1", Lever::Restore, 8, "dc1"));
+    assert!(matches!(answer, Response::Rejected(Rejection::LeverIllegal(ref e)) if e.state == LeverState::Frozen));
+    assert_eq!(state.location("dc1").cloned(), before);
+    state.apply(&lever("dc1", Lever::Unfreeze, 9, "dc1"));
+    assert!(matches!(state.apply(&scale(3, "dc1", 10)).0, Response::Job(_)), "active again");
+    let l = state.location("dc1").expect("record");
+    assert_eq!((l.version, l.history.len(), l.history[0].why.as_deref()), (2, 2, Some("test")));
+}
+
+#[test]
+fn location_records_merge_last_writer_wins_and_reach_the_outbox_and_the_digest() {
+    use crate::location::{Lever, LeverState};
+    let mut dc1 = CellState::default();
+    dc1.apply(&lever("dc1", Lever::Freeze, 10, "dc1"));
+    let mut dc2 = CellState::default();
+    dc2.apply(&lever("dc1", Lever::Weight(40), 20, "dc2"));
+    let theirs = dc2.location("dc1").cloned().expect("dc2's record");
+    let ours = dc1.location("dc1").cloned().expect("dc1's record");
+    let merge = |from: &str, l: crate::location::LocationRecord| Command::Merge {
+        from: from.into(),
+        upto: 1,
+        jobs: Vec::new(),
+        max_skew_ms: 60_000,
+        tombstone_ms: 0,
+        meta: meta(30),
+        quotas: Vec::new(),
+        locations: vec![l],
+    };
+    dc1.apply(&merge("dc2", theirs.clone()));
+    dc2.apply(&merge("dc1", ours));
+    assert_eq!(dc1.location("dc1"), dc2.location("dc1"), "both hold the later write");
+    let held = dc1.location("dc1").expect("record");
+    assert_eq!((held.state, held.weight), (LeverState::Active, 40));
+    assert!(dc1.outbox_after(0, 10).any(|(_, o)| matches!(o, Outgoing::Location(l) if l.name == "dc1")));
+    assert_eq!(dc1.digest(30, 0), dc2.digest(30, 0));
+}
