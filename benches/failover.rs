@@ -10,8 +10,10 @@
 //!   starting or running);
 //! - run: until all of them run;
 //! - and until dc1 is `evacuated` (live: its own tasks stopped, make-before-break) or `active` again (restore).
-//! 1. live evacuation of dc1; 2. restore of dc1 (its tasks run again, then the extras stop); 3. dc1's member killed,
+//!
+//! The moves: a live evacuation of dc1; its restore (its tasks run again, then the extras stop); dc1's member killed,
 //! then evacuated through dc2 (counts move at once), restarted, and restored.
+//!
 //! Every wait is bounded; the processes are killed at the end. Under `cargo test` a smoke run moves 200 instances.
 
 #[path = "../tests/common/mod.rs"]
@@ -200,14 +202,23 @@ async fn main() {
     let targets = [addr("dc2"), addr("dc3")];
     let home = [addr("dc1")];
     let watchers = [dc2.clone(), dc3.clone()];
-    timed("live evacuate", &dc1, &watchers, LeverKind::Evacuate, (&http, &targets, own + total), "evacuated", None).await;
+    timed("live evacuate", &dc1, &watchers, LeverKind::Evacuate, (&http, &targets, own + total), "evacuated", None)
+        .await;
     // A restore starts dc1's instances again (timed on dc1), until the location is active (the extras then stop).
     timed("live restore", &dc1, &watchers, LeverKind::Restore, (&http, &home, total), "active", None).await;
 
     cells.get_mut("dc1").expect("dc1").member(1).kill();
     let dc3_only = [dc3.clone()];
-    timed("dead evacuate", &dc2, &dc3_only, LeverKind::Evacuate, (&http, &targets, own + total), "evacuated", Some(&dc2))
-        .await;
+    timed(
+        "dead evacuate",
+        &dc2,
+        &dc3_only,
+        LeverKind::Evacuate,
+        (&http, &targets, own + total),
+        "evacuated",
+        Some(&dc2),
+    )
+    .await;
     cells.get_mut("dc1").expect("dc1").restart(1);
     cells["dc1"].leader(Duration::from_secs(30)).await;
     // Back, dc1 learns it is evacuated and stops what it ran before; then it is restored.

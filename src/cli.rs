@@ -887,8 +887,13 @@ fn print_answer(a: &titan_api::location::LeverAnswer) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        say!("{}", table(&["JOB", "FROM", "TO", "LEFT", "WHY LEFT"], &rows));
-        say!("{} instances move, {} stay behind", a.to_move, a.left_behind);
+        if a.lever == "restore" {
+            say!("{}", table(&["JOB", "COUNT", "MOVED TO", "LEFT", "WHY LEFT"], &rows));
+            say!("{} instances return to {} (the extras elsewhere stop as they run)", a.to_move, a.location);
+        } else {
+            say!("{}", table(&["JOB", "FROM", "TO", "LEFT", "WHY LEFT"], &rows));
+            say!("{} instances move, {} stay behind", a.to_move, a.left_behind);
+        }
     } else if a.jobs_affected > 0 {
         say!("{} jobs ask for {}", a.jobs_affected, a.location);
     }
@@ -948,7 +953,7 @@ pub async fn location(target: &Target, command: LocationCommand) -> anyhow::Resu
                         ]
                     })
                     .collect();
-                say!("{}", table(&["JOB", "TO", "RUNNING ELSEWHERE", "STOPPED HERE", "LEFT", "WHY LEFT"], &rows));
+                say!("{}", table(&["JOB", "ID", "TO", "RUNNING ELSEWHERE", "STOPPED HERE", "LEFT", "WHY LEFT"], &rows));
                 if let Some(e) = &p.evidence {
                     say!("automatic: {e}");
                 }

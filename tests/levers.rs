@@ -26,11 +26,8 @@ fn federation(extra: &str, addr: &dyn Fn(&str, &str, &Cluster) -> String) -> BTr
         CELLS.iter().map(|name| (*name, Cluster::configure_cell(name, 1, TEST_CONFIG))).collect();
     let mut configs = BTreeMap::new();
     for name in CELLS {
-        let others: Vec<String> = CELLS
-            .iter()
-            .filter(|n| **n != name)
-            .map(|n| format!("{n} = [\"{}\"]", addr(name, n, &cells[n])))
-            .collect();
+        let others: Vec<String> =
+            CELLS.iter().filter(|n| **n != name).map(|n| format!("{n} = [\"{}\"]", addr(name, n, &cells[n]))).collect();
         configs.insert(
             name,
             format!(
@@ -59,7 +56,9 @@ async fn started(extra: &str) -> (BTreeMap<&'static str, Cluster>, Vec<SimAgent>
     let record = Arc::new(Record::default());
     let agents = cells
         .iter()
-        .map(|(name, c)| sim::start(vec![c.addrs()], sim::registration(&format!("agent-{name}"), 8.0, 8192, name), record.clone()))
+        .map(|(name, c)| {
+            sim::start(vec![c.addrs()], sim::registration(&format!("agent-{name}"), 8.0, 8192, name), record.clone())
+        })
         .collect();
     (cells, agents)
 }
@@ -149,7 +148,8 @@ async fn evacuating_a_live_location_is_make_before_break_and_a_restore_brings_it
     wait_running(&cells, &solo, &[("dc1", 4)]).await;
 
     let dc1 = client(&cells, "dc1");
-    let answer = dc1.pull_lever("dc1", LeverKind::Evacuate, "dc1 network degraded", &[], false).await.expect("evacuate");
+    let answer =
+        dc1.pull_lever("dc1", LeverKind::Evacuate, "dc1 network degraded", &[], false).await.expect("evacuate");
     assert_eq!((answer.from.as_str(), answer.state.as_str(), answer.weight), ("active", "evacuating", 0));
     assert_eq!((answer.to_move, answer.left_behind), (10, 0), "{answer:?}");
     // The evacuated location is read first: it stops only what already runs elsewhere.

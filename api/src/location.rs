@@ -140,6 +140,7 @@ pub struct MoveProgress {
 #[serde(rename_all = "camelCase")]
 pub struct JobMoveProgress {
     pub job_id: String,
+    pub name: String,
     /// Its count in the location when the lever was pulled.
     pub from: u32,
     /// Instances moved to each location.

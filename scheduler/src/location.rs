@@ -479,6 +479,10 @@ pub fn targets(home: &str, job: &Candidate<'_>, named: &[String], open: &BTreeSe
     job.failover.iter().filter(usable).take(1).map(|l| (l.clone(), 1)).collect()
 }
 
+/// How many more instances of a group fit a location's quota: `(group, location, planned there so far, one
+/// instance)` to the count and the binding resource.
+pub type RoomOf<'a> = &'a dyn Fn(&str, &str, &Demand, &Demand) -> (u32, Option<Resource>);
+
 /// Plans an evacuation of `home`: each job's count there split over its targets, within each target's quota room
 /// (`room_of(group, location, demand planned so far there, one instance)`), spilling what one target cannot take to the job's
 /// other targets (then its failover preference), and leaving the rest with why.
@@ -487,7 +491,7 @@ pub fn plan<'a>(
     jobs: impl Iterator<Item = Candidate<'a>>,
     named: &[String],
     open: &BTreeSet<String>,
-    room_of: &dyn Fn(&str, &str, &Demand, &Demand) -> (u32, Option<Resource>),
+    room_of: RoomOf<'_>,
 ) -> BTreeMap<String, JobMove> {
     let mut planned: BTreeMap<(String, String), Demand> = BTreeMap::new();
     let mut out = BTreeMap::new();
@@ -576,7 +580,11 @@ pub fn trim(moves: &mut BTreeMap<String, JobMove>, location: &str, placed: &BTre
             mv.to.insert(location.to_string(), got);
         }
         mv.left += want - got;
-        mv.why_left = Some(format!("capacity: {location} placed {got} of {want} in a trial placement; {why}"));
+        let note = format!("capacity: {location} placed {got} of {want} in a trial placement; {why}");
+        mv.why_left = Some(match mv.why_left.take() {
+            Some(earlier) => format!("{earlier}. {note}"),
+            None => note,
+        });
     }
 }
 
@@ -684,7 +692,11 @@ mod tests {
         assert_eq!(p["a"].to, counts(&[("dc2", 5), ("dc3", 5)]));
         assert_eq!(p["b"].to, counts(&[("dc2", 1), ("dc3", 3)]));
         assert_eq!(p["b"].left, 6);
-        assert!(p["b"].why_left.as_deref().unwrap().contains("quota: group g has room for 1 more in dc2 (instances limit)"));
+        assert!(p["b"]
+            .why_left
+            .as_deref()
+            .unwrap()
+            .contains("quota: group g has room for 1 more in dc2 (instances limit)"));
     }
 
     #[test]

@@ -59,6 +59,7 @@ impl Cell {
                     .map(|j| {
                         let mv = &plan.moves[&j.job];
                         JobMoveProgress {
+                            name: state.job(&j.job).map(|r| r.spec.name.clone()).unwrap_or_default(),
                             from: mv.from,
                             to: mv.to.clone(),
                             job_id: j.job,
