@@ -460,7 +460,7 @@ async fn a_follower_asks_its_leader_over_the_stream_and_relays_its_refusals() {
     let here = workers(client.cluster().await.expect("cluster view"));
     assert_eq!(
         here.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["metrics", "proposer-1", "proposer-2", "scheduler"]
+        ["levers", "metrics", "proposer-1", "proposer-2", "scheduler"]
     );
     assert_eq!(here["scheduler"], "following");
     eventually(CONVERGE, "the leader's scheduler to say it leads", || {

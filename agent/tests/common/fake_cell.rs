@@ -268,6 +268,31 @@ impl QuotasApi for FakeCell {
     }
 }
 
+impl titan_api::router::LocationsApi for FakeCell {
+    fn list_locations(&self) -> ApiResult<'_, titan_api::location::LocationList> {
+        Box::pin(async { unsupported() })
+    }
+    fn get_location(&self, _: String) -> ApiResult<'_, titan_api::location::LocationView> {
+        Box::pin(async { unsupported() })
+    }
+    fn pull_lever(
+        &self,
+        _: String,
+        _: titan_api::location::LeverKind,
+        _: Vec<String>,
+        _: bool,
+        _: Actor,
+    ) -> ApiResult<'_, titan_api::location::LeverAnswer> {
+        Box::pin(async { unsupported() })
+    }
+    fn set_weight(&self, _: String, _: u8, _: bool, _: Actor) -> ApiResult<'_, titan_api::location::LeverAnswer> {
+        Box::pin(async { unsupported() })
+    }
+    fn endpoints(&self, _: String, _: bool) -> ApiResult<'_, titan_api::location::Endpoints> {
+        Box::pin(async { unsupported() })
+    }
+}
+
 impl Reads for FakeCell {
     fn read_barrier(&self) -> ApiResult<'_, ()> {
         Box::pin(async { Ok(()) })
