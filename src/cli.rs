@@ -944,6 +944,7 @@ pub async fn location(target: &Target, command: LocationCommand) -> anyhow::Resu
                     .map(|j| {
                         let to: Vec<String> = j.to.iter().map(|(l, n)| format!("{l}:{n}")).collect();
                         vec![
+                            j.name.clone(),
                             j.job_id.clone(),
                             to.join(","),
                             format!("{}/{}", j.started_elsewhere, j.to_move),
@@ -953,7 +954,10 @@ pub async fn location(target: &Target, command: LocationCommand) -> anyhow::Resu
                         ]
                     })
                     .collect();
-                say!("{}", table(&["JOB", "ID", "TO", "RUNNING ELSEWHERE", "STOPPED HERE", "LEFT", "WHY LEFT"], &rows));
+                say!(
+                    "{}",
+                    table(&["JOB", "ID", "TO", "RUNNING ELSEWHERE", "NOT RUNNING HERE", "LEFT", "WHY LEFT"], &rows)
+                );
                 if let Some(e) = &p.evidence {
                     say!("automatic: {e}");
                 }

@@ -41,10 +41,7 @@ use crate::router::paths::*;
         delete_quota,
         list_locations,
         get_location,
-        freeze,
-        unfreeze,
-        evacuate,
-        restore,
+        pull_lever,
         set_weight,
         endpoints
     ),
@@ -52,11 +49,43 @@ use crate::router::paths::*;
         crate::error::ApiError,
         crate::error::ErrorCode,
         crate::view::JobState,
-        crate::task::TaskState
+        crate::task::TaskState,
+        crate::location::LeverKind
     ))
 )]
 struct Doc;
 
 pub fn document() -> utoipa::openapi::OpenApi {
     Doc::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `$ref` in `value`, recursively.
+    fn refs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("$ref", serde_json::Value::String(r)) => out.push(r.clone()),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_schema_the_document_refers_to_is_in_it() {
+        let doc = serde_json::to_value(super::document()).expect("the document serializes");
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r} is not a schema"));
+            assert!(doc["components"]["schemas"].get(name).is_some(), "{r} is referred to but not defined");
+        }
+    }
 }

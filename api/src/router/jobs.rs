@@ -16,13 +16,6 @@ use crate::error::{ApiError, ErrorCode};
 use crate::job::{InstancesRequest, JobSpec};
 use crate::quota::{DryRun, DryRunQuery, JobWrite};
 
-type DryRunParams = Result<Query<DryRunQuery>, QueryRejection>;
-
-/// Whether the write is asked as a dry run.
-fn dry_run(query: DryRunParams) -> Result<bool, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()).with_field("dryRun"))?;
-    Ok(q.dry_run == Some(true))
-}
 use crate::view::{HistoryEntry, JobList, JobRef, JobView, ListQuery, ReadQuery, MAX_PAGE_SIZE};
 
 /// What a cell answers its users about jobs. Writes are answered after they are committed.

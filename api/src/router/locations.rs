@@ -41,19 +41,9 @@ pub(super) fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/locations", get(list_locations))
         .route("/v1/locations/{name}", get(get_location))
-        .route("/v1/locations/{name}/freeze", post(freeze))
-        .route("/v1/locations/{name}/unfreeze", post(unfreeze))
-        .route("/v1/locations/{name}/evacuate", post(evacuate))
-        .route("/v1/locations/{name}/restore", post(restore))
         .route("/v1/locations/{name}/weight", put(set_weight))
+        .route("/v1/locations/{name}/{lever}", post(pull_lever))
         .route("/v1/jobs/{id}/endpoints", get(endpoints))
-}
-
-type DryRunParams = Result<Query<DryRunQuery>, QueryRejection>;
-
-fn dry_run(query: DryRunParams) -> Result<bool, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()).with_field("dryRun"))?;
-    Ok(q.dry_run == Some(true))
 }
 
 /// A lever's body: JSON, or none at all (then it has no reason, and says so).
@@ -75,28 +65,6 @@ fn lever_actor(headers: &HeaderMap, reason: Option<&str>) -> Result<Actor, ApiEr
     Ok(who)
 }
 
-async fn pull(
-    cell: Locations,
-    name: String,
-    lever: LeverKind,
-    dry: DryRunParams,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<LeverAnswer>, ApiError> {
-    let dry = dry_run(dry)?;
-    let req: LeverRequest = lever_body(&headers, body).await?;
-    let who = lever_actor(&headers, req.reason.as_deref())?;
-    let to = req.to.unwrap_or_default();
-    if lever != LeverKind::Evacuate && !to.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidParameter,
-            format!("only evacuate takes targets, not {}", lever.as_str()),
-        )
-        .with_field("to"));
-    }
-    Ok(Json(cell.pull_lever(name, lever, to, dry, who).await?))
-}
-
 #[utoipa::path(get, path = "/v1/locations", tag = "locations", params(ReadQuery),
     responses((status = 200, body = LocationList)))]
 async fn list_locations(State(cell): State<Locations>, query: ReadParams) -> Result<Json<LocationList>, ApiError> {
@@ -115,56 +83,37 @@ async fn get_location(
     Ok(Json(cell.get_location(name).await?))
 }
 
-#[utoipa::path(post, path = "/v1/locations/{name}/freeze", tag = "locations", params(("name" = String, Path), DryRunQuery),
+#[utoipa::path(post, path = "/v1/locations/{name}/{lever}", tag = "locations",
+    params(("name" = String, Path), ("lever" = LeverKind, Path, description = "freeze, unfreeze, evacuate or restore"),
+        DryRunQuery),
     request_body(content = LeverRequest, content_type = "application/json"),
     responses((status = 200, body = LeverAnswer), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
-async fn freeze(
+async fn pull_lever(
     State(cell): State<Locations>,
-    Path(name): Path<String>,
+    Path((name, lever)): Path<(String, String)>,
     dry: DryRunParams,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<LeverAnswer>, ApiError> {
-    pull(cell, name, LeverKind::Freeze, dry, headers, body).await
-}
-
-#[utoipa::path(post, path = "/v1/locations/{name}/unfreeze", tag = "locations", params(("name" = String, Path), DryRunQuery),
-    request_body(content = LeverRequest, content_type = "application/json"),
-    responses((status = 200, body = LeverAnswer), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
-async fn unfreeze(
-    State(cell): State<Locations>,
-    Path(name): Path<String>,
-    dry: DryRunParams,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<LeverAnswer>, ApiError> {
-    pull(cell, name, LeverKind::Unfreeze, dry, headers, body).await
-}
-
-#[utoipa::path(post, path = "/v1/locations/{name}/evacuate", tag = "locations", params(("name" = String, Path), DryRunQuery),
-    request_body(content = LeverRequest, content_type = "application/json"),
-    responses((status = 200, body = LeverAnswer), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
-async fn evacuate(
-    State(cell): State<Locations>,
-    Path(name): Path<String>,
-    dry: DryRunParams,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<LeverAnswer>, ApiError> {
-    pull(cell, name, LeverKind::Evacuate, dry, headers, body).await
-}
-
-#[utoipa::path(post, path = "/v1/locations/{name}/restore", tag = "locations", params(("name" = String, Path), DryRunQuery),
-    request_body(content = LeverRequest, content_type = "application/json"),
-    responses((status = 200, body = LeverAnswer), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
-async fn restore(
-    State(cell): State<Locations>,
-    Path(name): Path<String>,
-    dry: DryRunParams,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<LeverAnswer>, ApiError> {
-    pull(cell, name, LeverKind::Restore, dry, headers, body).await
+    let Some(lever) = LeverKind::parse(&lever) else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no lever {lever:?}: freeze, unfreeze, evacuate or restore (PUT .../weight for the weight)"),
+        )
+        .with_field("lever"));
+    };
+    let dry = dry_run(dry)?;
+    let req: LeverRequest = lever_body(&headers, body).await?;
+    let who = lever_actor(&headers, req.reason.as_deref())?;
+    let to = req.to.unwrap_or_default();
+    if lever != LeverKind::Evacuate && !to.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("only evacuate takes targets, not {}", lever.as_str()),
+        )
+        .with_field("to"));
+    }
+    Ok(Json(cell.pull_lever(name, lever, to, dry, who).await?))
 }
 
 #[utoipa::path(put, path = "/v1/locations/{name}/weight", tag = "locations", params(("name" = String, Path), DryRunQuery),

@@ -201,8 +201,7 @@ pub(crate) mod paths {
         __path_set_instances, __path_submit_job, __path_update_job,
     };
     pub use super::locations::{
-        __path_endpoints, __path_evacuate, __path_freeze, __path_get_location, __path_list_locations, __path_restore,
-        __path_set_weight, __path_unfreeze,
+        __path_endpoints, __path_get_location, __path_list_locations, __path_pull_lever, __path_set_weight,
     };
     pub use super::quotas::{__path_delete_quota, __path_get_quota, __path_list_quotas, __path_put_quota};
     pub use super::tasks::{__path_get_task, __path_kill_task, __path_list_tasks, __path_task_logs};

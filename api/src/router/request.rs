@@ -104,6 +104,14 @@ pub(super) async fn consistent(cell: &(impl Reads + ?Sized), query: ReadParams) 
     Ok(())
 }
 
+pub(super) type DryRunParams = Result<Query<crate::quota::DryRunQuery>, QueryRejection>;
+
+/// Whether a write is asked as a dry run (`?dryRun=true`).
+pub(super) fn dry_run(query: DryRunParams) -> Result<bool, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()).with_field("dryRun"))?;
+    Ok(q.dry_run == Some(true))
+}
+
 /// Decodes a JSON body of a small internal type: MalformedBody for bad syntax, InvalidSpec for a bad shape.
 pub(super) async fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
     if !matches!(format_of(headers)?, BodyFormat::Json) {

@@ -200,6 +200,29 @@ impl CellState {
         true
     }
 
+    /// The single-register objects of a batch (quotas, locations) whose version is within the skew allowed, the
+    /// clock raised past each; the others are refused in `out`, by outbox key.
+    fn within_skew<T: Clone>(
+        &mut self,
+        items: &[T],
+        version: impl Fn(&T) -> (&Hlc, String),
+        (max_skew_ms, meta): (u64, &Meta),
+        out: &mut MergeOutcome,
+    ) -> Vec<T> {
+        let mut taken = Vec::new();
+        for item in items {
+            let (v, key) = version(item);
+            match hlc::check_skew(v, meta.at_ms, max_skew_ms) {
+                Ok(()) => {
+                    let _ = self.clock.observe(v, meta.at_ms, max_skew_ms);
+                    taken.push(item.clone());
+                }
+                Err(e) => out.refused.push((key, e.to_string())),
+            }
+        }
+        taken
+    }
+
     /// How far this cell has merged `cell`'s outbox.
     pub fn position(&self, cell: &str) -> u64 {
         self.positions.get(cell).copied().unwrap_or(0)
@@ -219,30 +242,18 @@ impl CellState {
         meta: &Meta,
     ) -> MergeOutcome {
         let mut out = MergeOutcome::default();
-        let mut taken = Vec::new();
-        for q in quotas {
-            match hlc::check_skew(&q.hlc, meta.at_ms, max_skew_ms) {
-                Ok(()) => {
-                    let _ = self.clock.observe(&q.hlc, meta.at_ms, max_skew_ms);
-                    taken.push(q.clone());
-                }
-                Err(e) => out.refused.push((crate::quota::outbox_key(&q.group), e.to_string())),
-            }
-        }
-        let (changed, conflicts) = self.merge_quotas(from, &taken, meta);
+        let quotas =
+            self.within_skew(quotas, |q| (&q.hlc, crate::quota::outbox_key(&q.group)), (max_skew_ms, meta), &mut out);
+        let (changed, conflicts) = self.merge_quotas(from, &quotas, meta);
         out.changed += changed;
         out.conflicts += conflicts;
-        let mut taken = Vec::new();
-        for l in locations {
-            match hlc::check_skew(&l.hlc, meta.at_ms, max_skew_ms) {
-                Ok(()) => {
-                    let _ = self.clock.observe(&l.hlc, meta.at_ms, max_skew_ms);
-                    taken.push(l.clone());
-                }
-                Err(e) => out.refused.push((crate::location::outbox_key(&l.name), e.to_string())),
-            }
-        }
-        let (changed, conflicts) = self.merge_locations(from, &taken, meta);
+        let locations = self.within_skew(
+            locations,
+            |l| (&l.hlc, crate::location::outbox_key(&l.name)),
+            (max_skew_ms, meta),
+            &mut out,
+        );
+        let (changed, conflicts) = self.merge_locations(from, &locations, meta);
         out.changed += changed;
         out.conflicts += conflicts;
         for incoming in jobs {
