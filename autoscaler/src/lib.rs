@@ -1,4 +1,6 @@
 //! Fleet autoscaling: policies (reactive, predictive) that read fenzo's idle and shortfall hints, and fleets
 //! (EC2 auto scaling groups, local processes, simulated) that carry out their decisions.
 //!
-//! Empty until the autoscaler issue. The AWS SDK crates live here and nowhere else: they compile slowly.
+//! The AWS SDK crates live here and nowhere else: they compile slowly.
+
+pub mod trace;
