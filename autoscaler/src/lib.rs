@@ -3,4 +3,6 @@
 //!
 //! The AWS SDK crates live here and nowhere else: they compile slowly.
 
+pub mod policy;
+pub mod sim;
 pub mod trace;
