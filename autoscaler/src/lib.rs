@@ -3,6 +3,8 @@
 //!
 //! The AWS SDK crates live here and nowhere else: they compile slowly.
 
+pub mod fleet;
+pub mod plan;
 pub mod policy;
 pub mod sim;
 pub mod trace;
