@@ -3,7 +3,9 @@
 //!
 //! The AWS SDK crates live here and nowhere else: they compile slowly.
 
+pub mod config;
 pub mod fleet;
+pub mod local;
 pub mod plan;
 pub mod policy;
 pub mod sim;
