@@ -55,6 +55,10 @@ pub struct DevArgs {
     /// port pairs from `--listen` (a cell, then its local agent), each with its data under `--data-dir/<cell>`.
     #[arg(long, env = "TITAN_DEV_CELLS", value_delimiter = ',')]
     cells: Vec<String>,
+    /// The most extra local agents the dev cell's autoscaler starts when tasks do not fit (0: none). Not with
+    /// `--cells`.
+    #[arg(long, env = "TITAN_DEV_FLEET_MAX", default_value_t = 3)]
+    fleet_max: u32,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -216,6 +220,7 @@ struct FileConfig {
     raft: Option<RaftTuning>,
     scheduler: Option<titan_scheduler::config::SchedulerConfig>,
     federation: Option<titan_scheduler::federation::FederationConfig>,
+    autoscaler: Option<titan_autoscaler::config::AutoscalerConfig>,
 }
 
 fn init_logging(log: &LogArgs) {
@@ -263,6 +268,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         raft: file.raft.unwrap_or_default(),
         scheduler: file.scheduler.unwrap_or_default(),
         federation,
+        autoscaler: file.autoscaler.unwrap_or_default(),
     };
     serve(config, false).await
 }
@@ -278,9 +284,14 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         raft: RaftTuning::default(),
         scheduler: Default::default(),
         federation: Default::default(),
+        autoscaler: Default::default(),
     };
     if args.cells.is_empty() {
-        return serve(one("dev", args.listen, args.data_dir), true).await;
+        let mut config = one("dev", args.listen, args.data_dir);
+        if args.fleet_max > 0 {
+            config.autoscaler = dev_fleet(args.fleet_max, docker_runs().await);
+        }
+        return serve(config, true).await;
     }
     // A federation on this machine: cell i listens at port + 2i, its local agent at the port after it.
     let listen_of = |i: usize| -> anyhow::Result<SocketAddr> {
@@ -407,11 +418,7 @@ async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyho
     let registry = prometheus::Registry::new();
     let metrics = titan_agent::daemon::LeaseMetrics::new(&registry)?;
     let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-    let docker = match titan_agent::runtime::DockerRuntime::connect(loopback.to_string()) {
-        Ok(d) => d.ping().await.is_ok(),
-        Err(_) => false,
-    };
-    let kind = if docker { "docker" } else { "process" };
+    let kind = if docker_runs().await { "docker" } else { "process" };
     let supervisor = supervisor(&registration, runtime(kind, data_dir, loopback)?, data_dir, None, &registry)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let app = titan_agent::server::router(registry, data_dir.join("logs"));
@@ -427,6 +434,38 @@ async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyho
         std::future::pending::<()>(),
     ));
     Ok(kind)
+}
+
+/// Whether a Docker engine answers on this machine.
+async fn docker_runs() -> bool {
+    match titan_agent::runtime::DockerRuntime::connect("127.0.0.1".to_string()) {
+        Ok(d) => d.ping().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// `titan dev`'s autoscaled local fleet: up to `max` extra agents of 2 cpus and 2 GiB, started when tasks do not
+/// fit and drained and stopped a minute after they are no longer needed.
+fn dev_fleet(max: u32, docker: bool) -> titan_autoscaler::config::AutoscalerConfig {
+    use titan_autoscaler::config::{AutoscalerConfig, FleetKind, GroupConfig};
+    use titan_autoscaler::policy::{PolicyConfig, ReactiveConfig};
+    AutoscalerConfig {
+        interval_ms: 2_000,
+        groups: vec![GroupConfig {
+            name: "local".into(),
+            fleet: FleetKind::Local,
+            asg: None,
+            min: 0,
+            max,
+            slots: 2,
+            memory_mib: 2048,
+            boot_delay_ms: 5_000,
+            boot_grace_ms: 120_000,
+            max_drain_share: 1.0,
+            local_runtime: if docker { "docker" } else { "process" }.into(),
+            policy: PolicyConfig::Reactive(ReactiveConfig { headroom: 0, scale_in_cooldown_minutes: 1 }),
+        }],
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -397,6 +397,10 @@ impl Client {
         self.send(self.request(Method::GET, &format!("/v1/jobs/{job}/endpoints"))).await
     }
 
+    pub async fn autoscaler(&self) -> Result<crate::fleet::AutoscalerView, ClientError> {
+        self.send(self.request(Method::GET, "/v1/autoscaler")).await
+    }
+
     pub async fn cells(&self) -> Result<Vec<crate::view::CellView>, ClientError> {
         self.send(self.request(Method::GET, "/v1/cells")).await
     }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod cron;
 pub mod error;
 pub mod event;
+pub mod fleet;
 pub mod job;
 pub mod location;
 pub mod metrics;

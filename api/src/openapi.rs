@@ -21,6 +21,7 @@ use crate::router::paths::*;
         add_member,
         remove_member,
         cells,
+        autoscaler,
         ready,
         register_agent,
         heartbeat,

@@ -45,6 +45,9 @@ pub struct GroupConfig {
     /// The most of the group draining at once.
     #[serde(default = "default_share")]
     pub max_drain_share: f64,
+    /// The local fleet's agents run tasks with this runtime (`process` or `docker`).
+    #[serde(default = "default_runtime")]
+    pub local_runtime: String,
     #[serde(default)]
     pub policy: PolicyConfig,
 }
@@ -60,6 +63,9 @@ fn default_grace() -> u64 {
 }
 fn default_share() -> f64 {
     0.25
+}
+fn default_runtime() -> String {
+    "process".into()
 }
 
 /// `[autoscaler]`.

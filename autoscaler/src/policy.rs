@@ -99,7 +99,7 @@ pub struct Decision {
     pub forecast: Option<u32>,
 }
 
-pub trait Policy: Send {
+pub trait Policy: Send + Sync {
     fn name(&self) -> &'static str;
     fn decide(&mut self, o: &Observation<'_>) -> Decision;
 }

@@ -85,6 +85,9 @@ pub struct CellConfig {
     /// The other cells (`[federation]`); none for a standalone cell.
     #[serde(default)]
     pub federation: crate::federation::FederationConfig,
+    /// The instance groups the leader scales (`[autoscaler]`); none by default.
+    #[serde(default)]
+    pub autoscaler: titan_autoscaler::config::AutoscalerConfig,
 }
 
 /// A configuration rule that does not hold.
@@ -94,6 +97,8 @@ pub enum ConfigError {
     CellName(String),
     #[error("node id must be at least 1")]
     NodeId,
+    #[error("{0}")]
+    Autoscaler(String),
     #[error("peers must list this member ({node_id}) at its listen address {listen}, or be empty")]
     SelfNotInPeers { node_id: u64, listen: SocketAddr },
     #[error("a cell has 1, 3 or 5 members at bootstrap, not {0}")]
@@ -129,6 +134,7 @@ impl CellConfig {
         if self.node_id == 0 {
             return Err(ConfigError::NodeId);
         }
+        self.autoscaler.validate().map_err(ConfigError::Autoscaler)?;
         if !self.peers.is_empty() {
             if self.peers.get(&self.node_id) != Some(&self.listen) {
                 return Err(ConfigError::SelfNotInPeers { node_id: self.node_id, listen: self.listen });

@@ -6,6 +6,7 @@
 //! depends on the agent crate.
 
 pub mod agent;
+pub mod autoscaling;
 pub mod clock;
 pub mod command;
 pub mod config;

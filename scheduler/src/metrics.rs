@@ -213,6 +213,35 @@ pub mod location {
     .by(&["kind", "automatic"]);
 }
 
+pub mod fleet {
+    use super::*;
+
+    pub const DESIRED: Def = Def::gauge("titan_fleet_desired", "The size an instance group's policy wants").by(&["group"]);
+    pub const INSTANCES: Def = Def::gauge(
+        "titan_fleet_instances",
+        "An instance group's instances by state (pending, running, terminating, booting: no agent yet)",
+    )
+    .by(&["group", "state"]);
+    pub const SHORTFALL: Def =
+        Def::gauge("titan_fleet_shortfall_slots", "Slots the group's pending tasks need that it lacks").by(&["group"]);
+    pub const IDLE: Def = Def::gauge("titan_fleet_idle_slots", "Slots of the group's agents with no task").by(&["group"]);
+    pub const FORECAST: Def =
+        Def::gauge("titan_fleet_forecast_slots", "Slots the group's policy expects within its boot delay").by(&["group"]);
+    pub const DECISIONS: Def = Def::counter(
+        "titan_autoscaler_decisions_total",
+        "Decisions that changed a group's size or drains, by direction (up, down) and policy",
+    )
+    .by(&["group", "direction", "policy"]);
+    pub const LAUNCHES: Def = Def::counter("titan_fleet_launches_total", "Instances launched").by(&["group"]);
+    pub const TERMINATIONS: Def =
+        Def::counter("titan_fleet_terminations_total", "Instances removed (drained and empty)").by(&["group"]);
+    pub const ERRORS: Def = Def::counter(
+        "titan_fleet_errors_total",
+        "Fleet calls that failed, by kind (throttled, not_found, auth, timeout, other)",
+    )
+    .by(&["group", "kind"]);
+}
+
 /// Every metric of a member but the API's (`titan_api::metrics::http`).
 pub const ALL: &[Def] = &[
     raft::TERM,
@@ -274,6 +303,15 @@ pub const ALL: &[Def] = &[
     location::WEIGHT,
     location::EVACUATION,
     location::ACTIONS,
+    fleet::DESIRED,
+    fleet::INSTANCES,
+    fleet::SHORTFALL,
+    fleet::IDLE,
+    fleet::FORECAST,
+    fleet::DECISIONS,
+    fleet::LAUNCHES,
+    fleet::TERMINATIONS,
+    fleet::ERRORS,
 ];
 
 #[cfg(test)]

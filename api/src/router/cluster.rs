@@ -27,6 +27,10 @@ pub trait AdminApi: Reads {
     fn set_agent_draining(&self, id: String, drain: bool, actor: Actor) -> ApiResult<'_, AgentView>;
     /// Every cell of the federation (this one first) as this member sees it.
     fn cells(&self) -> ApiResult<'_, Vec<CellView>>;
+    /// The autoscaler's instance groups, as this member (if it leads) scales them.
+    fn autoscaler(&self) -> ApiResult<'_, crate::fleet::AutoscalerView> {
+        Box::pin(async { Ok(crate::fleet::AutoscalerView::default()) })
+    }
 }
 
 pub(super) type Admin = std::sync::Arc<dyn AdminApi>;
@@ -38,6 +42,13 @@ pub(super) fn routes() -> Router<Api> {
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/cells", get(cells))
+        .route("/v1/autoscaler", get(autoscaler))
+}
+
+#[utoipa::path(get, path = "/v1/autoscaler", tag = "cluster",
+    responses((status = 200, body = crate::fleet::AutoscalerView), (status = 503, body = ApiError)))]
+async fn autoscaler(State(cell): State<Admin>) -> Result<Json<crate::fleet::AutoscalerView>, ApiError> {
+    Ok(Json(cell.autoscaler().await?))
 }
 
 /// The probes: for anyone, always.

@@ -61,6 +61,7 @@ pub enum CellError {
 
 mod answer;
 mod api;
+mod autoscaler;
 mod federation;
 mod handle;
 mod leader;
@@ -106,6 +107,8 @@ pub struct Cell {
     cells: Arc<federation::cells::Cells>,
     federation: federation::worker::FederationMetrics,
     levers: LeverMetrics,
+    /// The autoscaler's view, as its worker last published it.
+    autoscaling: autoscaler::Status,
 }
 
 pub(crate) use crate::clock::now_ms;
@@ -209,6 +212,13 @@ impl Cell {
             committed.clone(),
             proposer.clone(),
         ));
+        let fleet_metrics = autoscaler::FleetMetrics::new(registry, &config.cell, config.node_id)?;
+        let autoscaling: autoscaler::Status = Arc::default();
+        if !config.autoscaler.groups.is_empty() {
+            let worker = autoscaler::Autoscaler::new(handle.clone(), fleet_metrics, autoscaling.clone())
+                .map_err(|e| CellError::Config(crate::config::ConfigError::Autoscaler(e)))?;
+            workers.spawn(worker);
+        }
         let levers = LeverMetrics::new(registry, &config.cell, config.node_id)?;
         workers.spawn(Levers::new(handle.clone(), levers.clone()));
         let federation = federation::worker::FederationMetrics::new(registry, &config.cell, config.node_id)?;
@@ -244,6 +254,7 @@ impl Cell {
             cells,
             federation,
             levers,
+            autoscaling,
         }))
     }
 

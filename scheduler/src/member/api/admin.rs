@@ -7,6 +7,17 @@ impl AdminApi for Cell {
         Box::pin(async move { Ok(self.cell_views()) })
     }
 
+    fn autoscaler(&self) -> ApiResult<'_, titan_api::fleet::AutoscalerView> {
+        Box::pin(async move {
+            let view = self.autoscaling.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if !view.leading && !self.config.autoscaler.groups.is_empty() {
+                // Only the leader scales: the client follows this to it.
+                return Err(ApiError::new(ErrorCode::NotLeader, "the autoscaler runs on the leader; ask it"));
+            }
+            Ok(view)
+        })
+    }
+
     fn cluster(&self) -> ApiResult<'_, ClusterView> {
         Box::pin(async move {
             let m = self.raft.metrics().borrow().clone();
