@@ -997,3 +997,63 @@ pub async fn location(target: &Target, command: LocationCommand) -> anyhow::Resu
     }
     print_answer(&a)
 }
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Per instance group: desired size, instances by state, booting, idle, demand and shortfall, and the last
+    /// decisions with their reasons.
+    Status,
+}
+
+pub async fn fleet(target: &Target, command: FleetCommand) -> anyhow::Result<()> {
+    let client = target.client();
+    match command {
+        FleetCommand::Status => {
+            let view = client.autoscaler().await?;
+            if target.output == Output::Json {
+                return print_json(&view);
+            }
+            if view.groups.is_empty() {
+                say!("no instance group is autoscaled ([[autoscaler.groups]] in the cell's config)");
+                return Ok(());
+            }
+            let count = |m: &std::collections::BTreeMap<String, u32>| {
+                m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+            };
+            let rows: Vec<Vec<String>> = view
+                .groups
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.name.clone(),
+                        g.fleet.clone(),
+                        g.policy.clone(),
+                        format!("{}-{}", g.min, g.max),
+                        g.desired.to_string(),
+                        count(&g.instances),
+                        g.booting.to_string(),
+                        count(&g.agents),
+                        g.idle.to_string(),
+                        g.demand_slots.to_string(),
+                        g.shortfall.to_string(),
+                        g.forecast_slots.map_or("-".into(), |f| f.to_string()),
+                    ]
+                })
+                .collect();
+            let header = [
+                "GROUP", "FLEET", "POLICY", "MIN-MAX", "DESIRED", "INSTANCES", "BOOTING", "AGENTS", "IDLE",
+                "DEMAND SLOTS", "SHORTFALL", "FORECAST",
+            ];
+            say!("{}", table(&header, &rows));
+            for g in &view.groups {
+                if let Some(e) = &g.error {
+                    say!("{}: last fleet call failed: {e}", g.name);
+                }
+                for d in &g.decisions {
+                    say!("  {} {} {} to {}: {} ({})", time(d.at_ms), g.name, d.direction, d.desired, d.reason, d.actions.join("; "));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -71,6 +71,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::LocationCommand,
     },
+    /// Shows the autoscaler's instance groups and its decisions.
+    Fleet {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::FleetCommand,
+    },
     /// Shows the cells of the federation.
     Cell {
         #[command(flatten)]
@@ -101,6 +108,7 @@ fn main() -> ExitCode {
             Command::Cell { target, command } => cli::cell(&target, command).await,
             Command::Quota { target, command } => cli::quota(&target, command).await,
             Command::Location { target, command } => cli::location(&target, command).await,
+            Command::Fleet { target, command } => cli::fleet(&target, command).await,
         }
     });
     match result {

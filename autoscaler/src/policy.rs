@@ -76,6 +76,8 @@ impl History {
 pub struct Observation<'a> {
     /// Minutes since the epoch (the simulator: since the trace's start; minute 0 is a Monday 00:00 UTC).
     pub minute: u64,
+    /// The same moment in ms (cooldowns count in it).
+    pub now_ms: u64,
     /// Slots wanted now: running and pending tasks of the group.
     pub demand: u32,
     /// Instances ready, and launched but not ready yet.
@@ -118,20 +120,20 @@ fn clamp(n: u32, o: &Observation<'_>) -> u32 {
 pub struct ReactiveConfig {
     /// Instances kept beyond what is wanted now.
     pub headroom: u32,
-    /// Minutes a lower size must hold before the group shrinks to it.
-    pub scale_in_cooldown_minutes: u32,
+    /// Seconds a lower size must hold before the group shrinks to it.
+    pub scale_in_cooldown_s: u64,
 }
 
 impl Default for ReactiveConfig {
     fn default() -> Self {
-        ReactiveConfig { headroom: 1, scale_in_cooldown_minutes: 10 }
+        ReactiveConfig { headroom: 1, scale_in_cooldown_s: 600 }
     }
 }
 
 /// What is wanted now plus headroom; shrinks only to the largest need of the cooldown window.
 pub struct Reactive {
     pub config: ReactiveConfig,
-    /// (minute, instances needed) over the cooldown window.
+    /// (ms, instances needed) over the cooldown window.
     recent: VecDeque<(u64, u32)>,
 }
 
@@ -156,8 +158,8 @@ impl Policy for Reactive {
 
     fn decide(&mut self, o: &Observation<'_>) -> Decision {
         let need = self.need(o);
-        self.recent.push_back((o.minute, need));
-        let horizon = o.minute.saturating_sub(u64::from(self.config.scale_in_cooldown_minutes));
+        self.recent.push_back((o.now_ms, need));
+        let horizon = o.now_ms.saturating_sub(self.config.scale_in_cooldown_s * 1000);
         while self.recent.front().is_some_and(|(m, _)| *m < horizon) {
             self.recent.pop_front();
         }
@@ -166,7 +168,7 @@ impl Policy for Reactive {
         let reason = if need > o.ready + o.booting {
             format!("{} slots wanted need {need} instances with {} headroom", o.demand, self.config.headroom)
         } else if held > need {
-            format!("holding {held}: needed within the last {} minutes", self.config.scale_in_cooldown_minutes)
+            format!("holding {held}: needed within the last {} s", self.config.scale_in_cooldown_s)
         } else {
             format!("{} slots wanted: {need} instances with {} headroom", o.demand, self.config.headroom)
         };
@@ -432,6 +434,7 @@ mod tests {
     fn obs(h: &History, minute: u64, demand: u32, ready: u32) -> Observation<'_> {
         Observation {
             minute,
+            now_ms: minute * 60_000,
             demand,
             ready,
             booting: 0,
@@ -447,7 +450,7 @@ mod tests {
     #[test]
     fn reactive_grows_at_once_and_shrinks_only_after_the_cooldown() {
         let h = History::default();
-        let mut p = Reactive::new(ReactiveConfig { headroom: 2, scale_in_cooldown_minutes: 10 });
+        let mut p = Reactive::new(ReactiveConfig { headroom: 2, scale_in_cooldown_s: 600 });
         assert_eq!(p.decide(&obs(&h, 0, 160, 5)).desired, 12, "10 instances of demand and 2 headroom");
         assert_eq!(p.decide(&obs(&h, 5, 16, 12)).desired, 12, "held within the cooldown");
         assert_eq!(p.decide(&obs(&h, 11, 16, 12)).desired, 3, "the cooldown passed");
@@ -457,6 +460,7 @@ mod tests {
         assert_eq!(p.decide(&bounded).desired, 6, "never above max");
         bounded.demand = 0;
         bounded.minute = 100;
+        bounded.now_ms = 100 * 60_000;
         assert_eq!(p.decide(&bounded).desired, 4, "never below min");
     }
 

@@ -182,6 +182,7 @@ impl Autoscaler {
         g.history.record(minute, demand);
         let o = Observation {
             minute,
+            now_ms: now,
             demand,
             ready,
             booting,
