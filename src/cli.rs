@@ -1041,8 +1041,18 @@ pub async fn fleet(target: &Target, command: FleetCommand) -> anyhow::Result<()>
                 })
                 .collect();
             let header = [
-                "GROUP", "FLEET", "POLICY", "MIN-MAX", "DESIRED", "INSTANCES", "BOOTING", "AGENTS", "IDLE",
-                "DEMAND SLOTS", "SHORTFALL", "FORECAST",
+                "GROUP",
+                "FLEET",
+                "POLICY",
+                "MIN-MAX",
+                "DESIRED",
+                "INSTANCES",
+                "BOOTING",
+                "AGENTS",
+                "IDLE",
+                "DEMAND SLOTS",
+                "SHORTFALL",
+                "FORECAST",
             ];
             say!("{}", table(&header, &rows));
             for g in &view.groups {
@@ -1050,7 +1060,15 @@ pub async fn fleet(target: &Target, command: FleetCommand) -> anyhow::Result<()>
                     say!("{}: last fleet call failed: {e}", g.name);
                 }
                 for d in &g.decisions {
-                    say!("  {} {} {} to {}: {} ({})", time(d.at_ms), g.name, d.direction, d.desired, d.reason, d.actions.join("; "));
+                    say!(
+                        "  {} {} {} to {}: {} ({})",
+                        time(d.at_ms),
+                        g.name,
+                        d.direction,
+                        d.desired,
+                        d.reason,
+                        d.actions.join("; ")
+                    );
                 }
             }
         }

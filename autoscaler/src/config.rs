@@ -140,6 +140,8 @@ mod tests {
         assert!(bad(r#"{"groups":[{"name":"a","max":1,"slots":1},{"name":"a","max":1,"slots":1}]}"#).contains("twice"));
         assert!(bad(r#"{"groups":[{"name":"a","max":1,"slots":1,"policy":{"kind":"predictive","quantile":3}}]}"#)
             .starts_with("autoscaler.groups[0].policy.quantile"));
-        assert!(serde_json::from_str::<AutoscalerConfig>(r#"{"groups":[{"name":"a","max":1,"slots":1,"x":1}]}"#).is_err());
+        assert!(
+            serde_json::from_str::<AutoscalerConfig>(r#"{"groups":[{"name":"a","max":1,"slots":1,"x":1}]}"#).is_err()
+        );
     }
 }

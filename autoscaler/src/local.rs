@@ -58,7 +58,18 @@ impl Local {
             .and_then(|()| std::fs::File::create(s.dir.join(&id).join("agent.log")))
             .map_err(|e| FleetError::Other(format!("{}: {e}", s.dir.display())))?;
         let err = log.try_clone().map_err(|e| FleetError::Other(e.to_string()))?;
-        let child = Command::new(&s.binary)
+        let mut command = Command::new(&s.binary);
+        // The agent dies with the cell that started it (a killed dev cell leaves no agent behind).
+        // SAFETY: `prctl` is async-signal-safe and touches nothing of the parent's state.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("agent")
             .args(["--cell-addr", &s.cell_addr])
             .arg("--data-dir")
@@ -106,7 +117,8 @@ impl Fleet for Local {
         Box::pin(async move {
             let gone: Vec<Running> = {
                 let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-                let (gone, kept) = std::mem::take(&mut *running).into_iter().partition(|r| ids.contains(&r.instance.id));
+                let (gone, kept) =
+                    std::mem::take(&mut *running).into_iter().partition(|r| ids.contains(&r.instance.id));
                 *running = kept;
                 gone
             };

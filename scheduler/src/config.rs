@@ -317,6 +317,7 @@ mod tests {
             raft: RaftTuning::default(),
             scheduler: Default::default(),
             federation: Default::default(),
+            autoscaler: Default::default(),
         }
     }
 

@@ -216,7 +216,8 @@ pub mod location {
 pub mod fleet {
     use super::*;
 
-    pub const DESIRED: Def = Def::gauge("titan_fleet_desired", "The size an instance group's policy wants").by(&["group"]);
+    pub const DESIRED: Def =
+        Def::gauge("titan_fleet_desired", "The size an instance group's policy wants").by(&["group"]);
     pub const INSTANCES: Def = Def::gauge(
         "titan_fleet_instances",
         "An instance group's instances by state (pending, running, terminating, booting: no agent yet)",
@@ -224,9 +225,11 @@ pub mod fleet {
     .by(&["group", "state"]);
     pub const SHORTFALL: Def =
         Def::gauge("titan_fleet_shortfall_slots", "Slots the group's pending tasks need that it lacks").by(&["group"]);
-    pub const IDLE: Def = Def::gauge("titan_fleet_idle_slots", "Slots of the group's agents with no task").by(&["group"]);
+    pub const IDLE: Def =
+        Def::gauge("titan_fleet_idle_slots", "Slots of the group's agents with no task").by(&["group"]);
     pub const FORECAST: Def =
-        Def::gauge("titan_fleet_forecast_slots", "Slots the group's policy expects within its boot delay").by(&["group"]);
+        Def::gauge("titan_fleet_forecast_slots", "Slots the group's policy expects within its boot delay")
+            .by(&["group"]);
     pub const DECISIONS: Def = Def::counter(
         "titan_autoscaler_decisions_total",
         "Decisions that changed a group's size or drains, by direction (up, down) and policy",

@@ -194,7 +194,9 @@ pub(crate) mod paths {
         __path_assignments, __path_drain_agent, __path_enable_agent, __path_get_agent, __path_heartbeat,
         __path_list_agents, __path_register_agent, __path_report_status,
     };
-    pub use super::cluster::{__path_add_member, __path_autoscaler, __path_cells, __path_cluster, __path_ready, __path_remove_member};
+    pub use super::cluster::{
+        __path_add_member, __path_autoscaler, __path_cells, __path_cluster, __path_ready, __path_remove_member,
+    };
     pub use super::events::__path_events;
     pub use super::jobs::{
         __path_disable_job, __path_enable_job, __path_get_job, __path_job_history, __path_kill_job, __path_list_jobs,

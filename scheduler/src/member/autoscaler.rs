@@ -73,7 +73,9 @@ pub(crate) struct Autoscaler {
 /// Builds a group's fleet from its settings.
 fn fleet_of(config: &CellConfig, g: &GroupConfig) -> Result<Box<dyn Fleet>, String> {
     match g.fleet {
-        FleetKind::Simulated => Ok(Box::new(titan_autoscaler::fleet::Simulated::new(g.boot_delay_ms, crate::clock::now_ms))),
+        FleetKind::Simulated => {
+            Ok(Box::new(titan_autoscaler::fleet::Simulated::new(g.boot_delay_ms, crate::clock::now_ms)))
+        }
         FleetKind::Local => {
             let binary = std::env::current_exe().map_err(|e| format!("the titan binary: {e}"))?;
             let cell_addr = if config.peers.is_empty() {
@@ -94,10 +96,9 @@ fn fleet_of(config: &CellConfig, g: &GroupConfig) -> Result<Box<dyn Fleet>, Stri
                 port_blocks_from: 42_000u16.saturating_add(4_000 * index),
             })))
         }
-        FleetKind::Ec2 => Err(format!(
-            "autoscaler.groups {}: the ec2 fleet is not in this build yet; use local or simulated",
-            g.name
-        )),
+        FleetKind::Ec2 => {
+            Err(format!("autoscaler.groups {}: the ec2 fleet is not in this build yet; use local or simulated", g.name))
+        }
     }
 }
 
@@ -279,7 +280,9 @@ impl Autoscaler {
                 actions.push(format!("removed {}", safe.join(", ")));
                 // Their agents are gone for good: not waited for as unreachable ones would be.
                 for a in view.agents.iter().filter(|a| safe.contains(&a.instance)) {
-                    self.set_agent(&a.id, AgentState::Gone, "its instance was removed").await.map_err(FleetError::Other)?;
+                    self.set_agent(&a.id, AgentState::Gone, "its instance was removed")
+                        .await
+                        .map_err(FleetError::Other)?;
                 }
             }
         }
@@ -302,11 +305,7 @@ impl Autoscaler {
     }
 
     fn publish(&self, leading: bool) {
-        let groups = self
-            .groups
-            .iter()
-            .map(|g| GroupView { error: g.error.clone(), ..g.view.clone() })
-            .collect();
+        let groups = self.groups.iter().map(|g| GroupView { error: g.error.clone(), ..g.view.clone() }).collect();
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = AutoscalerView { leading, groups };
     }
 }
@@ -317,7 +316,8 @@ impl Worker for Autoscaler {
     }
 
     fn status(&self) -> String {
-        let groups: Vec<String> = self.groups.iter().map(|g| format!("{} at {}", g.config.name, g.view.desired)).collect();
+        let groups: Vec<String> =
+            self.groups.iter().map(|g| format!("{} at {}", g.config.name, g.view.desired)).collect();
         groups.join(", ")
     }
 

@@ -9,10 +9,25 @@ impl AdminApi for Cell {
 
     fn autoscaler(&self) -> ApiResult<'_, titan_api::fleet::AutoscalerView> {
         Box::pin(async move {
-            let view = self.autoscaling.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if !view.leading && !self.config.autoscaler.groups.is_empty() {
+            let leading = crate::scheduling::Host::is_leader(&self.handle);
+            if !leading && !self.config.autoscaler.groups.is_empty() {
                 // Only the leader scales: the client follows this to it.
                 return Err(ApiError::new(ErrorCode::NotLeader, "the autoscaler runs on the leader; ask it"));
+            }
+            let mut view = self.autoscaling.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            view.leading = leading;
+            // A new leader that has not looked yet still lists its groups.
+            for g in &self.config.autoscaler.groups {
+                if !view.groups.iter().any(|v| v.name == g.name) {
+                    view.groups.push(titan_api::fleet::GroupView {
+                        name: g.name.clone(),
+                        min: g.min,
+                        max: g.max,
+                        slots: g.slots,
+                        policy: g.policy.build().name().to_string(),
+                        ..Default::default()
+                    });
+                }
             }
             Ok(view)
         })
