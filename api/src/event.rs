@@ -15,6 +15,7 @@ pub enum Topic {
     Agent,
     Quota,
     Location,
+    Fleet,
 }
 
 impl Topic {
@@ -25,6 +26,7 @@ impl Topic {
             "agent" => Some(Topic::Agent),
             "quota" => Some(Topic::Quota),
             "location" => Some(Topic::Location),
+            "fleet" => Some(Topic::Fleet),
             _ => None,
         }
     }
@@ -77,14 +79,14 @@ impl EventQuery {
     /// The topics asked for, every one when none is named.
     pub fn topics(&self) -> Result<Vec<Topic>, ApiError> {
         let Some(t) = &self.topic else {
-            return Ok(vec![Topic::Job, Topic::Task, Topic::Agent, Topic::Quota, Topic::Location]);
+            return Ok(vec![Topic::Job, Topic::Task, Topic::Agent, Topic::Quota, Topic::Location, Topic::Fleet]);
         };
         t.split(',')
             .map(|name| {
                 Topic::parse(name.trim()).ok_or_else(|| {
                     ApiError::new(
                         ErrorCode::InvalidParameter,
-                        format!("{name:?} is not a topic (job, task, agent, quota, location)"),
+                        format!("{name:?} is not a topic (job, task, agent, quota, location, fleet)"),
                     )
                     .with_field("topic")
                 })

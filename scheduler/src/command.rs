@@ -130,6 +130,24 @@ pub enum Command {
         lever: crate::location::Lever,
         meta: Meta,
     },
+    /// The autoscaler's record of an instance group: demand samples (minute, slots) for its policy's history, kept
+    /// in the replicated state so a new leader's policy knows the past, and a decision that acted, for the events.
+    Fleet {
+        group: String,
+        samples: Vec<(u64, u32)>,
+        decision: Option<FleetDecision>,
+        meta: Meta,
+    },
+}
+
+/// A decision of the autoscaler that acted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetDecision {
+    pub desired: u32,
+    /// up or down.
+    pub direction: String,
+    pub reason: String,
+    pub actions: Vec<String>,
 }
 
 /// A task the reconciler wants: a new one (attempt 0) or the replacement of a terminal one.
@@ -240,7 +258,8 @@ impl Command {
             | Command::Merge { meta, .. }
             | Command::PutQuota { meta, .. }
             | Command::DeleteQuota { meta, .. }
-            | Command::Lever { meta, .. } => Some(meta),
+            | Command::Lever { meta, .. }
+            | Command::Fleet { meta, .. } => Some(meta),
             Command::Batch(_) => None,
         }
     }

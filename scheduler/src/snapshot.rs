@@ -7,7 +7,8 @@
 //! member upgraded in place reads whatever its previous build wrote. Format 1 wrapped the live state and grew by
 //! defaulted fields; format 2 stores each job's resolved counts and each task's spec version; format 3 adds
 //! federation: each job's register versions and origin, the clock, the outbox and the positions merged; format 4
-//! adds the capacity groups' quotas; format 5 the locations' lever records.
+//! adds the capacity groups' quotas; format 5 the locations' lever records; format 6 the autoscaled groups' demand
+//! history.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,7 +25,27 @@ use crate::spec::Spec;
 use crate::task::TaskRecord;
 
 /// The format this build writes.
-pub const FORMAT: u32 = 5;
+pub const FORMAT: u32 = 6;
+
+/// Format 6: format 5 and each autoscaled instance group's demand history.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotV6 {
+    pub jobs: BTreeMap<String, Arc<JobRecord>>,
+    pub idempotency: BTreeMap<String, Remembered>,
+    pub agents: BTreeMap<String, AgentRecord>,
+    pub applied: HashMap<String, (u64, Response)>,
+    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub seq: u64,
+    pub events_made: u64,
+    pub clock: crate::federation::Clock,
+    pub outbox: BTreeMap<u64, String>,
+    pub outbox_seq: u64,
+    pub positions: BTreeMap<String, u64>,
+    pub quotas: BTreeMap<String, QuotaRecord>,
+    pub locations: BTreeMap<String, crate::location::LocationRecord>,
+    /// Each autoscaled group's demand history.
+    pub fleet: BTreeMap<String, titan_autoscaler::policy::History>,
+}
 
 /// Format 5: format 4 and the locations' lever records.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -114,7 +135,7 @@ pub enum SnapshotError {
 #[derive(Serialize)]
 struct FileRef<'a> {
     format: u32,
-    body: &'a SnapshotV5,
+    body: &'a SnapshotV6,
 }
 
 #[derive(Deserialize)]
@@ -125,40 +146,80 @@ struct Envelope<'a> {
 }
 
 /// Writes `snapshot` in the current format.
-pub fn write(w: impl std::io::Write, snapshot: &SnapshotV5) -> serde_json::Result<()> {
+pub fn write(w: impl std::io::Write, snapshot: &SnapshotV6) -> serde_json::Result<()> {
     serde_json::to_writer(w, &FileRef { format: FORMAT, body: snapshot })
 }
 
 /// Reads a snapshot file of any format this build knows, migrated to the current one.
-pub fn read(data: &[u8]) -> Result<SnapshotV5, SnapshotError> {
+pub fn read(data: &[u8]) -> Result<SnapshotV6, SnapshotError> {
     let envelope: Envelope = serde_json::from_slice(data).map_err(SnapshotError::Envelope)?;
     let body = envelope.body.get();
     match envelope.format {
         FORMAT => serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: FORMAT, error }),
+        5 => {
+            let v5: SnapshotV5 =
+                serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 5, error })?;
+            Ok(v5_to_v6(v5))
+        }
         4 => {
             let v4: SnapshotV4 =
                 serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 4, error })?;
-            Ok(v4_to_v5(v4))
+            Ok(v5_to_v6(v4_to_v5(v4)))
         }
         3 => {
             let v3: SnapshotV3 =
                 serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 3, error })?;
-            Ok(v4_to_v5(v3_to_v4(v3)))
+            Ok(v5_to_v6(v4_to_v5(v3_to_v4(v3))))
         }
         2 => {
             let v2: SnapshotV2 =
                 serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 2, error })?;
-            Ok(v4_to_v5(v3_to_v4(v2_to_v3(v2))))
+            Ok(v5_to_v6(v4_to_v5(v3_to_v4(v2_to_v3(v2)))))
         }
         1 => {
             let v1: Value = serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 1, error })?;
             let v2 = v1_to_v2(v1).map_err(SnapshotError::Migrate)?;
             let v2: SnapshotV2 =
                 serde_json::from_value(v2).map_err(|error| SnapshotError::Body { format: 2, error })?;
-            Ok(v4_to_v5(v3_to_v4(v2_to_v3(v2))))
+            Ok(v5_to_v6(v4_to_v5(v3_to_v4(v2_to_v3(v2)))))
         }
         n if n > FORMAT => Err(SnapshotError::Newer(n)),
         n => Err(SnapshotError::Unknown(n)),
+    }
+}
+
+/// Format 5 to format 6: no group's demand was recorded yet.
+fn v5_to_v6(v5: SnapshotV5) -> SnapshotV6 {
+    let SnapshotV5 {
+        jobs,
+        idempotency,
+        agents,
+        applied,
+        tasks,
+        seq,
+        events_made,
+        clock,
+        outbox,
+        outbox_seq,
+        positions,
+        quotas,
+        locations,
+    } = v5;
+    SnapshotV6 {
+        jobs,
+        idempotency,
+        agents,
+        applied,
+        tasks,
+        seq,
+        events_made,
+        clock,
+        outbox,
+        outbox_seq,
+        positions,
+        quotas,
+        locations,
+        fleet: BTreeMap::new(),
     }
 }
 
@@ -347,11 +408,13 @@ mod tests {
         write(&mut bytes, &s).expect("writes");
         assert_eq!(read(&bytes).expect("reads back"), s);
         let text = String::from_utf8(bytes).expect("utf-8");
-        let v4 = text.replacen("\"format\":5", "\"format\":4", 1);
+        let v5 = text.replacen("\"format\":6", "\"format\":5", 1);
+        assert_eq!(read(v5.as_bytes()).expect("format 5 reads").fleet, BTreeMap::new(), "no history before 6");
+        let v4 = text.replacen("\"format\":6", "\"format\":4", 1);
         assert_eq!(read(v4.as_bytes()).expect("format 4 reads").locations, BTreeMap::new(), "no lever before 5");
-        let v3 = text.replacen("\"format\":5", "\"format\":3", 1);
+        let v3 = text.replacen("\"format\":6", "\"format\":3", 1);
         assert_eq!(read(v3.as_bytes()).expect("format 3 reads").quotas, BTreeMap::new(), "no quota before format 4");
-        let newer = text.replacen("\"format\":5", "\"format\":9", 1);
+        let newer = text.replacen("\"format\":6", "\"format\":9", 1);
         assert!(matches!(read(newer.as_bytes()), Err(SnapshotError::Newer(9))));
         assert!(matches!(read(br#"{"format":0,"body":{}}"#), Err(SnapshotError::Unknown(0))));
         assert!(matches!(read(b"[]"), Err(SnapshotError::Envelope(_))));

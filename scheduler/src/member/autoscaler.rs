@@ -56,7 +56,8 @@ struct Group {
     config: GroupConfig,
     fleet: Box<dyn Fleet>,
     policy: Box<dyn Policy>,
-    history: History,
+    /// This minute's highest demand, recorded through Raft once the minute is over.
+    sample: Option<(u64, u32)>,
     decisions: VecDeque<DecisionView>,
     backoff: Option<(Instant, Duration)>,
     error: Option<String>,
@@ -111,7 +112,7 @@ impl Autoscaler {
                 fleet: fleet_of(&config, g)?,
                 policy: g.policy.build(),
                 config: g.clone(),
-                history: History::default(),
+                sample: None,
                 decisions: VecDeque::new(),
                 backoff: None,
                 error: None,
@@ -180,21 +181,34 @@ impl Autoscaler {
         let ready = live.iter().filter(|x| with_agent(&x.id)).count() as u32;
         let booting = live.len() as u32 - ready;
         let demand = view.used_slots + view.pending_slots;
-        g.history.record(minute, demand);
-        let o = Observation {
-            minute,
-            now_ms: now,
-            demand,
-            ready,
-            booting,
-            shortfall: view.shortfall,
-            slots_per_instance: c.slots,
-            boot_minutes: (c.boot_delay_ms / 60_000) as u32,
-            min: c.min,
-            max: c.max,
-            history: &g.history,
+        let mut samples = Vec::new();
+        match g.sample {
+            Some((m, peak)) if m == minute => g.sample = Some((m, peak.max(demand))),
+            Some(done) => {
+                samples.push(done);
+                g.sample = Some((minute, demand));
+            }
+            None => g.sample = Some((minute, demand)),
+        }
+        // The history is the replicated one, so a new leader's policy knows the past.
+        let decision = {
+            let state = crate::scheduling::Host::read(&self.handle);
+            let empty = History::default();
+            let o = Observation {
+                minute,
+                now_ms: now,
+                demand,
+                ready,
+                booting,
+                shortfall: view.shortfall,
+                slots_per_instance: c.slots,
+                boot_minutes: (c.boot_delay_ms / 60_000) as u32,
+                min: c.min,
+                max: c.max,
+                history: state.fleet_history(&c.name).unwrap_or(&empty),
+            };
+            g.policy.decide(&o)
         };
-        let decision = g.policy.decide(&o);
         let plan = titan_autoscaler::plan::plan(&titan_autoscaler::plan::View {
             instances: &instances,
             agents: &view.agents,
@@ -240,6 +254,9 @@ impl Autoscaler {
         m.idle.with_label_values(&[&c.name]).set(i64::from(idle * c.slots));
         m.forecast.with_label_values(&[&c.name]).set(f64::from(decision.forecast.unwrap_or(0)));
         if plan.is_empty() {
+            if !samples.is_empty() {
+                self.record(&c.name, samples, None).await;
+            }
             return Ok(());
         }
         let mut actions = Vec::new();
@@ -289,6 +306,13 @@ impl Autoscaler {
         let direction = if up { "up" } else { "down" };
         self.metrics.decisions.with_label_values(&[&c.name, direction, policy]).inc();
         tracing::info!(group = %c.name, desired = decision.desired, reason = %decision.reason, actions = ?actions, "autoscaler decision");
+        let record = crate::command::FleetDecision {
+            desired: decision.desired,
+            direction: direction.into(),
+            reason: decision.reason.clone(),
+            actions: actions.clone(),
+        };
+        self.record(&c.name, samples, Some(record)).await;
         let g = &mut self.groups[i];
         g.decisions.push_back(DecisionView {
             at_ms: now,
@@ -302,6 +326,16 @@ impl Autoscaler {
         }
         g.view.decisions = g.decisions.iter().cloned().collect();
         Ok(())
+    }
+
+    /// Commits a group's demand samples and a decision that acted (the events' source). A failure is logged: the
+    /// next minute's record carries on.
+    async fn record(&self, group: &str, samples: Vec<(u64, u32)>, decision: Option<crate::command::FleetDecision>) {
+        let why = decision.as_ref().map(|d| d.reason.clone()).unwrap_or_else(|| "demand sample".into());
+        let cmd = Command::Fleet { group: group.to_string(), samples, decision, meta: self.meta(why) };
+        if let Err(e) = self.handle.proposer.commit_command(cmd).await {
+            tracing::warn!(group, error = %e, "the autoscaler's record was not committed");
+        }
     }
 
     fn publish(&self, leading: bool) {

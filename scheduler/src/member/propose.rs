@@ -416,6 +416,7 @@ pub(super) fn command_kind(cmd: &Command) -> &'static str {
         Command::PutQuota { .. } => "put_quota",
         Command::DeleteQuota { .. } => "delete_quota",
         Command::Lever { .. } => "lever",
+        Command::Fleet { .. } => "fleet",
     }
 }
 

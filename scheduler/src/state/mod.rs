@@ -7,7 +7,7 @@
 //! killed job) are answers, not errors: they are decided here, at apply time, against the latest state.
 //!
 //! Persisted shapes are versioned: log entries carry `Command` (new variants are added, existing ones never
-//! change), snapshots are `snapshot::SnapshotV5` behind a format number.
+//! change), snapshots are `snapshot::SnapshotV6` behind a format number.
 
 use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use titan_api::task::{Desired, Reason, TaskState};
 use crate::command::{Command, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
 use crate::federation::{Clock, Hlc, JobVersions};
 use crate::placement::{self, Capacity};
-use crate::snapshot::SnapshotV5;
+use crate::snapshot::SnapshotV6;
 use crate::spec::Spec;
 use crate::task::TaskRecord;
 use titan_api::view::{JobRef, JobState, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -99,6 +99,8 @@ pub struct CellState {
     demand_of: HashMap<String, (String, BTreeMap<String, crate::quota::Demand>)>,
     /// Each location's lever record (those a lever was ever pulled on).
     locations: BTreeMap<String, crate::location::LocationRecord>,
+    /// Each autoscaled instance group's demand history (its policy's input), bounded.
+    fleet: BTreeMap<String, titan_autoscaler::policy::History>,
     /// What the command being applied did besides changing the state; empty between commands (`apply` hands it
     /// out), so it never differs between two equal states.
     fx: Effects,
@@ -191,7 +193,8 @@ impl CellState {
             | Command::Merge { .. }
             | Command::PutQuota { .. }
             | Command::DeleteQuota { .. }
-            | Command::Lever { .. } => return None,
+            | Command::Lever { .. }
+            | Command::Fleet { .. } => return None,
         };
         Some((id.clone(), self.jobs.get(id).map(|j| (j.state, j.version))))
     }
@@ -199,7 +202,7 @@ impl CellState {
     /// What a snapshot holds: the replicated records, without the derived fields. Records are shared, so this
     /// costs a fraction of a clone, and it is taken while applying waits. Every field is named, so a field added to
     /// `CellState` has to be placed on one side or the other here.
-    pub fn snapshot(&self) -> SnapshotV5 {
+    pub fn snapshot(&self) -> SnapshotV6 {
         let CellState {
             jobs,
             idempotency,
@@ -230,9 +233,11 @@ impl CellState {
             usage: _,
             demand_of: _,
             locations,
+            fleet,
         } = self;
-        SnapshotV5 {
+        SnapshotV6 {
             locations: locations.clone(),
+            fleet: fleet.clone(),
             quotas: quotas.clone(),
             clock: clock.clone(),
             outbox: outbox.clone(),
@@ -249,8 +254,8 @@ impl CellState {
     }
 
     /// The state a snapshot holds, with everything derived rebuilt.
-    pub fn from_snapshot(s: SnapshotV5) -> CellState {
-        let SnapshotV5 {
+    pub fn from_snapshot(s: SnapshotV6) -> CellState {
+        let SnapshotV6 {
             jobs,
             idempotency,
             agents,
@@ -264,9 +269,11 @@ impl CellState {
             positions,
             quotas,
             locations,
+            fleet,
         } = s;
         let mut state = CellState {
             locations,
+            fleet,
             quotas,
             jobs,
             idempotency,
@@ -391,6 +398,11 @@ impl CellState {
             at_ms,
             cell: None,
         });
+    }
+
+    /// An autoscaled instance group's demand history, as its leader recorded it.
+    pub fn fleet_history(&self, group: &str) -> Option<&titan_autoscaler::policy::History> {
+        self.fleet.get(group)
     }
 
     /// How many jobs are in each state.
@@ -555,6 +567,17 @@ impl CellState {
                 ))
             }
             Command::Lever { location, lever, meta } => self.pull_lever(location, lever, meta),
+            Command::Fleet { group, samples, decision, meta } => {
+                let history = self.fleet.entry(group.clone()).or_default();
+                for (minute, slots) in samples {
+                    history.record(*minute, *slots);
+                }
+                if let Some(d) = decision {
+                    let kind = format!("scaled {} to {}: {}", d.direction, d.desired, d.actions.join("; "));
+                    self.event(Topic::Fleet, &kind, group, None, None, Some(&d.reason), meta.at_ms);
+                }
+                Response::None
+            }
             Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply_one(c)).collect()),
             Command::RegisterAgent { registration, meta } => self.register_agent(registration, meta.at_ms),
             Command::Round { round, meta } => Response::Round(self.apply_round(round, meta.at_ms)),

@@ -381,3 +381,29 @@ fn location_records_merge_last_writer_wins_and_reach_the_outbox_and_the_digest()
     assert!(dc1.outbox_after(0, 10).any(|(_, o)| matches!(o, Outgoing::Location(l) if l.name == "dc1")));
     assert_eq!(dc1.digest(30, 0), dc2.digest(30, 0));
 }
+
+#[test]
+fn an_autoscaled_groups_demand_history_is_replicated_and_its_decisions_are_events() {
+    let mut state = CellState::default();
+    let record = |samples: Vec<(u64, u32)>, decision: Option<crate::command::FleetDecision>| Command::Fleet {
+        group: "g".into(),
+        samples,
+        decision,
+        meta: meta(5),
+    };
+    state.apply(&record(vec![(10, 4), (12, 6)], None));
+    let decision = crate::command::FleetDecision {
+        desired: 3,
+        direction: "up".into(),
+        reason: "6 slots wanted".into(),
+        actions: vec!["launched 1".into()],
+    };
+    let (_, fx) = state.apply(&record(vec![(13, 2)], Some(decision)));
+    let h = state.fleet_history("g").expect("history");
+    assert_eq!(h.samples().collect::<Vec<_>>(), vec![(10, 4), (11, 4), (12, 6), (13, 2)]);
+    assert_eq!(fx.events.len(), 1);
+    assert_eq!(fx.events[0].kind, "scaled up to 3: launched 1");
+    assert_eq!(fx.events[0].reason.as_deref(), Some("6 slots wanted"));
+    let copy = CellState::from_snapshot(state.snapshot());
+    assert_eq!(copy.fleet_history("g"), state.fleet_history("g"), "in the snapshot");
+}
