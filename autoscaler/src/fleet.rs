@@ -81,6 +81,12 @@ pub trait Fleet: Send + Sync {
     fn grow(&self, size: u32) -> FleetFuture<'_, ()>;
     /// Removes these instances, the group's size falling with them.
     fn remove(&self, ids: Vec<String>) -> FleetFuture<'_, ()>;
+    /// Protects `busy` instances from the fleet's own scale-in and lifts it from `idle` ones (a fleet that never
+    /// scales in by itself has nothing to do).
+    fn protect(&self, busy: Vec<String>, idle: Vec<String>) -> FleetFuture<'_, ()> {
+        let _ = (busy, idle);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Instances in memory that boot after `boot_ms` of the caller's clock (`now`), for tests and the trace.

@@ -58,6 +58,8 @@ struct Group {
     policy: Box<dyn Policy>,
     /// This minute's highest demand, recorded through Raft once the minute is over.
     sample: Option<(u64, u32)>,
+    /// The instances last protected from the fleet's own scale-in (those whose agent holds tasks).
+    protected: Vec<String>,
     decisions: VecDeque<DecisionView>,
     backoff: Option<(Instant, Duration)>,
     error: Option<String>,
@@ -113,6 +115,7 @@ impl Autoscaler {
                 policy: g.policy.build(),
                 config: g.clone(),
                 sample: None,
+                protected: Vec::new(),
                 decisions: VecDeque::new(),
                 backoff: None,
                 error: None,
@@ -219,6 +222,19 @@ impl Autoscaler {
             boot_grace_ms: c.boot_grace_ms,
         });
         let policy = g.policy.name();
+        // Busy instances are protected from the fleet's own scale-in (AWS's), idle ones not; told on change only.
+        let mut busy: Vec<String> = view.agents.iter().filter(|a| a.tasks > 0).map(|a| a.instance.clone()).collect();
+        busy.sort();
+        if busy != g.protected {
+            let idle: Vec<String> = view
+                .agents
+                .iter()
+                .filter(|a| a.tasks == 0 && g.protected.contains(&a.instance))
+                .map(|a| a.instance.clone())
+                .collect();
+            g.fleet.protect(busy.clone(), idle).await?;
+            g.protected = busy;
+        }
         // The view first, so a failing action still shows what was wanted.
         let mut by_state: BTreeMap<String, u32> = BTreeMap::new();
         for x in &instances {
