@@ -23,7 +23,10 @@ fn main() {
     let policies = |boot: u32| -> Vec<(&'static str, PolicyConfig)> {
         let _ = boot;
         vec![
-            ("reactive", PolicyConfig::Reactive(ReactiveConfig { headroom: 3, scale_in_cooldown_s: 600 })),
+            (
+                "reactive",
+                PolicyConfig::Reactive(ReactiveConfig { headroom: 3, scale_in_cooldown_s: 600, ..Default::default() }),
+            ),
             ("predictive", PolicyConfig::Predictive(PredictiveConfig::default())),
             ("hybrid", PolicyConfig::Hybrid(HybridConfig::default())),
         ]
@@ -40,7 +43,7 @@ fn main() {
     }
     println!("# trade-off at boot=10: reactive headroom (instances)");
     for headroom in [0, 1, 2, 3, 4, 6, 8] {
-        let c = PolicyConfig::Reactive(ReactiveConfig { headroom, scale_in_cooldown_s: 600 });
+        let c = PolicyConfig::Reactive(ReactiveConfig { headroom, scale_in_cooldown_s: 600, ..Default::default() });
         println!("headroom={headroom} {}", score(&trace, 10, &c).line("reactive", 10));
     }
     println!("# trade-off at boot=10: predictive quantile of its own under-forecasts");
@@ -52,7 +55,7 @@ fn main() {
     for cooldown in [3, 5, 10] {
         for headroom in [2, 3, 4] {
             let c = PolicyConfig::Hybrid(HybridConfig {
-                reactive: ReactiveConfig { headroom, scale_in_cooldown_s: cooldown * 60 },
+                reactive: ReactiveConfig { headroom, scale_in_cooldown_s: cooldown * 60, ..Default::default() },
                 ..Default::default()
             });
             println!("cooldown={cooldown} headroom={headroom} {}", score(&trace, 10, &c).line("hybrid", 10));

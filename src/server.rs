@@ -463,7 +463,11 @@ fn dev_fleet(max: u32, docker: bool) -> titan_autoscaler::config::AutoscalerConf
             boot_grace_ms: 120_000,
             max_drain_share: 1.0,
             local_runtime: if docker { "docker" } else { "process" }.into(),
-            policy: PolicyConfig::Reactive(ReactiveConfig { headroom: 0, scale_in_cooldown_s: 60 }),
+            policy: PolicyConfig::Reactive(ReactiveConfig {
+                headroom: 0,
+                scale_in_cooldown_s: 60,
+                ..Default::default()
+            }),
         }],
     }
 }

@@ -122,11 +122,13 @@ pub struct ReactiveConfig {
     pub headroom: u32,
     /// Seconds a lower size must hold before the group shrinks to it.
     pub scale_in_cooldown_s: u64,
+    /// Seconds after a scale-up before the next one (what was launched is given time to boot).
+    pub scale_up_cooldown_s: u64,
 }
 
 impl Default for ReactiveConfig {
     fn default() -> Self {
-        ReactiveConfig { headroom: 1, scale_in_cooldown_s: 600 }
+        ReactiveConfig { headroom: 1, scale_in_cooldown_s: 600, scale_up_cooldown_s: 0 }
     }
 }
 
@@ -135,11 +137,13 @@ pub struct Reactive {
     pub config: ReactiveConfig,
     /// (ms, instances needed) over the cooldown window.
     recent: VecDeque<(u64, u32)>,
+    /// When the group last grew.
+    grew_ms: Option<u64>,
 }
 
 impl Reactive {
     pub fn new(config: ReactiveConfig) -> Reactive {
-        Reactive { config, recent: VecDeque::new() }
+        Reactive { config, recent: VecDeque::new(), grew_ms: None }
     }
 
     /// The instances wanted now: demand in whole instances, or the ready ones and what fenzo's trial placement says
@@ -164,6 +168,18 @@ impl Policy for Reactive {
             self.recent.pop_front();
         }
         let held = self.recent.iter().map(|(_, n)| *n).max().unwrap_or(need);
+        let have = o.ready + o.booting;
+        let cooling = self.grew_ms.is_some_and(|t| o.now_ms < t + self.config.scale_up_cooldown_s * 1000);
+        if held > have && cooling {
+            return Decision {
+                desired: clamp(have, o),
+                reason: format!("{need} wanted; waiting {} s after the last scale-up", self.config.scale_up_cooldown_s),
+                forecast: None,
+            };
+        }
+        if held > have {
+            self.grew_ms = Some(o.now_ms);
+        }
         let desired = clamp(held, o);
         let reason = if need > o.ready + o.booting {
             format!("{} slots wanted need {need} instances with {} headroom", o.demand, self.config.headroom)
@@ -450,12 +466,16 @@ mod tests {
     #[test]
     fn reactive_grows_at_once_and_shrinks_only_after_the_cooldown() {
         let h = History::default();
-        let mut p = Reactive::new(ReactiveConfig { headroom: 2, scale_in_cooldown_s: 600 });
+        let mut p = Reactive::new(ReactiveConfig { headroom: 2, scale_in_cooldown_s: 600, ..Default::default() });
         assert_eq!(p.decide(&obs(&h, 0, 160, 5)).desired, 12, "10 instances of demand and 2 headroom");
         assert_eq!(p.decide(&obs(&h, 5, 16, 12)).desired, 12, "held within the cooldown");
         assert_eq!(p.decide(&obs(&h, 11, 16, 12)).desired, 3, "the cooldown passed");
         let d = p.decide(&obs(&h, 12, 0, 3));
         assert_eq!(d.desired, 3, "held: the need at minute 11 is within the window");
+        let mut slow = Reactive::new(ReactiveConfig { headroom: 0, scale_in_cooldown_s: 0, scale_up_cooldown_s: 120 });
+        assert_eq!(slow.decide(&obs(&h, 30, 32, 0)).desired, 2);
+        assert_eq!(slow.decide(&obs(&h, 31, 64, 2)).desired, 2, "within the scale-up cooldown");
+        assert_eq!(slow.decide(&obs(&h, 33, 64, 2)).desired, 4, "after it");
         let mut bounded = Observation { min: 4, max: 6, ..obs(&h, 20, 1000, 0) };
         assert_eq!(p.decide(&bounded).desired, 6, "never above max");
         bounded.demand = 0;

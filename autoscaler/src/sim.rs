@@ -144,7 +144,7 @@ mod tests {
         let oracle = run(&trace, 10, &mut Driver::Oracle);
         assert_eq!(oracle.pending_task_minutes, 0);
         assert!(oracle.idle_host_hours() > 0.0);
-        let mut p = Reactive::new(ReactiveConfig { headroom: 0, scale_in_cooldown_s: 600 });
+        let mut p = Reactive::new(ReactiveConfig { headroom: 0, scale_in_cooldown_s: 600, ..Default::default() });
         let reactive = run(&trace, 10, &mut Driver::Policy(&mut p));
         assert!(reactive.pending_task_minutes > 0, "a policy that waits for demand leaves some pending");
         assert!(reactive.spike_pct() > 0.0);

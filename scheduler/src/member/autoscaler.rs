@@ -73,6 +73,16 @@ pub(crate) struct Autoscaler {
     status: Status,
 }
 
+/// The longest a fleet call may take before it counts as a timeout (and the group backs off).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(call: titan_autoscaler::fleet::FleetFuture<'_, T>) -> Result<T, FleetError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(FleetError::Timeout(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))),
+    }
+}
+
 /// Builds a group's fleet from its settings.
 fn fleet_of(config: &CellConfig, g: &GroupConfig) -> Result<Box<dyn Fleet>, String> {
     match g.fleet {
@@ -174,7 +184,7 @@ impl Autoscaler {
     }
 
     async fn group_step(&mut self, i: usize, view: &crate::autoscaling::Group) -> Result<(), FleetError> {
-        let instances = self.groups[i].fleet.describe().await?;
+        let instances = bounded(self.groups[i].fleet.describe()).await?;
         let now = crate::clock::now_ms();
         let minute = now / 60_000;
         let g = &mut self.groups[i];
@@ -232,7 +242,7 @@ impl Autoscaler {
                 .filter(|a| a.tasks == 0 && g.protected.contains(&a.instance))
                 .map(|a| a.instance.clone())
                 .collect();
-            g.fleet.protect(busy.clone(), idle).await?;
+            bounded(g.fleet.protect(busy.clone(), idle)).await?;
             g.protected = busy;
         }
         // The view first, so a failing action still shows what was wanted.
@@ -283,7 +293,7 @@ impl Autoscaler {
         }
         if let Some(size) = plan.grow_to {
             let before = live.len() as u32;
-            self.groups[i].fleet.grow(size).await?;
+            bounded(self.groups[i].fleet.grow(size)).await?;
             let launched = size.saturating_sub(before);
             self.metrics.launches.with_label_values(&[&c.name]).inc_by(u64::from(launched));
             actions.push(format!("launched {launched}"));
@@ -308,7 +318,7 @@ impl Autoscaler {
                     .collect()
             };
             if !safe.is_empty() {
-                self.groups[i].fleet.remove(safe.clone()).await?;
+                bounded(self.groups[i].fleet.remove(safe.clone())).await?;
                 self.metrics.terminations.with_label_values(&[&c.name]).inc_by(safe.len() as u64);
                 actions.push(format!("removed {}", safe.join(", ")));
                 // Their agents are gone for good: not waited for as unreachable ones would be.
