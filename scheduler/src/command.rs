@@ -137,6 +137,9 @@ pub enum Command {
         samples: Vec<(u64, u32)>,
         decision: Option<FleetDecision>,
         meta: Meta,
+        /// A fleet call that failed (kind: message), for the events.
+        #[serde(default)]
+        error: Option<String>,
     },
 }
 

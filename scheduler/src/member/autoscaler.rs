@@ -171,8 +171,21 @@ impl Autoscaler {
                     self.groups[i].error = None;
                 }
                 Err(e) => {
-                    let g = &mut self.groups[i];
                     self.metrics.errors.with_label_values(&[&name, e.kind()]).inc();
+                    // An event per failure that starts a back-off (not per retry).
+                    if self.groups[i].backoff.is_none() {
+                        let cmd = Command::Fleet {
+                            group: name.clone(),
+                            samples: Vec::new(),
+                            decision: None,
+                            meta: self.meta(e.to_string()),
+                            error: Some(format!("{}: {e}", e.kind())),
+                        };
+                        if let Err(c) = self.handle.proposer.commit_command(cmd).await {
+                            tracing::warn!(group = %name, error = %c, "the fleet error's event was not committed");
+                        }
+                    }
+                    let g = &mut self.groups[i];
                     let wait = g.backoff.map_or(Duration::from_secs(1), |(_, w)| (w * 2).min(Duration::from_secs(60)));
                     tracing::warn!(group = %name, error = %e, retry_in_s = wait.as_secs(), "fleet call failed");
                     g.backoff = Some((Instant::now() + wait, wait));
@@ -358,7 +371,7 @@ impl Autoscaler {
     /// next minute's record carries on.
     async fn record(&self, group: &str, samples: Vec<(u64, u32)>, decision: Option<crate::command::FleetDecision>) {
         let why = decision.as_ref().map(|d| d.reason.clone()).unwrap_or_else(|| "demand sample".into());
-        let cmd = Command::Fleet { group: group.to_string(), samples, decision, meta: self.meta(why) };
+        let cmd = Command::Fleet { group: group.to_string(), samples, decision, meta: self.meta(why), error: None };
         if let Err(e) = self.handle.proposer.commit_command(cmd).await {
             tracing::warn!(group, error = %e, "the autoscaler's record was not committed");
         }

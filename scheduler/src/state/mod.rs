@@ -567,7 +567,10 @@ impl CellState {
                 ))
             }
             Command::Lever { location, lever, meta } => self.pull_lever(location, lever, meta),
-            Command::Fleet { group, samples, decision, meta } => {
+            Command::Fleet { group, samples, decision, meta, error } => {
+                if let Some(e) = error {
+                    self.event(Topic::Fleet, "fleet call failed", group, None, None, Some(e), meta.at_ms);
+                }
                 let history = self.fleet.entry(group.clone()).or_default();
                 for (minute, slots) in samples {
                     history.record(*minute, *slots);

@@ -390,6 +390,7 @@ fn an_autoscaled_groups_demand_history_is_replicated_and_its_decisions_are_event
         samples,
         decision,
         meta: meta(5),
+        error: None,
     };
     state.apply(&record(vec![(10, 4), (12, 6)], None));
     let decision = crate::command::FleetDecision {
@@ -406,4 +407,16 @@ fn an_autoscaled_groups_demand_history_is_replicated_and_its_decisions_are_event
     assert_eq!(fx.events[0].reason.as_deref(), Some("6 slots wanted"));
     let copy = CellState::from_snapshot(state.snapshot());
     assert_eq!(copy.fleet_history("g"), state.fleet_history("g"), "in the snapshot");
+    let failed = Command::Fleet {
+        group: "g".into(),
+        samples: Vec::new(),
+        decision: None,
+        meta: meta(6),
+        error: Some("throttled: Rate exceeded".into()),
+    };
+    let (_, fx) = state.apply(&failed);
+    assert_eq!(
+        (fx.events[0].kind.as_str(), fx.events[0].reason.as_deref()),
+        ("fleet call failed", Some("throttled: Rate exceeded"))
+    );
 }
