@@ -109,9 +109,7 @@ fn fleet_of(config: &CellConfig, g: &GroupConfig) -> Result<Box<dyn Fleet>, Stri
                 port_blocks_from: 42_000u16.saturating_add(4_000 * index),
             })))
         }
-        FleetKind::Ec2 => {
-            Err(format!("autoscaler.groups {}: the ec2 fleet is not in this build yet; use local or simulated", g.name))
-        }
+        FleetKind::Ec2 => titan_autoscaler::ec2_fleet(g.asg.as_deref().unwrap_or_default()),
     }
 }
 
