@@ -79,6 +79,11 @@ async fn pending_tasks_bring_agents_that_run_them_and_idle_agents_drain_and_go()
     let metrics =
         reqwest::get(format!("http://{}/metrics", cell.members[0].addr)).await.expect("m").text().await.expect("t");
     assert_eq!(metric(&metrics, "titan_fleet_terminations_total", "group=\"g\""), 2.0);
+    // Each decision that acted is an event, with its reason.
+    let url = format!("http://{}/v1/events?topic=fleet&from=0&timeoutSeconds=1", cell.members[0].addr);
+    let events = reqwest::get(url).await.expect("events").text().await.expect("text");
+    assert!(events.contains("scaled up to 2: launched 2"), "{events}");
+    assert!(events.contains("scaled down to 0"), "{events}");
 }
 
 struct Moto(std::process::Child);
