@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod autoscaling;
+pub mod capacity;
 pub mod clock;
 pub mod command;
 pub mod config;

@@ -213,6 +213,22 @@ pub mod location {
     .by(&["kind", "automatic"]);
 }
 
+pub mod capacity {
+    use super::*;
+
+    pub const CAPACITY: Def = Def::gauge(
+        "titan_capacity",
+        "The cell's working agents per instance group and resource (cpus, memory_bytes, disk_bytes, ports): \
+         total, allocated to tasks, and free",
+    )
+    .by(&["instance_group", "resource", "state"]);
+    pub const STRANDED: Def = Def::gauge(
+        "titan_capacity_stranded",
+        "Free capacity on agents where the smallest pending task fits nowhere, per instance group and resource",
+    )
+    .by(&["instance_group", "resource"]);
+}
+
 pub mod fleet {
     use super::*;
 
@@ -306,6 +322,8 @@ pub const ALL: &[Def] = &[
     location::WEIGHT,
     location::EVACUATION,
     location::ACTIONS,
+    capacity::CAPACITY,
+    capacity::STRANDED,
     fleet::DESIRED,
     fleet::INSTANCES,
     fleet::SHORTFALL,

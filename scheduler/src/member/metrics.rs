@@ -27,6 +27,8 @@ pub(super) struct CellMetrics {
     pub(super) quota_used: prometheus::GaugeVec,
     pub(super) quota_running: prometheus::GaugeVec,
     pub(super) quota_rejections: IntCounterVec,
+    capacity: prometheus::GaugeVec,
+    stranded: prometheus::GaugeVec,
 }
 
 impl CellMetrics {
@@ -55,6 +57,8 @@ impl CellMetrics {
             quota_used: r.float_gauge_vec(&crate::metrics::quota::USED)?,
             quota_running: r.float_gauge_vec(&crate::metrics::quota::RUNNING)?,
             quota_rejections: r.counter_vec(&crate::metrics::quota::REJECTIONS)?,
+            capacity: r.float_gauge_vec(&crate::metrics::capacity::CAPACITY)?,
+            stranded: r.float_gauge_vec(&crate::metrics::capacity::STRANDED)?,
         })
     }
 }
@@ -114,6 +118,25 @@ impl MetricsWorker {
         }
         crate::scheduling::observe_tasks(&self.scheduling, &s, now_ms());
         self.observe_quotas(&s);
+        self.observe_capacity(&s);
+    }
+
+    /// Per instance group and resource: total, allocated and free, and stranded. Series per group and resource
+    /// (bounded by the instance groups); all are set again every second, so a group that is gone is reset.
+    fn observe_capacity(&self, s: &crate::state::CellState) {
+        let m = &self.metrics;
+        let report = crate::capacity::report(s);
+        m.capacity.reset();
+        m.stranded.reset();
+        for (group, f) in &report {
+            for (i, resource) in crate::capacity::RESOURCES.iter().enumerate() {
+                let free = (f.total[i] - f.allocated[i]).max(0.0);
+                for (state, v) in [("total", f.total[i]), ("allocated", f.allocated[i]), ("free", free)] {
+                    m.capacity.with_label_values(&[group.as_str(), resource, state]).set(v);
+                }
+                m.stranded.with_label_values(&[group.as_str(), resource]).set(f.stranded[i]);
+            }
+        }
     }
 
     /// Each quota's limit, desired usage and (in this cell's location) what runs, per resource: O(quotas x
