@@ -55,8 +55,8 @@ pub struct DevArgs {
     /// port pairs from `--listen` (a cell, then its local agent), each with its data under `--data-dir/<cell>`.
     #[arg(long, env = "TITAN_DEV_CELLS", value_delimiter = ',')]
     cells: Vec<String>,
-    /// The most extra local agents the dev cell's autoscaler starts when tasks do not fit (0: none). Not with
-    /// `--cells`.
+    /// The most extra local agents the dev cell's autoscaler starts when tasks do not fit (0: none); with
+    /// `--cells`, each cell's.
     #[arg(long, env = "TITAN_DEV_FLEET_MAX", default_value_t = 3)]
     fleet_max: u32,
     #[command(flatten)]
@@ -298,9 +298,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let port = u16::try_from(usize::from(args.listen.port()) + 2 * i).context("--listen: no ports left")?;
         Ok(SocketAddr::new(args.listen.ip(), port))
     };
+    let docker = args.fleet_max > 0 && docker_runs().await;
     let mut configs = Vec::new();
     for (i, cell) in args.cells.iter().enumerate() {
         let mut config = one(cell, listen_of(i)?, args.data_dir.join(cell));
+        if args.fleet_max > 0 {
+            config.autoscaler = dev_fleet(args.fleet_max, docker);
+        }
         for (j, other) in args.cells.iter().enumerate().filter(|(j, _)| *j != i) {
             config.federation.cells.insert(other.clone(), vec![listen_of(j)?]);
         }
@@ -318,7 +322,8 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let cell = Cell::start(config.clone(), &registry).await?;
-    let app = cell.router(HttpMetrics::new(&registry)?);
+    let node = config.node_id.to_string();
+    let app = cell.router(HttpMetrics::labelled(&registry, &[("cell", &config.cell), ("node", &node)])?);
     tracing::info!(cell = %config.cell, node = config.node_id, listen = %config.listen, "member serving");
     // Small request/response exchanges (Raft, forwarded writes) must not wait on Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {

@@ -57,6 +57,9 @@ pub enum FleetError {
 }
 
 impl FleetError {
+    /// Every `kind`.
+    pub const KINDS: [&'static str; 5] = ["throttled", "not_found", "auth", "timeout", "other"];
+
     pub fn kind(&self) -> &'static str {
         match self {
             FleetError::Throttled(_) => "throttled",
@@ -165,6 +168,18 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let all = [
+            FleetError::Throttled(String::new()),
+            FleetError::NotFound(String::new()),
+            FleetError::Auth(String::new()),
+            FleetError::Timeout(String::new()),
+            FleetError::Other(String::new()),
+        ];
+        assert_eq!(all.map(|e| e.kind()), FleetError::KINDS);
+    }
 
     #[tokio::test]
     async fn a_simulated_fleet_boots_grows_removes_and_fails_on_demand() {

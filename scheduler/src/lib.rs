@@ -6,6 +6,7 @@
 //! depends on the agent crate.
 
 pub mod agent;
+pub mod application;
 pub mod autoscaling;
 pub mod capacity;
 pub mod clock;

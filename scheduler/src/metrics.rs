@@ -229,6 +229,32 @@ pub mod capacity {
     .by(&["instance_group", "resource"]);
 }
 
+/// Per application (the jobs' `applicationName`): series per application, never per job or task.
+pub mod application {
+    use super::*;
+
+    pub const INSTANCES: Def =
+        Def::gauge("titan_application_instances", "Desired instances of an application's enabled jobs, per location")
+            .by(&["application", "location"]);
+    pub const TASKS: Def = Def::gauge("titan_application_tasks", "An application's tasks held in this cell, by state")
+        .by(&["application", "state"]);
+    pub const PENDING: Def = Def::gauge(
+        "titan_application_pending_tasks",
+        "An application's Accepted tasks the latest round could not place, by why (quota, no_fit; on the leader)",
+    )
+    .by(&["application", "reason"]);
+    pub const RESTARTS: Def = Def::counter(
+        "titan_application_restarts_total",
+        "Replacement tasks created for an application's tasks that failed, were lost or were stopped (on the leader)",
+    )
+    .by(&["application"]);
+    pub const AGENTS: Def = Def::gauge(
+        "titan_agents",
+        "The cell's agents by state (active, draining, drained, unreachable: lease expired, whatever the state)",
+    )
+    .by(&["state"]);
+}
+
 pub mod fleet {
     use super::*;
 
@@ -239,6 +265,9 @@ pub mod fleet {
         "An instance group's instances by state (pending, running, terminating, booting: no agent yet)",
     )
     .by(&["group", "state"]);
+    pub const MAX: Def =
+        Def::gauge("titan_fleet_max_instances", "The most instances an instance group may have (its max)")
+            .by(&["group"]);
     pub const SHORTFALL: Def =
         Def::gauge("titan_fleet_shortfall_slots", "Slots the group's pending tasks need that it lacks").by(&["group"]);
     pub const IDLE: Def =
@@ -324,8 +353,14 @@ pub const ALL: &[Def] = &[
     location::ACTIONS,
     capacity::CAPACITY,
     capacity::STRANDED,
+    application::INSTANCES,
+    application::TASKS,
+    application::PENDING,
+    application::RESTARTS,
+    application::AGENTS,
     fleet::DESIRED,
     fleet::INSTANCES,
+    fleet::MAX,
     fleet::SHORTFALL,
     fleet::IDLE,
     fleet::FORECAST,

@@ -54,6 +54,8 @@ pub struct SchedulingMetrics {
     pub(crate) pending: IntGauge,
     pub(crate) pending_by_reason: prometheus::IntGaugeVec,
     pub pending_age: IntGauge,
+    app_pending: IntGaugeVec,
+    pub(crate) app_restarts: IntCounterVec,
 }
 
 impl SchedulingMetrics {
@@ -73,6 +75,8 @@ impl SchedulingMetrics {
             breaker_open: r.gauge(&BREAKER_OPEN)?,
             pending: r.gauge(&PENDING)?,
             pending_by_reason: r.gauge_vec(&PENDING_BY_REASON)?,
+            app_pending: r.gauge_vec(&crate::metrics::application::PENDING)?,
+            app_restarts: r.counter_vec(&crate::metrics::application::RESTARTS)?,
             pending_age: r.gauge(&PENDING_AGE)?,
         })
     }
@@ -243,6 +247,12 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
         let quota = pending.values().filter(|why| why.starts_with("quota")).count();
         metrics.pending_by_reason.with_label_values(&["quota"]).set(quota as i64);
         metrics.pending_by_reason.with_label_values(&["no_fit"]).set((pending.len() - quota) as i64);
+        let state = cell.read();
+        let per_app = pending_by_application(&state, pending.iter().map(|(t, why)| (t.as_str(), why.as_str())));
+        metrics.app_pending.reset();
+        for ((app, reason), n) in per_app {
+            metrics.app_pending.with_label_values(&[app, reason]).set(n as i64);
+        }
     }
     if decision.round.is_empty() {
         return;
@@ -265,6 +275,7 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
     for a in &r.reachable {
         tracing::info!(agent = %a, "agent reachable again");
     }
+    let restarts = restarts_by_application(&cell.read(), &decision.round.create);
     let retries = decision.retries_placed;
     let counts = (r.create.len(), r.place.len(), r.stop.len(), r.lose.len());
     let meta = Meta {
@@ -278,6 +289,9 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
     match cell.commit_round(cmd).await {
         Ok(outcome) => {
             metrics.created.inc_by(u64::from(outcome.created));
+            for (app, n) in &restarts {
+                metrics.app_restarts.with_label_values(&[app.as_str()]).inc_by(*n);
+            }
             metrics.placements.inc_by(u64::from(outcome.placed));
             metrics.plan_rejections.inc_by(outcome.refused.len() as u64);
             // Counted as decided: a placement refused on re-validation is decided again next round.
@@ -301,6 +315,36 @@ async fn round(cell: &impl Host, local: &Local, metrics: &SchedulingMetrics, lea
 }
 
 /// Refreshes the task gauges from the state's counts.
+/// Pending tasks per application and reason (`quota` or `no_fit`, as `titan_tasks_pending_by_reason`), from the
+/// round's task -> reason map: O(pending). Tasks placed since the map was made are left out.
+fn pending_by_application<'s, 'p>(
+    state: &'s crate::state::CellState,
+    pending: impl Iterator<Item = (&'p str, &'p str)>,
+) -> BTreeMap<(&'s str, &'static str), u64> {
+    let mut out = BTreeMap::new();
+    for (task, why) in pending {
+        let Some(t) = state.task(task).filter(|t| t.state == TaskState::Accepted) else { continue };
+        let Some(j) = state.job(&t.job_id) else { continue };
+        let reason = if why.starts_with("quota") { "quota" } else { "no_fit" };
+        *out.entry((j.spec.application_name.as_str(), reason)).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Replacements a round creates, per application: O(created).
+fn restarts_by_application(
+    state: &crate::state::CellState,
+    create: &[crate::command::NewTask],
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for n in create.iter().filter(|n| n.replaces.is_some()) {
+        if let Some(j) = state.job(&n.job_id) {
+            *out.entry(j.spec.application_name.clone()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
 pub(crate) fn observe_tasks(metrics: &SchedulingMetrics, state: &crate::state::CellState, now_ms: u64) {
     for s in TaskState::ALL {
         metrics.tasks.with_label_values(&[s.as_str()]).set(state.task_count(s) as i64);

@@ -134,7 +134,12 @@ pub struct HttpMetrics {
 
 impl HttpMetrics {
     pub fn new(registry: &Registry) -> Result<HttpMetrics, prometheus::Error> {
-        let r = crate::metrics::Registrar::new(registry, &[]);
+        HttpMetrics::labelled(registry, &[])
+    }
+
+    /// With constant labels on every series (a member's `cell` and `node`, as its other metrics carry).
+    pub fn labelled(registry: &Registry, labels: &[(&str, &str)]) -> Result<HttpMetrics, prometheus::Error> {
+        let r = crate::metrics::Registrar::new(registry, labels);
         let requests = r.counter_vec(&crate::metrics::http::REQUESTS)?;
         let latency = r.histogram_vec(&crate::metrics::http::SECONDS)?;
         Ok(HttpMetrics { requests, latency, registry: registry.clone() })

@@ -20,6 +20,7 @@ pub(crate) struct FleetMetrics {
     desired: IntGaugeVec,
     instances: IntGaugeVec,
     shortfall: IntGaugeVec,
+    max: IntGaugeVec,
     idle: IntGaugeVec,
     forecast: GaugeVec,
     decisions: IntCounterVec,
@@ -36,6 +37,7 @@ impl FleetMetrics {
             desired: r.gauge_vec(&DESIRED)?,
             instances: r.gauge_vec(&INSTANCES)?,
             shortfall: r.gauge_vec(&SHORTFALL)?,
+            max: r.gauge_vec(&MAX)?,
             idle: r.gauge_vec(&IDLE)?,
             forecast: r.float_gauge_vec(&FORECAST)?,
             decisions: r.counter_vec(&DECISIONS)?,
@@ -106,7 +108,10 @@ fn fleet_of(config: &CellConfig, g: &GroupConfig) -> Result<Box<dyn Fleet>, Stri
                 memory_mib: g.memory_mib,
                 runtime: g.local_runtime.clone(),
                 first_port: config.listen.port().saturating_add(100 + 40 * index),
-                port_blocks_from: 42_000u16.saturating_add(4_000 * index),
+                // Cells on one machine (`titan dev --cells`, 2 ports apart) take different blocks of 1,000.
+                port_blocks_from: 42_000u16
+                    .saturating_add(4_000 * index)
+                    .saturating_add(1_000 * ((config.listen.port() / 2) % 4)),
             })))
         }
         FleetKind::Ec2 => titan_autoscaler::ec2_fleet(g.asg.as_deref().unwrap_or_default()),
@@ -129,6 +134,20 @@ impl Autoscaler {
                 error: None,
                 view: GroupView::default(),
             });
+        }
+        // Every group's counters exist from the start at 0 (a panel or an alert over them then has a series to
+        // read before the first launch or error, and `increase` counts the first one).
+        for g in &groups {
+            let name = g.config.name.as_str();
+            metrics.max.with_label_values(&[name]).set(i64::from(g.config.max));
+            metrics.launches.with_label_values(&[name]);
+            metrics.terminations.with_label_values(&[name]);
+            for direction in ["up", "down"] {
+                metrics.decisions.with_label_values(&[name, direction, g.policy.name()]);
+            }
+            for kind in FleetError::KINDS {
+                metrics.errors.with_label_values(&[name, kind]);
+            }
         }
         Ok(Autoscaler { handle, groups, metrics, status })
     }

@@ -29,6 +29,9 @@ pub(super) struct CellMetrics {
     pub(super) quota_rejections: IntCounterVec,
     capacity: prometheus::GaugeVec,
     stranded: prometheus::GaugeVec,
+    app_instances: IntGaugeVec,
+    app_tasks: IntGaugeVec,
+    agents: IntGaugeVec,
 }
 
 impl CellMetrics {
@@ -59,6 +62,9 @@ impl CellMetrics {
             quota_rejections: r.counter_vec(&crate::metrics::quota::REJECTIONS)?,
             capacity: r.float_gauge_vec(&crate::metrics::capacity::CAPACITY)?,
             stranded: r.float_gauge_vec(&crate::metrics::capacity::STRANDED)?,
+            app_instances: r.gauge_vec(&crate::metrics::application::INSTANCES)?,
+            app_tasks: r.gauge_vec(&crate::metrics::application::TASKS)?,
+            agents: r.gauge_vec(&crate::metrics::application::AGENTS)?,
         })
     }
 }
@@ -79,7 +85,12 @@ pub(super) struct MetricsWorker {
     snapshot: Option<openraft::LogId<NodeId>>,
     /// The quotas' shape when their gauges were last reset.
     quota_shape: AtomicU64,
+    /// Slow passes made, so the per-application pass runs every `APPLICATIONS_EVERY` of them.
+    passes: u64,
 }
+
+/// The per-application gauges take a pass over jobs and tasks: every fifth second, not every one.
+const APPLICATIONS_EVERY: u64 = 5;
 
 impl MetricsWorker {
     pub(super) fn new(
@@ -106,11 +117,12 @@ impl MetricsWorker {
             leader: None,
             snapshot: None,
             quota_shape: AtomicU64::new(0),
+            passes: 0,
         }
     }
 
     /// The gauges read from the state and the store, every second.
-    fn slow(&self) {
+    fn slow(&mut self) {
         self.metrics.store_bytes.set(self.engine.size_on_disk() as i64);
         let s = self.handle.read();
         for st in [JobState::Enabled, JobState::Disabled, JobState::Killed] {
@@ -119,6 +131,34 @@ impl MetricsWorker {
         crate::scheduling::observe_tasks(&self.scheduling, &s, now_ms());
         self.observe_quotas(&s);
         self.observe_capacity(&s);
+        if self.passes.is_multiple_of(APPLICATIONS_EVERY) {
+            self.observe_applications(&s);
+        }
+        self.passes += 1;
+    }
+
+    /// Per application: desired instances per location and tasks here by state; and the agents by state. All are
+    /// set again on each pass (reset first), so an application that is gone leaves no series behind.
+    fn observe_applications(&self, s: &crate::state::CellState) {
+        let m = &self.metrics;
+        let started = std::time::Instant::now();
+        let report = crate::application::report(s);
+        m.app_instances.reset();
+        m.app_tasks.reset();
+        for (app, f) in &report {
+            for (location, n) in &f.instances {
+                m.app_instances.with_label_values(&[app.as_str(), location.as_str()]).set(*n as i64);
+            }
+            for (state, n) in &f.tasks {
+                m.app_tasks.with_label_values(&[app.as_str(), state.as_str()]).set(*n as i64);
+            }
+            // Its restarts counter exists from the first pass at 0, not only once a task was replaced.
+            self.scheduling.app_restarts.with_label_values(&[app.as_str()]);
+        }
+        for (state, n) in crate::application::agents(s) {
+            m.agents.with_label_values(&[state]).set(n as i64);
+        }
+        tracing::trace!(applications = report.len(), us = started.elapsed().as_micros() as u64, "application gauges");
     }
 
     /// Per instance group and resource: total, allocated and free, and stranded. Series per group and resource
