@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 use titan_api::HttpMetrics;
 use titan_scheduler::config::{CellConfig, RaftTuning};
-use titan_scheduler::{parse_peers, Cell};
+use titan_scheduler::{parse_peers, Cell, PeerAddr};
 
 /// Default listen address of a member and of `titan dev`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -27,10 +27,14 @@ pub struct ServerArgs {
     /// This member's number in the cell.
     #[arg(long, env = "TITAN_NODE_ID")]
     node_id: Option<u64>,
-    /// Address to serve the API and Raft on.
+    /// Address to serve the API and Raft on (what the socket binds, e.g. 0.0.0.0:7070).
     #[arg(long, env = "TITAN_LISTEN")]
     listen: Option<SocketAddr>,
-    /// The cell's initial members: ID=HOST:PORT,... (this member included).
+    /// How the other members reach this one, HOST:PORT (a DNS name or an IP); defaults to --listen.
+    #[arg(long, env = "TITAN_ADVERTISE")]
+    advertise: Option<PeerAddr>,
+    /// The cell's initial members: ID=HOST:PORT,... (this member included, at its advertised address; HOST a DNS
+    /// name or an IP).
     #[arg(long, env = "TITAN_PEERS")]
     peers: Option<String>,
     /// Where the Raft log, vote and snapshots live.
@@ -215,6 +219,7 @@ struct FileConfig {
     cell: Option<String>,
     node_id: Option<u64>,
     listen: Option<SocketAddr>,
+    advertise: Option<PeerAddr>,
     peers: Option<String>,
     data_dir: Option<PathBuf>,
     raft: Option<RaftTuning>,
@@ -263,6 +268,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         cell: args.cell.or(file.cell).context("--cell is required")?,
         node_id: args.node_id.or(file.node_id).context("--node-id is required")?,
         listen,
+        advertise: args.advertise.or(file.advertise),
         peers,
         data_dir: args.data_dir.or(file.data_dir).context("--data-dir is required")?,
         raft: file.raft.unwrap_or_default(),
@@ -279,7 +285,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         cell: cell.into(),
         node_id: 1,
         listen,
-        peers: [(1, listen)].into_iter().collect(),
+        advertise: None,
+        peers: [(1, listen.into())].into_iter().collect(),
         data_dir,
         raft: RaftTuning::default(),
         scheduler: Default::default(),
@@ -306,7 +313,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             config.autoscaler = dev_fleet(args.fleet_max, docker);
         }
         for (j, other) in args.cells.iter().enumerate().filter(|(j, _)| *j != i) {
-            config.federation.cells.insert(other.clone(), vec![listen_of(j)?]);
+            config.federation.cells.insert(other.clone(), vec![listen_of(j)?.into()]);
         }
         configs.push(config);
     }
@@ -324,7 +331,8 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
     let cell = Cell::start(config.clone(), &registry).await?;
     let node = config.node_id.to_string();
     let app = cell.router(HttpMetrics::labelled(&registry, &[("cell", &config.cell), ("node", &node)])?);
-    tracing::info!(cell = %config.cell, node = config.node_id, listen = %config.listen, "member serving");
+    tracing::info!(cell = %config.cell, node = config.node_id, listen = %config.listen,
+        advertise = %config.advertised(), "member serving");
     // Small request/response exchanges (Raft, forwarded writes) must not wait on Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

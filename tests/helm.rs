@@ -523,29 +523,22 @@ fn script(path: &Path, body: &str) {
     std::fs::set_permissions(path, perms).expect("chmod");
 }
 
-/// The rendered member entrypoint, run as pod `titan-1` of three with stand-ins for `getent` (member `titan-N`
-/// resolves to 10.0.0.N+1, or fd00::N+1 in IPv6) and for `titan` (prints its arguments): the flags it derives.
+/// The rendered member entrypoint, run as pod `titan-1` of three with a stand-in for `titan` (prints its arguments)
+/// and a PATH of nothing else, so it resolves no name: the flags it derives.
 fn member_flags(rendered: &Rendered, pod_ip: &str) -> BTreeMap<String, String> {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("member.sh"), config_map_data(rendered, "titan-scripts", "member.sh")).expect("w");
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).expect("bin dir");
-    script(
-        &bin.join("getent"),
-        "#!/bin/sh\ncase $2 in titan-[0-9]*) n=${2#titan-}; n=$((${n%%.*} + 1)) ;; *) exit 2 ;; esac\n\
-         case $1 in ahostsv4) echo \"10.0.0.$n      STREAM $2\" ;; ahostsv6) echo \"fd00::$n      STREAM $2\" ;; \
-         *) exit 2 ;; esac\n",
-    );
     script(&bin.join("titan"), "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\n");
     let member = container(rendered.one("StatefulSet", RELEASE), "titan");
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let out = run(Command::new("/bin/sh")
         .arg(dir.path().join("member.sh"))
         .env_clear()
         .envs(env_of(member))
         .env("POD_NAME", "titan-1")
         .env("POD_IP", pod_ip)
-        .env("PATH", path));
+        .env("PATH", &bin));
     assert!(out.status.success(), "member.sh failed: {}", printed(&out));
     let args: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
     assert_eq!(args.first().map(String::as_str), Some("server"), "member.sh runs `titan server`: {args:?}");
@@ -563,6 +556,7 @@ fn titan_config(rendered: &Rendered, flags: &BTreeMap<String, String>) -> CellCo
     let node_id: i64 = flags["--node-id"].parse().expect("a numeric --node-id");
     table.insert("node_id".into(), node_id.into());
     table.insert("listen".into(), flags["--listen"].clone().into());
+    table.insert("advertise".into(), flags["--advertise"].clone().into());
     let mut config: CellConfig = toml::Value::Table(table)
         .try_into()
         .unwrap_or_else(|e| panic!("Titan refuses the rendered titan.toml: {e}\n{toml_text}"));
@@ -578,17 +572,20 @@ fn the_rendered_configuration_and_entrypoint_make_a_member_titan_accepts() {
     let helm = Helm::new();
     for (what, args) in value_sets() {
         let rendered = helm.render(&args);
-        for (pod_ip, peers) in [
-            ("10.0.0.2", "1=10.0.0.1:7070,2=10.0.0.2:7070,3=10.0.0.3:7070"),
-            ("fd00::2", "1=[fd00::1]:7070,2=[fd00::2]:7070,3=[fd00::3]:7070"),
-        ] {
+        // Members are known by their stable DNS names through the headless Service, whatever their pod IPs, and
+        // listen on every address of the pod in its own family.
+        let name = |i: u32| format!("titan-{i}.titan-peers.titan.svc.cluster.local:7070");
+        let peers = format!("1={},2={},3={}", name(0), name(1), name(2));
+        for (pod_ip, listen) in [("10.0.0.2", "0.0.0.0:7070"), ("fd00::2", "[::]:7070")] {
             let flags = member_flags(&rendered, pod_ip);
             assert_eq!(flags["--node-id"], "2", "{what}: pod titan-1 is member 2");
+            assert_eq!(flags["--listen"], listen, "{what}");
+            assert_eq!(flags["--advertise"], name(1), "{what}");
             assert_eq!(flags["--peers"], peers, "{what}");
             let config = titan_config(&rendered, &flags);
             assert_eq!(config.cell, "dc1");
             assert_eq!(config.data_dir, PathBuf::from("/var/lib/titan"));
-            assert_eq!(config.listen, config.peers[&2], "{what}");
+            assert_eq!(config.advertised(), config.peers[&2], "{what}");
         }
     }
     // The multi-cell values reach Titan's settings.
@@ -598,6 +595,7 @@ fn the_rendered_configuration_and_entrypoint_make_a_member_titan_accepts() {
     assert_eq!(config.scheduler.breaker_fraction, 0.25);
     assert_eq!(config.federation.cells.keys().collect::<Vec<_>>(), ["dc2", "dc3"]);
     assert_eq!(config.federation.cells["dc2"].len(), 3);
+    assert_eq!(config.federation.cells["dc3"][0].as_str(), "titan.dc3.example.com:7070", "a cell by DNS name");
     assert!(config.federation.failover.enabled);
     let groups: Vec<(&str, titan_autoscaler::config::FleetKind)> =
         config.autoscaler.groups.iter().map(|g| (g.name.as_str(), g.fleet)).collect();
@@ -711,8 +709,10 @@ fn the_rendered_entrypoints_start_a_member_and_an_agent_that_registers_with_it()
     wait_for("the member did not become ready", &member_log, || {
         http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
     });
+    // Ready although its advertised name does not resolve here: a cell of one member never calls itself.
     let logged = std::fs::read_to_string(&member_log).unwrap_or_default();
-    let expected = format!("member 1 listening on 127.0.0.1:{port}, peers 1=127.0.0.1:{port}");
+    let advertised = format!("titan-0.titan-peers.titan.svc.cluster.local:{port}");
+    let expected = format!("member 1 listening on 0.0.0.0:{port} as {advertised}, peers 1={advertised}");
     assert!(logged.contains(&expected), "{logged}");
 
     // The agent with the rendered arguments, but the member's loopback address for the cell's: the members' DNS

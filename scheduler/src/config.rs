@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::address::PeerAddr;
 use crate::spec::Spec;
 
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
@@ -73,10 +74,15 @@ pub struct CellConfig {
     /// The cell (fault domain) name, e.g. `dc1`.
     pub cell: String,
     pub node_id: u64,
+    /// What the member's socket binds, e.g. `0.0.0.0:7070`.
     pub listen: SocketAddr,
-    /// The members the cell starts with (this one included); empty to join later through the admin endpoint.
+    /// How the other members reach this one, `HOST:PORT` (a DNS name or an IP); `listen` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<PeerAddr>,
+    /// The members the cell starts with (this one included, at its advertised address), each `HOST:PORT`; empty to
+    /// join later through the admin endpoint. A member's address is its identity in Raft's membership.
     #[serde(default)]
-    pub peers: BTreeMap<u64, SocketAddr>,
+    pub peers: BTreeMap<u64, PeerAddr>,
     pub data_dir: PathBuf,
     #[serde(default)]
     pub raft: RaftTuning,
@@ -99,8 +105,11 @@ pub enum ConfigError {
     NodeId,
     #[error("{0}")]
     Autoscaler(String),
-    #[error("peers must list this member ({node_id}) at its listen address {listen}, or be empty")]
-    SelfNotInPeers { node_id: u64, listen: SocketAddr },
+    #[error(
+        "peers must list this member ({node_id}) at its advertised address {advertised} (advertise, else listen), \
+         or be empty"
+    )]
+    SelfNotInPeers { node_id: u64, advertised: PeerAddr },
     #[error("a cell has 1, 3 or 5 members at bootstrap, not {0}")]
     PeerCount(usize),
     #[error("election timeout must satisfy heartbeat < min < max, got heartbeat {heartbeat} min {min} max {max}")]
@@ -124,6 +133,11 @@ pub enum ConfigError {
 }
 
 impl CellConfig {
+    /// How the other members reach this one: `advertise`, else `listen`.
+    pub fn advertised(&self) -> PeerAddr {
+        self.advertise.clone().unwrap_or_else(|| PeerAddr::from(self.listen))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ok_name = !self.cell.is_empty()
             && self.cell.len() <= 32
@@ -136,8 +150,9 @@ impl CellConfig {
         }
         self.autoscaler.validate().map_err(ConfigError::Autoscaler)?;
         if !self.peers.is_empty() {
-            if self.peers.get(&self.node_id) != Some(&self.listen) {
-                return Err(ConfigError::SelfNotInPeers { node_id: self.node_id, listen: self.listen });
+            let advertised = self.advertised();
+            if self.peers.get(&self.node_id) != Some(&advertised) {
+                return Err(ConfigError::SelfNotInPeers { node_id: self.node_id, advertised });
             }
             if ![1, 3, 5].contains(&self.peers.len()) {
                 return Err(ConfigError::PeerCount(self.peers.len()));
@@ -288,13 +303,13 @@ impl SchedulerConfig {
     }
 }
 
-/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002` into a member map.
-pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
+/// Parses `1=127.0.0.1:7001,2=titan-1.titan-peers:7001` into a member map (HOST a DNS name or an IP).
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, PeerAddr>, String> {
     let mut out = BTreeMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (id, addr) = item.split_once('=').ok_or_else(|| format!("{item:?} is not ID=HOST:PORT"))?;
         let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} is not a member id"))?;
-        let addr: SocketAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not HOST:PORT"))?;
+        let addr: PeerAddr = addr.parse().map_err(|e| format!("member {id}: {e}"))?;
         if out.insert(id, addr).is_some() {
             return Err(format!("member {id} appears twice"));
         }
@@ -312,6 +327,7 @@ mod tests {
             cell: "dc1".into(),
             node_id: 1,
             listen,
+            advertise: None,
             peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003").expect("valid"),
             data_dir: "/tmp/x".into(),
             raft: RaftTuning::default(),
@@ -333,7 +349,11 @@ mod tests {
         check(|c| c.node_id = 0, ConfigError::NodeId);
         check(
             |c| c.node_id = 4,
-            ConfigError::SelfNotInPeers { node_id: 4, listen: "127.0.0.1:7001".parse().expect("valid") },
+            ConfigError::SelfNotInPeers { node_id: 4, advertised: "127.0.0.1:7001".parse().expect("valid") },
+        );
+        check(
+            |c| c.advertise = Some("titan-0.titan-peers:7001".parse().expect("valid")),
+            ConfigError::SelfNotInPeers { node_id: 1, advertised: "titan-0.titan-peers:7001".parse().expect("valid") },
         );
         check(
             |c| {
@@ -366,8 +386,41 @@ mod tests {
     #[test]
     fn peers_parse_and_reject_duplicates() {
         assert_eq!(parse_peers("1=127.0.0.1:1").map(|p| p.len()), Ok(1));
-        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
-        assert!(parse_peers("x=127.0.0.1:1").is_err());
-        assert!(parse_peers("1=nowhere").is_err());
+        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2").unwrap_err().contains("twice"));
+        assert!(parse_peers("x=127.0.0.1:1").unwrap_err().contains("member id"));
+        assert!(parse_peers("1").unwrap_err().contains("is not ID=HOST:PORT"));
+        let err = parse_peers("1=nowhere").unwrap_err();
+        assert_eq!(err, "member 1: \"nowhere\" is not HOST:PORT (no port)");
+        assert!(parse_peers("2=localhost:0").unwrap_err().contains("port must be 1-65535"));
+        assert!(parse_peers("3=bad_name:7070").unwrap_err().contains("not a DNS name"));
+    }
+
+    #[test]
+    fn peers_are_names_or_ips_and_an_ip_keeps_its_spelling() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=[::1]:7002,3=titan-2.titan-peers.ns.svc.cluster.local:7003")
+            .expect("valid");
+        let spelled: Vec<&str> = peers.values().map(PeerAddr::as_str).collect();
+        assert_eq!(spelled, ["127.0.0.1:7001", "[::1]:7002", "titan-2.titan-peers.ns.svc.cluster.local:7003"]);
+        // A member's Raft address is this string: for an IP, what `SocketAddr` printed before names were taken.
+        let ip: SocketAddr = "127.0.0.1:7001".parse().expect("valid");
+        assert_eq!(peers[&1].to_string(), ip.to_string());
+    }
+
+    #[test]
+    fn this_member_is_in_peers_at_its_advertised_address() {
+        let named = |c: &mut CellConfig| {
+            c.listen = "0.0.0.0:7001".parse().expect("valid");
+            c.peers = parse_peers("1=localhost:7001,2=localhost:7002,3=localhost:7003").expect("valid");
+        };
+        let mut c = config();
+        named(&mut c);
+        assert_eq!(c.advertised().as_str(), "0.0.0.0:7001", "advertise defaults to listen");
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::SelfNotInPeers { node_id: 1, advertised: "0.0.0.0:7001".parse().expect("valid") })
+        );
+        c.advertise = Some("LOCALHOST:7001".parse().expect("valid"));
+        assert_eq!(c.validate(), Ok(()), "names compare without case");
+        assert_eq!(config().advertised().as_str(), "127.0.0.1:7001");
     }
 }

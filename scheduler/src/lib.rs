@@ -5,6 +5,7 @@
 //! Architecture invariant: the scheduler talks to agents and clients only through `titan-api` types; it never
 //! depends on the agent crate.
 
+pub mod address;
 pub mod agent;
 pub mod application;
 pub mod autoscaling;
@@ -36,5 +37,6 @@ pub mod task;
 pub mod watch;
 pub mod worker;
 
+pub use address::PeerAddr;
 pub use config::{parse_peers, CellConfig, RaftTuning};
 pub use member::{Cell, CellError};

@@ -57,6 +57,8 @@ pub struct Member {
     /// The cell it belongs to.
     pub cell: String,
     pub addr: SocketAddr,
+    /// `--advertise`: how the other members know it, when not by `addr`.
+    pub advertise: Option<String>,
     pub dir: PathBuf,
     child: Option<Child>,
 }
@@ -116,6 +118,9 @@ impl Member {
         if !peers.is_empty() {
             cmd.args(["--peers", peers]);
         }
+        if let Some(advertise) = &self.advertise {
+            cmd.args(["--advertise", advertise]);
+        }
         self.child = Some(cmd.spawn().expect("start titan server"));
     }
 }
@@ -168,12 +173,25 @@ impl Cluster {
                 id,
                 cell: cell.to_string(),
                 addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+                advertise: None,
                 dir: root.path().join(format!("m{id}")),
                 child: None,
             })
             .collect();
         let peers = members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",");
         Cluster { members, peers, config: config.to_string(), _root: root }
+    }
+
+    /// Like `configure_cell`, but every member is known to the others by the loopback name: `localhost:PORT` in
+    /// `--peers` and `--advertise`, while it listens on `127.0.0.1:PORT`.
+    pub fn configure_named(cell: &str, n: u64, config: &str) -> Cluster {
+        let mut c = Cluster::configure_cell(cell, n, config);
+        for m in &mut c.members {
+            m.advertise = Some(format!("localhost:{}", m.addr.port()));
+        }
+        c.peers =
+            c.members.iter().map(|m| format!("{}=localhost:{}", m.id, m.addr.port())).collect::<Vec<_>>().join(",");
+        c
     }
 
     /// Every member's address, as `--federation` lists a cell's: `A|B|C`.

@@ -1,11 +1,13 @@
 #!/bin/sh
 # Starts one cell member of the StatefulSet: `titan server` with the settings of titan.toml (TITAN_CONFIG) and the
-# three that differ per member, which Titan takes only as flags or values it cannot derive itself:
-#   --node-id  the pod's ordinal plus 1 (POD_NAME is <statefulset>-<ordinal>);
-#   --listen   POD_IP:MEMBER_PORT, since a member serves and is known by one address, an IP:PORT;
-#   --peers    every member's ID=IP:PORT, this one's POD_IP and the others' resolved from their DNS names through the
-#              headless Service (MEMBER_HOSTS, in member order), waiting up to MEMBER_RESOLVE_TIMEOUT seconds for
-#              members that are not scheduled yet.
+# four that differ per member, which Titan takes only as flags or values it cannot derive itself:
+#   --node-id    the pod's ordinal plus 1 (POD_NAME is <statefulset>-<ordinal>);
+#   --listen     every address of the pod at MEMBER_PORT: 0.0.0.0, or [::] when the pod's IP (POD_IP) is IPv6;
+#   --advertise  this member's stable DNS name through the headless Service, HOST:MEMBER_PORT, by which the others
+#                know it whatever its pod IP;
+#   --peers      every member's ID=HOST:MEMBER_PORT, from their DNS names (MEMBER_HOSTS, in member order).
+# Titan resolves the names each time it connects, so a member restarted with a new pod IP is found again, and a
+# member whose peers are not scheduled yet simply retries them.
 # Extra arguments are passed on to `titan server`.
 set -eu
 
@@ -13,7 +15,6 @@ set -eu
 : "${POD_IP:?POD_IP is required (the downward API's status.podIP)}"
 : "${MEMBER_HOSTS:?MEMBER_HOSTS is required (each member's DNS name, in member order)}"
 : "${MEMBER_PORT:?MEMBER_PORT is required}"
-timeout=${MEMBER_RESOLVE_TIMEOUT:-300}
 
 ordinal=${POD_NAME##*-}
 case $ordinal in
@@ -24,55 +25,26 @@ case $ordinal in
 esac
 node_id=$((ordinal + 1))
 
-# An IPv6 address goes in brackets before its port.
-with_port() {
-  case $1 in
-    *:*) printf '[%s]:%s' "$1" "$MEMBER_PORT" ;;
-    *) printf '%s:%s' "$1" "$MEMBER_PORT" ;;
-  esac
-}
-
-# Peers are reached in this member's own address family (a dual-stack cluster resolves names to both).
+# Listen in the pod's own address family (an IPv6 wildcard goes in brackets before its port).
 case $POD_IP in
-  *:*) family=ahostsv6 ;;
-  *) family=ahostsv4 ;;
+  *:*) listen="[::]:$MEMBER_PORT" ;;
+  *) listen="0.0.0.0:$MEMBER_PORT" ;;
 esac
 
-# The first address a name resolves to, waiting for it until the deadline.
-resolve() {
-  waited=0
-  while :; do
-    ip=$(getent "$family" "$1" | awk 'NR == 1 { print $1 }') || ip=""
-    if [ -n "$ip" ]; then
-      printf '%s' "$ip"
-      return 0
-    fi
-    if [ "$waited" -ge "$timeout" ]; then
-      echo "member.sh: $1 did not resolve within ${timeout}s" >&2
-      return 1
-    fi
-    sleep 2
-    waited=$((waited + 2))
-  done
-}
-
-listen=$(with_port "$POD_IP")
+advertise=""
 peers=""
 id=0
 for host in $MEMBER_HOSTS; do
   id=$((id + 1))
   if [ "$id" -eq "$node_id" ]; then
-    addr=$listen
-  else
-    ip=$(resolve "$host") || exit 1
-    addr=$(with_port "$ip")
+    advertise="$host:$MEMBER_PORT"
   fi
-  peers="$peers${peers:+,}$id=$addr"
+  peers="$peers${peers:+,}$id=$host:$MEMBER_PORT"
 done
-if [ "$node_id" -gt "$id" ]; then
+if [ -z "$advertise" ]; then
   echo "member.sh: member $node_id is beyond the cell's $id members (MEMBER_HOSTS)" >&2
   exit 1
 fi
 
-echo "member.sh: member $node_id listening on $listen, peers $peers" >&2
-exec titan server --node-id "$node_id" --listen "$listen" --peers "$peers" "$@"
+echo "member.sh: member $node_id listening on $listen as $advertise, peers $peers" >&2
+exec titan server --node-id "$node_id" --listen "$listen" --advertise "$advertise" --peers "$peers" "$@"

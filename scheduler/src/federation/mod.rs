@@ -9,9 +9,10 @@
 //! either side. Anti-entropy (`digest`) repairs whatever a stream missed.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::address::PeerAddr;
 
 pub mod digest;
 pub mod register;
@@ -34,8 +35,8 @@ pub const DEFAULT_DIGEST_MS: u64 = 30_000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
-    /// Every other cell by name, with its members' addresses.
-    pub cells: BTreeMap<String, Vec<SocketAddr>>,
+    /// Every other cell by name, with its members' (or a load balancer's) API addresses, `HOST:PORT` each.
+    pub cells: BTreeMap<String, Vec<PeerAddr>>,
     pub heartbeat_ms: u64,
     /// Silence after which a cell is `suspect`, then `down`.
     pub suspect_ms: u64,
@@ -150,15 +151,16 @@ impl FederationConfig {
     }
 }
 
-/// Parses `--federation`: `CELL=HOST:PORT[|HOST:PORT...],...`, e.g. `dc2=127.0.0.1:7072,dc3=10.0.0.3:7070|10.0.0.4:7070`.
-pub fn parse_cells(s: &str) -> Result<BTreeMap<String, Vec<SocketAddr>>, String> {
+/// Parses `--federation`: `CELL=HOST:PORT[|HOST:PORT...],...`, HOST a DNS name or an IP, e.g.
+/// `dc2=127.0.0.1:7072,dc3=10.0.0.3:7070|10.0.0.4:7070,dc4=titan.dc4.example.com:7070`.
+pub fn parse_cells(s: &str) -> Result<BTreeMap<String, Vec<PeerAddr>>, String> {
     let mut out = BTreeMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (name, addrs) =
             item.split_once('=').ok_or_else(|| format!("{item:?} is not CELL=HOST:PORT[|HOST:PORT]"))?;
         let addrs = addrs
             .split('|')
-            .map(|a| a.trim().parse::<SocketAddr>().map_err(|_| format!("{a:?} (cell {name}) is not HOST:PORT")))
+            .map(|a| a.parse::<PeerAddr>().map_err(|e| format!("cell {}: {e}", name.trim())))
             .collect::<Result<Vec<_>, _>>()?;
         if out.insert(name.trim().to_string(), addrs).is_some() {
             return Err(format!("cell {name} appears twice"));
@@ -178,6 +180,11 @@ mod tests {
         assert!(parse_cells("dc2").unwrap_err().contains("CELL=HOST:PORT"));
         assert!(parse_cells("dc2=nowhere").unwrap_err().contains("\"nowhere\""));
         assert!(parse_cells("dc2=127.0.0.1:1,dc2=127.0.0.1:2").unwrap_err().contains("twice"));
+        let named = parse_cells("dc2=titan.dc2.example.com:7070|[fd00::2]:7070").expect("names and IPs");
+        let spelled: Vec<&str> = named["dc2"].iter().map(PeerAddr::as_str).collect();
+        assert_eq!(spelled, ["titan.dc2.example.com:7070", "[fd00::2]:7070"]);
+        assert_eq!(parse_cells("dc2=x:0").unwrap_err(), "cell dc2: \"x:0\": the port must be 1-65535");
+        assert!(parse_cells("dc2=http://x:1").unwrap_err().contains("not a DNS name"));
 
         let ok = FederationConfig { cells, ..Default::default() };
         assert_eq!(ok.validate("dc1"), Ok(()));

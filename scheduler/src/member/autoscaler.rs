@@ -93,8 +93,9 @@ fn fleet_of(config: &CellConfig, g: &GroupConfig) -> Result<Box<dyn Fleet>, Stri
         }
         FleetKind::Local => {
             let binary = std::env::current_exe().map_err(|e| format!("the titan binary: {e}"))?;
+            // The agents reach the cell as its members reach each other (`listen` may be `0.0.0.0`).
             let cell_addr = if config.peers.is_empty() {
-                config.listen.to_string()
+                config.advertised().to_string()
             } else {
                 config.peers.values().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
             };

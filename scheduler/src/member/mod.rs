@@ -172,7 +172,7 @@ impl Cell {
         let lowest = config.peers.keys().next().copied();
         if lowest == Some(config.node_id) && !raft.is_initialized().await.map_err(|e| CellError::Raft(e.to_string()))? {
             let members: BTreeMap<NodeId, BasicNode> =
-                config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.to_string()))).collect();
+                config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.as_str()))).collect();
             tracing::info!(cell = %config.cell, members = ?members.keys().collect::<Vec<_>>(), "bootstrapping the cell");
             if let Err(e) = raft.initialize(members).await {
                 // Another start already initialized it; Raft carries on from its log.

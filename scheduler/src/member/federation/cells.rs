@@ -111,7 +111,7 @@ impl Cells {
 pub struct Seen<'a> {
     cells: &'a Cells,
     down: Duration,
-    known: &'a BTreeMap<String, Vec<std::net::SocketAddr>>,
+    known: &'a BTreeMap<String, Vec<crate::address::PeerAddr>>,
 }
 
 impl<'a> Seen<'a> {

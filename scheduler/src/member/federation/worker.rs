@@ -4,13 +4,13 @@
 //! answers its new position, so a push resumes where it stopped after a restart or a new leader on either side.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec};
 
 use super::cells::Cells;
+use crate::address::PeerAddr;
 use crate::config::CellConfig;
 use crate::federation::wire::{
     Beat, Differs, DigestOf, Push, Pushed, Summary, BEAT_PATH, CONTENT_TYPE, DIGEST_PATH, PUSH_PATH,
@@ -65,7 +65,7 @@ impl FederationMetrics {
 
 /// One other cell as the worker pushes to it.
 struct Peer {
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<PeerAddr>,
     /// How far it has merged this cell's outbox, once known (its heartbeat answer or a push answer says).
     position: Option<u64>,
     /// The address that answered last, tried first.
@@ -263,7 +263,7 @@ impl<H: Host> Federation<H> {
         let mut last_error = String::new();
         for i in 0..n {
             let k = (peer.preferred + i) % n;
-            let addr = peer.addrs[k];
+            let addr = &peer.addrs[k];
             let resp = self
                 .http
                 .post(format!("http://{addr}{path}"))
