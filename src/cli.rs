@@ -40,6 +40,10 @@ pub struct Target {
     /// Why (recorded in job history).
     #[arg(long, global = true)]
     reason: Option<String>,
+    /// A file holding the API token to send; else `$TITAN_TOKEN`, else `titan dev`'s admin token
+    /// (`$TITAN_DATA_DIR/admin.token`, `.titan-dev/admin.token`) when there is one.
+    #[arg(long, global = true, env = "TITAN_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -51,6 +55,9 @@ impl Target {
 
     fn client(&self) -> Client {
         let mut c = Client::new(&self.addr);
+        if let Some(t) = token(self.token_file.as_deref()) {
+            c = c.token(t);
+        }
         if let Some(u) = self.user.clone().or_else(login_name) {
             c = c.user(u);
         }
@@ -59,6 +66,21 @@ impl Target {
         }
         c
     }
+}
+
+/// The API token to send: from `--token-file`/`$TITAN_TOKEN_FILE`, else `$TITAN_TOKEN`, else the dev cell's
+/// admin token file when it exists.
+pub fn token(file: Option<&std::path::Path>) -> Option<String> {
+    let read =
+        |p: &std::path::Path| std::fs::read_to_string(p).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    if let Some(f) = file {
+        return read(f);
+    }
+    if let Some(t) = std::env::var("TITAN_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Some(t);
+    }
+    let dev = std::env::var("TITAN_DATA_DIR").unwrap_or_else(|_| crate::DEV_DATA_DIR.to_string());
+    read(&std::path::Path::new(&dev).join(titan_scheduler::config::BOOTSTRAP_TOKEN_FILE))
 }
 
 /// Who runs this command: `$USER`, else the name of the effective uid in `/etc/passwd` (a cron job, a container or
@@ -1071,6 +1093,89 @@ pub async fn fleet(target: &Target, command: FleetCommand) -> anyhow::Result<()>
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AclCommand {
+    /// API tokens: create (the secret is printed once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Creates a token and prints its secret (shown only now: the cell keeps its hash).
+    Create {
+        /// Its name, recorded as the actor of what it does.
+        #[arg(long)]
+        name: String,
+        /// admin, sre, owner, reader or agent.
+        #[arg(long)]
+        role: String,
+        /// For an owner: an application it may change; repeatable.
+        #[arg(long = "app")]
+        applications: Vec<String>,
+        /// For an agent token: the agent id it acts as.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Seconds until it expires.
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+    },
+    /// Every token (never a secret), revoked ones too.
+    List,
+    /// Revokes a token in every member and every cell.
+    Revoke { name: String },
+}
+
+const TOKEN_HEADER: [&str; 6] = ["NAME", "ROLE", "SCOPE", "CREATED BY", "EXPIRES", "STATE"];
+
+pub async fn acl(target: &Target, command: AclCommand) -> anyhow::Result<()> {
+    let client = target.client();
+    let json = target.output == Output::Json;
+    let AclCommand::Token(command) = command;
+    match command {
+        TokenCommand::Create { name, role, applications, agent, ttl_seconds } => {
+            let role: titan_api::acl::Role = serde_json::from_value(serde_json::Value::String(role.clone()))
+                .map_err(|_| anyhow::anyhow!("--role {role:?}: one of admin, sre, owner, reader, agent"))?;
+            let spec = titan_api::acl::TokenSpec { name, role, applications, agent, ttl_seconds };
+            let created = client.create_token(&spec).await?;
+            if json {
+                return print_json(&created);
+            }
+            say!("token {} ({}) created; its secret, shown only now:", created.token.name, created.token.role);
+            say!("{}", created.secret);
+        }
+        TokenCommand::List => {
+            let list = client.list_tokens().await?;
+            if json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .tokens
+                .iter()
+                .map(|t| {
+                    let scope = match (&t.agent, t.applications.is_empty()) {
+                        (Some(a), _) => format!("agent {a}"),
+                        (None, false) => t.applications.join(","),
+                        (None, true) => "-".into(),
+                    };
+                    let state = if t.revoked_at_ms.is_some() { "revoked" } else { "active" };
+                    let expires = t.expires_at_ms.map(time).unwrap_or_else(|| "never".into());
+                    vec![t.name.clone(), t.role.to_string(), scope, t.created_by.clone(), expires, state.into()]
+                })
+                .collect();
+            say!("{}", table(&TOKEN_HEADER, &rows));
+        }
+        TokenCommand::Revoke { name } => {
+            let t = client.revoke_token(&name).await?;
+            if json {
+                return print_json(&t);
+            }
+            say!("token {} revoked", t.name);
         }
     }
     Ok(())

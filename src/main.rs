@@ -78,6 +78,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::FleetCommand,
     },
+    /// API tokens: create, list, revoke.
+    Acl {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::AclCommand,
+    },
     /// Shows the cells of the federation.
     Cell {
         #[command(flatten)]
@@ -109,6 +116,7 @@ fn main() -> ExitCode {
             Command::Quota { target, command } => cli::quota(&target, command).await,
             Command::Location { target, command } => cli::location(&target, command).await,
             Command::Fleet { target, command } => cli::fleet(&target, command).await,
+            Command::Acl { target, command } => cli::acl(&target, command).await,
         }
     });
     match result {

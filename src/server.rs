@@ -59,6 +59,10 @@ pub struct DevArgs {
     /// port pairs from `--listen` (a cell, then its local agent), each with its data under `--data-dir/<cell>`.
     #[arg(long, env = "TITAN_DEV_CELLS", value_delimiter = ',')]
     cells: Vec<String>,
+    /// Serve without authentication (by default every route but the probes needs a token; the admin token is
+    /// written to `--data-dir/admin.token`, where the CLI finds it).
+    #[arg(long)]
+    no_auth: bool,
     /// The most extra local agents the dev cell's autoscaler starts when tasks do not fit (0: none); with
     /// `--cells`, each cell's.
     #[arg(long, env = "TITAN_DEV_FLEET_MAX", default_value_t = 3)]
@@ -114,6 +118,13 @@ pub struct AgentArgs {
     /// Dynamic port range, FIRST-LAST.
     #[arg(long, value_parser = parse_range)]
     ports: Option<(u16, u16)>,
+    /// The agent's id (kept in the data directory; a new one is made on the first start without it). An agent token
+    /// (`titan acl token create --role agent --agent ID`) acts only for this id.
+    #[arg(long)]
+    id: Option<String>,
+    /// A file holding the agent's API token; else `$TITAN_TOKEN`.
+    #[arg(long, env = "TITAN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -134,6 +145,9 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     init_logging(&args.log);
+    if let Some(id) = &args.id {
+        set_agent_id(&args.data_dir, id)?;
+    }
     let id = titan_agent::node::agent_id(&args.data_dir)
         .with_context(|| format!("keeping the agent id in {}", args.data_dir.display()))?;
     let declared = titan_agent::node::Declared {
@@ -161,10 +175,43 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped()).into_future());
     tracing::info!(agent = %registration.id, cell = %args.cell_addr, addr = %args.addr, runtime = %args.runtime,
         zfs = ?args.zfs_parent, resources = ?registration.resources, "agent starting");
-    let client = titan_api::Client::new(&args.cell_addr);
+    let mut client = titan_api::Client::new(&args.cell_addr);
+    if let Some(t) = agent_token(args.token_file.as_deref())? {
+        client = client.token(t);
+    }
     titan_agent::daemon::run_supervised(client, registration, metrics, supervisor, stopped()).await;
     server.abort();
     Ok(())
+}
+
+/// The first cell of a dev federation (the one that prints the token hint): the one no other cell sorts before.
+fn first_cell(config: &CellConfig) -> String {
+    config.federation.cells.keys().chain(std::iter::once(&config.cell)).min().cloned().unwrap_or_default()
+}
+
+/// Keeps `id` as the agent's id in `dir`, refusing one that differs from the id kept there.
+fn set_agent_id(dir: &Path, id: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()),
+        "--id {id:?}: 1-128 visible characters"
+    );
+    let file = dir.join("agent-id");
+    match std::fs::read_to_string(&file) {
+        Ok(kept) if kept.trim() == id || kept.trim().is_empty() => {}
+        Ok(kept) => anyhow::bail!("--id {id}: {} holds id {}; an agent keeps its id", file.display(), kept.trim()),
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&file, id).with_context(|| format!("writing {}", file.display()))
+}
+
+/// The agent's token: from its file, else `$TITAN_TOKEN`; none when neither is given.
+fn agent_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?;
+        return Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    Ok(std::env::var("TITAN_TOKEN").ok().filter(|t| !t.is_empty()))
 }
 
 /// The task runtime an agent uses: `docker` (containers through the Docker engine) or `process`.
@@ -226,6 +273,7 @@ struct FileConfig {
     scheduler: Option<titan_scheduler::config::SchedulerConfig>,
     federation: Option<titan_scheduler::federation::FederationConfig>,
     autoscaler: Option<titan_autoscaler::config::AutoscalerConfig>,
+    auth: Option<titan_scheduler::config::AuthConfig>,
 }
 
 fn init_logging(log: &LogArgs) {
@@ -275,12 +323,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         scheduler: file.scheduler.unwrap_or_default(),
         federation,
         autoscaler: file.autoscaler.unwrap_or_default(),
+        auth: file.auth.unwrap_or_default(),
     };
     serve(config, false).await
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     init_logging(&args.log);
+    let admin_token = args.data_dir.join(titan_scheduler::config::BOOTSTRAP_TOKEN_FILE);
     let one = |cell: &str, listen: SocketAddr, data_dir: PathBuf| CellConfig {
         cell: cell.into(),
         node_id: 1,
@@ -292,6 +342,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         scheduler: Default::default(),
         federation: Default::default(),
         autoscaler: Default::default(),
+        auth: titan_scheduler::config::AuthConfig {
+            enabled: !args.no_auth,
+            metrics_need_token: false,
+            // One admin token for every dev cell, where the CLI looks.
+            bootstrap_token_file: Some(admin_token.clone()),
+        },
     };
     if args.cells.is_empty() {
         let mut config = one("dev", args.listen, args.data_dir);
@@ -340,6 +396,7 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
         }
     });
     let stop = Stop::on_signal();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let mut server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stop.wait()).into_future());
     if dev {
         let url = format!("http://{}", config.listen);
@@ -347,10 +404,17 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
         while !client.ready().await && !server.is_finished() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        // With authentication on, the bootstrap admin token (the leader writes it at once): the local agent uses it.
+        let token_file = config.bootstrap_token_file();
+        let mut token = None;
+        while config.auth.enabled && token.is_none() && !server.is_finished() {
+            token = std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         // The local agent: this machine registers with the dev cell, as `titan agent` would.
         let agent_dir = config.data_dir.join("agent");
         let agent_addr = SocketAddr::new(config.listen.ip(), config.listen.port().wrapping_add(1));
-        match local_agent(&url, &agent_dir, agent_addr).await {
+        match local_agent(&url, &agent_dir, agent_addr, token).await {
             Ok(kind) => {
                 println!("Local agent on {agent_addr} runs tasks with the {kind} runtime; see `titan node list`.")
             }
@@ -358,8 +422,17 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
         }
         if config.federation.is_federated() {
             println!("cell {} ready at {url} (data in {})", config.cell, config.data_dir.display());
+            if config.auth.enabled && config.cell == first_cell(&config) {
+                println!("Tokens are on: the CLI sends the admin token in {}", token_file.display());
+            }
         } else {
             println!("Titan dev cell is ready at {url} (data in {})", config.data_dir.display());
+            if config.auth.enabled {
+                println!(
+                    "Tokens are on: the CLI sends the admin token in {0}; curl: -H \"Authorization: Bearer $(cat {0})\"",
+                    token_file.display()
+                );
+            }
             println!("Try:  titan job run examples/hello.yaml && titan job list");
             println!(
                 "  or: curl -s {url}/v1/jobs -H 'content-type: application/yaml' --data-binary @examples/hello.yaml"
@@ -417,7 +490,12 @@ impl Stop {
 
 /// Starts the dev cell's agent in this process: its HTTP server and its task supervisor, both ending with the
 /// process. It runs containers when a Docker engine answers, host processes otherwise; returns which.
-async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyhow::Result<&'static str> {
+async fn local_agent(
+    cell_url: &str,
+    data_dir: &Path,
+    addr: SocketAddr,
+    token: Option<String>,
+) -> anyhow::Result<&'static str> {
     let id = titan_agent::node::agent_id(data_dir)?;
     let attributes = [("zone".to_string(), "dev".to_string())].into_iter().collect();
     let registration = titan_agent::node::describe(
@@ -436,7 +514,10 @@ async fn local_agent(cell_url: &str, data_dir: &Path, addr: SocketAddr) -> anyho
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let app = titan_agent::server::router(registry, data_dir.join("logs"));
     tokio::spawn(axum::serve(listener, app).into_future());
-    let client = titan_api::Client::new(cell_url);
+    let mut client = titan_api::Client::new(cell_url);
+    if let Some(t) = token {
+        client = client.token(t);
+    }
     // It is never told to stop: it ends with the process, leaving its tasks running (the supervisor's shutdown
     // would stop host processes), to be re-adopted at the next start.
     tokio::spawn(titan_agent::daemon::run_supervised(

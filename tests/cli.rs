@@ -157,7 +157,11 @@ async fn job_status_says_why_every_attempt_failed() {
     let dev = Dev::start(dir.path()).await;
     let client = dev.client();
     let image = "titan-test/no-such-image:latest";
-    let out = titan(&["job", "run", "-", "--addr", &dev.addr, "-o", "json"], &spec("broken", "dev:1", image, "null"));
+    let token = dev.token_file.to_string_lossy().to_string();
+    let out = titan(
+        &["job", "run", "-", "--addr", &dev.addr, "--token-file", &token, "-o", "json"],
+        &spec("broken", "dev:1", image, "null"),
+    );
     assert!(out.status.success(), "{}", text(&out));
     let job: titan_api::view::JobRef = serde_json::from_slice(&out.stdout).expect("json");
     eventually(Duration::from_secs(60), "two failed attempts", || async {
@@ -169,7 +173,7 @@ async fn job_status_says_why_every_attempt_failed() {
     let failures = view.tasks.expect("a summary").failures;
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!((failures[0].location.as_str(), failures[0].last.reason.as_deref()), ("dev", Some("launch_error")));
-    let out = titan(&["job", "status", &job.id, "--addr", &dev.addr], "");
+    let out = titan(&["job", "status", &job.id, "--addr", &dev.addr, "--token-file", &token], "");
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let said = format!("attempts failed: image {image} is not present and could not be pulled");

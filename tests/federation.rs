@@ -482,6 +482,7 @@ async fn what_another_cell_may_not_send_is_refused_with_nothing_applied() {
             jobs: vec![job],
             quotas: Vec::new(),
             locations: Vec::new(),
+            tokens: Vec::new(),
         };
         rmp_serde::to_vec_named(&push).expect("encodes")
     };

@@ -52,6 +52,7 @@ async fn a_member_at_an_address_that_is_no_member_is_refused_and_writes_commit()
     let answer = tokio::time::timeout(
         WRITE_WAIT,
         http.post(format!("http://{}/v1/cluster/members", dev.addr))
+            .bearer_auth(&dev.token)
             .json(&serde_json::json!({"id": bogus, "addr": agent}))
             .send(),
     )

@@ -45,6 +45,8 @@ fn the_rules_pass_promtool_check_and_their_unit_tests() {
 /// `titan dev --cells dc1,dc2,dc3`: cell i at `port + 2i`, its local agent at the port after.
 struct DevCells {
     addrs: Vec<String>,
+    /// A client sending the dev cells' admin token.
+    http: reqwest::Client,
     child: Child,
 }
 
@@ -64,14 +66,25 @@ impl DevCells {
             .spawn()
             .expect("start titan dev");
         let addrs: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + 2 * i)).collect();
-        let http = reqwest::Client::new();
+        let token_file = dir.join("data").join("admin.token");
+        let mut token = String::new();
+        eventually(Duration::from_secs(60), "the dev cells' admin token", || {
+            token = std::fs::read_to_string(&token_file).unwrap_or_default().trim().to_string();
+            let made = !token.is_empty();
+            async move { made }
+        })
+        .await;
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value");
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        let http = reqwest::Client::builder().default_headers(headers).build().expect("a client");
         for addr in &addrs {
             eventually(Duration::from_secs(60), &format!("{addr} ready with its agent"), || async {
                 get(&http, addr, "/v1/agents").await.is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()))
             })
             .await;
         }
-        DevCells { addrs, child }
+        DevCells { addrs, http, child }
     }
 }
 
@@ -264,7 +277,7 @@ fn substitute(expr: &str, values: &BTreeMap<String, String>) -> String {
 async fn every_panel_query_returns_series_from_real_cells_through_a_real_prometheus() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dev = DevCells::start(dir.path()).await;
-    let http = reqwest::Client::new();
+    let http = dev.http.clone();
     let (dc1, dc2) = (&dev.addrs[0], &dev.addrs[1]);
 
     // Federated: each cell hears the others.

@@ -73,6 +73,8 @@ pub struct Client {
     user: Option<String>,
     reason: Option<String>,
     consistent: bool,
+    /// `Authorization: Bearer <token>` on every call.
+    token: Option<String>,
 }
 
 impl Client {
@@ -100,6 +102,7 @@ impl Client {
             user: None,
             reason: None,
             consistent: false,
+            token: None,
         }
     }
 
@@ -132,6 +135,12 @@ impl Client {
         self
     }
 
+    /// Sends an API token's secret with every call (`Authorization: Bearer`).
+    pub fn token(mut self, secret: impl Into<String>) -> Client {
+        self.token = Some(secret.into());
+        self
+    }
+
     /// Says why changes are made (recorded in job history).
     pub fn reason(mut self, why: impl Into<String>) -> Client {
         self.reason = Some(why.into());
@@ -150,6 +159,9 @@ impl Client {
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut r = self.http.request(method.clone(), format!("{}{path}", self.current()));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
         if let Some(u) = &self.user {
             r = r.header(USER_HEADER, u);
         }
@@ -220,7 +232,11 @@ impl Client {
 
     /// The leader's base URL as the member at `base` knows it, when it knows one other than itself.
     async fn leader_named_by(&self, base: &str) -> Option<String> {
-        let resp = self.http.get(format!("{base}/v1/cluster")).send().await.ok()?;
+        let mut r = self.http.get(format!("{base}/v1/cluster"));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        let resp = r.send().await.ok()?;
         let view: ClusterView = resp.json().await.ok()?;
         leader_base(&view).filter(|l| l != base)
     }
@@ -336,6 +352,18 @@ impl Client {
 
     pub async fn get_quota(&self, group: &str) -> Result<crate::quota::QuotaView, ClientError> {
         self.send(self.request(Method::GET, &format!("/v1/quotas/{group}"))).await
+    }
+
+    pub async fn create_token(&self, spec: &crate::acl::TokenSpec) -> Result<crate::acl::TokenCreated, ClientError> {
+        self.send(self.request(Method::POST, "/v1/acl/tokens").json(spec)).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<crate::acl::TokenList, ClientError> {
+        self.send(self.request(Method::GET, "/v1/acl/tokens")).await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<crate::acl::TokenView, ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/v1/acl/tokens/{name}"))).await
     }
 
     pub async fn put_quota(

@@ -54,6 +54,10 @@ pub enum ErrorCode {
     Expired,
     /// A bug or a storage failure on our side.
     Internal,
+    /// No token, or one that is malformed, unknown, expired or revoked (401; field `Authorization`).
+    Unauthorized,
+    /// Too many requests with bad tokens from one address: slowed down (429, with `Retry-After`).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -74,6 +78,8 @@ impl ErrorCode {
             ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Expired => StatusCode::GONE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -98,6 +104,8 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Expired => "expired",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }

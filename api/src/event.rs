@@ -16,6 +16,8 @@ pub enum Topic {
     Quota,
     Location,
     Fleet,
+    /// API tokens created and revoked.
+    Acl,
 }
 
 impl Topic {
@@ -27,6 +29,7 @@ impl Topic {
             "quota" => Some(Topic::Quota),
             "location" => Some(Topic::Location),
             "fleet" => Some(Topic::Fleet),
+            "acl" => Some(Topic::Acl),
             _ => None,
         }
     }
@@ -66,7 +69,7 @@ pub struct EventQuery {
     /// Only events after this event id (the SSE `id`, `eventId`, of the last event received); absent: only new
     /// events.
     pub from: Option<u64>,
-    /// Comma-separated topics: job, task, agent. Absent: all.
+    /// Comma-separated topics: job, task, agent, quota, location, fleet, acl. Absent: all.
     pub topic: Option<String>,
     /// Only events of this job (its own and its tasks').
     pub job: Option<String>,
@@ -79,7 +82,15 @@ impl EventQuery {
     /// The topics asked for, every one when none is named.
     pub fn topics(&self) -> Result<Vec<Topic>, ApiError> {
         let Some(t) = &self.topic else {
-            return Ok(vec![Topic::Job, Topic::Task, Topic::Agent, Topic::Quota, Topic::Location, Topic::Fleet]);
+            return Ok(vec![
+                Topic::Job,
+                Topic::Task,
+                Topic::Agent,
+                Topic::Quota,
+                Topic::Location,
+                Topic::Fleet,
+                Topic::Acl,
+            ]);
         };
         t.split(',')
             .map(|name| {

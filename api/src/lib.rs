@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: api knows nothing of Raft, sled or the placement engine's internals.
 
+pub mod acl;
 pub mod agent;
 pub mod body;
 pub mod client;

@@ -44,20 +44,68 @@ use crate::router::paths::*;
         get_location,
         pull_lever,
         set_weight,
-        endpoints
+        endpoints,
+        create_token,
+        list_tokens,
+        get_token,
+        revoke_token
     ),
     components(schemas(
         crate::error::ApiError,
         crate::error::ErrorCode,
         crate::view::JobState,
         crate::task::TaskState,
-        crate::location::LeverKind
+        crate::location::LeverKind,
+        crate::acl::Role
     ))
 )]
 struct Doc;
 
+/// The name of the bearer scheme in the document.
+pub const BEARER: &str = "bearer";
+
+/// The document, with the bearer scheme declared on every operation that needs a token (`acl::rule`).
 pub fn document() -> utoipa::openapi::OpenApi {
-    Doc::openapi()
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+    let mut doc = Doc::openapi();
+    let scheme = HttpBuilder::new()
+        .scheme(HttpAuthScheme::Bearer)
+        .description(Some("an API token's secret (`titan acl token create`): `Authorization: Bearer <secret>`"))
+        .build();
+    doc.components.get_or_insert_with(Default::default).add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, op) in [
+            ("GET", &mut item.get),
+            ("PUT", &mut item.put),
+            ("POST", &mut item.post),
+            ("DELETE", &mut item.delete),
+            ("PATCH", &mut item.patch),
+        ] {
+            let Some(op) = op.as_mut() else { continue };
+            if crate::acl::rule(method, path) != Some(crate::acl::Access::Public) {
+                op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+                let responses = &mut op.responses.responses;
+                for (status, what) in [
+                    ("401", "no token, or a malformed, unknown, expired or revoked one"),
+                    ("403", "the token's role, applications or agent do not allow this"),
+                    ("429", "too many bad tokens from this address"),
+                ] {
+                    responses.entry(status.to_string()).or_insert_with(|| {
+                        utoipa::openapi::ResponseBuilder::new()
+                            .description(what)
+                            .content(
+                                "application/json",
+                                utoipa::openapi::ContentBuilder::new()
+                                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ApiError")))
+                                    .build(),
+                            )
+                            .into()
+                    });
+                }
+            }
+        }
+    }
+    doc
 }
 
 #[cfg(test)]

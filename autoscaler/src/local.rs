@@ -27,6 +27,8 @@ pub struct LocalSettings {
     /// Instance n serves on `first_port + n` and gives tasks ports from its own block above `port_blocks_from`.
     pub first_port: u16,
     pub port_blocks_from: u16,
+    /// A file holding the token the agents present (`TITAN_TOKEN_FILE`), when the cell checks tokens.
+    pub token_file: Option<PathBuf>,
 }
 
 struct Running {
@@ -59,6 +61,9 @@ impl Local {
             .map_err(|e| FleetError::Other(format!("{}: {e}", s.dir.display())))?;
         let err = log.try_clone().map_err(|e| FleetError::Other(e.to_string()))?;
         let mut command = Command::new(&s.binary);
+        if let Some(f) = &s.token_file {
+            command.env("TITAN_TOKEN_FILE", f);
+        }
         // The agent dies with the cell that started it (a killed dev cell leaves no agent behind).
         // SAFETY: `prctl` is async-signal-safe and touches nothing of the parent's state.
         unsafe {

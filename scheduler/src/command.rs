@@ -109,6 +109,9 @@ pub enum Command {
         /// Locations' lever records, each one register.
         #[serde(default)]
         locations: Vec<crate::location::LocationRecord>,
+        /// API tokens, each one register.
+        #[serde(default)]
+        tokens: Vec<crate::token::TokenRecord>,
     },
     /// Sets a capacity group's quota, every location at once.
     PutQuota {
@@ -140,6 +143,16 @@ pub enum Command {
         /// A fleet call that failed (kind: message), for the events.
         #[serde(default)]
         error: Option<String>,
+    },
+    /// Creates an API token: one register, replicated to every cell. Refused if the name is taken.
+    PutToken {
+        record: crate::token::TokenRecord,
+        meta: Meta,
+    },
+    /// Revokes a token: a newer write of its register, kept so that every cell learns of it.
+    RevokeToken {
+        name: String,
+        meta: Meta,
     },
 }
 
@@ -262,7 +275,9 @@ impl Command {
             | Command::PutQuota { meta, .. }
             | Command::DeleteQuota { meta, .. }
             | Command::Lever { meta, .. }
-            | Command::Fleet { meta, .. } => Some(meta),
+            | Command::Fleet { meta, .. }
+            | Command::PutToken { meta, .. }
+            | Command::RevokeToken { meta, .. } => Some(meta),
             Command::Batch(_) => None,
         }
     }
@@ -320,6 +335,12 @@ pub enum Rejection {
         location: String,
         state: crate::location::LeverState,
     },
+    TokenExists {
+        name: String,
+    },
+    TokenNotFound {
+        name: String,
+    },
 }
 
 /// What applying a command answered.
@@ -357,6 +378,10 @@ pub enum Response {
         name: String,
         state: crate::location::LeverState,
         version: u64,
+    },
+    /// A token write took effect.
+    Token {
+        name: String,
     },
 }
 

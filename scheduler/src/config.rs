@@ -94,7 +94,34 @@ pub struct CellConfig {
     /// The instance groups the leader scales (`[autoscaler]`); none by default.
     #[serde(default)]
     pub autoscaler: titan_autoscaler::config::AutoscalerConfig,
+    /// API tokens (`[auth]`); off by default.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
+
+/// `[auth]`: whether requests need an API token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every route but `/healthz`, `/readyz` and `/openapi.json` needs `Authorization: Bearer <token>`.
+    pub enabled: bool,
+    /// `/metrics` needs a token too.
+    pub metrics_need_token: bool,
+    /// Where the bootstrap admin token's secret is written (mode 0600) when the cell first starts with no token;
+    /// `<data_dir>/admin.token` when unset. A file that exists already is read instead, so cells started together
+    /// (`titan dev --cells`) share one admin token.
+    pub bootstrap_token_file: Option<PathBuf>,
+}
+
+impl CellConfig {
+    /// Where the bootstrap admin token's secret lives.
+    pub fn bootstrap_token_file(&self) -> PathBuf {
+        self.auth.bootstrap_token_file.clone().unwrap_or_else(|| self.data_dir.join(BOOTSTRAP_TOKEN_FILE))
+    }
+}
+
+/// The bootstrap admin token's file name in a member's data directory.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "admin.token";
 
 /// A configuration rule that does not hold.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -334,6 +361,7 @@ mod tests {
             scheduler: Default::default(),
             federation: Default::default(),
             autoscaler: Default::default(),
+            auth: Default::default(),
         }
     }
 

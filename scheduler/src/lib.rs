@@ -34,6 +34,7 @@ pub mod spec;
 pub mod state;
 pub mod store;
 pub mod task;
+pub mod token;
 pub mod watch;
 pub mod worker;
 

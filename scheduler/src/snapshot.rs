@@ -8,7 +8,7 @@
 //! defaulted fields; format 2 stores each job's resolved counts and each task's spec version; format 3 adds
 //! federation: each job's register versions and origin, the clock, the outbox and the positions merged; format 4
 //! adds the capacity groups' quotas; format 5 the locations' lever records; format 6 the autoscaled groups' demand
-//! history.
+//! history; format 7 the API tokens.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,7 +25,28 @@ use crate::spec::Spec;
 use crate::task::TaskRecord;
 
 /// The format this build writes.
-pub const FORMAT: u32 = 6;
+pub const FORMAT: u32 = 7;
+
+/// Format 7: format 6 and the API tokens.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotV7 {
+    pub jobs: BTreeMap<String, Arc<JobRecord>>,
+    pub idempotency: BTreeMap<String, Remembered>,
+    pub agents: BTreeMap<String, AgentRecord>,
+    pub applied: HashMap<String, (u64, Response)>,
+    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub seq: u64,
+    pub events_made: u64,
+    pub clock: crate::federation::Clock,
+    pub outbox: BTreeMap<u64, String>,
+    pub outbox_seq: u64,
+    pub positions: BTreeMap<String, u64>,
+    pub quotas: BTreeMap<String, QuotaRecord>,
+    pub locations: BTreeMap<String, crate::location::LocationRecord>,
+    pub fleet: BTreeMap<String, titan_autoscaler::policy::History>,
+    /// Every API token (revoked ones too), by name.
+    pub tokens: BTreeMap<String, crate::token::TokenRecord>,
+}
 
 /// Format 6: format 5 and each autoscaled instance group's demand history.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -135,7 +156,7 @@ pub enum SnapshotError {
 #[derive(Serialize)]
 struct FileRef<'a> {
     format: u32,
-    body: &'a SnapshotV6,
+    body: &'a SnapshotV7,
 }
 
 #[derive(Deserialize)]
@@ -146,45 +167,87 @@ struct Envelope<'a> {
 }
 
 /// Writes `snapshot` in the current format.
-pub fn write(w: impl std::io::Write, snapshot: &SnapshotV6) -> serde_json::Result<()> {
+pub fn write(w: impl std::io::Write, snapshot: &SnapshotV7) -> serde_json::Result<()> {
     serde_json::to_writer(w, &FileRef { format: FORMAT, body: snapshot })
 }
 
 /// Reads a snapshot file of any format this build knows, migrated to the current one.
-pub fn read(data: &[u8]) -> Result<SnapshotV6, SnapshotError> {
+pub fn read(data: &[u8]) -> Result<SnapshotV7, SnapshotError> {
     let envelope: Envelope = serde_json::from_slice(data).map_err(SnapshotError::Envelope)?;
     let body = envelope.body.get();
     match envelope.format {
         FORMAT => serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: FORMAT, error }),
+        6 => {
+            let v6: SnapshotV6 =
+                serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 6, error })?;
+            Ok(v6_to_v7(v6))
+        }
         5 => {
             let v5: SnapshotV5 =
                 serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 5, error })?;
-            Ok(v5_to_v6(v5))
+            Ok(v6_to_v7(v5_to_v6(v5)))
         }
         4 => {
             let v4: SnapshotV4 =
                 serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 4, error })?;
-            Ok(v5_to_v6(v4_to_v5(v4)))
+            Ok(v6_to_v7(v5_to_v6(v4_to_v5(v4))))
         }
         3 => {
             let v3: SnapshotV3 =
                 serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 3, error })?;
-            Ok(v5_to_v6(v4_to_v5(v3_to_v4(v3))))
+            Ok(v6_to_v7(v5_to_v6(v4_to_v5(v3_to_v4(v3)))))
         }
         2 => {
             let v2: SnapshotV2 =
                 serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 2, error })?;
-            Ok(v5_to_v6(v4_to_v5(v3_to_v4(v2_to_v3(v2)))))
+            Ok(v6_to_v7(v5_to_v6(v4_to_v5(v3_to_v4(v2_to_v3(v2))))))
         }
         1 => {
             let v1: Value = serde_json::from_str(body).map_err(|error| SnapshotError::Body { format: 1, error })?;
             let v2 = v1_to_v2(v1).map_err(SnapshotError::Migrate)?;
             let v2: SnapshotV2 =
                 serde_json::from_value(v2).map_err(|error| SnapshotError::Body { format: 2, error })?;
-            Ok(v5_to_v6(v4_to_v5(v3_to_v4(v2_to_v3(v2)))))
+            Ok(v6_to_v7(v5_to_v6(v4_to_v5(v3_to_v4(v2_to_v3(v2))))))
         }
         n if n > FORMAT => Err(SnapshotError::Newer(n)),
         n => Err(SnapshotError::Unknown(n)),
+    }
+}
+
+/// Format 6 to format 7: no token was made yet.
+fn v6_to_v7(v6: SnapshotV6) -> SnapshotV7 {
+    let SnapshotV6 {
+        jobs,
+        idempotency,
+        agents,
+        applied,
+        tasks,
+        seq,
+        events_made,
+        clock,
+        outbox,
+        outbox_seq,
+        positions,
+        quotas,
+        locations,
+        fleet,
+    } = v6;
+    SnapshotV7 {
+        jobs,
+        idempotency,
+        agents,
+        applied,
+        tasks,
+        seq,
+        events_made,
+        clock,
+        outbox,
+        outbox_seq,
+        positions,
+        quotas,
+        locations,
+        fleet,
+        tokens: BTreeMap::new(),
     }
 }
 
@@ -408,13 +471,15 @@ mod tests {
         write(&mut bytes, &s).expect("writes");
         assert_eq!(read(&bytes).expect("reads back"), s);
         let text = String::from_utf8(bytes).expect("utf-8");
-        let v5 = text.replacen("\"format\":6", "\"format\":5", 1);
+        let v6 = text.replacen("\"format\":7", "\"format\":6", 1);
+        assert_eq!(read(v6.as_bytes()).expect("format 6 reads").tokens, BTreeMap::new(), "no token before 7");
+        let v5 = text.replacen("\"format\":7", "\"format\":5", 1);
         assert_eq!(read(v5.as_bytes()).expect("format 5 reads").fleet, BTreeMap::new(), "no history before 6");
-        let v4 = text.replacen("\"format\":6", "\"format\":4", 1);
+        let v4 = text.replacen("\"format\":7", "\"format\":4", 1);
         assert_eq!(read(v4.as_bytes()).expect("format 4 reads").locations, BTreeMap::new(), "no lever before 5");
-        let v3 = text.replacen("\"format\":6", "\"format\":3", 1);
+        let v3 = text.replacen("\"format\":7", "\"format\":3", 1);
         assert_eq!(read(v3.as_bytes()).expect("format 3 reads").quotas, BTreeMap::new(), "no quota before format 4");
-        let newer = text.replacen("\"format\":6", "\"format\":9", 1);
+        let newer = text.replacen("\"format\":7", "\"format\":9", 1);
         assert!(matches!(read(newer.as_bytes()), Err(SnapshotError::Newer(9))));
         assert!(matches!(read(br#"{"format":0,"body":{}}"#), Err(SnapshotError::Unknown(0))));
         assert!(matches!(read(b"[]"), Err(SnapshotError::Envelope(_))));

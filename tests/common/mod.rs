@@ -283,9 +283,13 @@ where
     }
 }
 
-/// `titan dev` on free loopback ports (its agent takes the port after the cell's), data and log under `dir`.
+/// `titan dev` on free loopback ports (its agent takes the port after the cell's), data and log under `dir`, with
+/// authentication on as a newcomer gets it: `token` is its admin token, which `client()` sends.
 pub struct Dev {
     pub addr: String,
+    /// The admin token's file, where the CLI is pointed (`--token-file`).
+    pub token_file: PathBuf,
+    pub token: String,
     child: Child,
 }
 
@@ -304,16 +308,27 @@ impl Dev {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start titan dev");
-        let client = Client::new(&addr);
+        let token_file = dir.join("data").join("admin.token");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let token = loop {
+            if let Some(t) = std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string()) {
+                if !t.is_empty() {
+                    break t;
+                }
+            }
+            assert!(Instant::now() < deadline, "titan dev wrote no admin token to {}", token_file.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let client = Client::new(&addr).token(token.clone());
         eventually(Duration::from_secs(30), "the dev cell ready with its agent", || async {
             client.list_agents().await.is_ok_and(|a| a.len() == 1 && a[0].last_heartbeat_ms.is_some())
         })
         .await;
-        Dev { addr, child }
+        Dev { addr, token_file, token, child }
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.addr)
+        Client::new(&self.addr).token(self.token.clone())
     }
 
     /// SIGTERM, as a service manager stops it, then waits (bounded by `within`) for it to exit; returns how it

@@ -298,3 +298,6 @@ impl Reads for FakeCell {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// No authentication: the agent's tests run it against a cell that takes every request.
+impl titan_api::router::AuthApi for FakeCell {}

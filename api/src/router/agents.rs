@@ -52,11 +52,15 @@ pub(super) fn fleet_routes() -> Router<Api> {
     responses((status = 200, body = AgentView), (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
 async fn register_agent(
     State(cell): State<Agents>,
+    caller: Option<axum::Extension<crate::acl::Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<AgentView>, ApiError> {
     let registration: AgentRegistration = json_body(&headers, body).await?;
     registration.validate()?;
+    if let Some(axum::Extension(c)) = &caller {
+        c.check_agent(&registration.id)?;
+    }
     Ok(Json(cell.register_agent(registration).await?))
 }
 

@@ -8,10 +8,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 use super::request::*;
 use super::{Actor, Api, ApiResult, EventFeed, Reads};
+use crate::acl::Caller;
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{InstancesRequest, JobSpec};
 use crate::quota::{DryRun, DryRunQuery, JobWrite};
@@ -42,6 +43,12 @@ pub trait JobsApi: Reads {
 
 pub(super) type Jobs = std::sync::Arc<dyn JobsApi>;
 
+/// 403 unless the caller may write jobs of the spec's application (an owner's own; the authentication layer
+/// checked the job a path names already).
+fn owns(caller: &Option<Extension<Caller>>, spec: &JobSpec) -> Result<(), ApiError> {
+    caller.as_ref().map_or(Ok(()), |Extension(c)| c.check_application(&spec.application_name))
+}
+
 /// The users' job routes.
 pub(super) fn routes() -> Router<Api> {
     Router::new()
@@ -61,6 +68,7 @@ pub(super) fn routes() -> Router<Api> {
         (status = "4XX", body = ApiError), (status = 503, body = ApiError)))]
 async fn submit_job(
     State(cell): State<Jobs>,
+    caller: Option<Extension<Caller>>,
     dry: DryRunParams,
     headers: HeaderMap,
     body: Body,
@@ -70,6 +78,7 @@ async fn submit_job(
     let key = idempotency_key(&headers)?;
     let who = actor(&headers)?;
     let spec = JobSpec::parse(&read_body(body).await?, format)?;
+    owns(&caller, &spec)?;
     if dry {
         return Ok(Json(cell.dry_run(JobWrite::Submit(spec)).await?).into_response());
     }
@@ -128,6 +137,7 @@ async fn job_history(
         (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 412, body = ApiError)))]
 async fn update_job(
     State(cell): State<Jobs>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     dry: DryRunParams,
     headers: HeaderMap,
@@ -138,6 +148,7 @@ async fn update_job(
     let version = if_match(&headers)?;
     let who = actor(&headers)?;
     let spec = JobSpec::parse(&read_body(body).await?, format)?;
+    owns(&caller, &spec)?;
     if dry {
         return Ok(Json(cell.dry_run(JobWrite::Update { id, spec }).await?).into_response());
     }

@@ -21,7 +21,9 @@ use prometheus::{HistogramVec, IntCounterVec, Registry};
 use crate::error::{ApiError, ErrorCode};
 use crate::event::Event;
 
+mod acl;
 mod agents;
+mod auth;
 mod cluster;
 mod events;
 mod jobs;
@@ -30,6 +32,7 @@ mod quotas;
 mod request;
 mod tasks;
 
+pub use acl::{AuthApi, AuthSettings, Refused};
 pub use agents::AgentsApi;
 pub use cluster::AdminApi;
 pub use jobs::JobsApi;
@@ -65,10 +68,10 @@ pub trait Reads: Send + Sync + 'static {
     fn read_barrier(&self) -> ApiResult<'_, ()>;
 }
 
-/// Everything a cell answers: every audience's trait.
-pub trait CellApi: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi + LocationsApi {}
+/// Everything a cell answers: every audience's trait, and who may ask (`AuthApi`).
+pub trait CellApi: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi + LocationsApi + AuthApi {}
 
-impl<T: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi + LocationsApi> CellApi for T {}
+impl<T: JobsApi + TasksApi + AgentsApi + AdminApi + QuotasApi + LocationsApi + AuthApi> CellApi for T {}
 
 /// The routers' state: the cell, once per audience, so a handler reaches only its audience's trait.
 #[derive(Clone)]
@@ -79,6 +82,13 @@ pub(crate) struct Api {
     admin: cluster::Admin,
     quotas: quotas::Quotas,
     locations: locations::Locations,
+    auth: acl::Auth,
+}
+
+impl FromRef<Api> for acl::Auth {
+    fn from_ref(api: &Api) -> Self {
+        api.auth.clone()
+    }
 }
 
 impl FromRef<Api> for locations::Locations {
@@ -165,11 +175,17 @@ pub fn router<C: CellApi>(cell: Arc<C>, metrics: HttpMetrics, internal: Router) 
         agents: cell.clone(),
         quotas: cell.clone(),
         locations: cell.clone(),
-        admin: cell,
+        auth: cell.clone(),
+        admin: cell.clone(),
     };
+    let auth = auth::AuthLayer { cell, limiter: Default::default() };
     let users = jobs::routes().merge(tasks::routes()).merge(events::routes());
     let agents = agents::routes();
-    let operators = cluster::routes().merge(agents::fleet_routes()).merge(quotas::routes()).merge(locations::routes());
+    let operators = cluster::routes()
+        .merge(agents::fleet_routes())
+        .merge(quotas::routes())
+        .merge(locations::routes())
+        .merge(acl::routes());
     let routes = users.merge(agents).merge(operators).merge(cluster::probes()).with_state(api);
     let meta = Router::new()
         .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
@@ -182,6 +198,7 @@ pub fn router<C: CellApi>(cell: Arc<C>, metrics: HttpMetrics, internal: Router) 
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, Json(ApiError::new(ErrorCode::InvalidParameter, "method not allowed")))
         })
+        .layer(middleware::from_fn_with_state(auth, auth::authenticate))
         .layer(middleware::from_fn_with_state(metrics, observe))
 }
 
@@ -195,6 +212,7 @@ async fn render_metrics(State(m): State<HttpMetrics>) -> Response {
 
 /// The handlers' OpenAPI path items, for `openapi`.
 pub(crate) mod paths {
+    pub use super::acl::{__path_create_token, __path_get_token, __path_list_tokens, __path_revoke_token};
     pub use super::agents::{
         __path_assignments, __path_drain_agent, __path_enable_agent, __path_get_agent, __path_heartbeat,
         __path_list_agents, __path_register_agent, __path_report_status,

@@ -31,6 +31,9 @@ pub struct Push {
     /// Location lever records changed in the same range.
     #[serde(default)]
     pub locations: Vec<crate::location::LocationRecord>,
+    /// API tokens changed in the same range.
+    #[serde(default)]
+    pub tokens: Vec<crate::token::TokenRecord>,
 }
 
 /// The answer to a push.

@@ -104,6 +104,21 @@ impl Answer for RoundOutcome {
     }
 }
 
+/// A token write took effect.
+pub(crate) struct TokenWritten {
+    pub(crate) name: String,
+}
+
+impl Answer for TokenWritten {
+    const TO: &'static str = "a token command";
+    fn take(r: Response) -> Result<Self, Response> {
+        match r {
+            Response::Token { name } => Ok(TokenWritten { name }),
+            other => Err(other),
+        }
+    }
+}
+
 /// The answer as `A`: a refusal becomes its API error, another command's answer an internal error.
 pub(crate) fn typed<A: Answer>(r: Response) -> Result<A, ApiError> {
     match r {

@@ -69,6 +69,7 @@ mod levers;
 mod members;
 mod metrics;
 mod propose;
+mod tokens;
 
 use answer::*;
 use api::*;
@@ -224,6 +225,11 @@ impl Cell {
         let federation = federation::worker::FederationMetrics::new(registry, &config.cell, config.node_id)?;
         if config.federation.is_federated() {
             workers.spawn(federation::worker::Federation::new(handle.clone(), cells.clone(), federation.clone()));
+        }
+        if config.auth.enabled {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            workers.spawn(tokens::Bootstrap { handle: handle.clone(), tick });
         }
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for n in 1..=PROPOSERS {

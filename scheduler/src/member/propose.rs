@@ -417,6 +417,8 @@ pub(super) fn command_kind(cmd: &Command) -> &'static str {
         Command::DeleteQuota { .. } => "delete_quota",
         Command::Lever { .. } => "lever",
         Command::Fleet { .. } => "fleet",
+        Command::PutToken { .. } => "put_token",
+        Command::RevokeToken { .. } => "revoke_token",
     }
 }
 

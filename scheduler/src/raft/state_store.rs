@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{io_err, NodeId, StorageError, TypeConfig};
 use crate::command::Response;
-use crate::snapshot::{self, SnapshotV6};
+use crate::snapshot::{self, SnapshotV7};
 use crate::state::CellState;
 use crate::store::{Engine, Op, Tree};
 
@@ -291,7 +291,7 @@ impl StateStore {
 /// Builds a snapshot of the state as it was when the builder was taken.
 pub struct Builder {
     snapshots: Snapshots,
-    state: SnapshotV6,
+    state: SnapshotV7,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
     id: String,

@@ -13,6 +13,7 @@ pub enum Outgoing<'a> {
     Job(&'a JobRecord),
     Quota(&'a crate::quota::QuotaRecord),
     Location(&'a crate::location::LocationRecord),
+    Token(&'a crate::token::TokenRecord),
 }
 
 impl CellState {
@@ -43,6 +44,9 @@ impl CellState {
             }
             if let Some(name) = crate::location::name_of_key(key) {
                 return self.location(name).map(|l| (*seq, Outgoing::Location(l)));
+            }
+            if let Some(name) = crate::token::name_of_key(key) {
+                return self.token(name).map(|t| (*seq, Outgoing::Token(t)));
             }
             self.jobs.get(key).map(|j| (*seq, Outgoing::Job(j.as_ref())))
         })
@@ -86,7 +90,27 @@ impl CellState {
         for (key, l) in self.location_keys() {
             d.add_hash(&key, digest::quota_hash(&key, &l.hlc, false));
         }
+        for (key, t) in self.token_keys() {
+            d.add_hash(&key, digest::quota_hash(&key, &t.hlc, false));
+        }
         d
+    }
+
+    /// Every token with its outbox key.
+    fn token_keys(&self) -> impl Iterator<Item = (String, &crate::token::TokenRecord)> + '_ {
+        self.tokens.values().map(|t| (crate::token::outbox_key(&t.name), t))
+    }
+
+    /// The tokens here in `theirs`' buckets that another cell's answer to a digest says it lacks or holds older.
+    pub fn differing_tokens(&self, theirs: &[(u16, Vec<Entry>)]) -> Vec<crate::token::TokenRecord> {
+        let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
+        let known: HashMap<&str, &Entry> =
+            theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
+        self.token_keys()
+            .filter(|(key, _)| wanted.contains(&digest::bucket(key)))
+            .filter(|(key, t)| digest::should_send_quota(key, &t.hlc, false, known.get(key.as_str()).copied()))
+            .map(|(_, t)| t.clone())
+            .collect()
     }
 
     /// Every location record with its outbox key.
@@ -121,6 +145,13 @@ impl CellState {
             if wanted.contains(&b) {
                 let hash = digest::quota_hash(&key, &l.hlc, false);
                 out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: l.hlc.clone(), killed: None });
+            }
+        }
+        for (key, t) in self.token_keys() {
+            let b = digest::bucket(&key);
+            if wanted.contains(&b) {
+                let hash = digest::quota_hash(&key, &t.hlc, false);
+                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: t.hlc.clone(), killed: None });
             }
         }
         out.into_iter().collect()
@@ -233,10 +264,11 @@ impl CellState {
         &mut self,
         from: &str,
         upto: u64,
-        (jobs, quotas, locations): (
+        (jobs, quotas, locations, tokens): (
             &[ReplicatedJob],
             &[crate::quota::ReplicatedQuota],
             &[crate::location::LocationRecord],
+            &[crate::token::TokenRecord],
         ),
         (max_skew_ms, tombstone_ms): (u64, u64),
         meta: &Meta,
@@ -254,6 +286,11 @@ impl CellState {
             &mut out,
         );
         let (changed, conflicts) = self.merge_locations(from, &locations, meta);
+        out.changed += changed;
+        out.conflicts += conflicts;
+        let tokens =
+            self.within_skew(tokens, |t| (&t.hlc, crate::token::outbox_key(&t.name)), (max_skew_ms, meta), &mut out);
+        let (changed, conflicts) = self.merge_tokens(from, &tokens, meta);
         out.changed += changed;
         out.conflicts += conflicts;
         for incoming in jobs {

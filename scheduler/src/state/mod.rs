@@ -19,7 +19,7 @@ use titan_api::task::{Desired, Reason, TaskState};
 use crate::command::{Command, NewTask, Placed, Rejection, Response, Round, RoundOutcome};
 use crate::federation::{Clock, Hlc, JobVersions};
 use crate::placement::{self, Capacity};
-use crate::snapshot::SnapshotV6;
+use crate::snapshot::SnapshotV7;
 use crate::spec::Spec;
 use crate::task::TaskRecord;
 use titan_api::view::{JobRef, JobState, ListQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -34,6 +34,7 @@ mod quotas;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 pub use crate::agent::AgentRecord;
 pub use crate::job::{JobRecord, Remembered, MAX_HISTORY};
@@ -101,6 +102,10 @@ pub struct CellState {
     locations: BTreeMap<String, crate::location::LocationRecord>,
     /// Each autoscaled instance group's demand history (its policy's input), bounded.
     fleet: BTreeMap<String, titan_autoscaler::policy::History>,
+    /// Every API token, revoked ones too, by name.
+    tokens: BTreeMap<String, crate::token::TokenRecord>,
+    /// Each token's name by the hash of its secret (derived).
+    token_hashes: HashMap<[u8; 32], String>,
     /// What the command being applied did besides changing the state; empty between commands (`apply` hands it
     /// out), so it never differs between two equal states.
     fx: Effects,
@@ -194,7 +199,9 @@ impl CellState {
             | Command::PutQuota { .. }
             | Command::DeleteQuota { .. }
             | Command::Lever { .. }
-            | Command::Fleet { .. } => return None,
+            | Command::Fleet { .. }
+            | Command::PutToken { .. }
+            | Command::RevokeToken { .. } => return None,
         };
         Some((id.clone(), self.jobs.get(id).map(|j| (j.state, j.version))))
     }
@@ -202,7 +209,7 @@ impl CellState {
     /// What a snapshot holds: the replicated records, without the derived fields. Records are shared, so this
     /// costs a fraction of a clone, and it is taken while applying waits. Every field is named, so a field added to
     /// `CellState` has to be placed on one side or the other here.
-    pub fn snapshot(&self) -> SnapshotV6 {
+    pub fn snapshot(&self) -> SnapshotV7 {
         let CellState {
             jobs,
             idempotency,
@@ -234,8 +241,11 @@ impl CellState {
             demand_of: _,
             locations,
             fleet,
+            tokens,
+            token_hashes: _,
         } = self;
-        SnapshotV6 {
+        SnapshotV7 {
+            tokens: tokens.clone(),
             locations: locations.clone(),
             fleet: fleet.clone(),
             quotas: quotas.clone(),
@@ -254,8 +264,8 @@ impl CellState {
     }
 
     /// The state a snapshot holds, with everything derived rebuilt.
-    pub fn from_snapshot(s: SnapshotV6) -> CellState {
-        let SnapshotV6 {
+    pub fn from_snapshot(s: SnapshotV7) -> CellState {
+        let SnapshotV7 {
             jobs,
             idempotency,
             agents,
@@ -270,8 +280,10 @@ impl CellState {
             quotas,
             locations,
             fleet,
+            tokens,
         } = s;
         let mut state = CellState {
+            tokens,
             locations,
             fleet,
             quotas,
@@ -328,6 +340,7 @@ impl CellState {
         }
         self.outbox_of = self.outbox.iter().map(|(seq, id)| (id.clone(), *seq)).collect();
         self.reindex_usage();
+        self.reindex_tokens();
         self.rebuild_capacity();
         // Derived, not applied: nothing to hand on (whoever loads a state treats everything as changed).
         self.fx = Effects::default();
@@ -557,16 +570,18 @@ impl CellState {
                 self.put_quota(group, locations, *if_version, meta)
             }
             Command::DeleteQuota { group, if_version, meta } => self.delete_quota(group, *if_version, meta),
-            Command::Merge { from, upto, jobs, max_skew_ms, tombstone_ms, meta, quotas, locations } => {
+            Command::Merge { from, upto, jobs, max_skew_ms, tombstone_ms, meta, quotas, locations, tokens } => {
                 Response::Merged(self.merge_jobs(
                     from,
                     *upto,
-                    (jobs, quotas, locations),
+                    (jobs, quotas, locations, tokens),
                     (*max_skew_ms, *tombstone_ms),
                     meta,
                 ))
             }
             Command::Lever { location, lever, meta } => self.pull_lever(location, lever, meta),
+            Command::PutToken { record, meta } => self.put_token(record, meta),
+            Command::RevokeToken { name, meta } => self.revoke_token(name, meta),
             Command::Fleet { group, samples, decision, meta, error } => {
                 if let Some(e) = error {
                     self.event(Topic::Fleet, "fleet call failed", group, None, None, Some(e), meta.at_ms);

@@ -281,6 +281,7 @@ fn a_killed_job_is_forgotten_once_its_tombstone_retention_passed_and_its_tasks_a
         meta: meta(2_004 + WEEK),
         quotas: Vec::new(),
         locations: Vec::new(),
+        tokens: Vec::new(),
     };
     state.apply(&merge);
     assert!(state.job("j1").is_none());
@@ -306,6 +307,7 @@ fn an_earlier_kill_from_another_cell_moves_the_tombstone_and_it_is_forgotten_onc
         meta: meta(4_000),
         quotas: Vec::new(),
         locations: Vec::new(),
+        tokens: Vec::new(),
     };
     let (answer, _) = here.apply(&merge);
     assert!(matches!(answer, Response::Merged(ref o) if o.changed == 1), "{answer:?}");
@@ -372,6 +374,7 @@ fn location_records_merge_last_writer_wins_and_reach_the_outbox_and_the_digest()
         meta: meta(30),
         quotas: Vec::new(),
         locations: vec![l],
+        tokens: Vec::new(),
     };
     dc1.apply(&merge("dc2", theirs.clone()));
     dc2.apply(&merge("dc1", ours));

@@ -9,6 +9,7 @@ mod jobs;
 mod locations;
 mod quotas;
 mod tasks;
+mod tokens;
 
 impl Cell {
     /// `beside`: the unreachable original this task may run beside (`reconcile::may_run_beside`), decided while
@@ -106,6 +107,11 @@ pub(super) fn rejection(r: Rejection) -> ApiError {
             format!("location {location} is {}: no count there may rise until it is active again", state.as_str()),
         )
         .with_field("location"),
+        Rejection::TokenExists { name } => {
+            ApiError::new(ErrorCode::Conflict, format!("a token named {name} exists (names are never reused)"))
+                .with_field("name")
+        }
+        Rejection::TokenNotFound { name } => ApiError::not_found("token", &name),
     }
 }
 

@@ -210,7 +210,7 @@ async fn push(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpRes
         return cell.refuse("unknown_cell", e);
     }
     let newest = push.jobs.iter().flat_map(|j| [j.versions.spec.ms, j.versions.enabled.ms]).max();
-    let Push { from, upto, mut jobs, mut quotas, mut locations } = push;
+    let Push { from, upto, mut jobs, mut quotas, mut locations, mut tokens } = push;
     let n = jobs.len();
     // What this member has applied already holds is left out of the command (merging it would change nothing, and
     // a merge only moves registers forward), so a batch of jobs another cell relays costs a small entry.
@@ -219,9 +219,10 @@ async fn push(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpRes
         jobs.retain(|j| !state.covers(j));
         quotas.retain(|q| state.quota_record(&q.group).is_none_or(|ours| q.hlc > ours.hlc));
         locations.retain(|l| state.location(&l.name).is_none_or(|ours| l.hlc > ours.hlc));
+        tokens.retain(|t| state.token(&t.name).is_none_or(|ours| t.hlc > ours.hlc));
         state.position(&from)
     };
-    if jobs.is_empty() && quotas.is_empty() && locations.is_empty() && already >= upto {
+    if jobs.is_empty() && quotas.is_empty() && locations.is_empty() && tokens.is_empty() && already >= upto {
         return packed(&Pushed { position: already, refused: Vec::new() });
     }
     let meta = Meta {
@@ -240,6 +241,7 @@ async fn push(State(cell): State<Arc<Cell>>, body: axum::body::Bytes) -> HttpRes
         meta,
         quotas,
         locations,
+        tokens,
     };
     let outcome: MergeOutcome = match cell.commit_as(cmd).await {
         Ok(o) => o,

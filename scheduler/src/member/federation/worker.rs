@@ -203,7 +203,7 @@ impl<H: Host> Federation<H> {
         let (push, waiting) = {
             let state = self.host.read();
             let mut upto = position;
-            let (mut jobs, mut quotas, mut locations) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut jobs, mut quotas, mut locations, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (seq, item) in state.outbox_after(position, batch) {
                 upto = seq;
                 match item {
@@ -211,18 +211,20 @@ impl<H: Host> Federation<H> {
                     Outgoing::Job(job) if !job.versions.all_from(cell) => jobs.push(job.replicated()),
                     Outgoing::Quota(q) if q.hlc.cell != cell => quotas.push(q.replicated()),
                     Outgoing::Location(l) if l.hlc.cell != cell => locations.push(l.clone()),
+                    Outgoing::Token(t) if t.hlc.cell != cell => tokens.push(t.clone()),
                     _ => {}
                 }
             }
             let waiting = state.outbox_waiting(position);
-            (Push { from: self.host.config().cell.clone(), upto, jobs, quotas, locations }, waiting)
+            (Push { from: self.host.config().cell.clone(), upto, jobs, quotas, locations, tokens }, waiting)
         };
         self.metrics.pending.with_label_values(&[cell]).set(waiting as i64);
         if push.upto == position {
             return Ok(false);
         }
         let every = Duration::from_millis(self.host.config().federation.heartbeat_ms);
-        let empty = push.jobs.is_empty() && push.quotas.is_empty() && push.locations.is_empty();
+        let empty =
+            push.jobs.is_empty() && push.quotas.is_empty() && push.locations.is_empty() && push.tokens.is_empty();
         if empty && peer.pushed_at.is_some_and(|t| t.elapsed() < every) {
             // Only jobs that cell wrote itself: nothing to send now. Its stored position catches up with the next
             // batch it takes (after a restart here, the range is read again and left out again).
@@ -310,14 +312,15 @@ impl<H: Host> Federation<H> {
             return Ok(());
         }
         self.metrics.digests.with_label_values(&[cell, "differ"]).inc();
-        let (jobs, quotas, locations) = {
+        let (jobs, quotas, locations, tokens) = {
             let state = self.host.read();
             let jobs = state.differing_jobs(&differs.buckets, crate::clock::now_ms(), tombstones);
-            (jobs, state.differing_quotas(&differs.buckets), state.differing_locations(&differs.buckets))
+            let b = &differs.buckets;
+            (jobs, state.differing_quotas(b), state.differing_locations(b), state.differing_tokens(b))
         };
-        if !quotas.is_empty() || !locations.is_empty() {
-            let n = (quotas.len() + locations.len()) as u64;
-            let push = Push { from: me.clone(), upto: 0, jobs: Vec::new(), quotas, locations };
+        if !quotas.is_empty() || !locations.is_empty() || !tokens.is_empty() {
+            let n = (quotas.len() + locations.len() + tokens.len()) as u64;
+            let push = Push { from: me.clone(), upto: 0, jobs: Vec::new(), quotas, locations, tokens };
             self.send(cell, PUSH_PATH, &push).await?;
             self.metrics.repaired.with_label_values(&[cell]).inc_by(n);
         }
@@ -325,8 +328,14 @@ impl<H: Host> Federation<H> {
         let batch = self.host.config().federation.batch;
         for chunk in jobs.chunks(batch) {
             // A repair moves no position (`upto` 0): the stream still owes what it owes.
-            let push =
-                Push { from: me.clone(), upto: 0, jobs: chunk.to_vec(), quotas: Vec::new(), locations: Vec::new() };
+            let push = Push {
+                from: me.clone(),
+                upto: 0,
+                jobs: chunk.to_vec(),
+                quotas: Vec::new(),
+                locations: Vec::new(),
+                tokens: Vec::new(),
+            };
             let answer = self.send(cell, PUSH_PATH, &push).await?;
             let pushed: Pushed = rmp_serde::from_slice(&answer).map_err(|e| e.to_string())?;
             self.metrics.repaired.with_label_values(&[cell]).inc_by((chunk.len() - pushed.refused.len()) as u64);
