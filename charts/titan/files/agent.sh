@@ -20,4 +20,12 @@ if [ "${AGENT_EC2_INSTANCE_ID:-false}" = true ]; then
   set -- "$@" --attr "instanceId=$instance"
 fi
 
+# With tokens on: the agent is its node (id = the node's name) and presents that node's agent token, a key of the
+# Secret mounted at AGENT_TOKEN_DIR (`titan acl token create --role agent --agent NODE` for each node).
+if [ -n "${AGENT_TOKEN_DIR:-}" ]; then
+  : "${NODE_NAME:?NODE_NAME is required with agent tokens (the downward API's spec.nodeName)}"
+  [ -r "$AGENT_TOKEN_DIR/$NODE_NAME" ] || { echo "agent.sh: no token for node $NODE_NAME in $AGENT_TOKEN_DIR" >&2; exit 1; }
+  set -- "$@" --id "$NODE_NAME" --token-file "$AGENT_TOKEN_DIR/$NODE_NAME"
+fi
+
 exec titan agent --addr "$addr" "$@"
