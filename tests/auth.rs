@@ -268,6 +268,22 @@ async fn owners_and_agents_stay_within_their_own_and_history_names_the_token() {
     let own = resp.json::<Value>().await.expect("job")["id"].as_str().expect("id").to_string();
     let (_, history) = call(&http, "GET", &url(&format!("/v1/jobs/{own}/history")), Some(&web), None).await;
     assert_eq!(history[0]["who"], "web-owner", "{history}");
+    let events = http
+        .get(url(&format!("/v1/events?from=0&job={own}&timeoutSeconds=1")))
+        .bearer_auth(&web)
+        .send()
+        .await
+        .expect("events")
+        .text()
+        .await
+        .expect("events text");
+    let created: Value = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|e| e["kind"] == "created")
+        .unwrap_or_else(|| panic!("a created event: {events}"));
+    assert_eq!(created["who"], "web-owner", "the event names the token: {created}");
     // A task of the batch job: its logs and its kill are not the web owner's.
     let task = first_task(&http, &url(&format!("/v1/tasks?job={batch}")), &web).await;
     for (method, path) in [("GET", format!("/v1/tasks/{task}/logs?tail=1")), ("POST", format!("/v1/tasks/{task}/kill"))]

@@ -60,6 +60,10 @@ pub struct Event {
     /// The cell that made a job's change (federation: a change merged from another cell names that cell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cell: Option<String>,
+    /// Who made the change: the token's name with authentication on (else `X-Titan-User`), `scheduler` for the
+    /// cell's own decisions, `cell:NAME` for a change merged from another cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
 }
 
 /// Query of `GET /v1/events`.
@@ -133,6 +137,7 @@ mod tests {
             reason: None,
             at_ms: 0,
             cell: None,
+            who: None,
         };
         assert!(q.matches(&topics, &e(Topic::Task, "t1", Some("j1"))));
         assert!(q.matches(&topics, &e(Topic::Job, "j1", None)));

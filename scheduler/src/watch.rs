@@ -120,6 +120,7 @@ mod tests {
             reason: None,
             at_ms: 0,
             cell: None,
+            who: None,
         }
     }
 

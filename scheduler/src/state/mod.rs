@@ -106,6 +106,8 @@ pub struct CellState {
     tokens: BTreeMap<String, crate::token::TokenRecord>,
     /// Each token's name by the hash of its secret (derived).
     token_hashes: HashMap<[u8; 32], String>,
+    /// Who made the command being applied (its `meta.who`), for its events; none between commands.
+    actor: Option<String>,
     /// What the command being applied did besides changing the state; empty between commands (`apply` hands it
     /// out), so it never differs between two equal states.
     fx: Effects,
@@ -115,10 +117,14 @@ impl CellState {
     /// Applies one command: its answer, and what it did besides changing the state.
     pub fn apply(&mut self, cmd: &Command) -> (Response, Effects) {
         let response = self.apply_one(cmd);
+        self.actor = None;
         (response, std::mem::take(&mut self.fx))
     }
 
     fn apply_one(&mut self, cmd: &Command) -> Response {
+        if let Some(m) = cmd.meta() {
+            self.actor = Some(m.who.clone());
+        }
         let Some(meta) = cmd.meta().filter(|m| !m.request.is_empty()) else { return self.apply_counted(cmd) };
         let horizon = meta.at_ms.saturating_sub(REQUEST_TTL_MS);
         while let Some(((at, id), ())) = self.applied_by_time.first_key_value() {
@@ -243,6 +249,7 @@ impl CellState {
             fleet,
             tokens,
             token_hashes: _,
+            actor: _,
         } = self;
         SnapshotV7 {
             tokens: tokens.clone(),
@@ -410,6 +417,7 @@ impl CellState {
             reason: reason.map(String::from),
             at_ms,
             cell: None,
+            who: self.actor.clone(),
         });
     }
 
