@@ -212,6 +212,8 @@ async fn titan_dev_exits_on_sigterm_with_a_log_followed_and_leaves_its_container
     // graceful shutdown that waits for requests in flight would wait for ever.
     let mut follower = Command::new(env!("CARGO_BIN_EXE_titan"))
         .args(["task", "logs", &task, "-f", "--addr", &dev.addr])
+        .arg("--token-file")
+        .arg(&dev.token_file)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

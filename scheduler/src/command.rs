@@ -341,6 +341,10 @@ pub enum Rejection {
     TokenNotFound {
         name: String,
     },
+    /// Revoking it would leave no admin token that works: nobody could make tokens any more.
+    LastAdminToken {
+        name: String,
+    },
 }
 
 /// What applying a command answered.

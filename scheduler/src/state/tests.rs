@@ -423,3 +423,31 @@ fn an_autoscaled_groups_demand_history_is_replicated_and_its_decisions_are_event
         ("fleet call failed", Some("throttled: Rate exceeded"))
     );
 }
+
+#[test]
+fn the_last_admin_token_that_works_is_not_revoked() {
+    use crate::token::TokenRecord;
+    use titan_api::acl::Role;
+    let mut state = CellState::default();
+    let token = |name: &str, role| TokenRecord {
+        name: name.into(),
+        hash: crate::token::hash_hex(name),
+        role,
+        applications: Vec::new(),
+        agent: None,
+        created_at_ms: 0,
+        created_by: String::new(),
+        expires_at_ms: None,
+        revoked_at_ms: None,
+        hlc: Default::default(),
+    };
+    state.apply(&Command::PutToken { record: token("root", Role::Admin), meta: meta(1) });
+    state.apply(&Command::PutToken { record: token("ci", Role::Reader), meta: meta(2) });
+    let revoke = |name: &str, at| Command::RevokeToken { name: name.into(), meta: meta(at) };
+    assert!(matches!(state.apply(&revoke("root", 3)).0, Response::Rejected(Rejection::LastAdminToken { .. })));
+    assert!(state.token("root").is_some_and(|t| t.revoked_at_ms.is_none()));
+    state.apply(&Command::PutToken { record: token("second", Role::Admin), meta: meta(4) });
+    assert!(matches!(state.apply(&revoke("root", 5)).0, Response::Token { .. }));
+    assert!(matches!(state.apply(&revoke("ci", 6)).0, Response::Token { .. }));
+    assert_eq!(state.token_by_hash(&titan_api::acl::hash("second")).map(|t| t.name.as_str()), Some("second"));
+}

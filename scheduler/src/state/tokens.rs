@@ -4,6 +4,7 @@
 use super::*;
 use crate::command::Meta;
 use crate::token::{self, TokenRecord};
+use titan_api::acl::Role;
 
 impl CellState {
     /// The token a secret's hash names, revoked and expired ones too: O(1).
@@ -42,6 +43,11 @@ impl CellState {
         };
         if t.revoked_at_ms.is_some() {
             return Response::Token { name: name.to_string() };
+        }
+        let works = |o: &TokenRecord| o.revoked_at_ms.is_none() && o.expires_at_ms.is_none_or(|e| e > meta.at_ms);
+        let other_admin = self.tokens.values().any(|o| o.name != name && o.role == Role::Admin && works(o));
+        if t.role == Role::Admin && !other_admin {
+            return Response::Rejected(Rejection::LastAdminToken { name: name.to_string() });
         }
         let mut record = t.clone();
         record.revoked_at_ms = Some(meta.at_ms);

@@ -112,6 +112,11 @@ pub(super) fn rejection(r: Rejection) -> ApiError {
                 .with_field("name")
         }
         Rejection::TokenNotFound { name } => ApiError::not_found("token", &name),
+        Rejection::LastAdminToken { name } => ApiError::new(
+            ErrorCode::Conflict,
+            format!("{name} is the last admin token that works: make another admin token before revoking it"),
+        )
+        .with_field("name"),
     }
 }
 
