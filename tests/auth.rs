@@ -434,3 +434,53 @@ async fn the_bootstrap_token_is_written_once_to_a_private_file_and_its_secret_ne
     assert!(log.contains(&file.display().to_string()), "the log says where the token is");
     assert!(!log.contains(&secret), "the log never holds the secret");
 }
+
+/// A `titan agent` process as an operator runs one with tokens on: `--id` and its own agent token. With a token of
+/// another id it cannot register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_titan_agent_registers_and_heartbeats_with_its_own_agent_token_only() {
+    let s = single().await;
+    let addr = s.cell.members[0].addr.to_string();
+    let admin = Client::new(&addr).token(s.admin.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let start = |id: &str, token: &str| {
+        let file = dir.path().join(format!("{id}.token"));
+        std::fs::write(&file, token).expect("token file");
+        let data = dir.path().join(id);
+        let log = std::fs::File::create(dir.path().join(format!("{id}.log"))).expect("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_titan"))
+            .args(["agent", "--cell-addr", &addr, "--runtime", "process", "--cpus", "1", "--id", id])
+            .args(["--addr", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--token-file")
+            .arg(&file)
+            .env("TITAN_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("start titan agent");
+        KillOnDrop(child)
+    };
+    let node7 = token(&admin, "agent-node-7", "agent", &[], Some("node-7")).await;
+    let _good = start("node-7", &node7);
+    let _bad = start("node-8", &node7);
+    eventually(Duration::from_secs(20), "node-7 registered and heartbeating", || async {
+        admin.list_agents().await.is_ok_and(|a| a.iter().any(|a| a.id == "node-7" && a.last_heartbeat_ms.is_some()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let agents = admin.list_agents().await.expect("agents");
+    assert!(agents.iter().all(|a| a.id != "node-8"), "node-8 has no token of its own: {agents:?}");
+    let log = std::fs::read_to_string(dir.path().join("node-8.log")).unwrap_or_default();
+    assert!(log.contains("acts as agent node-7, not node-8"), "the refusal is logged: {log}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
