@@ -26,6 +26,8 @@ pub struct Record {
     pub refused: Mutex<u64>,
     /// When each task was first reported running.
     pub running_at: Mutex<HashMap<String, Instant>>,
+    /// Each launched task's job.
+    pub job_of: Mutex<HashMap<String, String>>,
 }
 
 /// One simulated agent. Dropping the handle (or `stop`) ends its loops, as a machine that dies would.
@@ -153,6 +155,7 @@ pub fn start_with(clients: Vec<Client>, registration: AgentRegistration, record:
                     match (t.desired, known.get(&t.task_id)) {
                         (Desired::Run, None) => {
                             record.launches.lock().expect("launches").push((id.clone(), t.task_id.clone()));
+                            record.job_of.lock().expect("job_of").insert(t.task_id.clone(), t.job_id.clone());
                             known.insert(t.task_id.clone(), TaskState::Running);
                             unsent.push(status(TaskState::Running));
                         }

@@ -683,3 +683,31 @@ fn under_contention_a_group_within_its_guarantee_is_placed_first() {
         |job: &str| d.round.place.iter().filter(|p| w.state.task(&p.task_id).is_some_and(|t| t.job_id == job)).count();
     assert_eq!((placed_of("j2"), placed_of("j1")), (3, 1), "web gets its guarantee of 3 cpus, batch the rest");
 }
+
+#[test]
+fn an_agent_is_woken_for_what_the_cell_changes_not_for_what_it_reported() {
+    let mut w = World::new(&[("a1", 8.0)], spec(r#","location":"dc1:1""#));
+    w.round(10);
+    let task = w.in_state(TaskState::Assigned).remove(0);
+    let version = |w: &World| w.state.agent("a1").map(|a| a.version).expect("a1");
+    let placed = version(&w);
+    // Its own reports (starting, running, a health change) change nothing it is assigned: no wake-up.
+    w.report(&task, TaskState::Starting, None, 20);
+    w.report(&task, TaskState::Running, None, 21);
+    let sick = TaskStatus {
+        task_id: task.clone(),
+        state: TaskState::Running,
+        reason: None,
+        message: None,
+        exit_code: None,
+        health: TaskHealth::Unhealthy,
+        at_ms: 22,
+    };
+    let fx = w.apply_status(sick);
+    assert_eq!(version(&w), placed, "no version rise for the agent's own reports");
+    assert!(fx.touched.is_empty(), "no waiter woken: {:?}", fx.touched);
+    assert_eq!(w.in_state(TaskState::Running), vec![task.clone()]);
+    // A kill asked of the cell is a change it must see.
+    w.state.apply(&Command::KillTask { id: task.clone(), meta: meta(30) });
+    assert!(version(&w) > placed, "a kill wakes the agent");
+}

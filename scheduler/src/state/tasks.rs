@@ -175,8 +175,15 @@ impl CellState {
         (page, next)
     }
 
-    /// Moves a task, keeping counts, indexes and capacity in step; false when the move is not allowed.
+    /// Moves a task, keeping counts, indexes and capacity in step; false when the move is not allowed. Its agent's
+    /// assignments version is raised: the agent is woken to see the change.
     pub(super) fn transition(&mut self, id: &str, to: TaskState, reason: Option<Reason>, at_ms: u64) -> bool {
+        self.transition_waking(id, to, reason, at_ms, true)
+    }
+
+    /// `transition`, waking the task's agent only if `wake`: a move the agent itself reported changes nothing in
+    /// its assignments (they carry no task state; an ended task just leaves them), so it is not woken for it.
+    fn transition_waking(&mut self, id: &str, to: TaskState, reason: Option<Reason>, at_ms: u64, wake: bool) -> bool {
         let Some(t) = self.tasks.get_mut(id).map(Arc::make_mut) else { return false };
         let from = t.state;
         if !t.move_to(to, reason, at_ms) {
@@ -205,7 +212,9 @@ impl CellState {
                     set.remove(id);
                 }
             }
-            self.bump(&a);
+            if wake {
+                self.bump(&a);
+            }
         }
         true
     }
@@ -320,10 +329,12 @@ impl CellState {
         let id = s.task_id.clone();
         let moved = match s.state {
             TaskState::Starting if t.state == TaskState::Assigned => {
-                self.transition(&id, TaskState::Starting, None, at_ms)
+                self.transition_waking(&id, TaskState::Starting, None, at_ms, false)
             }
             TaskState::Running => match t.state {
-                TaskState::Assigned | TaskState::Starting => self.transition(&id, TaskState::Running, None, at_ms),
+                TaskState::Assigned | TaskState::Starting => {
+                    self.transition_waking(&id, TaskState::Running, None, at_ms, false)
+                }
                 TaskState::Unreachable => {
                     t.before_unreachable = Some(TaskState::Running);
                     false
@@ -337,13 +348,13 @@ impl CellState {
                     (TaskState::Killed, Desired::Stop) => t.reason,
                     _ => s.reason.or(t.reason),
                 };
-                self.transition(&id, s.state, reason, at_ms)
+                self.transition_waking(&id, s.state, reason, at_ms, false)
             }
             _ => false,
         };
         if health_changed && !moved {
+            // The agent reported it: its assignments are unchanged, it is not woken.
             self.index_task(&id);
-            self.bump(agent);
         }
         moved || health_changed
     }
