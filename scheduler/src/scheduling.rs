@@ -96,6 +96,8 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn capacity_seq(&self) -> u64;
     /// When this member (as leader) last heard from each agent.
     fn heartbeats(&self) -> HashMap<String, u64>;
+    /// Resolves once a job changed or capacity moved since it last resolved.
+    fn changed(&self) -> impl std::future::Future<Output = ()> + Send + '_;
     /// Runs `f` with the other locations' figures as this member heard them.
     fn with_elsewhere<T>(&self, f: impl FnOnce(&dyn crate::location::Elsewhere) -> T) -> T;
     /// Commits a round, settling after a timeout (see `Proposer::commit_command`).
@@ -114,6 +116,8 @@ pub(crate) struct Scheduler<H> {
     changes: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
     /// When this member started scheduling as the leader (ms), while it does.
     leader_since: Option<u64>,
+    /// The leader and the member's Raft role as last seen: a change of either wakes the worker.
+    seen: (Option<u64>, openraft::ServerState),
     last_round: Instant,
     rounds: u64,
 }
@@ -121,7 +125,8 @@ pub(crate) struct Scheduler<H> {
 impl<H: Host> Scheduler<H> {
     pub(crate) fn new(handle: H, local: Arc<Local>, metrics: SchedulingMetrics) -> Scheduler<H> {
         let changes = handle.raft().metrics();
-        Scheduler { handle, local, metrics, changes, leader_since: None, last_round: Instant::now(), rounds: 0 }
+        let seen = (None, openraft::ServerState::Learner);
+        Scheduler { handle, local, metrics, changes, leader_since: None, seen, last_round: Instant::now(), rounds: 0 }
     }
 }
 
@@ -141,9 +146,29 @@ impl<H: Host> Worker for Scheduler<H> {
         let s = &self.handle.config().scheduler;
         let (min, max) =
             (Duration::from_millis(s.min_round_interval_ms), Duration::from_millis(s.max_round_interval_ms));
-        tokio::select! {
-            changed = self.changes.changed() => if changed.is_err() { return Next::Done },
-            () = tokio::time::sleep(max.saturating_sub(self.last_round.elapsed())) => {}
+        // A round after a change to jobs or capacity, or to who leads; otherwise every `max` (leases, retries, the
+        // other cells' figures). Raft's other metrics (replication progress, heartbeats) wake nothing: at 10,000
+        // agents each needless round costs a pass over every lease.
+        let sleep = tokio::time::sleep(max.saturating_sub(self.last_round.elapsed()));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        return Next::Done;
+                    }
+                    let now = {
+                        let m = self.changes.borrow_and_update();
+                        (m.current_leader, m.state)
+                    };
+                    if now != self.seen {
+                        self.seen = now;
+                        break;
+                    }
+                }
+                () = self.handle.changed() => break,
+                () = &mut sleep => break,
+            }
         }
         tokio::time::sleep(min.saturating_sub(self.last_round.elapsed())).await;
         Next::Busy

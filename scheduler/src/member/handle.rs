@@ -124,6 +124,10 @@ impl crate::scheduling::Host for Handle {
         self.leases.lock().clone()
     }
 
+    fn changed(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.changes.changed()
+    }
+
     fn with_elsewhere<T>(&self, f: impl FnOnce(&dyn crate::location::Elsewhere) -> T) -> T {
         f(&self.elsewhere())
     }

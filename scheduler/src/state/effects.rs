@@ -38,6 +38,8 @@ impl Effects {
 pub struct Changes {
     dirty_jobs: Mutex<BTreeSet<String>>,
     capacity_seq: AtomicU64,
+    /// Raised when a job changed or capacity moved: what wakes the scheduler (one permit kept when nobody waits).
+    notify: tokio::sync::Notify,
 }
 
 impl Changes {
@@ -47,6 +49,7 @@ impl Changes {
             self.capacity_moved();
         }
         if !dirty_jobs.is_empty() {
+            self.notify.notify_one();
             let mut dirty = self.dirty_jobs.lock().unwrap_or_else(|p| p.into_inner());
             if dirty.is_empty() {
                 *dirty = dirty_jobs;
@@ -59,6 +62,12 @@ impl Changes {
     /// Capacity may have moved (a snapshot was installed).
     pub fn capacity_moved(&self) {
         self.capacity_seq.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+
+    /// Resolves once something was noted since the last time it resolved (at once if it was meanwhile).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
     }
 
     /// The jobs changed since the last call.
