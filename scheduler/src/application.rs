@@ -18,11 +18,11 @@ pub struct Figures {
     pub tasks: BTreeMap<TaskState, u64>,
 }
 
-/// Every application's figures. O(jobs + tasks).
+/// Every application's figures. O(jobs + tasks), allocating per application, not per task.
 pub fn report(state: &CellState) -> BTreeMap<String, Figures> {
-    let mut out: BTreeMap<String, Figures> = BTreeMap::new();
+    let mut out: BTreeMap<&str, Figures> = BTreeMap::new();
     for j in state.jobs().filter(|j| j.state != titan_api::view::JobState::Killed) {
-        let f = out.entry(j.spec.application_name.clone()).or_default();
+        let f = out.entry(j.spec.application_name.as_str()).or_default();
         if j.state == titan_api::view::JobState::Enabled {
             for (location, n) in &j.counts {
                 *f.instances.entry(location.clone()).or_insert(0) += u64::from(*n);
@@ -31,10 +31,10 @@ pub fn report(state: &CellState) -> BTreeMap<String, Figures> {
     }
     for t in state.tasks() {
         let Some(j) = state.job(&t.job_id) else { continue };
-        let f = out.entry(j.spec.application_name.clone()).or_default();
+        let f = out.entry(j.spec.application_name.as_str()).or_default();
         *f.tasks.entry(t.state).or_insert(0) += 1;
     }
-    out
+    out.into_iter().map(|(app, f)| (app.to_string(), f)).collect()
 }
 
 /// The agents by state as the control plane shows them: `active`, `draining`, `drained` and `unreachable` (an
