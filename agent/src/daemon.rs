@@ -26,8 +26,9 @@ use crate::supervisor::{Applied, Supervisor};
 pub const RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between retries of a failing call.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// How long one assignments long-poll waits for a change.
-pub const ASSIGNMENTS_WAIT: Duration = Duration::from_secs(10);
+/// How long one assignments long-poll waits for a change (the API allows 30 s): a change ends it at once, so a
+/// long wait costs nothing but spares the cell a poll per agent every few seconds.
+pub const ASSIGNMENTS_WAIT: Duration = Duration::from_secs(25);
 /// How long statuses gather after the first is queued, so one report carries several.
 pub const REPORT_BATCH: Duration = Duration::from_millis(50);
 /// The file in the agent's data directory holding when the last lease renewal was sent (Unix milliseconds).

@@ -124,7 +124,8 @@ pub fn start_with(clients: Vec<Client>, registration: AgentRegistration, record:
                     continue;
                 }
                 let c = &clients[i % clients.len()];
-                let a = match c.assignments(&id, after, Duration::from_secs(5)).await {
+                // As long as a real agent waits.
+                let a = match c.assignments(&id, after, titan_agent::daemon::ASSIGNMENTS_WAIT).await {
                     Ok(a) => a,
                     Err(_) => {
                         i += 1;
