@@ -44,6 +44,16 @@ pub struct Target {
     /// (`$TITAN_DATA_DIR/admin.token`, `.titan-dev/admin.token`) when there is one.
     #[arg(long, global = true, env = "TITAN_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// The CA of a cell that serves HTTPS (`[tls] ca`), the only one trusted; `host:port` addresses are then
+    /// `https://`.
+    #[arg(long, global = true, env = "TITAN_CACERT")]
+    cacert: Option<PathBuf>,
+    /// A client certificate signed by that CA, PEM: a cell with TLS requires one on every connection.
+    #[arg(long, global = true, env = "TITAN_CLIENT_CERT", requires = "cacert")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key, PEM.
+    #[arg(long, global = true, env = "TITAN_CLIENT_KEY", requires = "cacert")]
+    client_key: Option<PathBuf>,
 }
 
 impl Target {
@@ -53,8 +63,26 @@ impl Target {
         &self.addr
     }
 
-    fn client(&self) -> Client {
-        let mut c = Client::new(&self.addr);
+    fn client(&self) -> anyhow::Result<Client> {
+        let mut c = match &self.cacert {
+            Some(ca) => {
+                let tls = titan_api::tls::ClientTls::load(
+                    ca,
+                    self.client_cert.as_deref(),
+                    self.client_key.as_deref(),
+                    titan_api::tls::Settings::CLIENT,
+                )?;
+                Client::with_tls(&self.addr, &tls)
+            }
+            None => {
+                anyhow::ensure!(
+                    !self.addr.contains("https://"),
+                    "{}: HTTPS needs the cell's CA (--cacert or TITAN_CACERT)",
+                    self.addr
+                );
+                Client::new(&self.addr)
+            }
+        };
         if let Some(t) = token(self.token_file.as_deref()) {
             c = c.token(t);
         }
@@ -64,7 +92,7 @@ impl Target {
         if let Some(r) = &self.reason {
             c = c.reason(r.clone());
         }
-        c
+        Ok(c)
     }
 }
 
@@ -173,7 +201,7 @@ pub enum NodeCommand {
 }
 
 pub async fn node(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
-    let client = target.client();
+    let client = target.client()?;
     match command {
         NodeCommand::Drain { ref id } | NodeCommand::Enable { ref id } => {
             let drain = matches!(command, NodeCommand::Drain { .. });
@@ -274,7 +302,7 @@ fn time(ms: u64) -> String {
 }
 
 pub async fn job(target: &Target, command: JobCommand) -> anyhow::Result<()> {
-    let client = target.client();
+    let client = target.client()?;
     let json = target.output == Output::Json;
     match command {
         JobCommand::Run { file, idempotency_key } => {
@@ -511,7 +539,7 @@ fn task_table(tasks: &[TaskView]) -> String {
 }
 
 pub async fn task(target: &Target, command: TaskCommand) -> anyhow::Result<()> {
-    let client = target.client();
+    let client = target.client()?;
     let json = target.output == Output::Json;
     match command {
         TaskCommand::List { job, agent, state } => {
@@ -652,7 +680,7 @@ pub enum CellCommand {
 }
 
 pub async fn cell(target: &Target, command: CellCommand) -> anyhow::Result<()> {
-    let client = target.client();
+    let client = target.client()?;
     match command {
         CellCommand::List => {
             let cells = client.cells().await?;
@@ -728,7 +756,7 @@ fn quota_rows(q: &titan_api::quota::QuotaView) -> Vec<Vec<String>> {
 const QUOTA_HEADER: [&str; 7] = ["GROUP", "LOCATION", "INSTANCES", "CPUS", "MEMORY MIB", "DISK GIB", "RUNNING HERE"];
 
 pub async fn quota(target: &Target, command: QuotaCommand) -> anyhow::Result<()> {
-    let client = target.client();
+    let client = target.client()?;
     let json = target.output == Output::Json;
     match command {
         QuotaCommand::List => {
@@ -787,7 +815,7 @@ pub async fn quota(target: &Target, command: QuotaCommand) -> anyhow::Result<()>
 }
 
 pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result<()> {
-    let client = target.client();
+    let client = target.client()?;
     let json = target.output == Output::Json;
     let view = match command {
         ClusterCommand::Status => client.cluster().await?,
@@ -939,7 +967,7 @@ fn print_answer(a: &titan_api::location::LeverAnswer) -> anyhow::Result<()> {
 
 pub async fn location(target: &Target, command: LocationCommand) -> anyhow::Result<()> {
     use titan_api::location::LeverKind;
-    let client = target.client();
+    let client = target.client()?;
     let json = target.output == Output::Json;
     let (kind, lever, to) = match command {
         LocationCommand::List => {
@@ -1028,7 +1056,7 @@ pub enum FleetCommand {
 }
 
 pub async fn fleet(target: &Target, command: FleetCommand) -> anyhow::Result<()> {
-    let client = target.client();
+    let client = target.client()?;
     match command {
         FleetCommand::Status => {
             let view = client.autoscaler().await?;
@@ -1134,7 +1162,7 @@ pub enum TokenCommand {
 const TOKEN_HEADER: [&str; 6] = ["NAME", "ROLE", "SCOPE", "CREATED BY", "EXPIRES", "STATE"];
 
 pub async fn acl(target: &Target, command: AclCommand) -> anyhow::Result<()> {
-    let client = target.client();
+    let client = target.client()?;
     let json = target.output == Output::Json;
     let AclCommand::Token(command) = command;
     match command {

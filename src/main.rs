@@ -2,6 +2,7 @@
 //! client commands talk to a cell over its REST API (see `cli.rs`).
 
 mod cli;
+mod https;
 mod server;
 
 use std::process::ExitCode;
@@ -25,7 +26,8 @@ struct Titan {
 enum Command {
     /// Runs one member of a cell.
     Server(Box<server::ServerArgs>),
-    /// Runs an embedded single-member cell for trying Titan on one machine.
+    /// Runs an embedded single-member cell for trying Titan on one machine (plain HTTP on the address given: TLS is
+    /// for `titan server` and `titan agent`).
     Dev(server::DevArgs),
     /// Runs the node agent: registers this machine with a cell and keeps its lease.
     Agent(server::AgentArgs),

@@ -1,5 +1,6 @@
 //! `titan server` and `titan dev`: settings from flags, `TITAN_*` environment variables and a TOML file (in that
-//! order of precedence), then one cell member serving HTTP until SIGINT or SIGTERM.
+//! order of precedence), then one cell member serving HTTP (HTTPS with `[tls]`, see `https.rs`) until SIGINT or
+//! SIGTERM. `titan dev` serves plain HTTP.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Args;
 use serde::Deserialize;
+use titan_api::tls::{NodeTls, TlsFiles};
 use titan_api::HttpMetrics;
 use titan_scheduler::config::{CellConfig, RaftTuning};
 use titan_scheduler::{parse_peers, Cell, PeerAddr};
@@ -44,7 +46,55 @@ pub struct ServerArgs {
     #[arg(long, env = "TITAN_FEDERATION")]
     federation: Option<String>,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     log: LogArgs,
+}
+
+/// TLS files (`[tls]` in a member's TOML): with them a member or an agent serves HTTPS and requires a client
+/// certificate signed by the CA on every connection, and presents its own certificate to the nodes it calls.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// This node's certificate, PEM (then any intermediates): serve HTTPS, and present it to other members, cells
+    /// and agents (`[tls] cert`; with --tls-key and --tls-ca). Its names must include how others reach it.
+    #[arg(long, env = "TITAN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key, PEM (`[tls] key`).
+    #[arg(long, env = "TITAN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signs every member's, cell's and agent's certificate, the only one trusted; a connection without
+    /// a client certificate it signed is refused (`[tls] ca`).
+    #[arg(long, env = "TITAN_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS files: each flag over the file's `[tls]`; none when neither names any. The three go together.
+    fn files(&self, file: Option<TlsFiles>) -> anyhow::Result<Option<TlsFiles>> {
+        let (cert, key, ca) = match file {
+            Some(f) => (Some(f.cert), Some(f.key), Some(f.ca)),
+            None => (None, None, None),
+        };
+        let cert = self.tls_cert.clone().or(cert);
+        let key = self.tls_key.clone().or(key);
+        let ca = self.tls_ca.clone().or(ca);
+        match (cert, key, ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+            (cert, key, _) => {
+                let missing = if cert.is_none() {
+                    "--tls-cert"
+                } else if key.is_none() {
+                    "--tls-key"
+                } else {
+                    "--tls-ca"
+                };
+                anyhow::bail!(
+                    "--tls-cert, --tls-key and --tls-ca ([tls] cert, key and ca) go together: {missing} is missing"
+                )
+            }
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +175,11 @@ pub struct AgentArgs {
     /// A file holding the agent's API token; else `$TITAN_TOKEN`.
     #[arg(long, env = "TITAN_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// With TLS (the cell's CA): the agent registers over HTTPS presenting its certificate, and serves its tasks'
+    /// logs over HTTPS only to clients with a certificate of the CA (the cell's members). Its certificate's names
+    /// must include the address it reports (--addr).
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -169,13 +224,23 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let logs_dir = args.data_dir.join("logs");
     let runtime = runtime(&args.runtime, &args.data_dir, args.publish_ip)?;
     let supervisor = supervisor(&registration, runtime, &args.data_dir, args.zfs_parent.clone(), &registry)?;
+    let tls = match args.tls.files(None)? {
+        Some(files) => Some(NodeTls::load(&files, titan_api::tls::Settings::FLAGS)?),
+        None => None,
+    };
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     let app = titan_agent::server::router(registry, logs_dir);
-    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped()).into_future());
+    let server = match &tls {
+        Some(tls) => tokio::spawn(crate::https::serve(listener, app, tls.acceptor(), stopped())),
+        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped()).into_future()),
+    };
     tracing::info!(agent = %registration.id, cell = %args.cell_addr, addr = %args.addr, runtime = %args.runtime,
-        zfs = ?args.zfs_parent, resources = ?registration.resources, "agent starting");
-    let mut client = titan_api::Client::new(&args.cell_addr);
+        zfs = ?args.zfs_parent, resources = ?registration.resources, tls = tls.is_some(), "agent starting");
+    let mut client = match &tls {
+        Some(tls) => titan_api::Client::with_tls(&args.cell_addr, tls.client()),
+        None => titan_api::Client::new(&args.cell_addr),
+    };
     if let Some(t) = agent_token(args.token_file.as_deref())? {
         client = client.token(t);
     }
@@ -274,6 +339,7 @@ struct FileConfig {
     federation: Option<titan_scheduler::federation::FederationConfig>,
     autoscaler: Option<titan_autoscaler::config::AutoscalerConfig>,
     auth: Option<titan_scheduler::config::AuthConfig>,
+    tls: Option<TlsFiles>,
 }
 
 fn init_logging(log: &LogArgs) {
@@ -324,6 +390,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         federation,
         autoscaler: file.autoscaler.unwrap_or_default(),
         auth: file.auth.unwrap_or_default(),
+        tls: args.tls.files(file.tls)?,
     };
     serve(config, false).await
 }
@@ -348,6 +415,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             // One admin token for every dev cell, where the CLI looks.
             bootstrap_token_file: Some(admin_token.clone()),
         },
+        // A dev cell serves plain HTTP on loopback.
+        tls: None,
     };
     if args.cells.is_empty() {
         let mut config = one("dev", args.listen, args.data_dir);
@@ -388,16 +457,21 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
     let node = config.node_id.to_string();
     let app = cell.router(HttpMetrics::labelled(&registry, &[("cell", &config.cell), ("node", &node)])?);
     tracing::info!(cell = %config.cell, node = config.node_id, listen = %config.listen,
-        advertise = %config.advertised(), "member serving");
-    // Small request/response exchanges (Raft, forwarded writes) must not wait on Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "TCP_NODELAY");
-        }
-    });
+        advertise = %config.advertised(), tls = config.tls.is_some(), "member serving");
     let stop = Stop::on_signal();
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let mut server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stop.wait()).into_future());
+    let mut server = match cell.tls() {
+        Some(tls) => tokio::spawn(crate::https::serve(listener, app, tls.acceptor(), stop.wait())),
+        None => {
+            // Small request/response exchanges (Raft, forwarded writes) must not wait on Nagle's algorithm.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "TCP_NODELAY");
+                }
+            });
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stop.wait()).into_future())
+        }
+    };
     if dev {
         let url = format!("http://{}", config.listen);
         let client = titan_api::Client::new(&url);
@@ -428,14 +502,16 @@ async fn serve(config: CellConfig, dev: bool) -> anyhow::Result<()> {
         } else {
             println!("Titan dev cell is ready at {url} (data in {})", config.data_dir.display());
             if config.auth.enabled {
-                println!(
-                    "Tokens are on: the CLI sends the admin token in {0}; curl: -H \"Authorization: Bearer $(cat {0})\"",
-                    token_file.display()
-                );
+                println!("Tokens are on: the CLI sends the admin token in {}", token_file.display());
             }
             println!("Try:  titan job run examples/hello.yaml && titan job list");
+            let auth = if config.auth.enabled {
+                format!(" -H \"Authorization: Bearer $(cat {})\"", token_file.display())
+            } else {
+                String::new()
+            };
             println!(
-                "  or: curl -s {url}/v1/jobs -H 'content-type: application/yaml' --data-binary @examples/hello.yaml"
+                "  or: curl -s {url}/v1/jobs{auth} -H 'content-type: application/yaml' --data-binary @examples/hello.yaml"
             );
         }
     }

@@ -45,20 +45,21 @@ fn at_base(mut req: reqwest::Request, base: &str) -> Option<reqwest::Request> {
     Some(req)
 }
 
-/// The base URL of the leader a cluster view names, when it names one and knows its address.
-pub fn leader_base(view: &ClusterView) -> Option<String> {
+/// The base URL of the leader a cluster view names, when it names one and knows its address: `scheme://` and its
+/// address (the scheme of the member that named it, since a cell's members all serve HTTP or all HTTPS).
+pub fn leader_base(view: &ClusterView, scheme: &str) -> Option<String> {
     let leader = view.leader?;
     let member = view.members.iter().find(|m| m.id == leader)?;
-    Some(base_url(&member.addr))
+    Some(base_url(&member.addr, scheme))
 }
 
-/// `host:port` or a URL as a base URL: with a scheme, without a trailing slash.
-fn base_url(addr: &str) -> String {
+/// `host:port` or a URL as a base URL: with a scheme (`scheme` when it has none), without a trailing slash.
+fn base_url(addr: &str, scheme: &str) -> String {
     let a = addr.trim().trim_end_matches('/');
     if a.starts_with("http://") || a.starts_with("https://") {
         a.to_string()
     } else {
-        format!("http://{a}")
+        format!("{scheme}://{a}")
     }
 }
 
@@ -89,10 +90,29 @@ impl Client {
         Client::with_http(addr, http)
     }
 
-    /// Shares a connection pool with other clients.
+    /// A client of a cell that serves HTTPS (`[tls]`): it trusts `tls`'s CA alone and presents `tls`'s certificate,
+    /// if it has one (a cell with TLS on requires one). `host:port` addresses are `https://`.
+    pub fn with_tls(addr: &str, tls: &crate::tls::ClientTls) -> Client {
+        let http = tls
+            .http(reqwest::Client::builder().timeout(DEFAULT_TIMEOUT).tcp_nodelay(true))
+            .build()
+            .expect("a client with a loaded TLS configuration always builds");
+        Client::with_http_scheme(addr, http, "https")
+    }
+
+    /// Shares a connection pool with other clients; `host:port` addresses are `http://` (give `https://` URLs to a
+    /// client made with TLS).
     pub fn with_http(addr: &str, http: reqwest::Client) -> Client {
-        let bases: Vec<String> =
-            addr.split(',').map(|a| a.trim().trim_end_matches('/')).filter(|a| !a.is_empty()).map(base_url).collect();
+        Client::with_http_scheme(addr, http, "http")
+    }
+
+    fn with_http_scheme(addr: &str, http: reqwest::Client, scheme: &str) -> Client {
+        let bases: Vec<String> = addr
+            .split(',')
+            .map(|a| a.trim().trim_end_matches('/'))
+            .filter(|a| !a.is_empty())
+            .map(|a| base_url(a, scheme))
+            .collect();
         let base = bases.first().cloned().unwrap_or_else(|| "http://127.0.0.1".into());
         Client {
             bases: std::sync::Arc::new(bases),
@@ -238,7 +258,8 @@ impl Client {
         }
         let resp = r.send().await.ok()?;
         let view: ClusterView = resp.json().await.ok()?;
-        leader_base(&view).filter(|l| l != base)
+        let scheme = if base.starts_with("https://") { "https" } else { "http" };
+        leader_base(&view, scheme).filter(|l| l != base)
     }
 
     /// One attempt at one member; a failure says whether the request certainly never reached it.
@@ -559,9 +580,10 @@ mod tests {
 
     #[test]
     fn the_leader_is_found_in_a_cluster_view() {
-        assert_eq!(leader_base(&view(Some(1))).as_deref(), Some("http://127.0.0.1:7001"));
-        assert_eq!(leader_base(&view(None)), None, "no leader elected");
-        assert_eq!(leader_base(&view(Some(5))), None, "a leader whose address is unknown");
+        assert_eq!(leader_base(&view(Some(1)), "http").as_deref(), Some("http://127.0.0.1:7001"));
+        assert_eq!(leader_base(&view(Some(1)), "https").as_deref(), Some("https://127.0.0.1:7001"));
+        assert_eq!(leader_base(&view(None), "http"), None, "no leader elected");
+        assert_eq!(leader_base(&view(Some(5)), "http"), None, "a leader whose address is unknown");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod quota;
 pub mod router;
 pub mod task;
+pub mod tls;
 pub mod view;
 
 pub use client::{Client, ClientError};

@@ -29,6 +29,17 @@ pub struct LocalSettings {
     pub port_blocks_from: u16,
     /// A file holding the token the agents present (`TITAN_TOKEN_FILE`), when the cell checks tokens.
     pub token_file: Option<PathBuf>,
+    /// The TLS files the agents use (`TITAN_TLS_CERT`, `_KEY`, `_CA`), when the cell runs with TLS.
+    pub tls: Option<LocalTls>,
+}
+
+/// A local agent's TLS files: the starting member's own, so its certificate must name 127.0.0.1 (where the agents
+/// serve their logs), as `scripts/tls`'s certificates do.
+#[derive(Clone, Debug)]
+pub struct LocalTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 struct Running {
@@ -63,6 +74,15 @@ impl Local {
         let mut command = Command::new(&s.binary);
         if let Some(f) = &s.token_file {
             command.env("TITAN_TOKEN_FILE", f);
+        }
+        match &s.tls {
+            Some(tls) => {
+                command.env("TITAN_TLS_CERT", &tls.cert).env("TITAN_TLS_KEY", &tls.key).env("TITAN_TLS_CA", &tls.ca);
+            }
+            // A cell without TLS (`titan dev`) has agents without it, whatever the environment it was started in.
+            None => {
+                command.env_remove("TITAN_TLS_CERT").env_remove("TITAN_TLS_KEY").env_remove("TITAN_TLS_CA");
+            }
         }
         // The agent dies with the cell that started it (a killed dev cell leaves no agent behind).
         // SAFETY: `prctl` is async-signal-safe and touches nothing of the parent's state.

@@ -97,6 +97,10 @@ pub struct CellConfig {
     /// API tokens (`[auth]`); off by default.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[tls]`: the API is served over HTTPS, and every connection, to it and from this member to other members,
+    /// cells and agents, is mutual TLS with certificates signed by `ca`; plain HTTP when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<titan_api::tls::TlsFiles>,
 }
 
 /// `[auth]`: whether requests need an API token.
@@ -157,6 +161,8 @@ pub enum ConfigError {
     RoundInterval { min: u64, max: u64 },
     #[error(transparent)]
     Federation(#[from] crate::federation::FederationError),
+    #[error(transparent)]
+    Tls(#[from] titan_api::tls::TlsError),
 }
 
 impl CellConfig {
@@ -204,7 +210,15 @@ impl CellConfig {
         }
         self.scheduler.validate()?;
         self.federation.validate(&self.cell)?;
+        self.load_tls()?;
         Ok(())
+    }
+
+    /// This member's TLS from `[tls]`'s files, read and checked (each exists and parses, the key goes with the
+    /// certificate, the CA signed it); `None` without `[tls]`.
+    pub fn load_tls(&self) -> Result<Option<titan_api::tls::NodeTls>, ConfigError> {
+        let Some(files) = &self.tls else { return Ok(None) };
+        Ok(Some(titan_api::tls::NodeTls::load(files, titan_api::tls::Settings::NODE)?))
     }
 }
 
@@ -362,6 +376,7 @@ mod tests {
             federation: Default::default(),
             autoscaler: Default::default(),
             auth: Default::default(),
+            tls: None,
         }
     }
 
@@ -399,6 +414,38 @@ mod tests {
         check(|c| c.scheduler.min_round_interval_ms = 5_000, ConfigError::RoundInterval { min: 5_000, max: 1_000 });
         check(|c| c.scheduler.max_round_interval_ms = 0, ConfigError::RoundInterval { min: 20, max: 0 });
         check(|c| c.raft.snapshot_chunk_kib = MAX_SNAPSHOT_CHUNK_KIB + 1, ConfigError::SnapshotChunk(16_385));
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_parse() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls");
+        let made = std::process::Command::new(script).arg(tmp.path()).args(["m1", "m2"]).status().expect("scripts/tls");
+        assert!(made.success());
+        let toml = |cert: &str, key: &str| {
+            format!(
+                "cell = \"dc1\"\nnode_id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/x\"\n[tls]\n\
+                 cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+                tmp.path().join(cert).display(),
+                tmp.path().join(key).display(),
+                tmp.path().join("ca.pem").display()
+            )
+        };
+        let parsed: CellConfig = toml::from_str(&toml("m1.pem", "m1.key")).expect("[tls] parses");
+        assert_eq!(parsed.tls.as_ref().map(|t| t.cert.clone()), Some(tmp.path().join("m1.pem")));
+        assert_eq!(parsed.validate(), Ok(()));
+        assert!(parsed.load_tls().expect("loads").is_some());
+        assert_eq!(config().load_tls().map(|t| t.is_none()), Ok(true), "no [tls]: plain HTTP");
+        let refused = |cert: &str, key: &str| {
+            let c: CellConfig = toml::from_str(&toml(cert, key)).expect("parses");
+            c.validate().expect_err("refused").to_string()
+        };
+        assert!(refused("nothing.pem", "m1.key").starts_with("tls.cert (--tls-cert): cannot read"));
+        assert!(refused("m1.pem", "m2.key").starts_with("tls.key (--tls-key) does not go with tls.cert"));
+        assert!(refused("m1.key", "m1.key").starts_with("tls.cert (--tls-cert): "));
+        let unknown =
+            toml::from_str::<CellConfig>(&toml("m1.pem", "m1.key").replace("[tls]\n", "[tls]\nkeyfile = 1\n"));
+        assert!(unknown.expect_err("unknown key").to_string().contains("unknown field `keyfile`"));
     }
 
     #[test]

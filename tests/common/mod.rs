@@ -7,11 +7,12 @@ pub mod proxy;
 pub mod sim;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use titan_api::tls::ClientTls;
 use titan_api::view::ListQuery;
 use titan_api::Client;
 
@@ -60,12 +61,56 @@ pub struct Member {
     /// `--advertise`: how the other members know it, when not by `addr`.
     pub advertise: Option<String>,
     pub dir: PathBuf,
+    /// Started with `--tls-*` these files when set; its `client()` then speaks HTTPS with them.
+    pub tls: Option<Certs>,
     child: Option<Child>,
+}
+
+/// A node's TLS files, as `scripts/tls` makes them: a CA per directory, a certificate (server and client) per name.
+#[derive(Clone, Debug)]
+pub struct Certs {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl Certs {
+    /// `scripts/tls DIR NAME...`: DIR's CA (made by the first call) and a certificate for each name.
+    pub fn make(dir: &Path, names: &[&str]) -> Vec<Certs> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tls");
+        let out = Command::new(script).arg(dir).args(names).output().expect("scripts/tls runs");
+        assert!(out.status.success(), "scripts/tls failed: {}", String::from_utf8_lossy(&out.stderr));
+        names.iter().map(|n| Certs::named(dir, n)).collect()
+    }
+
+    /// The files `scripts/tls` made in `dir` for `name`.
+    pub fn named(dir: &Path, name: &str) -> Certs {
+        Certs { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")), ca: dir.join("ca.pem") }
+    }
+
+    /// A client that trusts the CA alone and presents this certificate.
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls::load(&self.ca, Some(&self.cert), Some(&self.key), titan_api::tls::Settings::CLIENT)
+            .expect("scripts/tls's files load")
+    }
+
+    /// `titan server`'s and `titan agent`'s flags for these files.
+    pub fn flags(&self) -> Vec<std::ffi::OsString> {
+        let mut out = Vec::new();
+        for (flag, path) in [("--tls-cert", &self.cert), ("--tls-key", &self.key), ("--tls-ca", &self.ca)] {
+            out.push(flag.into());
+            out.push(path.into());
+        }
+        out
+    }
 }
 
 impl Member {
     pub fn client(&self) -> Client {
-        Client::new(&self.addr.to_string())
+        match &self.tls {
+            Some(certs) => Client::with_tls(&self.addr.to_string(), &certs.client_tls()),
+            None => Client::new(&self.addr.to_string()),
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -121,6 +166,9 @@ impl Member {
         if let Some(advertise) = &self.advertise {
             cmd.args(["--advertise", advertise]);
         }
+        if let Some(certs) = &self.tls {
+            cmd.args(certs.flags());
+        }
         self.child = Some(cmd.spawn().expect("start titan server"));
     }
 }
@@ -175,6 +223,7 @@ impl Cluster {
                 addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
                 advertise: None,
                 dir: root.path().join(format!("m{id}")),
+                tls: None,
                 child: None,
             })
             .collect();
@@ -192,6 +241,15 @@ impl Cluster {
         c.peers =
             c.members.iter().map(|m| format!("{}=localhost:{}", m.id, m.addr.port())).collect::<Vec<_>>().join(",");
         c
+    }
+
+    /// Every member runs with TLS: a certificate of `dir`'s CA each (made by `scripts/tls`, named `CELL-mID`).
+    pub fn use_tls(&mut self, dir: &Path) {
+        let names: Vec<String> = self.members.iter().map(|m| format!("{}-m{}", m.cell, m.id)).collect();
+        let certs = Certs::make(dir, &names.iter().map(String::as_str).collect::<Vec<_>>());
+        for (m, c) in self.members.iter_mut().zip(certs) {
+            m.tls = Some(c);
+        }
     }
 
     /// Every member's address, as `--federation` lists a cell's: `A|B|C`.

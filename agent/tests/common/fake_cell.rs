@@ -37,6 +37,7 @@ pub struct State {
 pub struct FakeCell {
     state: Mutex<State>,
     version: watch::Sender<u64>,
+    agents: titan_api::tls::PeerHttp,
 }
 
 fn unsupported<T>() -> Result<T, ApiError> {
@@ -46,7 +47,8 @@ fn unsupported<T>() -> Result<T, ApiError> {
 impl FakeCell {
     /// Serves a fake cell on a loopback port; returns it and its address.
     pub async fn start() -> (Arc<FakeCell>, String) {
-        let cell = Arc::new(FakeCell { state: Mutex::new(State::default()), version: watch::Sender::new(1) });
+        let agents = titan_api::tls::PeerHttp::new(reqwest::Client::builder(), None).expect("a plain client");
+        let cell = Arc::new(FakeCell { state: Mutex::new(State::default()), version: watch::Sender::new(1), agents });
         let registry = prometheus::Registry::new();
         let app = titan_api::router(cell.clone(), HttpMetrics::new(&registry).expect("metrics"), axum::Router::new());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -143,6 +145,9 @@ impl JobsApi for FakeCell {
 impl TasksApi for FakeCell {
     fn task_agent_addr(&self, _: String) -> ApiResult<'_, String> {
         Box::pin(async { unsupported() })
+    }
+    fn agent_http(&self) -> &titan_api::tls::PeerHttp {
+        &self.agents
     }
     fn list_tasks(&self, _: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async { unsupported() })

@@ -18,6 +18,8 @@ use crate::view::{ReadQuery, MAX_PAGE_SIZE};
 pub trait TasksApi: Reads {
     /// The address (host:port) of the agent a task is placed on, which serves its logs.
     fn task_agent_addr(&self, id: String) -> ApiResult<'_, String>;
+    /// How the cell calls its agents: HTTPS with its own certificate when it runs with TLS, plain HTTP otherwise.
+    fn agent_http(&self) -> &crate::tls::PeerHttp;
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList>;
     fn get_task(&self, id: String) -> ApiResult<'_, TaskView>;
     /// Asks for a task to be stopped; its job's reconciler may start a replacement.
@@ -99,13 +101,8 @@ async fn task_logs(
     let limit = stream_limit(q.timeout_seconds)?;
     let addr = cell.task_agent_addr(id.clone()).await?;
     // The agent serves its tasks' logs from disk; the cell relays them (streaming when following).
-    let url =
-        format!("http://{addr}/v1/tasks/{id}/logs?tail={}&stream={stream}&follow={}", q.tail.unwrap_or(100), q.follow);
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .build()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let resp = http.get(url).send().await.map_err(|e| {
+    let path = format!("/v1/tasks/{id}/logs?tail={}&stream={stream}&follow={}", q.tail.unwrap_or(100), q.follow);
+    let resp = cell.agent_http().get(&addr, &path).send().await.map_err(|e| {
         ApiError::new(ErrorCode::Unavailable, format!("the task's agent at {addr} cannot be reached: {e}"))
     })?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);

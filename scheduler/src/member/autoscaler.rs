@@ -111,6 +111,11 @@ fn fleet_of(config: &CellConfig, g: &GroupConfig) -> Result<Box<dyn Fleet>, Stri
                 first_port: config.listen.port().saturating_add(100 + 40 * index),
                 // Cells on one machine (`titan dev --cells`, 2 ports apart) take different blocks of 1,000.
                 token_file: config.auth.enabled.then(|| config.bootstrap_token_file()),
+                tls: config.tls.as_ref().map(|t| titan_autoscaler::local::LocalTls {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    ca: t.ca.clone(),
+                }),
                 port_blocks_from: 42_000u16
                     .saturating_add(4_000 * index)
                     .saturating_add(1_000 * ((config.listen.port() / 2) % 4)),

@@ -26,8 +26,10 @@ pub(crate) struct Handle {
     changes: Arc<crate::state::Changes>,
     scheduling: Arc<crate::scheduling::Local>,
     cells: Arc<super::federation::cells::Cells>,
-    /// For calls to other cells (trial placements, endpoints).
-    pub(crate) http: reqwest::Client,
+    /// For calls to other cells (trial placements, endpoints); HTTPS with this member's certificate under `[tls]`.
+    pub(crate) http: titan_api::tls::PeerHttp,
+    /// This member's TLS as a client, when `[tls]` is set.
+    pub(crate) tls: Option<titan_api::tls::ClientTls>,
 }
 
 impl Handle {
@@ -41,13 +43,12 @@ impl Handle {
         changes: Arc<crate::state::Changes>,
         scheduling: Arc<crate::scheduling::Local>,
         cells: Arc<super::federation::cells::Cells>,
+        tls: Option<titan_api::tls::ClientTls>,
     ) -> Handle {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(2)
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .expect("a plain HTTP client always builds");
-        Handle { raft, state, proposer, config, leases, changes, scheduling, cells, http }
+        let builder = reqwest::Client::builder().pool_max_idle_per_host(2).connect_timeout(Duration::from_millis(500));
+        let http = titan_api::tls::PeerHttp::new(builder, tls.as_ref())
+            .expect("a client with a loaded TLS configuration always builds");
+        Handle { raft, state, proposer, config, leases, changes, scheduling, cells, http, tls }
     }
 
     /// How this member sees each other cell.
@@ -84,6 +85,10 @@ impl super::federation::worker::Host for Handle {
 
     fn pending_reason(&self, task: &str) -> Option<String> {
         self.scheduling.pending(task)
+    }
+
+    fn tls(&self) -> Option<&titan_api::tls::ClientTls> {
+        self.tls.as_ref()
     }
 
     fn leader_and_members(&self) -> (Option<String>, Vec<String>) {

@@ -104,7 +104,7 @@ impl Handle {
         for addr in addrs {
             let sent = self
                 .http
-                .post(format!("http://{addr}{TRIAL_PATH}"))
+                .post(addr.as_str(), TRIAL_PATH)
                 .timeout(Duration::from_secs(3))
                 .header("content-type", CONTENT_TYPE)
                 .body(body.clone())

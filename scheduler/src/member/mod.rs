@@ -110,6 +110,10 @@ pub struct Cell {
     levers: LeverMetrics,
     /// The autoscaler's view, as its worker last published it.
     autoscaling: autoscaler::Status,
+    /// `[tls]`, loaded: what the member serves with, and presents to other members, cells and agents.
+    tls: Option<titan_api::tls::NodeTls>,
+    /// For calls to agents (task logs); HTTPS with this member's certificate under `[tls]`.
+    agents_http: titan_api::tls::PeerHttp,
 }
 
 pub(crate) use crate::clock::now_ms;
@@ -119,6 +123,13 @@ impl Cell {
     /// fresh cell.
     pub async fn start(config: CellConfig, registry: &Registry) -> Result<Arc<Cell>, CellError> {
         config.validate()?;
+        let tls = config.load_tls()?;
+        let client_tls = tls.as_ref().map(|t| t.client().clone());
+        let agents_http = titan_api::tls::PeerHttp::new(
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)),
+            client_tls.as_ref(),
+        )
+        .expect("a client with a loaded TLS configuration always builds");
         let dir = config.data_dir.join("raft");
         let store_err = |m: String| CellError::Store { dir: dir.display().to_string(), message: m };
         std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
@@ -151,7 +162,7 @@ impl Cell {
         .validate()
         .map_err(|e| CellError::Raft(e.to_string()))?;
         let network_metrics = NetworkMetrics::new(registry, &config.cell, config.node_id)?;
-        let streams = Streams::new(network_metrics);
+        let streams = Streams::new(network_metrics, client_tls.clone());
         let network = HttpNetwork::new(encoded.clone(), streams.clone());
         let raft_cell = Arc::new(std::sync::OnceLock::new());
         let proposing: Arc<AtomicUsize> = Arc::default();
@@ -199,6 +210,7 @@ impl Cell {
             changes,
             scheduling.clone(),
             cells.clone(),
+            client_tls,
         );
         workers.spawn(crate::scheduling::Scheduler::new(
             handle.clone(),
@@ -261,11 +273,18 @@ impl Cell {
             federation,
             levers,
             autoscaling,
+            tls,
+            agents_http,
         }))
     }
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// This member's TLS (`[tls]`): the server serves the router with it.
+    pub fn tls(&self) -> Option<&titan_api::tls::NodeTls> {
+        self.tls.as_ref()
     }
 
     /// Every route this member serves: the public API, and Raft's stream, which also carries forwarded writes

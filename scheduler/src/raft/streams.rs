@@ -14,6 +14,9 @@
 //! answer    length (u32 LE) | body                 length counts what follows it
 //! ```
 //!
+//! With `[tls]` the connection is TLS first, this member presenting its certificate (mutual TLS), and the upgrade
+//! travels inside it.
+//!
 //! Bodies are `codec` (MessagePack). A connection that fails, times out or is abandoned in the middle of a call is
 //! dropped, never reused. Failures are counted per peer and warned about at most once per peer per
 //! `membership::WARN_EVERY`.
@@ -25,8 +28,8 @@ use std::time::Instant;
 use openraft::error::{NetworkError, RPCError, Unreachable};
 use openraft::BasicNode;
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, Registry};
+use titan_api::tls::{ClientTls, PeerStream};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use super::{membership, NodeId, Raft};
 
@@ -91,7 +94,7 @@ impl NetworkMetrics {
 
 /// One upgraded connection to a peer, between calls.
 struct Conn {
-    io: BufReader<TcpStream>,
+    io: BufReader<PeerStream>,
 }
 
 /// Idle connections by peer address.
@@ -104,13 +107,16 @@ impl Conn {
     /// Whether the peer still holds its end: between calls nothing may be waiting to be read, so anything readable
     /// (end of stream, an error, stray bytes) means the connection is of no further use. A peer that restarted has
     /// closed every connection to its old process, and a call on one would fail after it was sent, when the caller
-    /// can no longer tell whether it arrived.
-    fn is_live(&self) -> bool {
+    /// can no longer tell whether it arrived. The probe is a read that must find nothing to return yet: over TLS,
+    /// records that carry no data (session tickets) are consumed by it without making the connection unusable.
+    fn is_live(&mut self) -> bool {
         if !self.io.buffer().is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
-        matches!(self.io.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(self.io.get_mut()).poll_read(&mut cx, &mut buf).is_pending()
     }
 }
 
@@ -119,7 +125,7 @@ impl Pool {
     fn take(&self, addr: &str) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.get_mut(addr)?;
-        while let Some(conn) = conns.pop() {
+        while let Some(mut conn) = conns.pop() {
             if conn.is_live() {
                 return Some(conn);
             }
@@ -146,6 +152,8 @@ pub struct Streams {
     peers: Arc<Mutex<HashMap<String, PeerHealth>>>,
     pub(super) stand_down: Arc<StandDown>,
     metrics: NetworkMetrics,
+    /// This member's TLS as a client, when `[tls]` is set.
+    tls: Option<ClientTls>,
 }
 
 /// One peer as this member's calls found it.
@@ -204,13 +212,15 @@ struct EarlyAppend {
 }
 
 impl Streams {
-    pub fn new(metrics: NetworkMetrics) -> Streams {
+    /// Connections made with `tls` when given (mutual TLS), plain TCP otherwise.
+    pub fn new(metrics: NetworkMetrics, tls: Option<ClientTls>) -> Streams {
         Streams {
             pool: Arc::default(),
             early: Arc::default(),
             peers: Arc::default(),
             stand_down: Arc::default(),
             metrics,
+            tls,
         }
     }
 
@@ -263,7 +273,7 @@ impl Streams {
         let mut conn = match self.pool.take(addr) {
             Some(c) => c,
             None => {
-                let c = connect(target, addr).await?;
+                let c = connect(target, addr, self.tls.as_ref()).await?;
                 self.metrics.connects.with_label_values(&[target]).inc();
                 c
             }
@@ -376,13 +386,13 @@ impl CallError {
     }
 }
 
-/// Opens a connection to member `target` at `addr` and upgrades it to a Raft stream. Every failure here comes
-/// before any call was sent, so it is `Connect`: the peer is unreachable, whether nothing listens there or something
-/// that does not speak this protocol (an agent, answering 404) does.
-async fn connect(target: &str, addr: &str) -> Result<Conn, CallError> {
-    let tcp = TcpStream::connect(addr).await.map_err(CallError::Connect)?;
-    tcp.set_nodelay(true).map_err(CallError::Connect)?;
-    let mut io = BufReader::new(tcp);
+/// Opens a connection to member `target` at `addr` (TLS with `tls`) and upgrades it to a Raft stream. Every failure
+/// here comes before any call was sent, so it is `Connect`: the peer is unreachable, whether nothing listens there,
+/// something that does not speak this protocol (an agent, answering 404) does, or its TLS handshake fails (a member
+/// whose certificate is not signed by the CA, or one this member's certificate does not satisfy).
+async fn connect(target: &str, addr: &str, tls: Option<&ClientTls>) -> Result<Conn, CallError> {
+    let stream = PeerStream::connect(addr, tls).await.map_err(CallError::Connect)?;
+    let mut io = BufReader::new(stream);
     let hello =
         format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n{NODE_HEADER}: {target}\r\n\r\n");
     io.get_mut().write_all(hello.as_bytes()).await.map_err(CallError::Connect)?;
@@ -436,12 +446,13 @@ pub(super) async fn write_frame<W: AsyncWrite + Unpin>(
 mod tests {
     use axum::routing::get;
     use axum::Router;
+    use tokio::net::TcpStream;
 
     use super::*;
 
     #[tokio::test]
     async fn failed_calls_are_counted_and_answers_noted_per_peer() {
-        let streams = Streams::new(NetworkMetrics::new(&Registry::new(), "dc1", 1).expect("metrics"));
+        let streams = Streams::new(NetworkMetrics::new(&Registry::new(), "dc1", 1).expect("metrics"), None);
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gone = closed.local_addr().expect("addr").to_string();
         drop(closed);
@@ -457,7 +468,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         let client = TcpStream::connect(&addr).await.expect("connect");
         let (mut peer, _) = listener.accept().await.expect("accept");
-        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
+        streams.pool.put(&addr, Conn { io: BufReader::new(PeerStream::Plain(client)) });
         let answering = tokio::spawn(async move {
             read_frame(&mut peer).await.expect("the call");
             write_frame(&mut peer, None, b"ok").await.expect("answer");
@@ -484,11 +495,11 @@ mod tests {
     async fn an_early_answer_stands_only_for_the_same_bytes_and_only_once() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let streams = Streams::new(NetworkMetrics::new(&Registry::new(), "dc1", 1).expect("metrics"));
+        let streams = Streams::new(NetworkMetrics::new(&Registry::new(), "dc1", 1).expect("metrics"), None);
         assert!(!streams.post_append(&addr, b"entries".to_vec(), std::time::Duration::from_secs(5)).await, "no conn");
         let client = TcpStream::connect(&addr).await.expect("connect");
         let (mut peer, _) = listener.accept().await.expect("accept");
-        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
+        streams.pool.put(&addr, Conn { io: BufReader::new(PeerStream::Plain(client)) });
         assert!(streams.post_append(&addr, b"entries".to_vec(), std::time::Duration::from_secs(5)).await);
         // The peer reads the append as sent and answers it.
         let frame = read_frame(&mut peer).await.expect("the append");
@@ -503,7 +514,7 @@ mod tests {
         // An early append that gets no answer (the peer closes) stands for nothing.
         let client = TcpStream::connect(&addr).await.expect("connect");
         let (peer, _) = listener.accept().await.expect("accept");
-        streams.pool.put(&addr, Conn { io: BufReader::new(client) });
+        streams.pool.put(&addr, Conn { io: BufReader::new(PeerStream::Plain(client)) });
         assert!(streams.post_append(&addr, b"more".to_vec(), wait).await);
         drop(peer);
         assert_eq!(streams.answered_early(&addr, b"more", wait).await, None);
@@ -518,12 +529,12 @@ mod tests {
         for _ in 0..2 {
             let client = TcpStream::connect(&addr).await.expect("connect");
             server_ends.push(listener.accept().await.expect("accept").0);
-            pool.put(&addr, Conn { io: BufReader::new(client) });
+            pool.put(&addr, Conn { io: BufReader::new(PeerStream::Plain(client)) });
         }
         // The peer closes one of them (the last put, so the first taken).
         drop(server_ends.pop());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let conn = pool.take(&addr).expect("the open connection is still there");
+        let mut conn = pool.take(&addr).expect("the open connection is still there");
         assert!(conn.is_live());
         assert!(pool.take(&addr).is_none(), "the closed one was dropped, not handed out");
         // Bytes the peer sent between calls make a connection unusable too.
@@ -539,7 +550,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         let app = Router::new().route(STREAM_PATH, get(|| async { "no upgrade here" }));
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        let err = match connect("2", &addr).await {
+        let err = match connect("2", &addr, None).await {
             // Nothing was sent: what listens there is no member, so to Raft the peer is unreachable (and backed off).
             Err(CallError::Connect(e)) => e.to_string(),
             Err(CallError::Io(e)) => panic!("no call was sent, so this is no broken call: {e}"),
@@ -550,6 +561,48 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gone = closed.local_addr().expect("addr").to_string();
         drop(closed);
-        assert!(matches!(connect("2", &gone).await, Err(CallError::Connect(_))), "nothing listens there");
+        assert!(matches!(connect("2", &gone, None).await, Err(CallError::Connect(_))), "nothing listens there");
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_stays_pooled_past_its_session_tickets_and_not_past_its_close() {
+        use tokio::io::AsyncWriteExt;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls");
+        let made = std::process::Command::new(script).arg(tmp.path()).args(["m1", "m2"]).status().expect("scripts/tls");
+        assert!(made.success());
+        let node = |name: &str| {
+            let files = titan_api::tls::TlsFiles {
+                cert: tmp.path().join(format!("{name}.pem")),
+                key: tmp.path().join(format!("{name}.key")),
+                ca: tmp.path().join("ca.pem"),
+            };
+            titan_api::tls::NodeTls::load(&files, titan_api::tls::Settings::NODE).expect("certificates load")
+        };
+        let (m1, m2) = (node("m1"), node("m2"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let acceptor = m1.acceptor();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("m2's certificate is accepted");
+            let frame = read_frame(&mut tls).await.expect("a call");
+            write_frame(&mut tls, None, &frame).await.expect("answer");
+            tls
+        });
+        let pool = Pool::default();
+        let stream = PeerStream::connect(&addr, Some(m2.client())).await.expect("handshake");
+        pool.put(&addr, Conn { io: BufReader::new(stream) });
+        // The server's session tickets arrive after the handshake: they are no data, and no reason to drop it.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut conn = pool.take(&addr).expect("still live after the session tickets");
+        write_frame(conn.io.get_mut(), Some(VOTE), b"over tls").await.expect("call");
+        assert_eq!(read_frame(&mut conn.io).await.expect("answer"), [&[VOTE][..], b"over tls"].concat());
+        pool.put(&addr, conn);
+        let mut tls = server.await.expect("server");
+        tls.shutdown().await.expect("close");
+        drop(tls);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(pool.take(&addr).is_none(), "a connection the peer closed is not handed out");
     }
 }

@@ -183,8 +183,8 @@ impl Cell {
         let addrs = self.config.federation.cells.get(location).cloned().unwrap_or_default();
         let mut last = "no member answered".to_string();
         for addr in addrs {
-            let url = format!("http://{addr}/v1/jobs/{job}/endpoints?local=true");
-            match self.handle.http.get(url).timeout(Duration::from_secs(1)).send().await {
+            let path = format!("/v1/jobs/{job}/endpoints?local=true");
+            match self.handle.http.get(addr.as_str(), &path).timeout(Duration::from_secs(1)).send().await {
                 Ok(r) if r.status().is_success() => {
                     let e: Endpoints = r.json().await.map_err(|e| e.to_string())?;
                     return Ok(e.locations.into_iter().flat_map(|l| l.endpoints).collect());

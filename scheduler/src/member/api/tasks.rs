@@ -14,6 +14,10 @@ impl TasksApi for Cell {
         })
     }
 
+    fn agent_http(&self) -> &titan_api::tls::PeerHttp {
+        &self.agents_http
+    }
+
     fn list_tasks(&self, query: TaskQuery) -> ApiResult<'_, TaskList> {
         Box::pin(async move {
             type Page = Vec<(crate::task::TaskRecord, Option<String>)>;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec};
+use titan_api::tls::PeerHttp;
 
 use super::cells::Cells;
 use crate::address::PeerAddr;
@@ -25,6 +26,8 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, CellState>;
     /// This member's view of the cell: its leader's and members' addresses.
     fn leader_and_members(&self) -> (Option<String>, Vec<String>);
+    /// This member's TLS as a client (`[tls]`): other cells are called over HTTPS with its certificate.
+    fn tls(&self) -> Option<&titan_api::tls::ClientTls>;
     /// Why a task is not placed yet, as this member's scheduler (the leader's) last found.
     fn pending_reason(&self, task: &str) -> Option<String>;
 }
@@ -83,7 +86,7 @@ pub(crate) struct Federation<H> {
     host: H,
     cells: Arc<Cells>,
     metrics: FederationMetrics,
-    http: reqwest::Client,
+    http: PeerHttp,
     peers: BTreeMap<String, Peer>,
     last_beat: Option<Instant>,
     pushed: u64,
@@ -111,12 +114,11 @@ impl<H: Host> Federation<H> {
                 )
             })
             .collect();
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .pool_max_idle_per_host(4)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .expect("a plain HTTP client always builds");
+            .connect_timeout(Duration::from_millis(500));
+        let http = PeerHttp::new(builder, host.tls()).expect("a client with a loaded TLS configuration always builds");
         Federation { host, cells, metrics, http, peers, last_beat: None, pushed: 0, beats: 0 }
     }
 
@@ -164,7 +166,7 @@ impl<H: Host> Federation<H> {
             for addr in &peer.addrs {
                 let req = self
                     .http
-                    .post(format!("http://{addr}{BEAT_PATH}"))
+                    .post(addr.as_str(), BEAT_PATH)
                     .timeout(Duration::from_millis(self.host.config().federation.heartbeat_ms))
                     .header("content-type", CONTENT_TYPE)
                     .body(body.clone());
@@ -268,7 +270,7 @@ impl<H: Host> Federation<H> {
             let addr = &peer.addrs[k];
             let resp = self
                 .http
-                .post(format!("http://{addr}{path}"))
+                .post(addr.as_str(), path)
                 .timeout(timeout)
                 .header("content-type", CONTENT_TYPE)
                 .body(body.clone())
