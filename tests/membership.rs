@@ -7,13 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use titan_api::job::BodyFormat;
 use titan_api::view::{AddMember, ClusterView};
-use titan_api::{Client, ErrorCode};
+use titan_api::ErrorCode;
 
 const LEADER_WAIT: Duration = Duration::from_secs(20);
-/// Longer than any commit takes here, and bounded, so a cell that cannot commit fails the test instead of hanging it.
-const WRITE_WAIT: Duration = Duration::from_secs(20);
 
 /// Test timings, and a short wait for a new member to catch up, so a member that never answers is reported soon.
 fn config() -> String {
@@ -22,16 +19,6 @@ fn config() -> String {
 
 fn role(view: &ClusterView, id: u64) -> Option<String> {
     view.members.iter().find(|m| m.id == id).map(|m| m.role.clone())
-}
-
-/// Submits a job and waits (bounded) for its commit.
-async fn write(client: &Client, name: &str) -> Result<String, String> {
-    let body = spec(name).into_bytes();
-    match tokio::time::timeout(WRITE_WAIT, client.submit_raw(body, BodyFormat::Json, None)).await {
-        Ok(Ok(job)) => Ok(job.id),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer in {WRITE_WAIT:?}")),
-    }
 }
 
 async fn metrics_of(addr: &str) -> String {

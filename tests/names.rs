@@ -7,22 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use titan_api::job::BodyFormat;
-use titan_api::Client;
 
 const LEADER_WAIT: Duration = Duration::from_secs(20);
-/// Longer than any commit takes here, and bounded, so a cell that cannot commit fails the test instead of hanging it.
-const WRITE_WAIT: Duration = Duration::from_secs(20);
-
-/// Submits a job and waits (bounded) for its commit; its id.
-async fn write(client: &Client, name: &str) -> Result<String, String> {
-    let body = spec(name).into_bytes();
-    match tokio::time::timeout(WRITE_WAIT, client.submit_raw(body, BodyFormat::Json, None)).await {
-        Ok(Ok(job)) => Ok(job.id),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer in {WRITE_WAIT:?}")),
-    }
-}
 
 /// The cell elects a leader and commits a write a follower forwards to it; its leader is killed, the other two
 /// elect one of themselves and commit; the killed member, started again with its name in its configuration file

@@ -15,19 +15,7 @@ use titan_api::tls::{ClientTls, Settings};
 use titan_api::{Client, ClientError};
 
 const LEADER_WAIT: Duration = Duration::from_secs(20);
-/// Longer than any commit takes here, and bounded, so a cell that cannot commit fails the test instead of hanging it.
-const WRITE_WAIT: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// Submits a job and waits (bounded) for its commit; its id.
-async fn write(client: &Client, name: &str) -> Result<String, String> {
-    let body = spec(name).into_bytes();
-    match tokio::time::timeout(WRITE_WAIT, client.submit_raw(body, BodyFormat::Json, None)).await {
-        Ok(Ok(job)) => Ok(job.id),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer in {WRITE_WAIT:?}")),
-    }
-}
 
 /// `titan ARGS...` as a user runs it with `env`; its stdout, or its stderr as the error.
 fn titan(args: &[&str], env: &[(&str, &std::path::Path)]) -> Result<String, String> {

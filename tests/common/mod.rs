@@ -328,6 +328,19 @@ pub async fn job_ids(client: &Client) -> Option<Vec<String>> {
     Some(ids)
 }
 
+/// Longer than any commit takes here, and bounded, so a cell that cannot commit fails the test instead of hanging it.
+pub const WRITE_WAIT: Duration = Duration::from_secs(20);
+
+/// Submits a job and waits (bounded, `WRITE_WAIT`) for its commit; its id.
+pub async fn write(client: &Client, name: &str) -> Result<String, String> {
+    let body = spec(name).into_bytes();
+    match tokio::time::timeout(WRITE_WAIT, client.submit_raw(body, titan_api::job::BodyFormat::Json, None)).await {
+        Ok(Ok(job)) => Ok(job.id),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer in {WRITE_WAIT:?}")),
+    }
+}
+
 /// Polls until `f` holds or the time is up.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F)
 where
