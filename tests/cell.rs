@@ -184,8 +184,16 @@ async fn a_wiped_member_is_re_added_and_catches_up_from_a_snapshot() {
     let status = cluster.member(victim).client().cluster().await.expect("status");
     assert!(status.snapshot_index.is_some(), "the wiped member started from a snapshot: {status:?}");
     // The snapshot it installed is one file of its own, whose size its metrics give.
+    // (It may be building a snapshot of its own meanwhile, as every 100 entries here: wait until none is half-written.)
     let snapshots = cluster.member(victim).dir.join("data/raft/snapshots");
-    let files: Vec<_> = std::fs::read_dir(&snapshots).expect("snapshot dir").flatten().map(|e| e.file_name()).collect();
+    let list = || -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(&snapshots).expect("snapshot dir").flatten().map(|e| e.file_name()).collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while list().iter().any(|f| f.to_string_lossy().ends_with(".tmp")) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let files = list();
     assert_eq!(files.len(), 1, "one snapshot file: {files:?}");
     let size = std::fs::metadata(snapshots.join(&files[0])).expect("snapshot file").len();
     let addr = cluster.member(victim).addr;
