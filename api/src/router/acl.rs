@@ -89,25 +89,10 @@ pub(super) fn routes() -> Router<Api> {
         (status = 400, body = ApiError), (status = 409, body = ApiError, description = "a token of that name exists")))]
 async fn create_token(State(cell): State<Auth>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let actor = actor(&headers)?;
-    let bytes = read_body(body).await?;
-    let spec: TokenSpec = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidSpec, format!("a token spec: {e}")).with_field(json_field(&e)))?;
+    let spec: TokenSpec = json_body(&headers, body).await?;
     spec.validate()?;
     let created = cell.create_token(spec, actor).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
-}
-
-/// The field a JSON error is about, when serde names one.
-fn json_field(e: &serde_json::Error) -> String {
-    let m = e.to_string();
-    for key in ["field `", "variant `"] {
-        if let Some(rest) = m.split(key).nth(1) {
-            if let Some(name) = rest.split('`').next() {
-                return name.to_string();
-            }
-        }
-    }
-    "body".into()
 }
 
 #[utoipa::path(get, path = "/v1/acl/tokens", tag = "acl", responses((status = 200, body = TokenList)))]
