@@ -84,33 +84,24 @@ impl CellState {
         for j in self.jobs.values().filter(|j| !expired(&j.versions, now_ms, tombstone_ms)) {
             d.add(&j.id, &j.versions);
         }
-        for (key, q) in self.quota_keys() {
-            d.add_hash(&key, digest::quota_hash(&key, &q.hlc, q.deleted));
-        }
-        for (key, l) in self.location_keys() {
-            d.add_hash(&key, digest::quota_hash(&key, &l.hlc, false));
-        }
-        for (key, t) in self.token_keys() {
-            d.add_hash(&key, digest::quota_hash(&key, &t.hlc, false));
+        for (key, hlc, deleted) in self.registers() {
+            d.add_hash(&key, digest::quota_hash(&key, hlc, deleted));
         }
         d
+    }
+
+    /// Every object replicated as one register (quotas, deleted ones too; location records; tokens), by outbox key,
+    /// with its version and whether it is a deletion.
+    fn registers(&self) -> impl Iterator<Item = (String, &Hlc, bool)> + '_ {
+        let quotas = self.quota_keys().map(|(key, q)| (key, &q.hlc, q.deleted));
+        let locations = self.location_keys().map(|(key, l)| (key, &l.hlc, false));
+        let tokens = self.token_keys().map(|(key, t)| (key, &t.hlc, false));
+        quotas.chain(locations).chain(tokens)
     }
 
     /// Every token with its outbox key.
     fn token_keys(&self) -> impl Iterator<Item = (String, &crate::token::TokenRecord)> + '_ {
         self.tokens.values().map(|t| (crate::token::outbox_key(&t.name), t))
-    }
-
-    /// The tokens here in `theirs`' buckets that another cell's answer to a digest says it lacks or holds older.
-    pub fn differing_tokens(&self, theirs: &[(u16, Vec<Entry>)]) -> Vec<crate::token::TokenRecord> {
-        let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
-        let known: HashMap<&str, &Entry> =
-            theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
-        self.token_keys()
-            .filter(|(key, _)| wanted.contains(&digest::bucket(key)))
-            .filter(|(key, t)| digest::should_send_quota(key, &t.hlc, false, known.get(key.as_str()).copied()))
-            .map(|(_, t)| t.clone())
-            .collect()
     }
 
     /// Every location record with its outbox key.
@@ -123,7 +114,8 @@ impl CellState {
         self.quotas.values().map(|q| (crate::quota::outbox_key(&q.group), q))
     }
 
-    /// Each job's hash in `buckets`, by bucket (tombstones past retention left out, as in the digest).
+    /// Each job's and register's hash in `buckets`, by bucket (tombstones past retention left out, as in the
+    /// digest).
     pub fn bucket_entries(&self, buckets: &[u16], now_ms: u64, tombstone_ms: u64) -> Vec<(u16, Vec<Entry>)> {
         let wanted: BTreeSet<usize> = buckets.iter().map(|b| usize::from(*b)).collect();
         let mut out: BTreeMap<u16, Vec<Entry>> = buckets.iter().map(|b| (*b, Vec::new())).collect();
@@ -133,25 +125,11 @@ impl CellState {
                 out.entry(b as u16).or_default().push(Entry::of(&j.id, &j.versions));
             }
         }
-        for (key, q) in self.quota_keys() {
+        for (key, hlc, deleted) in self.registers() {
             let b = digest::bucket(&key);
             if wanted.contains(&b) {
-                let hash = digest::quota_hash(&key, &q.hlc, q.deleted);
-                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: q.hlc.clone(), killed: None });
-            }
-        }
-        for (key, l) in self.location_keys() {
-            let b = digest::bucket(&key);
-            if wanted.contains(&b) {
-                let hash = digest::quota_hash(&key, &l.hlc, false);
-                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: l.hlc.clone(), killed: None });
-            }
-        }
-        for (key, t) in self.token_keys() {
-            let b = digest::bucket(&key);
-            if wanted.contains(&b) {
-                let hash = digest::quota_hash(&key, &t.hlc, false);
-                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: t.hlc.clone(), killed: None });
+                let hash = digest::quota_hash(&key, hlc, deleted);
+                out.entry(b as u16).or_default().push(Entry { id: key, hash, newest: hlc.clone(), killed: None });
             }
         }
         out.into_iter().collect()
@@ -160,9 +138,7 @@ impl CellState {
     /// The jobs here in `theirs`' buckets that another cell's answer to a digest says it lacks, or holds in
     /// another version with no newer write (`digest::should_send`).
     pub fn differing_jobs(&self, theirs: &[(u16, Vec<Entry>)], now_ms: u64, tombstone_ms: u64) -> Vec<ReplicatedJob> {
-        let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
-        let known: HashMap<&str, &Entry> =
-            theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
+        let (wanted, known) = wanted_and_known(theirs);
         self.jobs
             .values()
             .filter(|j| !expired(&j.versions, now_ms, tombstone_ms) && wanted.contains(&digest::bucket(&j.id)))
@@ -173,27 +149,18 @@ impl CellState {
 
     /// The quotas here in `theirs`' buckets that another cell's answer to a digest says it lacks or holds older.
     pub fn differing_quotas(&self, theirs: &[(u16, Vec<Entry>)]) -> Vec<crate::quota::ReplicatedQuota> {
-        let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
-        let known: HashMap<&str, &Entry> =
-            theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
-        self.quota_keys()
-            .filter(|(key, _)| wanted.contains(&digest::bucket(key)))
-            .filter(|(key, q)| digest::should_send_quota(key, &q.hlc, q.deleted, known.get(key.as_str()).copied()))
-            .map(|(_, q)| q.replicated())
-            .collect()
+        differing(theirs, self.quota_keys(), |q| (&q.hlc, q.deleted)).into_iter().map(|q| q.replicated()).collect()
     }
 
     /// The location records here in `theirs`' buckets that another cell's answer to a digest says it lacks or
     /// holds older.
     pub fn differing_locations(&self, theirs: &[(u16, Vec<Entry>)]) -> Vec<crate::location::LocationRecord> {
-        let wanted: BTreeSet<usize> = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
-        let known: HashMap<&str, &Entry> =
-            theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
-        self.location_keys()
-            .filter(|(key, _)| wanted.contains(&digest::bucket(key)))
-            .filter(|(key, l)| digest::should_send_quota(key, &l.hlc, false, known.get(key.as_str()).copied()))
-            .map(|(_, l)| l.clone())
-            .collect()
+        differing(theirs, self.location_keys(), |l| (&l.hlc, false)).into_iter().cloned().collect()
+    }
+
+    /// The tokens here in `theirs`' buckets that another cell's answer to a digest says it lacks or holds older.
+    pub fn differing_tokens(&self, theirs: &[(u16, Vec<Entry>)]) -> Vec<crate::token::TokenRecord> {
+        differing(theirs, self.token_keys(), |t| (&t.hlc, false)).into_iter().cloned().collect()
     }
 
     /// Killed jobs whose tombstone is past its retention at `now_ms` and that have no task left, at most `n`.
@@ -404,6 +371,30 @@ fn merge_into(job: &mut JobRecord, incoming: &ReplicatedJob, keep: bool, from: &
 }
 
 /// Whether a job's kill is older than `tombstone_ms` at `now_ms` (0: tombstones are kept for ever).
+/// The buckets another cell's digest answer covers, and its entries by id.
+fn wanted_and_known(theirs: &[(u16, Vec<Entry>)]) -> (BTreeSet<usize>, HashMap<&str, &Entry>) {
+    let wanted = theirs.iter().map(|(b, _)| usize::from(*b)).collect();
+    let known = theirs.iter().flat_map(|(_, e)| e.iter().map(|e| (e.id.as_str(), e))).collect();
+    (wanted, known)
+}
+
+/// The registers of `keys` in `theirs`' buckets that the other cell lacks or holds older (`should_send_quota`);
+/// `version` is a register's version and whether it is a deletion.
+fn differing<'a, T: 'a>(
+    theirs: &[(u16, Vec<Entry>)],
+    keys: impl Iterator<Item = (String, &'a T)>,
+    version: impl Fn(&T) -> (&Hlc, bool),
+) -> Vec<&'a T> {
+    let (wanted, known) = wanted_and_known(theirs);
+    keys.filter(|(key, t)| {
+        let (hlc, deleted) = version(t);
+        wanted.contains(&digest::bucket(key))
+            && digest::should_send_quota(key, hlc, deleted, known.get(key.as_str()).copied())
+    })
+    .map(|(_, t)| t)
+    .collect()
+}
+
 pub(crate) fn expired(v: &JobVersions, now_ms: u64, tombstone_ms: u64) -> bool {
     tombstone_ms > 0 && v.killed.as_ref().is_some_and(|k| k.ms.saturating_add(tombstone_ms) < now_ms)
 }
