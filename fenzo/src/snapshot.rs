@@ -71,7 +71,8 @@ impl ClusterSnapshot {
             eligible: agent.eligible,
         });
         self.by_id.insert(agent.id.clone(), idx);
-        self.agents.push(AgentInfo { spec: agent, total, attrs });
+        let id_hash = crate::work::fnv1a(agent.id.as_bytes());
+        self.agents.push(AgentInfo { spec: agent, total, attrs, id_hash });
         Ok(idx)
     }
 

@@ -47,6 +47,8 @@ pub(crate) struct AgentInfo {
     /// Totals with the port count taken from the ranges.
     pub(crate) total: Resources,
     pub(crate) attrs: Vec<(AttrId, ValueId)>,
+    /// FNV-1a of the id, made once: best mode's seeded tie-break order mixes the seed into it.
+    pub(crate) id_hash: u64,
 }
 
 impl AgentInfo {

@@ -26,20 +26,21 @@ pub fn may_run_beside(state: &CellState, t: &TaskRecord) -> Option<String> {
 }
 
 /// Agents that went silent, came back, or have tasks to be declared lost now (returned, with how long each has
-/// been silent).
+/// been silent); nothing when the round does not check leases.
 pub(super) fn agents(
     state: &CellState,
     seen: &Observed<'_>,
     config: &SchedulerConfig,
     d: &mut Decision,
 ) -> BTreeMap<String, u64> {
+    let Some(heartbeats) = seen.heartbeats else { return BTreeMap::new() };
     let mut silent = 0usize;
     let mut total = 0usize;
     let mut due: Vec<(u64, String, u64)> = Vec::new();
     for a in state.agents() {
         let id = &a.registration.id;
         total += 1;
-        let heard = seen.heartbeats.and_then(|h| h.get(id)).copied().unwrap_or(0).max(seen.leader_since_ms);
+        let heard = heartbeats.get(id).copied().unwrap_or(0).max(seen.leader_since_ms);
         let quiet = seen.now_ms.saturating_sub(heard);
         if quiet <= config.lease_ms {
             if !a.reachable {

@@ -37,7 +37,8 @@ pub struct Observed<'a> {
     pub now_ms: u64,
     /// When this member became leader: no agent is judged silent before a full lease has passed since.
     pub leader_since_ms: u64,
-    /// When the leader last heard from each agent.
+    /// When the leader last heard from each agent; `None`: leases are not checked this round (the leader checks
+    /// them every tenth of a lease, not in every round), so no agent changes reachability and none is lost.
     pub heartbeats: Option<&'a HashMap<String, u64>>,
     /// Agents declared lost in the last minute.
     pub lost_last_minute: u32,

@@ -47,6 +47,8 @@ struct World {
     state: CellState,
     config: SchedulerConfig,
     beats: HashMap<String, u64>,
+    /// Whether rounds check leases (the leader does every tenth of a lease, not in every round).
+    check_leases: bool,
     next: u64,
 }
 
@@ -59,7 +61,7 @@ impl World {
         state.apply(&Command::PutJob { id: "j1".into(), spec: job, idempotency_key: None, meta: meta(0) });
         let config = SchedulerConfig { lease_ms: 100, lost_grace_ms: 1_000, ..SchedulerConfig::default() };
         let beats = agents.iter().map(|(id, _)| (id.to_string(), 0)).collect();
-        World { state, config, beats, next: 0 }
+        World { state, config, beats, check_leases: true, next: 0 }
     }
 
     /// One round at `now`, applied; returns the decision.
@@ -67,7 +69,7 @@ impl World {
         let seen = Observed {
             now_ms,
             leader_since_ms: 0,
-            heartbeats: Some(&self.beats),
+            heartbeats: self.check_leases.then_some(&self.beats),
             lost_last_minute: 0,
             retry_pending: true,
             jobs: None,
@@ -279,6 +281,25 @@ fn a_silent_agent_goes_unreachable_then_lost_and_its_tasks_are_replaced() {
     assert_eq!(d.round.create.len(), on_a1.len(), "replaced: a system failure, so right away");
     assert!(d.round.create.iter().all(|n| n.retries_used == 0 && n.replaces.is_some()));
     assert!(d.round.place.iter().all(|p| p.agent != "a1"), "not on the unreachable agent");
+}
+
+#[test]
+fn a_round_that_does_not_check_leases_changes_no_agent_and_the_next_check_catches_up() {
+    let mut w = World::new(&[("a1", 2.0), ("a2", 2.0), ("a3", 2.0), ("a4", 2.0)], spec(""));
+    w.round(10);
+    let on_a1: Vec<String> = w.state.tasks_on_agent("a1").map(|t| t.id.clone()).collect();
+    for a in ["a2", "a3", "a4"] {
+        w.beats.insert(a.into(), 5_000);
+    }
+    w.check_leases = false;
+    let d = w.round(5_000);
+    assert!(d.round.unreachable.is_empty() && d.lost_agents.is_empty() && !d.breaker_open, "{d:?}");
+    assert!(on_a1.iter().all(|t| w.state.task(t).map(|t| t.state) == Some(TaskState::Running)
+        || w.state.task(t).map(|t| t.state) == Some(TaskState::Assigned)));
+    w.check_leases = true;
+    let d = w.round(5_001);
+    assert_eq!(d.round.unreachable, vec!["a1".to_string()]);
+    assert_eq!(d.lost_agents, vec!["a1".to_string()], "silent past lease and grace: lost at the first check");
 }
 
 #[test]
