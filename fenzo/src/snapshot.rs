@@ -117,7 +117,7 @@ impl ClusterSnapshot {
             }
         }
         let got = self.state.record(&self.agents, idx, task, ports);
-        self.tasks.insert(task.id.clone(), TaskRecord { agent: idx, task: task.clone(), ports: got.clone() });
+        self.tasks.insert(task.id.clone(), TaskRecord::new(idx, task, got.clone()));
         Ok(got)
     }
 

@@ -187,19 +187,18 @@ impl State {
         let idx = record.agent;
         let info = &agents[idx as usize];
         let usage = &mut self.usage[idx as usize];
-        usage.used.sub(&record.task.resources);
+        usage.used.sub(&record.resources);
         usage.tasks -= 1;
-        if record.task.constraints.iter().any(|c| matches!(c, Constraint::ExclusiveHost)) {
+        if record.exclusive {
             usage.exclusive = false;
         }
         usage.ports.release(&record.ports);
-        forget(&mut self.jobs, &record.task.job, idx, info);
-        for g in &record.task.groups {
+        forget(&mut self.jobs, &record.job, idx, info);
+        for g in &record.groups {
             forget(&mut self.named, g, idx, info);
         }
-        let cg = record.task.capacity_group.clone().unwrap_or_default();
-        if let Some(g) = self.capacity.get_mut(&cg) {
-            g.resources.sub(&record.task.resources);
+        if let Some(g) = self.capacity.get_mut(record.capacity_group.as_deref().unwrap_or("")) {
+            g.resources.sub(&record.resources);
             g.tasks = g.tasks.saturating_sub(1);
         }
     }
@@ -214,11 +213,30 @@ fn forget(map: &mut HashMap<String, GroupCounts>, key: &str, idx: AgentIdx, info
     }
 }
 
-/// A task the snapshot holds: where it runs, what it asked for and the ports it got, so releasing it undoes
-/// exactly what recording it did.
+/// A task the snapshot holds: where it runs and what recording it changed (its resources, whether it holds its
+/// agent alone, its job, groups and capacity group, the ports it got), so releasing it undoes exactly that. Not the
+/// whole request: its id is the snapshot's key, and its constraints and preferences matter only while placing.
 #[derive(Clone, Debug)]
 pub(crate) struct TaskRecord {
     pub(crate) agent: AgentIdx,
-    pub(crate) task: TaskRequest,
+    pub(crate) exclusive: bool,
+    pub(crate) resources: Resources,
+    pub(crate) job: String,
+    pub(crate) groups: Vec<String>,
+    pub(crate) capacity_group: Option<String>,
     pub(crate) ports: Vec<u16>,
+}
+
+impl TaskRecord {
+    pub(crate) fn new(agent: AgentIdx, task: &TaskRequest, ports: Vec<u16>) -> TaskRecord {
+        TaskRecord {
+            agent,
+            exclusive: task.constraints.iter().any(|c| matches!(c, Constraint::ExclusiveHost)),
+            resources: task.resources.clone(),
+            job: task.job.clone(),
+            groups: task.groups.clone(),
+            capacity_group: task.capacity_group.clone(),
+            ports,
+        }
+    }
 }

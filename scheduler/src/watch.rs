@@ -9,8 +9,11 @@ use std::sync::Mutex;
 use titan_api::event::Event;
 use tokio::sync::{broadcast, watch};
 
-/// Events kept for subscribers that resume from an event id.
-pub const EVENTS_KEPT: usize = 100_000;
+/// Events kept for subscribers that resume from an event id; one who fell further behind is told so (`expired`)
+/// and re-reads the state, as a Kubernetes watch does. A burst of 100,000 tasks makes that many events within
+/// seconds, so a longer log bought little window for its memory (100,000 kept events were about 30 MiB of a
+/// leader's heap; Nomad keeps 100 by default).
+pub const EVENTS_KEPT: usize = 32_768;
 /// Events a slow subscriber may fall behind before its stream ends (it resumes from its last event id).
 pub const EVENTS_BUFFERED: usize = 16_384;
 
@@ -78,27 +81,37 @@ impl EventLog {
 
 #[derive(Default)]
 pub struct Watchers {
-    agents: Mutex<HashMap<String, watch::Sender<u64>>>,
+    agents: Mutex<Channels>,
+}
+
+#[derive(Default)]
+struct Channels {
+    by_agent: HashMap<String, watch::Sender<u64>>,
+    /// How many channels were left after the last sweep of unwatched ones: the next sweep waits until there are
+    /// twice as many, so sweeping costs O(1) per notification however many agents there are.
+    swept: usize,
 }
 
 impl Watchers {
     /// A receiver that changes whenever the agent's assignments version does.
     pub fn subscribe(&self, agent: &str) -> watch::Receiver<u64> {
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        agents.entry(agent.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
+        agents.by_agent.entry(agent.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Signals the agents a batch of applied commands touched.
     pub fn notify(&self, touched: impl IntoIterator<Item = (String, u64)>) {
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         for (agent, version) in touched {
-            if let Some(tx) = agents.get(&agent) {
+            if let Some(tx) = agents.by_agent.get(&agent) {
                 tx.send_replace(version);
             }
         }
-        // Channels nobody listens to any more are dropped; a later subscribe makes a new one.
-        if agents.len() > 64 && agents.values().filter(|t| t.receiver_count() == 0).count() > agents.len() / 2 {
-            agents.retain(|_, t| t.receiver_count() > 0);
+        // Channels nobody listens to any more are dropped; a later subscribe makes a new one. Counting the
+        // unwatched ones on every notification was a pass over every agent per applied batch.
+        if agents.by_agent.len() > 64.max(2 * agents.swept) {
+            agents.by_agent.retain(|_, t| t.receiver_count() > 0);
+            agents.swept = agents.by_agent.len();
         }
     }
 }
@@ -164,5 +177,20 @@ mod tests {
         w.notify([("b".to_string(), 9)]);
         b.changed().await.expect("woken");
         assert_eq!(*b.borrow(), 9);
+    }
+
+    #[test]
+    fn unwatched_channels_are_swept_once_they_double_and_watched_ones_stay() {
+        let w = Watchers::default();
+        let kept: Vec<_> = (0..10).map(|i| w.subscribe(&format!("kept-{i}"))).collect();
+        for i in 0..1000 {
+            drop(w.subscribe(&format!("gone-{i}")));
+            w.notify([]);
+            let len = w.agents.lock().expect("channels").by_agent.len();
+            assert!(len <= 130, "swept as the map doubles: {len} after {i}");
+        }
+        w.notify([("kept-3".to_string(), 5)]);
+        assert_eq!(*kept[3].borrow(), 5, "a watched channel survives every sweep");
+        assert!(kept.iter().all(|k| k.has_changed().is_ok()));
     }
 }
