@@ -50,10 +50,16 @@ impl CellState {
         let version = t.job_version;
         let (spec_version, ended) = (t.spec_version, t.is_terminal());
         let created = t.created_at_ms;
-        let job = self.job_tasks.entry(t.job_id.clone()).or_default();
-        if live {
+        if !self.job_tasks.contains_key(&t.job_id) {
+            self.job_tasks.insert(t.job_id.clone(), JobTasks::default());
+        }
+        let Some(job) = self.job_tasks.get_mut(&t.job_id) else { return };
+        // `live` and `live_by_version` hold the same tasks (a task's job version never changes), so the first,
+        // looked up by the id alone, says whether the second needs a change: most calls need none.
+        let was_live = job.live.contains(id);
+        if live && !was_live {
             job.live_by_version.insert((version, id.to_string()));
-        } else {
+        } else if !live && was_live {
             job.live_by_version.remove(&(version, id.to_string()));
         }
         // Entered once, when the task is made (or the state rebuilt), and left once, when it ends: not on every
