@@ -10,7 +10,8 @@
 //! where p50/p99 are of the time from a task's own job's submission to its first Running report
 //! (`p99_from_first_s`: from the first job's, as this bench measured it before), with the CPU the members and the
 //! bench itself used, and the idle cost: leader CPU per second and RSS, and the bench's CPU per second, over
-//! `IDLE_SECONDS` with every agent registered and nothing to place. Each pair is bounded
+//! `IDLE_SECONDS` with every agent registered and nothing to place, with the latency of a status read every 200 ms
+//! meanwhile (`idle_api_*`) and the slowest submission (`submit_max_ms`). Each pair is bounded
 //! by a deadline; the members are killed at the end. Under `cargo test` a smoke run schedules 500 tasks on 20
 //! agents.
 
@@ -77,7 +78,16 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
     let leader_pid = cell.member(leader).pid().unwrap_or(0);
     // The fleet at rest: every agent registered, heartbeating and long-polling, nothing to place.
     let (leader_before, bench_before) = (common::cpu_seconds(leader_pid), common::cpu_seconds(std::process::id()));
-    tokio::time::sleep(idle).await;
+    // While at rest, the API is asked for the cluster's status every 200 ms: a fleet at rest must not crowd it out.
+    let mut api_ms = Vec::new();
+    let idle_until = Instant::now() + idle;
+    while Instant::now() < idle_until {
+        let t = Instant::now();
+        client.cluster().await.expect("cluster status while at rest");
+        api_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(200).min(idle_until.saturating_duration_since(Instant::now()))).await;
+    }
+    api_ms.sort_by(f64::total_cmp);
     let idle_leader_cpu = (common::cpu_seconds(leader_pid) - leader_before) / idle.as_secs_f64();
     let idle_bench_cpu = (common::cpu_seconds(std::process::id()) - bench_before) / idle.as_secs_f64();
     let idle_leader_rss = common::rss_mib(leader_pid);
@@ -89,10 +99,12 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
     let jobs = tasks.div_ceil(PER_JOB);
     let mut submitted_at = std::collections::HashMap::with_capacity(jobs);
     let mut first = None;
+    let mut submit_max = 0f64;
     for j in 0..jobs {
         let count = PER_JOB.min(tasks - j * PER_JOB);
         let t = Instant::now();
         let job = client.submit_raw(spec(j, count), BodyFormat::Json, None).await.expect("job submitted");
+        submit_max = submit_max.max(t.elapsed().as_secs_f64());
         first.get_or_insert(t);
         submitted_at.insert(job.id, t);
     }
@@ -134,13 +146,17 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
         "tasks={tasks} agents={agents} running={running} launches={launches} wall_s={wall:.2} submit_s={submit_s:.2} \
          tasks_per_s={:.0} p50_s={:.2} p99_s={:.2} p99_from_first_s={:.2} leader_rss_mib={leader_rss} \
          cpu_s_leader={:.1} cpu_s_members={:?} cpu_s_bench={bench_cpu:.1} idle_leader_cpu_per_s={idle_leader_cpu:.3} \
-         idle_leader_rss_mib={idle_leader_rss} idle_bench_cpu_per_s={idle_bench_cpu:.3}",
+         idle_leader_rss_mib={idle_leader_rss} idle_bench_cpu_per_s={idle_bench_cpu:.3} idle_api_p99_ms={:.1} \
+         idle_api_max_ms={:.1} submit_max_ms={:.0}",
         running as f64 / wall,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         percentile(&from_first, 0.99),
         cpu.get(cell.members.iter().position(|m| m.id == leader).unwrap_or(0)).copied().unwrap_or(0.0),
         cpu.iter().map(|c| (c * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        percentile(&api_ms, 0.99),
+        api_ms.last().copied().unwrap_or(0.0),
+        submit_max * 1000.0,
     );
     drop(sims);
     for m in cell.members.iter_mut() {
