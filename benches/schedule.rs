@@ -3,6 +3,8 @@
 //! heartbeat, long-poll assignments, batched status reports).
 //!
 //! `cargo bench --bench schedule [-- TASKS AGENTS [TASKS AGENTS ...]]` (default: 100000 1000 and 100000 5000).
+//! `cargo bench --bench schedule -- --bench --rest [AGENTS [MEMBERS [LEASE_MS]]]` (default 50000 3 10000): a fleet at
+//! rest too large for one process's open files, simulated by child processes of this bench (`--sims`).
 //! For each pair it starts a fresh cell, starts the agents, waits until all are registered, submits
 //! TASKS / 1000 jobs of 1000 instances each (one cpu, 1 GiB), and waits until every task is Running. It prints
 //! one line per pair:
@@ -164,7 +166,129 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
     }
 }
 
+/// Agents one simulating process hosts in `--rest` runs: each holds about 1.5 connections (a long-poll and a
+/// heartbeat or report), so 8,000 stay inside a 20,000 open-file limit.
+const AGENTS_PER_PROCESS: usize = 8_000;
+
+/// A child of a `--rest` run: simulated agents `from..from + count` against the members `addrs` until killed.
+async fn host_agents(addrs: Vec<String>, from: usize, count: usize, cpus: f64) {
+    // Few idle connections kept: at rest a process's beats to one member are about one at a time, and a pool of
+    // thousands per process and member (as the one-process pairs keep) would fill the members' open files.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("http client");
+    let record = Arc::new(Record::default());
+    let mut sims = Vec::with_capacity(count);
+    for i in from..from + count {
+        let clients: Vec<Client> =
+            (0..addrs.len()).map(|k| Client::with_http(&addrs[(i + k) % addrs.len()], http.clone())).collect();
+        let reg = sim::registration(&format!("sim-{i:06}"), cpus, cpus as u64 * 1024 + 1024, ["a", "b", "c"][i % 3]);
+        sims.push(sim::start_with(clients, reg, record.clone()));
+        if i % 500 == 0 {
+            // Registrations spread over a few seconds rather than all at once.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(CAP).await;
+}
+
+/// A fleet at rest at a size one process cannot simulate: `AGENTS` agents over child processes of this bench,
+/// registered with a cell of `MEMBERS` members whose lease is `LEASE_MS` (agents beat every third of it). Prints
+/// the leader's CPU per second and RSS at rest, the API's latency meanwhile, and a submission's latency.
+async fn rest(agents: usize, members: u64, lease_ms: u64) {
+    let config = format!("{BENCH_CONFIG}\n[scheduler]\nmax_lost_agents_per_minute = 0\nlease_ms = {lease_ms}\n");
+    let mut cell = Cluster::start_with(members, &config);
+    let leader = cell.leader(Duration::from_secs(30)).await;
+    let addrs: Vec<String> = cell.members.iter().map(|m| m.addr.to_string()).collect();
+    let exe = std::env::current_exe().expect("this bench's path");
+    let mut children: Vec<common::KillOnDrop> = (0..agents.div_ceil(AGENTS_PER_PROCESS))
+        .map(|p| {
+            let from = p * AGENTS_PER_PROCESS;
+            let count = AGENTS_PER_PROCESS.min(agents - from);
+            let child = std::process::Command::new(&exe)
+                .args(["--sims", &addrs.join(","), &from.to_string(), &count.to_string()])
+                .spawn()
+                .expect("a simulating process starts");
+            common::KillOnDrop(child)
+        })
+        .collect();
+    let client = cell.member(leader).client();
+    let started = Instant::now();
+    let deadline = started + CAP;
+    let mut registered = 0;
+    // Counted from the leader's `titan_agents` gauge: listing tens of thousands of agents every second would be a
+    // load of its own.
+    let http = reqwest::Client::new();
+    let metrics = format!("http://{}/metrics", cell.member(leader).addr);
+    while Instant::now() < deadline {
+        if let Ok(text) = async { http.get(&metrics).send().await?.text().await }.await {
+            registered = text
+                .lines()
+                .filter(|l| l.starts_with("titan_agents{") && !l.contains("state=\"unreachable\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as usize;
+        }
+        if registered >= agents {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let register_s = started.elapsed().as_secs_f64();
+    // A lease's worth of beats from everyone before the fleet counts as at rest.
+    tokio::time::sleep(Duration::from_millis(lease_ms)).await;
+    let leader_pid = cell.member(leader).pid().unwrap_or(0);
+    let before = common::cpu_seconds(leader_pid);
+    let idle = Duration::from_secs(IDLE_SECONDS * 2);
+    let mut api_ms = Vec::new();
+    let until = Instant::now() + idle;
+    while Instant::now() < until {
+        let t = Instant::now();
+        let ok = client.cluster().await.is_ok();
+        api_ms.push(if ok { t.elapsed().as_secs_f64() * 1000.0 } else { f64::INFINITY });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let idle_cpu = (common::cpu_seconds(leader_pid) - before) / idle.as_secs_f64();
+    let idle_rss = common::rss_mib(leader_pid);
+    // Agents the leader heard from within the last lease.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let beating = client
+        .list_agents()
+        .await
+        .map(|a| a.iter().filter(|a| a.last_heartbeat_ms.is_some_and(|t| now_ms.saturating_sub(t) <= lease_ms)).count())
+        .unwrap_or(0);
+    api_ms.sort_by(f64::total_cmp);
+    let t = Instant::now();
+    let submitted = client.submit_raw(spec(0, 1000), BodyFormat::Json, None).await.is_ok();
+    let submit_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let member_rss: Vec<u64> = cell.members.iter().map(|m| common::rss_mib(m.pid().unwrap_or(0))).collect();
+    println!(
+        "agents={agents} members={members} lease_ms={lease_ms} registered={registered} register_s={register_s:.1} \
+         beating={beating} idle_leader_cpu_per_s={idle_cpu:.3} idle_leader_rss_mib={idle_rss} \
+         member_rss_mib={member_rss:?} idle_api_p50_ms={:.1} idle_api_p99_ms={:.1} idle_api_max_ms={:.1} \
+         submitted={submitted} submit_ms={submit_ms:.0}",
+        percentile(&api_ms, 0.5),
+        percentile(&api_ms, 0.99),
+        api_ms.last().copied().unwrap_or(0.0),
+    );
+    children.clear();
+    for m in cell.members.iter_mut() {
+        m.kill();
+    }
+}
+
 fn main() {
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = all.iter().position(|a| a == "--sims") {
+        let addrs: Vec<String> = all[at + 1].split(',').map(str::to_string).collect();
+        let (from, count) = (all[at + 2].parse().expect("FROM"), all[at + 3].parse().expect("COUNT"));
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        runtime.block_on(host_agents(addrs, from, count, 4.0));
+        return;
+    }
+    if let Some(at) = all.iter().position(|a| a == "--rest") {
+        let num = |k: usize, default: u64| all.get(at + k).and_then(|a| a.parse().ok()).unwrap_or(default);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        runtime.block_on(rest(num(1, 50_000) as usize, num(2, 3), num(3, 10_000)));
+        return;
+    }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let smoke = !std::env::args().any(|a| a == "--bench");
     let pairs: Vec<(usize, usize)> = if smoke {

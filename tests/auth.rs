@@ -460,7 +460,7 @@ async fn a_titan_agent_registers_and_heartbeats_with_its_own_agent_token_only() 
             .stderr(std::process::Stdio::from(log))
             .spawn()
             .expect("start titan agent");
-        KillOnDrop(child)
+        common::KillOnDrop(child)
     };
     let node7 = token(&admin, "agent-node-7", "agent", &[], Some("node-7")).await;
     let _good = start("node-7", &node7);
@@ -474,13 +474,4 @@ async fn a_titan_agent_registers_and_heartbeats_with_its_own_agent_token_only() 
     assert!(agents.iter().all(|a| a.id != "node-8"), "node-8 has no token of its own: {agents:?}");
     let log = std::fs::read_to_string(dir.path().join("node-8.log")).unwrap_or_default();
     assert!(log.contains("acts as agent node-7, not node-8"), "the refusal is logged: {log}");
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

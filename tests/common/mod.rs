@@ -439,3 +439,13 @@ pub fn running_containers(label: &str) -> Vec<String> {
         .expect("docker ps runs");
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
 }
+
+/// A child process killed (and reaped) when this is dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
