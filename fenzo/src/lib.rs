@@ -42,6 +42,6 @@ pub use request::TaskRequest;
 pub use resources::{cpus_to_milli, ResourceKind, Resources, Scalars, MILLI};
 pub use score::Fitness;
 pub use snapshot::{ClusterSnapshot, SnapshotError};
+pub use state::fnv1a;
 pub use state::{AgentIdx, GroupUsage};
 pub use verify::{verify, Violation};
-pub use work::fnv1a;

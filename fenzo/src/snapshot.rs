@@ -71,7 +71,7 @@ impl ClusterSnapshot {
             eligible: agent.eligible,
         });
         self.by_id.insert(agent.id.clone(), idx);
-        let id_hash = crate::work::fnv1a(agent.id.as_bytes());
+        let id_hash = crate::state::fnv1a(agent.id.as_bytes());
         self.agents.push(AgentInfo { spec: agent, total, attrs, id_hash });
         Ok(idx)
     }

@@ -51,6 +51,16 @@ pub(crate) struct AgentInfo {
     pub(crate) id_hash: u64,
 }
 
+/// FNV-1a, 64 bit.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 impl AgentInfo {
     pub(crate) fn attr(&self, a: AttrId) -> Option<ValueId> {
         self.attrs.iter().find(|(x, _)| *x == a).map(|(_, v)| *v)
