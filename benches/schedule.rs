@@ -49,6 +49,37 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// Simulated agent number `i`, named `id`, in zone a, b or c by turn: it talks to one member first (spreading the
+/// long-polls), the others as fallbacks.
+fn start_agent(
+    i: usize,
+    id: &str,
+    addrs: &[String],
+    http: &reqwest::Client,
+    cpus: f64,
+    record: &Arc<Record>,
+) -> sim::SimAgent {
+    let clients: Vec<Client> =
+        (0..addrs.len()).map(|k| Client::with_http(&addrs[(i + k) % addrs.len()], http.clone())).collect();
+    let reg = sim::registration(id, cpus, cpus as u64 * 1024 + 1024, ["a", "b", "c"][i % 3]);
+    sim::start_with(clients, reg, record.clone())
+}
+
+/// While the fleet is at rest, the cluster's status is read every 200 ms for `idle`: a fleet at rest must not crowd
+/// out the API. The latencies in ms, sorted; a failed read counts as infinite.
+async fn status_reads(client: &Client, idle: Duration) -> Vec<f64> {
+    let mut ms = Vec::new();
+    let until = Instant::now() + idle;
+    while Instant::now() < until {
+        let t = Instant::now();
+        let ok = client.cluster().await.is_ok();
+        ms.push(if ok { t.elapsed().as_secs_f64() * 1000.0 } else { f64::INFINITY });
+        tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
+    }
+    ms.sort_by(f64::total_cmp);
+    ms
+}
+
 async fn pair(tasks: usize, agents: usize, idle: Duration) {
     // Agents beat every lease/3; the bench keeps the default 10 s lease.
     let config = format!("{BENCH_CONFIG}\n[scheduler]\nmax_lost_agents_per_minute = 0\n");
@@ -61,12 +92,7 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
     let cpus = ((tasks as f64 * 1.25) / agents as f64).ceil().max(2.0);
     let mut sims = Vec::with_capacity(agents);
     for i in 0..agents {
-        // Each agent talks to one member first (spreading the long-polls), the others as fallbacks.
-        let clients: Vec<Client> =
-            (0..addrs.len()).map(|k| Client::with_http(&addrs[(i + k) % addrs.len()], http.clone())).collect();
-        let zone = ["a", "b", "c"][i % 3];
-        let reg = sim::registration(&format!("sim-{i:05}"), cpus, cpus as u64 * 1024 + 1024, zone);
-        sims.push(sim::start_with(clients, reg, record.clone()));
+        sims.push(start_agent(i, &format!("sim-{i:05}"), &addrs, &http, cpus, &record));
     }
     let client = cell.member(leader).client();
     let deadline = Instant::now() + CAP;
@@ -80,16 +106,8 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
     let leader_pid = cell.member(leader).pid().unwrap_or(0);
     // The fleet at rest: every agent registered, heartbeating and long-polling, nothing to place.
     let (leader_before, bench_before) = (common::cpu_seconds(leader_pid), common::cpu_seconds(std::process::id()));
-    // While at rest, the API is asked for the cluster's status every 200 ms: a fleet at rest must not crowd it out.
-    let mut api_ms = Vec::new();
-    let idle_until = Instant::now() + idle;
-    while Instant::now() < idle_until {
-        let t = Instant::now();
-        client.cluster().await.expect("cluster status while at rest");
-        api_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        tokio::time::sleep(Duration::from_millis(200).min(idle_until.saturating_duration_since(Instant::now()))).await;
-    }
-    api_ms.sort_by(f64::total_cmp);
+    let api_ms = status_reads(&client, idle).await;
+    assert!(api_ms.iter().all(|ms| ms.is_finite()), "cluster status while at rest");
     let idle_leader_cpu = (common::cpu_seconds(leader_pid) - leader_before) / idle.as_secs_f64();
     let idle_bench_cpu = (common::cpu_seconds(std::process::id()) - bench_before) / idle.as_secs_f64();
     let idle_leader_rss = common::rss_mib(leader_pid);
@@ -178,10 +196,7 @@ async fn host_agents(addrs: Vec<String>, from: usize, count: usize, cpus: f64) {
     let record = Arc::new(Record::default());
     let mut sims = Vec::with_capacity(count);
     for i in from..from + count {
-        let clients: Vec<Client> =
-            (0..addrs.len()).map(|k| Client::with_http(&addrs[(i + k) % addrs.len()], http.clone())).collect();
-        let reg = sim::registration(&format!("sim-{i:06}"), cpus, cpus as u64 * 1024 + 1024, ["a", "b", "c"][i % 3]);
-        sims.push(sim::start_with(clients, reg, record.clone()));
+        sims.push(start_agent(i, &format!("sim-{i:06}"), &addrs, &http, cpus, &record));
         if i % 500 == 0 {
             // Registrations spread over a few seconds rather than all at once.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -237,14 +252,7 @@ async fn rest(agents: usize, members: u64, lease_ms: u64) {
     let leader_pid = cell.member(leader).pid().unwrap_or(0);
     let before = common::cpu_seconds(leader_pid);
     let idle = Duration::from_secs(IDLE_SECONDS * 2);
-    let mut api_ms = Vec::new();
-    let until = Instant::now() + idle;
-    while Instant::now() < until {
-        let t = Instant::now();
-        let ok = client.cluster().await.is_ok();
-        api_ms.push(if ok { t.elapsed().as_secs_f64() * 1000.0 } else { f64::INFINITY });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let api_ms = status_reads(&client, idle).await;
     let idle_cpu = (common::cpu_seconds(leader_pid) - before) / idle.as_secs_f64();
     let idle_rss = common::rss_mib(leader_pid);
     // Agents the leader heard from within the last lease.
@@ -254,7 +262,6 @@ async fn rest(agents: usize, members: u64, lease_ms: u64) {
         .await
         .map(|a| a.iter().filter(|a| a.last_heartbeat_ms.is_some_and(|t| now_ms.saturating_sub(t) <= lease_ms)).count())
         .unwrap_or(0);
-    api_ms.sort_by(f64::total_cmp);
     let t = Instant::now();
     let submitted = client.submit_raw(spec(0, 1000), BodyFormat::Json, None).await.is_ok();
     let submit_ms = t.elapsed().as_secs_f64() * 1000.0;

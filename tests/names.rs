@@ -64,19 +64,8 @@ async fn members_named_by_dns_elect_a_leader_commit_and_rejoin_after_a_restart()
 async fn cells_named_by_dns_federate() {
     let mut dc1 = Cluster::configure_named("dc1", 1, TEST_CONFIG);
     let mut dc2 = Cluster::configure_named("dc2", 1, TEST_CONFIG);
-    let told_of = |other: &str, cell: &Cluster| {
-        format!(
-            "{TEST_CONFIG}[federation]\nheartbeat_ms = 200\nsuspect_ms = 1000\ndown_ms = 3000\n\
-             cells = {{ {other} = [\"localhost:{}\"] }}\n",
-            cell.members[0].addr.port()
-        )
-    };
-    dc1.config = told_of("dc2", &dc2);
-    dc2.config = told_of("dc1", &dc1);
-    dc1.restart(1);
-    dc2.restart(1);
-    dc1.leader(LEADER_WAIT).await;
-    dc2.leader(LEADER_WAIT).await;
+    let by_name = |cell: &Cluster| format!("localhost:{}", cell.members[0].addr.port());
+    common::federate_two(&mut dc1, &mut dc2, by_name, "", LEADER_WAIT).await;
     let (one, two) = (dc1.member(1).client(), dc2.member(1).client());
     let from_dc1 = write(&one, "from-dc1").await.expect("dc1 commits");
     let from_dc2 = write(&two, "from-dc2").await.expect("dc2 commits");

@@ -89,18 +89,7 @@ async fn federated_cells_converge_over_tls() {
     let mut dc2 = Cluster::configure_cell("dc2", 1, TEST_CONFIG);
     dc1.use_tls(certs.path());
     dc2.use_tls(certs.path());
-    let federation = |other: &str, addrs: &str| {
-        format!(
-            "{TEST_CONFIG}[federation]\nheartbeat_ms = 200\nsuspect_ms = 1000\ndown_ms = 3000\ndigest_ms = 1000\n\
-             cells = {{ {other} = [\"{addrs}\"] }}\n"
-        )
-    };
-    dc1.config = federation("dc2", &dc2.addrs());
-    dc2.config = federation("dc1", &dc1.addrs());
-    dc1.restart(1);
-    dc2.restart(1);
-    dc1.leader(LEADER_WAIT).await;
-    dc2.leader(LEADER_WAIT).await;
+    common::federate_two(&mut dc1, &mut dc2, Cluster::addrs, "digest_ms = 1000\n", LEADER_WAIT).await;
     let (one, two) = (dc1.member(1).client(), dc2.member(1).client());
     let first = write(&one, "written-in-dc1").await.expect("dc1 commits");
     let second = write(&two, "written-in-dc2").await.expect("dc2 commits");

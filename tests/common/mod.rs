@@ -449,3 +449,28 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Two single-member cells told of each other in `[federation] cells` (the other cell named by `address`, with
+/// `extra` federation settings), started, each with a leader within `wait`.
+pub async fn federate_two(
+    dc1: &mut Cluster,
+    dc2: &mut Cluster,
+    address: impl Fn(&Cluster) -> String,
+    extra: &str,
+    wait: Duration,
+) {
+    let told_of = |other: &Cluster| {
+        format!(
+            "{TEST_CONFIG}[federation]\nheartbeat_ms = 200\nsuspect_ms = 1000\ndown_ms = 3000\n{extra}\
+             cells = {{ {} = [\"{}\"] }}\n",
+            other.members[0].cell,
+            address(other)
+        )
+    };
+    dc1.config = told_of(dc2);
+    dc2.config = told_of(dc1);
+    dc1.restart(1);
+    dc2.restart(1);
+    dc1.leader(wait).await;
+    dc2.leader(wait).await;
+}
