@@ -80,6 +80,23 @@ async fn status_reads(client: &Client, idle: Duration) -> Vec<f64> {
     ms
 }
 
+/// HTTP requests the members answered so far, summed over them, by route (`titan_http_requests_total`).
+async fn requests(cell: &Cluster) -> std::collections::BTreeMap<String, f64> {
+    let http = reqwest::Client::new();
+    let mut by_route = std::collections::BTreeMap::new();
+    for m in &cell.members {
+        let Ok(text) = async { http.get(format!("http://{}/metrics", m.addr)).send().await?.text().await }.await else {
+            continue;
+        };
+        for line in text.lines().filter(|l| l.starts_with("titan_http_requests_total{")) {
+            let route = line.split("route=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("?");
+            let n: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            *by_route.entry(route.to_string()).or_insert(0.0) += n;
+        }
+    }
+    by_route
+}
+
 async fn pair(tasks: usize, agents: usize, idle: Duration) {
     // Agents beat every lease/3; the bench keeps the default 10 s lease.
     let config = format!("{BENCH_CONFIG}\n[scheduler]\nmax_lost_agents_per_minute = 0\n");
@@ -111,6 +128,7 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
     let idle_leader_cpu = (common::cpu_seconds(leader_pid) - leader_before) / idle.as_secs_f64();
     let idle_bench_cpu = (common::cpu_seconds(std::process::id()) - bench_before) / idle.as_secs_f64();
     let idle_leader_rss = common::rss_mib(leader_pid);
+    let requests_before = requests(&cell).await;
     let cpu_before: Vec<f64> = cell.members.iter().map(|m| common::cpu_seconds(m.pid().unwrap_or(0))).collect();
     let bench_cpu_before = common::cpu_seconds(std::process::id());
 
@@ -146,6 +164,10 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
         .map(|(m, before)| common::cpu_seconds(m.pid().unwrap_or(0)) - before)
         .collect();
     let bench_cpu = common::cpu_seconds(std::process::id()) - bench_cpu_before;
+    let mut during = requests(&cell).await;
+    for (route, n) in &requests_before {
+        *during.entry(route.clone()).or_insert(0.0) -= n;
+    }
     // Latency of each task from its own job's submission (its assignment names the job); and, as earlier versions
     // of this bench measured it, from the first job's submission.
     let first = first.unwrap_or(start);
@@ -167,7 +189,7 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
          tasks_per_s={:.0} p50_s={:.2} p99_s={:.2} p99_from_first_s={:.2} leader_rss_mib={leader_rss} \
          cpu_s_leader={:.1} cpu_s_members={:?} cpu_s_bench={bench_cpu:.1} idle_leader_cpu_per_s={idle_leader_cpu:.3} \
          idle_leader_rss_mib={idle_leader_rss} idle_bench_cpu_per_s={idle_bench_cpu:.3} idle_api_p99_ms={:.1} \
-         idle_api_max_ms={:.1} submit_max_ms={:.0}",
+         idle_api_max_ms={:.1} submit_max_ms={:.0} requests={:?}",
         running as f64 / wall,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
@@ -177,6 +199,7 @@ async fn pair(tasks: usize, agents: usize, idle: Duration) {
         percentile(&api_ms, 0.99),
         api_ms.last().copied().unwrap_or(0.0),
         submit_max * 1000.0,
+        during.iter().filter(|(_, n)| **n >= 1.0).map(|(r, n)| format!("{r}:{n}")).collect::<Vec<_>>(),
     );
     drop(sims);
     for m in cell.members.iter_mut() {

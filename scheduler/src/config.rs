@@ -224,6 +224,7 @@ impl CellConfig {
 
 // The scheduler's defaults (`[scheduler]`).
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
+pub const DEFAULT_MAX_HEARTBEATS_PER_SECOND: u32 = 1_000;
 pub const DEFAULT_LOST_GRACE_MS: u64 = 60_000;
 pub const DEFAULT_DISCONNECT_MARGIN_MS: u64 = 5_000;
 pub const DEFAULT_MAX_LOST_AGENTS_PER_MINUTE: u32 = 20;
@@ -244,8 +245,11 @@ pub const DEFAULT_TOMBSTONE_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerConfig {
-    /// How long an agent's lease lasts without a heartbeat.
+    /// How long an agent's lease lasts without a heartbeat, at least (see `max_heartbeats_per_second`).
     pub lease_ms: u64,
+    /// Most heartbeats per second the whole fleet sends the leader: beyond `lease_ms` the lease grows with the
+    /// fleet so that its beats (three per lease) stay within this (0: the lease stays `lease_ms`). See `lease`.
+    pub max_heartbeats_per_second: u32,
     /// How long an unreachable agent's tasks wait before they are declared lost and replaced.
     pub lost_grace_ms: u64,
     /// Added to the grace of a job that stops its tasks on a disconnect (`disconnect.stopAfterSeconds`), beyond
@@ -281,6 +285,7 @@ impl Default for SchedulerConfig {
     fn default() -> SchedulerConfig {
         SchedulerConfig {
             lease_ms: DEFAULT_LEASE_MS,
+            max_heartbeats_per_second: DEFAULT_MAX_HEARTBEATS_PER_SECOND,
             lost_grace_ms: DEFAULT_LOST_GRACE_MS,
             disconnect_margin_ms: DEFAULT_DISCONNECT_MARGIN_MS,
             max_lost_agents_per_minute: DEFAULT_MAX_LOST_AGENTS_PER_MINUTE,
@@ -319,18 +324,18 @@ impl SchedulerConfig {
         Ok(())
     }
 
-    /// How long an agent may stay silent (since the last heartbeat the leader heard) before a task of a job with
-    /// `spec` is declared lost. A job without `disconnect` waits the lease and the loss grace. A job with one
+    /// How long an agent given a lease of `lease_ms` may stay silent (since the last heartbeat the leader heard)
+    /// before a task of a job with `spec` is declared lost. A job without `disconnect` waits the lease and the loss grace. A job with one
     /// waits at least the lease, its stop-after, the kill grace and the margin: its agent counts the stop-after
     /// from when it *sent* its last answered heartbeat, which is no later than when the leader heard it, and
     /// stops the task within the kill grace after that; the lease and the margin come on top, so the
     /// replacement is created strictly after the original stopped (clock rates, not clocks, must agree).
-    pub fn lose_after_ms(&self, spec: Option<&Spec>) -> u64 {
-        let plain = self.lease_ms.saturating_add(self.lost_grace_ms);
+    pub fn lose_after_ms(&self, spec: Option<&Spec>, lease_ms: u64) -> u64 {
+        let plain = lease_ms.saturating_add(self.lost_grace_ms);
         match spec.and_then(|s| s.disconnect.as_ref()) {
             None => plain,
             Some(d) => plain.max(
-                self.lease_ms
+                lease_ms
                     .saturating_add(d.stop_after_ms())
                     .saturating_add(KILL_GRACE_MS)
                     .saturating_add(self.disconnect_margin_ms),

@@ -18,6 +18,7 @@ pub mod federation;
 pub mod history;
 pub mod hlc;
 pub mod job;
+pub mod lease;
 pub mod location;
 pub mod member;
 pub mod metrics;

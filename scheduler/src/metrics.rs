@@ -253,6 +253,10 @@ pub mod application {
         "The cell's agents by state (active, draining, drained, unreachable: lease expired, whatever the state)",
     )
     .by(&["state"]);
+    pub const LEASE: Def = Def::gauge(
+        "titan_agent_lease_seconds",
+        "The lease agents are given now: the configured lease, or longer so the fleet beats within max_heartbeats_per_second",
+    );
 }
 
 pub mod fleet {
@@ -358,6 +362,7 @@ pub const ALL: &[Def] = &[
     application::PENDING,
     application::RESTARTS,
     application::AGENTS,
+    application::LEASE,
     fleet::DESIRED,
     fleet::INSTANCES,
     fleet::MAX,

@@ -104,7 +104,7 @@ pub(crate) trait Host: Send + Sync + 'static {
     /// that state.
     fn capacity_seq(&self) -> u64;
     /// When this member (as leader) last heard from each agent.
-    fn heartbeats(&self) -> HashMap<String, u64>;
+    fn heartbeats(&self) -> HashMap<String, crate::lease::Heard>;
     /// Resolves once a job changed or capacity moved since it last resolved.
     fn changed(&self) -> impl std::future::Future<Output = ()> + Send + '_;
     /// Runs `f` with the other locations' figures as this member heard them.

@@ -4,13 +4,13 @@
 
 use super::*;
 
-/// When the leader last heard from each agent (ms since the epoch). Leader-local: a new leader starts empty and
-/// hears from every live agent within a lease.
+/// When the leader last heard from each agent and the lease it gave it. Leader-local: a new leader starts empty
+/// and hears from every live agent within a lease.
 #[derive(Default)]
-pub(crate) struct Leases(std::sync::Mutex<HashMap<String, u64>>);
+pub(crate) struct Leases(std::sync::Mutex<HashMap<String, crate::lease::Heard>>);
 
 impl Leases {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, crate::lease::Heard>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -125,7 +125,7 @@ impl crate::scheduling::Host for Handle {
         self.changes.capacity_seq()
     }
 
-    fn heartbeats(&self) -> HashMap<String, u64> {
+    fn heartbeats(&self) -> HashMap<String, crate::lease::Heard> {
         self.leases.lock().clone()
     }
 

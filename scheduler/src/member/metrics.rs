@@ -32,6 +32,7 @@ pub(super) struct CellMetrics {
     app_instances: IntGaugeVec,
     app_tasks: IntGaugeVec,
     agents: IntGaugeVec,
+    lease_seconds: IntGauge,
 }
 
 impl CellMetrics {
@@ -65,6 +66,7 @@ impl CellMetrics {
             app_instances: r.gauge_vec(&crate::metrics::application::INSTANCES)?,
             app_tasks: r.gauge_vec(&crate::metrics::application::TASKS)?,
             agents: r.gauge_vec(&crate::metrics::application::AGENTS)?,
+            lease_seconds: r.gauge(&crate::metrics::application::LEASE)?,
         })
     }
 }
@@ -131,6 +133,8 @@ impl MetricsWorker {
         crate::scheduling::observe_tasks(&self.scheduling, &s, now_ms());
         self.observe_quotas(&s);
         self.observe_capacity(&s);
+        let lease_ms = crate::lease::lease_ms(&self.handle.config().scheduler, s.agent_count());
+        self.metrics.lease_seconds.set(lease_ms.div_ceil(1_000) as i64);
         if self.passes.is_multiple_of(APPLICATIONS_EVERY) {
             self.observe_applications(&s);
         }

@@ -325,7 +325,7 @@ impl Cell {
         crate::scheduling::Host::is_leader(&self.handle)
     }
 
-    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, crate::lease::Heard>> {
         self.leases.lock()
     }
 

@@ -39,7 +39,7 @@ pub struct Observed<'a> {
     pub leader_since_ms: u64,
     /// When the leader last heard from each agent; `None`: leases are not checked this round (the leader checks
     /// them every tenth of a lease, not in every round), so no agent changes reachability and none is lost.
-    pub heartbeats: Option<&'a HashMap<String, u64>>,
+    pub heartbeats: Option<&'a HashMap<String, crate::lease::Heard>>,
     /// Agents declared lost in the last minute.
     pub lost_last_minute: u32,
     /// Whether to try again the Accepted tasks that did not fit before (capacity may have changed since); when
@@ -103,10 +103,10 @@ pub fn reconcile(
     new_id: &mut dyn FnMut() -> String,
 ) -> Decision {
     let mut d = Decision::default();
-    let lost: BTreeMap<String, u64> = agents(state, seen, config, &mut d);
+    let lost: BTreeMap<String, (u64, u64)> = agents(state, seen, config, &mut d);
     let mut doomed: BTreeSet<String> = BTreeSet::new();
-    for (agent, &quiet) in &lost {
-        for t in state.tasks_on_agent(agent).filter(|t| overdue(state, t, quiet, config)) {
+    for (agent, &(quiet, lease)) in &lost {
+        for t in state.tasks_on_agent(agent).filter(|t| overdue(state, t, quiet, lease, config)) {
             d.round.lose.push((t.id.clone(), Reason::AgentLost));
             doomed.insert(t.id.clone());
         }

@@ -46,7 +46,7 @@ fn register_with_effects(s: &mut CellState, id: &str, cpus: f64, running: Vec<St
 struct World {
     state: CellState,
     config: SchedulerConfig,
-    beats: HashMap<String, u64>,
+    beats: HashMap<String, crate::lease::Heard>,
     /// Whether rounds check leases (the leader does every tenth of a lease, not in every round).
     check_leases: bool,
     next: u64,
@@ -60,7 +60,8 @@ impl World {
         }
         state.apply(&Command::PutJob { id: "j1".into(), spec: job, idempotency_key: None, meta: meta(0) });
         let config = SchedulerConfig { lease_ms: 100, lost_grace_ms: 1_000, ..SchedulerConfig::default() };
-        let beats = agents.iter().map(|(id, _)| (id.to_string(), 0)).collect();
+        let heard = crate::lease::Heard { at_ms: 0, lease_ms: config.lease_ms };
+        let beats = agents.iter().map(|(id, _)| (id.to_string(), heard)).collect();
         World { state, config, beats, check_leases: true, next: 0 }
     }
 
@@ -88,8 +89,13 @@ impl World {
 
     fn beat(&mut self, now_ms: u64) {
         for v in self.beats.values_mut() {
-            *v = now_ms;
+            v.at_ms = now_ms;
         }
+    }
+
+    /// The leader hears from `agent` at `at_ms` and gives it the configured lease.
+    fn heard(&mut self, agent: &str, at_ms: u64) {
+        self.beats.insert(agent.into(), crate::lease::Heard { at_ms, lease_ms: self.config.lease_ms });
     }
 
     fn report(&mut self, task: &str, state: TaskState, exit_code: Option<i64>, at: u64) -> Effects {
@@ -159,7 +165,7 @@ fn what_does_not_fit_stays_accepted_with_a_reason() {
     assert!(d.pending[&pending[0]].contains("cpu"), "{:?}", d.pending);
     assert!(w.round(20).round.create.is_empty(), "the accepted task counts: no second copy");
     register(&mut w.state, "a2", 2.0, vec![], 30);
-    w.beats.insert("a2".into(), 30);
+    w.heard("a2", 30);
     let d = w.round(40);
     assert_eq!(d.round.place.len(), 1, "placed once capacity arrives");
 }
@@ -265,7 +271,7 @@ fn a_silent_agent_goes_unreachable_then_lost_and_its_tasks_are_replaced() {
     // Everyone but a1 keeps beating.
     let beat_others = |w: &mut World, now| {
         for a in ["a2", "a3", "a4"] {
-            w.beats.insert(a.into(), now);
+            w.heard(a, now);
         }
     };
     beat_others(&mut w, 150);
@@ -284,12 +290,45 @@ fn a_silent_agent_goes_unreachable_then_lost_and_its_tasks_are_replaced() {
 }
 
 #[test]
+fn a_lease_grown_with_the_fleet_holds_its_agent_and_its_tasks_longer() {
+    let fleet: Vec<(String, f64)> = (1..=7).map(|i| (format!("a{i}"), 2.0)).collect();
+    let fleet: Vec<(&str, f64)> = fleet.iter().map(|(a, c)| (a.as_str(), *c)).collect();
+    let mut w = World::new(&fleet, spec(""));
+    // Seven agents beating three times a lease at most 35 times a second: a lease of 600 ms, not 100.
+    w.config.max_heartbeats_per_second = 35;
+    assert_eq!(crate::lease::lease_ms(&w.config, 7), 600);
+    w.round(10);
+    let on_a1: Vec<String> = w.state.tasks_on_agent("a1").map(|t| t.id.clone()).collect();
+    assert!(!on_a1.is_empty());
+    // a1 was told 600 ms at 0; a7 was never heard by this leader (judged from its start, with the fleet's lease).
+    w.beats.insert("a1".into(), crate::lease::Heard { at_ms: 0, lease_ms: 600 });
+    w.beats.remove("a7");
+    let beat = |w: &mut World, now| {
+        for a in ["a2", "a3", "a4", "a5", "a6"] {
+            w.heard(a, now);
+        }
+    };
+    beat(&mut w, 600);
+    let d = w.round(600);
+    assert!(d.round.unreachable.is_empty(), "within the grown lease: {d:?}");
+    beat(&mut w, 601);
+    let d = w.round(601);
+    assert_eq!(d.round.unreachable, vec!["a1".to_string(), "a7".to_string()]);
+    // Lost after that lease and the loss grace, not the configured lease's.
+    beat(&mut w, 1_600);
+    assert!(w.round(1_600).lost_agents.is_empty());
+    beat(&mut w, 1_601);
+    assert_eq!(w.round(1_601).lost_agents, vec!["a1".to_string()], "a7 runs nothing to lose");
+    assert!(on_a1.iter().all(|t| w.state.task(t).map(|t| t.state) == Some(TaskState::Lost)));
+}
+
+#[test]
 fn a_round_that_does_not_check_leases_changes_no_agent_and_the_next_check_catches_up() {
     let mut w = World::new(&[("a1", 2.0), ("a2", 2.0), ("a3", 2.0), ("a4", 2.0)], spec(""));
     w.round(10);
     let on_a1: Vec<String> = w.state.tasks_on_agent("a1").map(|t| t.id.clone()).collect();
     for a in ["a2", "a3", "a4"] {
-        w.beats.insert(a.into(), 5_000);
+        w.heard(a, 5_000);
     }
     w.check_leases = false;
     let d = w.round(5_000);
@@ -321,7 +360,7 @@ fn a_job_that_stops_on_disconnect_is_replaced_only_after_its_agent_stopped_it() 
     }
     let beat_others = |w: &mut World, now| {
         for a in ["a2", "a3", "a4"] {
-            w.beats.insert(a.into(), now);
+            w.heard(a, now);
         }
     };
     // a1 last heard at 0. The plain job's task goes after lease + loss grace, and its replacement may run
@@ -339,7 +378,7 @@ fn a_job_that_stops_on_disconnect_is_replaced_only_after_its_agent_stopped_it() 
     assert_eq!(may_run_beside(&w.state, replacement), Some(plain_task.clone()));
     // The job that asked waits for lease + stop-after + kill grace + margin: not a millisecond less.
     let deadline = w.config.lease_ms + 5_000 + crate::config::KILL_GRACE_MS + w.config.disconnect_margin_ms;
-    assert_eq!(w.config.lose_after_ms(Some(&stopping)), deadline);
+    assert_eq!(w.config.lose_after_ms(Some(&stopping), w.config.lease_ms), deadline);
     beat_others(&mut w, deadline);
     let d = w.round(deadline);
     assert!(d.round.lose.is_empty() && d.round.create.is_empty(), "{:?}", d.round);
@@ -354,7 +393,7 @@ fn a_job_that_stops_on_disconnect_is_replaced_only_after_its_agent_stopped_it() 
     assert_eq!(may_run_beside(&w.state, replacement), None, "its original was stopped by its agent");
     // The grace never falls below the loss grace.
     w.config.lost_grace_ms = 60_000;
-    assert_eq!(w.config.lose_after_ms(Some(&stopping)), 60_100);
+    assert_eq!(w.config.lose_after_ms(Some(&stopping), w.config.lease_ms), 60_100);
 }
 
 #[test]
@@ -382,7 +421,7 @@ fn a_task_its_agent_stopped_on_disconnect_is_replaced_at_once() {
 fn the_breaker_declares_nothing_lost_when_many_agents_go_silent_at_once() {
     let mut w = World::new(&[("a1", 2.0), ("a2", 2.0), ("a3", 2.0)], spec(""));
     w.round(10);
-    w.beats.insert("a3".into(), 5_000);
+    w.heard("a3", 5_000);
     let d = w.round(5_000);
     assert!(d.breaker_open);
     assert!(d.round.lose.is_empty() && d.lost_agents.is_empty());
@@ -400,7 +439,7 @@ fn the_loss_rate_limit_caps_agents_lost_per_minute() {
     w.config.breaker_fraction = 1.0;
     w.config.max_lost_agents_per_minute = 1;
     w.round(10);
-    w.beats.insert("a4".into(), 2_000);
+    w.heard("a4", 2_000);
     let d = w.round(2_000);
     assert_eq!(d.lost_agents.len(), 1, "three overdue, one allowed");
 }
@@ -505,10 +544,10 @@ fn a_scaled_down_task_lost_with_its_agent_is_not_replaced() {
     let victim = d.round.stop[0].0.clone();
     let agent = w.state.task(&victim).and_then(|t| t.agent.clone()).expect("placed");
     let other = if agent == "a1" { "a2" } else { "a1" };
-    w.beats.insert(other.into(), 2_000);
+    w.heard(other, 2_000);
     w.round(2_000);
     assert_eq!(w.state.task(&victim).map(|t| (t.state, t.reason)), Some((TaskState::Lost, Some(Reason::ScaledDown))));
-    w.beats.insert(other.into(), 2_100);
+    w.heard(other, 2_100);
     let d = w.round(2_100);
     assert!(d.round.create.is_empty() && d.round.stop.is_empty(), "{:?}", d.round);
     assert_eq!(w.state.job_tasks("j1").map(|s| s.live.len()), Some(1));

@@ -111,4 +111,9 @@ impl CellState {
     pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {
         self.agents.values()
     }
+
+    /// How many agents are registered (the fleet an agent's lease is sized by).
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
 }

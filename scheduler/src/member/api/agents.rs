@@ -50,8 +50,11 @@ impl AgentsApi for Cell {
             if let Some(answer) = self.forward_to_leader(&call, timeout).await? {
                 return answer.lease();
             }
-            let epoch =
-                self.read().agent(&id).map(|a| a.lease_epoch).ok_or_else(|| ApiError::not_found("agent", &id))?;
+            let (epoch, fleet) = {
+                let state = self.read();
+                let epoch = state.agent(&id).map(|a| a.lease_epoch).ok_or_else(|| ApiError::not_found("agent", &id))?;
+                (epoch, state.agent_count())
+            };
             if epoch != beat.lease_epoch {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
@@ -62,8 +65,9 @@ impl AgentsApi for Cell {
                 )
                 .with_field("leaseEpoch"));
             }
-            self.leases().insert(id, now_ms());
-            Ok(Lease { lease_epoch: epoch, lease_ms: self.config.scheduler.lease_ms })
+            let lease_ms = crate::lease::lease_ms(&self.config.scheduler, fleet);
+            self.leases().insert(id, crate::lease::Heard { at_ms: now_ms(), lease_ms });
+            Ok(Lease { lease_epoch: epoch, lease_ms })
         })
     }
 

@@ -67,7 +67,7 @@ impl Cell {
             state: a.state,
             lease_epoch: a.lease_epoch,
             registered_at_ms: a.registered_at_ms,
-            last_heartbeat_ms: self.leases().get(&r.id).copied(),
+            last_heartbeat_ms: self.leases().get(&r.id).map(|h| h.at_ms),
         }
     }
 }
