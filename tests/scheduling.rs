@@ -386,3 +386,42 @@ async fn a_scheduled_batch_job_starts_a_run_at_its_next_tick() {
     let history = client.job_history(&job).await.expect("history");
     assert_eq!(history.len(), 1, "a tick is not a change of the job's spec");
 }
+
+/// The lease grows with the fleet so that the whole fleet beats within `max_heartbeats_per_second`, and a
+/// follower passes its agents' beats on to the leader gathered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_grows_with_the_fleet_and_a_follower_forwards_beats_gathered() {
+    // 60 agents beating three times a lease at most 18 times a second: a lease of 10 s, not 1 s.
+    let config = format!("{TEST_CONFIG}[scheduler]\nlease_ms = 1000\nmax_heartbeats_per_second = 18\n");
+    let mut cell = Cluster::start_with(3, &config);
+    let leader = cell.leader(Duration::from_secs(20)).await;
+    let follower = cell.members.iter().find(|m| m.id != leader).expect("a follower");
+    let (follower_addr, follower_client) = (follower.addr.to_string(), follower.client());
+    let record = Arc::new(Record::default());
+    let agents: Vec<sim::SimAgent> = (0..60)
+        .map(|i| {
+            let reg = sim::registration(&format!("l-{i:02}"), 4.0, 8192, "a");
+            sim::start(vec![follower_addr.clone()], reg, record.clone())
+        })
+        .collect();
+    let client = cell.member(leader).client();
+    eventually(Duration::from_secs(20), "sixty agents registered and heard", || async {
+        client.list_agents().await.is_ok_and(|a| a.len() == 60 && a.iter().all(|a| a.last_heartbeat_ms.is_some()))
+    })
+    .await;
+    // Every agent is now told the grown lease, through the follower.
+    let lease = follower_client.heartbeat("l-00", 1).await;
+    assert_eq!(lease.map(|l| l.lease_ms).ok(), Some(10_000), "the lease for 60 agents at 18 beats a second");
+    let metrics = format!("http://{}/metrics", cell.member(leader).addr);
+    eventually(Duration::from_secs(5), "the lease gauge at 10 s", || async {
+        let text = async { reqwest::get(&metrics).await?.text().await }.await.unwrap_or_default();
+        text.lines().any(|l| l.starts_with("titan_agent_lease_seconds{") && l.ends_with(" 10"))
+    })
+    .await;
+    // The follower sent every beat on (each agent beat at least once after registering), in fewer calls or as many.
+    let view = follower_client.cluster().await.expect("cluster view");
+    let worker = view.workers.iter().find(|w| w.name == "heartbeats").expect("the heartbeats worker");
+    let numbers: Vec<u64> = worker.status.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(numbers.len() == 2 && numbers[0] >= 60 && numbers[1] <= numbers[0], "{worker:?}");
+    drop(agents);
+}

@@ -12,7 +12,12 @@ pub(crate) enum ToLeader {
     Pending(Vec<String>),
     AddMember(AddMember),
     RemoveMember(u64),
-    Heartbeat { agent: String, beat: Heartbeat },
+    Heartbeat {
+        agent: String,
+        beat: Heartbeat,
+    },
+    /// Heartbeats a follower gathered (`beats`); answered with `FromLeader::Leases`, one per beat, in order.
+    Heartbeats(Vec<(String, Heartbeat)>),
 }
 
 /// The leader's answer.
@@ -24,6 +29,7 @@ pub(crate) enum FromLeader {
     Lease(Result<Lease, ApiError>),
     /// The member called does not lead (any more).
     NotLeader,
+    Leases(Vec<Result<Lease, ApiError>>),
 }
 
 impl ToLeader {
@@ -34,6 +40,7 @@ impl ToLeader {
             ToLeader::AddMember(_) => "add_member",
             ToLeader::RemoveMember(_) => "remove_member",
             ToLeader::Heartbeat { .. } => "heartbeat",
+            ToLeader::Heartbeats(_) => "heartbeats",
         }
     }
 }
@@ -53,11 +60,46 @@ impl FromLeader {
         }
     }
 
+    pub(crate) fn leases(self) -> Result<Vec<Result<Lease, ApiError>>, ApiError> {
+        match self {
+            FromLeader::Leases(r) => Ok(r),
+            other => Err(other.unexpected()),
+        }
+    }
+
     fn unexpected(self) -> ApiError {
         match self {
             FromLeader::NotLeader => ApiError::new(ErrorCode::NotLeader, "leadership moved during the call; retry"),
             other => ApiError::internal(format!("the leader answered {other:?}")),
         }
+    }
+}
+
+/// Sends `call` to the leader, member `leader` at `addr`, over a kept stream connection, within `timeout`.
+pub(super) async fn call_leader(
+    streams: &Streams,
+    leader: &str,
+    addr: &str,
+    call: &ToLeader,
+    timeout: Duration,
+) -> Result<FromLeader, ApiError> {
+    let body = codec::encode(call).map_err(|e| ApiError::internal(e.to_string()))?;
+    // `not_leader` sends clients to the leader itself (they ask this member which one it is), which also serves a
+    // leader of the previous version: it answers these over its public API, not over the stream.
+    let unanswered = |e: String| {
+        ApiError::new(
+            ErrorCode::NotLeader,
+            format!("the leader (member {leader} at {addr}) did not answer over the Raft stream: {e}; ask it directly"),
+        )
+    };
+    let bytes = streams.call(leader, addr, LEADER, &body, timeout).await.map_err(|e| {
+        tracing::debug!(call = call.kind(), leader = %leader, error = %e, "a call to the leader failed");
+        unanswered(e.to_string())
+    })?;
+    let answer: FromLeader = codec::decode(&bytes).map_err(|e| unanswered(e.to_string()))?;
+    match answer {
+        FromLeader::NotLeader => Err(FromLeader::NotLeader.unexpected()),
+        answer => Ok(answer),
     }
 }
 
@@ -82,26 +124,7 @@ impl Cell {
             None if self.is_leader() => return Ok(None),
             None => return Err(ApiError::new(ErrorCode::NotLeader, "no leader is elected")),
         };
-        let body = codec::encode(call).map_err(|e| ApiError::internal(e.to_string()))?;
-        // `not_leader` sends clients to the leader itself (they ask this member which one it is), which also
-        // serves a leader of the previous version: it answers these over its public API, not over the stream.
-        let unanswered = |e: String| {
-            ApiError::new(
-                ErrorCode::NotLeader,
-                format!(
-                    "the leader (member {leader} at {addr}) did not answer over the Raft stream: {e}; ask it directly"
-                ),
-            )
-        };
-        let bytes = self.streams.call(&leader, &addr, LEADER, &body, timeout).await.map_err(|e| {
-            tracing::debug!(call = call.kind(), leader = %leader, error = %e, "a call to the leader failed");
-            unanswered(e.to_string())
-        })?;
-        let answer: FromLeader = codec::decode(&bytes).map_err(|e| unanswered(e.to_string()))?;
-        match answer {
-            FromLeader::NotLeader => Err(FromLeader::NotLeader.unexpected()),
-            answer => Ok(Some(answer)),
-        }
+        call_leader(&self.streams, &leader, &addr, call, timeout).await.map(Some)
     }
 
     /// Why these Accepted tasks wait, from the leader's latest rounds (asked of the leader by a follower; empty
@@ -153,6 +176,7 @@ impl Cell {
             ToLeader::AddMember(m) => FromLeader::Cluster(self.add_member(m).await),
             ToLeader::RemoveMember(id) => FromLeader::Cluster(self.remove_member(id).await),
             ToLeader::Heartbeat { agent, beat } => FromLeader::Lease(self.heartbeat(agent, beat).await),
+            ToLeader::Heartbeats(beats) => FromLeader::Leases(self.heartbeats_here(beats)),
         }
     }
 }
@@ -211,5 +235,38 @@ mod tests {
         assert_eq!(moved.code, ErrorCode::NotLeader);
         let wrong = FromLeader::Pending(BTreeMap::new()).lease().unwrap_err();
         assert_eq!(wrong.code, ErrorCode::Internal);
+    }
+
+    /// The calls as the previous version knew them.
+    #[derive(Debug, Serialize, Deserialize)]
+    enum PreviousToLeader {
+        ReadIndex,
+        Pending(Vec<String>),
+        AddMember(AddMember),
+        RemoveMember(u64),
+        Heartbeat { agent: String, beat: Heartbeat },
+    }
+
+    #[test]
+    fn batched_heartbeats_round_trip_and_a_previous_leader_refuses_them_without_misreading() {
+        let beats =
+            vec![("a1".to_string(), Heartbeat { lease_epoch: 1 }), ("a2".to_string(), Heartbeat { lease_epoch: 2 })];
+        let back: ToLeader = codec::decode(&codec::encode(&ToLeader::Heartbeats(beats.clone())).unwrap()).unwrap();
+        assert!(
+            matches!(back, ToLeader::Heartbeats(ref b) if b.len() == 2 && b[1].0 == "a2" && b[1].1.lease_epoch == 2)
+        );
+        let answer = FromLeader::Leases(vec![
+            Ok(Lease { lease_epoch: 1, lease_ms: 30_000 }),
+            Err(ApiError::not_found("agent", "a2")),
+        ]);
+        let back = codec::decode::<FromLeader>(&codec::encode(&answer).unwrap()).unwrap().leases().unwrap();
+        assert_eq!(back[0].as_ref().unwrap().lease_ms, 30_000);
+        assert_eq!(back[1].as_ref().unwrap_err().code, ErrorCode::NotFound);
+        // A leader of the previous version cannot read the batch (the forwarder then sends beats one by one), and
+        // reads the single beat as before.
+        assert!(codec::decode::<PreviousToLeader>(&codec::encode(&ToLeader::Heartbeats(beats)).unwrap()).is_err());
+        let one = ToLeader::Heartbeat { agent: "a1".into(), beat: Heartbeat { lease_epoch: 3 } };
+        let old: PreviousToLeader = codec::decode(&codec::encode(&one).unwrap()).unwrap();
+        assert!(matches!(old, PreviousToLeader::Heartbeat { ref agent, .. } if agent == "a1"));
     }
 }

@@ -62,6 +62,7 @@ pub enum CellError {
 mod answer;
 mod api;
 mod autoscaler;
+mod beats;
 mod federation;
 mod handle;
 mod leader;
@@ -73,6 +74,7 @@ mod tokens;
 
 use answer::*;
 use api::*;
+use beats::Beats;
 pub(crate) use handle::Handle;
 use handle::Leases;
 use leader::*;
@@ -89,6 +91,8 @@ pub struct Cell {
     handle: Handle,
     proposer: Arc<Proposer>,
     leases: Arc<Leases>,
+    /// Agents' heartbeats on their way to the leader, when another member leads.
+    beats: Beats,
     encoded: crate::raft::EncodedEntries,
     /// Kept connections to the other members, shared with Raft: write forwarding and calls to the leader go over
     /// them too.
@@ -243,6 +247,8 @@ impl Cell {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             workers.spawn(tokens::Bootstrap { handle: handle.clone(), tick });
         }
+        let (beats, forwarder) = Beats::new(streams.clone(), proposer.clone());
+        workers.spawn(forwarder);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for n in 1..=PROPOSERS {
             workers.spawn(ProposerWorker {
@@ -257,6 +263,7 @@ impl Cell {
             handle,
             proposer,
             leases,
+            beats,
             encoded,
             streams,
             config,

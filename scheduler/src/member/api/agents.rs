@@ -45,29 +45,15 @@ impl AgentsApi for Cell {
 
     fn heartbeat(&self, id: String, beat: Heartbeat) -> ApiResult<'_, Lease> {
         Box::pin(async move {
-            let call = ToLeader::Heartbeat { agent: id.clone(), beat: beat.clone() };
-            let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
-            if let Some(answer) = self.forward_to_leader(&call, timeout).await? {
-                return answer.lease();
+            // On a follower the beat joins the others on their way to the leader (`beats`).
+            if self.proposer.leader_elsewhere().is_some() {
+                let timeout = Duration::from_millis(self.config.raft.write_timeout_ms);
+                return self.beats.forward(id, beat, timeout).await;
             }
-            let (epoch, fleet) = {
-                let state = self.read();
-                let epoch = state.agent(&id).map(|a| a.lease_epoch).ok_or_else(|| ApiError::not_found("agent", &id))?;
-                (epoch, state.agent_count())
-            };
-            if epoch != beat.lease_epoch {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!(
-                        "lease epoch {} of agent {id} is stale (current {epoch}): register again",
-                        beat.lease_epoch
-                    ),
-                )
-                .with_field("leaseEpoch"));
+            if !self.is_leader() {
+                return Err(ApiError::new(ErrorCode::NotLeader, "no leader is elected"));
             }
-            let lease_ms = crate::lease::lease_ms(&self.config.scheduler, fleet);
-            self.leases().insert(id, crate::lease::Heard { at_ms: now_ms(), lease_ms });
-            Ok(Lease { lease_epoch: epoch, lease_ms })
+            self.heartbeats_here(vec![(id, beat)]).pop().unwrap_or_else(|| Err(ApiError::internal("no answer")))
         })
     }
 
@@ -107,5 +93,34 @@ impl AgentsApi for Cell {
             };
             self.commit_as::<StatusAck>(cmd).await
         })
+    }
+}
+
+impl Cell {
+    /// On the leader: renews the lease of each agent whose epoch is current, giving it the lease the fleet gets
+    /// now; one answer per beat, in order.
+    pub(crate) fn heartbeats_here(&self, beats: Vec<(String, Heartbeat)>) -> Vec<Result<Lease, ApiError>> {
+        let state = self.read();
+        let lease_ms = crate::lease::lease_ms(&self.config.scheduler, state.agent_count());
+        let now = now_ms();
+        let mut leases = self.leases();
+        beats
+            .into_iter()
+            .map(|(id, beat)| {
+                let epoch = state.agent(&id).map(|a| a.lease_epoch).ok_or_else(|| ApiError::not_found("agent", &id))?;
+                if epoch != beat.lease_epoch {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "lease epoch {} of agent {id} is stale (current {epoch}): register again",
+                            beat.lease_epoch
+                        ),
+                    )
+                    .with_field("leaseEpoch"));
+                }
+                leases.insert(id, crate::lease::Heard { at_ms: now, lease_ms });
+                Ok(Lease { lease_epoch: epoch, lease_ms })
+            })
+            .collect()
     }
 }
