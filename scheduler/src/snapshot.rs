@@ -22,6 +22,7 @@ use crate::command::Response;
 use crate::job::{JobRecord, Remembered};
 use crate::quota::QuotaRecord;
 use crate::spec::Spec;
+use crate::state::Key;
 use crate::task::TaskRecord;
 
 /// The format this build writes.
@@ -32,9 +33,9 @@ pub const FORMAT: u32 = 7;
 pub struct SnapshotV7 {
     pub jobs: BTreeMap<String, Arc<JobRecord>>,
     pub idempotency: BTreeMap<String, Remembered>,
-    pub agents: BTreeMap<String, AgentRecord>,
+    pub agents: BTreeMap<Key, AgentRecord>,
     pub applied: HashMap<String, (u64, Response)>,
-    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub tasks: BTreeMap<Key, Arc<TaskRecord>>,
     pub seq: u64,
     pub events_made: u64,
     pub clock: crate::federation::Clock,
@@ -53,9 +54,9 @@ pub struct SnapshotV7 {
 pub struct SnapshotV6 {
     pub jobs: BTreeMap<String, Arc<JobRecord>>,
     pub idempotency: BTreeMap<String, Remembered>,
-    pub agents: BTreeMap<String, AgentRecord>,
+    pub agents: BTreeMap<Key, AgentRecord>,
     pub applied: HashMap<String, (u64, Response)>,
-    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub tasks: BTreeMap<Key, Arc<TaskRecord>>,
     pub seq: u64,
     pub events_made: u64,
     pub clock: crate::federation::Clock,
@@ -73,9 +74,9 @@ pub struct SnapshotV6 {
 pub struct SnapshotV5 {
     pub jobs: BTreeMap<String, Arc<JobRecord>>,
     pub idempotency: BTreeMap<String, Remembered>,
-    pub agents: BTreeMap<String, AgentRecord>,
+    pub agents: BTreeMap<Key, AgentRecord>,
     pub applied: HashMap<String, (u64, Response)>,
-    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub tasks: BTreeMap<Key, Arc<TaskRecord>>,
     pub seq: u64,
     pub events_made: u64,
     pub clock: crate::federation::Clock,
@@ -92,9 +93,9 @@ pub struct SnapshotV5 {
 pub struct SnapshotV4 {
     pub jobs: BTreeMap<String, Arc<JobRecord>>,
     pub idempotency: BTreeMap<String, Remembered>,
-    pub agents: BTreeMap<String, AgentRecord>,
+    pub agents: BTreeMap<Key, AgentRecord>,
     pub applied: HashMap<String, (u64, Response)>,
-    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub tasks: BTreeMap<Key, Arc<TaskRecord>>,
     pub seq: u64,
     pub events_made: u64,
     pub clock: crate::federation::Clock,
@@ -110,9 +111,9 @@ pub struct SnapshotV4 {
 pub struct SnapshotV3 {
     pub jobs: BTreeMap<String, Arc<JobRecord>>,
     pub idempotency: BTreeMap<String, Remembered>,
-    pub agents: BTreeMap<String, AgentRecord>,
+    pub agents: BTreeMap<Key, AgentRecord>,
     pub applied: HashMap<String, (u64, Response)>,
-    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub tasks: BTreeMap<Key, Arc<TaskRecord>>,
     pub seq: u64,
     pub events_made: u64,
     pub clock: crate::federation::Clock,
@@ -128,10 +129,10 @@ pub struct SnapshotV3 {
 pub struct SnapshotV2 {
     pub jobs: BTreeMap<String, Arc<JobRecord>>,
     pub idempotency: BTreeMap<String, Remembered>,
-    pub agents: BTreeMap<String, AgentRecord>,
+    pub agents: BTreeMap<Key, AgentRecord>,
     /// Answers of recently applied requests by id, with when they were applied.
     pub applied: HashMap<String, (u64, Response)>,
-    pub tasks: BTreeMap<String, Arc<TaskRecord>>,
+    pub tasks: BTreeMap<Key, Arc<TaskRecord>>,
     pub seq: u64,
     /// The id of the last event made (event ids are counted in the replicated state).
     pub events_made: u64,

@@ -6,14 +6,14 @@ use super::*;
 impl CellState {
     pub(super) fn bump(&mut self, agent: &str) {
         self.seq += 1;
-        if let Some(a) = self.agents.get_mut(agent) {
+        if let Some(a) = self.agents.get_mut(Id::of(agent)) {
             a.version = self.seq;
             self.fx.touched.push((agent.to_string(), self.seq));
         }
     }
 
     pub(super) fn set_reachable(&mut self, agent: &str, reachable: bool, at_ms: u64) {
-        let Some(a) = self.agents.get_mut(agent) else { return };
+        let Some(a) = self.agents.get_mut(Id::of(agent)) else { return };
         if a.reachable == reachable {
             return;
         }
@@ -25,7 +25,7 @@ impl CellState {
         let _ = self.capacity.0.set_eligible(agent, eligible);
         let ids: Vec<String> = self.by_agent.get(agent).into_iter().flatten().cloned().collect();
         for id in ids {
-            let Some(t) = self.tasks.get_mut(&id).map(Arc::make_mut) else { continue };
+            let Some(t) = self.tasks.get_mut(Id::of(&id)).map(Arc::make_mut) else { continue };
             if !reachable && t.state != TaskState::Unreachable {
                 t.before_unreachable = Some(t.state);
                 self.transition(&id, TaskState::Unreachable, None, at_ms);
@@ -44,7 +44,7 @@ impl CellState {
     pub(super) fn register_agent(&mut self, registration: &crate::agent::Registration, at_ms: u64) -> Response {
         self.fx.capacity_moved = true;
         let id = registration.id.clone();
-        let previous = self.agents.get(&id);
+        let previous = self.agents.get(Id::of(&id));
         let (epoch, state) = match previous {
             // A gone agent that comes back is active again; a draining one stays draining.
             Some(a) => (a.lease_epoch + 1, if a.state == AgentState::Gone { AgentState::Active } else { a.state }),
@@ -70,13 +70,13 @@ impl CellState {
                 tracing::error!(agent = %id, error = %e, "agent not added to the capacity view");
             }
         }
-        self.agents.insert(id.clone(), record);
+        self.agents.insert(Key::from(id.as_str()), record);
         // Its tasks: those it still runs (or has not started) carry on under the new epoch; the others died
         // with the agent's previous life.
         let running: BTreeSet<&String> = registration.running.iter().collect();
         let ids: Vec<String> = self.by_agent.get(&id).into_iter().flatten().cloned().collect();
         for tid in ids {
-            let Some(t) = self.tasks.get_mut(&tid).map(Arc::make_mut) else { continue };
+            let Some(t) = self.tasks.get_mut(Id::of(&tid)).map(Arc::make_mut) else { continue };
             let before = t.before_unreachable.take();
             if running.contains(&tid) || t.state == TaskState::Assigned || before == Some(TaskState::Assigned) {
                 t.lease_epoch = epoch;
@@ -97,7 +97,7 @@ impl CellState {
         self.event(Topic::Agent, "registered", &id, None, Some(&id), None, at_ms);
         if reshaped {
             self.rebuild_capacity();
-        } else if let Some(a) = self.agents.get(&id) {
+        } else if let Some(a) = self.agents.get(Id::of(&id)) {
             let _ = self.capacity.0.set_eligible(&id, a.takes_work());
         }
         self.bump(&id);
@@ -105,7 +105,7 @@ impl CellState {
     }
 
     pub fn agent(&self, id: &str) -> Option<&AgentRecord> {
-        self.agents.get(id)
+        self.agents.get(Id::of(id))
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {

@@ -28,6 +28,7 @@ mod agents;
 mod effects;
 mod federation;
 mod jobs;
+mod key;
 mod locations;
 mod plan;
 mod quotas;
@@ -42,6 +43,7 @@ pub use effects::{Changes, Effects};
 pub use federation::Outgoing;
 use jobs::{describe, fingerprint};
 pub use jobs::{IDEMPOTENCY_TTL_MS, REQUEST_TTL_MS};
+pub use key::{Id, Key};
 pub use tasks::JobTasks;
 
 /// Everything the cell replicates.
@@ -56,12 +58,12 @@ pub struct CellState {
     /// Jobs per state, kept as jobs change so metrics need no scan; derived, so rebuilt rather than stored.
     by_state: BTreeMap<JobState, u64>,
     /// Registered agents.
-    agents: BTreeMap<String, AgentRecord>,
+    agents: BTreeMap<Key, AgentRecord>,
     /// Answers of recently applied requests by id, with when they were applied, and the same ids by time for
     /// expiry (derived). Only ever looked up by id, so hashed: every command checks and records its request id.
     applied: HashMap<String, (u64, Response)>,
     applied_by_time: BTreeMap<(u64, String), ()>,
-    tasks: BTreeMap<String, Arc<TaskRecord>>,
+    tasks: BTreeMap<Key, Arc<TaskRecord>>,
     /// Counts changes agents must see; an agent's `version` is its value at the agent's latest change.
     seq: u64,
     /// Events made so far, the last one's id: counted here, in the replicated state, so that an event has the
@@ -330,7 +332,7 @@ impl CellState {
         self.accepted.clear();
         self.transient.clear();
         self.ended.clear();
-        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        let ids: Vec<String> = self.tasks.keys().map(|k| k.to_string()).collect();
         for id in &ids {
             self.index_task(id);
         }
@@ -610,14 +612,14 @@ impl CellState {
             Command::TaskStatuses { agent, lease_epoch, statuses, meta } => {
                 self.apply_statuses(agent, *lease_epoch, statuses, meta.at_ms)
             }
-            Command::SetAgentState { id, state, meta } => match self.agents.get_mut(id) {
+            Command::SetAgentState { id, state, meta } => match self.agents.get_mut(Id::of(id)) {
                 None => Response::Rejected(Rejection::AgentNotFound { id: id.clone() }),
                 Some(a) => {
                     a.state = *state;
                     self.fx.capacity_moved = true;
                     let jobs: Vec<String> = self.tasks_on_agent(id).map(|t| t.job_id.clone()).collect();
                     self.fx.dirty_jobs.extend(jobs);
-                    let Some(a) = self.agents.get_mut(id) else { return Response::None };
+                    let Some(a) = self.agents.get_mut(Id::of(id)) else { return Response::None };
                     let (epoch, eligible) = (a.lease_epoch, a.takes_work());
                     let _ = self.capacity.0.set_eligible(id, eligible);
                     self.bump(id);
@@ -625,7 +627,7 @@ impl CellState {
                     Response::Agent { id: id.clone(), lease_epoch: epoch }
                 }
             },
-            Command::KillTask { id, meta } => match self.tasks.get(id) {
+            Command::KillTask { id, meta } => match self.tasks.get(Id::of(id)) {
                 None => Response::Rejected(Rejection::TaskNotFound { id: id.clone() }),
                 Some(t) if t.is_terminal() => {
                     Response::Rejected(Rejection::TaskTerminal { id: id.clone(), state: t.state })

@@ -36,7 +36,7 @@ impl CellState {
         for (id, reason) in &round.lose {
             // A task already being stopped keeps the reason it was stopped for (a scaled-down task lost with its
             // agent is still not to be replaced).
-            let stopping = self.tasks.get(id).is_some_and(|t| t.desired == Desired::Stop && t.reason.is_some());
+            let stopping = self.tasks.get(Id::of(id)).is_some_and(|t| t.desired == Desired::Stop && t.reason.is_some());
             self.transition(id, TaskState::Lost, if stopping { None } else { Some(*reason) }, at_ms);
         }
         for a in &round.unreachable {
@@ -55,7 +55,7 @@ impl CellState {
         }
         for a in &round.drained {
             let empty = self.tasks_on_agent(a).next().is_none();
-            if let Some(rec) = self.agents.get_mut(a).filter(|r| r.state == AgentState::Draining && empty) {
+            if let Some(rec) = self.agents.get_mut(Id::of(a)).filter(|r| r.state == AgentState::Draining && empty) {
                 rec.state = AgentState::Drained;
                 self.bump(a);
                 self.event(Topic::Agent, "drained", a, None, Some(a), None, at_ms);
@@ -65,11 +65,11 @@ impl CellState {
     }
 
     pub(super) fn place_task(&mut self, p: &Placed, at_ms: u64) -> Result<(), String> {
-        let task = self.tasks.get(&p.task_id).ok_or("no such task")?;
+        let task = self.tasks.get(Id::of(&p.task_id)).ok_or("no such task")?;
         if task.state != TaskState::Accepted || task.desired != Desired::Run {
             return Err(format!("the task is {} and wanted {:?}", task.state.as_str(), task.desired));
         }
-        let agent = self.agents.get(&p.agent).ok_or("no such agent")?;
+        let agent = self.agents.get(Id::of(&p.agent)).ok_or("no such agent")?;
         if !agent.takes_work() {
             return Err(format!("agent is {} and reachable={}", agent.state.as_str(), agent.reachable));
         }
@@ -79,7 +79,7 @@ impl CellState {
         let job = self.jobs.get(&task.job_id).ok_or("no such job")?;
         let request = placement::request(task, &job.spec, self.placement_group(&job.spec));
         self.capacity.0.assign(&request, &p.agent, Some(&p.ports)).map_err(|e| e.to_string())?;
-        if let Some(t) = self.tasks.get_mut(&p.task_id).map(Arc::make_mut) {
+        if let Some(t) = self.tasks.get_mut(Id::of(&p.task_id)).map(Arc::make_mut) {
             t.agent = Some(p.agent.clone());
             t.ports = p.ports.clone();
             t.lease_epoch = p.lease_epoch;

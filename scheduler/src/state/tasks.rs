@@ -38,7 +38,7 @@ pub(super) fn member(set: &mut BTreeSet<String>, id: &str, is: bool) {
 impl CellState {
     /// Puts a task in the derived sets its current fields call for; called after every change to a task.
     pub(super) fn index_task(&mut self, id: &str) {
-        let Some(t) = self.tasks.get(id) else { return };
+        let Some(t) = self.tasks.get(Id::of(id)) else { return };
         if !self.fx.dirty_jobs.contains(&t.job_id) {
             self.fx.dirty_jobs.insert(t.job_id.clone());
         }
@@ -90,9 +90,9 @@ impl CellState {
 
     /// Drops an ended task from the state (retention); false for a task that is not ended.
     pub(super) fn forget_task(&mut self, id: &str) -> bool {
-        let Some(t) = self.tasks.get(id).filter(|t| t.is_terminal()) else { return false };
+        let Some(t) = self.tasks.get(Id::of(id)).filter(|t| t.is_terminal()) else { return false };
         let (job, at, state) = (t.job_id.clone(), t.updated_at_ms, t.state);
-        self.tasks.remove(id);
+        self.tasks.remove(Id::of(id));
         self.ended.remove(&(at, id.to_string()));
         if let Some(set) = self.by_job.get_mut(&job) {
             set.remove(id);
@@ -132,7 +132,7 @@ impl CellState {
     }
 
     pub fn task(&self, id: &str) -> Option<&TaskRecord> {
-        self.tasks.get(id).map(Arc::as_ref)
+        self.tasks.get(Id::of(id)).map(Arc::as_ref)
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
@@ -190,7 +190,7 @@ impl CellState {
     /// `transition`, waking the task's agent only if `wake`: a move the agent itself reported changes nothing in
     /// its assignments (they carry no task state; an ended task just leaves them), so it is not woken for it.
     fn transition_waking(&mut self, id: &str, to: TaskState, reason: Option<Reason>, at_ms: u64, wake: bool) -> bool {
-        let Some(t) = self.tasks.get_mut(id).map(Arc::make_mut) else { return false };
+        let Some(t) = self.tasks.get_mut(Id::of(id)).map(Arc::make_mut) else { return false };
         let from = t.state;
         if !t.move_to(to, reason, at_ms) {
             return false;
@@ -237,12 +237,12 @@ impl CellState {
     }
 
     pub(super) fn create_task(&mut self, n: &NewTask, at_ms: u64) -> bool {
-        if self.tasks.contains_key(&n.id) {
+        if self.tasks.contains_key(Id::of(&n.id)) {
             return false;
         }
         let Some(job) = self.jobs.get(&n.job_id).filter(|j| j.state != JobState::Killed) else { return false };
         if let Some(old) = &n.replaces {
-            match self.tasks.get(old) {
+            match self.tasks.get(Id::of(old)) {
                 // A task is replaced once it ended, or as soon as it is being stopped.
                 Some(o)
                     if (o.is_terminal() || o.desired == Desired::Stop)
@@ -263,10 +263,10 @@ impl CellState {
         );
         record.run = n.run;
         record.spec_version = job.spec_version;
-        if let Some(old) = n.replaces.as_ref().and_then(|o| self.tasks.get_mut(o).map(Arc::make_mut)) {
+        if let Some(old) = n.replaces.as_ref().and_then(|o| self.tasks.get_mut(Id::of(o)).map(Arc::make_mut)) {
             old.replaced_by = Some(n.id.clone());
         }
-        self.tasks.insert(n.id.clone(), Arc::new(record));
+        self.tasks.insert(Key::from(n.id.as_str()), Arc::new(record));
         self.by_job.entry(n.job_id.clone()).or_default().insert(n.id.clone());
         *self.task_counts.entry(TaskState::Accepted).or_insert(0) += 1;
         self.index_task(&n.id);
@@ -279,7 +279,7 @@ impl CellState {
 
     /// Asks for a task to stop: an unplaced one is killed at once, a placed one is killed by its agent.
     pub(super) fn stop_task(&mut self, id: &str, reason: Reason, at_ms: u64) -> bool {
-        let Some(t) = self.tasks.get_mut(id).map(Arc::make_mut) else { return false };
+        let Some(t) = self.tasks.get_mut(Id::of(id)).map(Arc::make_mut) else { return false };
         if t.is_terminal() || t.desired == Desired::Stop {
             return false;
         }
@@ -301,7 +301,7 @@ impl CellState {
         statuses: &[crate::command::Status],
         at_ms: u64,
     ) -> Response {
-        let Some(a) = self.agents.get(agent) else {
+        let Some(a) = self.agents.get(Id::of(agent)) else {
             return Response::Rejected(Rejection::AgentNotFound { id: agent.to_string() });
         };
         if a.lease_epoch != lease_epoch {
@@ -323,7 +323,7 @@ impl CellState {
     }
 
     pub(super) fn apply_status(&mut self, agent: &str, s: &crate::command::Status, at_ms: u64) -> bool {
-        let Some(t) = self.tasks.get_mut(&s.task_id).map(Arc::make_mut) else { return false };
+        let Some(t) = self.tasks.get_mut(Id::of(&s.task_id)).map(Arc::make_mut) else { return false };
         if t.agent.as_deref() != Some(agent) || t.is_terminal() {
             return false;
         }
