@@ -229,7 +229,7 @@ async fn host_agents(addrs: Vec<String>, from: usize, count: usize, cpus: f64) {
 }
 
 /// A fleet at rest at a size one process cannot simulate: `AGENTS` agents over child processes of this bench,
-/// registered with a cell of `MEMBERS` members whose lease is `LEASE_MS` (agents beat every third of it). Prints
+/// registered with a cell of `MEMBERS` members whose lease is at least `LEASE_MS` (it grows with the fleet). Prints
 /// the leader's CPU per second and RSS at rest, the API's latency meanwhile, and a submission's latency.
 async fn rest(agents: usize, members: u64, lease_ms: u64) {
     let config = format!("{BENCH_CONFIG}\n[scheduler]\nmax_lost_agents_per_minute = 0\nlease_ms = {lease_ms}\n");
@@ -270,7 +270,16 @@ async fn rest(agents: usize, members: u64, lease_ms: u64) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let register_s = started.elapsed().as_secs_f64();
-    // A lease's worth of beats from everyone before the fleet counts as at rest.
+    // The lease the fleet was given (it grows with the fleet beyond `LEASE_MS`, see `lease`): a lease's worth of
+    // beats from everyone before the fleet counts as at rest.
+    let lease_ms = async { http.get(&metrics).send().await?.text().await }
+        .await
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("titan_agent_lease_seconds{"))?;
+            line.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .map_or(lease_ms, |s| (s * 1000.0) as u64);
     tokio::time::sleep(Duration::from_millis(lease_ms)).await;
     let leader_pid = cell.member(leader).pid().unwrap_or(0);
     let before = common::cpu_seconds(leader_pid);
