@@ -468,8 +468,9 @@ async fn a_follower_asks_its_leader_over_the_stream_and_relays_its_refusals() {
     let here = workers(client.cluster().await.expect("cluster view"));
     assert_eq!(
         here.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["levers", "metrics", "proposer-1", "proposer-2", "scheduler"]
+        ["heartbeats", "levers", "metrics", "proposer-1", "proposer-2", "scheduler"]
     );
+    assert!(here["heartbeats"].starts_with("3 heartbeats forwarded"), "{here:?}");
     assert_eq!(here["scheduler"], "following");
     eventually(CONVERGE, "the leader's scheduler to say it leads", || {
         let leader_client = leader_client.clone();

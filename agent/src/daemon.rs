@@ -31,6 +31,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub const ASSIGNMENTS_WAIT: Duration = Duration::from_secs(25);
 /// How long statuses gather after the first is queued, so one report carries several.
 pub const REPORT_BATCH: Duration = Duration::from_millis(50);
+/// How often the lease loop looks again at when its next beat is due (a task that stops on a disconnect sooner
+/// than a third of the lease may have arrived).
+const RECHECK: Duration = Duration::from_secs(1);
 /// The file in the agent's data directory holding when the last lease renewal was sent (Unix milliseconds).
 pub const LEASE_FILE: &str = "lease-renewed";
 /// How often the time since the last lease renewal is checked against the tasks' stop-after; the cell's
@@ -285,7 +288,10 @@ fn check_ports(registration: &AgentRegistration, metrics: &LeaseMetrics) {
 async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &Lease, supervisor: Option<&Supervisor>) {
     let id = &registration.id;
     let mut changes = lease.epoch.subscribe();
-    let mut interval = Duration::ZERO;
+    // The next beat is due `every` after `last` (a third of the lease, or sooner for tasks that stop on a
+    // disconnect: see `plan::beat_every`); rechecked at least every `RECHECK`, since such a task may arrive between.
+    let (mut last, mut every) = (Instant::now(), Duration::ZERO);
+    let due = |last: Instant, every: Duration| last + supervisor.map_or(every, |s| s.beat_every(every));
     loop {
         match lease.held() {
             None => {
@@ -306,7 +312,7 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                         lease.metrics.lease_epoch.set(view.lease_epoch as i64);
                         lease.epoch.send_replace(Some(view.lease_epoch));
                         changes.borrow_and_update();
-                        interval = Duration::ZERO;
+                        (last, every) = (Instant::now(), Duration::ZERO);
                     }
                     Err(e) => {
                         tracing::warn!(agent = %id, error = %e, "registration failed; retrying");
@@ -315,15 +321,19 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                 }
             }
             Some(current) => {
+                let wake = due(last, every).min(Instant::now() + RECHECK);
                 tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
+                    () = tokio::time::sleep_until(wake.into()) => {}
                     _ = changes.changed() => continue,
+                }
+                if Instant::now() < due(last, every) {
+                    continue;
                 }
                 let (sent, sent_ms) = (Instant::now(), now_ms());
                 match client.heartbeat(id, current).await {
                     Ok(l) => {
                         lease.renewed(sent, sent_ms).await;
-                        interval = Duration::from_millis(l.lease_ms / 3);
+                        (last, every) = (sent, Duration::from_millis(l.lease_ms / 3));
                     }
                     Err(e) if lease_refused(&e) => {
                         tracing::warn!(agent = %id, error = %e, "lease lost; registering again");
@@ -333,7 +343,7 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                     Err(e) => {
                         tracing::warn!(agent = %id, error = %e, "heartbeat failed; retrying");
                         lease.metrics.heartbeat_failures.inc();
-                        interval = RETRY;
+                        (last, every) = (Instant::now(), RETRY);
                     }
                 }
             }
