@@ -18,6 +18,7 @@ pub mod federation;
 pub mod history;
 pub mod hlc;
 pub mod job;
+pub mod key;
 pub mod lease;
 pub mod location;
 pub mod member;

@@ -20,9 +20,9 @@ use serde_json::{Map, Value};
 use crate::agent::AgentRecord;
 use crate::command::Response;
 use crate::job::{JobRecord, Remembered};
+use crate::key::Key;
 use crate::quota::QuotaRecord;
 use crate::spec::Spec;
-use crate::state::Key;
 use crate::task::TaskRecord;
 
 /// The format this build writes.

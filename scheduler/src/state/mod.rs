@@ -28,7 +28,6 @@ mod agents;
 mod effects;
 mod federation;
 mod jobs;
-mod key;
 mod locations;
 mod plan;
 mod quotas;
@@ -39,11 +38,11 @@ mod tokens;
 
 pub use crate::agent::AgentRecord;
 pub use crate::job::{JobRecord, Remembered, MAX_HISTORY};
+pub use crate::key::{Id, Key};
 pub use effects::{Changes, Effects};
 pub use federation::Outgoing;
 use jobs::{describe, fingerprint};
 pub use jobs::{IDEMPOTENCY_TTL_MS, REQUEST_TTL_MS};
-pub use key::{Id, Key};
 pub use tasks::JobTasks;
 
 /// Everything the cell replicates.
