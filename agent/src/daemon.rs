@@ -174,13 +174,20 @@ async fn write_renewal(file: &std::path::Path, at_ms: u64) -> std::io::Result<()
 /// Doubling waits between retries, from `RETRY / 4` up to `MAX_BACKOFF`.
 struct Backoff(Duration);
 
+/// Somewhere in the upper half of `d`, by `r`: agents that failed together (a cell restarting under thousands
+/// of them) do not all come back in the same instant.
+fn jittered(d: Duration, r: u64) -> Duration {
+    d / 2 + (d / 2).mul_f64((r % 1_024) as f64 / 1_024.0)
+}
+
 impl Backoff {
     fn new() -> Backoff {
         Backoff(RETRY / 4)
     }
 
     async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
+        use std::hash::{BuildHasher, RandomState};
+        tokio::time::sleep(jittered(self.0, RandomState::new().hash_one(Instant::now()))).await;
         self.0 = (self.0 * 2).min(MAX_BACKOFF);
     }
 
@@ -292,6 +299,8 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
     // disconnect: see `plan::beat_every`); rechecked at least every `RECHECK`, since such a task may arrive between.
     let (mut last, mut every) = (Instant::now(), Duration::ZERO);
     let due = |last: Instant, every: Duration| last + supervisor.map_or(every, |s| s.beat_every(every));
+    // Failed registrations back off, with jitter: a fleet whose cell was away must not register all at once.
+    let mut backoff = Backoff::new();
     loop {
         match lease.held() {
             None => {
@@ -302,6 +311,7 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                 let (sent, sent_ms) = (Instant::now(), now_ms());
                 match client.register_agent(&r).await {
                     Ok(view) => {
+                        backoff.reset();
                         lease.renewed(sent, sent_ms).await;
                         tracing::info!(agent = %id, epoch = view.lease_epoch, cell = %view.cell,
                             running = r.running.len(), "registered");
@@ -316,7 +326,7 @@ async fn keep_lease(client: &Client, registration: &AgentRegistration, lease: &L
                     }
                     Err(e) => {
                         tracing::warn!(agent = %id, error = %e, "registration failed; retrying");
-                        tokio::time::sleep(RETRY).await;
+                        backoff.wait().await;
                     }
                 }
             }
@@ -442,6 +452,18 @@ mod tests {
 
     fn metrics() -> LeaseMetrics {
         LeaseMetrics::new(&Registry::new()).expect("metrics")
+    }
+
+    #[test]
+    fn retries_spread_over_the_upper_half_of_the_backoff() {
+        let d = Duration::from_secs(4);
+        let waits: Vec<Duration> = (0..1_024u64).map(|r| jittered(d, r)).collect();
+        assert!(waits.iter().all(|w| *w >= d / 2 && *w < d), "within [d/2, d)");
+        assert_eq!(waits[0], d / 2);
+        assert!(waits[1_023] > d.mul_f64(0.99));
+        let distinct: std::collections::BTreeSet<Duration> = waits.iter().copied().collect();
+        assert_eq!(distinct.len(), 1_024, "every draw its own instant");
+        assert_eq!(jittered(d, 5), jittered(d, 5 + 1_024));
     }
 
     #[tokio::test]

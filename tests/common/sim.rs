@@ -78,6 +78,9 @@ pub fn start_with(clients: Vec<Client>, registration: AgentRegistration, record:
         let (clients, stop, epoch, reg) = (clients.clone(), stop.clone(), epoch.clone(), registration.clone());
         tokio::spawn(async move {
             let mut i = 0usize;
+            // As the agent does, failed calls back off with jitter: a fleet that failed together does not retry
+            // together.
+            let mut failures = 0u32;
             while !stop.load(Ordering::SeqCst) {
                 let c = &clients[i % clients.len()];
                 let current = *epoch.lock().expect("epoch");
@@ -103,8 +106,15 @@ pub fn start_with(clients: Vec<Client>, registration: AgentRegistration, record:
                         Err(_) => false,
                     }
                 };
-                if !ok {
+                if ok {
+                    failures = 0;
+                } else {
                     i += 1;
+                    failures += 1;
+                    let backoff = pause.saturating_mul(1 << failures.min(7)).min(Duration::from_secs(10));
+                    use std::hash::{BuildHasher, RandomState};
+                    let r = RandomState::new().hash_one(Instant::now()) % 1_024;
+                    pause = backoff / 2 + (backoff / 2).mul_f64(r as f64 / 1_024.0);
                 }
                 tokio::time::sleep(pause).await;
             }
