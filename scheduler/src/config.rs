@@ -325,11 +325,12 @@ impl SchedulerConfig {
     }
 
     /// How long an agent given a lease of `lease_ms` may stay silent (since the last heartbeat the leader heard)
-    /// before a task of a job with `spec` is declared lost. A job without `disconnect` waits the lease and the loss grace. A job with one
-    /// waits at least the lease, its stop-after, the kill grace and the margin: its agent counts the stop-after
-    /// from when it *sent* its last answered heartbeat, which is no later than when the leader heard it, and
-    /// stops the task within the kill grace after that; the lease and the margin come on top, so the
-    /// replacement is created strictly after the original stopped (clock rates, not clocks, must agree).
+    /// before a task of a job with `spec` is declared lost. A job without `disconnect` waits the lease and the
+    /// loss grace. A job with one waits at least the lease, its stop-after, the kill grace and the margin: its
+    /// agent counts the stop-after from when it *sent* its last answered heartbeat, which is no later than when
+    /// the leader heard it, and stops the task within the kill grace after that; the lease and the margin come on
+    /// top, so the replacement is created strictly after the original stopped (clock rates, not clocks, must
+    /// agree).
     pub fn lose_after_ms(&self, spec: Option<&Spec>, lease_ms: u64) -> u64 {
         let plain = lease_ms.saturating_add(self.lost_grace_ms);
         match spec.and_then(|s| s.disconnect.as_ref()) {

@@ -344,9 +344,7 @@ impl Supervisor {
 
     /// How often to renew the lease for the tasks running here, at most every `lease_third` (`plan::beat_every`).
     pub fn beat_every(&self, lease_third: Duration) -> Duration {
-        let table = lock(&self.inner.table);
-        let view: BTreeMap<String, Local> = table.iter().map(|(id, e)| (id.clone(), e.local())).collect();
-        plan::beat_every(&view, lease_third)
+        plan::beat_every(lock(&self.inner.table).values().map(|e| e.local()), lease_third)
     }
 
     /// Takes the next batch of statuses to report (empty when none are waiting).

@@ -146,9 +146,9 @@ pub fn disconnected(local: &BTreeMap<String, Local>, since_renewal: Duration) ->
 /// How often to renew the lease: a third of it, or a third of the shortest `stopAfterSeconds` of the tasks that
 /// run, when that is sooner. The cell's lease grows with its fleet (30 s at 10,000 agents); a task that stops on a
 /// disconnect after 5 s must not be stopped between two beats of a healthy agent.
-pub fn beat_every(local: &BTreeMap<String, Local>, lease_third: Duration) -> Duration {
+pub fn beat_every(local: impl IntoIterator<Item = Local>, lease_third: Duration) -> Duration {
     local
-        .values()
+        .into_iter()
         .filter(|l| matches!(l.phase, Phase::Active | Phase::Found))
         .filter_map(|l| l.stop_after)
         .map(|after| after / 3)
@@ -362,16 +362,13 @@ mod tests {
         let third = Duration::from_secs(10);
         let task =
             |phase, secs: Option<u64>| Local { phase, kill_grace: GRACE, stop_after: secs.map(Duration::from_secs) };
-        let local = |tasks: Vec<(&str, Local)>| -> BTreeMap<String, Local> {
-            tasks.into_iter().map(|(id, l)| (id.to_string(), l)).collect()
-        };
-        assert_eq!(beat_every(&local(vec![]), third), third, "nothing running: a third of the lease");
-        let plain = local(vec![("a", task(Phase::Active, None)), ("b", task(Phase::Active, Some(60)))]);
-        assert_eq!(beat_every(&plain, third), third, "a stop-after longer than three beats changes nothing");
-        let short = local(vec![("a", task(Phase::Active, Some(60))), ("b", task(Phase::Found, Some(6)))]);
-        assert_eq!(beat_every(&short, third), Duration::from_secs(2), "a third of the shortest stop-after");
-        let ended = local(vec![("b", task(Phase::Stopping, Some(6))), ("c", task(Phase::Ended, Some(3)))]);
-        assert_eq!(beat_every(&ended, third), third, "tasks already stopping do not count");
+        assert_eq!(beat_every([], third), third, "nothing running: a third of the lease");
+        let plain = [task(Phase::Active, None), task(Phase::Active, Some(60))];
+        assert_eq!(beat_every(plain, third), third, "a stop-after longer than three beats changes nothing");
+        let short = [task(Phase::Active, Some(60)), task(Phase::Found, Some(6))];
+        assert_eq!(beat_every(short, third), Duration::from_secs(2), "a third of the shortest stop-after");
+        let ended = [task(Phase::Stopping, Some(6)), task(Phase::Ended, Some(3))];
+        assert_eq!(beat_every(ended, third), third, "tasks already stopping do not count");
     }
 
     /// Plans `answer` for an agent holding epoch 7 and `held` tasks; compares the actions' short forms.
